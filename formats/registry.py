@@ -1,0 +1,107 @@
+"""The named formats, and parsing of custom names.
+
+Names follow ml_dtypes/LLVM: fp64 fp32 tf32 bf16 fp16 e5m2 e4m3fn ... Custom spellings:
+  eXmY[bZ][fn|fnuz|fnu|fin]   X exponent bits, Y mantissa bits, optional bias Z; no suffix is
+                              'ieee', fn/fnuz as in OCP/ml_dtypes, fnu unsigned fn, fin all-finite
+  int<B>, uint<B>             integers (FixedFormat with frac_bits=0)
+  fx<B>.<F>, ufx<B>.<F>       fixed point: B bits in all, F of them after the binary point
+Note the ml_dtypes names e3m2fn, e2m3fn and e2m1fn denote formats with no NaN ('none').
+"""
+
+from __future__ import annotations
+
+import re
+
+from formats.fixed_format import FixedFormat
+from formats.float_format import FloatFormat
+
+Format = FloatFormat | FixedFormat
+
+NAMED: dict[str, Format] = {
+    "fp64": FloatFormat(11, 52),
+    "fp32": FloatFormat(8, 23),
+    "tf32": FloatFormat(8, 10),
+    "bf16": FloatFormat(8, 7),
+    "fp16": FloatFormat(5, 10),
+    "e5m2": FloatFormat(5, 2),
+    "e4m3": FloatFormat(4, 3),
+    "e3m4": FloatFormat(3, 4),
+    "e4m3fn": FloatFormat(4, 3, specials="fn"),
+    "e4m3fnuz": FloatFormat(4, 3, specials="fnuz"),
+    "e5m2fnuz": FloatFormat(5, 2, specials="fnuz"),
+    "e4m3b11fnuz": FloatFormat(4, 3, bias=11, specials="fnuz"),
+    "e3m2fn": FloatFormat(3, 2, specials="none"),
+    "e2m3fn": FloatFormat(2, 3, specials="none"),
+    "e2m1fn": FloatFormat(2, 1, specials="none"),
+    "e8m0fnu": FloatFormat(8, 0, subnormals=False, specials="fn", signed=False, zero=False),
+    "int32": FixedFormat(32),
+    "int16": FixedFormat(16),
+    "int8": FixedFormat(8),
+    "int4": FixedFormat(4),
+    "uint8": FixedFormat(8, signed=False),
+    "uint4": FixedFormat(4, signed=False),
+}
+
+ALIASES: dict[str, str] = {
+    "float64": "fp64", "double": "fp64",
+    "float32": "fp32", "float": "fp32", "single": "fp32",
+    "float16": "fp16", "half": "fp16",
+    "bfloat16": "bf16",
+    "float8_e5m2": "e5m2", "float8_e4m3": "e4m3", "float8_e3m4": "e3m4",
+    "float8_e4m3fn": "e4m3fn", "float8_e4m3fnuz": "e4m3fnuz", "float8_e5m2fnuz": "e5m2fnuz",
+    "float8_e4m3b11fnuz": "e4m3b11fnuz", "float6_e3m2fn": "e3m2fn", "float6_e2m3fn": "e2m3fn",
+    "float4_e2m1fn": "e2m1fn", "float8_e8m0fnu": "e8m0fnu", "e8m0": "e8m0fnu",
+}
+
+_FLOAT_RE = re.compile(r"^e(\d+)m(\d+)(?:b(-?\d+))?(fn|fnuz|fnu|fin)?$")
+_INT_RE = re.compile(r"^(u?)int(\d+)$")
+_FIXED_RE = re.compile(r"^(u?)fx(\d+)\.(-?\d+)$")
+_SUFFIX_SPECIALS = {None: "ieee", "fn": "fn", "fnuz": "fnuz", "fnu": "fn", "fin": "none"}
+
+
+def get_format(name: str | Format) -> Format:
+    """The format called `name` (a registry name, alias or custom spelling), or `name` itself."""
+    if isinstance(name, (FloatFormat, FixedFormat)):
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"fmt must be a format name or a FloatFormat/FixedFormat; got {name!r}")
+    key = ALIASES.get(name.lower(), name.lower())
+    if key in NAMED:
+        return NAMED[key]
+    if match := _FLOAT_RE.match(key):
+        exp_bits, man_bits, bias, suffix = match.groups()
+        return FloatFormat(
+            int(exp_bits), int(man_bits), bias=None if bias is None else int(bias),
+            specials=_SUFFIX_SPECIALS[suffix], signed=suffix != "fnu",
+        )
+    if match := _INT_RE.match(key):
+        return FixedFormat(int(match.group(2)), 0, signed=match.group(1) != "u")
+    if match := _FIXED_RE.match(key):
+        return FixedFormat(int(match.group(2)), int(match.group(3)), signed=match.group(1) != "u")
+    raise ValueError(
+        f"unknown format {name!r}: use a registry name ({', '.join(NAMED)}), or eXmY[bZ][fn|fnuz"
+        "|fnu|fin], int<B>, uint<B>, fx<B>.<F>"
+    )
+
+
+def name_of(fmt: Format) -> str:
+    """The registry name of `fmt` if it has one, else its custom spelling."""
+    for name, named in NAMED.items():
+        if named == fmt:
+            return name
+    if isinstance(fmt, FixedFormat):
+        prefix = "" if fmt.signed else "u"
+        if fmt.frac_bits == 0:
+            return f"{prefix}int{fmt.bits}"
+        return f"{prefix}fx{fmt.bits}.{fmt.frac_bits}"
+    default_bias = (1 << (fmt.exp_bits - 1)) - (0 if fmt.specials == "fnuz" else 1)
+    text = f"e{fmt.exp_bits}m{fmt.man_bits}"
+    if fmt.bias != default_bias:
+        text += f"b{fmt.bias}"
+    suffix = {"ieee": "", "fn": "fn", "fnuz": "fnuz", "none": "fin"}[fmt.specials]
+    if not fmt.signed and suffix == "fn":
+        suffix = "fnu"
+    generic = text + suffix
+    if not fmt.subnormals or not fmt.zero or (not fmt.signed and fmt.specials != "fn"):
+        generic += f"(subnormals={fmt.subnormals},zero={fmt.zero},signed={fmt.signed})"
+    return generic
