@@ -35,7 +35,7 @@ class FixedFormat:
         if not low <= self.bits <= 64:
             raise ValueError(f"bits must be in {low}..64 for signed={self.signed}; got {self.bits}")
         # Every value must be an exact float64 (the carrier of decode() and of the kernels).
-        if not -1074 <= -self.frac_bits and self.bits - self.frac_bits <= 1024:
+        if not (-1074 <= -self.frac_bits and self.bits - self.frac_bits <= 1024):
             raise ValueError(f"frac_bits={self.frac_bits} puts the format outside float64")
 
     @cached_property

@@ -15,7 +15,8 @@ import numpy as np
 
 SPECIALS: tuple[str, ...] = ("ieee", "fn", "fnuz", "none")
 """ieee: the top exponent field holds Inf (mantissa 0) and NaN; fn: no Inf, only the all-ones
-magnitude code is NaN; fnuz: no Inf, no -0, NaN is the sign-only code; none: every code is finite."""
+magnitude code is NaN; fnuz: no Inf, no -0, NaN is the sign-only code; none: every code is
+finite."""
 
 MAX_CODE_BITS_FOR_TABLES = 24
 """all_values()/codes() refuse formats wider than this: the table would not fit in memory."""
@@ -58,7 +59,9 @@ class FloatFormat:
         if self.man_bits < 0:
             raise ValueError(f"man_bits must be >= 0; got {self.man_bits}")
         if self.specials not in SPECIALS:
-            raise ValueError(f"specials must be one of {', '.join(SPECIALS)}; got {self.specials!r}")
+            raise ValueError(
+                f"specials must be one of {', '.join(SPECIALS)}; got {self.specials!r}"
+            )
         for field_name in ("subnormals", "signed", "zero"):
             if not isinstance(getattr(self, field_name), bool):
                 raise TypeError(f"{field_name} must be a bool; got {getattr(self, field_name)!r}")
@@ -91,7 +94,9 @@ class FloatFormat:
                 f" {_F64_MIN_EXP}..{_F64_MAX_EXP}"
             )
         if self.man_bits > 52:
-            raise ValueError(f"man_bits must be <= 52 (float64 is the carrier); got {self.man_bits}")
+            raise ValueError(
+                f"man_bits must be <= 52 (float64 is the carrier); got {self.man_bits}"
+            )
 
     # ---- layout -------------------------------------------------------------------------------
     @cached_property
@@ -134,7 +139,8 @@ class FloatFormat:
         top_mantissa = (1 << self.man_bits) - 1
         if self.specials == "fn" and self.man_bits > 0:
             top_mantissa -= 1  # the all-ones mantissa of the top field is NaN
-        return float(np.ldexp(float((1 << self.man_bits) + top_mantissa), self.emax - self.man_bits))
+        significand = float((1 << self.man_bits) + top_mantissa)
+        return float(np.ldexp(significand, self.emax - self.man_bits))
 
     @cached_property
     def min_normal(self) -> float:
@@ -201,7 +207,8 @@ class FloatFormat:
         """Every canonical code in increasing order (uint64).
 
         Non-canonical codes are the nonzero-mantissa codes of field 0 in a format without
-        subnormals (they decode to zero), and, in 'ieee' formats, every NaN but the canonical one.
+        subnormals (they decode to zero), and, in 'ieee' formats, every NaN but the canonical one
+        and its negative twin (the code encode(-nan) writes).
         """
         self._check_tabulable()
         codes = np.arange(self.n_codes, dtype=np.uint64)
@@ -247,10 +254,14 @@ class FloatFormat:
         else:
             sig = mfield + (1 << self.man_bits)
             exp = efield - self.bias - self.man_bits
+        top = efield == (1 << self.exp_bits) - 1
+        if self.specials == "ieee" or (self.specials == "fn" and self.man_bits == 0):
+            # The top field holds only Inf/NaN (replaced below); 2^(top - bias) may exceed
+            # float64 (fp64: 2^1024), so keep ldexp in range there.
+            exp = np.where(top, 0, exp)
         # ldexp scales an exact integer by a power of two: no rounding happens.
         values = np.ldexp(sig.astype(np.float64), exp.astype(np.int32))
         values = np.where(negative, -values, values)
-        top = efield == (1 << self.exp_bits) - 1
         if self.specials == "ieee":
             values = np.where(top & (mfield == 0), np.where(negative, -np.inf, np.inf), values)
             values = np.where(top & (mfield != 0), np.nan, values)
@@ -315,11 +326,14 @@ class FloatFormat:
             )
         if self.zero:
             efield = np.where(is_normal, top + self.bias, 0)
-            mfield = np.where(is_normal, n.astype(np.int64) - (1 << self.man_bits), n.astype(np.int64))
+            n64 = n.astype(np.int64)
+            mfield = np.where(is_normal, n64 - (1 << self.man_bits), n64)
         else:
             efield = top + self.bias
             mfield = n.astype(np.int64) - (1 << self.man_bits)
-        magnitude = (np.where(finite_nonzero, efield, 0).astype(np.uint64) << np.uint64(self.man_bits))
+        magnitude = np.where(finite_nonzero, efield, 0).astype(np.uint64) << np.uint64(
+            self.man_bits
+        )
         magnitude |= np.where(finite_nonzero, mfield, 0).astype(np.uint64)
         if self.specials == "ieee":
             magnitude = np.where(is_inf, np.uint64(self.inf_code or 0), magnitude)

@@ -1,0 +1,90 @@
+"""Quantize throughput against the memory-bandwidth limit and peer casts, in one process.
+
+    python -m bench.quantize [--log2n 24] [--threads 1 2] [--repeat 7] [--formats ...]
+
+For every named float format (and int8) and every rounding mode: refsim.quantize on 2^log2n
+float32 elements, as a ratio to np.copyto of the same array (the bandwidth limit), next to
+ml_dtypes' astype round trip and torch's .to(float8_e4m3fn) round trip. Times are medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numba
+import numpy as np
+
+from formats import NAMED, FloatFormat
+from formats.policy import ROUNDINGS
+from refsim import quantize
+from refsim.params import carrier_holds
+
+
+def median_seconds(fn, repeat: int) -> float:
+    fn()  # warm-up (JIT compile, page faults)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--log2n", type=int, default=24)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--formats", nargs="+", default=None)
+    parser.add_argument("--modes", nargs="+", default=list(ROUNDINGS))
+    args = parser.parse_args()
+
+    n = 1 << args.log2n
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(n) * 8).astype(np.float32)
+    out = np.empty_like(x)
+    names = args.formats or [k for k, f in NAMED.items()
+                             if (isinstance(f, FloatFormat) and carrier_holds(f, x.dtype))
+                             or k == "int8"]
+    print(f"# quantize throughput, 2^{args.log2n} float32 elements, median of {args.repeat}")
+    for threads in args.threads:
+        numba.set_num_threads(threads)
+        copy_s = median_seconds(lambda: np.copyto(out, x), args.repeat)
+        gbs = 2 * x.nbytes / copy_s / 1e9
+        print(f"\n## {threads} thread(s): np.copyto {copy_s * 1e3:.2f} ms ({gbs:.1f} GB/s r+w)")
+        peers = {}
+        try:
+            import ml_dtypes
+
+            peers["ml_dtypes e4m3fn astype round trip"] = lambda: x.astype(
+                ml_dtypes.float8_e4m3fn).astype(np.float32)
+        except ImportError:
+            pass
+        try:
+            import torch
+
+            torch.set_num_threads(threads)
+            t = torch.from_numpy(x)
+            peers["torch .to(float8_e4m3fn) round trip"] = lambda: t.to(
+                torch.float8_e4m3fn).to(torch.float32)
+        except ImportError:
+            pass
+        for label, fn in peers.items():
+            s = median_seconds(fn, args.repeat)
+            print(f"{label}: {s * 1e3:.2f} ms = {copy_s / s:.3f} x copyto")
+        print()
+        print("| format | " + " | ".join(args.modes) + " |")
+        print("|---|" + "---|" * len(args.modes))
+        for name in names:
+            cells = []
+            for mode in args.modes:
+                s = median_seconds(lambda name=name, mode=mode: quantize(x, name, mode, out=out),
+                                   args.repeat)
+                cells.append(f"{copy_s / s:.2f}")
+            print(f"| {name} | " + " | ".join(cells) + " |")
+    print("\n(cells: throughput as a fraction of np.copyto; 1.0 = memory-bandwidth bound)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Philox4x64-10 stream throughput (refsim.rng) against NumPy's Philox, in one process.
+
+    python -m bench.rng [--log2n 24] [--threads 1 2] [--repeat 7]
+
+Rows: ``rng.random_words`` (allocates its output, like NumPy), the fill kernel behind it on a
+preallocated array, ``np.random.Philox.random_raw`` (single-threaded whatever the setting), and
+for scale a parallel float32 copy of the same element count: stochastic rounding of float32
+needs one stream word per element, so "ns/word" against the copy's "ns/elem" bounds what a
+rounding kernel can reach. Times are medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numba
+import numpy as np
+
+from refsim import rng
+
+
+def median_seconds(fn, repeat: int) -> float:
+    fn()  # warm-up (JIT compile, page faults)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+@numba.njit(parallel=True, cache=True)
+def _copy(src, dst):
+    for i in numba.prange(src.size):
+        dst[i] = src[i]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--log2n", type=int, default=24)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeat", type=int, default=7)
+    args = parser.parse_args()
+
+    n = 1 << args.log2n
+    seed = 0x5EED
+    out = np.empty(n, dtype=np.uint64)
+    src = np.ones(n, dtype=np.float32)
+    dst = np.empty_like(src)
+
+    # Same bits first: the benchmark is only meaningful for the stream it claims to time.
+    check = min(n, 1 << 16) + 3
+    expected = np.random.Philox(key=seed).random_raw(check)
+    assert np.array_equal(rng.random_words(seed, check), expected)
+
+    rows = []
+    numpy_s = median_seconds(lambda: np.random.Philox(key=seed).random_raw(n), args.repeat)
+    rows.append(("numpy Philox.random_raw", 1, numpy_s))
+    previous = numba.get_num_threads()
+    try:
+        for threads in args.threads:
+            numba.set_num_threads(threads)
+            rows.append(
+                (
+                    "rng.random_words",
+                    threads,
+                    median_seconds(lambda: rng.random_words(seed, n), args.repeat),
+                )
+            )
+            rows.append(
+                (
+                    "rng fill kernel (prealloc)",
+                    threads,
+                    median_seconds(
+                        lambda: rng._fill_words(np.uint64(seed), np.uint64(0), out), args.repeat
+                    ),
+                )
+            )
+            rows.append(
+                (
+                    "float32 copy (numba prange)",
+                    threads,
+                    median_seconds(lambda: _copy(src, dst), args.repeat),
+                )
+            )
+    finally:
+        numba.set_num_threads(previous)
+
+    print(f"# Philox4x64-10 stream, 2^{args.log2n} words, median of {args.repeat}")
+    header = ("what", "threads", "ms", "ns/word", "Mword/s", "x numpy")
+    print("{:30s} {:>7s} {:>9s} {:>8s} {:>9s} {:>8s}".format(*header))
+    for name, threads, seconds in rows:
+        print(
+            f"{name:30s} {threads:7d} {seconds * 1e3:9.2f} {seconds / n * 1e9:8.3f}"
+            f" {n / seconds / 1e6:9.1f} {numpy_s / seconds:8.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,448 @@
+"""The executable specification of rounding: slow, exact, obviously right.
+
+Every rule of docs/rounding.md is written here once, over `fractions.Fraction` and Python ints,
+and nowhere else: this module shares no code with any kernel and uses no bit tricks. The binade of
+a value is found by exact comparison with powers of two, never with float log2/floor. The format
+limits it needs (emin, max, k_min, k_max) are re-derived here from the format's fields, so a wrong
+cached constant in FloatFormat/FixedFormat shows up as a disagreement instead of being inherited.
+
+Usage rules:
+  - `round_value` rounds one scalar (a Python float, a NumPy float scalar, an int or a Fraction;
+    float32 values are taken at their exact value). It returns a Python float that is exactly the
+    format's value (-0.0, inf and nan where the contract says).
+  - `quantize_exact` loops `round_value` over an array in flat C order; element i under seed s
+    takes its stochastic-rounding number from `sr_uniform(s, i, ...)`.
+  - NumPy is used only for numpy.random.Philox and array plumbing.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+
+from formats.fixed_format import FixedFormat
+from formats.float_format import FloatFormat
+from formats.policy import check_overflow, check_rounding, check_seed, check_sr_bits
+from formats.registry import Format, get_format
+
+__all__ = [
+    "candidates",
+    "quantize_exact",
+    "round_value",
+    "sr_bits_needed",
+    "sr_probability",
+    "sr_uniform",
+]
+
+_WORD_BITS = 64  # bits per Philox output word
+
+
+# ---- exact helpers ------------------------------------------------------------------------------
+def _pow2(e: int) -> Fraction:
+    """2^e exactly, for any integer e."""
+    return Fraction(1 << e) if e >= 0 else Fraction(1, 1 << -e)
+
+
+def _binade(a: Fraction) -> int:
+    """The e with 2^e <= a < 2^(e+1), for a > 0.
+
+    With a = p/q, 2^(P-1) <= p < 2^P and 2^(Q-1) <= q < 2^Q (P, Q the bit lengths), a lies in
+    (2^(P-Q-1), 2^(P-Q+1)); one exact comparison with 2^(P-Q) decides between P-Q and P-Q-1.
+    """
+    e = a.numerator.bit_length() - a.denominator.bit_length()
+    if a < _pow2(e):
+        e -= 1
+    return e
+
+
+def _parse(x: object) -> tuple[str, bool, Fraction]:
+    """(kind, negative, magnitude) of x; kind is 'nan', 'inf' or 'finite'.
+
+    `negative` is the sign bit for floats (so -0.0 is negative) and x < 0 for ints and Fractions.
+    """
+    if isinstance(x, Fraction):
+        return "finite", x < 0, abs(x)
+    if isinstance(x, bool):
+        raise TypeError("x must be a float, an int or a Fraction; got a bool")
+    if isinstance(x, (int, np.integer)):
+        value = int(x)
+        return "finite", value < 0, Fraction(abs(value))
+    if isinstance(x, np.floating):
+        if x.dtype.itemsize > 8:
+            raise TypeError(f"x of dtype {x.dtype} has no exact Python float; pass a Fraction")
+        x = float(x)  # exact for float16/32/64
+    if not isinstance(x, float):
+        raise TypeError(f"x must be a float, an int or a Fraction; got {type(x).__name__}")
+    if math.isnan(x):
+        return "nan", False, Fraction(0)
+    negative = math.copysign(1.0, x) < 0
+    if math.isinf(x):
+        return "inf", negative, Fraction(0)
+    return "finite", negative, abs(Fraction(x))
+
+
+def _to_float(value: Fraction) -> float:
+    """value as a Python float; raises if float64 cannot hold it exactly (the carrier)."""
+    result = float(value)
+    if Fraction(result) != value:
+        raise ValueError(f"{value} is not an exact float64; the format is too wide for a float")
+    return result
+
+
+# ---- the format limits, from the fields ---------------------------------------------------------
+def _float_emin(fmt: FloatFormat) -> int:
+    """Exponent of the smallest normal binade: field 1, or field 0 when there is no zero."""
+    assert fmt.bias is not None
+    return (1 if fmt.zero else 0) - fmt.bias
+
+
+def _float_max(fmt: FloatFormat) -> Fraction:
+    """Largest finite value, from the encoding rules of each `specials` variant."""
+    assert fmt.bias is not None
+    m = fmt.man_bits
+    top_field = (1 << fmt.exp_bits) - 1
+    top_mantissa = (1 << m) - 1
+    if fmt.specials == "ieee":
+        top_field -= 1  # the all-ones field is Inf/NaN
+    elif fmt.specials == "fn":
+        if m == 0:
+            top_field -= 1  # the all-ones field is the single NaN code
+        else:
+            top_mantissa -= 1  # only the all-ones magnitude is NaN
+    # fnuz and none: the all-ones magnitude is finite
+    return (Fraction(1 << m) + top_mantissa) * _pow2(top_field - fmt.bias - m)
+
+
+def _fixed_range(fmt: FixedFormat) -> tuple[int, int]:
+    """(k_min, k_max): the integers a code holds, two's complement or unsigned."""
+    if fmt.signed:
+        return -(1 << (fmt.bits - 1)), (1 << (fmt.bits - 1)) - 1
+    return 0, (1 << fmt.bits) - 1
+
+
+# ---- the grid -----------------------------------------------------------------------------------
+def _quantum_exponent(a: Fraction, fmt: Format) -> int:
+    """q with quantum 2^q for magnitude a >= 0 (the grid table of docs/rounding.md).
+
+    For a = 0 the grid is that of the smallest binade (only candidates() uses it).
+    """
+    if isinstance(fmt, FixedFormat):
+        return -fmt.frac_bits
+    emin = _float_emin(fmt)
+    m = fmt.man_bits
+    if a != 0 and _binade(a) >= emin:
+        return _binade(a) - m
+    return emin - m if fmt.subnormals else emin
+
+
+def _split(a: Fraction, fmt: Format) -> tuple[int, Fraction, int]:
+    """(n, f, q): a = (n + f) * 2^q with n = floor(a / 2^q) and 0 <= f < 1."""
+    q = _quantum_exponent(a, fmt)
+    k = a / _pow2(q)
+    n = math.floor(k)
+    return n, k - n, q
+
+
+def _finite_magnitude(x: object) -> tuple[bool, Fraction]:
+    kind, negative, a = _parse(x)
+    if kind != "finite":
+        raise ValueError(f"x must be finite; got {x!r}")
+    return negative, a
+
+
+def candidates(x: object, fmt: Format | str) -> tuple[Fraction, Fraction, Fraction]:
+    """(lo, hi, f): the magnitudes n * 2^q and (n + 1) * 2^q around |x|, and the fraction f.
+
+    hi is computed as if the exponent range were unbounded above: it may be 2^(e+1) or exceed
+    the format's max. x must be finite.
+    """
+    fmt = get_format(fmt)
+    _, a = _finite_magnitude(x)
+    n, f, q = _split(a, fmt)
+    return n * _pow2(q), (n + 1) * _pow2(q), f
+
+
+def _check_u(u: object, rounding: str) -> Fraction | None:
+    if rounding != "sr":
+        if u is not None:
+            raise ValueError(f"u applies only to rounding='sr'; got rounding={rounding!r}")
+        return None
+    if u is None:
+        raise ValueError("rounding='sr' needs u, a Fraction in [0, 1)")
+    if isinstance(u, bool) or not isinstance(u, (Fraction, int)):
+        raise TypeError(f"u must be a Fraction in [0, 1); got {type(u).__name__}")
+    u = Fraction(u)
+    if not 0 <= u < 1:
+        raise ValueError(f"u must lie in [0, 1); got {u}")
+    return u
+
+
+def _rounds_up(
+    n: int, f: Fraction, negative: bool, rounding: str, sr_bits: int | None, u: Fraction | None
+) -> bool:
+    """Whether the magnitude goes to (n + 1) * 2^q (the mode table; rto is handled apart)."""
+    if f == 0:
+        return False
+    half = Fraction(1, 2)
+    if rounding == "rne":
+        return f > half or (f == half and n % 2 == 1)
+    if rounding == "rna":
+        return f >= half
+    if rounding == "rtz":
+        return False
+    if rounding == "rup":
+        return not negative
+    if rounding == "rdn":
+        return negative
+    if rounding == "sr":
+        assert u is not None
+        if sr_bits is None:
+            return u + f >= 1
+        scale = 1 << sr_bits
+        return math.floor(u * scale) + math.floor(f * scale) >= scale
+    raise AssertionError(f"unhandled rounding {rounding!r}")
+
+
+def _round_integer(
+    n: int, f: Fraction, negative: bool, rounding: str, sr_bits: int | None, u: Fraction | None
+) -> int:
+    """The chosen magnitude as an integer multiple of the quantum."""
+    if rounding == "rto":
+        return n | 1 if f > 0 else n
+    return n + 1 if _rounds_up(n, f, negative, rounding, sr_bits, u) else n
+
+
+def _toward_zero(rounding: str, negative: bool) -> bool:
+    """Whether the mode rounds toward zero for this sign (these saturate on overflow)."""
+    return (
+        rounding in ("rtz", "rto")
+        or (rounding == "rup" and negative)
+        or (rounding == "rdn" and not negative)
+    )
+
+
+# ---- rounding -----------------------------------------------------------------------------------
+def _signed(negative: bool, magnitude: float) -> float:
+    return -magnitude if negative else magnitude
+
+
+def _float_overflow(fmt: FloatFormat, negative: bool, rounding: str, overflow: str) -> float:
+    """The value of an overflow (|v| > max, or an infinite input in a format without Inf)."""
+    if overflow == "saturate" or fmt.specials == "none" or _toward_zero(rounding, negative):
+        return _signed(negative, _to_float(_float_max(fmt)))
+    if fmt.specials == "ieee":
+        return _signed(negative, math.inf)
+    return math.nan  # fn, fnuz: no Inf
+
+
+def _round_float(
+    kind: str, negative: bool, a: Fraction, fmt: FloatFormat, rounding: str, overflow: str,
+    sr_bits: int | None, u: Fraction | None,
+) -> float:
+    if kind == "nan":
+        return math.nan
+    if not fmt.signed and negative and (kind == "inf" or a != 0):
+        return math.nan  # unsigned: a negative nonzero input has no value
+    # Only signed formats with a zero and no fnuz rule keep -0.
+    keeps_negative_zero = fmt.signed and fmt.specials != "fnuz"
+    if kind == "inf":
+        if fmt.specials == "ieee":
+            return _signed(negative, math.inf)  # exact: no rounding, no overflow
+        return _float_overflow(fmt, negative, rounding, overflow)
+    if a == 0:
+        if not fmt.zero:
+            return math.nan
+        return _signed(negative and keeps_negative_zero, 0.0)
+    n, f, q = _split(a, fmt)
+    magnitude = _round_integer(n, f, negative, rounding, sr_bits, u) * _pow2(q)
+    if magnitude > _float_max(fmt):
+        return _float_overflow(fmt, negative, rounding, overflow)
+    if magnitude == 0:
+        if not fmt.zero:
+            magnitude = _pow2(_float_emin(fmt))  # no zero: raise to the smallest value
+        else:
+            return _signed(negative and keeps_negative_zero, 0.0)
+    return _signed(negative, _to_float(magnitude))
+
+
+def _round_fixed(
+    kind: str, negative: bool, a: Fraction, fmt: FixedFormat, rounding: str, overflow: str,
+    sr_bits: int | None, u: Fraction | None,
+) -> float:
+    k_min, k_max = _fixed_range(fmt)
+    if kind == "nan":
+        return math.nan
+    if kind == "inf":
+        if overflow == "wrap":
+            return math.nan
+        k = k_min if negative else k_max
+    else:
+        n, f, _ = _split(a, fmt)
+        magnitude = _round_integer(n, f, negative, rounding, sr_bits, u)
+        k = -magnitude if negative else magnitude
+        if not k_min <= k <= k_max:
+            if overflow == "wrap":
+                k = (k - k_min) % (1 << fmt.bits) + k_min
+            else:  # default and saturate
+                k = min(max(k, k_min), k_max)
+    # k == 0 gives +0.0: fixed point has no -0.
+    return _to_float(k * _pow2(-fmt.frac_bits))
+
+
+def round_value(
+    x: object,
+    fmt: Format | str,
+    rounding: str = "rne",
+    overflow: str = "default",
+    sr_bits: int | None = None,
+    u: Fraction | None = None,
+) -> float:
+    """x rounded once, from its exact value, to `fmt` (docs/rounding.md).
+
+    Args:
+        x: a Python float (float32 values at their exact value), NumPy float scalar, int or
+            Fraction; +-inf and nan allowed.
+        fmt: a FloatFormat, FixedFormat or a name get_format() knows.
+        rounding: rne, rna, rtz, rup, rdn, rto or sr.
+        overflow: default, saturate, or wrap (fixed point only).
+        sr_bits: None (sr reads every discarded bit) or 1..64 random bits (sr only).
+        u: the element's uniform number in [0, 1) as a Fraction; required for sr, else None.
+
+    Returns:
+        The format's value as a Python float; nan for NaN results.
+    """
+    fmt = get_format(fmt)
+    rounding = check_rounding(rounding)
+    overflow = check_overflow(overflow)
+    sr_bits = check_sr_bits(sr_bits, rounding)
+    if overflow == "wrap" and isinstance(fmt, FloatFormat):
+        raise ValueError(
+            f"overflow='wrap' applies only to fixed-point formats; {fmt.name} is a float format"
+        )
+    u = _check_u(u, rounding)
+    kind, negative, a = _parse(x)
+    if isinstance(fmt, FixedFormat):
+        return _round_fixed(kind, negative, a, fmt, rounding, overflow, sr_bits, u)
+    return _round_float(kind, negative, a, fmt, rounding, overflow, sr_bits, u)
+
+
+# ---- stochastic rounding ------------------------------------------------------------------------
+def sr_probability(x: object, fmt: Format | str, sr_bits: int | None = None) -> Fraction:
+    """Probability that sr rounds |x| up: f, or floor(f * 2^r) / 2^r with sr_bits=r."""
+    fmt = get_format(fmt)
+    sr_bits = check_sr_bits(sr_bits, "sr")
+    _, _, f = candidates(x, fmt)
+    if sr_bits is None:
+        return f
+    return Fraction(math.floor(f * (1 << sr_bits)), 1 << sr_bits)
+
+
+def sr_bits_needed(x: object, fmt: Format | str, sr_bits: int | None = None) -> int:
+    """How many leading bits of u the sr decision for x reads.
+
+    0 when no decision is made (x exact, zero, NaN or infinite); r with sr_bits=r; else d, where
+    the fraction f is F / 2^d (F odd).
+    """
+    fmt = get_format(fmt)
+    sr_bits = check_sr_bits(sr_bits, "sr")
+    kind, _, a = _parse(x)
+    if kind != "finite" or a == 0:
+        return 0
+    _, f, _ = _split(a, fmt)
+    if f == 0:
+        return 0
+    if sr_bits is not None:
+        return sr_bits
+    d = f.denominator.bit_length() - 1
+    if f.denominator != 1 << d:
+        raise ValueError(f"x={x!r} is not a dyadic rational: no finite number of bits decides sr")
+    return d
+
+
+def sr_uniform(seed: int, index: int, nbits: int) -> Fraction:
+    """u = 0.W_0 W_1 ... for element `index` under `seed`, with enough words for nbits bits.
+
+    W_j = Philox(key=seed, counter=(index // 4) + (j << 64)).random_raw(4)[index % 4]; at least
+    W_0 is always read, so u is a multiple of 2^-64 (or finer).
+    """
+    seed = check_seed(seed)
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
+        raise ValueError(f"index must be an int >= 0; got {index!r}")
+    if isinstance(nbits, bool) or not isinstance(nbits, (int, np.integer)) or nbits < 0:
+        raise ValueError(f"nbits must be an int >= 0; got {nbits!r}")
+    index = int(index)
+    n_words = max(1, -(-int(nbits) // _WORD_BITS))
+    u = Fraction(0)
+    for j in range(n_words):
+        stream = np.random.Philox(key=seed, counter=(index // 4) + (j << 64))
+        word = int(stream.random_raw(4)[index % 4])
+        u += Fraction(word, 1 << (_WORD_BITS * (j + 1)))
+    return u
+
+
+# ---- arrays -------------------------------------------------------------------------------------
+def _check_dtype_holds(fmt: Format, dtype: np.dtype) -> None:
+    """Raise unless every value of fmt is an exact value of dtype (quantize returns dtype)."""
+    info = np.finfo(dtype)
+    precision = info.nmant + 1  # significand bits, the implicit one included
+    lowest = info.minexp - info.nmant  # exponent of the smallest subnormal
+    if isinstance(fmt, FixedFormat):
+        k_min, k_max = _fixed_range(fmt)
+        width = max(k_max, -k_min).bit_length()  # |k| < 2^width, so values < 2^(width - f)
+        fits = (
+            max(k_max, -k_min - 1).bit_length() <= precision
+            and -fmt.frac_bits >= lowest
+            and width - fmt.frac_bits <= info.maxexp
+        )
+    else:
+        emin = _float_emin(fmt)
+        smallest = emin - fmt.man_bits if fmt.subnormals else emin
+        fits = (
+            fmt.man_bits <= info.nmant
+            and _binade(_float_max(fmt)) <= info.maxexp - 1
+            and smallest >= lowest
+        )
+    if not fits:
+        raise ValueError(
+            f"{fmt.name} has values that {dtype} cannot hold exactly (quantize returns the input's"
+            f" dtype); pass a wider input dtype"
+        )
+
+
+def quantize_exact(
+    values: np.ndarray,
+    fmt: Format | str,
+    rounding: str = "rne",
+    overflow: str = "default",
+    sr_bits: int | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """round_value over `values` in flat C order; sr takes u = sr_uniform(seed, i, ...).
+
+    Args:
+        values: a float32 or float64 array (any shape and memory layout).
+        fmt, rounding, overflow, sr_bits: as round_value.
+        seed: the stream's key, 0..2^64-1 (used by sr only).
+
+    Returns:
+        An array of the input's dtype and shape.
+    """
+    fmt = get_format(fmt)
+    rounding = check_rounding(rounding)
+    overflow = check_overflow(overflow)
+    sr_bits = check_sr_bits(sr_bits, rounding)
+    seed = check_seed(seed)
+    arr = np.asarray(values)
+    if arr.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"values must be float32 or float64; got dtype {arr.dtype}")
+    _check_dtype_holds(fmt, arr.dtype)
+    out = np.empty(arr.shape, dtype=arr.dtype)
+    for i, x in enumerate(arr.flat):  # .flat walks C order whatever the layout
+        x_value = float(x)
+        u = None
+        if rounding == "sr":
+            u = sr_uniform(seed, i, sr_bits_needed(x_value, fmt, sr_bits))
+        out.flat[i] = round_value(x_value, fmt, rounding, overflow, sr_bits, u)
+    return out

@@ -1,0 +1,336 @@
+"""The scalar rounding core: integer operations on bit patterns, written once.
+
+Every function here is a plain `numba.njit` function of integer scalars, so the same code is
+compiled for the CPU (called from the njit(parallel) loops of refsim.backends.cpu) and for CUDA
+(called from numba.cuda kernels). No NumPy calls, no allocation, no floating-point arithmetic:
+a value is read from its carrier's bit pattern as (sign, integer significand, exponent), rounded
+once on the integer significand, and written back as a bit pattern of the same carrier.
+
+Semantics: docs/rounding.md. The executable specification it is tested against: formats.exact.
+
+Integer types: significands and exponents are int64 (significands are below 2^54 for floats);
+random words and carrier bit patterns are uint64. Numba turns a mixed int64/uint64 expression into
+float64, so every mixed operation below has an explicit cast.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from refsim.rng import stream_word
+
+# Rounding modes: the index of each name in formats.policy.ROUNDINGS.
+RNE, RNA, RTZ, RUP, RDN, RTO, SR = 0, 1, 2, 3, 4, 5, 6
+# Overflow policies: the index in formats.policy.OVERFLOWS.
+OVF_DEFAULT, OVF_SATURATE, OVF_WRAP = 0, 1, 2
+# Format kinds and FloatFormat.specials codes.
+KIND_FLOAT, KIND_FIXED = 0, 1
+SPECIALS_IEEE, SPECIALS_FN, SPECIALS_FNUZ, SPECIALS_NONE = 0, 1, 2, 3
+
+# Layout of the int64 parameter tuple of a format (refsim.params builds it).
+P_KIND, P_MAN, P_EMIN, P_EMAX, P_SUBNORMALS, P_ZERO, P_SIGNED, P_SPECIALS, P_MAX_N = range(9)
+# For fixed point: P_MAN holds frac_bits, P_EMIN the code width in bits.
+N_PARAMS = 9
+
+_U64_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
+_U1 = np.uint64(1)
+
+
+@njit(cache=True)
+def bit_length(n):
+    """Bit length of a non-negative int64 (0 for 0), by binary search (no clz needed)."""
+    length = np.int64(0)
+    for step in (32, 16, 8, 4, 2, 1):
+        if n >= (np.int64(1) << step):
+            n >>= step
+            length += step
+    return length + (1 if n > 0 else 0)
+
+
+@njit(cache=True)
+def low_mask(width):
+    """uint64 with the low `width` bits set, 0 <= width <= 64."""
+    if width >= 64:
+        return _U64_ONES
+    return (_U1 << np.uint64(width)) - _U1
+
+
+@njit(cache=True)
+def sr_round_up(rem, shift, sr_bits, word0, seed, index):
+    """Stochastic decision: does the magnitude round up?
+
+    rem / 2^shift is the discarded fraction f (rem < 2^shift, rem > 0, shift >= 1). The hardware
+    form: add random bits R below the kept bits, keep the carry: up iff R + F >= 2^width, with
+    width = sr_bits (F = floor(f * 2^sr_bits)) or width = shift (F = rem, every discarded bit).
+    In complement form, up iff C < F with C = (2^width - 1) - R = the complement of R's bits, which
+    lets a width > 64 be compared 64 bits at a time, most significant first; further words are
+    drawn only while the chunks tie (probability 2^-64 each).
+    """
+    if sr_bits > 0:
+        width = sr_bits
+        if shift >= width:
+            drop = shift - width
+            big_f = np.uint64(rem >> drop) if drop < 63 else np.uint64(0)
+        else:
+            big_f = np.uint64(rem) << np.uint64(width - shift)
+    else:
+        width = shift
+        big_f = np.uint64(rem)
+    j = np.int64(0)
+    word = word0
+    while True:
+        low = width - 64 * (j + 1)  # lowest bit position of this chunk within the width
+        if low >= 0:
+            c_chunk = ~word
+            f_chunk = np.uint64(big_f >> np.uint64(low)) if low < 64 else np.uint64(0)
+        else:
+            take = np.uint64(width - 64 * j)  # 1..63 bits left
+            c_chunk = (~word) >> (np.uint64(64) - take)
+            f_chunk = big_f & ((_U1 << take) - _U1)
+        if c_chunk < f_chunk:
+            return True
+        if c_chunk > f_chunk or low <= 0:
+            return False
+        j += 1
+        word = stream_word(seed, index, j)
+
+
+@njit(cache=True)
+def round_magnitude(sig, shift, negative, mode, sr_bits, word0, seed, index):
+    """Round sig * 2^-shift to an integer n in `mode`; returns (n, inexact)."""
+    if shift <= 0:
+        return sig << (-shift) if -shift < 63 else np.int64(0), False
+    if shift < 63:
+        n = sig >> shift
+        rem = sig & ((np.int64(1) << shift) - 1)
+        half = np.int64(1) << (shift - 1)
+    else:
+        n = np.int64(0)
+        rem = sig
+        half = np.int64(-1)  # stands for 2^(shift-1), larger than any sig: never reached
+    if rem == 0:
+        return n, False
+    above = rem > half if half >= 0 else False
+    tie = rem == half
+    up = False
+    if mode == RNE:
+        up = above or (tie and (n & 1) == 1)
+    elif mode == RNA:
+        up = above or tie
+    elif mode == RUP:
+        up = not negative
+    elif mode == RDN:
+        up = negative
+    elif mode == RTO:
+        n |= 1
+    elif mode == SR:
+        up = sr_round_up(rem, shift, sr_bits, word0, seed, index)
+    return n + (1 if up else 0), True
+
+
+@njit(cache=True)
+def overflow_to_max(mode, negative, overflow, specials):
+    """True when an overflow gives +-max, False when it gives +-Inf (ieee) or NaN (fn/fnuz)."""
+    if overflow == OVF_SATURATE or specials == SPECIALS_NONE:
+        return True
+    if mode == RTZ or mode == RTO:
+        return True
+    if mode == RUP:
+        return negative
+    if mode == RDN:
+        return not negative
+    return False
+
+
+@njit(cache=True)
+def encode_carrier(negative, n, q, c_man, c_bias):
+    """Bit pattern (uint64) of (-1)^negative * n * 2^q in a binary carrier (float32/float64).
+
+    The caller guarantees that the value is exact in the carrier. c_man: carrier mantissa bits;
+    c_bias: carrier exponent bias.
+    """
+    sign = np.uint64(1) << np.uint64(c_man + bit_length(c_bias) + 1) if negative else np.uint64(0)
+    if n == 0:
+        return sign
+    length = bit_length(n)
+    top = q + length - 1
+    if top >= 1 - c_bias:
+        mant = np.uint64(n) << np.uint64(c_man - length + 1) if length <= c_man + 1 else (
+            np.uint64(n) >> np.uint64(length - c_man - 1))
+        mant &= low_mask(c_man)
+        return sign | (np.uint64(top + c_bias) << np.uint64(c_man)) | mant
+    return sign | (np.uint64(n) << np.uint64(q - (1 - c_bias - c_man)))
+
+
+@njit(cache=True)
+def carrier_nan(c_man, c_bias):
+    """The positive quiet NaN of a carrier."""
+    exp_all_ones = np.uint64(2 * c_bias + 1)
+    return (exp_all_ones << np.uint64(c_man)) | (np.uint64(1) << np.uint64(c_man - 1))
+
+
+@njit(cache=True)
+def carrier_inf(negative, c_man, c_bias):
+    exp_all_ones = np.uint64(2 * c_bias + 1)
+    inf = exp_all_ones << np.uint64(c_man)
+    if negative:
+        inf |= np.uint64(1) << np.uint64(c_man + bit_length(c_bias) + 1)
+    return inf
+
+
+@njit(cache=True)
+def quantize_bits(bits, c_man, c_bias, params, mode, overflow, sr_bits, word0, seed, index):
+    """Round the carrier value with bit pattern `bits` (uint64) to the format `params`.
+
+    Returns the result's bit pattern in the same carrier. c_man/c_bias describe the carrier
+    (23/127 for float32, 52/1023 for float64). word0 is the element's first random word
+    (used by 'sr' only); seed and index let the rare deep-underflow case draw more.
+    """
+    c_exp_bits = bit_length(c_bias) + 1
+    sign_shift = np.uint64(c_man + c_exp_bits)
+    negative = (bits >> sign_shift) != 0
+    efield = np.int64((bits >> np.uint64(c_man)) & low_mask(c_exp_bits))
+    mfield = np.int64(bits & low_mask(c_man))
+    c_efield_max = 2 * c_bias + 1
+    kind = params[P_KIND]
+    if efield == c_efield_max:
+        if mfield != 0:
+            return bits  # NaN in, NaN out (payload and sign kept)
+        return _special_infinity(negative, c_man, c_bias, params, mode, overflow)
+    if efield == 0:
+        if mfield == 0:
+            return _zero(negative, c_man, c_bias, params)
+        sig = mfield
+        lsb = 1 - c_bias - c_man
+        top = lsb + bit_length(mfield) - 1
+    else:
+        sig = mfield | (np.int64(1) << c_man)
+        lsb = efield - c_bias - c_man
+        top = efield - c_bias
+    if kind == KIND_FIXED:
+        return _round_fixed(negative, sig, lsb, top, c_man, c_bias, params, mode, overflow,
+                            sr_bits, word0, seed, index)
+    if negative and params[P_SIGNED] == 0:
+        return carrier_nan(c_man, c_bias)
+    man = params[P_MAN]
+    emin = params[P_EMIN]
+    if top >= emin:
+        q = top - man
+    elif params[P_SUBNORMALS] != 0:
+        q = emin - man
+    else:
+        q = emin
+    n, inexact = round_magnitude(sig, q - lsb, negative, mode, sr_bits, word0, seed, index)
+    if n == 0:
+        if params[P_ZERO] == 0:
+            n = np.int64(1)  # no zero: underflow is raised to the smallest value 2^emin
+            q = emin
+        else:
+            return _zero(negative, c_man, c_bias, params)
+    # Normalize a carry out of the top (n = 2^(man+1)) into the next binade.
+    if n >> (man + 1) != 0:
+        n >>= 1
+        q += 1
+    if _exceeds_max(n, q, params):
+        return _overflow(negative, c_man, c_bias, params, mode, overflow)
+    return encode_carrier(negative, n, q, c_man, c_bias)
+
+
+@njit(cache=True)
+def _exceeds_max(n, q, params):
+    """Is n * 2^q (n >= 1, at most man+1 bits) larger than the format's max?"""
+    man = params[P_MAN]
+    emax = params[P_EMAX]
+    length = bit_length(n)
+    top = q + length - 1
+    if top != emax:
+        return top > emax
+    # Same binade as max = max_n * 2^(emax - man): compare significands at that quantum.
+    return (n << (man + 1 - length)) > params[P_MAX_N]
+
+
+@njit(cache=True)
+def _zero(negative, c_man, c_bias, params):
+    if params[P_KIND] == KIND_FLOAT and params[P_ZERO] == 0:
+        return carrier_nan(c_man, c_bias)
+    keeps_sign = (params[P_KIND] == KIND_FLOAT and params[P_SIGNED] != 0
+                  and params[P_SPECIALS] != SPECIALS_FNUZ)
+    return encode_carrier(negative and keeps_sign, np.int64(0), np.int64(0), c_man, c_bias)
+
+
+@njit(cache=True)
+def _max_bits(negative, c_man, c_bias, params):
+    """+-max of a float format, in the carrier."""
+    man = params[P_MAN]
+    return encode_carrier(negative, params[P_MAX_N], params[P_EMAX] - man, c_man, c_bias)
+
+
+@njit(cache=True)
+def _overflow(negative, c_man, c_bias, params, mode, overflow):
+    if overflow_to_max(mode, negative, overflow, params[P_SPECIALS]):
+        return _max_bits(negative, c_man, c_bias, params)
+    if params[P_SPECIALS] == SPECIALS_IEEE:
+        return carrier_inf(negative, c_man, c_bias)
+    return carrier_nan(c_man, c_bias)
+
+
+@njit(cache=True)
+def _special_infinity(negative, c_man, c_bias, params, mode, overflow):
+    """An infinite input: exact in ieee formats, an overflow elsewhere."""
+    if params[P_KIND] == KIND_FIXED:
+        if overflow == OVF_WRAP:
+            return carrier_nan(c_man, c_bias)
+        return _fixed_limit(negative, c_man, c_bias, params)
+    if negative and params[P_SIGNED] == 0:
+        return carrier_nan(c_man, c_bias)
+    if params[P_SPECIALS] == SPECIALS_IEEE:
+        return carrier_inf(negative, c_man, c_bias)
+    return _overflow(negative, c_man, c_bias, params, mode, overflow)
+
+
+@njit(cache=True)
+def _fixed_limit(negative, c_man, c_bias, params):
+    """The saturation value of a fixed-point format on the side of `negative`."""
+    width = params[P_EMIN]
+    signed = params[P_SIGNED] != 0
+    if negative:
+        k = (np.int64(1) << (width - 1)) if signed else np.int64(0)
+    else:
+        k = params[P_MAX_N]
+    return encode_carrier(negative and k != 0, k, -params[P_MAN], c_man, c_bias)
+
+
+@njit(cache=True)
+def _round_fixed(negative, sig, lsb, top, c_man, c_bias, params, mode, overflow, sr_bits,
+                 word0, seed, index):
+    """Fixed point: round to a multiple of 2^-frac_bits, then saturate or wrap."""
+    frac = params[P_MAN]
+    width = params[P_EMIN]
+    signed = params[P_SIGNED] != 0
+    q = -frac
+    shift = q - lsb
+    # |x| >= 2^(width + 1) * 2^q overflows whatever the rounding; the magnitude may not fit int64.
+    huge = top - q >= width + 1
+    if overflow != OVF_WRAP:
+        if huge:
+            return _fixed_limit(negative, c_man, c_bias, params)
+        n, inexact = round_magnitude(sig, shift, negative, mode, sr_bits, word0, seed, index)
+        limit = (np.int64(1) << (width - 1)) if (signed and negative) else params[P_MAX_N]
+        if negative and not signed:
+            limit = np.int64(0)
+        if n > limit:
+            return _fixed_limit(negative, c_man, c_bias, params)
+        return encode_carrier(negative and n != 0, n, q, c_man, c_bias)
+    # wrap: the rounded integer k = +-n reduced modulo 2^width (uint64 arithmetic wraps mod 2^64).
+    if huge and shift <= 0:
+        n_mod = np.uint64(sig) << np.uint64(-shift) if -shift < 64 else np.uint64(0)
+    else:
+        n, inexact = round_magnitude(sig, shift, negative, mode, sr_bits, word0, seed, index)
+        n_mod = np.uint64(n)
+    k_mod = (np.uint64(0) - n_mod) if negative else n_mod
+    k_mod &= low_mask(width)
+    if signed and (k_mod >> np.uint64(width - 1)) != 0:
+        magnitude = np.int64((low_mask(width) - k_mod) + np.uint64(1))
+        return encode_carrier(True, magnitude, q, c_man, c_bias)
+    return encode_carrier(False, np.int64(k_mod), q, c_man, c_bias)

@@ -1,0 +1,77 @@
+"""Translate formats and policy names into the integer parameters of the scalar core."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from formats import FixedFormat, FloatFormat, Format, get_format
+from formats.policy import (
+    OVERFLOWS,
+    ROUNDINGS,
+    check_overflow,
+    check_rounding,
+    check_seed,
+    check_sr_bits,
+)
+from refsim import core
+
+CARRIERS: dict[np.dtype, tuple[int, int, type]] = {
+    np.dtype(np.float32): (23, 127, np.uint32),
+    np.dtype(np.float64): (52, 1023, np.uint64),
+}
+"""Input dtypes: (mantissa bits, exponent bias, unsigned type of the same width)."""
+
+_SPECIALS_CODE = {
+    "ieee": core.SPECIALS_IEEE, "fn": core.SPECIALS_FN, "fnuz": core.SPECIALS_FNUZ,
+    "none": core.SPECIALS_NONE,
+}
+
+
+def format_params(fmt: Format) -> tuple[int, ...]:
+    """The int64 parameter tuple of `fmt` (layout: refsim.core.P_*)."""
+    if isinstance(fmt, FloatFormat):
+        max_n = ((1 << fmt.man_bits) - 1) + (1 << fmt.man_bits)
+        if fmt.specials == "fn" and fmt.man_bits > 0:
+            max_n -= 1
+        return (core.KIND_FLOAT, fmt.man_bits, fmt.emin, fmt.emax, int(fmt.subnormals),
+                int(fmt.zero), int(fmt.signed), _SPECIALS_CODE[fmt.specials], max_n)
+    return (core.KIND_FIXED, fmt.frac_bits, fmt.bits, 0, 0, 1, int(fmt.signed), core.SPECIALS_NONE,
+            fmt.k_max)
+
+
+def carrier_holds(fmt: Format, dtype: np.dtype) -> bool:
+    """Is every value of `fmt` an exact value of the float dtype?"""
+    c_man, c_bias, _ = CARRIERS[np.dtype(dtype)]
+    c_emax = c_bias
+    c_min_exp = 1 - c_bias - c_man  # exponent of the carrier's smallest subnormal
+    if isinstance(fmt, FloatFormat):
+        return (fmt.man_bits <= c_man and fmt.emax <= c_emax
+                and fmt.emin - (fmt.man_bits if fmt.subnormals else 0) >= c_min_exp)
+    # Fixed point: k * 2^-frac_bits with |k| up to 2^(bits-1) (signed) or 2^bits - 1.
+    magnitude_bits = fmt.bits - 1 if fmt.signed else fmt.bits
+    return (magnitude_bits <= c_man + 1 and -fmt.frac_bits >= c_min_exp
+            and magnitude_bits - fmt.frac_bits <= c_emax)
+
+
+def resolve(fmt: Format | str, dtype: np.dtype, rounding: str, overflow: str,
+            sr_bits: int | None, seed: object) -> tuple[Format, tuple[int, ...], int, int, int, int]:
+    """Validate a quantize request; return (format, params, mode, overflow, sr_bits, seed).
+
+    sr_bits is returned as 0 for None (every discarded bit).
+    """
+    fmt = get_format(fmt)
+    check_rounding(rounding)
+    check_overflow(overflow)
+    bits = check_sr_bits(sr_bits, rounding)
+    seed_value = check_seed(seed)
+    if overflow == "wrap" and not isinstance(fmt, FixedFormat):
+        raise ValueError(f"overflow='wrap' applies to fixed-point formats only; {fmt.name} is a"
+                         " floating-point format (use 'default' or 'saturate')")
+    if not carrier_holds(fmt, dtype):
+        raise ValueError(
+            f"fmt={fmt.name} does not fit in {np.dtype(dtype).name}: the result keeps the input's"
+            f" dtype, and {np.dtype(dtype).name} cannot hold every {fmt.name} value"
+            " (use float64 input)"
+        )
+    return (fmt, format_params(fmt), ROUNDINGS.index(rounding), OVERFLOWS.index(overflow),
+            bits or 0, seed_value)

@@ -1,0 +1,69 @@
+"""refsim.quantize: round every element of an array to a number format, once, exactly.
+
+Usage rules: the input is a NumPy float32 or float64 array (any shape, any strides) or a Python
+float; the result has the input's dtype and shape. Semantics: docs/rounding.md. Stochastic
+rounding draws element i's bits from the counter-based stream under `seed` (docs/rng.md), so a
+result never depends on thread count, chunking or memory layout.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from formats import Format
+from refsim.backends import cpu
+from refsim.params import CARRIERS, resolve
+
+
+def quantize(x, fmt: Format | str, rounding: str = "rne", *, overflow: str = "default",
+             sr_bits: int | None = None, seed: int = 0, out: np.ndarray | None = None):
+    """Round `x` to `fmt`.
+
+    Args:
+        x: NumPy float32/float64 array, NumPy float scalar, or Python float.
+        fmt: a FloatFormat/FixedFormat or a format name ("e4m3fn", "bf16", "int8", "e5m10", ...).
+        rounding: rne, rna, rtz, rup, rdn, rto or sr.
+        overflow: "default" (the format's policy), "saturate", or "wrap" (fixed point only).
+        sr_bits: for rounding="sr": None uses every discarded bit; r in 1..64 adds r random bits.
+        seed: 0..2^64-1, the key of the random stream (rounding="sr" only reads it).
+        out: optional array of x's shape and dtype to write into (may be x itself).
+
+    Returns:
+        An array of x's dtype and shape (out, if given); a float for a Python float input.
+    """
+    if isinstance(x, float):
+        return float(quantize(np.float64(x), fmt, rounding, overflow=overflow, sr_bits=sr_bits,
+                              seed=seed))
+    if isinstance(x, np.floating):
+        result = quantize(np.asarray(x), fmt, rounding, overflow=overflow, sr_bits=sr_bits,
+                          seed=seed)
+        return result[()]
+    if not isinstance(x, np.ndarray):
+        raise TypeError(
+            f"x must be a NumPy float32/float64 array or a float; got {type(x).__name__}"
+        )
+    if x.dtype not in CARRIERS:
+        raise TypeError(
+            f"x must have dtype float32 or float64; got {x.dtype} (nothing is cast implicitly)"
+        )
+    _, params, mode, ovf, bits, seed_value = resolve(fmt, x.dtype, rounding, overflow, sr_bits,
+                                                     seed)
+    if out is not None:
+        if not isinstance(out, np.ndarray) or out.dtype != x.dtype or out.shape != x.shape:
+            raise ValueError(
+                f"out must be a NumPy array of x's dtype {x.dtype} and shape {x.shape}; got "
+                + (f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__)
+            )
+    c_man, c_bias, utype = CARRIERS[x.dtype]
+    src = np.ascontiguousarray(x).reshape(-1).view(utype)
+    if out is not None and out.flags.c_contiguous and not np.shares_memory(out, x):
+        dst_array = out
+    else:
+        dst_array = np.empty(x.shape, x.dtype)
+    dst = dst_array.reshape(-1).view(utype)
+    cpu.quantize_flat(src, dst, c_man, c_bias, params, mode, ovf, bits, np.uint64(seed_value))
+    if out is None:
+        return dst_array
+    if dst_array is not out:
+        out[...] = dst_array
+    return out

@@ -1,0 +1,1 @@
+"""Cross-checks of fast paths and peer libraries against the reference; bit-level reports."""
