@@ -22,6 +22,7 @@ from refsim.rng import stream_word
 
 # Rounding modes: the index of each name in formats.policy.ROUNDINGS.
 RNE, RNA, RTZ, RUP, RDN, RTO, SR = 0, 1, 2, 3, 4, 5, 6
+ROUNDING_NAMES = ("rne", "rna", "rtz", "rup", "rdn", "rto", "sr")  # == formats.policy.ROUNDINGS
 # Overflow policies: the index in formats.policy.OVERFLOWS.
 OVF_DEFAULT, OVF_SATURATE, OVF_WRAP = 0, 1, 2
 # Format kinds and FloatFormat.specials codes.

@@ -61,7 +61,8 @@ def quantize(x, fmt: Format | str, rounding: str = "rne", *, overflow: str = "de
     else:
         dst_array = np.empty(x.shape, x.dtype)
     dst = dst_array.reshape(-1).view(utype)
-    cpu.quantize_flat(src, dst, c_man, c_bias, params, mode, ovf, bits, np.uint64(seed_value))
+    fast = cpu.fast_constants(params, c_man, c_bias, mode, ovf)
+    cpu.KERNELS[mode](src, dst, c_man, c_bias, params, fast, ovf, bits, np.uint64(seed_value))
     if out is None:
         return dst_array
     if dst_array is not out:
