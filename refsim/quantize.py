@@ -31,13 +31,10 @@ def quantize(x, fmt: Format | str, rounding: str = "rne", *, overflow: str = "de
     Returns:
         An array of x's dtype and shape (out, if given); a float for a Python float input.
     """
-    if isinstance(x, float):
-        return float(quantize(np.float64(x), fmt, rounding, overflow=overflow, sr_bits=sr_bits,
-                              seed=seed))
-    if isinstance(x, np.floating):
+    if isinstance(x, (float, np.floating)):  # np.float64 is a float subclass: test both at once
         result = quantize(np.asarray(x), fmt, rounding, overflow=overflow, sr_bits=sr_bits,
-                          seed=seed)
-        return result[()]
+                          seed=seed)[()]
+        return result if isinstance(x, np.floating) else float(result)
     if not isinstance(x, np.ndarray):
         raise TypeError(
             f"x must be a NumPy float32/float64 array or a float; got {type(x).__name__}"

@@ -1,0 +1,106 @@
+"""refsim.quantize: shapes, layouts, out=, scalars, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from formats import FloatFormat
+from formats.exact import quantize_exact
+from refsim import quantize
+from validation.bits import assert_same_bits
+
+
+@pytest.fixture(scope="module")
+def data():
+    return np.random.default_rng(5).standard_normal((6, 7, 8)) * 50
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_shape_and_dtype_kept(data, dtype):
+    x = data.astype(dtype)
+    y = quantize(x, "e4m3fn")
+    assert y.dtype == x.dtype and y.shape == x.shape
+    assert_same_bits(y, quantize_exact(x, "e4m3fn"), x)
+
+
+@pytest.mark.parametrize("rounding", ["rne", "sr"])
+def test_non_contiguous_equals_contiguous_copy(data, rounding):
+    """Strided and transposed views give the bits of their C-order copy (SR included: the
+    random word follows the element's flat C-order index in the view, not its address)."""
+    for view in (data[:, ::2, 1:], data.transpose(2, 0, 1), data[::-1]):
+        got = quantize(view, "bf16", rounding, seed=9)
+        assert_same_bits(got, quantize(np.ascontiguousarray(view), "bf16", rounding, seed=9))
+
+
+def test_out_argument_and_in_place(data):
+    x = data.astype(np.float32)
+    expected = quantize(x, "e5m2")
+    out = np.empty_like(x)
+    assert quantize(x, "e5m2", out=out) is out
+    assert_same_bits(out, expected)
+    strided_out = np.empty((6, 7, 16), np.float32)[:, :, ::2]
+    quantize(x, "e5m2", out=strided_out)
+    assert_same_bits(strided_out, expected)
+    y = x.copy()
+    assert quantize(y, "e5m2", out=y) is y
+    assert_same_bits(y, expected)
+
+
+def test_scalars_and_empty():
+    assert quantize(464.0, "e4m3fn") == 448.0
+    assert isinstance(quantize(464.0, "e4m3fn"), float)
+    value = quantize(np.float32(1.0625), "e4m3fn", "rna")
+    assert isinstance(value, np.float32) and value == np.float32(1.125)
+    empty = quantize(np.empty((0, 3), np.float32), "fp16")
+    assert empty.shape == (0, 3) and empty.dtype == np.float32
+    assert quantize(np.array(2.5), "int8").shape == ()
+
+
+def test_format_object_and_custom_name():
+    x = np.linspace(-3, 3, 101)
+    assert_same_bits(quantize(x, FloatFormat(5, 10)), quantize(x, "fp16"))
+    assert_same_bits(quantize(x, "e5m10"), quantize(x, "float16"))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "words"),
+    [
+        ({"x": np.arange(4)}, TypeError, ["x", "float32"]),
+        ({"x": np.array([1.0], dtype=object)}, TypeError, ["x", "float32"]),
+        ({"x": np.ones(2, np.float16)}, TypeError, ["float16"]),
+        ({"x": [1.0, 2.0]}, TypeError, ["x", "list"]),
+        ({"fmt": "e4m4q"}, ValueError, ["unknown format", "e4m4q"]),
+        ({"fmt": 3}, TypeError, ["fmt"]),
+        ({"rounding": "nearest"}, ValueError, ["rounding", "rne", "sr"]),
+        ({"overflow": "clip"}, ValueError, ["overflow", "saturate"]),
+        ({"overflow": "wrap"}, ValueError, ["wrap", "fixed-point"]),
+        ({"rounding": "sr", "sr_bits": 0}, ValueError, ["sr_bits", "1..64"]),
+        ({"rounding": "sr", "sr_bits": 65}, ValueError, ["sr_bits"]),
+        ({"rounding": "sr", "sr_bits": 2.0}, TypeError, ["sr_bits"]),
+        ({"rounding": "rne", "sr_bits": 8}, ValueError, ["sr_bits", "sr"]),
+        ({"seed": -1}, ValueError, ["seed", "2^64"]),
+        ({"seed": 2**64}, ValueError, ["seed"]),
+        ({"seed": 1.5}, TypeError, ["seed"]),
+        ({"x": np.ones(3, np.float32), "fmt": "fp64"}, ValueError, ["fp64", "float32"]),
+        ({"x": np.ones(3, np.float32), "fmt": "int32"}, ValueError, ["int32", "float32"]),
+        ({"out": np.empty(4)}, ValueError, ["out", "shape"]),
+        ({"out": np.empty(3, np.float32)}, ValueError, ["out", "dtype"]),
+    ],
+)
+def test_bad_input_names_the_parameter(kwargs, error, words):
+    args = {"x": np.ones(3), "fmt": "e4m3fn", **kwargs}
+    x = args.pop("x")
+    fmt = args.pop("fmt")
+    with pytest.raises(error) as info:
+        quantize(x, fmt, **args)
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
+
+
+def test_nothing_is_cast_silently():
+    x = np.ones(3, np.float32)
+    before = x.copy()
+    with pytest.raises(ValueError):
+        quantize(x, "fp64")
+    assert_same_bits(x, before)

@@ -1,0 +1,93 @@
+"""Stochastic rounding: neighbours only, exact probabilities, unbiasedness, reproducibility."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numba
+import numpy as np
+import pytest
+
+from formats import get_format
+from formats.exact import candidates, sr_probability
+from refsim import quantize
+from refsim.rng import random_words
+from validation.bits import assert_same_bits
+
+
+@pytest.mark.parametrize("name", ["e4m3fn", "e5m2", "bf16", "e2m1fn", "int8", "fx8.3"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_output_is_a_neighbour(name, dtype):
+    fmt = get_format(name)
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal(5000) * 3).astype(dtype)
+    y = quantize(x, fmt, "sr", overflow="saturate", seed=4)
+    for xi, yi in zip(x.tolist(), y.tolist(), strict=True):
+        lo, hi, _ = candidates(xi, fmt)
+        clipped = [min(max(v, Fraction(getattr(fmt, "min", -fmt.max))), Fraction(fmt.max))
+                   for v in (lo, hi)]
+        assert Fraction(abs(yi)) in {lo, hi, *map(abs, clipped)}, (xi, yi)
+
+
+@pytest.mark.parametrize("sr_bits", [1, 2, 3, 4])
+def test_sr_bits_probability_is_exact_by_enumeration(sr_bits):
+    """Enumerate every value of the top sr_bits random bits: the number of round-ups over the
+    2^r equally likely values is floor(f * 2^r) exactly. The stream's top bits are uniform, so we
+    pick, from the real stream, elements whose words cover all 2^r top-bit values."""
+    r = sr_bits
+    words = random_words(123, 4096)
+    tops = (words >> np.uint64(64 - r)).astype(np.int64)
+    pick = [int(np.flatnonzero(tops == t)[0]) for t in range(2**r)]
+    fmt = get_format("e4m3fn")
+    for f_num in range(0, 64):
+        f = Fraction(f_num, 64)
+        x = 1.0 + float(f) / 8  # quantum of e4m3 at 1.0 is 1/8
+        arr = np.zeros(4096)
+        arr[pick] = x
+        y = quantize(arr, fmt, "sr", sr_bits=r, seed=123)[pick]
+        ups = int(np.sum(y > 1.0))
+        expected = sr_probability(x, fmt, sr_bits=r) * 2**r
+        assert ups == expected == int(f * 2**r), (f, ups, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_unbiased_with_fixed_seed(dtype):
+    """Mean of SR(x) over many elements equals x within 5 standard errors (fixed seed)."""
+    fmt = get_format("e4m3fn")
+    n = 1 << 18
+    for x in (1.03, -2.7, 300.5, 0.0031, 0.0007):
+        arr = np.full(n, x, dtype)
+        y = quantize(arr, fmt, "sr", seed=2024).astype(np.float64)
+        lo, hi, f = candidates(float(arr[0]), fmt)
+        p = float(f)
+        sigma = float(hi - lo) * np.sqrt(p * (1 - p) / n)
+        assert abs(y.mean() - float(arr[0])) <= 5 * sigma + 1e-300, (x, y.mean())
+
+
+def test_same_seed_same_bits_other_seed_differs():
+    x = np.random.default_rng(3).standard_normal(10000)
+    a = quantize(x, "bf16", "sr", seed=1)
+    assert_same_bits(a, quantize(x, "bf16", "sr", seed=1))
+    assert not np.array_equal(a, quantize(x, "bf16", "sr", seed=2))
+
+
+@pytest.mark.parametrize("rounding", ["rne", "rto", "sr"])
+def test_one_and_two_threads_identical(rounding):
+    x = np.random.default_rng(6).standard_normal(300_001).astype(np.float32) * 100
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = quantize(x, "e4m3fn", rounding, seed=8)
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        two = quantize(x, "e4m3fn", rounding, seed=8)
+    finally:
+        numba.set_num_threads(before)
+    assert_same_bits(one, two)
+
+
+def test_deep_underflow_float64_uses_more_words():
+    """A float64 input far below the quantum needs more than 64 random bits; the result is
+    still 0 or the smallest subnormal, with probability ~ f (here tiny): all zeros."""
+    x = np.full(1000, 2.0**-1000)
+    y = quantize(x, "e4m3fn", "sr", seed=1)
+    assert np.all(y == 0.0)
