@@ -18,6 +18,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check formats refsim validation tests bench
+	$(PY) -m mypy
 	$(PY) -m pytest -m "not slow" -q
 
 test-slow: $(STAMP)

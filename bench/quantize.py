@@ -66,7 +66,7 @@ def main() -> None:
 
             torch.set_num_threads(threads)
             t = torch.from_numpy(x)
-            peers["torch .to(float8_e4m3fn) round trip"] = lambda: t.to(
+            peers["torch .to(float8_e4m3fn) round trip"] = lambda t=t: t.to(
                 torch.float8_e4m3fn).to(torch.float32)
         except ImportError:
             pass

@@ -76,12 +76,13 @@ class FloatFormat:
             raise ValueError("specials='ieee' needs exp_bits >= 2: the top field holds Inf/NaN")
         if not self.zero and self.subnormals:
             raise ValueError("zero=False needs subnormals=False: field 0 is then a normal binade")
-        if self.bias is None:
+        bias = self.bias
+        if bias is None:
             default = 1 << (self.exp_bits - 1)
-            object.__setattr__(self, "bias", default if self.specials == "fnuz" else default - 1)
-        elif isinstance(self.bias, bool) or not isinstance(self.bias, (int, np.integer)):
-            raise TypeError(f"bias must be an int or None; got {self.bias!r}")
-        object.__setattr__(self, "bias", int(self.bias))
+            bias = default if self.specials == "fnuz" else default - 1
+        elif isinstance(bias, bool) or not isinstance(bias, (int, np.integer)):
+            raise TypeError(f"bias must be an int or None; got {bias!r}")
+        object.__setattr__(self, "bias", int(bias))
         if self.emax < self.emin:
             raise ValueError(
                 f"exp_bits={self.exp_bits} with specials={self.specials!r} leaves no finite binade"
@@ -119,11 +120,17 @@ class FloatFormat:
         """The exponent and mantissa fields of a code."""
         return (1 << (self.exp_bits + self.man_bits)) - 1
 
+    @property
+    def exponent_bias(self) -> int:
+        """The resolved bias (never None once constructed)."""
+        assert self.bias is not None
+        return self.bias
+
     # ---- derived constants ----------------------------------------------------------------------
     @cached_property
     def emin(self) -> int:
         """Exponent of the smallest normal binade (unbiased)."""
-        return (1 if self.zero else 0) - self.bias
+        return (1 if self.zero else 0) - self.exponent_bias
 
     @cached_property
     def emax(self) -> int:
@@ -131,7 +138,7 @@ class FloatFormat:
         top_field = (1 << self.exp_bits) - 1
         if self.specials == "ieee" or (self.specials == "fn" and self.man_bits == 0):
             top_field -= 1  # the top field holds only specials
-        return top_field - self.bias
+        return top_field - self.exponent_bias
 
     @cached_property
     def max(self) -> float:
@@ -250,10 +257,10 @@ class FloatFormat:
             is_sub = efield == 0
             # Without subnormals, field 0 decodes to zero whatever its mantissa.
             sig = np.where(is_sub, mfield if self.subnormals else 0, mfield + (1 << self.man_bits))
-            exp = np.where(is_sub, self.emin, efield - self.bias) - self.man_bits
+            exp = np.where(is_sub, self.emin, efield - self.exponent_bias) - self.man_bits
         else:
             sig = mfield + (1 << self.man_bits)
-            exp = efield - self.bias - self.man_bits
+            exp = efield - self.exponent_bias - self.man_bits
         top = efield == (1 << self.exp_bits) - 1
         if self.specials == "ieee" or (self.specials == "fn" and self.man_bits == 0):
             # The top field holds only Inf/NaN (replaced below); 2^(top - bias) may exceed

@@ -222,7 +222,7 @@ def quantize_bits(bits, c_man, c_bias, params, mode, overflow, sr_bits, word0, s
         q = emin - man
     else:
         q = emin
-    n, inexact = round_magnitude(sig, q - lsb, negative, mode, sr_bits, word0, seed, index)
+    n, _ = round_magnitude(sig, q - lsb, negative, mode, sr_bits, word0, seed, index)
     if n == 0:
         if params[P_ZERO] == 0:
             n = np.int64(1)  # no zero: underflow is raised to the smallest value 2^emin
@@ -316,7 +316,7 @@ def _round_fixed(negative, sig, lsb, top, c_man, c_bias, params, mode, overflow,
     if overflow != OVF_WRAP:
         if huge:
             return _fixed_limit(negative, c_man, c_bias, params)
-        n, inexact = round_magnitude(sig, shift, negative, mode, sr_bits, word0, seed, index)
+        n, _ = round_magnitude(sig, shift, negative, mode, sr_bits, word0, seed, index)
         limit = (np.int64(1) << (width - 1)) if (signed and negative) else params[P_MAX_N]
         if negative and not signed:
             limit = np.int64(0)
@@ -327,7 +327,7 @@ def _round_fixed(negative, sig, lsb, top, c_man, c_bias, params, mode, overflow,
     if huge and shift <= 0:
         n_mod = np.uint64(sig) << np.uint64(-shift) if -shift < 64 else np.uint64(0)
     else:
-        n, inexact = round_magnitude(sig, shift, negative, mode, sr_bits, word0, seed, index)
+        n, _ = round_magnitude(sig, shift, negative, mode, sr_bits, word0, seed, index)
         n_mod = np.uint64(n)
     k_mod = (np.uint64(0) - n_mod) if negative else n_mod
     k_mod &= low_mask(width)

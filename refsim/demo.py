@@ -30,7 +30,7 @@ def worked_example(fmt_name: str = "e4m3fn") -> str:
     fmt = NAMED[fmt_name]
     x = np.array([1.0625, 1.1875, -1.0625, 464.0, 465.0, 1e-3, -431.99999999999994, np.inf],
                  np.float64)
-    header = f"{'x':>22} " + " ".join(f"{mode:>12}" for mode in ROUNDINGS)
+    header = f"{'x':>22} " + " ".join(f"{mode:>13}" for mode in ROUNDINGS)
     lines = [f"{fmt_name}: x rounded once from its exact float64 value (sr: seed 0)", header]
     results = {mode: quantize(x, fmt, mode) for mode in ROUNDINGS}
     for i, value in enumerate(x):
@@ -39,7 +39,7 @@ def worked_example(fmt_name: str = "e4m3fn") -> str:
             y = results[mode][i]
             code = int(fmt.encode(np.array([y]))[0])
             cells.append(f"{y:g}/{code:02x}")
-        lines.append(f"{value!r:>22} " + " ".join(f"{c:>12}" for c in cells))
+        lines.append(f"{float(value)!r:>22} " + " ".join(f"{c:>13}" for c in cells))
     lines.append("saturate: " + ", ".join(
         f"{v!r} -> {quantize(float(v), fmt, overflow='saturate'):g}" for v in (465.0, np.inf)))
     return "\n".join(lines)

@@ -53,8 +53,11 @@ def carrier_holds(fmt: Format, dtype: np.dtype) -> bool:
             and magnitude_bits - fmt.frac_bits <= c_emax)
 
 
+Resolved = tuple[Format, tuple[int, ...], int, int, int, int]
+
+
 def resolve(fmt: Format | str, dtype: np.dtype, rounding: str, overflow: str,
-            sr_bits: int | None, seed: object) -> tuple[Format, tuple[int, ...], int, int, int, int]:
+            sr_bits: int | None, seed: object) -> Resolved:
     """Validate a quantize request; return (format, params, mode, overflow, sr_bits, seed).
 
     sr_bits is returned as 0 for None (every discarded bit).

@@ -47,9 +47,10 @@ def quantize(x, fmt: Format | str, rounding: str = "rne", *, overflow: str = "de
                                                      seed)
     if out is not None:
         if not isinstance(out, np.ndarray) or out.dtype != x.dtype or out.shape != x.shape:
+            got = (f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray)
+                   else type(out).__name__)
             raise ValueError(
-                f"out must be a NumPy array of x's dtype {x.dtype} and shape {x.shape}; got "
-                + (f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__)
+                f"out must be a NumPy array of x's dtype {x.dtype} and shape {x.shape}; got {got}"
             )
     c_man, c_bias, utype = CARRIERS[x.dtype]
     src = np.ascontiguousarray(x).reshape(-1).view(utype)
