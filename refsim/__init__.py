@@ -1,5 +1,7 @@
 """refsim: a bit-exact reference simulator for low-precision deep-learning numerics."""
 
+from refsim.accumulate import dot, matmul, sum
 from refsim.quantize import quantize
+from refsim.specs import AccumSpec, Cast, GemmSpec
 
-__all__ = ["quantize"]
+__all__ = ["AccumSpec", "Cast", "GemmSpec", "dot", "matmul", "quantize", "sum"]

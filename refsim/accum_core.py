@@ -1,0 +1,535 @@
+"""The scalar accumulation core: exact add-and-round, and the orders built on it, written once.
+
+Plain `numba.njit` functions of integer scalars (and, for the order loops, the operand arrays),
+like refsim.core, so the same code can be called from the CPU kernels of refsim.accumulate and,
+later, from numba.cuda kernels. No NumPy calls except the small stack of the pairwise order.
+
+Values
+------
+An exact value is *unpacked* as (kind, negative, sig, exp): kind K_FIN, K_INF or K_NAN; for K_FIN
+the value is (-1)^negative * sig * 2^exp with sig a uint64 (0 for a signed zero). Rounded values
+travel as float64 bit patterns (uint64): every accumulator format is a subset of float64.
+
+The primitive
+-------------
+`add_round(x, y, spec, ...)` returns round(x + y) for two unpacked values whose significands have
+at most 64 bits (an accumulator value, an exact product of two operands whose significands total
+at most 64 bits, or a rounded product). Both are normalized to 64-bit significands; the larger one
+A is placed in bits 63..126 of a two-word window W = (hi, lo), so the sum never carries out of 128
+bits; the smaller one B is shifted right into the window by the exponent difference. Bits of B
+that fall below the window form the *tail* t (0 < t < 1 window units), kept exactly as an integer
+T with t = T / 2^tl:
+  - same signs: W = A + floor(B), the exact sum is W + t (tail kind ADD);
+  - opposite signs: the exact difference is A - floor(B) - t = (W - 1) + (1 - t) with W = A -
+    floor(B): the borrow is taken from W and the tail becomes 1 - t (kind SUB), whose bits are
+    the two's complement of T.
+A tail exists only when B lies more than 63 bits below A; then W has at least 127 bits and the
+format keeps at most 53, so at least 73 bits of W are discarded: every mode but sr decides from
+W's discarded bits plus "the tail is nonzero" (a sticky bit). sr with sr_bits=None compares the
+random bits with the discarded fraction 64 bits at a time and reads the tail's exact bits only
+when all of the window's discarded bits tie (probability 2^-73 or less). So every mode is
+correctly rounded from the exact sum, with the rules of docs/rounding.md.
+
+Random words
+------------
+The rounding that step `step` of family `tag` performs for output element `index` (flat C-order
+index of the output) under `seed` reads the words
+    W_j = philox4x64_10(counter=(index // 4 + 1, j, step, tag), key=(seed, 0))[index % 4],
+that is np.random.Philox(key=seed, counter=index // 4 + (j << 64) + (step << 128) + (tag << 192))
+.random_raw(4)[index % 4]. tag >= 1, so these never coincide with refsim.quantize's words
+(counter words 2 and 3 zero). The tags are the TAG_* constants; the steps are given by each order
+(docs/accumulation.md).
+
+Integer types: uint64 for significands, window words and random words; int64 for exponents,
+shifts and counts; every mixed operation is cast explicitly (Numba turns uint64-with-int64 into
+float64).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from refsim import core
+from refsim.rng import philox4x64_10
+
+# Kinds of unpacked values.
+K_FIN, K_INF, K_NAN = 0, 1, 2
+# Kinds of tail below the window.
+TAIL_NONE, TAIL_ADD, TAIL_SUB = 0, 1, 2
+# A rounding spec is the format's params (refsim.core.P_* layout) followed by these three.
+S_MODE, S_OVF, S_SRB = core.N_PARAMS, core.N_PARAMS + 1, core.N_PARAMS + 2
+N_SPEC = core.N_PARAMS + 3
+# Families of rounding operations (counter word 3 of the random stream).
+TAG_ADD, TAG_PRODUCT, TAG_OUTER, TAG_KAHAN_Y, TAG_KAHAN_D, TAG_KAHAN_C, TAG_OUT = range(1, 8)
+# Orders (the index in refsim.specs.ORDERS).
+ORD_SEQUENTIAL, ORD_PAIRWISE, ORD_CHUNKED, ORD_KAHAN, ORD_MULTITERM = 0, 1, 2, 3, 4
+
+C_MAN, C_BIAS = 52, 1023  # results are float64 bit patterns
+PAIRWISE_STACK = 64  # levels of the pairwise stack: enough for 2^63 terms
+
+_U0 = np.uint64(0)
+_U1 = np.uint64(1)
+_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
+_MANT = np.uint64(0xFFFFFFFFFFFFF)
+_I0 = np.int64(0)
+
+
+# ---- unsigned helpers ---------------------------------------------------------------------------
+@njit(cache=True)
+def bitlen_u64(x):
+    """Bit length of a uint64 (0 for 0), by binary search."""
+    x = np.uint64(x)
+    length = np.int64(0)
+    for step in (32, 16, 8, 4, 2, 1):
+        if x >= (_U1 << np.uint64(step)):
+            x >>= np.uint64(step)
+            length += step
+    return length + (1 if x != _U0 else 0)
+
+
+@njit(cache=True)
+def bitlen128(hi, lo):
+    if hi != _U0:
+        return 64 + bitlen_u64(hi)
+    return bitlen_u64(lo)
+
+
+@njit(cache=True)
+def bits64(hi, lo, s):
+    """Bits s .. s+63 of the 128-bit integer (hi, lo) as a uint64; bits outside 0..127 are 0."""
+    if s >= 128 or s <= -64:
+        return _U0
+    if s >= 64:
+        return hi >> np.uint64(s - 64)
+    if s > 0:
+        return (lo >> np.uint64(s)) | (hi << np.uint64(64 - s))
+    if s == 0:
+        return lo
+    return lo << np.uint64(-s)
+
+
+@njit(cache=True)
+def low_bits128(hi, lo, s):
+    """(hi, lo) mod 2^s, s >= 0."""
+    if s >= 128:
+        return hi, lo
+    if s >= 64:
+        return hi & core.low_mask(s - 64), lo
+    return _U0, lo & core.low_mask(s)
+
+
+@njit(cache=True)
+def compare128(ahi, alo, bhi, blo):
+    """-1, 0 or 1 as (ahi, alo) <, == or > (bhi, blo)."""
+    if ahi != bhi:
+        return -1 if ahi < bhi else 1
+    if alo != blo:
+        return -1 if alo < blo else 1
+    return 0
+
+
+# ---- random words -------------------------------------------------------------------------------
+@njit(cache=True)
+def accum_word(seed, index, step, tag, j):
+    """Word W_j of rounding `step` of family `tag` for output element `index` (module doc)."""
+    index = np.uint64(index)
+    w0, w1, w2, w3 = philox4x64_10((index >> np.uint64(2)) + _U1, np.uint64(j), np.uint64(step),
+                                   np.uint64(tag), np.uint64(seed), _U0)
+    lane = index & np.uint64(3)
+    if lane == _U0:
+        return w0
+    if lane == _U1:
+        return w1
+    if lane == np.uint64(2):
+        return w2
+    return w3
+
+
+# ---- unpacking and exact products ---------------------------------------------------------------
+@njit(cache=True)
+def unpack_f64(bits):
+    """(kind, negative, sig, exp) of a float64 bit pattern."""
+    bits = np.uint64(bits)
+    negative = (bits >> np.uint64(63)) != _U0
+    efield = np.int64((bits >> np.uint64(52)) & np.uint64(0x7FF))
+    mant = bits & _MANT
+    if efield == 2047:
+        return (K_NAN if mant != _U0 else K_INF), negative, _U0, _I0
+    if efield == 0:
+        return K_FIN, negative, mant, np.int64(-1074)
+    return K_FIN, negative, mant | (_U1 << np.uint64(52)), efield - 1075
+
+
+@njit(cache=True)
+def mul_exact(xbits, ybits):
+    """The exact product of two float64 bit patterns, unpacked (IEEE specials and zero signs).
+
+    Precondition: the two significands, with trailing zeros removed, total at most 64 bits
+    (refsim.accumulate checks it).
+    """
+    xk, xn, xs, xe = unpack_f64(xbits)
+    yk, yn, ys, ye = unpack_f64(ybits)
+    negative = xn != yn
+    if xk == K_NAN or yk == K_NAN:
+        return K_NAN, False, _U0, _I0
+    if xk == K_INF or yk == K_INF:
+        if (xk == K_FIN and xs == _U0) or (yk == K_FIN and ys == _U0):
+            return K_NAN, False, _U0, _I0  # 0 * Inf
+        return K_INF, negative, _U0, _I0
+    if xs == _U0 or ys == _U0:
+        return K_FIN, negative, _U0, _I0
+    tx = bitlen_u64(xs & (~xs + _U1)) - 1  # trailing zeros
+    ty = bitlen_u64(ys & (~ys + _U1)) - 1
+    return K_FIN, negative, (xs >> np.uint64(tx)) * (ys >> np.uint64(ty)), xe + tx + ye + ty
+
+
+# ---- rounding a window ---------------------------------------------------------------------------
+@njit(cache=True)
+def tail_bits64(tail, tt, tl, s):
+    """Bits of the tail at window positions s .. s+63 (all negative positions hold the tail).
+
+    The tail integer TI has tl bits: T (ADD) or 2^tl - T (SUB: ones above bit 63, the two's
+    complement of T below); window position b holds TI's bit b + tl.
+    """
+    if tail == TAIL_NONE:
+        return _U0
+    k0 = s + tl
+    if tail == TAIL_ADD:
+        word = bits64(_U0, tt, k0)
+    elif k0 >= 64:
+        word = _ONES
+    else:
+        word = bits64(_ONES, ~tt + _U1, k0)
+    keep = tl - k0  # bits of this word below position tl (below the window)
+    if keep <= 0:
+        return _U0
+    if keep >= 64:
+        return word
+    return word & core.low_mask(keep)
+
+
+@njit(cache=True)
+def sr_up(rhi, rlo, shift, tail, tt, tl, sr_bits, seed, index, step, tag):
+    """Stochastic decision for the discarded fraction f = (rem + tail) / 2^shift.
+
+    rem = (rhi, rlo) < 2^shift. sr_bits = r > 0: up iff floor(u 2^r) + floor(f 2^r) >= 2^r (a
+    tail exists only when shift >= 73 > r, so floor(f 2^r) comes from rem alone). sr_bits = 0:
+    up iff u + f >= 1, i.e. C < F with C the complement of u's bits over f's width, compared 64
+    bits at a time from the top (refsim.core.sr_round_up does the same for one word).
+    """
+    word = accum_word(seed, index, step, tag, 0)
+    if sr_bits > 0:
+        if shift >= sr_bits:
+            big_f = bits64(rhi, rlo, shift - sr_bits)
+        else:
+            big_f = rlo << np.uint64(sr_bits - shift)
+        c = (~word) >> np.uint64(64 - sr_bits)
+        return c < big_f
+    end = -tl if tail != TAIL_NONE else _I0
+    j = np.int64(0)
+    while True:
+        s = shift - 64 * (j + 1)  # window position of this chunk's lowest bit
+        f_chunk = bits64(rhi, rlo, s) | tail_bits64(tail, tt, tl, s)
+        c_chunk = ~word
+        if c_chunk < f_chunk:
+            return True
+        if c_chunk > f_chunk or s <= end:
+            return False
+        j += 1
+        word = accum_word(seed, index, step, tag, j)
+
+
+@njit(cache=True)
+def round_window(negative, hi, lo, e, tail, tt, tl, spec, seed, index, step, tag):
+    """Round (-1)^negative * (W + tail) * 2^e to the float format of `spec`; float64 bits.
+
+    W = (hi, lo) > 0; the tail (kind, T, tl) is described in the module doc. `spec`: the format's
+    params followed by mode, overflow and sr_bits (S_* layout).
+    """
+    mode = spec[S_MODE]
+    if negative and spec[core.P_SIGNED] == 0:
+        return core.carrier_nan(C_MAN, C_BIAS)
+    man = spec[core.P_MAN]
+    emin = spec[core.P_EMIN]
+    top = e + bitlen128(hi, lo) - 1
+    if top >= emin:
+        q = top - man
+    elif spec[core.P_SUBNORMALS] != 0:
+        q = emin - man
+    else:
+        q = emin
+    shift = q - e
+    if shift <= 0:
+        n = np.int64(lo) << (-shift)  # exact: W has at most man + 1 + shift bits
+    else:
+        n = np.int64(bits64(hi, lo, shift))  # floor(W / 2^shift) < 2^(man + 2)
+        rhi, rlo = low_bits128(hi, lo, shift)
+        if rhi != _U0 or rlo != _U0 or tail != TAIL_NONE:
+            if shift - 1 >= 128:
+                half_cmp = -1
+            elif shift - 1 >= 64:
+                half_cmp = compare128(rhi, rlo, _U1 << np.uint64(shift - 65), _U0)
+            else:
+                half_cmp = compare128(rhi, rlo, _U0, _U1 << np.uint64(shift - 1))
+            if half_cmp == 0 and tail != TAIL_NONE:
+                half_cmp = 1  # rem = half plus a nonzero tail
+            up = False
+            if mode == core.RNE:
+                up = half_cmp > 0 or (half_cmp == 0 and (n & 1) == 1)
+            elif mode == core.RNA:
+                up = half_cmp >= 0
+            elif mode == core.RUP:
+                up = not negative
+            elif mode == core.RDN:
+                up = negative
+            elif mode == core.RTO:
+                n |= 1
+            elif mode == core.SR:
+                up = sr_up(rhi, rlo, shift, tail, tt, tl, spec[S_SRB], seed, index, step, tag)
+            if up:
+                n += 1
+    if n == 0:
+        if spec[core.P_ZERO] == 0:
+            n = np.int64(1)  # no zero: raised to the smallest value 2^emin
+            q = emin
+        else:
+            return core._zero(negative, C_MAN, C_BIAS, spec)
+    if (n >> (man + 1)) != 0:  # a carry into the next binade
+        n >>= 1
+        q += 1
+    if core._exceeds_max(n, q, spec):
+        return core._overflow(negative, C_MAN, C_BIAS, spec, mode, spec[S_OVF])
+    return core.encode_carrier(negative, n, q, C_MAN, C_BIAS)
+
+
+@njit(cache=True)
+def round_unpacked(kind, negative, sig, exp, spec, seed, index, step, tag):
+    """Round one exact unpacked value (sig < 2^64) to `spec`; float64 bits."""
+    if kind == K_NAN:
+        return core.carrier_nan(C_MAN, C_BIAS)
+    if kind == K_INF:
+        return core._special_infinity(negative, C_MAN, C_BIAS, spec, spec[S_MODE], spec[S_OVF])
+    if sig == _U0:
+        return core._zero(negative, C_MAN, C_BIAS, spec)
+    return round_window(negative, _U0, sig, exp, TAIL_NONE, _U0, _I0, spec, seed, index, step,
+                        tag)
+
+
+@njit(cache=True)
+def add_round(xk, xn, xs, xe, yk, yn, ys, ye, spec, seed, index, step, tag):
+    """round(x + y) for two exact unpacked values (sig < 2^64 each); float64 bits.
+
+    IEEE rules for specials: NaN in, NaN out; Inf + -Inf = NaN; Inf + finite = Inf (then the
+    format's policy for an infinite value). An exact zero sum of nonzero operands, or of zeros of
+    opposite signs, is +0 (-0 under rdn); zeros of one sign sum to that zero.
+    """
+    mode = spec[S_MODE]
+    if xk == K_NAN or yk == K_NAN:
+        return core.carrier_nan(C_MAN, C_BIAS)
+    if xk == K_INF or yk == K_INF:
+        if xk == K_INF and yk == K_INF and xn != yn:
+            return core.carrier_nan(C_MAN, C_BIAS)
+        negative = xn if xk == K_INF else yn
+        return core._special_infinity(negative, C_MAN, C_BIAS, spec, mode, spec[S_OVF])
+    if xs == _U0 and ys == _U0:
+        negative = xn if xn == yn else mode == core.RDN
+        return core._zero(negative, C_MAN, C_BIAS, spec)
+    if xs == _U0:
+        return round_window(yn, _U0, ys, ye, TAIL_NONE, _U0, _I0, spec, seed, index, step, tag)
+    if ys == _U0:
+        return round_window(xn, _U0, xs, xe, TAIL_NONE, _U0, _I0, spec, seed, index, step, tag)
+    # Normalize both significands to 64 bits, then make x the larger magnitude.
+    lx = bitlen_u64(xs)
+    xs <<= np.uint64(64 - lx)
+    xe -= 64 - lx
+    ly = bitlen_u64(ys)
+    ys <<= np.uint64(64 - ly)
+    ye -= 64 - ly
+    if ye > xe or (ye == xe and ys > xs):
+        xn, xs, xe, yn, ys, ye = yn, ys, ye, xn, xs, xe
+    d = xe - ye
+    # A in window bits 63..126; the window's bit 0 has exponent e.
+    hi = xs >> np.uint64(1)
+    lo = (xs & _U1) << np.uint64(63)
+    e = xe - 63
+    tail = TAIL_NONE
+    tt = _U0
+    tl = _I0
+    if d <= 63:
+        s = 63 - d  # B's left shift into the window
+        bhi = (ys >> np.uint64(64 - s)) if s > 0 else _U0
+        blo = ys << np.uint64(s)
+    else:
+        r = d - 63  # B's right shift: its low r bits fall below the window
+        bhi = _U0
+        if r < 64:
+            blo = ys >> np.uint64(r)
+            tt = ys & core.low_mask(r)
+        else:
+            blo = _U0
+            tt = ys
+        if tt != _U0:
+            tail = TAIL_ADD
+            tl = r
+    if xn == yn:
+        new_lo = lo + blo
+        carry = _U1 if new_lo < lo else _U0
+        hi = hi + bhi + carry
+        lo = new_lo
+    else:
+        new_lo = lo - blo
+        borrow = _U1 if lo < blo else _U0
+        hi = hi - bhi - borrow
+        lo = new_lo
+        if tail != TAIL_NONE:  # (W - 1) + (1 - t)
+            borrow = _U1 if lo == _U0 else _U0
+            lo -= _U1
+            hi -= borrow
+            tail = TAIL_SUB
+        elif hi == _U0 and lo == _U0:
+            return core._zero(mode == core.RDN, C_MAN, C_BIAS, spec)
+    return round_window(xn, hi, lo, e, tail, tt, tl, spec, seed, index, step, tag)
+
+
+# ---- terms and orders ----------------------------------------------------------------------------
+@njit(cache=True)
+def term(a, b, has_b, p, m, n, k, prod_on, pspec, seed, index):
+    """Term k of output (p, m, n): a[p, m, k] * b[p, n, k] exactly (or a[p, m, k] alone), then
+    rounded to the product spec when prod_on (step k, TAG_PRODUCT). Arrays hold float64 bits."""
+    if has_b:
+        kind, negative, sig, exp = mul_exact(a[p, m, k], b[p, n, k])
+    else:
+        kind, negative, sig, exp = unpack_f64(a[p, m, k])
+    if prod_on:
+        bits = round_unpacked(kind, negative, sig, exp, pspec, seed, index, k, TAG_PRODUCT)
+        return unpack_f64(bits)
+    return kind, negative, sig, exp
+
+
+@njit(cache=True)
+def reduce_sequential(a, b, has_b, p, m, n, k0, k1, spec, prod_on, pspec, seed, index):
+    """s = round(t_k0); s = round(s + t_k) for k = k0+1 .. k1-1 (step k); +0 when empty."""
+    if k1 <= k0:
+        return core._zero(False, C_MAN, C_BIAS, spec)
+    tk, tn, ts, te = term(a, b, has_b, p, m, n, k0, prod_on, pspec, seed, index)
+    acc = round_unpacked(tk, tn, ts, te, spec, seed, index, k0, TAG_ADD)
+    for k in range(k0 + 1, k1):
+        tk, tn, ts, te = term(a, b, has_b, p, m, n, k, prod_on, pspec, seed, index)
+        ak, an, asig, ae = unpack_f64(acc)
+        acc = add_round(ak, an, asig, ae, tk, tn, ts, te, spec, seed, index, k, TAG_ADD)
+    return acc
+
+
+@njit(cache=True)
+def reduce_chunked(a, b, has_b, p, m, n, nk, chunk, spec, ospec, prod_on, pspec, seed, index):
+    """Chunk c (terms c*chunk ..) summed sequentially in spec; o = round_o(s_0), then
+    o = round_o(o + s_c) (step c, TAG_OUTER); +0 in the outer format when empty."""
+    if nk <= 0:
+        return core._zero(False, C_MAN, C_BIAS, ospec)
+    outer = _U0
+    c = np.int64(0)
+    for k0 in range(0, nk, chunk):
+        k1 = min(k0 + chunk, nk)
+        s = reduce_sequential(a, b, has_b, p, m, n, k0, k1, spec, prod_on, pspec, seed, index)
+        sk, sn, ss, se = unpack_f64(s)
+        if c == 0:
+            outer = round_unpacked(sk, sn, ss, se, ospec, seed, index, c, TAG_OUTER)
+        else:
+            ok, on, osig, oe = unpack_f64(outer)
+            outer = add_round(ok, on, osig, oe, sk, sn, ss, se, ospec, seed, index, c, TAG_OUTER)
+        c += 1
+    return outer
+
+
+@njit(cache=True)
+def reduce_pairwise(a, b, has_b, p, m, n, nk, spec, prod_on, pspec, seed, index):
+    """The fixed tree of docs/accumulation.md: a subtree of n terms is (left) + (right) with the
+    left part the largest power of two below n. Computed as a binary counter: each term is pushed
+    unrounded; while the two top entries hold equally many terms they are merged; at the end the
+    remaining entries are merged from the top (right) down. Merge number i (in this order, which
+    is the tree's post-order) is step i; one term alone is round(t_0), step 0."""
+    if nk <= 0:
+        return core._zero(False, C_MAN, C_BIAS, spec)
+    kinds = np.empty(PAIRWISE_STACK, np.int64)
+    negs = np.empty(PAIRWISE_STACK, np.bool_)
+    sigs = np.empty(PAIRWISE_STACK, np.uint64)
+    exps = np.empty(PAIRWISE_STACK, np.int64)
+    sizes = np.empty(PAIRWISE_STACK, np.int64)
+    top = 0
+    merges = np.int64(0)
+    result = _U0
+    for k in range(nk):
+        tk, tn, ts, te = term(a, b, has_b, p, m, n, k, prod_on, pspec, seed, index)
+        kinds[top] = tk
+        negs[top] = tn
+        sigs[top] = ts
+        exps[top] = te
+        sizes[top] = 1
+        top += 1
+        while top >= 2 and (sizes[top - 1] == sizes[top - 2] or k == nk - 1):
+            i = top - 2
+            result = add_round(kinds[i], negs[i], sigs[i], exps[i], kinds[i + 1], negs[i + 1],
+                               sigs[i + 1], exps[i + 1], spec, seed, index, merges, TAG_ADD)
+            merges += 1
+            rk, rn, rs, re = unpack_f64(result)
+            kinds[i] = rk
+            negs[i] = rn
+            sigs[i] = rs
+            exps[i] = re
+            sizes[i] += sizes[i + 1]
+            top -= 1
+    if nk == 1:
+        return round_unpacked(kinds[0], negs[0], sigs[0], exps[0], spec, seed, index, 0, TAG_ADD)
+    return result
+
+
+@njit(cache=True)
+def reduce_kahan(a, b, has_b, p, m, n, nk, spec, prod_on, pspec, seed, index):
+    """s = round(t_0), c = +0; for k >= 1: y = round(t_k - c), t = round(s + y),
+    c = round(round(t - s) - y), s = t (steps k; tags KAHAN_Y, ADD, KAHAN_D, KAHAN_C)."""
+    if nk <= 0:
+        return core._zero(False, C_MAN, C_BIAS, spec)
+    tk, tn, ts, te = term(a, b, has_b, p, m, n, 0, prod_on, pspec, seed, index)
+    s_bits = round_unpacked(tk, tn, ts, te, spec, seed, index, 0, TAG_ADD)
+    ck, cn, cs, ce = K_FIN, False, _U0, _I0
+    for k in range(1, nk):
+        tk, tn, ts, te = term(a, b, has_b, p, m, n, k, prod_on, pspec, seed, index)
+        y_bits = add_round(tk, tn, ts, te, ck, not cn, cs, ce, spec, seed, index, k, TAG_KAHAN_Y)
+        yk, yn, ys, ye = unpack_f64(y_bits)
+        sk, sn, ss, se = unpack_f64(s_bits)
+        t_bits = add_round(sk, sn, ss, se, yk, yn, ys, ye, spec, seed, index, k, TAG_ADD)
+        tk2, tn2, ts2, te2 = unpack_f64(t_bits)
+        d_bits = add_round(tk2, tn2, ts2, te2, sk, not sn, ss, se, spec, seed, index, k,
+                           TAG_KAHAN_D)
+        dk, dn, ds, de = unpack_f64(d_bits)
+        c_bits = add_round(dk, dn, ds, de, yk, not yn, ys, ye, spec, seed, index, k, TAG_KAHAN_C)
+        ck, cn, cs, ce = unpack_f64(c_bits)
+        s_bits = t_bits
+    return s_bits
+
+
+@njit(cache=True)
+def reduce_one(a, b, has_b, p, m, n, order, chunk, spec, ospec, prod_on, pspec, cast_on, cspec,
+               seed, index):
+    """One output element: the declared order over k = 0 .. K-1, then the output cast (step 0,
+    TAG_OUT). Returns float64 bits."""
+    nk = a.shape[2]
+    if order == ORD_PAIRWISE:
+        bits = reduce_pairwise(a, b, has_b, p, m, n, nk, spec, prod_on, pspec, seed, index)
+    elif order == ORD_CHUNKED:
+        bits = reduce_chunked(a, b, has_b, p, m, n, nk, chunk, spec, ospec, prod_on, pspec, seed,
+                              index)
+    elif order == ORD_KAHAN:
+        bits = reduce_kahan(a, b, has_b, p, m, n, nk, spec, prod_on, pspec, seed, index)
+    else:
+        bits = reduce_sequential(a, b, has_b, p, m, n, 0, nk, spec, prod_on, pspec, seed, index)
+    if cast_on:
+        if cspec[core.P_KIND] == core.KIND_FIXED:
+            word0 = accum_word(seed, index, 0, TAG_OUT, 0) if cspec[S_MODE] == core.SR else _U0
+            bits = core.quantize_bits(bits, C_MAN, C_BIAS, cspec, cspec[S_MODE], cspec[S_OVF],
+                                      cspec[S_SRB], word0, seed, index)
+        else:
+            kind, negative, sig, exp = unpack_f64(bits)
+            bits = round_unpacked(kind, negative, sig, exp, cspec, seed, index, 0, TAG_OUT)
+    return bits

@@ -1,0 +1,428 @@
+"""Specs of simulated arithmetic: Cast, AccumSpec and GemmSpec (docs/accumulation.md).
+
+Usage rules:
+  - Every spec is a frozen dataclass, validated on construction; errors name the parameter.
+  - Formats may be given as objects or names; they are stored as FloatFormat/FixedFormat objects.
+  - `to_dict()`/`from_dict()` and `to_toml()`/`from_toml()` round-trip exactly. A format is written
+    as its name when the name parses back to the same format, else as a table of its fields.
+  - `str(spec)` is a one-line readable summary, e.g. `AccumSpec(fp16, rne, chunked, chunk=128,
+    outer=fp32/rne)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import tomllib
+
+from formats import FixedFormat, FloatFormat, Format, get_format
+from formats.policy import check_overflow, check_rounding, check_sr_bits
+from formats.registry import name_of
+
+__all__ = ["MULTITERM_VARIANTS", "ORDERS", "AccumSpec", "Cast", "GemmSpec", "format_fits"]
+
+ORDERS: tuple[str, ...] = ("sequential", "pairwise", "chunked", "kahan", "multiterm")
+"""sequential: k = 0, 1, 2, ...; pairwise: a fixed binary tree; chunked: `chunk` terms per inner
+sum, promoted into `outer`; kahan: compensated; multiterm: a tensor-core-style adder."""
+
+MULTITERM_VARIANTS: tuple[str, ...] = ("separate", "joint")
+"""separate: a group is aligned and truncated alone, then added to the accumulator with one
+rounding; joint: the accumulator joins the group's alignment and truncation."""
+
+
+# ---- formats ------------------------------------------------------------------------------------
+def _format(value: object, name: str) -> Format:
+    try:
+        return get_format(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{name}: {exc}") from None
+
+
+def _format_to_data(fmt: Format) -> str | dict[str, Any]:
+    """The format's name if it parses back to the same format, else a table of its fields."""
+    name = name_of(fmt)
+    try:
+        if get_format(name) == fmt:
+            return name
+    except ValueError:
+        pass
+    data: dict[str, Any] = dataclasses.asdict(fmt)
+    data["kind"] = "float" if isinstance(fmt, FloatFormat) else "fixed"
+    return data
+
+
+def _format_from_data(data: object, name: str) -> Format:
+    if isinstance(data, dict):
+        fields = dict(data)
+        kind = fields.pop("kind", "float")
+        cls = {"float": FloatFormat, "fixed": FixedFormat}.get(kind)
+        if cls is None:
+            raise ValueError(f"{name}.kind must be 'float' or 'fixed'; got {kind!r}")
+        try:
+            return cls(**fields)
+        except TypeError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+    return _format(data, name)
+
+
+def _smallest_exponent(fmt: FloatFormat) -> int:
+    """Exponent of the smallest positive value."""
+    return fmt.emin - fmt.man_bits if fmt.subnormals else fmt.emin
+
+
+def format_fits(inner: Format, outer: Format) -> bool:
+    """Is every finite value of `inner` a value of `outer`? (Floats: grid, range and sign.)"""
+    if isinstance(inner, FixedFormat) or isinstance(outer, FixedFormat):
+        return inner == outer
+    if inner.signed and not outer.signed:
+        return False
+    if inner.man_bits > outer.man_bits or inner.max > outer.max:
+        return False
+    # Every inner value is a multiple of 2^(emin - man_bits) (normal or subnormal). Outer values
+    # below 2^emin need subnormals with a fine enough quantum there.
+    if outer.subnormals:
+        return outer.emin - outer.man_bits <= inner.emin - inner.man_bits
+    return _smallest_exponent(inner) >= outer.emin
+
+
+def _short(fmt: Format) -> str:
+    return name_of(fmt)
+
+
+def _check_positive_int(value: object, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a positive int or None; got {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive int; got {value}")
+    return value
+
+
+def _check_keys(data: object, allowed: tuple[str, ...], what: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise TypeError(f"{what} must be a dict; got {type(data).__name__}")
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise ValueError(f"{what}: unknown keys {', '.join(unknown)} (allowed: "
+                         f"{', '.join(allowed)})")
+    return dict(data)
+
+
+# ---- TOML: a tiny writer for nested tables of scalars -------------------------------------------
+def _toml_scalar(value: object, key: str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    raise TypeError(f"cannot write {key}={value!r} to TOML")
+
+
+def _toml_lines(data: dict[str, Any], prefix: str) -> list[str]:
+    lines = [f"{key} = {_toml_scalar(value, key)}" for key, value in data.items()
+             if value is not None and not isinstance(value, dict)]
+    for key, value in data.items():
+        if isinstance(value, dict):
+            name = f"{prefix}.{key}" if prefix else key
+            lines += ["", f"[{name}]", *_toml_lines(value, name)]
+    return lines
+
+
+def _to_toml(data: dict[str, Any]) -> str:
+    """TOML text of a dict of scalars and nested dicts (None values are left out)."""
+    text = "\n".join(_toml_lines(data, "")).strip("\n")
+    return text + "\n"
+
+
+def _from_toml(text: str) -> dict[str, Any]:
+    return tomllib.loads(text)
+
+
+# ---- Cast ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Cast:
+    """One rounding of every element to a format.
+
+    Args:
+        fmt: a format object or name.
+        rounding: rne, rna, rtz, rup, rdn, rto or sr.
+        overflow: default, saturate, or wrap (fixed point only).
+        sr_bits: None (sr reads every discarded bit) or 1..64 random bits; sr only.
+    """
+
+    fmt: Format
+    rounding: str = "rne"
+    overflow: str = "default"
+    sr_bits: int | None = None
+
+    def __post_init__(self) -> None:
+        fmt = _format(self.fmt, "Cast.fmt")
+        object.__setattr__(self, "fmt", fmt)
+        check_rounding(self.rounding)
+        check_overflow(self.overflow)
+        check_sr_bits(self.sr_bits, self.rounding)
+        if self.overflow == "wrap" and isinstance(fmt, FloatFormat):
+            raise ValueError(f"Cast.overflow='wrap' applies to fixed-point formats only; "
+                             f"{_short(fmt)} is a floating-point format")
+
+    @classmethod
+    def of(cls, value: object, name: str) -> Cast:
+        """`value` as a Cast: a Cast, a format (rounding rne) or a dict."""
+        if isinstance(value, Cast):
+            return value
+        if isinstance(value, dict):
+            return cls.from_dict(value)
+        return cls(_format(value, name))
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"fmt": _format_to_data(self.fmt), "rounding": self.rounding,
+                                "overflow": self.overflow}
+        if self.sr_bits is not None:
+            data["sr_bits"] = self.sr_bits
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Cast:
+        data = _check_keys(data, ("fmt", "rounding", "overflow", "sr_bits"), "Cast")
+        if "fmt" not in data:
+            raise ValueError("Cast: fmt is required")
+        data["fmt"] = _format_from_data(data["fmt"], "Cast.fmt")
+        return cls(**data)
+
+    def to_toml(self) -> str:
+        return _to_toml(self.to_dict())
+
+    @classmethod
+    def from_toml(cls, text: str) -> Cast:
+        return cls.from_dict(_from_toml(text))
+
+    def __str__(self) -> str:
+        text = f"{_short(self.fmt)}/{self.rounding}"
+        if self.sr_bits is not None:
+            text += f"{self.sr_bits}"
+        if self.overflow != "default":
+            text += f"/{self.overflow}"
+        return text
+
+
+# ---- AccumSpec ----------------------------------------------------------------------------------
+_ACCUM_KEYS = ("fmt", "rounding", "order", "chunk", "outer", "product", "sr_bits", "overflow",
+               "group", "width", "variant")
+
+
+@dataclass(frozen=True)
+class AccumSpec:
+    """How a sum of terms (or products) is accumulated.
+
+    Args:
+        fmt: the accumulator's float format (object or name); every partial sum is rounded to it.
+        rounding: rounding of every partial sum (rne, rna, rtz, rup, rdn, rto, sr).
+        order: sequential, pairwise, chunked, kahan or multiterm (docs/accumulation.md).
+        chunk: terms per inner sum (chunked, required; multiterm: products between promotions).
+        outer: chunked/multiterm: the accumulator the chunk results are added into, an AccumSpec
+            (order sequential) or a format (rounding rne); None: the same as fmt/rounding.
+        product: None: products are exact; else a Cast (or format, rounding rne) each product
+            is rounded to before it is added. Its values must be values of fmt.
+        sr_bits: for rounding='sr': None or 1..64.
+        overflow: default or saturate (the accumulator format's policy, docs/rounding.md).
+        group: multiterm: products per aligned group.
+        width: multiterm: significand bits kept after alignment (lower bits truncated).
+        variant: multiterm: 'separate' (default) or 'joint'.
+    """
+
+    fmt: Format
+    rounding: str = "rne"
+    order: str = "sequential"
+    chunk: int | None = None
+    outer: AccumSpec | None = None
+    product: Cast | None = None
+    sr_bits: int | None = None
+    overflow: str = "default"
+    group: int | None = None
+    width: int | None = None
+    variant: str | None = None
+
+    def __post_init__(self) -> None:
+        fmt = _format(self.fmt, "AccumSpec.fmt")
+        object.__setattr__(self, "fmt", fmt)
+        if not isinstance(fmt, FloatFormat):
+            raise ValueError(f"AccumSpec.fmt must be a floating-point format; {_short(fmt)} is "
+                             "fixed point (fixed-point accumulators are not supported yet)")
+        check_rounding(self.rounding)
+        check_overflow(self.overflow)
+        if self.overflow == "wrap":
+            raise ValueError("AccumSpec.overflow='wrap' applies to fixed-point formats only; use "
+                             "'default' or 'saturate'")
+        check_sr_bits(self.sr_bits, self.rounding)
+        if not isinstance(self.order, str) or self.order not in ORDERS:
+            raise ValueError(f"AccumSpec.order must be one of {', '.join(ORDERS)}; "
+                             f"got {self.order!r}")
+        _check_positive_int(self.chunk, "AccumSpec.chunk")
+        _check_positive_int(self.group, "AccumSpec.group")
+        _check_positive_int(self.width, "AccumSpec.width")
+        blocked = self.order in ("chunked", "multiterm")
+        if self.order == "chunked" and self.chunk is None:
+            raise ValueError("AccumSpec.order='chunked' needs chunk, the number of terms per "
+                             "inner sum (e.g. chunk=128)")
+        if self.chunk is not None and not blocked:
+            raise ValueError(f"AccumSpec.chunk applies to order='chunked' or 'multiterm' only; "
+                             f"got order={self.order!r} with chunk={self.chunk}")
+        if self.outer is not None:
+            if not blocked:
+                raise ValueError(f"AccumSpec.outer applies to order='chunked' or 'multiterm' "
+                                 f"only; got order={self.order!r}")
+            outer = self.outer
+            if isinstance(outer, dict):
+                outer = AccumSpec.from_dict(outer)
+            elif not isinstance(outer, AccumSpec):
+                outer = AccumSpec(_format(outer, "AccumSpec.outer"))
+            if (outer.order != "sequential" or outer.chunk is not None or outer.outer is not None
+                    or outer.product is not None):
+                raise ValueError(f"AccumSpec.outer must be a plain sequential accumulator (no "
+                                 f"chunk, outer or product); got {outer}")
+            if not format_fits(fmt, outer.fmt):
+                raise ValueError(f"AccumSpec.outer ({_short(outer.fmt)}) is narrower than fmt "
+                                 f"({_short(fmt)}): it cannot hold every chunk result")
+            object.__setattr__(self, "outer", outer)
+        if self.product is not None:
+            product = Cast.of(self.product, "AccumSpec.product")
+            if not format_fits(product.fmt, fmt):
+                raise ValueError(f"AccumSpec.product ({_short(product.fmt)}) is wider than the "
+                                 f"accumulator fmt ({_short(fmt)}): a rounded product must be a "
+                                 "value of fmt")
+            object.__setattr__(self, "product", product)
+        multi = (self.group, self.width, self.variant)
+        if self.order == "multiterm":
+            if self.group is None or self.width is None:
+                raise ValueError("AccumSpec.order='multiterm' needs group (products per aligned "
+                                 "group) and width (significand bits kept)")
+            if self.variant is None:
+                object.__setattr__(self, "variant", "separate")
+            elif self.variant not in MULTITERM_VARIANTS:
+                raise ValueError(f"AccumSpec.variant must be one of "
+                                 f"{', '.join(MULTITERM_VARIANTS)}; got {self.variant!r}")
+            if self.chunk is not None and self.chunk % self.group != 0:
+                raise ValueError(f"AccumSpec.chunk ({self.chunk}) must be a multiple of group "
+                                 f"({self.group}) for order='multiterm'")
+        elif any(value is not None for value in multi):
+            raise ValueError(f"AccumSpec.group, width and variant apply to order='multiterm' "
+                             f"only; got order={self.order!r}")
+
+    @classmethod
+    def of(cls, value: object, name: str) -> AccumSpec:
+        """`value` as an AccumSpec: an AccumSpec, a format (rne, sequential) or a dict."""
+        if isinstance(value, AccumSpec):
+            return value
+        if isinstance(value, dict):
+            return cls.from_dict(value)
+        return cls(_format(value, name))
+
+    @property
+    def outer_spec(self) -> AccumSpec:
+        """The accumulator chunk results go into (outer, or fmt/rounding themselves)."""
+        if self.outer is not None:
+            return self.outer
+        return AccumSpec(self.fmt, self.rounding, sr_bits=self.sr_bits, overflow=self.overflow)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"fmt": _format_to_data(self.fmt), "rounding": self.rounding,
+                                "order": self.order, "overflow": self.overflow}
+        for key in ("chunk", "sr_bits", "group", "width", "variant"):
+            if getattr(self, key) is not None:
+                data[key] = getattr(self, key)
+        if self.outer is not None:
+            data["outer"] = self.outer.to_dict()
+        if self.product is not None:
+            data["product"] = self.product.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AccumSpec:
+        data = _check_keys(data, _ACCUM_KEYS, "AccumSpec")
+        if "fmt" not in data:
+            raise ValueError("AccumSpec: fmt is required")
+        data["fmt"] = _format_from_data(data["fmt"], "AccumSpec.fmt")
+        if isinstance(data.get("outer"), dict):
+            data["outer"] = cls.from_dict(data["outer"])
+        if isinstance(data.get("product"), dict):
+            data["product"] = Cast.from_dict(data["product"])
+        return cls(**data)
+
+    def to_toml(self) -> str:
+        return _to_toml(self.to_dict())
+
+    @classmethod
+    def from_toml(cls, text: str) -> AccumSpec:
+        return cls.from_dict(_from_toml(text))
+
+    def __str__(self) -> str:
+        parts = [_short(self.fmt), self.rounding + ("" if self.sr_bits is None
+                                                    else str(self.sr_bits)), self.order]
+        if self.overflow != "default":
+            parts.append(f"overflow={self.overflow}")
+        parts.extend(f"{key}={getattr(self, key)}" for key in ("chunk", "group", "width", "variant")
+                     if getattr(self, key) is not None)
+        if self.outer is not None:
+            parts.append(f"outer={_short(self.outer.fmt)}/{self.outer.rounding}")
+        if self.product is not None:
+            parts.append(f"product={self.product}")
+        return f"AccumSpec({', '.join(parts)})"
+
+
+# ---- GemmSpec -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GemmSpec:
+    """One matrix product: cast a and b, multiply, accumulate with `acc`, cast the result.
+
+    Args:
+        a, b: Casts applied to the operands first (a format means rounding rne); None takes the
+            operands exactly as given.
+        acc: the AccumSpec (or a format: rne, sequential).
+        out: the Cast applied to each accumulated result; None returns the accumulator's value.
+    """
+
+    a: Cast | None = None
+    b: Cast | None = None
+    acc: AccumSpec | None = None
+    out: Cast | None = None
+
+    def __post_init__(self) -> None:
+        if self.acc is None:
+            raise ValueError("GemmSpec.acc is required: the accumulator (an AccumSpec or format)")
+        object.__setattr__(self, "acc", AccumSpec.of(self.acc, "GemmSpec.acc"))
+        for key in ("a", "b", "out"):
+            value = getattr(self, key)
+            if value is not None:
+                object.__setattr__(self, key, Cast.of(value, f"GemmSpec.{key}"))
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        for key in ("a", "b", "acc", "out"):
+            value = getattr(self, key)
+            if value is not None:
+                data[key] = value.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GemmSpec:
+        data = _check_keys(data, ("a", "b", "acc", "out"), "GemmSpec")
+        return cls(**data)
+
+    def to_toml(self) -> str:
+        return _to_toml(self.to_dict())
+
+    @classmethod
+    def from_toml(cls, text: str) -> GemmSpec:
+        return cls.from_dict(_from_toml(text))
+
+    def __str__(self) -> str:
+        def cast(value: Cast | None) -> str:
+            return "exact" if value is None else str(value)
+
+        return (f"GemmSpec(a={cast(self.a)}, b={cast(self.b)}, acc={self.acc}, "
+                f"out={cast(self.out)})")

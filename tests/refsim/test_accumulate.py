@@ -1,0 +1,242 @@
+"""refsim.sum/dot/matmul against formats.exact_sum (bit for bit), and the known facts of
+../shared/REFERENCES.md ("Numbers to reproduce")."""
+
+from __future__ import annotations
+
+import itertools
+
+import numba
+import numpy as np
+import pytest
+
+from formats.exact_sum import dot_exact, matmul_exact, sum_exact
+from formats.policy import ROUNDINGS
+from refsim import accum_core, quantize
+from refsim.accumulate import dot, matmul
+from refsim.accumulate import sum as rsum
+from refsim.specs import ORDERS, AccumSpec, Cast, GemmSpec
+from validation.bits import assert_same_bits
+
+KERNEL_ORDERS = [order for order in ORDERS if order != "multiterm"]
+
+
+def _acc(fmt, rounding, order, **kwargs):
+    if order == "chunked":
+        kwargs.setdefault("chunk", 3)
+    return AccumSpec(fmt, rounding, order, **kwargs)
+
+
+def _terms(rng, shape, spread=40):
+    """Random float64 values over 2^-spread .. 2^spread with signed zeros mixed in."""
+    x = rng.standard_normal(shape) * np.exp2(rng.integers(-spread, spread, shape))
+    pick = rng.random(shape)
+    x[pick < 0.05] = 0.0
+    x[(pick >= 0.05) & (pick < 0.1)] = -0.0
+    return x
+
+
+def _check(actual, expected, context):
+    assert_same_bits(np.asarray(actual, np.float64), np.asarray(expected, np.float64),
+                     context=context)
+
+
+# ---- against the Fraction twin -------------------------------------------------------------------
+@pytest.mark.parametrize("rounding", ROUNDINGS)
+@pytest.mark.parametrize("order", KERNEL_ORDERS)
+def test_sum_matches_exact_twin(order, rounding):
+    rng = np.random.default_rng(ORDERS.index(order) * 10 + ROUNDINGS.index(rounding))
+    x = _terms(rng, (5, 9))
+    x[0, 4] = 2.0 ** 60  # overflows the small formats
+    for fmt in ("fp16", "bf16", "e4m3fn", "e5m2fnuz", "fp32"):
+        for overflow in ("default", "saturate"):
+            acc = _acc(fmt, rounding, order, overflow=overflow)
+            _check(rsum(x, acc, seed=9), sum_exact(x, acc, seed=9), str(acc))
+
+
+@pytest.mark.parametrize("order", KERNEL_ORDERS)
+def test_sum_sr_bits_and_axis(order):
+    rng = np.random.default_rng(40 + ORDERS.index(order))
+    x = _terms(rng, (3, 6, 4), spread=12)
+    for sr_bits in (1, 5, 64):
+        acc = _acc("bf16", "sr", order, sr_bits=sr_bits)
+        _check(rsum(x, acc, axis=1, seed=3), sum_exact(x, acc, axis=1, seed=3), str(acc))
+
+
+@pytest.mark.parametrize("rounding", ROUNDINGS)
+def test_gaps_beyond_the_window(rounding):
+    """Exponent gaps of 60..200 bits: the tail below the 128-bit window, added and borrowed."""
+    rng = np.random.default_rng(7)
+    rows = []
+    for _ in range(12):
+        big = rng.choice([1.0, -1.0]) * (1 + rng.integers(0, 2**52) * 2.0**-52)
+        small = rng.standard_normal(4) * np.exp2(-rng.integers(60, 200, 4))
+        rows.append([big, *small])
+        rows.append([*small, big])
+        rows.append([big, -big, *small[:3]])
+    x = np.array(rows)
+    for fmt in ("fp64", "fp32", "e4m3"):
+        acc = AccumSpec(fmt, rounding)
+        _check(rsum(x, acc, seed=1), sum_exact(x, acc, seed=1), str(acc))
+
+
+@pytest.mark.parametrize("order", KERNEL_ORDERS)
+def test_specials_propagate(order):
+    x = np.array([[1.0, np.inf, 2.0, 3.0], [np.inf, -np.inf, 1.0, 1.0],
+                  [1.0, np.nan, 1.0, 1.0], [-0.0, -0.0, -0.0, -0.0],
+                  [0.0, -0.0, 1.0, -1.0], [2.0, -2.0, 0.0, 0.0]])
+    for rounding in ("rne", "rdn", "sr"):
+        for fmt in ("fp16", "e4m3fn"):
+            acc = _acc(fmt, rounding, order)
+            got = rsum(x, acc)
+            _check(got, sum_exact(x, acc), str(acc))
+    got = rsum(x, AccumSpec("fp16", order=order, chunk=3 if order == "chunked" else None))
+    # Kahan's compensation c = (t - s) - y becomes Inf - Inf = NaN once the sum is infinite.
+    assert (np.isnan(got[0]) if order == "kahan" else got[0] == np.inf)
+    assert np.isnan(got[1]) and np.isnan(got[2])
+    assert np.signbit(got[3]) and got[4] == 0 and not np.signbit(got[5])
+
+
+@pytest.mark.parametrize("rounding", ROUNDINGS)
+@pytest.mark.parametrize("order", KERNEL_ORDERS)
+def test_dot_matches_exact_twin(order, rounding):
+    rng = np.random.default_rng(100 + ORDERS.index(order) * 10 + ROUNDINGS.index(rounding))
+    x = rng.standard_normal(17).astype(np.float32)
+    y = (rng.standard_normal(17) * np.exp2(rng.integers(-20, 20, 17))).astype(np.float32)
+    for acc in (_acc("fp16", rounding, order), _acc("e5m6", rounding, order, product="e5m2"),
+                _acc("bf16", rounding, order, product=Cast("e4m7", rounding))):
+        _check(dot(x, y, acc, seed=2), dot_exact(x, y, acc, seed=2), str(acc))
+
+
+@pytest.mark.parametrize("order", KERNEL_ORDERS)
+def test_matmul_matches_exact_twin(order):
+    rng = np.random.default_rng(200 + ORDERS.index(order))
+    a = rng.standard_normal((2, 3, 11)).astype(np.float32)
+    b = rng.standard_normal((11, 4)).astype(np.float32)
+    spec = GemmSpec(a=Cast("e4m3fn"), b=Cast("e5m2"),
+                    acc=_acc("fp16", "sr", order, product=Cast("e5m7", "rtz")),
+                    out=Cast("bf16", "sr", sr_bits=6))
+    _check(matmul(a, b, spec, seed=5), matmul_exact(a, b, spec, seed=5), str(spec))
+
+
+def test_matmul_sr_casts_and_fixed_output():
+    rng = np.random.default_rng(300)
+    a = rng.standard_normal((4, 6)).astype(np.float64)
+    b = rng.standard_normal((2, 6, 3)).astype(np.float64)
+    spec = GemmSpec(a=Cast("e4m3fn", "sr"), b=Cast("bf16", "sr", sr_bits=3),
+                    acc=AccumSpec("e6m9", "rna", "chunked", chunk=2, outer=AccumSpec("fp32", "sr")),
+                    out=Cast("fx8.3", "sr"))
+    _check(matmul(a, b, spec, seed=8), matmul_exact(a, b, spec, seed=8), str(spec))
+
+
+def test_matmul_plain_fp32_equals_exact_products_rounded_once_per_step():
+    rng = np.random.default_rng(301)
+    a = rng.standard_normal((5, 7)).astype(np.float32)
+    b = rng.standard_normal((7, 6)).astype(np.float32)
+    spec = GemmSpec(acc="fp64")
+    got = matmul(a, b, spec)
+    assert got.dtype == np.float64  # fp64 does not fit float32
+    assert np.allclose(got, a.astype(np.float64) @ b.astype(np.float64), rtol=1e-15)
+    out32 = matmul(a, b, GemmSpec(acc="fp32"))
+    assert out32.dtype == np.float32
+
+
+# ---- the primitive's pieces ----------------------------------------------------------------------
+@pytest.mark.parametrize("tail", [accum_core.TAIL_ADD, accum_core.TAIL_SUB])
+def test_tail_bits_match_python_integers(tail):
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        tl = int(rng.integers(1, 300))
+        tt = int(rng.integers(1, 2**63)) | (1 << 63) if tl >= 64 else int(rng.integers(1, 2**tl))
+        integer = tt if tail == accum_core.TAIL_ADD else (1 << tl) - tt
+        for s in (-tl - 70, -tl - 5, -tl, -80, -64, -40, -1, 3):
+            k0 = s + tl
+            expected = 0
+            for i in range(64):
+                if 0 <= k0 + i < tl:
+                    expected |= ((integer >> (k0 + i)) & 1) << i
+            got = int(accum_core.tail_bits64(tail, np.uint64(tt), np.int64(tl), np.int64(s)))
+            assert got == expected, (tail, tl, tt, s)
+
+
+# ---- known facts ---------------------------------------------------------------------------------
+def _prefix_sums(terms, acc):
+    """Every running sum s_1 .. s_n at once: row i holds terms 0..i, then exact zeros."""
+    n = len(terms)
+    return rsum(np.tril(np.broadcast_to(terms, (n, n))), acc)
+
+
+def test_fp16_running_sum_of_ones_stops_at_2048():
+    assert rsum(np.ones(4096), "fp16") == 2048.0
+    assert rsum(np.ones(4096), AccumSpec("fp16", order="pairwise")) == 4096.0
+    assert rsum(np.ones(4096), AccumSpec("fp16", order="chunked", chunk=256, outer="fp32")) == 4096
+
+
+@pytest.mark.parametrize(("fmt", "n", "stop", "value"), [
+    ("fp16", 600, 513, 7.0859375),
+    ("bf16", 80, 65, 5.0625),
+])
+def test_harmonic_sum_stagnates(fmt, n, stop, value):
+    terms = quantize(1.0 / np.arange(1, n + 1), fmt)
+    sums = _prefix_sums(terms, fmt)
+    assert sums[stop - 2] == value  # s_(stop-1), after stop - 1 terms
+    assert sums[stop - 3] < value
+    assert np.all(sums[stop - 2:] == value)
+
+
+def test_sr_and_chunking_and_kahan_do_not_stagnate():
+    terms = quantize(1.0 / np.arange(1, 4097), "fp16")
+    exact = float(np.sum(terms))  # float64: ample for the comparison
+    plain = float(rsum(terms, "fp16"))
+    assert plain == 7.0859375
+    for seed in range(3):
+        # about sqrt(n) u relative error; stagnation would leave it 1.8 below
+        assert abs(float(rsum(terms, AccumSpec("fp16", "sr"), seed=seed)) - exact) < 0.3
+    chunked = float(rsum(terms, AccumSpec("fp16", order="chunked", chunk=64, outer="fp32")))
+    assert abs(chunked - exact) < 0.01
+    kahan = float(rsum(terms, AccumSpec("fp16", order="kahan")))
+    assert abs(kahan - exact) < abs(plain - exact) / 100
+
+
+def test_e4m3_ties_to_even_keep_one():
+    terms = np.array([1.0] + [0.0625] * 16)
+    assert rsum(terms, "e4m3") == 1.0
+    assert rsum(terms[::-1].copy(), "e4m3") == 2.0
+    assert rsum(terms, "fp32") == 2.0
+
+
+def test_thread_count_does_not_change_bits():
+    rng = np.random.default_rng(12)
+    a = rng.standard_normal((2, 9, 33)).astype(np.float32)
+    b = rng.standard_normal((33, 7)).astype(np.float32)
+    previous = numba.get_num_threads()
+    results = []
+    try:
+        for order, threads in itertools.product(KERNEL_ORDERS, (1, 2)):
+            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+            spec = GemmSpec(acc=_acc("bf16", "sr", order))
+            results.append((order, matmul(a, b, spec, seed=4)))
+    finally:
+        numba.set_num_threads(previous)
+    for (order, one), (_, two) in zip(results[::2], results[1::2], strict=True):
+        _check(two, one, f"{order}: 2 threads vs 1")
+
+
+# ---- bad input -----------------------------------------------------------------------------------
+def test_bad_input_names_shapes_and_types():
+    x = np.ones(4)
+    with pytest.raises(ValueError, match=r"x of shape \(4,\) and y of shape \(5,\)"):
+        dot(x, np.ones(5), "fp32")
+    with pytest.raises(ValueError, match=r"a of shape \(2, 3\) and b of shape \(4, 2\)"):
+        matmul(np.ones((2, 3)), np.ones((4, 2)), GemmSpec(acc="fp32"))
+    with pytest.raises(ValueError, match=r"batch dimensions do not broadcast"):
+        matmul(np.ones((2, 2, 3)), np.ones((3, 3, 2)), GemmSpec(acc="fp32"))
+    with pytest.raises(TypeError, match=r"dtype float32 or float64"):
+        rsum(np.ones(3, np.int32), "fp16")
+    with pytest.raises(TypeError, match=r"spec must be a GemmSpec"):
+        matmul(np.ones((2, 2)), np.ones((2, 2)), "fp32")
+    with pytest.raises(ValueError, match=r"axis 3 is out of range"):
+        rsum(np.ones((2, 2)), "fp16", axis=3)
+    with pytest.raises(ValueError, match=r"53 \+ 53 significant bits"):
+        dot(np.full(3, 1 / 3), np.full(3, 1 / 3), "fp32")
+    with pytest.raises(NotImplementedError, match=r"multiterm"):
+        rsum(x, AccumSpec("fp32", order="multiterm", group=4, width=14))
