@@ -79,11 +79,15 @@ def add_round(x: Value, y: Value, rnd: Any, seed: int, index: int, step: int, ta
     if x_inf or y_inf:
         if x_inf and y_inf and xf != yf:
             return math.nan
-        return round_one(xf if x_inf else yf, rnd, seed, index, step, tag)
+        infinite = xf if x_inf else yf
+        assert infinite is not None
+        return round_one(infinite, rnd, seed, index, step, tag)
     if _is_zero(x) and _is_zero(y):
-        same = math.copysign(1.0, xf) == math.copysign(1.0, yf)
-        if same:
-            zero = xf
+        # A Fraction zero carries no sign: it counts as +0.
+        x_sign = math.copysign(1.0, xf) if xf is not None else 1.0
+        y_sign = math.copysign(1.0, yf) if yf is not None else 1.0
+        if x_sign == y_sign:
+            zero = math.copysign(0.0, x_sign)
         else:
             zero = -0.0 if rnd.rounding == "rdn" else 0.0
         return round_one(zero, rnd, seed, index, step, tag)
