@@ -27,10 +27,23 @@ from typing import Any
 
 import numpy as np
 
-from formats.exact import quantize_exact, round_value, sr_bits_needed
+from formats.exact import (
+    _float_max,
+    _pow2,
+    _round_integer,
+    _split,
+    quantize_exact,
+    round_value,
+    sr_bits_needed,
+)
+from formats.float_format import FloatFormat
 
-__all__ = ["accum_uniform", "add_round", "dot_exact", "matmul_exact", "reduce_exact",
-           "round_one", "sum_exact"]
+__all__ = ["COUNT_KEYS", "accum_uniform", "add_round", "dot_exact", "matmul_exact",
+           "reduce_exact", "round_one", "sum_exact"]
+
+COUNT_KEYS = ("overflow", "underflow", "saturation")
+Events = dict[str, int] | None
+"""A dict of event counts (COUNT_KEYS) the accumulator roundings add to, or None."""
 
 # Families of roundings (counter word 3): the same numbers as refsim.accum_core.TAG_*.
 TAG_ADD, TAG_PRODUCT, TAG_OUTER, TAG_KAHAN_Y, TAG_KAHAN_D, TAG_KAHAN_C, TAG_OUT = range(1, 8)
@@ -60,15 +73,41 @@ def _negate(x: Value) -> Value:
     return -x
 
 
-def round_one(x: Value, rnd: Any, seed: int, index: int, step: int, tag: int) -> float:
-    """x (exact) rounded once to rnd.fmt with rnd.rounding; sr reads the words of (step, tag)."""
+def _count(x: Value, rnd: Any, u: Fraction | None, result: float, events: dict[str, int]) -> None:
+    """Classify one rounding of a finite nonzero x: overflow (the rounded magnitude, on the
+    format's grid without an upper limit, exceeds max), saturation (such an overflow whose result
+    is finite, i.e. +-max) or underflow (a nonzero x rounded to zero)."""
+    fmt = rnd.fmt
+    if not isinstance(fmt, FloatFormat) or (isinstance(x, float) and not math.isfinite(x)):
+        return
+    exact = Fraction(x)
+    if exact == 0 or (exact < 0 and not fmt.signed):
+        return
+    n, f, q = _split(abs(exact), fmt)
+    magnitude = _round_integer(n, f, exact < 0, rnd.rounding, rnd.sr_bits, u) * _pow2(q)
+    if magnitude > _float_max(fmt):
+        events["overflow"] += 1
+        if math.isfinite(result):
+            events["saturation"] += 1
+    elif magnitude == 0 and fmt.zero:
+        events["underflow"] += 1
+
+
+def round_one(x: Value, rnd: Any, seed: int, index: int, step: int, tag: int,
+              events: Events = None) -> float:
+    """x (exact) rounded once to rnd.fmt with rnd.rounding; sr reads the words of (step, tag).
+    With `events`, the rounding's overflow/underflow/saturation is counted there."""
     u = None
     if rnd.rounding == "sr":
         u = accum_uniform(seed, index, step, tag, sr_bits_needed(x, rnd.fmt, rnd.sr_bits))
-    return round_value(x, rnd.fmt, rnd.rounding, rnd.overflow, rnd.sr_bits, u)
+    result = round_value(x, rnd.fmt, rnd.rounding, rnd.overflow, rnd.sr_bits, u)
+    if events is not None:
+        _count(x, rnd, u, result, events)
+    return result
 
 
-def add_round(x: Value, y: Value, rnd: Any, seed: int, index: int, step: int, tag: int) -> float:
+def add_round(x: Value, y: Value, rnd: Any, seed: int, index: int, step: int, tag: int,
+              events: Events = None) -> float:
     """round(x + y) with IEEE 754's rules for NaN, Inf and the sign of an exact zero."""
     xf = float(x) if isinstance(x, float) else None
     yf = float(y) if isinstance(y, float) else None
@@ -81,7 +120,7 @@ def add_round(x: Value, y: Value, rnd: Any, seed: int, index: int, step: int, ta
             return math.nan
         infinite = xf if x_inf else yf
         assert infinite is not None
-        return round_one(infinite, rnd, seed, index, step, tag)
+        return round_one(infinite, rnd, seed, index, step, tag, events)
     if _is_zero(x) and _is_zero(y):
         # A Fraction zero carries no sign: it counts as +0.
         x_sign = math.copysign(1.0, xf) if xf is not None else 1.0
@@ -90,15 +129,16 @@ def add_round(x: Value, y: Value, rnd: Any, seed: int, index: int, step: int, ta
             zero = math.copysign(0.0, x_sign)
         else:
             zero = -0.0 if rnd.rounding == "rdn" else 0.0
-        return round_one(zero, rnd, seed, index, step, tag)
+        return round_one(zero, rnd, seed, index, step, tag, events)
     if _is_zero(x):
-        return round_one(y, rnd, seed, index, step, tag)
+        return round_one(y, rnd, seed, index, step, tag, events)
     if _is_zero(y):
-        return round_one(x, rnd, seed, index, step, tag)
+        return round_one(x, rnd, seed, index, step, tag, events)
     total = Fraction(x) + Fraction(y)
     if total == 0:
-        return round_one(-0.0 if rnd.rounding == "rdn" else 0.0, rnd, seed, index, step, tag)
-    return round_one(total, rnd, seed, index, step, tag)
+        zero = -0.0 if rnd.rounding == "rdn" else 0.0
+        return round_one(zero, rnd, seed, index, step, tag, events)
+    return round_one(total, rnd, seed, index, step, tag, events)
 
 
 def _product(x: float, y: float) -> Value:
@@ -114,17 +154,18 @@ def _term(value: Value, acc: Any, seed: int, index: int, k: int) -> Value:
     return round_one(value, acc.product, seed, index, k, TAG_PRODUCT)
 
 
-def _sequential(terms: list[Value], k0: int, acc: Any, seed: int, index: int) -> float:
+def _sequential(terms: list[Value], k0: int, acc: Any, seed: int, index: int,
+                events: Events) -> float:
     """s = round(t_0); s = round(s + t_k) for k >= 1 (step = k0 + k); +0 when empty."""
     if not terms:
         return round_one(0.0, acc, seed, index, 0, TAG_ADD)
-    s = round_one(terms[0], acc, seed, index, k0, TAG_ADD)
+    s = round_one(terms[0], acc, seed, index, k0, TAG_ADD, events)
     for k in range(1, len(terms)):
-        s = add_round(s, terms[k], acc, seed, index, k0 + k, TAG_ADD)
+        s = add_round(s, terms[k], acc, seed, index, k0 + k, TAG_ADD, events)
     return s
 
 
-def _pairwise(terms: list[Value], acc: Any, seed: int, index: int) -> float:
+def _pairwise(terms: list[Value], acc: Any, seed: int, index: int, events: Events) -> float:
     """Recursive halves: left = the largest power of two below n; merges numbered in post-order."""
     counter = [0]
 
@@ -136,74 +177,170 @@ def _pairwise(terms: list[Value], acc: Any, seed: int, index: int) -> float:
         right = tree(part[half:])
         step = counter[0]
         counter[0] += 1
-        return add_round(left, right, acc, seed, index, step, TAG_ADD)
+        return add_round(left, right, acc, seed, index, step, TAG_ADD, events)
 
     if not terms:
         return round_one(0.0, acc, seed, index, 0, TAG_ADD)
     if len(terms) == 1:
-        return round_one(terms[0], acc, seed, index, 0, TAG_ADD)
+        return round_one(terms[0], acc, seed, index, 0, TAG_ADD, events)
     return float(tree(terms))
 
 
-def _chunked(terms: list[Value], acc: Any, seed: int, index: int) -> float:
+def _promote(total: float | None, s: float, c: int, acc: Any, seed: int, index: int,
+             events: Events) -> float:
     outer = acc.outer_spec
+    if total is None:
+        return round_one(s, outer, seed, index, c, TAG_OUTER, events)
+    return add_round(total, s, outer, seed, index, c, TAG_OUTER, events)
+
+
+def _chunked(terms: list[Value], acc: Any, seed: int, index: int, events: Events) -> float:
     if not terms:
-        return round_one(0.0, outer, seed, index, 0, TAG_OUTER)
+        return round_one(0.0, acc.outer_spec, seed, index, 0, TAG_OUTER)
     total: float | None = None
     for c, k0 in enumerate(range(0, len(terms), acc.chunk)):
-        s = _sequential(terms[k0:k0 + acc.chunk], k0, acc, seed, index)
-        if total is None:
-            total = round_one(s, outer, seed, index, c, TAG_OUTER)
-        else:
-            total = add_round(total, s, outer, seed, index, c, TAG_OUTER)
+        s = _sequential(terms[k0:k0 + acc.chunk], k0, acc, seed, index, events)
+        total = _promote(total, s, c, acc, seed, index, events)
     assert total is not None
     return total
 
 
-def _kahan(terms: list[Value], acc: Any, seed: int, index: int) -> float:
+def _kahan(terms: list[Value], acc: Any, seed: int, index: int, events: Events) -> float:
     if not terms:
         return round_one(0.0, acc, seed, index, 0, TAG_ADD)
-    s = round_one(terms[0], acc, seed, index, 0, TAG_ADD)
+    s = round_one(terms[0], acc, seed, index, 0, TAG_ADD, events)
     c: float = 0.0
     for k in range(1, len(terms)):
-        y = add_round(terms[k], -c, acc, seed, index, k, TAG_KAHAN_Y)
-        t = add_round(s, y, acc, seed, index, k, TAG_ADD)
-        d = add_round(t, -s, acc, seed, index, k, TAG_KAHAN_D)
-        c = add_round(d, -y, acc, seed, index, k, TAG_KAHAN_C)
+        y = add_round(terms[k], -c, acc, seed, index, k, TAG_KAHAN_Y, events)
+        t = add_round(s, y, acc, seed, index, k, TAG_ADD, events)
+        d = add_round(t, -s, acc, seed, index, k, TAG_KAHAN_D, events)
+        c = add_round(d, -y, acc, seed, index, k, TAG_KAHAN_C, events)
         s = t
     return s
 
 
-def reduce_exact(raw_terms: list[Value], acc: Any, seed: int = 0, index: int = 0) -> float:
-    """One output: the terms (exact, then rounded to acc.product) reduced in acc.order."""
+# ---- multiterm ----------------------------------------------------------------------------------
+def _floor_log2(a: Fraction) -> int:
+    """floor(log2(a)) for a > 0."""
+    e = a.numerator.bit_length() - a.denominator.bit_length()
+    return e if a >= Fraction(2) ** e else e - 1
+
+
+def _truncated(value: Value, q: int) -> tuple[bool, Fraction]:
+    """(negative, |value| truncated toward zero to a multiple of 2^q) for a finite value."""
+    if isinstance(value, float) and value == 0:
+        return math.copysign(1.0, value) < 0, Fraction(0)
+    exact = Fraction(value)
+    units = math.floor(abs(exact) / Fraction(2) ** q)
+    return exact < 0, units * Fraction(2) ** q
+
+
+def _aligned_sum(values: list[Value], width: int, rounding: str) -> Value:
+    """The multiterm adder on a list of values: specials by IEEE rules (NaN if any NaN or both
+    infinities, else the infinity); else each value truncated toward zero to a multiple of
+    2^(E - width + 1), E the largest floor(log2|v|), and summed exactly. A zero sum is -0 if every
+    truncated value is a -0, +0 if every one is +0, else +0 (-0 under rdn)."""
+    floats = [v for v in values if isinstance(v, float)]
+    if any(math.isnan(v) for v in floats):
+        return math.nan
+    infinities = {v for v in floats if math.isinf(v)}
+    if len(infinities) == 2:
+        return math.nan
+    if infinities:
+        return infinities.pop()
+    nonzero = [Fraction(v) for v in values if v != 0]
+    if not nonzero:
+        truncated = [_truncated(v, 0) for v in values]
+    else:
+        q = max(_floor_log2(abs(v)) for v in nonzero) - width + 1
+        truncated = [_truncated(v, q) for v in values]
+    total = Fraction(0)
+    for negative, magnitude in truncated:
+        total += -magnitude if negative else magnitude
+    if total != 0:
+        return total
+    if all(magnitude == 0 for _, magnitude in truncated):
+        signs = {negative for negative, _ in truncated}
+        if len(signs) == 1:
+            return -0.0 if signs.pop() else 0.0
+    return -0.0 if rounding == "rdn" else 0.0
+
+
+def _multiterm(terms: list[Value], acc: Any, seed: int, index: int, events: Events) -> float:
+    """Chunks of acc.chunk terms (None: one chunk), groups of acc.group terms, group g (terms
+    g*group ..) at step g; each chunk's sum promoted into the outer accumulator."""
+    if not terms:
+        return round_one(0.0, acc.outer_spec, seed, index, 0, TAG_OUTER)
+    chunk = acc.chunk or len(terms)
+    total: float | None = None
+    for c, c0 in enumerate(range(0, len(terms), chunk)):
+        s: float | None = None
+        for g0 in range(c0, min(c0 + chunk, len(terms)), acc.group):
+            group = terms[g0:min(g0 + acc.group, c0 + chunk, len(terms))]
+            step = g0 // acc.group
+            if s is None:
+                s = round_one(_aligned_sum(group, acc.width, acc.rounding), acc, seed, index,
+                              step, TAG_ADD, events)
+            elif acc.variant == "acc-aligned":
+                s = round_one(_aligned_sum([s, *group], acc.width, acc.rounding), acc, seed,
+                              index, step, TAG_ADD, events)
+            else:
+                s = add_round(s, _aligned_sum(group, acc.width, acc.rounding), acc, seed, index,
+                              step, TAG_ADD, events)
+        assert s is not None
+        total = _promote(total, s, c, acc, seed, index, events)
+    assert total is not None
+    return total
+
+
+def reduce_exact(raw_terms: list[Value], acc: Any, seed: int = 0, index: int = 0,
+                 events: Events = None) -> float:
+    """One output: the terms (exact, then rounded to acc.product) reduced in acc.order; with
+    `events`, the accumulator roundings' events are counted there."""
     terms = [_term(value, acc, seed, index, k) for k, value in enumerate(raw_terms)]
     if acc.order == "sequential":
-        return _sequential(terms, 0, acc, seed, index)
+        return _sequential(terms, 0, acc, seed, index, events)
     if acc.order == "pairwise":
-        return _pairwise(terms, acc, seed, index)
+        return _pairwise(terms, acc, seed, index, events)
     if acc.order == "chunked":
-        return _chunked(terms, acc, seed, index)
+        return _chunked(terms, acc, seed, index, events)
     if acc.order == "kahan":
-        return _kahan(terms, acc, seed, index)
-    raise NotImplementedError(f"order {acc.order!r} has no specification here yet")
+        return _kahan(terms, acc, seed, index, events)
+    if acc.order == "multiterm":
+        return _multiterm(terms, acc, seed, index, events)
+    raise NotImplementedError(f"order {acc.order!r} has no specification here")
 
 
-def sum_exact(x: np.ndarray, acc: Any, axis: int = -1, seed: int = 0) -> np.ndarray:
-    """reduce_exact over `axis`; output index = flat C-order index of the result."""
+def _new_events(counts: bool) -> Events:
+    return dict.fromkeys(COUNT_KEYS, 0) if counts else None
+
+
+def _finish(result: np.ndarray, events: Events) -> Any:
+    return result if events is None else (result, events)
+
+
+def sum_exact(x: np.ndarray, acc: Any, axis: int = -1, seed: int = 0,
+              counts: bool = False) -> Any:
+    """reduce_exact over `axis`; output index = flat C-order index of the result. With counts,
+    (result, {overflow, underflow, saturation}) summed over all outputs."""
     moved = np.moveaxis(np.asarray(x), axis, -1)
     rows = moved.reshape(-1, moved.shape[-1])
     out = np.empty(rows.shape[0], np.float64)
+    events = _new_events(counts)
     for i, row in enumerate(rows):
-        out[i] = reduce_exact([float(v) for v in row], acc, seed, i)
-    return out.reshape(moved.shape[:-1])
+        out[i] = reduce_exact([float(v) for v in row], acc, seed, i, events)
+    return _finish(out.reshape(moved.shape[:-1]), events)
 
 
-def dot_exact(x: np.ndarray, y: np.ndarray, acc: Any, seed: int = 0) -> np.ndarray:
+def dot_exact(x: np.ndarray, y: np.ndarray, acc: Any, seed: int = 0,
+              counts: bool = False) -> Any:
     terms = [_product(float(a), float(b)) for a, b in zip(x, y, strict=True)]
-    return np.asarray(reduce_exact(terms, acc, seed, 0), np.float64)
+    events = _new_events(counts)
+    return _finish(np.asarray(reduce_exact(terms, acc, seed, 0, events), np.float64), events)
 
 
-def matmul_exact(a: np.ndarray, b: np.ndarray, spec: Any, seed: int = 0) -> np.ndarray:
+def matmul_exact(a: np.ndarray, b: np.ndarray, spec: Any, seed: int = 0,
+                 counts: bool = False) -> Any:
     """spec.a/spec.b Casts (seed, seed + 1), exact products, reduce, spec.out Cast (step 0)."""
     if spec.a is not None:
         a = quantize_exact(a, spec.a.fmt, spec.a.rounding, spec.a.overflow, spec.a.sr_bits, seed)
@@ -216,14 +353,15 @@ def matmul_exact(a: np.ndarray, b: np.ndarray, spec: Any, seed: int = 0) -> np.n
     a3 = np.broadcast_to(a, (*batch, m, k)).reshape(-1, m, k)
     b3 = np.broadcast_to(b, (*batch, k, n)).reshape(-1, k, n)
     out = np.empty((a3.shape[0], m, n), np.float64)
+    events = _new_events(counts)
     index = 0
     for p in range(a3.shape[0]):
         for i in range(m):
             for j in range(n):
                 terms = [_product(float(a3[p, i, t]), float(b3[p, t, j])) for t in range(k)]
-                value = reduce_exact(terms, spec.acc, seed, index)
+                value = reduce_exact(terms, spec.acc, seed, index, events)
                 if spec.out is not None:
                     value = round_one(value, spec.out, seed, index, 0, TAG_OUT)
                 out[p, i, j] = value
                 index += 1
-    return out.reshape(*batch, m, n)
+    return _finish(out.reshape(*batch, m, n), events)

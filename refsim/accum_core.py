@@ -64,6 +64,14 @@ N_SPEC = core.N_PARAMS + 3
 TAG_ADD, TAG_PRODUCT, TAG_OUTER, TAG_KAHAN_Y, TAG_KAHAN_D, TAG_KAHAN_C, TAG_OUT = range(1, 8)
 # Orders (the index in refsim.specs.ORDERS).
 ORD_SEQUENTIAL, ORD_PAIRWISE, ORD_CHUNKED, ORD_KAHAN, ORD_MULTITERM = 0, 1, 2, 3, 4
+# multiterm variants (the index in refsim.specs.MULTITERM_VARIANTS) and the layout of the int64
+# triple `mt` = (group, width, variant) the order functions take.
+MT_EXCLUDED, MT_ALIGNED = 0, 1
+MT_GROUP, MT_WIDTH, MT_VARIANT = 0, 1, 2
+# Events of one rounding (the *_ev functions) and the counts triple (overflow, underflow,
+# saturation) every order function returns with its bits.
+EV_NONE, EV_OVERFLOW, EV_SATURATE, EV_UNDERFLOW = 0, 1, 2, 3
+CNT_OVERFLOW, CNT_UNDERFLOW, CNT_SATURATION = 0, 1, 2
 
 C_MAN, C_BIAS = 52, 1023  # results are float64 bit patterns
 PAIRWISE_STACK = 64  # levels of the pairwise stack: enough for 2^63 terms
@@ -241,15 +249,17 @@ def sr_up(rhi, rlo, shift, tail, tt, tl, sr_bits, seed, index, step, tag):
 
 
 @njit(cache=True)
-def round_window(negative, hi, lo, e, tail, tt, tl, spec, seed, index, step, tag):
-    """Round (-1)^negative * (W + tail) * 2^e to the float format of `spec`; float64 bits.
+def round_window_ev(negative, hi, lo, e, tail, tt, tl, spec, seed, index, step, tag):
+    """Round (-1)^negative * (W + tail) * 2^e to the float format of `spec`: (float64 bits, event).
 
     W = (hi, lo) > 0; the tail (kind, T, tl) is described in the module doc. `spec`: the format's
-    params followed by mode, overflow and sr_bits (S_* layout).
+    params followed by mode, overflow and sr_bits (S_* layout). The event: EV_OVERFLOW (the
+    rounded magnitude exceeds max; result Inf or NaN), EV_SATURATE (the same, result +-max),
+    EV_UNDERFLOW (the nonzero value rounded to zero) or EV_NONE.
     """
     mode = spec[S_MODE]
     if negative and spec[core.P_SIGNED] == 0:
-        return core.carrier_nan(C_MAN, C_BIAS)
+        return core.carrier_nan(C_MAN, C_BIAS), EV_NONE
     man = spec[core.P_MAN]
     emin = spec[core.P_EMIN]
     top = e + bitlen128(hi, lo) - 1
@@ -294,51 +304,71 @@ def round_window(negative, hi, lo, e, tail, tt, tl, spec, seed, index, step, tag
             n = np.int64(1)  # no zero: raised to the smallest value 2^emin
             q = emin
         else:
-            return core._zero(negative, C_MAN, C_BIAS, spec)
+            return core._zero(negative, C_MAN, C_BIAS, spec), EV_UNDERFLOW
     if (n >> (man + 1)) != 0:  # a carry into the next binade
         n >>= 1
         q += 1
     if core._exceeds_max(n, q, spec):
-        return core._overflow(negative, C_MAN, C_BIAS, spec, mode, spec[S_OVF])
-    return core.encode_carrier(negative, n, q, C_MAN, C_BIAS)
+        ev = EV_SATURATE if core.overflow_to_max(mode, negative, spec[S_OVF],
+                                                 spec[core.P_SPECIALS]) else EV_OVERFLOW
+        return core._overflow(negative, C_MAN, C_BIAS, spec, mode, spec[S_OVF]), ev
+    return core.encode_carrier(negative, n, q, C_MAN, C_BIAS), EV_NONE
+
+
+@njit(cache=True)
+def round_window(negative, hi, lo, e, tail, tt, tl, spec, seed, index, step, tag):
+    """round_window_ev without the event."""
+    return round_window_ev(negative, hi, lo, e, tail, tt, tl, spec, seed, index, step, tag)[0]
+
+
+@njit(cache=True)
+def round_unpacked_ev(kind, negative, sig, exp, spec, seed, index, step, tag):
+    """Round one exact unpacked value (sig < 2^64) to `spec`: (float64 bits, event).
+
+    Events come from finite nonzero values only (an infinite input is not an overflow)."""
+    if kind == K_NAN:
+        return core.carrier_nan(C_MAN, C_BIAS), EV_NONE
+    if kind == K_INF:
+        return (core._special_infinity(negative, C_MAN, C_BIAS, spec, spec[S_MODE], spec[S_OVF]),
+                EV_NONE)
+    if sig == _U0:
+        return core._zero(negative, C_MAN, C_BIAS, spec), EV_NONE
+    return round_window_ev(negative, _U0, sig, exp, TAIL_NONE, _U0, _I0, spec, seed, index, step,
+                           tag)
 
 
 @njit(cache=True)
 def round_unpacked(kind, negative, sig, exp, spec, seed, index, step, tag):
     """Round one exact unpacked value (sig < 2^64) to `spec`; float64 bits."""
-    if kind == K_NAN:
-        return core.carrier_nan(C_MAN, C_BIAS)
-    if kind == K_INF:
-        return core._special_infinity(negative, C_MAN, C_BIAS, spec, spec[S_MODE], spec[S_OVF])
-    if sig == _U0:
-        return core._zero(negative, C_MAN, C_BIAS, spec)
-    return round_window(negative, _U0, sig, exp, TAIL_NONE, _U0, _I0, spec, seed, index, step,
-                        tag)
+    return round_unpacked_ev(kind, negative, sig, exp, spec, seed, index, step, tag)[0]
 
 
 @njit(cache=True)
-def add_round(xk, xn, xs, xe, yk, yn, ys, ye, spec, seed, index, step, tag):
-    """round(x + y) for two exact unpacked values (sig < 2^64 each); float64 bits.
+def add_round_ev(xk, xn, xs, xe, yk, yn, ys, ye, spec, seed, index, step, tag):
+    """round(x + y) for two exact unpacked values (sig < 2^64 each): (float64 bits, event).
 
     IEEE rules for specials: NaN in, NaN out; Inf + -Inf = NaN; Inf + finite = Inf (then the
     format's policy for an infinite value). An exact zero sum of nonzero operands, or of zeros of
-    opposite signs, is +0 (-0 under rdn); zeros of one sign sum to that zero.
+    opposite signs, is +0 (-0 under rdn); zeros of one sign sum to that zero. Events come from a
+    finite nonzero exact sum only (round_window_ev).
     """
     mode = spec[S_MODE]
     if xk == K_NAN or yk == K_NAN:
-        return core.carrier_nan(C_MAN, C_BIAS)
+        return core.carrier_nan(C_MAN, C_BIAS), EV_NONE
     if xk == K_INF or yk == K_INF:
         if xk == K_INF and yk == K_INF and xn != yn:
-            return core.carrier_nan(C_MAN, C_BIAS)
+            return core.carrier_nan(C_MAN, C_BIAS), EV_NONE
         negative = xn if xk == K_INF else yn
-        return core._special_infinity(negative, C_MAN, C_BIAS, spec, mode, spec[S_OVF])
+        return core._special_infinity(negative, C_MAN, C_BIAS, spec, mode, spec[S_OVF]), EV_NONE
     if xs == _U0 and ys == _U0:
         negative = xn if xn == yn else mode == core.RDN
-        return core._zero(negative, C_MAN, C_BIAS, spec)
+        return core._zero(negative, C_MAN, C_BIAS, spec), EV_NONE
     if xs == _U0:
-        return round_window(yn, _U0, ys, ye, TAIL_NONE, _U0, _I0, spec, seed, index, step, tag)
+        return round_window_ev(yn, _U0, ys, ye, TAIL_NONE, _U0, _I0, spec, seed, index, step,
+                               tag)
     if ys == _U0:
-        return round_window(xn, _U0, xs, xe, TAIL_NONE, _U0, _I0, spec, seed, index, step, tag)
+        return round_window_ev(xn, _U0, xs, xe, TAIL_NONE, _U0, _I0, spec, seed, index, step,
+                               tag)
     # Normalize both significands to 64 bits, then make x the larger magnitude.
     lx = bitlen_u64(xs)
     xs <<= np.uint64(64 - lx)
@@ -388,11 +418,39 @@ def add_round(xk, xn, xs, xe, yk, yn, ys, ye, spec, seed, index, step, tag):
             hi -= borrow
             tail = TAIL_SUB
         elif hi == _U0 and lo == _U0:
-            return core._zero(mode == core.RDN, C_MAN, C_BIAS, spec)
-    return round_window(xn, hi, lo, e, tail, tt, tl, spec, seed, index, step, tag)
+            return core._zero(mode == core.RDN, C_MAN, C_BIAS, spec), EV_NONE
+    return round_window_ev(xn, hi, lo, e, tail, tt, tl, spec, seed, index, step, tag)
+
+
+@njit(cache=True)
+def add_round(xk, xn, xs, xe, yk, yn, ys, ye, spec, seed, index, step, tag):
+    """round(x + y) for two exact unpacked values (sig < 2^64 each); float64 bits (add_round_ev
+    without the event)."""
+    return add_round_ev(xk, xn, xs, xe, yk, yn, ys, ye, spec, seed, index, step, tag)[0]
+
+
+@njit(cache=True)
+def tally(cnt, ev):
+    """The counts triple (overflow, underflow, saturation) after one more event; a saturation
+    is also an overflow."""
+    over, under, sat = cnt
+    if ev == EV_OVERFLOW:
+        over += 1
+    elif ev == EV_SATURATE:
+        over += 1
+        sat += 1
+    elif ev == EV_UNDERFLOW:
+        under += 1
+    return over, under, sat
 
 
 # ---- terms and orders ----------------------------------------------------------------------------
+# Every order function returns (float64 bits, counts) with counts the triple (overflow,
+# underflow, saturation) of the events of its accumulator roundings (inner and outer; not the
+# product or output roundings).
+_CNT0 = (_I0, _I0, _I0)
+
+
 @njit(cache=True)
 def term(a, b, has_b, p, m, n, k, prod_on, pspec, seed, index):
     """Term k of output (p, m, n): a[p, m, k] * b[p, n, k] exactly (or a[p, m, k] alone), then
@@ -411,14 +469,30 @@ def term(a, b, has_b, p, m, n, k, prod_on, pspec, seed, index):
 def reduce_sequential(a, b, has_b, p, m, n, k0, k1, spec, prod_on, pspec, seed, index):
     """s = round(t_k0); s = round(s + t_k) for k = k0+1 .. k1-1 (step k); +0 when empty."""
     if k1 <= k0:
-        return core._zero(False, C_MAN, C_BIAS, spec)
+        return core._zero(False, C_MAN, C_BIAS, spec), _CNT0
     tk, tn, ts, te = term(a, b, has_b, p, m, n, k0, prod_on, pspec, seed, index)
-    acc = round_unpacked(tk, tn, ts, te, spec, seed, index, k0, TAG_ADD)
+    acc, ev = round_unpacked_ev(tk, tn, ts, te, spec, seed, index, k0, TAG_ADD)
+    cnt = tally(_CNT0, ev)
     for k in range(k0 + 1, k1):
         tk, tn, ts, te = term(a, b, has_b, p, m, n, k, prod_on, pspec, seed, index)
         ak, an, asig, ae = unpack_f64(acc)
-        acc = add_round(ak, an, asig, ae, tk, tn, ts, te, spec, seed, index, k, TAG_ADD)
-    return acc
+        acc, ev = add_round_ev(ak, an, asig, ae, tk, tn, ts, te, spec, seed, index, k, TAG_ADD)
+        cnt = tally(cnt, ev)
+    return acc, cnt
+
+
+@njit(cache=True)
+def promote(outer, c, s, ospec, seed, index, cnt):
+    """Chunk c's result s into the outer accumulator: o = round_o(s) (c = 0), else
+    o = round_o(o + s) (step c, TAG_OUTER). Returns (o, counts)."""
+    sk, sn, ss, se = unpack_f64(s)
+    if c == 0:
+        outer, ev = round_unpacked_ev(sk, sn, ss, se, ospec, seed, index, c, TAG_OUTER)
+    else:
+        ok, on, osig, oe = unpack_f64(outer)
+        outer, ev = add_round_ev(ok, on, osig, oe, sk, sn, ss, se, ospec, seed, index, c,
+                                 TAG_OUTER)
+    return outer, tally(cnt, ev)
 
 
 @njit(cache=True)
@@ -426,20 +500,18 @@ def reduce_chunked(a, b, has_b, p, m, n, nk, chunk, spec, ospec, prod_on, pspec,
     """Chunk c (terms c*chunk ..) summed sequentially in spec; o = round_o(s_0), then
     o = round_o(o + s_c) (step c, TAG_OUTER); +0 in the outer format when empty."""
     if nk <= 0:
-        return core._zero(False, C_MAN, C_BIAS, ospec)
+        return core._zero(False, C_MAN, C_BIAS, ospec), _CNT0
     outer = _U0
+    cnt = _CNT0
     c = np.int64(0)
     for k0 in range(0, nk, chunk):
         k1 = min(k0 + chunk, nk)
-        s = reduce_sequential(a, b, has_b, p, m, n, k0, k1, spec, prod_on, pspec, seed, index)
-        sk, sn, ss, se = unpack_f64(s)
-        if c == 0:
-            outer = round_unpacked(sk, sn, ss, se, ospec, seed, index, c, TAG_OUTER)
-        else:
-            ok, on, osig, oe = unpack_f64(outer)
-            outer = add_round(ok, on, osig, oe, sk, sn, ss, se, ospec, seed, index, c, TAG_OUTER)
+        s, inner = reduce_sequential(a, b, has_b, p, m, n, k0, k1, spec, prod_on, pspec, seed,
+                                     index)
+        cnt = (cnt[0] + inner[0], cnt[1] + inner[1], cnt[2] + inner[2])
+        outer, cnt = promote(outer, c, s, ospec, seed, index, cnt)
         c += 1
-    return outer
+    return outer, cnt
 
 
 @njit(cache=True)
@@ -450,7 +522,7 @@ def reduce_pairwise(a, b, has_b, p, m, n, nk, spec, prod_on, pspec, seed, index)
     remaining entries are merged from the top (right) down. Merge number i (in this order, which
     is the tree's post-order) is step i; one term alone is round(t_0), step 0."""
     if nk <= 0:
-        return core._zero(False, C_MAN, C_BIAS, spec)
+        return core._zero(False, C_MAN, C_BIAS, spec), _CNT0
     kinds = np.empty(PAIRWISE_STACK, np.int64)
     negs = np.empty(PAIRWISE_STACK, np.bool_)
     sigs = np.empty(PAIRWISE_STACK, np.uint64)
@@ -459,6 +531,7 @@ def reduce_pairwise(a, b, has_b, p, m, n, nk, spec, prod_on, pspec, seed, index)
     top = 0
     merges = np.int64(0)
     result = _U0
+    cnt = _CNT0
     for k in range(nk):
         tk, tn, ts, te = term(a, b, has_b, p, m, n, k, prod_on, pspec, seed, index)
         kinds[top] = tk
@@ -469,8 +542,10 @@ def reduce_pairwise(a, b, has_b, p, m, n, nk, spec, prod_on, pspec, seed, index)
         top += 1
         while top >= 2 and (sizes[top - 1] == sizes[top - 2] or k == nk - 1):
             i = top - 2
-            result = add_round(kinds[i], negs[i], sigs[i], exps[i], kinds[i + 1], negs[i + 1],
-                               sigs[i + 1], exps[i + 1], spec, seed, index, merges, TAG_ADD)
+            result, ev = add_round_ev(kinds[i], negs[i], sigs[i], exps[i], kinds[i + 1],
+                                      negs[i + 1], sigs[i + 1], exps[i + 1], spec, seed, index,
+                                      merges, TAG_ADD)
+            cnt = tally(cnt, ev)
             merges += 1
             rk, rn, rs, re = unpack_f64(result)
             kinds[i] = rk
@@ -480,8 +555,10 @@ def reduce_pairwise(a, b, has_b, p, m, n, nk, spec, prod_on, pspec, seed, index)
             sizes[i] += sizes[i + 1]
             top -= 1
     if nk == 1:
-        return round_unpacked(kinds[0], negs[0], sigs[0], exps[0], spec, seed, index, 0, TAG_ADD)
-    return result
+        result, ev = round_unpacked_ev(kinds[0], negs[0], sigs[0], exps[0], spec, seed, index, 0,
+                                       TAG_ADD)
+        cnt = tally(cnt, ev)
+    return result, cnt
 
 
 @njit(cache=True)
@@ -489,47 +566,244 @@ def reduce_kahan(a, b, has_b, p, m, n, nk, spec, prod_on, pspec, seed, index):
     """s = round(t_0), c = +0; for k >= 1: y = round(t_k - c), t = round(s + y),
     c = round(round(t - s) - y), s = t (steps k; tags KAHAN_Y, ADD, KAHAN_D, KAHAN_C)."""
     if nk <= 0:
-        return core._zero(False, C_MAN, C_BIAS, spec)
+        return core._zero(False, C_MAN, C_BIAS, spec), _CNT0
     tk, tn, ts, te = term(a, b, has_b, p, m, n, 0, prod_on, pspec, seed, index)
-    s_bits = round_unpacked(tk, tn, ts, te, spec, seed, index, 0, TAG_ADD)
+    s_bits, ev = round_unpacked_ev(tk, tn, ts, te, spec, seed, index, 0, TAG_ADD)
+    cnt = tally(_CNT0, ev)
     ck, cn, cs, ce = K_FIN, False, _U0, _I0
     for k in range(1, nk):
         tk, tn, ts, te = term(a, b, has_b, p, m, n, k, prod_on, pspec, seed, index)
-        y_bits = add_round(tk, tn, ts, te, ck, not cn, cs, ce, spec, seed, index, k, TAG_KAHAN_Y)
+        y_bits, ev = add_round_ev(tk, tn, ts, te, ck, not cn, cs, ce, spec, seed, index, k,
+                                  TAG_KAHAN_Y)
+        cnt = tally(cnt, ev)
         yk, yn, ys, ye = unpack_f64(y_bits)
         sk, sn, ss, se = unpack_f64(s_bits)
-        t_bits = add_round(sk, sn, ss, se, yk, yn, ys, ye, spec, seed, index, k, TAG_ADD)
+        t_bits, ev = add_round_ev(sk, sn, ss, se, yk, yn, ys, ye, spec, seed, index, k, TAG_ADD)
+        cnt = tally(cnt, ev)
         tk2, tn2, ts2, te2 = unpack_f64(t_bits)
-        d_bits = add_round(tk2, tn2, ts2, te2, sk, not sn, ss, se, spec, seed, index, k,
-                           TAG_KAHAN_D)
+        d_bits, ev = add_round_ev(tk2, tn2, ts2, te2, sk, not sn, ss, se, spec, seed, index, k,
+                                  TAG_KAHAN_D)
+        cnt = tally(cnt, ev)
         dk, dn, ds, de = unpack_f64(d_bits)
-        c_bits = add_round(dk, dn, ds, de, yk, not yn, ys, ye, spec, seed, index, k, TAG_KAHAN_C)
+        c_bits, ev = add_round_ev(dk, dn, ds, de, yk, not yn, ys, ye, spec, seed, index, k,
+                                  TAG_KAHAN_C)
+        cnt = tally(cnt, ev)
         ck, cn, cs, ce = unpack_f64(c_bits)
         s_bits = t_bits
-    return s_bits
+    return s_bits, cnt
+
+
+# ---- multiterm -----------------------------------------------------------------------------------
+@njit(cache=True)
+def top_exponent(sig, exp):
+    """floor(log2(sig * 2^exp)) for sig > 0."""
+    return exp + bitlen_u64(sig) - 1
+
+
+@njit(cache=True)
+def truncate_to(sig, exp, q):
+    """floor(sig * 2^exp / 2^q) for a value below 2^(q + 63) (the caller guarantees it)."""
+    shift = exp - q
+    if shift >= 0:
+        return sig << np.uint64(shift)
+    if shift <= -64:
+        return _U0
+    return sig >> np.uint64(-shift)
+
+
+@njit(cache=True)
+def multiterm_group(a, b, has_b, p, m, n, g0, g1, width, with_acc, acc, spec, prod_on, pspec,
+                    seed, index):
+    """The group of terms g0 .. g1-1, plus the accumulator `acc` (float64 bits) when with_acc,
+    as one exact value (kind, negative, sig, exp) (docs/accumulation.md, multiterm):
+
+    specials first (NaN if any NaN or both infinities, else the infinity); otherwise, with E the
+    largest floor(log2|v|) of the nonzero values and q = E - width + 1, the sum of the values
+    each truncated toward zero to a multiple of 2^q, as S * 2^q with |S| < (count) * 2^width. A
+    zero S is -0 when every truncated value is a zero of sign -, +0 when every one is +0, else +0
+    (-0 under rdn)."""
+    has_nan = False
+    pos_inf = False
+    neg_inf = False
+    big = np.int64(-(1 << 40))
+    e_max = big
+    if with_acc:
+        xk, xn, xs, xe = unpack_f64(acc)
+        if xk == K_NAN:
+            has_nan = True
+        elif xk == K_INF:
+            if xn:
+                neg_inf = True
+            else:
+                pos_inf = True
+        elif xs != _U0:
+            e_max = top_exponent(xs, xe)
+    for k in range(g0, g1):
+        tk, tn, ts, te = term(a, b, has_b, p, m, n, k, prod_on, pspec, seed, index)
+        if tk == K_NAN:
+            has_nan = True
+        elif tk == K_INF:
+            if tn:
+                neg_inf = True
+            else:
+                pos_inf = True
+        elif ts != _U0:
+            e_max = max(e_max, top_exponent(ts, te))
+    if has_nan or (pos_inf and neg_inf):
+        return K_NAN, False, _U0, _I0
+    if pos_inf or neg_inf:
+        return K_INF, neg_inf, _U0, _I0
+    q = e_max - width + 1
+    total = np.int64(0)
+    n_pos_zero = 0
+    n_neg_zero = 0
+    n_nonzero = 0
+    if with_acc:
+        xk, xn, xs, xe = unpack_f64(acc)
+        v = truncate_to(xs, xe, q) if xs != _U0 else _U0
+        if v == _U0:
+            if xn:
+                n_neg_zero += 1
+            else:
+                n_pos_zero += 1
+        else:
+            n_nonzero += 1
+            total = total - np.int64(v) if xn else total + np.int64(v)
+    for k in range(g0, g1):
+        tk, tn, ts, te = term(a, b, has_b, p, m, n, k, prod_on, pspec, seed, index)
+        v = truncate_to(ts, te, q) if ts != _U0 else _U0
+        if v == _U0:
+            if tn:
+                n_neg_zero += 1
+            else:
+                n_pos_zero += 1
+        else:
+            n_nonzero += 1
+            total = total - np.int64(v) if tn else total + np.int64(v)
+    if total == 0:
+        if n_nonzero == 0 and n_pos_zero == 0:
+            negative = True
+        elif n_nonzero == 0 and n_neg_zero == 0:
+            negative = False
+        else:
+            negative = spec[S_MODE] == core.RDN
+        return K_FIN, negative, _U0, _I0
+    if total < 0:
+        return K_FIN, True, np.uint64(-total), q
+    return K_FIN, False, np.uint64(total), q
+
+
+@njit(cache=True)
+def reduce_multiterm(a, b, has_b, p, m, n, nk, chunk, group, width, variant, spec, ospec,
+                     prod_on, pspec, seed, index):
+    """Chunks of `chunk` terms (chunk <= 0: one chunk of all nk), each a sequence of groups of
+    `group` terms; group g (terms g*group ..) is step g (TAG_ADD):
+      acc-excluded: s = round(G) for a chunk's first group, else s = round(s + G), with G the
+        group's aligned, truncated exact sum (multiterm_group);
+      acc-aligned: s = round(G) for a chunk's first group, else s = round(G') with G' the same
+        sum with s joining the alignment and truncation.
+    Each chunk's s is promoted into the outer accumulator (promote); +0 there when empty."""
+    if nk <= 0:
+        return core._zero(False, C_MAN, C_BIAS, ospec), _CNT0
+    if chunk <= 0:
+        chunk = nk
+    outer = _U0
+    cnt = _CNT0
+    c = np.int64(0)
+    for c0 in range(0, nk, chunk):
+        c1 = min(c0 + chunk, nk)
+        s = _U0
+        for g0 in range(c0, c1, group):
+            g1 = min(g0 + group, c1)
+            step = g0 // group
+            first = g0 == c0
+            with_acc = variant == MT_ALIGNED and not first
+            gk, gn, gs, ge = multiterm_group(a, b, has_b, p, m, n, g0, g1, width, with_acc, s,
+                                             spec, prod_on, pspec, seed, index)
+            if first or with_acc:
+                s, ev = round_unpacked_ev(gk, gn, gs, ge, spec, seed, index, step, TAG_ADD)
+            else:
+                sk, sn, ss, se = unpack_f64(s)
+                s, ev = add_round_ev(sk, sn, ss, se, gk, gn, gs, ge, spec, seed, index, step,
+                                     TAG_ADD)
+            cnt = tally(cnt, ev)
+        outer, cnt = promote(outer, c, s, ospec, seed, index, cnt)
+        c += 1
+    return outer, cnt
+
+
+# ---- one output element --------------------------------------------------------------------------
+# The order_* functions share one signature, so a kernel can be built per order (refsim.accumulate
+# compiles only the orders used). mt = (group, width, variant) (MT_* layout; multiterm only).
+@njit(cache=True)
+def order_sequential(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec, mt, seed, index):
+    return reduce_sequential(a, b, has_b, p, m, n, 0, a.shape[2], spec, prod_on, pspec, seed,
+                             index)
+
+
+@njit(cache=True)
+def order_pairwise(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec, mt, seed, index):
+    return reduce_pairwise(a, b, has_b, p, m, n, a.shape[2], spec, prod_on, pspec, seed, index)
+
+
+@njit(cache=True)
+def order_chunked(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec, mt, seed, index):
+    return reduce_chunked(a, b, has_b, p, m, n, a.shape[2], chunk, spec, ospec, prod_on, pspec,
+                          seed, index)
+
+
+@njit(cache=True)
+def order_kahan(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec, mt, seed, index):
+    return reduce_kahan(a, b, has_b, p, m, n, a.shape[2], spec, prod_on, pspec, seed, index)
+
+
+@njit(cache=True)
+def order_multiterm(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec, mt, seed, index):
+    return reduce_multiterm(a, b, has_b, p, m, n, a.shape[2], chunk, mt[MT_GROUP], mt[MT_WIDTH],
+                            mt[MT_VARIANT], spec, ospec, prod_on, pspec, seed, index)
+
+
+@njit(cache=True)
+def cast_output(bits, cast_on, cspec, seed, index):
+    """The output cast of one reduced value (step 0, TAG_OUT); bits unchanged when not cast_on."""
+    if not cast_on:
+        return bits
+    if cspec[core.P_KIND] == core.KIND_FIXED:
+        word0 = accum_word(seed, index, 0, TAG_OUT, 0) if cspec[S_MODE] == core.SR else _U0
+        return core.quantize_bits(bits, C_MAN, C_BIAS, cspec, cspec[S_MODE], cspec[S_OVF],
+                                  cspec[S_SRB], word0, seed, index)
+    kind, negative, sig, exp = unpack_f64(bits)
+    return round_unpacked(kind, negative, sig, exp, cspec, seed, index, 0, TAG_OUT)
+
+
+@njit(cache=True)
+def reduce_full(a, b, has_b, p, m, n, order, chunk, spec, ospec, prod_on, pspec, cast_on, cspec,
+                mt, seed, index):
+    """One output element in any order (all orders compiled): the declared order over
+    k = 0 .. K-1, then the output cast. Returns (float64 bits, counts)."""
+    if order == ORD_PAIRWISE:
+        bits, cnt = order_pairwise(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec, mt,
+                                   seed, index)
+    elif order == ORD_CHUNKED:
+        bits, cnt = order_chunked(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec, mt,
+                                  seed, index)
+    elif order == ORD_KAHAN:
+        bits, cnt = order_kahan(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec, mt,
+                                seed, index)
+    elif order == ORD_MULTITERM:
+        bits, cnt = order_multiterm(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec, mt,
+                                    seed, index)
+    else:
+        bits, cnt = order_sequential(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec, mt,
+                                     seed, index)
+    return cast_output(bits, cast_on, cspec, seed, index), cnt
 
 
 @njit(cache=True)
 def reduce_one(a, b, has_b, p, m, n, order, chunk, spec, ospec, prod_on, pspec, cast_on, cspec,
                seed, index):
-    """One output element: the declared order over k = 0 .. K-1, then the output cast (step 0,
-    TAG_OUT). Returns float64 bits."""
-    nk = a.shape[2]
-    if order == ORD_PAIRWISE:
-        bits = reduce_pairwise(a, b, has_b, p, m, n, nk, spec, prod_on, pspec, seed, index)
-    elif order == ORD_CHUNKED:
-        bits = reduce_chunked(a, b, has_b, p, m, n, nk, chunk, spec, ospec, prod_on, pspec, seed,
-                              index)
-    elif order == ORD_KAHAN:
-        bits = reduce_kahan(a, b, has_b, p, m, n, nk, spec, prod_on, pspec, seed, index)
-    else:
-        bits = reduce_sequential(a, b, has_b, p, m, n, 0, nk, spec, prod_on, pspec, seed, index)
-    if cast_on:
-        if cspec[core.P_KIND] == core.KIND_FIXED:
-            word0 = accum_word(seed, index, 0, TAG_OUT, 0) if cspec[S_MODE] == core.SR else _U0
-            bits = core.quantize_bits(bits, C_MAN, C_BIAS, cspec, cspec[S_MODE], cspec[S_OVF],
-                                      cspec[S_SRB], word0, seed, index)
-        else:
-            kind, negative, sig, exp = unpack_f64(bits)
-            bits = round_unpacked(kind, negative, sig, exp, cspec, seed, index, 0, TAG_OUT)
-    return bits
+    """reduce_full without counts, for the orders other than multiterm (kept for callers of the
+    earlier signature). Returns float64 bits."""
+    mt = (np.int64(1), np.int64(1), np.int64(MT_EXCLUDED))
+    return reduce_full(a, b, has_b, p, m, n, order, chunk, spec, ospec, prod_on, pspec, cast_on,
+                       cspec, mt, seed, index)[0]

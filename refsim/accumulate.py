@@ -13,6 +13,10 @@ Usage rules:
   - Stochastic rounding: the random words of a rounding are a function of (seed, flat output
     index, step, family) only (refsim.accum_core). matmul's a and b Casts use refsim.quantize
     with seed and seed + 1 (mod 2^64) respectively.
+  - counts=True: every function also returns the accumulator's event counts, a dict with keys
+    COUNT_KEYS (overflow, underflow, saturation) summed over all outputs.
+  - conv2d is matmul on the im2col matrix (docs/accumulation.md, "conv2d").
+  - One parallel kernel per order, compiled (and cached) on first use of that order.
 """
 
 from __future__ import annotations
@@ -25,27 +29,100 @@ from formats.policy import OVERFLOWS, ROUNDINGS, check_seed
 from refsim import accum_core as ac
 from refsim.params import CARRIERS, carrier_holds, format_params
 from refsim.quantize import quantize
-from refsim.specs import ORDERS, AccumSpec, Cast, GemmSpec
+from refsim.specs import MULTITERM_VARIANTS, ORDERS, AccumSpec, Cast, GemmSpec
 
-__all__ = ["dot", "matmul", "sum"]
+__all__ = ["COUNT_KEYS", "conv2d", "dot", "matmul", "sum"]
 
 _UINT64_MAX = (1 << 64) - 1
 
 
+# One parallel kernel per order, so each compiles only when first used. They are written out
+# (not built by a factory): Numba's cache keys a closure by its pickled cells, which differ from
+# one process to the next, so a factory-made kernel would recompile in every process.
+@njit(cache=True)
+def _locate(flat, per_batch, n_cols):
+    p = flat // per_batch
+    rest = flat - p * per_batch
+    m = rest // n_cols
+    return p, m, rest - m * n_cols
+
+
+@njit(cache=True)
+def _store(out, counts, count_on, flat, bits, cnt, cast_on, cspec, seed):
+    """out[flat] = the cast value; counts[flat] = its events when count_on."""
+    out[flat] = ac.cast_output(bits, cast_on, cspec, seed, flat)
+    if count_on:
+        counts[flat, 0] = cnt[0]
+        counts[flat, 1] = cnt[1]
+        counts[flat, 2] = cnt[2]
+
+
 @njit(parallel=True, cache=True)
-def _kernel(a, b, has_b, out, order, chunk, spec, ospec, prod_on, pspec, cast_on, cspec, seed):
-    """out[flat] = reduce_one(...) for every output (p, m, n); parallel over outputs only."""
-    n_batch = a.shape[0]
-    n_rows = a.shape[1]
+def _kernel_sequential(a, b, has_b, out, counts, count_on, chunk, spec, ospec, prod_on, pspec,
+                       cast_on, cspec, mt, seed):
+    """Every output (p, m, n), parallel over outputs only; likewise the other _kernel_*."""
     n_cols = b.shape[1] if has_b else 1
-    per_batch = n_rows * n_cols
-    for flat in prange(n_batch * per_batch):
-        p = flat // per_batch
-        rest = flat - p * per_batch
-        m = rest // n_cols
-        n = rest - m * n_cols
-        out[flat] = ac.reduce_one(a, b, has_b, p, m, n, order, chunk, spec, ospec, prod_on,
-                                  pspec, cast_on, cspec, seed, flat)
+    for flat in prange(out.shape[0]):
+        p, m, n = _locate(flat, a.shape[1] * n_cols, n_cols)
+        bits, cnt = ac.order_sequential(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec,
+                                        mt, seed, flat)
+        _store(out, counts, count_on, flat, bits, cnt, cast_on, cspec, seed)
+
+
+@njit(parallel=True, cache=True)
+def _kernel_pairwise(a, b, has_b, out, counts, count_on, chunk, spec, ospec, prod_on, pspec,
+                     cast_on, cspec, mt, seed):
+    n_cols = b.shape[1] if has_b else 1
+    for flat in prange(out.shape[0]):
+        p, m, n = _locate(flat, a.shape[1] * n_cols, n_cols)
+        bits, cnt = ac.order_pairwise(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec,
+                                      mt, seed, flat)
+        _store(out, counts, count_on, flat, bits, cnt, cast_on, cspec, seed)
+
+
+@njit(parallel=True, cache=True)
+def _kernel_chunked(a, b, has_b, out, counts, count_on, chunk, spec, ospec, prod_on, pspec,
+                    cast_on, cspec, mt, seed):
+    n_cols = b.shape[1] if has_b else 1
+    for flat in prange(out.shape[0]):
+        p, m, n = _locate(flat, a.shape[1] * n_cols, n_cols)
+        bits, cnt = ac.order_chunked(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec,
+                                     mt, seed, flat)
+        _store(out, counts, count_on, flat, bits, cnt, cast_on, cspec, seed)
+
+
+@njit(parallel=True, cache=True)
+def _kernel_kahan(a, b, has_b, out, counts, count_on, chunk, spec, ospec, prod_on, pspec,
+                  cast_on, cspec, mt, seed):
+    n_cols = b.shape[1] if has_b else 1
+    for flat in prange(out.shape[0]):
+        p, m, n = _locate(flat, a.shape[1] * n_cols, n_cols)
+        bits, cnt = ac.order_kahan(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec,
+                                   mt, seed, flat)
+        _store(out, counts, count_on, flat, bits, cnt, cast_on, cspec, seed)
+
+
+@njit(parallel=True, cache=True)
+def _kernel_multiterm(a, b, has_b, out, counts, count_on, chunk, spec, ospec, prod_on, pspec,
+                      cast_on, cspec, mt, seed):
+    n_cols = b.shape[1] if has_b else 1
+    for flat in prange(out.shape[0]):
+        p, m, n = _locate(flat, a.shape[1] * n_cols, n_cols)
+        bits, cnt = ac.order_multiterm(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec,
+                                       mt, seed, flat)
+        _store(out, counts, count_on, flat, bits, cnt, cast_on, cspec, seed)
+
+
+_KERNELS = {
+    "sequential": _kernel_sequential,
+    "pairwise": _kernel_pairwise,
+    "chunked": _kernel_chunked,
+    "kahan": _kernel_kahan,
+    "multiterm": _kernel_multiterm,
+}
+assert tuple(_KERNELS) == ORDERS
+COUNT_KEYS = ("overflow", "underflow", "saturation")
+"""Keys of the counts dict (the order of refsim.accum_core.CNT_*)."""
 
 
 # ---- host-side helpers ---------------------------------------------------------------------------
@@ -102,11 +179,9 @@ def _result_dtype(fmt: Format, dtypes: list[np.dtype]) -> np.dtype:
 
 
 def _run(a3: np.ndarray, b3: np.ndarray | None, acc: AccumSpec, cast: Cast | None,
-         seed: int) -> np.ndarray:
-    """The kernel on a (P, M, K) and b (P, N, K) (or None); returns float64 values (P, M, N)."""
-    if acc.order == "multiterm":
-        raise NotImplementedError("order='multiterm' is specified (refsim.specs) but its kernel "
-                                  "is not implemented yet")
+         seed: int, count_on: bool = False) -> tuple[np.ndarray, dict[str, int]]:
+    """The kernel on a (P, M, K) and b (P, N, K) (or None): float64 values (P, M, N) and the
+    event counts summed over all outputs (zeros unless count_on)."""
     spec = _spec_tuple(acc.fmt, acc.rounding, acc.overflow, acc.sr_bits)
     outer = acc.outer_spec
     ospec = _spec_tuple(outer.fmt, outer.rounding, outer.overflow, outer.sr_bits)
@@ -124,21 +199,31 @@ def _run(a3: np.ndarray, b3: np.ndarray | None, acc: AccumSpec, cast: Cast | Non
     else:
         b_bits = np.ascontiguousarray(b3, dtype=np.float64).view(np.uint64)
         n_cols = b3.shape[1]
-    out = np.empty(a3.shape[0] * a3.shape[1] * n_cols, np.uint64)
-    _kernel(a_bits, b_bits, has_b, out, np.int64(ORDERS.index(acc.order)),
-            np.int64(acc.chunk or 1), spec, ospec, prod_on, pspec, cast_on, cspec,
-            np.uint64(seed))
-    return out.view(np.float64).reshape(a3.shape[0], a3.shape[1], n_cols)
+    size = a3.shape[0] * a3.shape[1] * n_cols
+    out = np.empty(size, np.uint64)
+    counts = np.zeros((size if count_on else 0, 3), np.int64)
+    mt = (np.int64(acc.group or 1), np.int64(acc.width or 1),
+          np.int64(MULTITERM_VARIANTS.index(acc.variant) if acc.variant else 0))
+    _KERNELS[acc.order](a_bits, b_bits, has_b, out, counts, count_on, np.int64(acc.chunk or 0),
+                        spec, ospec, prod_on, pspec, cast_on, cspec, mt, np.uint64(seed))
+    totals = counts.sum(axis=0)
+    events = {key: int(totals[i]) for i, key in enumerate(COUNT_KEYS)}
+    return out.view(np.float64).reshape(a3.shape[0], a3.shape[1], n_cols), events
 
 
 def _result_format(acc: AccumSpec, cast: Cast | None) -> Format:
     if cast is not None:
         return cast.fmt
-    return acc.outer_spec.fmt if acc.order == "chunked" else acc.fmt
+    return acc.outer_spec.fmt if acc.order in ("chunked", "multiterm") else acc.fmt
+
+
+def _with_counts(result: np.ndarray, events: dict[str, int], counts: bool):
+    return (result, events) if counts else result
 
 
 # ---- public API ----------------------------------------------------------------------------------
-def sum(x, acc: AccumSpec | Format | str, axis: int = -1, *, seed: int = 0):
+def sum(x, acc: AccumSpec | Format | str, axis: int = -1, *, seed: int = 0,
+        counts: bool = False):
     """Sum `x` along `axis` in the accumulator `acc` (terms taken exactly, or rounded to
     acc.product).
 
@@ -147,9 +232,11 @@ def sum(x, acc: AccumSpec | Format | str, axis: int = -1, *, seed: int = 0):
         acc: an AccumSpec, or a format (rne, sequential).
         axis: the axis summed over.
         seed: 0..2^64-1, the key of the random stream (sr only).
+        counts: also return the event counts (docs/accumulation.md, "Event counts").
 
     Returns:
-        An array of x's shape without `axis` (a 0-d array for 1-D x).
+        An array of x's shape without `axis` (a 0-d array for 1-D x); with counts=True the pair
+        (array, {"overflow": n, "underflow": n, "saturation": n}) summed over all outputs.
     """
     x = _check_array(x, "x")
     acc = AccumSpec.of(acc, "acc")
@@ -162,16 +249,16 @@ def sum(x, acc: AccumSpec | Format | str, axis: int = -1, *, seed: int = 0):
     out_shape = moved.shape[:-1]
     count = int(np.prod(out_shape))
     a3 = moved.reshape(1, count, moved.shape[-1])
-    values = _run(a3, None, acc, None, seed)
+    values, events = _run(a3, None, acc, None, seed, counts)
     dtype = _result_dtype(_result_format(acc, None), [x.dtype])
-    return values.reshape(out_shape).astype(dtype)
+    return _with_counts(values.reshape(out_shape).astype(dtype), events, counts)
 
 
-def dot(x, y, acc: AccumSpec | Format | str, *, seed: int = 0):
+def dot(x, y, acc: AccumSpec | Format | str, *, seed: int = 0, counts: bool = False):
     """The dot product of two 1-D arrays, products exact (or rounded to acc.product).
 
     Returns:
-        A 0-d array.
+        A 0-d array; with counts=True the pair (array, counts dict) as in `sum`.
     """
     x = _check_array(x, "x")
     y = _check_array(y, "y")
@@ -181,12 +268,12 @@ def dot(x, y, acc: AccumSpec | Format | str, *, seed: int = 0):
         raise ValueError(f"dot needs two 1-D arrays of the same length; got x of shape {x.shape} "
                          f"and y of shape {y.shape}")
     _check_products(x, y, "x", "y")
-    values = _run(x.reshape(1, 1, -1), y.reshape(1, 1, -1), acc, None, seed)
+    values, events = _run(x.reshape(1, 1, -1), y.reshape(1, 1, -1), acc, None, seed, counts)
     dtype = _result_dtype(_result_format(acc, None), [x.dtype, y.dtype])
-    return values.reshape(()).astype(dtype)
+    return _with_counts(values.reshape(()).astype(dtype), events, counts)
 
 
-def matmul(a, b, spec: GemmSpec, *, seed: int = 0):
+def matmul(a, b, spec: GemmSpec, *, seed: int = 0, counts: bool = False):
     """a @ b as GemmSpec declares: Cast a and b, exact products, accumulate, Cast the result.
 
     Args:
@@ -194,10 +281,14 @@ def matmul(a, b, spec: GemmSpec, *, seed: int = 0):
         b: (..., K, N) array; batch dimensions broadcast as in np.matmul (2-D and batched).
         spec: a GemmSpec.
         seed: 0..2^64-1; a's Cast uses seed, b's Cast seed + 1, the accumulation seed.
+        counts: also return the accumulator's event counts (as in `sum`).
 
     Returns:
-        An array of shape (..., M, N).
+        An array of shape (..., M, N); with counts=True the pair (array, counts dict).
     """
+    from refsim.backends import cuda
+    if cuda.is_device_array(a) or cuda.is_device_array(b):  # on the GPU: refsim.backends.cuda
+        return cuda.matmul(a, b, spec, seed=seed, counts=counts)
     a = _check_array(a, "a")
     b = _check_array(b, "b")
     if not isinstance(spec, GemmSpec):
@@ -226,7 +317,84 @@ def matmul(a, b, spec: GemmSpec, *, seed: int = 0):
     count = int(np.prod(batch))
     a3 = np.broadcast_to(a, (*batch, m, k)).reshape(count, m, k)
     b3 = np.swapaxes(np.broadcast_to(b, (*batch, k, n)), -1, -2).reshape(count, n, k)
-    values = _run(a3, b3, spec.acc, spec.out, seed)
+    values, events = _run(a3, b3, spec.acc, spec.out, seed, counts)
     dtype = _result_dtype(_result_format(spec.acc, spec.out), [a.dtype, b.dtype])
-    return values.reshape(*batch, m, n).astype(dtype)
+    return _with_counts(values.reshape(*batch, m, n).astype(dtype), events, counts)
 
+
+
+def _pair(value: object, name: str, minimum: int) -> tuple[int, int]:
+    """An int or a pair of ints, each at least `minimum`, as a pair."""
+    pair = value if isinstance(value, tuple | list) else (value, value)
+    if len(pair) != 2 or not all(isinstance(v, int | np.integer) and not isinstance(v, bool)
+                                 for v in pair):
+        raise TypeError(f"{name} must be an int or a pair of ints; got {value!r}")
+    if min(pair) < minimum:
+        raise ValueError(f"{name} must be at least {minimum}; got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def conv2d(x, w, spec: GemmSpec, stride: int | tuple[int, int] = 1,
+           padding: int | tuple[int, int] = 0, *, seed: int = 0, counts: bool = False):
+    """2-D convolution (cross-correlation, as in deep-learning frameworks) by im2col onto matmul.
+
+    Output (n, o, i, j) reduces, in the order spec.acc declares, the K = C*KH*KW terms
+    w[o, c, kh, kw] * xp[n, c, i*sh + kh, j*sw + kw] taken in C order of (c, kh, kw) (c slowest,
+    kw fastest), where xp is x cast with spec.a and zero-padded (padded positions are +0 terms
+    and take part in the order). It is matmul(W, cols) with W = w cast with spec.b and reshaped
+    to (O, K), cols the (N, K, HO*WO) im2col matrix: so the flat output index that keys the
+    random words is the C-order index of the (N, O, HO, WO) result.
+
+    Args:
+        x: (N, C, H, W) float32/float64 input.
+        w: (O, C, KH, KW) weights.
+        spec: a GemmSpec; spec.a casts x (seed), spec.b casts w (seed + 1), each element once,
+            before im2col.
+        stride, padding: an int or a (height, width) pair; stride >= 1, padding >= 0.
+        seed, counts: as in matmul.
+
+    Returns:
+        An (N, O, HO, WO) array, HO = (H + 2*ph - KH) // sh + 1 (likewise WO); with
+        counts=True the pair (array, counts dict).
+    """
+    x = _check_array(x, "x")
+    w = _check_array(w, "w")
+    if not isinstance(spec, GemmSpec):
+        raise TypeError(f"spec must be a GemmSpec; got {type(spec).__name__}")
+    seed = check_seed(seed)
+    sh, sw = _pair(stride, "stride", 1)
+    ph, pw = _pair(padding, "padding", 0)
+    if x.ndim != 4 or w.ndim != 4:
+        raise ValueError(f"conv2d needs x of shape (N, C, H, W) and w of shape (O, C, KH, KW); "
+                         f"got x of shape {x.shape} and w of shape {w.shape}")
+    n_img, chans, height, width = x.shape
+    n_out, w_chans, kh, kw = w.shape
+    if w_chans != chans:
+        raise ValueError(f"conv2d: x has {chans} channels but w expects {w_chans}; got x of "
+                         f"shape {x.shape} and w of shape {w.shape}")
+    hp, wp = height + 2 * ph, width + 2 * pw
+    if kh > hp or kw > wp or kh == 0 or kw == 0:
+        raise ValueError(f"conv2d: the kernel ({kh}x{kw}) does not fit the padded input "
+                         f"({hp}x{wp}); got x of shape {x.shape}, w of shape {w.shape}, "
+                         f"padding ({ph}, {pw})")
+    if spec.a is not None:
+        x = quantize(x, spec.a.fmt, spec.a.rounding, overflow=spec.a.overflow,
+                     sr_bits=spec.a.sr_bits, seed=seed)
+    if spec.b is not None:
+        w = quantize(w, spec.b.fmt, spec.b.rounding, overflow=spec.b.overflow,
+                     sr_bits=spec.b.sr_bits, seed=(seed + 1) & _UINT64_MAX)
+    ho = (hp - kh) // sh + 1
+    wo = (wp - kw) // sw + 1
+    xp = np.zeros((n_img, chans, hp, wp), x.dtype)
+    xp[:, :, ph:ph + height, pw:pw + width] = x
+    # windows[n, c, i, j, a, b] = xp[n, c, i*sh + a, j*sw + b]
+    windows = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))
+    windows = windows[:, :, ::sh, ::sw][:, :, :ho, :wo]
+    cols = np.ascontiguousarray(windows.transpose(0, 1, 4, 5, 2, 3)).reshape(
+        n_img, chans * kh * kw, ho * wo)
+    w2 = w.reshape(n_out, chans * kh * kw)
+    result = matmul(w2, cols, GemmSpec(acc=spec.acc, out=spec.out), seed=seed, counts=counts)
+    if counts:
+        values, events = result
+        return values.reshape(n_img, n_out, ho, wo), events
+    return result.reshape(n_img, n_out, ho, wo)

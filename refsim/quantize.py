@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from formats import Format
-from refsim.backends import cpu
+from refsim.backends import cpu, cuda
 from refsim.params import CARRIERS, resolve
 
 
@@ -20,7 +20,8 @@ def quantize(x, fmt: Format | str, rounding: str = "rne", *, overflow: str = "de
     """Round `x` to `fmt`.
 
     Args:
-        x: NumPy float32/float64 array, NumPy float scalar, or Python float.
+        x: NumPy float32/float64 array, NumPy float scalar, or Python float; or a CUDA device
+            array (then the CUDA backend rounds it, and the result is a device array).
         fmt: a FloatFormat/FixedFormat or a format name ("e4m3fn", "bf16", "int8", "e5m10", ...).
         rounding: rne, rna, rtz, rup, rdn, rto or sr.
         overflow: "default" (the format's policy), "saturate", or "wrap" (fixed point only).
@@ -31,6 +32,9 @@ def quantize(x, fmt: Format | str, rounding: str = "rne", *, overflow: str = "de
     Returns:
         An array of x's dtype and shape (out, if given); a float for a Python float input.
     """
+    if cuda.is_device_array(x):  # numba device array or __cuda_array_interface__: on the GPU
+        return cuda.quantize(x, fmt, rounding, overflow=overflow, sr_bits=sr_bits, seed=seed,
+                             out=out)
     if isinstance(x, (float, np.floating)):  # np.float64 is a float subclass: test both at once
         result = quantize(np.asarray(x), fmt, rounding, overflow=overflow, sr_bits=sr_bits,
                           seed=seed)[()]

@@ -21,15 +21,20 @@ from formats import FixedFormat, FloatFormat, Format, get_format
 from formats.policy import check_overflow, check_rounding, check_sr_bits
 from formats.registry import name_of
 
-__all__ = ["MULTITERM_VARIANTS", "ORDERS", "AccumSpec", "Cast", "GemmSpec", "format_fits"]
+__all__ = ["MULTITERM_MAX_BITS", "MULTITERM_VARIANTS", "ORDERS", "AccumSpec", "Cast", "GemmSpec",
+           "format_fits"]
 
 ORDERS: tuple[str, ...] = ("sequential", "pairwise", "chunked", "kahan", "multiterm")
 """sequential: k = 0, 1, 2, ...; pairwise: a fixed binary tree; chunked: `chunk` terms per inner
 sum, promoted into `outer`; kahan: compensated; multiterm: a tensor-core-style adder."""
 
-MULTITERM_VARIANTS: tuple[str, ...] = ("separate", "joint")
-"""separate: a group is aligned and truncated alone, then added to the accumulator with one
-rounding; joint: the accumulator joins the group's alignment and truncation."""
+MULTITERM_VARIANTS: tuple[str, ...] = ("acc-excluded", "acc-aligned")
+"""acc-excluded: a group is aligned and truncated alone, then added to the accumulator with one
+rounding; acc-aligned: the accumulator joins the group's alignment (and truncation) as one more
+term."""
+
+MULTITERM_MAX_BITS = 62
+"""multiterm: width + group.bit_length() may be at most this (the group sum is exact in int64)."""
 
 
 # ---- formats ------------------------------------------------------------------------------------
@@ -223,7 +228,8 @@ class AccumSpec:
         fmt: the accumulator's float format (object or name); every partial sum is rounded to it.
         rounding: rounding of every partial sum (rne, rna, rtz, rup, rdn, rto, sr).
         order: sequential, pairwise, chunked, kahan or multiterm (docs/accumulation.md).
-        chunk: terms per inner sum (chunked, required; multiterm: products between promotions).
+        chunk: terms per inner sum (chunked, required; multiterm: products between promotions,
+            a multiple of group, None: no promotion but one at the end).
         outer: chunked/multiterm: the accumulator the chunk results are added into, an AccumSpec
             (order sequential) or a format (rounding rne); None: the same as fmt/rounding.
         product: None: products are exact; else a Cast (or format, rounding rne) each product
@@ -231,8 +237,9 @@ class AccumSpec:
         sr_bits: for rounding='sr': None or 1..64.
         overflow: default or saturate (the accumulator format's policy, docs/rounding.md).
         group: multiterm: products per aligned group.
-        width: multiterm: significand bits kept after alignment (lower bits truncated).
-        variant: multiterm: 'separate' (default) or 'joint'.
+        width: multiterm: significand bits kept after alignment (lower bits truncated toward
+            zero); width + group.bit_length() <= 62.
+        variant: multiterm: 'acc-excluded' (default) or 'acc-aligned'.
     """
 
     fmt: Format
@@ -301,8 +308,12 @@ class AccumSpec:
             if self.group is None or self.width is None:
                 raise ValueError("AccumSpec.order='multiterm' needs group (products per aligned "
                                  "group) and width (significand bits kept)")
+            if self.width + self.group.bit_length() > MULTITERM_MAX_BITS:
+                raise ValueError(f"AccumSpec.width ({self.width}) plus the bit length of group "
+                                 f"({self.group.bit_length()}) must be at most "
+                                 f"{MULTITERM_MAX_BITS} (the group sum is exact in 64 bits)")
             if self.variant is None:
-                object.__setattr__(self, "variant", "separate")
+                object.__setattr__(self, "variant", "acc-excluded")
             elif self.variant not in MULTITERM_VARIANTS:
                 raise ValueError(f"AccumSpec.variant must be one of "
                                  f"{', '.join(MULTITERM_VARIANTS)}; got {self.variant!r}")

@@ -12,17 +12,26 @@ import pytest
 from formats.exact_sum import dot_exact, matmul_exact, sum_exact
 from formats.policy import ROUNDINGS
 from refsim import accum_core, quantize
-from refsim.accumulate import dot, matmul
+from refsim.accumulate import conv2d, dot, matmul
 from refsim.accumulate import sum as rsum
 from refsim.specs import ORDERS, AccumSpec, Cast, GemmSpec
 from validation.bits import assert_same_bits
 
-KERNEL_ORDERS = [order for order in ORDERS if order != "multiterm"]
+# Every order; multiterm in both variants (with promotion every 6 terms, and without).
+KERNEL_ORDERS = [*ORDERS, "multiterm-aligned"]
 
 
 def _acc(fmt, rounding, order, **kwargs):
     if order == "chunked":
         kwargs.setdefault("chunk", 3)
+    if order.startswith("multiterm"):
+        kwargs.setdefault("group", 3)
+        kwargs.setdefault("width", 6)
+        if order == "multiterm-aligned":
+            kwargs.setdefault("variant", "acc-aligned")
+        else:
+            kwargs.setdefault("chunk", 6)
+        order = "multiterm"
     return AccumSpec(fmt, rounding, order, **kwargs)
 
 
@@ -44,7 +53,7 @@ def _check(actual, expected, context):
 @pytest.mark.parametrize("rounding", ROUNDINGS)
 @pytest.mark.parametrize("order", KERNEL_ORDERS)
 def test_sum_matches_exact_twin(order, rounding):
-    rng = np.random.default_rng(ORDERS.index(order) * 10 + ROUNDINGS.index(rounding))
+    rng = np.random.default_rng(KERNEL_ORDERS.index(order) * 10 + ROUNDINGS.index(rounding))
     x = _terms(rng, (5, 9))
     x[0, 4] = 2.0 ** 60  # overflows the small formats
     for fmt in ("fp16", "bf16", "e4m3fn", "e5m2fnuz", "fp32"):
@@ -55,7 +64,7 @@ def test_sum_matches_exact_twin(order, rounding):
 
 @pytest.mark.parametrize("order", KERNEL_ORDERS)
 def test_sum_sr_bits_and_axis(order):
-    rng = np.random.default_rng(40 + ORDERS.index(order))
+    rng = np.random.default_rng(40 + KERNEL_ORDERS.index(order))
     x = _terms(rng, (3, 6, 4), spread=12)
     for sr_bits in (1, 5, 64):
         acc = _acc("bf16", "sr", order, sr_bits=sr_bits)
@@ -89,7 +98,7 @@ def test_specials_propagate(order):
             acc = _acc(fmt, rounding, order)
             got = rsum(x, acc)
             _check(got, sum_exact(x, acc), str(acc))
-    got = rsum(x, AccumSpec("fp16", order=order, chunk=3 if order == "chunked" else None))
+    got = rsum(x, _acc("fp16", "rne", order))
     # Kahan's compensation c = (t - s) - y becomes Inf - Inf = NaN once the sum is infinite.
     assert (np.isnan(got[0]) if order == "kahan" else got[0] == np.inf)
     assert np.isnan(got[1]) and np.isnan(got[2])
@@ -99,7 +108,7 @@ def test_specials_propagate(order):
 @pytest.mark.parametrize("rounding", ROUNDINGS)
 @pytest.mark.parametrize("order", KERNEL_ORDERS)
 def test_dot_matches_exact_twin(order, rounding):
-    rng = np.random.default_rng(100 + ORDERS.index(order) * 10 + ROUNDINGS.index(rounding))
+    rng = np.random.default_rng(100 + KERNEL_ORDERS.index(order) * 10 + ROUNDINGS.index(rounding))
     x = rng.standard_normal(17).astype(np.float32)
     y = (rng.standard_normal(17) * np.exp2(rng.integers(-20, 20, 17))).astype(np.float32)
     for acc in (_acc("fp16", rounding, order), _acc("e5m6", rounding, order, product="e5m2"),
@@ -109,7 +118,7 @@ def test_dot_matches_exact_twin(order, rounding):
 
 @pytest.mark.parametrize("order", KERNEL_ORDERS)
 def test_matmul_matches_exact_twin(order):
-    rng = np.random.default_rng(200 + ORDERS.index(order))
+    rng = np.random.default_rng(200 + KERNEL_ORDERS.index(order))
     a = rng.standard_normal((2, 3, 11)).astype(np.float32)
     b = rng.standard_normal((11, 4)).astype(np.float32)
     spec = GemmSpec(a=Cast("e4m3fn"), b=Cast("e5m2"),
@@ -238,5 +247,174 @@ def test_bad_input_names_shapes_and_types():
         rsum(np.ones((2, 2)), "fp16", axis=3)
     with pytest.raises(ValueError, match=r"53 \+ 53 significant bits"):
         dot(np.full(3, 1 / 3), np.full(3, 1 / 3), "fp32")
-    with pytest.raises(NotImplementedError, match=r"multiterm"):
-        rsum(x, AccumSpec("fp32", order="multiterm", group=4, width=14))
+
+
+# ---- multiterm -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("variant", ["acc-excluded", "acc-aligned"])
+@pytest.mark.parametrize("rounding", ROUNDINGS)
+def test_multiterm_matches_exact_twin(variant, rounding):
+    """Groups of several sizes (a short last group, chunk None and chunk = group), widths from 1
+    to the limit, a product Cast; sums and dots bit for bit."""
+    rng = np.random.default_rng(500 + ROUNDINGS.index(rounding))
+    x = _terms(rng, (4, 13), spread=6)
+    y = (rng.standard_normal(13) * np.exp2(rng.integers(-8, 8, 13))).astype(np.float32)
+    z = rng.standard_normal(13).astype(np.float32)
+    for group, width, chunk, outer in ((4, 1, None, None), (4, 5, 8, "fp32"), (1, 3, 1, None),
+                                       (5, 11, 10, AccumSpec("fp32", "rtz")), (13, 57, None, None)):
+        for fmt in ("fp16", "e4m3fn"):
+            acc = AccumSpec(fmt, rounding, "multiterm", group=group, width=width, chunk=chunk,
+                            outer=outer, variant=variant)
+            _check(rsum(x, acc, seed=6), sum_exact(x, acc, seed=6), str(acc))
+        acc = AccumSpec("bf16", rounding, "multiterm", group=4, width=7, variant=variant,
+                        product=Cast("e5m6", rounding))
+        _check(dot(y, z, acc, seed=3), dot_exact(y, z, acc, seed=3), str(acc))
+
+
+def test_multiterm_truncates_toward_zero_relative_to_the_group_max():
+    # Group max 1.0 (E = 0), width 4: quantum 2^-3; 0.2 -> 0.125, -0.2 -> -0.125, 0.1 -> 0.
+    acc = AccumSpec("fp32", "rne", "multiterm", group=4, width=4)
+    assert rsum(np.array([1.0, 0.2, 0.1, 0.1]), acc) == 1.125
+    assert rsum(np.array([1.0, -0.2, -0.1, -0.1]), acc) == 0.875  # not 0.75: toward zero
+    # acc-excluded: the accumulator (1.0) is added after the group [2^-4, 2^-4] is aligned alone;
+    # acc-aligned: it joins the alignment, so with width 2 the group's terms fall below it.
+    terms = np.array([1.0, 0.0, 2.0**-4, 2.0**-4])
+    excluded = AccumSpec("fp32", "rne", "multiterm", group=2, width=2)
+    aligned = AccumSpec("fp32", "rne", "multiterm", group=2, width=2, variant="acc-aligned")
+    assert rsum(terms, excluded) == 1.125
+    assert rsum(terms, aligned) == 1.0
+
+
+def test_multiterm_group_one_wide_is_sequential():
+    rng = np.random.default_rng(501)
+    x = _terms(rng, (6, 20), spread=30)
+    for rounding in ("rne", "sr"):
+        seq = rsum(x, AccumSpec("bf16", rounding), seed=2)
+        multi = rsum(x, AccumSpec("bf16", rounding, "multiterm", group=1, width=60), seed=2)
+        _check(multi, seq, rounding)
+
+
+def test_hopper_fp8_preset_runs():
+    """The DeepSeek-V3 Hopper FP8 example of docs/accumulation.md: fp32 inner sum with products
+    truncated to 14 bits per group of 32, promoted into fp32 every 128 products."""
+    hopper = AccumSpec("fp32", "rtz", "multiterm", group=32, width=14, chunk=128,
+                       outer=AccumSpec("fp32", "rne"), variant="acc-aligned")
+    rng = np.random.default_rng(502)
+    a = rng.standard_normal((4, 256)).astype(np.float32)
+    b = rng.standard_normal((256, 3)).astype(np.float32)
+    spec = GemmSpec(a=Cast("e4m3fn"), b=Cast("e4m3fn"), acc=hopper)
+    got = matmul(a, b, spec)
+    _check(got, matmul_exact(a, b, spec), str(spec))
+    exact = quantize(a, "e4m3fn").astype(np.float64) @ quantize(b, "e4m3fn").astype(np.float64)
+    assert np.abs(got - exact).max() < 0.5  # |result| ~ 16; truncation costs ~2^-13 per product
+    assert not np.array_equal(got, exact.astype(np.float32))  # truncation shows
+
+
+# ---- event counters ------------------------------------------------------------------------------
+def test_counts_on_crafted_inputs():
+    big = np.array([[60000.0, 60000.0], [-60000.0, -60000.0], [1.0, 2.0]])
+    _, counts = rsum(big, "fp16", counts=True)
+    assert counts == {"overflow": 2, "underflow": 0, "saturation": 0}  # +-Inf
+    _, counts = rsum(big, AccumSpec("fp16", overflow="saturate"), counts=True)
+    assert counts == {"overflow": 2, "underflow": 0, "saturation": 2}
+    values, counts = rsum(big, AccumSpec("fp16", "rtz"), counts=True)
+    assert counts["saturation"] == 2 and values[0] == 65504.0
+    values, counts = rsum(np.array([448.0, 448.0]), "e4m3fn", counts=True)
+    assert np.isnan(values) and counts == {"overflow": 1, "underflow": 0, "saturation": 0}
+    # Underflow to zero: a nonzero value (first term, a sum, a cancellation's tiny remainder).
+    tiny = np.array([[2.0**-30, 0.0], [2.0**-20, -2.0**-20 + 2.0**-40], [1.0, -1.0]])
+    values, counts = rsum(tiny, "fp16", counts=True)
+    assert counts == {"overflow": 0, "underflow": 2, "saturation": 0}  # exact 1 - 1 is no event
+    # Infinite inputs and NaN are not events; plain sums count nothing.
+    _, counts = rsum(np.array([np.inf, 1.0, np.nan]), "fp16", counts=True)
+    assert counts == {"overflow": 0, "underflow": 0, "saturation": 0}
+    # dot and matmul: products 300 * 300 = 90000 exceed fp16's max; saturated, every rounding
+    # overflows; unsaturated, only the first (Inf + 90000 is Inf: no event).
+    _, counts = dot(np.full(4, 300.0), np.full(4, 300.0), AccumSpec("fp16", overflow="saturate"),
+                    counts=True)
+    assert counts == {"overflow": 4, "underflow": 0, "saturation": 4}
+    out, counts = matmul(np.full((2, 3), 300.0), np.full((3, 2), 300.0), GemmSpec(acc="fp16"),
+                         counts=True)
+    assert out.shape == (2, 2) and np.all(out == np.inf)
+    assert counts == {"overflow": 4, "underflow": 0, "saturation": 0}  # once per output
+
+
+@pytest.mark.parametrize("order", KERNEL_ORDERS)
+def test_counts_match_exact_twin(order):
+    rng = np.random.default_rng(600 + KERNEL_ORDERS.index(order))
+    x = _terms(rng, (8, 12), spread=24)
+    for fmt, overflow, rounding in (("fp16", "default", "rne"), ("e4m3fn", "saturate", "sr"),
+                                    ("e5m2", "default", "rtz"), ("bf16", "default", "rup")):
+        acc = _acc(fmt, rounding, order, overflow=overflow)
+        values, counts = rsum(x, acc, seed=4, counts=True)
+        twin_values, twin_counts = sum_exact(x, acc, seed=4, counts=True)
+        _check(values, twin_values, str(acc))
+        assert counts == twin_counts, str(acc)
+    spec = GemmSpec(acc=_acc("e5m2", "rne", order, outer=None if order != "chunked" else "e5m2"))
+    a = _terms(rng, (3, 7), spread=10).astype(np.float32)
+    b = _terms(rng, (7, 2), spread=10).astype(np.float32)
+    got = matmul(a, b, spec, counts=True)
+    expected = matmul_exact(a, b, spec, counts=True)
+    _check(got[0], expected[0], str(spec))
+    assert got[1] == expected[1]
+
+
+# ---- conv2d --------------------------------------------------------------------------------------
+def _im2col(xp, kh, kw, stride):
+    """The (N, C*KH*KW, HO*WO) matrix of padded x, rows in C order of (c, kh, kw)."""
+    n_img, chans, hp, wp = xp.shape
+    ho = (hp - kh) // stride[0] + 1
+    wo = (wp - kw) // stride[1] + 1
+    cols = np.zeros((n_img, chans * kh * kw, ho * wo), xp.dtype)
+    for n, c, i, j, di, dj in itertools.product(range(n_img), range(chans), range(ho), range(wo),
+                                                range(kh), range(kw)):
+        cols[n, (c * kh + di) * kw + dj, i * wo + j] = xp[n, c, i * stride[0] + di,
+                                                          j * stride[1] + dj]
+    return cols, ho, wo
+
+
+@pytest.mark.parametrize(("stride", "padding"), [(1, 0), (2, 1), ((1, 2), (2, 0))])
+def test_conv2d_is_matmul_on_im2col(stride, padding):
+    rng = np.random.default_rng(700)
+    x = rng.standard_normal((2, 3, 6, 7)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 2)).astype(np.float32)
+    acc = AccumSpec("bf16", "sr", "chunked", chunk=5, outer="fp32")
+    spec = GemmSpec(a=Cast("e4m3fn", "sr"), b=Cast("e5m2"), acc=acc, out=Cast("fp16"))
+    got = conv2d(x, w, spec, stride=stride, padding=padding, seed=11)
+    sh, sw = stride if isinstance(stride, tuple) else (stride, stride)
+    ph, pw = padding if isinstance(padding, tuple) else (padding, padding)
+    xq = quantize(x, "e4m3fn", "sr", seed=11)  # cast before im2col, with seed
+    wq = quantize(w, "e5m2", seed=12)
+    xp = np.pad(xq, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    cols, ho, wo = _im2col(xp, 3, 2, (sh, sw))
+    expected = matmul(wq.reshape(4, -1), cols, GemmSpec(acc=acc, out=Cast("fp16")), seed=11)
+    assert got.shape == (2, 4, ho, wo)
+    _check(got, expected.reshape(2, 4, ho, wo), f"stride {stride}, padding {padding}")
+
+
+def test_conv2d_fp64_accumulator_matches_float64_convolution():
+    rng = np.random.default_rng(701)
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    w = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
+    got, counts = conv2d(x, w, GemmSpec(acc="fp64"), stride=2, padding=1, counts=True)
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    windows = np.lib.stride_tricks.sliding_window_view(xp, (3, 3), axis=(2, 3))[:, :, ::2, ::2]
+    expected = np.einsum("ncijab,ocab->noij", windows, w.astype(np.float64))
+    assert got.shape == expected.shape == (2, 5, 4, 4) and got.dtype == np.float64
+    assert np.allclose(got, expected, rtol=1e-13, atol=1e-13)
+    assert counts == {"overflow": 0, "underflow": 0, "saturation": 0}
+
+
+def test_conv2d_bad_input_names_shapes():
+    x = np.ones((1, 3, 5, 5), np.float32)
+    spec = GemmSpec(acc="fp32")
+    with pytest.raises(ValueError, match=r"x has 3 channels but w expects 2.*\(1, 3, 5, 5\).*"
+                                         r"\(4, 2, 3, 3\)"):
+        conv2d(x, np.ones((4, 2, 3, 3), np.float32), spec)
+    with pytest.raises(ValueError, match=r"x of shape \(3, 5, 5\) and w of shape"):
+        conv2d(x[0], np.ones((4, 3, 3, 3), np.float32), spec)
+    with pytest.raises(ValueError, match=r"kernel \(7x3\) does not fit the padded input"):
+        conv2d(x, np.ones((4, 3, 7, 3), np.float32), spec, padding=(0, 1))
+    with pytest.raises(ValueError, match=r"stride must be at least 1"):
+        conv2d(x, np.ones((4, 3, 3, 3), np.float32), spec, stride=0)
+    with pytest.raises(TypeError, match=r"padding must be an int or a pair"):
+        conv2d(x, np.ones((4, 3, 3, 3), np.float32), spec, padding=1.5)

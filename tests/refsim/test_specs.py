@@ -18,7 +18,7 @@ SPECS = [
     pytest.param(AccumSpec("e6m9", "rne", "chunked", chunk=128,
                            outer=AccumSpec("fp32", "rtz")), id="acc-chunked"),
     pytest.param(AccumSpec("fp32", order="kahan", product=Cast("bf16", "rna")), id="acc-kahan"),
-    pytest.param(AccumSpec("fp32", order="multiterm", group=32, width=14, variant="joint",
+    pytest.param(AccumSpec("fp32", order="multiterm", group=32, width=14, variant="acc-aligned",
                            chunk=128, outer="fp32"), id="acc-multiterm"),
     pytest.param(GemmSpec(a=Cast("e4m3fn"), b=Cast("e5m2", "sr"),
                           acc=AccumSpec("fp16", order="chunked", chunk=64, outer="fp32"),

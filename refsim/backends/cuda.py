@@ -1,0 +1,448 @@
+"""CUDA kernels (numba.cuda) for quantize and matmul, around the scalar cores shared with the CPU.
+
+Usage rules:
+  - Reached through refsim.quantize / refsim.matmul when an argument is a CUDA device array (a
+    numba DeviceNDArray, or any object with __cuda_array_interface__ that is not a NumPy array);
+    the result is a numba device array. numba.cuda is imported on first use only, so importing
+    refsim never needs CUDA. Device arrays must be C-contiguous.
+  - Bits: every element is rounded by the same functions as on the CPU (refsim.core.quantize_bits,
+    refsim.accum_core), and element i's random words are the same stream words (refsim.rng), so
+    CUDA results equal CPU results bit for bit, whatever the grid.
+  - Tested in CI under the Numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1); the real kernels are
+    compiled to PTX where a CUDA toolkit is present. Bit-exactness on a GPU is claimed only from
+    a run of scripts/gpu_check.sh (docs/cuda.md).
+
+Kernels:
+  - quantize: one thread per element (per Philox block of 4 elements for sr), grid-stride loop.
+  - matmul: one kernel per order, one thread per output element, grid-stride loop; each output
+    calls accum_core.order_<order> and accum_core.cast_output, as the CPU kernel does.
+
+Real-target workarounds (registered for the "cuda" target only, never for the CPU or the
+simulator; see _register_cuda_overloads):
+  - min(int, int), max(int, int): the built-in numba.cuda target of Numba 0.68 cannot compile
+    the *args implementations of the builtin min/max overloads (accum_core's chunked and
+    multiterm orders call them).
+  - refsim.rng.mulhilo64: the generic overload (32-bit halves) compiles for CUDA and is correct;
+    the CUDA overload here uses umul64hi (mul.hi.u64) for the high word instead.
+  - accum_core.reduce_pairwise allocates its stack with np.empty, which numba.cuda cannot compile
+    (no heap): the pairwise kernel calls _order_pairwise, the same steps with thread-local
+    arrays. It goes away once accum_core allocates that stack in a target-neutral way
+    (docs/cuda.md). Every other order calls accum_core.order_<order> itself.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from numba.core import config
+
+from refsim import accum_core as ac
+from refsim import core
+from refsim.params import CARRIERS, resolve
+from refsim.rng import stream_block
+
+__all__ = ["is_device_array", "matmul", "quantize"]
+
+THREADS = 256  # threads per block
+MAX_BLOCKS = 4096  # grid-stride loops cover the rest
+
+
+def is_device_array(x: object) -> bool:
+    """Is x a CUDA device array (numba's, simulator's, or any __cuda_array_interface__ object)?"""
+    if isinstance(x, np.ndarray):
+        return False
+    return bool(getattr(x, "__cuda_ndarray__", False)) or hasattr(x, "__cuda_array_interface__")
+
+
+# ---- lazy set-up -------------------------------------------------------------------------------
+# numba.cuda once imported. The kernels read it as this module global: the simulator swaps the
+# module globals that are numba.cuda for its fake module while a kernel runs.
+cuda = None
+
+
+@functools.cache
+def _cuda():
+    """numba.cuda, imported on first use (with the real target's overloads registered)."""
+    global cuda
+    from numba import cuda as numba_cuda
+
+    if not config.ENABLE_CUDASIM:
+        _register_cuda_overloads(numba_cuda)
+    cuda = numba_cuda
+    return numba_cuda
+
+
+def _register_cuda_overloads(numba_cuda) -> None:
+    from numba.core import types
+    from numba.extending import overload
+
+    from refsim import rng
+
+    # The builtin min/max overloads have *args implementations, which the built-in numba.cuda
+    # target of Numba 0.68 cannot compile (TypeError "Signature mismatch"); integers only here.
+    @overload(min, target="cuda")
+    def _min_int(a, b):
+        if isinstance(a, types.Integer) and isinstance(b, types.Integer):
+            def impl(a, b):
+                return a if a < b else b
+            return impl
+        return None
+
+    @overload(max, target="cuda")
+    def _max_int(a, b):
+        if isinstance(a, types.Integer) and isinstance(b, types.Integer):
+            def impl(a, b):
+                return a if a > b else b
+            return impl
+        return None
+
+    @overload(rng.mulhilo64, target="cuda")
+    def _mulhilo64_cuda(a, b):
+        def impl(a, b):
+            a = np.uint64(a)
+            b = np.uint64(b)
+            return np.uint64(numba_cuda.libdevice.umul64hi(a, b)), a * b
+        return impl
+
+
+def _grid(work: int) -> tuple[int, int]:
+    """(blocks, threads) for `work` items of a grid-stride loop (small grids for small work)."""
+    threads = THREADS if work >= THREADS else 32 * ((work + 31) // 32)
+    return min((work + threads - 1) // threads, MAX_BLOCKS), threads
+
+
+# ---- kernels -----------------------------------------------------------------------------------
+@functools.cache
+def _quantize_kernels(c_man: int, c_bias: int):
+    """(per-element kernel, per-Philox-block SR kernel) for one carrier (constants folded)."""
+    _cuda()
+    zero = np.uint64(0)
+
+    @cuda.jit
+    def quantize_elements(src, dst, params, mode, overflow, sr_bits, seed):
+        """dst[i] = round(src[i]) in a mode that draws no random word."""
+        for i in range(cuda.grid(1), src.size, cuda.gridsize(1)):
+            dst[i] = core.quantize_bits(np.uint64(src[i]), c_man, c_bias, params, mode, overflow,
+                                        sr_bits, zero, seed, np.int64(i))
+
+    @cuda.jit
+    def quantize_sr(src, dst, params, mode, overflow, sr_bits, seed):
+        """sr: thread t rounds elements 4t .. 4t+3 with the words of Philox block t (rng)."""
+        size = src.size
+        for block in range(cuda.grid(1), (size + 3) // 4, cuda.gridsize(1)):
+            w0, w1, w2, w3 = stream_block(seed, block, 0)
+            base = 4 * block
+            for lane in range(4):
+                i = base + lane
+                if i < size:
+                    # np.uint64: the simulator returns the words as Python ints.
+                    word = np.uint64(w0 if lane == 0 else w1 if lane == 1 else w2 if lane == 2
+                                     else w3)
+                    dst[i] = core.quantize_bits(np.uint64(src[i]), c_man, c_bias, params, mode,
+                                                overflow, sr_bits, word, seed, np.int64(i))
+
+    return quantize_elements, quantize_sr
+
+
+def _order_function(order: str):
+    """The per-output function of `order` (accum_core.order_*, the CPU kernel's), except
+    pairwise: accum_core.reduce_pairwise allocates its stack with np.empty, which numba.cuda cannot
+    compile; _order_pairwise is the same steps with thread-local arrays."""
+    if order == "pairwise":
+        return _pairwise_function()
+    return getattr(ac, "order_" + order)
+
+
+@functools.cache
+def _pairwise_function():
+    _cuda()
+    stack = ac.PAIRWISE_STACK
+
+    @cuda.jit(device=True)
+    def _order_pairwise(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec, mt, seed,
+                        index):
+        """accum_core.order_pairwise (reduce_pairwise) with its stack in thread-local arrays."""
+        nk = a.shape[2]
+        cnt = (np.int64(0), np.int64(0), np.int64(0))
+        if nk <= 0:
+            return core._zero(False, ac.C_MAN, ac.C_BIAS, spec), cnt
+        kinds = cuda.local.array(stack, np.int64)
+        negs = cuda.local.array(stack, np.bool_)
+        sigs = cuda.local.array(stack, np.uint64)
+        exps = cuda.local.array(stack, np.int64)
+        sizes = cuda.local.array(stack, np.int64)
+        top = 0
+        merges = np.int64(0)
+        result = np.uint64(0)
+        for k in range(nk):
+            tk, tn, ts, te = ac.term(a, b, has_b, p, m, n, k, prod_on, pspec, seed, index)
+            kinds[top] = tk
+            negs[top] = tn
+            sigs[top] = ts
+            exps[top] = te
+            sizes[top] = 1
+            top += 1
+            while top >= 2 and (sizes[top - 1] == sizes[top - 2] or k == nk - 1):
+                i = top - 2
+                result, ev = ac.add_round_ev(kinds[i], negs[i], sigs[i], exps[i], kinds[i + 1],
+                                             negs[i + 1], sigs[i + 1], exps[i + 1], spec, seed,
+                                             index, merges, ac.TAG_ADD)
+                cnt = ac.tally(cnt, ev)
+                merges += 1
+                rk, rn, rs, re = ac.unpack_f64(np.uint64(result))  # np.uint64: simulator
+                kinds[i] = rk
+                negs[i] = rn
+                sigs[i] = rs
+                exps[i] = re
+                sizes[i] += sizes[i + 1]
+                top -= 1
+        if nk == 1:
+            result, ev = ac.round_unpacked_ev(kinds[0], negs[0], sigs[0], exps[0], spec, seed,
+                                              index, 0, ac.TAG_ADD)
+            cnt = ac.tally(cnt, ev)
+        return result, cnt
+
+    return _order_pairwise
+
+
+@functools.cache
+def _operand_function():
+    """An array argument as accum_core's functions take it: itself on the GPU; the simulator
+    wraps a kernel's arrays, and the (CPU-compiled) accum_core functions need the NumPy array."""
+    _cuda()
+    if config.ENABLE_CUDASIM:
+        return lambda x: x._item._ary
+
+    @cuda.jit(device=True)
+    def operand(x):
+        return x
+
+    return operand
+
+
+@functools.cache
+def _matmul_kernel(order: str):
+    """The kernel of one order: refsim.accumulate's CPU kernel, one thread per output."""
+    _cuda()
+    order_fn = _order_function(order)
+    operand = _operand_function()
+
+    @cuda.jit
+    def kernel(a, b, has_b, out, counts, count_on, chunk, spec, ospec, prod_on, pspec, cast_on,
+               cspec, mt, seed):
+        """out[flat] = the reduced, cast value of output (p, m, n); counts[flat] its events when
+        count_on."""
+        a = operand(a)
+        b = operand(b)
+        n_cols = b.shape[1] if has_b else 1
+        per_batch = a.shape[1] * n_cols
+        for flat in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+            p = flat // per_batch
+            rest = flat - p * per_batch
+            m = rest // n_cols
+            n = rest - m * n_cols
+            index = np.int64(flat)
+            bits, cnt = order_fn(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec, mt,
+                                 seed, index)
+            # np.uint64: a no-op on the GPU; the simulator returns the bits as a Python int.
+            out[flat] = ac.cast_output(np.uint64(bits), cast_on, cspec, seed, index)
+            if count_on:
+                counts[flat, 0] = cnt[0]
+                counts[flat, 1] = cnt[1]
+                counts[flat, 2] = cnt[2]
+
+    return kernel
+
+
+@functools.cache
+def _helper_kernels():
+    """(widen, narrow, significant_bits): layout and dtype conversions on the device."""
+    _cuda()
+
+    @cuda.jit
+    def widen(src, dst, rows, cols, transpose):
+        """dst = float64(src) (exact), each (rows, cols) matrix transposed when asked."""
+        per = rows * cols
+        for i in range(cuda.grid(1), src.size, cuda.gridsize(1)):
+            j = i
+            if transpose:
+                p = i // per
+                rest = i - p * per
+                r = rest // cols
+                c = rest - r * cols
+                j = p * per + c * rows + r
+            dst[j] = np.float64(src[i])
+
+    @cuda.jit
+    def narrow(src, dst):
+        """dst = float32(src); every value is exact in float32 (the result format fits)."""
+        for i in range(cuda.grid(1), src.size, cuda.gridsize(1)):
+            dst[i] = np.float32(src[i])
+
+    @cuda.jit
+    def significant_bits(bits, result):
+        """result[0] = max significant bits (trailing zeros removed) of finite float64 values."""
+        best = np.int64(0)
+        for i in range(cuda.grid(1), bits.size, cuda.gridsize(1)):
+            x = np.uint64(bits[i])
+            efield = (x >> np.uint64(52)) & np.uint64(0x7FF)
+            sig = x & np.uint64((1 << 52) - 1)
+            if efield != np.uint64(0) and efield != np.uint64(0x7FF):
+                sig |= np.uint64(1 << 52)
+            if efield != np.uint64(0x7FF) and sig != np.uint64(0):
+                lowest = sig & (~sig + np.uint64(1))
+                count = ac.bitlen_u64(sig) - ac.bitlen_u64(lowest) + 1
+                if count > best:
+                    best = count
+        cuda.atomic.max(result, 0, best)
+
+    return widen, narrow, significant_bits
+
+
+# ---- host side ---------------------------------------------------------------------------------
+def _as_device(x, name: str, numba_cuda):
+    """x as a numba device array: device arrays as they are, NumPy arrays copied over."""
+    if isinstance(x, np.ndarray):
+        return numba_cuda.to_device(np.ascontiguousarray(x))
+    if not getattr(x, "__cuda_ndarray__", False):
+        if not hasattr(x, "__cuda_array_interface__"):
+            raise TypeError(f"{name} must be a CUDA device array or a NumPy array; got "
+                            f"{type(x).__name__}")
+        x = numba_cuda.as_cuda_array(x)
+    if np.dtype(x.dtype) not in CARRIERS:
+        raise TypeError(f"{name} must have dtype float32 or float64; got {x.dtype} (nothing is "
+                        "cast implicitly)")
+    if x.size and not x.is_c_contiguous():
+        raise ValueError(f"{name} must be a C-contiguous device array (copy it first)")
+    return x
+
+
+def quantize(x, fmt, rounding: str = "rne", *, overflow: str = "default",
+             sr_bits: int | None = None, seed: int = 0, out=None):
+    """refsim.quantize for a CUDA device array x: the same arguments and bits; returns a device
+    array (out, if given: a C-contiguous device array of x's shape and dtype, may be x)."""
+    cuda = _cuda()
+    x = _as_device(x, "x", cuda)
+    dtype = np.dtype(x.dtype)
+    _, params, mode, ovf, bits, seed_value = resolve(fmt, dtype, rounding, overflow, sr_bits,
+                                                     seed)
+    if out is None:
+        out = cuda.device_array(x.shape, dtype)
+    else:
+        out = _as_device(out, "out", cuda)
+        if np.dtype(out.dtype) != dtype or tuple(out.shape) != tuple(x.shape):
+            raise ValueError(f"out must be a device array of x's dtype {dtype} and shape "
+                             f"{tuple(x.shape)}; got {out.dtype} {tuple(out.shape)}")
+    if x.size == 0:
+        return out
+    c_man, c_bias, utype = CARRIERS[dtype]
+    src = x.reshape(x.size).view(utype)
+    dst = out.reshape(x.size).view(utype)
+    elements, sr = _quantize_kernels(c_man, c_bias)
+    args = (src, dst, params, mode, ovf, bits, np.uint64(seed_value))
+    if mode == core.SR:
+        blocks, threads = _grid((x.size + 3) // 4)
+        sr[blocks, threads](*args)
+    else:
+        blocks, threads = _grid(x.size)
+        elements[blocks, threads](*args)
+    return out
+
+
+def matmul(a, b, spec, *, seed: int = 0, counts: bool = False):
+    """refsim.matmul with a CUDA device array among a and b: the same arguments, bits and counts
+    (a NumPy operand is copied to the device); returns a device array (and the counts dict with
+    counts=True). Batch dimensions must be equal (no broadcasting on CUDA yet)."""
+    from formats.policy import check_seed
+    from refsim.accumulate import COUNT_KEYS, _dummy_spec, _result_dtype, _result_format
+    from refsim.accumulate import _spec_tuple as pack
+    from refsim.specs import MULTITERM_VARIANTS, GemmSpec
+
+    cuda = _cuda()
+    a = _as_device(a, "a", cuda)
+    b = _as_device(b, "b", cuda)
+    if not isinstance(spec, GemmSpec):
+        raise TypeError(f"spec must be a GemmSpec; got {type(spec).__name__}")
+    seed = check_seed(seed)
+    a_shape, b_shape = tuple(a.shape), tuple(b.shape)
+    if len(a_shape) < 2 or len(b_shape) < 2:
+        raise ValueError(f"matmul needs arrays of at least 2 dimensions; got a of shape "
+                         f"{a_shape} and b of shape {b_shape}")
+    if a_shape[-1] != b_shape[-2]:
+        raise ValueError(f"matmul: a's last dimension must equal b's second-to-last; got a of "
+                         f"shape {a_shape} and b of shape {b_shape}")
+    if a_shape[:-2] != b_shape[:-2]:
+        raise NotImplementedError(f"matmul on CUDA needs equal batch dimensions (no broadcasting"
+                                  f" yet); got a of shape {a_shape} and b of shape {b_shape}")
+    acc = spec.acc
+    kernel = _matmul_kernel(acc.order)
+    if spec.a is not None:
+        a = quantize(a, spec.a.fmt, spec.a.rounding, overflow=spec.a.overflow,
+                     sr_bits=spec.a.sr_bits, seed=seed)
+    if spec.b is not None:
+        b = quantize(b, spec.b.fmt, spec.b.rounding, overflow=spec.b.overflow,
+                     sr_bits=spec.b.sr_bits, seed=(seed + 1) & ((1 << 64) - 1))
+    batch = a_shape[:-2]
+    m, k = a_shape[-2:]
+    n = b_shape[-1]
+    count = int(np.prod(batch))
+    widen, narrow, significant_bits = _helper_kernels()
+    # Operands as float64 bit patterns, a as (P, M, K) and b transposed to (P, N, K): the CPU
+    # kernel's layout.
+    a_bits = cuda.device_array((count, m, k), np.float64)
+    b_bits = cuda.device_array((count, n, k), np.float64)
+    for src, dst, rows, cols, transpose in ((a, a_bits, m, k, False), (b, b_bits, k, n, True)):
+        if src.size:
+            blocks, threads = _grid(src.size)
+            widen[blocks, threads](src.reshape(src.size), dst.reshape(src.size), rows, cols,
+                                   transpose)
+    a_bits = a_bits.view(np.uint64)
+    b_bits = b_bits.view(np.uint64)
+    widths = []
+    for x, x_bits in ((a, a_bits), (b, b_bits)):
+        if np.dtype(x.dtype) == np.float32 or x.size == 0:
+            widths.append(24 if x.size else 0)
+            continue
+        result = cuda.to_device(np.zeros(1, np.int64))
+        blocks, threads = _grid(x.size)
+        significant_bits[blocks, threads](x_bits.reshape(x.size), result)
+        widths.append(int(result.copy_to_host()[0]))
+    if widths[0] + widths[1] > 64:
+        raise ValueError(
+            f"products of a and b need up to {widths[0]} + {widths[1]} significant bits, more "
+            "than the 64 an exact product may have: quantize the operands first (e.g. a GemmSpec"
+            " with Casts to formats whose significands total at most 64 bits)")
+    # The kernel's arguments, packed as refsim.accumulate._run packs them.
+    spec_t = pack(acc.fmt, acc.rounding, acc.overflow, acc.sr_bits)
+    outer = acc.outer_spec
+    ospec = pack(outer.fmt, outer.rounding, outer.overflow, outer.sr_bits)
+    product = acc.product
+    pspec = _dummy_spec() if product is None else pack(product.fmt, product.rounding,
+                                                       product.overflow, product.sr_bits)
+    cast = spec.out
+    cspec = _dummy_spec() if cast is None else pack(cast.fmt, cast.rounding, cast.overflow,
+                                                    cast.sr_bits)
+    mt = (np.int64(acc.group or 1), np.int64(acc.width or 1),
+          np.int64(MULTITERM_VARIANTS.index(acc.variant) if acc.variant else 0))
+    size = count * m * n
+    out_bits = cuda.device_array(size, np.uint64)
+    event_counts = cuda.device_array((size if counts else 0, 3), np.int64)
+    if size:
+        blocks, threads = _grid(size)
+        kernel[blocks, threads](a_bits, b_bits, True, out_bits, event_counts, counts,
+                                np.int64(acc.chunk or 0), spec_t, ospec, product is not None,
+                                pspec, cast is not None, cspec, mt, np.uint64(seed))
+    dtype = _result_dtype(_result_format(acc, cast), [np.dtype(a.dtype), np.dtype(b.dtype)])
+    values = out_bits.view(np.float64)
+    if dtype == np.float32:
+        narrowed = cuda.device_array(size, np.float32)
+        if size:
+            blocks, threads = _grid(size)
+            narrow[blocks, threads](values, narrowed)
+        values = narrowed
+    values = values.reshape(*batch, m, n)
+    if not counts:
+        return values
+    totals = event_counts.copy_to_host().sum(axis=0) if size else np.zeros(3, np.int64)
+    return values, {key: int(totals[i]) for i, key in enumerate(COUNT_KEYS)}

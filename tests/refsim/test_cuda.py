@@ -1,0 +1,299 @@
+"""refsim.backends.cuda: CUDA == CPU bit for bit (Numba CUDA simulator), PTX compilation of the
+real kernels, and the same checks on a real GPU (marked cuda; scripts/gpu_check.sh runs them).
+
+The simulator must be chosen before numba.cuda is imported, so the simulator runs happen in one
+subprocess (this file run as a script with NUMBA_ENABLE_CUDASIM=1): the parent draws the inputs
+and computes the CPU results, the child computes the CUDA results, the parent compares. The
+PTX compilation runs in a subprocess too, so that this process never imports the real target.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ROUNDINGS = ("rne", "rna", "rtz", "rup", "rdn", "rto", "sr")
+QUANT_FORMATS = ("e4m3fn", "bf16", "int8")
+SEED = 12345
+
+
+# ---- cases (shared by the parent, the simulator child and the real-GPU tests) -------------------
+def quantize_cases() -> list[tuple[str, str, str, dict]]:
+    """(key, format, rounding, kwargs) for float32 and float64 inputs."""
+    cases = []
+    for dtype in ("float32", "float64"):
+        cases.extend((f"q-{dtype}-{fmt}-{rounding}", fmt, rounding, {})
+                     for fmt in QUANT_FORMATS for rounding in ROUNDINGS)
+        cases.append((f"q-{dtype}-e5m2-sr4", "e5m2", "sr", {"sr_bits": 4}))
+        cases.append((f"q-{dtype}-e4m3fn-sat", "e4m3fn", "rne", {"overflow": "saturate"}))
+    return cases
+
+
+def matmul_specs() -> dict:
+    """key -> GemmSpec, one per order (with sr), plus casts, a product format and fixed point."""
+    from refsim.specs import AccumSpec, Cast, GemmSpec
+
+    mt = {"group": 2, "width": 12, "chunk": 4}
+    return {
+        "m-sequential": GemmSpec(acc=AccumSpec("fp16", "rne", "sequential")),
+        "m-sequential-sr": GemmSpec(a=Cast("e4m3fn", "sr"), b=Cast("e5m2", "sr"),
+                                    acc=AccumSpec("bf16", "sr", "sequential")),
+        "m-pairwise": GemmSpec(acc=AccumSpec("bf16", "rtz", "pairwise")),
+        "m-pairwise-sr": GemmSpec(acc=AccumSpec("fp16", "sr", "pairwise", sr_bits=6)),
+        "m-chunked": GemmSpec(acc=AccumSpec("fp16", "rne", "chunked", chunk=2)),
+        "m-chunked-sr": GemmSpec(acc=AccumSpec("bf16", "sr", "chunked", chunk=2,
+                                               product=Cast("e5m2", "sr")),
+                                 out=Cast("e4m3fn", "sr")),
+        "m-kahan": GemmSpec(acc=AccumSpec("bf16", "rne", "kahan")),
+        "m-kahan-sr": GemmSpec(acc=AccumSpec("fp16", "sr", "kahan"), out=Cast("int8", "sr")),
+        "m-multiterm": GemmSpec(acc=AccumSpec("fp16", "rne", "multiterm", **mt)),
+        "m-multiterm-sr": GemmSpec(acc=AccumSpec("bf16", "sr", "multiterm", variant="acc-aligned", **mt)),
+    }
+
+
+def make_inputs() -> dict[str, np.ndarray]:
+    """Deterministic inputs: 64 values over a wide range with zeros, Inf and NaN mixed in; the
+    matmul operands (4x5 @ 5x3, float64 and a float32 pair)."""
+    rng = np.random.default_rng(SEED)
+    x = rng.standard_normal(64) * np.exp2(rng.integers(-30, 30, 64))
+    x[:6] = [0.0, -0.0, np.inf, -np.inf, np.nan, 2.0**-140]
+    a = rng.standard_normal((4, 5)) * np.exp2(rng.integers(-8, 8, (4, 5)))
+    b = rng.standard_normal((5, 3)) * np.exp2(rng.integers(-8, 8, (5, 3)))
+    a[0, 0] = 0.0
+    return {"x64": x, "x32": x.astype(np.float32), "a": a, "b": b,
+            "a32": a.astype(np.float32), "b32": b.astype(np.float32)}
+
+
+def run_cases(inputs: dict[str, np.ndarray], cuda) -> dict[str, np.ndarray]:
+    """The CUDA results of every case (device arrays in, device arrays out, checked here)."""
+    import refsim
+    from refsim.backends.cuda import is_device_array
+
+    results = {}
+    for key, fmt, rounding, kwargs in quantize_cases():
+        x = inputs["x32" if "float32" in key else "x64"]
+        got = refsim.quantize(cuda.to_device(x), fmt, rounding, seed=SEED, **kwargs)
+        assert is_device_array(got), type(got)
+        results[key] = got.copy_to_host()
+    for key, spec in matmul_specs().items():
+        got, counts = refsim.matmul(cuda.to_device(inputs["a"]), cuda.to_device(inputs["b"]),
+                                    spec, seed=SEED, counts=True)
+        results[key] = got.copy_to_host()
+        results[key + "-counts"] = np.array(list(counts.values()), np.int64)
+    # float32 operands (float32 result), a NumPy operand mixed in, a batch of 2, and out=x.
+    spec = matmul_specs()["m-chunked"]
+    results["m-f32-mixed"] = refsim.matmul(inputs["a32"], cuda.to_device(inputs["b32"]),
+                                           spec, seed=SEED).copy_to_host()
+    a2 = np.stack([inputs["a"], -inputs["a"]])
+    b2 = np.stack([inputs["b"], inputs["b"][::-1]])
+    results["m-batched"] = refsim.matmul(cuda.to_device(a2), cuda.to_device(b2),
+                                         matmul_specs()["m-kahan-sr"], seed=SEED).copy_to_host()
+    d = cuda.to_device(inputs["x32"])
+    refsim.quantize(d, "e4m3fn", "sr", seed=SEED, out=d)
+    results["q-inplace"] = d.copy_to_host()
+    return results
+
+
+def cpu_results(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The same cases on the CPU backend."""
+    import refsim
+
+    expected = {}
+    for key, fmt, rounding, kwargs in quantize_cases():
+        x = inputs["x32" if "float32" in key else "x64"]
+        expected[key] = refsim.quantize(x, fmt, rounding, seed=SEED, **kwargs)
+    for key, spec in matmul_specs().items():
+        got, counts = refsim.matmul(inputs["a"], inputs["b"], spec, seed=SEED, counts=True)
+        expected[key] = got
+        expected[key + "-counts"] = np.array(list(counts.values()), np.int64)
+    expected["m-f32-mixed"] = refsim.matmul(inputs["a32"], inputs["b32"], matmul_specs()[
+        "m-chunked"], seed=SEED)
+    a2 = np.stack([inputs["a"], -inputs["a"]])
+    b2 = np.stack([inputs["b"], inputs["b"][::-1]])
+    expected["m-batched"] = refsim.matmul(a2, b2, matmul_specs()["m-kahan-sr"], seed=SEED)
+    expected["q-inplace"] = refsim.quantize(inputs["x32"], "e4m3fn", "sr", seed=SEED)
+    return expected
+
+
+CASE_KEYS = ([key for key, *_ in quantize_cases()] + ["q-inplace"]
+             + [k for key in matmul_specs() for k in (key, key + "-counts")]
+             + ["m-f32-mixed", "m-batched"])
+
+
+def _compare(actual: np.ndarray, expected: np.ndarray, key: str) -> None:
+    from validation.bits import assert_same_bits
+
+    assert actual.dtype == expected.dtype, (key, actual.dtype, expected.dtype)
+    if key.endswith("-counts"):
+        np.testing.assert_array_equal(actual, expected, err_msg=key)
+    else:
+        assert_same_bits(actual, expected, context=key)
+
+
+# ---- the simulator -----------------------------------------------------------------------------
+def _child(mode: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    if mode == "sim":
+        env["NUMBA_ENABLE_CUDASIM"] = "1"
+    else:
+        env.pop("NUMBA_ENABLE_CUDASIM", None)
+    return subprocess.run([sys.executable, __file__, mode, *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="module")
+def sim_results(tmp_path_factory):
+    """Every case run once, in the simulator, in one child process."""
+    folder = tmp_path_factory.mktemp("cudasim")
+    inputs = make_inputs()
+    np.savez(folder / "inputs.npz", **inputs)
+    proc = _child("sim", str(folder / "inputs.npz"), str(folder / "results.npz"))
+    assert proc.returncode == 0, f"simulator run failed:\n{proc.stdout}\n{proc.stderr[-6000:]}"
+    with np.load(folder / "results.npz") as data:
+        actual = {key: data[key] for key in data.files}
+    return actual, cpu_results(inputs)
+
+
+@pytest.mark.parametrize("key", CASE_KEYS)
+def test_simulator_matches_cpu(sim_results, key):
+    actual, expected = sim_results
+    _compare(actual[key], np.asarray(expected[key]), key)
+
+
+# ---- PTX of the real kernels --------------------------------------------------------------------
+PTX_FAST = ("quantize-sr-float32", "quantize-float64", "matmul-pairwise", "matmul-chunked")
+PTX_ALL = ("quantize-float32", "quantize-sr-float64", "matmul-sequential", "matmul-kahan",
+           "matmul-multiterm")
+
+
+def compile_ptx(names: list[str]) -> dict:
+    """PTX of the named real kernels for sm_80: {"skip": reason} without a CUDA toolkit."""
+    from numba import cuda
+    from numba.core import types
+
+    try:  # the toolkit (libNVVM) is found?
+        cuda.compile_ptx(lambda x: None, (types.float32[::1],), cc=(8, 0))
+    except Exception as exc:  # NvvmSupportError, CudaSupportError, OSError, ...
+        return {"skip": f"{type(exc).__name__}: {str(exc).strip()[:300]}"}
+    if not cuda.is_available():
+        # Numba 0.68's built-in target asks the current device for its compute capability when
+        # it compiles a device function (even for compile_ptx with cc given): stand in for it.
+        from types import SimpleNamespace
+
+        import numba.cuda.dispatcher as dispatcher
+
+        dispatcher.get_current_device = lambda: SimpleNamespace(compute_capability=(8, 0))
+    from refsim.backends import cuda as backend
+    from refsim.core import N_PARAMS
+
+    backend._cuda()
+    u64, i64 = types.uint64, types.int64
+    spec = types.UniTuple(i64, N_PARAMS + 3)
+    out = {}
+    for name in names:
+        kind, _, rest = name.partition("-")
+        if kind == "quantize":
+            sr = rest.startswith("sr-")
+            dtype = rest.removeprefix("sr-")
+            c_man, c_bias = (23, 127) if dtype == "float32" else (52, 1023)
+            carrier = types.uint32 if dtype == "float32" else u64
+            kernel = backend._quantize_kernels(c_man, c_bias)[1 if sr else 0]
+            sig = (carrier[::1], carrier[::1], types.UniTuple(i64, N_PARAMS), i64, i64, i64, u64)
+        else:
+            kernel = backend._matmul_kernel(rest)
+            arr = u64[:, :, ::1]
+            sig = (arr, arr, types.boolean, u64[::1], i64[:, ::1], types.boolean, i64, spec,
+                   spec, types.boolean, spec, types.boolean, spec, types.UniTuple(i64, 3), u64)
+        ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(8, 0))
+        out[name] = {"bytes": len(ptx), "mul_hi_u64": ptx.count("mul.hi.u64")}
+    return out
+
+
+def _check_ptx(names: tuple[str, ...]) -> dict:
+    proc = _child("ptx", *names)
+    assert proc.returncode == 0, f"PTX compilation failed:\n{proc.stdout}\n{proc.stderr[-6000:]}"
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    if "skip" in report:
+        pytest.skip(f"no CUDA toolkit/libNVVM: {report['skip']}")
+    assert set(report) == set(names)
+    return report
+
+
+def test_real_kernels_compile_to_ptx():
+    report = _check_ptx(PTX_FAST)
+    # Philox on CUDA takes its high words from umul64hi (refsim.backends.cuda's overload).
+    assert report["quantize-sr-float32"]["mul_hi_u64"] > 0
+
+
+@pytest.mark.slow
+def test_every_real_kernel_compiles_to_ptx():
+    _check_ptx(PTX_ALL)
+
+
+# ---- a real GPU ---------------------------------------------------------------------------------
+def _real_cuda():
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        pytest.skip("NUMBA_ENABLE_CUDASIM=1: the simulator is not a GPU")
+    from numba import cuda
+
+    if not cuda.is_available():
+        pytest.skip("numba.cuda.is_available() is False: no usable NVIDIA GPU/driver here")
+    return cuda
+
+
+@pytest.mark.cuda
+def test_gpu_matches_cpu():
+    cuda = _real_cuda()
+    inputs = make_inputs()
+    actual = run_cases(inputs, cuda)
+    expected = cpu_results(inputs)
+    for key in CASE_KEYS:
+        _compare(actual[key], np.asarray(expected[key]), key)
+
+
+@pytest.mark.cuda
+def test_gpu_stream_words_match_numpy_philox():
+    cuda = _real_cuda()
+    from numba import cuda as numba_cuda
+
+    from refsim.backends.cuda import _cuda
+    from refsim.rng import random_words, stream_word
+
+    _cuda()  # registers the CUDA overloads (umul64hi) before compiling
+
+    @numba_cuda.jit
+    def words(out, seed):
+        for i in range(numba_cuda.grid(1), out.size, numba_cuda.gridsize(1)):
+            out[i] = stream_word(seed, i, 0)
+
+    out = cuda.device_array(1 << 16, np.uint64)
+    words[64, 256](out, np.uint64(SEED))
+    np.testing.assert_array_equal(out.copy_to_host(), random_words(SEED, 1 << 16))
+
+
+# ---- the child processes ------------------------------------------------------------------------
+def _main(argv: list[str]) -> None:
+    mode = argv[0]
+    if mode == "sim":
+        from numba import cuda
+        from numba.core import config
+
+        assert config.ENABLE_CUDASIM, "the simulator run needs NUMBA_ENABLE_CUDASIM=1"
+        with np.load(argv[1]) as data:
+            inputs = {key: data[key] for key in data.files}
+        np.savez(argv[2], **run_cases(inputs, cuda))
+    elif mode == "ptx":
+        print(json.dumps(compile_ptx(argv[1:])))
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])
