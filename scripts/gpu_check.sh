@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# CUDA vs CPU bit-exactness and CUDA throughput on a machine with an NVIDIA GPU.
+#
+# Needs: an NVIDIA GPU with its driver, Python with numpy, numba (with numba-cuda or Numba's
+# built-in CUDA target and a CUDA toolkit) and pytest. No installation: run from the repository
+# root as `bash scripts/gpu_check.sh` (PYTHON=... picks the interpreter). About 3-6 minutes;
+# every step is bounded so that the whole stays under 8 minutes. The CPU reference runs on all
+# cores (NUMBA_NUM_THREADS); it takes most of the time at 1024^3 (one spec only there).
+#
+# Output: the pytest summary of the real-GPU tests, then one line per large check:
+#   quantize  float32 e4m3fn  sr  n=67108864  bits OK  cuda 1.23 ms  218.2 GB/s
+#   matmul    1024^3  fp32/rne/sequential     bits OK  cuda 850 ms  2.5 GFLOP/s (cpu 12.1 s)
+# and "ALL BIT-EXACT" at the end (exit 0), or the first mismatch report (exit 1).
+#
+# GPU_CHECK_DRY_RUN=1: the same script on tiny shapes in the Numba CUDA simulator, without the
+# pytest step (checks the script itself on a machine without a GPU; proves nothing about GPUs).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+export PYTHONPATH=.
+export PYTHONUNBUFFERED=1
+DRY_RUN=${GPU_CHECK_DRY_RUN:-0}
+export GPU_CHECK_DRY_RUN=$DRY_RUN
+if [ "$DRY_RUN" = 1 ]; then
+    export NUMBA_ENABLE_CUDASIM=1
+else
+    unset NUMBA_ENABLE_CUDASIM
+fi
+
+echo "== environment"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
+"$PYTHON" - <<'EOF'
+import platform, numba, numpy
+from numba import cuda
+import os
+if os.environ.get("GPU_CHECK_DRY_RUN") == "1":
+    print("DRY RUN: the Numba CUDA simulator on tiny shapes")
+print(f"python {platform.python_version()}, numpy {numpy.__version__}, numba {numba.__version__},"
+      f" numba.cuda {getattr(cuda, 'implementation', '?')}")
+if not cuda.is_available():
+    raise SystemExit("numba.cuda.is_available() is False: no usable GPU; nothing to check")
+if os.environ.get("GPU_CHECK_DRY_RUN") != "1":
+    dev = cuda.get_current_device()
+    print(f"device {dev.name.decode() if isinstance(dev.name, bytes) else dev.name}, "
+          f"cc {dev.compute_capability}, {dev.MULTIPROCESSOR_COUNT} SMs")
+EOF
+
+if [ "$DRY_RUN" != 1 ]; then
+    echo "== pytest -m cuda tests/refsim/test_cuda.py (small shapes, every order and mode)"
+    timeout 150 "$PYTHON" -m pytest -m cuda -q -p no:cacheprovider tests/refsim/test_cuda.py
+fi
+
+echo "== large shapes: CUDA vs CPU bits, CUDA throughput"
+timeout 300 "$PYTHON" - <<'EOF'
+import os
+import time
+
+import numpy as np
+from numba import cuda
+
+import refsim
+from refsim.specs import AccumSpec, Cast, GemmSpec
+from validation.bits import mismatch_report
+
+SEED = 20250101
+DRY = os.environ.get("GPU_CHECK_DRY_RUN") == "1"
+BIG, SMALL = (16, 8) if DRY else (1024, 256)
+ROUNDINGS = ("rne", "rna", "rtz", "rup", "rdn", "rto", "sr")
+failures = []
+
+
+def timed(fn, repeat=3):
+    """Best wall time of fn() after one warm-up call (which also compiles)."""
+    result = fn()
+    cuda.synchronize()
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = fn()
+        cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return result, best
+
+
+def check(label, actual, expected, inputs=None):
+    report = mismatch_report(actual, expected, inputs, context=label)
+    if report:
+        failures.append(report)
+        print(report)
+    return "bits OK" if not report else "MISMATCH"
+
+
+rng = np.random.default_rng(SEED)
+n = 1 << (8 if DRY else 26)
+x64 = rng.standard_normal(n) * np.exp2(rng.integers(-40, 40, n))
+x64[:8] = [0.0, -0.0, np.inf, -np.inf, np.nan, 2.0**-1074, 2.0**-149, 6.1e-5]
+for dtype in (np.float32, np.float64):
+    x = x64.astype(dtype)
+    d_x = cuda.to_device(x)
+    d_out = cuda.device_array_like(d_x)
+    for fmt in ("e4m3fn", "bf16"):
+        for rounding in ROUNDINGS:
+            got, seconds = timed(lambda: refsim.quantize(d_x, fmt, rounding, seed=SEED,
+                                                         out=d_out))
+            start = time.perf_counter()
+            expected = refsim.quantize(x, fmt, rounding, seed=SEED)
+            cpu = time.perf_counter() - start
+            label = f"quantize  {np.dtype(dtype).name} {fmt:6s} {rounding}  n={n}"
+            status = check(label, got.copy_to_host(), expected, x)
+            gbs = 2 * x.nbytes / seconds / 1e9
+            print(f"{label}  {status}  cuda {seconds * 1e3:.2f} ms  {gbs:.1f} GB/s"
+                  f"  (cpu {cpu:.2f} s)")
+    del d_x, d_out
+
+specs = [
+    (BIG, "fp32/rne/sequential", GemmSpec(a=Cast("bf16"), b=Cast("bf16"),
+                                           acc=AccumSpec("fp32", "rne", "sequential"))),
+    (SMALL, "fp16/rne/sequential", GemmSpec(a=Cast("e4m3fn"), b=Cast("e4m3fn"),
+                                          acc=AccumSpec("fp16", "rne", "sequential"))),
+    (SMALL, "bf16/sr/sequential", GemmSpec(a=Cast("e4m3fn", "sr"), b=Cast("e5m2", "sr"),
+                                         acc=AccumSpec("bf16", "sr", "sequential"))),
+    (SMALL, "fp16/rne/pairwise", GemmSpec(acc=AccumSpec("fp16", "rne", "pairwise"))),
+    (SMALL, "fp16/rne/chunked32+fp32", GemmSpec(acc=AccumSpec("fp16", "rne", "chunked",
+                                                               chunk=32))),
+    (SMALL, "bf16/rne/kahan", GemmSpec(acc=AccumSpec("bf16", "rne", "kahan"))),
+    (SMALL, "fp16/rtz/multiterm", GemmSpec(acc=AccumSpec("fp16", "rtz", "multiterm", group=4,
+                                                       width=14, chunk=128))),
+]
+for size, name, spec in specs:
+    a = rng.standard_normal((size, size)).astype(np.float32)
+    b = rng.standard_normal((size, size)).astype(np.float32)
+    d_a, d_b = cuda.to_device(a), cuda.to_device(b)
+    try:
+        got, seconds = timed(lambda: refsim.matmul(d_a, d_b, spec, seed=SEED), repeat=1)
+    except NotImplementedError as exc:
+        print(f"matmul    {size}^3  {name}: skipped ({exc})")
+        continue
+    start = time.perf_counter()
+    expected = refsim.matmul(a, b, spec, seed=SEED)
+    cpu = time.perf_counter() - start
+    label = f"matmul    {size}^3  {name}"
+    status = check(label, got.copy_to_host(), expected)
+    gflops = 2 * size**3 / seconds / 1e9
+    print(f"{label}  {status}  cuda {seconds * 1e3:.0f} ms  {gflops:.2f} GFLOP/s"
+          f"  (cpu {cpu:.1f} s, {2 * size**3 / cpu / 1e9:.2f} GFLOP/s)")
+
+if failures:
+    raise SystemExit(f"{len(failures)} check(s) differ between CUDA and CPU")
+print("ALL BIT-EXACT")
+EOF
