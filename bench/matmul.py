@@ -9,23 +9,13 @@ NumPy float32 matmul (BLAS) on the same operands. GFLOP/s counts 2*M*N*K.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numba
 import numpy as np
 
 import refsim
+from bench.timing import median_seconds
 from refsim import AccumSpec, Cast, GemmSpec
-
-
-def median_seconds(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def main() -> None:

@@ -10,25 +10,15 @@ ml_dtypes' astype round trip and torch's .to(float8_e4m3fn) round trip. Times ar
 from __future__ import annotations
 
 import argparse
-import time
 
 import numba
 import numpy as np
 
+from bench.timing import median_seconds
 from formats import NAMED, FloatFormat
 from formats.policy import ROUNDINGS
 from refsim import quantize
 from refsim.params import carrier_holds
-
-
-def median_seconds(fn, repeat: int) -> float:
-    fn()  # warm-up (JIT compile, page faults)
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def main() -> None:

@@ -12,22 +12,12 @@ rounding kernel can reach. Times are medians.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numba
 import numpy as np
 
+from bench.timing import median_seconds
 from refsim import rng
-
-
-def median_seconds(fn, repeat: int) -> float:
-    fn()  # warm-up (JIT compile, page faults)
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 @numba.njit(parallel=True, cache=True)
