@@ -1,0 +1,73 @@
+"""The `refsim` command: argparse with one sub-command per task (`train` for now; others add
+theirs with `add_parser`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+def _train(args: argparse.Namespace) -> int:
+    from refsim.nn.numerics import load_numerics
+    from refsim.nn.train import TrainConfig, print_summary, train
+
+    numerics = load_numerics(args.numerics)
+    config = TrainConfig(model=args.model, epochs=args.epochs, seed=args.seed,
+                         batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+                         storage=args.storage, task=args.task, max_steps=args.max_steps)
+    summary = train(config, numerics, out_dir=args.out,
+                    progress=None if args.quiet else sys.stderr)
+    print_summary(summary)
+    if args.out is not None:
+        print(f"wrote {args.out}/metrics.jsonl and {args.out}/summary.json")
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from refsim.nn.data import TASKS
+    from refsim.nn.numerics import PRESETS
+    from refsim.nn.train import MODELS
+
+    p = sub.add_parser("train", help="train a model with simulated matrix products",
+                       description="Train an MLP or CNN on the bundled digits, or a tiny "
+                       "transformer on a synthetic sequence task, with every matrix product "
+                       "simulated under a numerics plan.")
+    p.add_argument("--model", choices=MODELS, required=True)
+    p.add_argument("--numerics", default="fp32",
+                   help=f"a preset ({', '.join(PRESETS)}) or a plan.toml (default fp32)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="directory for metrics.jsonl and summary.json")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--optimizer", choices=("sgd", "adam"), default=None)
+    p.add_argument("--storage", default=None,
+                   help="store weights in this format, updated with stochastic rounding")
+    p.add_argument("--task", choices=TASKS, default="copy", help="transformer task")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="refsim", description="refsim: a bit-exact reference "
+                                     "simulator for low-precision deep-learning numerics")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"refsim {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

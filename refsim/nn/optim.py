@@ -1,0 +1,112 @@
+"""Optimizers: SGD (momentum, weight decay) and Adam, on float32 master weights.
+
+Usage rules:
+  - Parameters are float32 ("master weights") and are updated in float32 NumPy arithmetic; the
+    low-precision copies the matrix products use are the GemmSpec Casts of the plan.
+  - storage (optional Cast, e.g. Cast("bf16", "sr")): the weights are instead STORED in that
+    format, with no float32 master: every update is computed in float64 as w + delta and rounded
+    once to the format with the Cast's rounding; at construction the weights are rounded to it
+    (rne). With rounding "sr", parameter i at step s uses the seed of
+    SeedSequence([seed, s, i, 0x5354]) (0x5354: "ST", storage), so updates too small for the
+    format survive in expectation instead of stagnating.
+  - Optimizer state (momentum, Adam moments) is float32.
+  - `step()` skips parameters whose grad is None; it raises if no parameter has a gradient.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from refsim.nn.tensor import Tensor
+from refsim.quantize import quantize
+from refsim.specs import Cast
+
+__all__ = ["SGD", "Adam", "Optimizer"]
+
+
+class Optimizer:
+    """Shared parts: the parameter list, the step counter and the (optional) storage rounding."""
+
+    def __init__(self, params: list[Tensor], lr: float, storage: Cast | None = None,
+                 seed: int = 0) -> None:
+        self.params = list(params)
+        if not self.params:
+            raise ValueError("optimizer: the parameter list is empty")
+        if not lr > 0:
+            raise ValueError(f"optimizer: lr must be positive; got {lr}")
+        if storage is not None and not isinstance(storage, Cast):
+            raise TypeError(f"optimizer: storage must be a Cast or None; got "
+                            f"{type(storage).__name__}")
+        self.lr, self.storage, self.seed = lr, storage, seed
+        self.steps = 0
+        if storage is not None:
+            for p in self.params:
+                p.data = quantize(p.data, storage.fmt, "rne", overflow=storage.overflow)
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def _apply(self, i: int, p: Tensor, delta: np.ndarray) -> None:
+        if self.storage is None:
+            p.data = (p.data + delta).astype(np.float32)
+            return
+        words = [self.seed, self.steps, i, 0x5354]
+        seed = int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0])
+        wide = p.data.astype(np.float64) + delta.astype(np.float64)
+        s = self.storage
+        p.data = quantize(wide, s.fmt, s.rounding, overflow=s.overflow, sr_bits=s.sr_bits,
+                          seed=seed).astype(np.float32)
+
+    def _update(self, i: int, p: Tensor, g: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def step(self) -> None:
+        if all(p.grad is None for p in self.params):
+            raise ValueError("optimizer step: no parameter has a gradient (call backward first)")
+        for i, p in enumerate(self.params):
+            if p.grad is not None:
+                self._apply(i, p, self._update(i, p, p.grad.astype(np.float32)))
+        self.steps += 1
+
+
+class SGD(Optimizer):
+    """v = momentum v + (g + weight_decay w); w -= lr v (torch's SGD without dampening)."""
+
+    def __init__(self, params: list[Tensor], lr: float = 0.1, momentum: float = 0.0,
+                 weight_decay: float = 0.0, storage: Cast | None = None, seed: int = 0) -> None:
+        super().__init__(params, lr, storage, seed)
+        self.momentum, self.weight_decay = momentum, weight_decay
+        self.velocity = [np.zeros_like(p.data) for p in self.params]
+
+    def _update(self, i: int, p: Tensor, g: np.ndarray) -> np.ndarray:
+        if self.weight_decay:
+            g = g + np.float32(self.weight_decay) * p.data
+        if self.momentum:
+            self.velocity[i] = np.float32(self.momentum) * self.velocity[i] + g
+            g = self.velocity[i]
+        return -np.float32(self.lr) * g
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) with bias correction; weight_decay is added to the gradient (L2, as
+    torch.optim.Adam)."""
+
+    def __init__(self, params: list[Tensor], lr: float = 1e-3, betas: tuple[float, float] = (0.9,
+                 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+                 storage: Cast | None = None, seed: int = 0) -> None:
+        super().__init__(params, lr, storage, seed)
+        self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
+        self.m = [np.zeros_like(p.data) for p in self.params]
+        self.v = [np.zeros_like(p.data) for p in self.params]
+
+    def _update(self, i: int, p: Tensor, g: np.ndarray) -> np.ndarray:
+        b1, b2 = self.betas
+        if self.weight_decay:
+            g = g + np.float32(self.weight_decay) * p.data
+        self.m[i] = np.float32(b1) * self.m[i] + np.float32(1 - b1) * g
+        self.v[i] = np.float32(b2) * self.v[i] + np.float32(1 - b2) * g * g
+        t = self.steps + 1
+        m_hat = self.m[i] / np.float32(1 - b1**t)
+        v_hat = self.v[i] / np.float32(1 - b2**t)
+        return -np.float32(self.lr) * m_hat / (np.sqrt(v_hat) + np.float32(self.eps))

@@ -1,0 +1,276 @@
+"""Training loop: seeded shuffling, per-step metrics as JSON lines, evaluation, a summary.
+
+Usage rules:
+  - `train(config, numerics)` builds the model from config.seed, checks the plan against the
+    model's products (a pattern that matches nothing is an error), and trains for
+    config.epochs epochs (or config.max_steps steps, whichever ends first).
+  - Epoch e visits the training set in the order np.random.default_rng([seed, e]).permutation;
+    the last partial batch is kept. The Context step is the global step (0, 1, ...), which
+    seeds every stochastic rounding and dropout mask of that step (refsim.nn.numerics).
+  - After every epoch the test set is evaluated (batches of EVAL_BATCH, training=False) with
+    the same plan's forward products. Accuracy: digits, the fraction of test images classified
+    right; sequence tasks, the fraction of answer tokens predicted right (greedy, teacher
+    forced), and `sequence_accuracy`, the fraction of test sequences with every answer right.
+  - out_dir (optional): metrics.jsonl gets one line per step {"kind": "step", "step", "epoch",
+    "loss", "seconds"} and one per epoch {"kind": "epoch", "epoch", "train_loss",
+    "test_accuracy", "test_loss", "seconds"}; summary.json gets the returned summary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from refsim.nn import ops
+from refsim.nn.data import TASKS, Split, digits, sequence_task
+from refsim.nn.layers import Module
+from refsim.nn.models import CNN, MLP, Transformer
+from refsim.nn.numerics import Context, Numerics
+from refsim.nn.optim import SGD, Adam, Optimizer
+from refsim.specs import Cast
+
+__all__ = ["EVAL_BATCH", "MODELS", "TrainConfig", "build", "evaluate", "train"]
+
+MODELS = ("mlp", "cnn", "transformer")
+EVAL_BATCH = 256
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What to train and how; None fields take the model's default (DEFAULTS).
+
+    Args:
+        model: mlp, cnn or transformer.
+        epochs: passes over the training set.
+        seed: model initialization, shuffling, SR and dropout all derive from it.
+        batch_size, lr: as usual; optimizer: "sgd" or "adam"; momentum, weight_decay as in
+            refsim.nn.optim.
+        storage: None, or a format name: weights stored in it, updated with SR (optim docs).
+        hidden: MLP hidden sizes.
+        task, length, vocab, n_train: the transformer's sequence task.
+        d_model, heads, blocks, d_ff, dropout: the transformer's shape.
+        max_steps: stop after this many steps (None: run every epoch).
+    """
+
+    model: str = "mlp"
+    epochs: int = 10
+    seed: int = 0
+    batch_size: int | None = None
+    lr: float | None = None
+    optimizer: str | None = None
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    storage: str | None = None
+    hidden: tuple[int, ...] = (128,)
+    task: str = "copy"
+    length: int = 5
+    vocab: int = 8
+    n_train: int = 2048
+    d_model: int = 32
+    heads: int = 2
+    blocks: int = 1
+    d_ff: int = 64
+    dropout: float = 0.0
+    max_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r} (allowed: {', '.join(MODELS)})")
+        if self.optimizer not in (None, "sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam'; got {self.optimizer!r}")
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r} (allowed: {', '.join(TASKS)})")
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"epochs must be a positive int; got {self.epochs!r}")
+
+    def resolved(self) -> TrainConfig:
+        """The config with the model's defaults filled in."""
+        defaults = DEFAULTS[self.model]
+        filled = {key: defaults[key] for key in defaults if getattr(self, key) is None}
+        return dataclasses.replace(self, **filled)
+
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "mlp": {"batch_size": 32, "lr": 0.05, "optimizer": "sgd"},
+    "cnn": {"batch_size": 32, "lr": 0.05, "optimizer": "sgd"},
+    "transformer": {"batch_size": 32, "lr": 3e-3, "optimizer": "adam"},
+}
+
+
+def build(config: TrainConfig) -> tuple[Module, Split]:
+    """The model (initialized from config.seed) and its data."""
+    c = config
+    if c.model == "mlp":
+        return MLP((64, *c.hidden, 10), seed=c.seed), digits()
+    if c.model == "cnn":
+        return CNN(seed=c.seed), digits(images=True)
+    split = sequence_task(c.task, n_train=c.n_train, length=c.length, vocab=c.vocab, seed=c.seed)
+    model = Transformer(c.vocab + 1, split.x_train.shape[1], d=c.d_model, heads=c.heads,
+                        n_blocks=c.blocks, d_ff=c.d_ff, dropout=c.dropout, seed=c.seed)
+    return model, split
+
+
+def _optimizer(config: TrainConfig, model: Module) -> Optimizer:
+    storage = None if config.storage is None else Cast(config.storage, "sr")
+    params = model.parameters()
+    assert config.lr is not None
+    if config.optimizer == "adam":
+        return Adam(params, config.lr, weight_decay=config.weight_decay, storage=storage,
+                    seed=config.seed)
+    return SGD(params, config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+               storage=storage, seed=config.seed)
+
+
+def _loss(model: Module, ctx: Context, x, y, mask):
+    logits = model(x, ctx)  # type: ignore[operator]
+    return logits, ops.cross_entropy(logits, y, mask)
+
+
+def evaluate(model: Module, split: Split, ctx: Context) -> dict[str, float]:
+    """Test loss and accuracy (module docstring) with ctx.training off."""
+    training, ctx.training = ctx.training, False
+    n = len(split.y_test)
+    correct = total = 0
+    loss_sum = 0.0
+    whole = 0
+    try:
+        for start in range(0, n, EVAL_BATCH):
+            sl = slice(start, start + EVAL_BATCH)
+            mask = None if split.mask_test is None else split.mask_test[sl]
+            logits, loss = _loss(model, ctx, split.x_test[sl], split.y_test[sl], mask)
+            right = logits.data.argmax(axis=-1) == split.y_test[sl]
+            scored = np.ones(right.shape, bool) if mask is None else mask
+            correct += int((right & scored).sum())
+            total += int(scored.sum())
+            loss_sum += float(loss.data) * int(scored.sum())
+            if right.ndim == 2:
+                whole += int((right | ~scored).all(axis=1).sum())
+    finally:
+        ctx.training = training
+    out = {"test_accuracy": correct / total, "test_loss": loss_sum / total}
+    if split.mask_test is not None:
+        out["sequence_accuracy"] = whole / n
+    return out
+
+
+class _Progress:
+    """A one-line progress bar on a stream (redrawn in place on a terminal)."""
+
+    def __init__(self, stream: TextIO | None, epochs: int, batches: int) -> None:
+        self.stream, self.epochs, self.batches = stream, epochs, batches
+        self.tty = bool(stream is not None and stream.isatty())
+
+    def update(self, epoch: int, batch: int, loss: float) -> None:
+        if self.stream is None or not self.tty:
+            return
+        filled = int(20 * batch / self.batches)
+        self.stream.write(f"\repoch {epoch + 1}/{self.epochs} [{'#' * filled:<20}] "
+                          f"{batch}/{self.batches} loss {loss:.4f}")
+        self.stream.flush()
+
+    def epoch_done(self, epoch: int, record: dict[str, Any]) -> None:
+        if self.stream is None:
+            return
+        self.stream.write(("\r" if self.tty else "") +
+                          f"epoch {epoch + 1}/{self.epochs}: train loss "
+                          f"{record['train_loss']:.4f}, test accuracy "
+                          f"{100 * record['test_accuracy']:.2f}% ({record['seconds']:.1f} s)"
+                          + " " * 10 + "\n")
+        self.stream.flush()
+
+
+def train(config: TrainConfig, numerics: Numerics, out_dir: str | Path | None = None,
+          progress: TextIO | None = None, model: Module | None = None) -> dict[str, Any]:
+    """Train, evaluate each epoch, and return the summary (and write it, with the metrics, to
+    out_dir). `progress`: a stream for the progress bar (None: silent). `model`: train this
+    model instead of building one (its data is still config's)."""
+    config = config.resolved()
+    built, split = build(config)
+    model = built if model is None else model
+    numerics.check(model.gemm_names())
+    optimizer = _optimizer(config, model)
+    ctx = Context(numerics, seed=config.seed)
+    metrics = None
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        metrics = (out / "metrics.jsonl").open("w")
+    assert config.batch_size is not None
+    n = len(split.y_train)
+    batches = math.ceil(n / config.batch_size)
+    bar = _Progress(progress, config.epochs, batches)
+    start = time.perf_counter()
+    record: dict[str, Any] = {}
+    epochs_run = 0
+    try:
+        for epoch in range(config.epochs):
+            order = np.random.default_rng([config.seed, epoch]).permutation(n)
+            losses = []
+            for b in range(batches):
+                if config.max_steps is not None and ctx.step >= config.max_steps:
+                    break
+                idx = order[b * config.batch_size:(b + 1) * config.batch_size]
+                mask = None if split.mask_train is None else split.mask_train[idx]
+                optimizer.zero_grad()
+                _, loss = _loss(model, ctx, split.x_train[idx], split.y_train[idx], mask)
+                loss.backward()
+                optimizer.step()
+                value = float(loss.data)
+                losses.append(value)
+                if metrics is not None:
+                    metrics.write(json.dumps({"kind": "step", "step": ctx.step, "epoch": epoch,
+                                              "loss": value,
+                                              "seconds": time.perf_counter() - start}) + "\n")
+                ctx.step += 1
+                bar.update(epoch, b + 1, value)
+            if not losses:
+                break
+            epochs_run += 1
+            record = {"kind": "epoch", "epoch": epoch, "train_loss": float(np.mean(losses)),
+                      **evaluate(model, split, ctx), "seconds": time.perf_counter() - start}
+            if metrics is not None:
+                metrics.write(json.dumps(record) + "\n")
+                metrics.flush()
+            bar.epoch_done(epoch, record)
+    finally:
+        if metrics is not None:
+            metrics.close()
+    summary = {
+        "model": config.model,
+        "numerics": numerics.name,
+        "epochs": epochs_run,
+        "steps": ctx.step,
+        "seed": config.seed,
+        "final_train_loss": record.get("train_loss"),
+        "test_accuracy": record.get("test_accuracy"),
+        "test_loss": record.get("test_loss"),
+        "wall_seconds": time.perf_counter() - start,
+        "config": dataclasses.asdict(config),
+        "plan": numerics.to_dict(),
+        "products": numerics.describe(model.gemm_names()),
+    }
+    if "sequence_accuracy" in record:
+        summary["sequence_accuracy"] = record["sequence_accuracy"]
+    if out_dir is not None:
+        (Path(out_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def print_summary(summary: dict[str, Any], stream: TextIO = sys.stdout) -> None:
+    """A few lines for the terminal."""
+    acc = summary["test_accuracy"]
+    extra = ""
+    if "sequence_accuracy" in summary:
+        extra = f", sequence accuracy {100 * summary['sequence_accuracy']:.2f}%"
+    stream.write(f"{summary['model']} with numerics {summary['numerics']}: "
+                 f"{summary['epochs']} epochs, {summary['steps']} steps, seed {summary['seed']}\n"
+                 f"final train loss {summary['final_train_loss']:.4f}, test accuracy "
+                 f"{100 * acc:.2f}%{extra}, {summary['wall_seconds']:.1f} s\n")
