@@ -8,6 +8,8 @@ result never depends on thread count, chunking or memory layout.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from formats import Format
@@ -21,7 +23,8 @@ def quantize(x, fmt: Format | str, rounding: str = "rne", *, overflow: str = "de
 
     Args:
         x: NumPy float32/float64 array, NumPy float scalar, or Python float; or a CUDA device
-            array (then the CUDA backend rounds it, and the result is a device array).
+            array (then the CUDA backend rounds it, and the result is a device array); or a
+            torch float32/float64/bfloat16 tensor (refsim.backends.torch_backend; a tensor).
         fmt: a FloatFormat/FixedFormat or a format name ("e4m3fn", "bf16", "int8", "e5m10", ...).
         rounding: rne, rna, rtz, rup, rdn, rto or sr.
         overflow: "default" (the format's policy), "saturate", or "wrap" (fixed point only).
@@ -32,6 +35,11 @@ def quantize(x, fmt: Format | str, rounding: str = "rne", *, overflow: str = "de
     Returns:
         An array of x's dtype and shape (out, if given); a float for a Python float input.
     """
+    torch = sys.modules.get("torch")  # no tensor can exist unless torch is imported already
+    if torch is not None and torch.is_tensor(x):
+        from refsim.backends import torch_backend
+        return torch_backend.quantize(x, fmt, rounding, overflow=overflow, sr_bits=sr_bits,
+                                      seed=seed, out=out)
     if cuda.is_device_array(x):  # numba device array or __cuda_array_interface__: on the GPU
         return cuda.quantize(x, fmt, rounding, overflow=overflow, sr_bits=sr_bits, seed=seed,
                              out=out)

@@ -1,0 +1,444 @@
+"""The torch path of refsim.quantize: the same rounding, in torch integer ops on bit patterns.
+
+Usage rules: `quantize(x, ...)` takes a torch float32, float64 or bfloat16 tensor on any device
+(CPU, CUDA) and returns a tensor of the same dtype, shape and device, bit-identical to the Numba
+reference (refsim.core; semantics in docs/rounding.md). refsim.quantize dispatches here for torch
+tensors; torch is imported only then.
+
+How it works. Every element's carrier bit pattern is read as an int64 (a float32 pattern
+zero-extended, a float64 pattern as is), split into (sign, integer significand, exponent),
+rounded once on the integer significand and written back as a pattern of the same carrier, in
+whole-tensor ops that mirror refsim.core.quantize_bits step for step. bfloat16 input is widened
+to float32 (exact), rounded there, and narrowed back (exact: the format must fit in bfloat16).
+
+torch has no full uint64 arithmetic, so unsigned 64-bit words live in int64 tensors as their
+two's-complement bit patterns: + and * wrap modulo 2^64 as for uint64, a logical right shift is
+an arithmetic shift followed by a mask (_shr), and an unsigned comparison flips the sign bit of
+both sides first (_ult). The Philox4x64-10 stream of refsim.rng is rebuilt on that basis, its
+64x64 -> 128-bit multiplies from 32-bit halves (_mulhilo).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from formats import FixedFormat, FloatFormat, Format
+from refsim import core
+from refsim.params import resolve
+from refsim.rng import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1
+
+__all__ = ["philox4x64_10", "quantize", "random_words"]
+
+_MIN64 = -(1 << 63)
+_M32 = 0xFFFFFFFF
+
+
+def _signed(value: int) -> int:
+    """A uint64 value as the int64 with the same bit pattern."""
+    value = int(value) & ((1 << 64) - 1)
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+_M0, _M1 = _signed(int(PHILOX_M0)), _signed(int(PHILOX_M1))
+_W0, _W1 = int(PHILOX_W0), int(PHILOX_W1)
+
+
+# ---- uint64 arithmetic in int64 tensors ---------------------------------------------------------
+def _shr(x: torch.Tensor, s: int) -> torch.Tensor:
+    """Logical right shift of uint64 patterns by a constant 0 <= s <= 63."""
+    if s == 0:
+        return x
+    return (x >> s) & ((1 << (64 - s)) - 1)
+
+
+def _shr_t(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Logical right shift by per-element amounts 0 <= s <= 63."""
+    keep = (torch.ones_like(s) << (64 - s).clamp(max=63)) - 1  # 2^(64-s) - 1; s = 0 below
+    return torch.where(s == 0, x, (x >> s) & keep)
+
+
+def _ult(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a < b for uint64 patterns: flipping the sign bit maps unsigned order onto signed order."""
+    return (a ^ _MIN64) < (b ^ _MIN64)
+
+
+def _mulhilo(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(high, low) words of the 128-bit product of the constant a and the words b (uint64).
+
+    Schoolbook multiplication from 32-bit halves: each partial product is below 2^64 and its
+    int64 pattern wraps exactly as a uint64 would; `mid` stays below 2^34. The low word is the
+    plain wrapping product.
+    """
+    a_lo, a_hi = a & _M32, (a >> 32) & _M32
+    b_lo, b_hi = b & _M32, _shr(b, 32)
+    p_ll = b_lo * a_lo
+    p_lh = b_hi * a_lo
+    p_hl = b_lo * a_hi
+    p_hh = b_hi * a_hi
+    mid = _shr(p_ll, 32) + (p_lh & _M32) + (p_hl & _M32)
+    hi = p_hh + _shr(p_lh, 32) + _shr(p_hl, 32) + _shr(mid, 32)
+    return hi, b * _signed(a)
+
+
+def philox4x64_10(c0: torch.Tensor, c1: torch.Tensor | int, c2: int, c3: int, k0: int,
+                  k1: int = 0) -> tuple[torch.Tensor, ...]:
+    """Philox4x64-10 blocks of counters (c0, c1, c2, c3) under key (k0, k1), as int64 patterns.
+
+    c0 (and c1 if a tensor) are int64 tensors of uint64 patterns; the rest are Python ints in
+    0..2^64-1. Same function as refsim.rng.philox4x64_10.
+    """
+    x0 = c0
+    x1 = c1 if isinstance(c1, torch.Tensor) else torch.full_like(c0, _signed(c1))
+    x2 = torch.full_like(c0, _signed(c2))
+    x3 = torch.full_like(c0, _signed(c3))
+    key0, key1 = int(k0), int(k1)
+    for r in range(10):
+        if r:
+            key0 = (key0 + _W0) & ((1 << 64) - 1)
+            key1 = (key1 + _W1) & ((1 << 64) - 1)
+        hi0, lo0 = _mulhilo(_M0, x0)
+        hi1, lo1 = _mulhilo(_M1, x2)
+        x0, x1, x2, x3 = hi1 ^ x1 ^ _signed(key0), lo1, hi0 ^ x3 ^ _signed(key1), lo0
+    return x0, x1, x2, x3
+
+
+def _words_at(index: torch.Tensor, seed: int, j: int, step: int = 0,
+              tag: int = 0) -> torch.Tensor:
+    """Word W_j of the elements at flat indices `index` (int64 >= 0); step and tag fill counter
+    words 2 and 3 (refsim.accum_core's families; 0 for refsim.quantize)."""
+    blocks = (index >> 2) + 1
+    words = torch.stack(philox4x64_10(blocks, j, step, tag, seed), dim=-1)
+    return torch.gather(words, -1, (index & 3).unsqueeze(-1)).squeeze(-1)
+
+
+def random_words(seed: int, n: int, j: int = 0, device: torch.device | str = "cpu",
+                 step: int = 0, tag: int = 0) -> torch.Tensor:
+    """Words W_j of elements 0 .. n-1 under `seed` as int64 patterns (refsim.rng.random_words,
+    i.e. np.random.Philox(key=seed).random_raw(n) for j = 0)."""
+    n_blocks = (n + 3) // 4
+    blocks = torch.arange(1, n_blocks + 1, dtype=torch.int64, device=device)
+    words = torch.stack(philox4x64_10(blocks, j, step, tag, seed), dim=-1)
+    return words.reshape(-1)[:n]
+
+
+# ---- carriers -----------------------------------------------------------------------------------
+_CARRIER = {torch.float32: (23, 127, torch.int32), torch.float64: (52, 1023, torch.int64)}
+_NP_DTYPE = {torch.float32: np.float32, torch.float64: np.float64, torch.bfloat16: np.float32}
+
+
+def _bf16_holds(fmt: Format) -> bool:
+    """Is every value of fmt a bfloat16 value (8 significand bits, emax 127, 2^-133)?"""
+    c_man, c_emax, c_min_exp = 7, 127, -133
+    if isinstance(fmt, FloatFormat):
+        return (fmt.man_bits <= c_man and fmt.emax <= c_emax
+                and fmt.emin - (fmt.man_bits if fmt.subnormals else 0) >= c_min_exp)
+    magnitude_bits = fmt.bits - 1 if fmt.signed else fmt.bits
+    return (magnitude_bits <= c_man + 1 and -fmt.frac_bits >= c_min_exp
+            and magnitude_bits - fmt.frac_bits <= c_emax)
+
+
+def _bitlen(n: torch.Tensor) -> torch.Tensor:
+    """Bit length of non-negative int64 values (0 for 0), by binary search."""
+    length = torch.zeros_like(n)
+    for step in (32, 16, 8, 4, 2, 1):
+        big = n >= (1 << step)
+        n = torch.where(big, n >> step, n)
+        length += big * step
+    return length + (n > 0)
+
+
+class _Carrier:
+    """Constants of a binary carrier (float32: 23, 127; float64: 52, 1023) as Python ints."""
+
+    def __init__(self, c_man: int, c_bias: int):
+        self.man = c_man
+        self.bias = c_bias
+        self.exp_bits = int(c_bias).bit_length() + 1
+        self.sign_shift = c_man + self.exp_bits
+        self.abs_mask = (1 << self.sign_shift) - 1
+        self.mant = (1 << c_man) - 1
+        self.efield_max = 2 * c_bias + 1
+        self.nan = (self.efield_max << c_man) | (1 << (c_man - 1))
+        self.inf = self.efield_max << c_man
+        self.sign = 1 << self.sign_shift  # as a Python int; _signed() for int64 use
+
+    def encode(self, negative: torch.Tensor, n: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """Patterns of (-1)^negative * n * 2^q (exact in the carrier; n >= 0)."""
+        length = _bitlen(n)
+        top = q + length - 1
+        normal = top >= 1 - self.bias
+        up = (self.man - length + 1).clamp(min=0)
+        down = (length - self.man - 1).clamp(min=0)
+        mant = ((n << up) >> down) & self.mant
+        as_normal = ((top + self.bias).clamp(min=0) << self.man) | mant
+        sub_shift = (q - (1 - self.bias - self.man)).clamp(0, 62)
+        as_sub = n << sub_shift
+        body = torch.where(normal, as_normal, as_sub)
+        body = torch.where(n == 0, torch.zeros_like(body), body)
+        return body | (negative.to(torch.int64) * _signed(self.sign))
+
+    def encode_const(self, negative: bool, n: int, q: int) -> int:
+        """One pattern, as a Python int (for constants)."""
+        bits = int(core.encode_carrier(negative, np.int64(n), np.int64(q), self.man, self.bias))
+        return _signed(bits)
+
+
+# ---- rounding -----------------------------------------------------------------------------------
+def _sr_up(rem: torch.Tensor, shift: torch.Tensor, sr_bits: int, word0: torch.Tensor,
+           seed: int, index: torch.Tensor) -> torch.Tensor:
+    """refsim.core.sr_round_up for every lane (rem > 0, shift >= 1), vectorized; later words are
+    drawn only for the lanes whose chunks tie."""
+    if sr_bits > 0:
+        width = sr_bits
+        drop = (shift - width).clamp(min=0)
+        big_f = torch.where(drop < 63, rem >> drop.clamp(max=62), torch.zeros_like(rem))
+        big_f = torch.where(shift >= width, big_f, rem << (width - shift).clamp(0, 63))
+        complement = _shr(~word0, 64 - width)
+        return _ult(complement, big_f)
+    # sr_bits=None: width = shift; compare the complement of the random bits with the fraction
+    # rem (< 2^53) 64 bits at a time, most significant chunk first.
+    up = torch.zeros_like(rem, dtype=torch.bool)
+    live = torch.ones_like(up)
+    word = word0
+    j = 0
+    while True:
+        low = shift - 64 * (j + 1)
+        full = low >= 0
+        f_full = torch.where(low < 63, rem >> low.clamp(0, 62), torch.zeros_like(rem))
+        take = (shift - 64 * j).clamp(1, 63)
+        c_part = _shr_t(~word, 64 - take)
+        f_part = rem & ((torch.ones_like(rem) << take) - 1)
+        c_chunk = torch.where(full, ~word, c_part)
+        f_chunk = torch.where(full, f_full, f_part)
+        below = _ult(c_chunk, f_chunk)
+        up |= live & below
+        live = live & ~below & ~_ult(f_chunk, c_chunk) & (low > 0)
+        if not bool(live.any()):
+            return up
+        j += 1
+        lanes = live.nonzero().squeeze(-1)
+        word = torch.zeros_like(word)
+        word[lanes] = _words_at(index[lanes], seed, j)
+
+
+def _round_magnitude(sig, shift, negative, mode, sr_bits, word0, seed, index):
+    """refsim.core.round_magnitude on tensors: (n, inexact)."""
+    left = (-shift).clamp(0, 62)
+    s = shift.clamp(0, 62)
+    exact_n = torch.where(-shift < 63, sig << left, torch.zeros_like(sig))
+    n = sig >> s
+    rem = sig & ((torch.ones_like(sig) << s) - 1)
+    # For shift >= 63 (sig < 2^53) this gives n = 0 and rem = sig, and half = 2^61 > rem stands
+    # in for 2^(shift-1): the same decisions as the exact half.
+    half = torch.ones_like(sig) << (s - 1).clamp(min=0)
+    positive = shift > 0
+    n = torch.where(positive, n, exact_n)
+    rem = torch.where(positive, rem, torch.zeros_like(rem))
+    inexact = rem != 0
+    if mode == core.RNE:
+        up = (rem > half) | ((rem == half) & inexact & ((n & 1) == 1))
+    elif mode == core.RNA:
+        up = (rem >= half) & inexact
+    elif mode == core.RTZ:
+        up = torch.zeros_like(inexact)
+    elif mode == core.RUP:
+        up = inexact & ~negative
+    elif mode == core.RDN:
+        up = inexact & negative
+    elif mode == core.RTO:
+        return n | inexact.to(torch.int64), inexact
+    else:
+        up = torch.zeros_like(inexact)
+        if bool(inexact.any()):
+            lanes = inexact.nonzero().squeeze(-1)
+            up[lanes] = _sr_up(rem[lanes], shift[lanes], sr_bits, word0[lanes], seed,
+                               index[lanes])
+    return n + up.to(torch.int64), inexact
+
+
+def _round_float(carrier, negative, sig, lsb, top, fmt, params, mode, ovf, sr_bits, word0,
+                 seed, index):
+    """Finite nonzero inputs of a float format: refsim.core.quantize_bits's float branch."""
+    man, emin, emax = fmt.man_bits, params[core.P_EMIN], params[core.P_EMAX]
+    q_small = emin - man if fmt.subnormals else emin
+    q = torch.where(top >= emin, top - man, torch.full_like(top, q_small))
+    n, _ = _round_magnitude(sig, q - lsb, negative, mode, sr_bits, word0, seed, index)
+    zero = n == 0
+    if fmt.zero:
+        zero_bits = _zero_bits(carrier, negative, fmt)
+    else:  # no zero: underflow is raised to the smallest value 2^emin
+        n = torch.where(zero, torch.ones_like(n), n)
+        q = torch.where(zero, torch.full_like(q, emin), q)
+        zero = torch.zeros_like(zero)
+        zero_bits = n
+    carry = (n >> (man + 1)) != 0
+    n = n >> carry.to(torch.int64)
+    q = q + carry.to(torch.int64)
+    qmax = emax - man
+    exceeds = (q > qmax) | ((q == qmax) & (n > params[core.P_MAX_N]))
+    result = carrier.encode(negative, n, q)
+    result = torch.where(zero, zero_bits, result)
+    result = torch.where(exceeds, _overflow_bits(carrier, negative, fmt, params, mode, ovf), result)
+    if not fmt.signed:
+        result = torch.where(negative, torch.full_like(result, carrier.nan), result)
+    return result
+
+
+def _zero_bits(carrier, negative, fmt):
+    """refsim.core._zero: the format's zero for the sign of each input (NaN without a zero)."""
+    if isinstance(fmt, FloatFormat) and not fmt.zero:
+        return torch.full_like(negative, carrier.nan, dtype=torch.int64)
+    keeps_sign = isinstance(fmt, FloatFormat) and fmt.signed and fmt.specials != "fnuz"
+    if not keeps_sign:
+        return torch.zeros_like(negative, dtype=torch.int64)
+    return negative.to(torch.int64) * _signed(carrier.sign)
+
+
+def _overflow_bits(carrier, negative, fmt, params, mode, ovf):
+    """refsim.core._overflow per sign: +-max, +-Inf or NaN."""
+    values = []
+    for neg in (False, True):
+        if core.overflow_to_max(mode, neg, ovf, params[core.P_SPECIALS]):
+            bits = carrier.encode_const(neg, params[core.P_MAX_N],
+                                        params[core.P_EMAX] - fmt.man_bits)
+        elif fmt.specials == "ieee":
+            bits = _signed(int(core.carrier_inf(neg, carrier.man, carrier.bias)))
+        else:
+            bits = carrier.nan
+        values.append(bits)
+    pos = torch.full_like(negative, values[0], dtype=torch.int64)
+    return torch.where(negative, torch.full_like(pos, values[1]), pos)
+
+
+def _fixed_limit(carrier, negative, fmt):
+    """refsim.core._fixed_limit per sign."""
+    k_neg = (1 << (fmt.bits - 1)) if fmt.signed else 0
+    pos = carrier.encode_const(False, fmt.k_max, -fmt.frac_bits)
+    neg = carrier.encode_const(k_neg != 0, k_neg, -fmt.frac_bits)
+    return torch.where(negative, torch.full_like(negative, neg, dtype=torch.int64),
+                       torch.full_like(negative, pos, dtype=torch.int64))
+
+
+def _round_fixed(carrier, negative, sig, lsb, top, fmt, mode, ovf, sr_bits, word0, seed, index):
+    """Finite nonzero inputs of a fixed-point format: refsim.core._round_fixed."""
+    width = fmt.bits
+    q = -fmt.frac_bits
+    shift = q - lsb
+    huge = top - q >= width + 1
+    q_t = torch.full_like(sig, q)
+    limit_bits = _fixed_limit(carrier, negative, fmt)
+    if ovf != core.OVF_WRAP:
+        n, _ = _round_magnitude(sig, shift, negative, mode, sr_bits, word0, seed, index)
+        if fmt.signed:
+            limit = torch.where(negative, torch.full_like(n, 1 << (width - 1)),
+                                torch.full_like(n, fmt.k_max))
+        else:
+            limit = torch.where(negative, torch.zeros_like(n), torch.full_like(n, fmt.k_max))
+        value = carrier.encode(negative & (n != 0), n, q_t)
+        return torch.where(huge | (n > limit), limit_bits, value)
+    n, _ = _round_magnitude(sig, shift, negative, mode, sr_bits, word0, seed, index)
+    left = -shift
+    shifted = torch.where(left < 64, sig << left.clamp(0, 63), torch.zeros_like(sig))
+    n_mod = torch.where(huge & (shift <= 0), shifted, n)
+    k_mod = torch.where(negative, -n_mod, n_mod) & ((1 << width) - 1)
+    if fmt.signed:
+        wrapped = (k_mod >> (width - 1)) != 0
+        magnitude = torch.where(wrapped, (1 << width) - k_mod, k_mod)
+        return carrier.encode(wrapped, magnitude, q_t)
+    return carrier.encode(torch.zeros_like(negative), k_mod, q_t)
+
+
+def _quantize_bits(bits: torch.Tensor, carrier: _Carrier, fmt: Format, params, mode: int,
+                   ovf: int, sr_bits: int, seed: int) -> torch.Tensor:
+    """refsim.core.quantize_bits for a flat int64 tensor of carrier patterns (all lanes)."""
+    negative = ((bits >> carrier.sign_shift) & 1) == 1
+    a = bits & carrier.abs_mask
+    efield = a >> carrier.man
+    mfield = a & carrier.mant
+    is_special = efield == carrier.efield_max
+    is_nan = is_special & (mfield != 0)
+    normal = efield > 0
+    sig = torch.where(normal, mfield | (1 << carrier.man), mfield)
+    lsb = torch.where(normal, efield, torch.ones_like(efield)) - carrier.bias - carrier.man
+    top = torch.where(normal, efield - carrier.bias, lsb + _bitlen(mfield) - 1)
+    index = torch.arange(bits.numel(), dtype=torch.int64, device=bits.device)
+    word0 = (random_words(seed, bits.numel(), 0, bits.device) if mode == core.SR
+             else torch.zeros_like(bits))
+    # Specials and zeros get a harmless finite stand-in (1.0) for the arithmetic below; their
+    # results are selected afterwards.
+    stand_in = is_special | (a == 0)
+    sig = torch.where(stand_in, torch.ones_like(sig), sig)
+    lsb = torch.where(stand_in, torch.zeros_like(lsb), lsb)
+    top = torch.where(stand_in, torch.zeros_like(top), top)
+    if isinstance(fmt, FixedFormat):
+        result = _round_fixed(carrier, negative, sig, lsb, top, fmt, mode, ovf, sr_bits, word0,
+                              seed, index)
+        if ovf == core.OVF_WRAP:
+            infinite = torch.full_like(bits, carrier.nan)
+        else:
+            infinite = _fixed_limit(carrier, negative, fmt)
+    else:
+        result = _round_float(carrier, negative, sig, lsb, top, fmt, params, mode, ovf, sr_bits,
+                              word0, seed, index)
+        if fmt.specials == "ieee":
+            infinite = torch.where(negative, torch.full_like(bits, _signed(carrier.inf
+                                                                          | carrier.sign)),
+                                   torch.full_like(bits, carrier.inf))
+        else:
+            infinite = _overflow_bits(carrier, negative, fmt, params, mode, ovf)
+        if not fmt.signed:
+            infinite = torch.where(negative, torch.full_like(bits, carrier.nan), infinite)
+    result = torch.where(a == 0, _zero_bits(carrier, negative, fmt), result)
+    result = torch.where(is_special, infinite, result)
+    return torch.where(is_nan, bits, result)
+
+
+# ---- public entry -------------------------------------------------------------------------------
+def quantize(x: torch.Tensor, fmt: Format | str, rounding: str = "rne", *,
+             overflow: str = "default", sr_bits: int | None = None, seed: int = 0,
+             out: torch.Tensor | None = None) -> torch.Tensor:
+    """Round every element of the torch tensor `x` to `fmt`, bit-identical to refsim.quantize.
+
+    Args:
+        x: float32, float64 or bfloat16 tensor, any shape, strides and device.
+        fmt, rounding, overflow, sr_bits, seed: as refsim.quantize (docs/rounding.md).
+        out: optional tensor of x's dtype, shape and device to write into (may be x).
+
+    Returns:
+        A tensor of x's dtype, shape and device (out, if given). SR takes element i's random
+        bits from its flat C-order index i, whatever the strides.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch tensor; got {type(x).__name__}")
+    if x.dtype not in _NP_DTYPE:
+        raise TypeError(f"x must have dtype torch.float32, torch.float64 or torch.bfloat16; got "
+                        f"{x.dtype} (nothing is cast implicitly)")
+    fmt_obj, params, mode, ovf, bits_r, seed_value = resolve(
+        fmt, np.dtype(_NP_DTYPE[x.dtype]), rounding, overflow, sr_bits, seed)
+    if x.dtype == torch.bfloat16 and not _bf16_holds(fmt_obj):
+        raise ValueError(f"fmt={fmt_obj.name} does not fit in bfloat16: the result keeps the "
+                         f"input's dtype, and bfloat16 cannot hold every {fmt_obj.name} value "
+                         "(use float32 or float64 input)")
+    if out is not None and (not isinstance(out, torch.Tensor) or out.dtype != x.dtype
+                            or out.shape != x.shape or out.device != x.device):
+        got = (f"{out.dtype} {tuple(out.shape)} on {out.device}" if isinstance(out, torch.Tensor)
+               else type(out).__name__)
+        raise ValueError(f"out must be a tensor of x's dtype {x.dtype}, shape {tuple(x.shape)} "
+                         f"and device {x.device}; got {got}")
+    work = x.float() if x.dtype == torch.bfloat16 else x
+    c_man, c_bias, itype = _CARRIER[work.dtype]
+    carrier = _Carrier(c_man, c_bias)
+    flat = work.detach().contiguous().reshape(-1).view(itype).to(torch.int64)
+    if itype == torch.int32:
+        flat = flat & 0xFFFFFFFF
+    result = _quantize_bits(flat, carrier, fmt_obj, params, mode, ovf, bits_r, seed_value)
+    if itype == torch.int32:
+        result = torch.where(result >= 1 << 31, result - (1 << 32), result)
+    values = result.to(itype).view(work.dtype).reshape(x.shape)
+    if x.dtype == torch.bfloat16:
+        values = values.to(torch.bfloat16)
+    if out is None:
+        return values
+    out.copy_(values)
+    return out
