@@ -1,0 +1,337 @@
+"""refsim.quantize_blocks: block-scaled quantization (OCP MX, NVFP4, block floating point).
+
+Usage rules (semantics: docs/blocks.md):
+  - x is a NumPy float32/float64 array; blocks of fmt.block_size run along `axis` (fmt.axis by
+    default); a short last block is a block of its own. The result has x's dtype and shape.
+  - Power-of-two scales (MX, bfp8): the block scale 2^e is computed from the bits of the block's
+    absolute maximum (docs/blocks.md, "Scale rules"), and each element is rounded once, from its
+    exact value, to the element grid scaled by 2^e (x * 2^-e is exact, then refsim.quantize
+    rounds it with saturation, then the value is multiplied back by 2^e). Lanes where x * 2^-e
+    would fall below the carrier's normal range are rounded by refsim.core from x itself.
+  - Non-power-of-two scales (NVFP4): exact quotients (refsim.scaling.exact_quotient), one
+    rounding each; sr needs sr_bits in 1..16 there.
+  - A block holding NaN or +-Inf has a NaN scale and every element of it is NaN (OCP MX v1.0).
+  - Stochastic rounding: element i takes the stream of refsim.quantize at its flat C-order index
+    in x, whatever the axis or block size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+from numba import njit, prange
+
+from formats import FixedFormat, Format
+from formats.block_format import BlockFormat, get_block_format
+from formats.policy import ROUNDINGS, check_rounding, check_seed, check_sr_bits
+from refsim import core
+from refsim.params import CARRIERS, format_params
+from refsim.quantize import quantize
+from refsim.rng import stream_word
+from refsim.scaling import _check_axis, _check_input, _check_sr, exact_quotient, fp32_nearest
+
+__all__ = ["BlockQuantized", "cast_operand", "quantize_blocks"]
+
+_NAN_EXP = np.int32(1 << 30)  # block exponent sentinel: the scale is NaN
+
+
+@dataclass(frozen=True)
+class BlockQuantized:
+    """A block quantization with everything a golden vector needs.
+
+    values: the dequantized values (x's dtype and shape); codes: uint64 element codes (x's
+    shape; 0 in NaN blocks); scales: float64 block scales, x's shape with the block axis holding
+    one entry per block; scale_codes: uint64 codes of the scales in the scale format;
+    tensor_scale: the per-tensor fp32 scale (1.0 when the format has none).
+    """
+
+    values: np.ndarray
+    codes: np.ndarray
+    scales: np.ndarray
+    scale_codes: np.ndarray
+    tensor_scale: float
+
+
+# ---- power-of-two scales: the kernels -----------------------------------------------------------
+@njit(cache=True)
+def _locate(item, nb, inner, length, bs):
+    """First flat index, element count and stride of block `item` = (outer, block, inner)."""
+    o = item // (nb * inner)
+    rest = item - o * nb * inner
+    b = rest // inner
+    i = rest - b * inner
+    start = (o * length + b * bs) * inner + i
+    return start, min(bs, length - b * bs), inner
+
+
+@njit(cache=True)
+def _block_exponent(amax, c_man, c_bias, inf_bits, threshold, elem_emax, s_emin, s_emax):
+    """Scale exponent of a block from its max |x| pattern (or _NAN_EXP): docs/blocks.md."""
+    amax = np.int64(amax)  # the sign bit is clear: int64 holds it, and int64 ops stay exact
+    if amax >= inf_bits:
+        return _NAN_EXP
+    if amax == 0:
+        return np.int32(s_emin)
+    efield = amax >> c_man
+    mfield = amax & ((np.int64(1) << c_man) - 1)
+    if efield == 0:  # carrier subnormal: normalize its significand to c_man + 1 bits
+        top = core.bit_length(mfield) - 1
+        sig = mfield << (c_man - top)
+        floor_log2 = top + 1 - c_bias - c_man
+    else:
+        sig = mfield | (np.int64(1) << c_man)
+        floor_log2 = efield - c_bias
+    # One comparison of the normalized significand covers ceil, even and rceil (threshold).
+    e = floor_log2 - elem_emax + (1 if sig > threshold else 0)
+    return np.int32(min(max(e, s_emin), s_emax))
+
+
+@njit(parallel=True, cache=True)
+def _scale_down(x, xb, y, exps, flags, nb, inner, length, bs, c_man, c_bias, inf_bits,
+                threshold, elem_emax, s_emin, s_emax, min_normal):
+    """exps[item] = the block's exponent e; y = x * 2^-e (exact where |y| >= min_normal);
+    flags[item] counts the block's lanes below that (left to _fix_lanes)."""
+    abs_mask = xb.dtype.type(inf_bits | (inf_bits >> 1) | ((1 << c_man) - 1))
+    for item in prange(exps.size):
+        start, count, stride = _locate(item, nb, inner, length, bs)
+        amax = xb.dtype.type(0)
+        for t in range(count):
+            amax = max(amax, xb.dtype.type(xb[start + t * stride] & abs_mask))
+        e = _block_exponent(amax, c_man, c_bias, inf_bits, threshold, elem_emax, s_emin, s_emax)
+        exps[item] = e
+        low = 0
+        if e == _NAN_EXP:
+            for t in range(count):
+                y[start + t * stride] = 0.0
+        else:
+            down = y.dtype.type(math.ldexp(1.0, -e))
+            for t in range(count):
+                v = x[start + t * stride] * down
+                y[start + t * stride] = v
+                low += 1 if (abs(v) < min_normal and x[start + t * stride] != 0) else 0
+        flags[item] = low
+
+
+@njit(parallel=True, cache=True)
+def _scale_up(p, out, exps, nb, inner, length, bs):
+    """out = p * 2^e per block (exact where representable; beyond the carrier: +-Inf)."""
+    for item in prange(exps.size):
+        start, count, stride = _locate(item, nb, inner, length, bs)
+        e = exps[item]
+        up = out.dtype.type(np.nan) if e == _NAN_EXP else out.dtype.type(math.ldexp(1.0, e))
+        for t in range(count):
+            out[start + t * stride] = p[start + t * stride] * up
+
+
+@njit(cache=True)
+def _fix_lanes(x, xb, outb, exps, items, nb, inner, length, bs, c_man, c_bias, params,
+               min_normal, mode, sr_bits, seed):
+    """Round the lanes _scale_down flagged, from x itself, to the element grid scaled by 2^e
+    (the element format with its exponents, or fixed-point fraction bits, shifted by e)."""
+    for item in items:
+        start, count, stride = _locate(item, nb, inner, length, bs)
+        e = np.int64(exps[item])
+        down = x.dtype.type(math.ldexp(1.0, -e))
+        if params[core.P_KIND] == core.KIND_FIXED:
+            shifted = (params[0], params[1] - e, params[2], params[3], params[4], params[5],
+                       params[6], params[7], params[8])
+        else:
+            shifted = (params[0], params[1], params[2] + e, params[3] + e, params[4], params[5],
+                       params[6], params[7], params[8])
+        for t in range(count):
+            idx = start + t * stride
+            v = x[idx] * down
+            if not (abs(v) < min_normal and x[idx] != 0):
+                continue
+            word0 = stream_word(seed, np.uint64(idx), np.uint64(0)) if mode == core.SR \
+                else np.uint64(0)
+            bits = core.quantize_bits(np.uint64(xb[idx]), c_man, c_bias, shifted, mode,
+                                      core.OVF_SATURATE, sr_bits, word0, seed, np.int64(idx))
+            outb[idx] = outb.dtype.type(bits)
+
+
+# ---- the public function -------------------------------------------------------------------------
+def _geometry(shape: tuple[int, ...], axis: int, bs: int) -> tuple[int, int, int, int]:
+    """(outer, length, inner, blocks) of the (outer, length, inner) view of a C-order array."""
+    outer = int(np.prod(shape[:axis], dtype=np.int64))
+    inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
+    length = shape[axis]
+    return outer, length, inner, -(-length // bs)
+
+
+def _check_fits(fmt: BlockFormat, dtype: np.dtype) -> None:
+    """Every element value times the smallest scale must be a value of the input dtype."""
+    c_man, c_bias, _ = CARRIERS[dtype]
+    elem = fmt.element
+    if isinstance(elem, FixedFormat):
+        lowest = -elem.frac_bits
+        precision = elem.bits - 1
+    else:
+        lowest = elem.emin - elem.man_bits if elem.subnormals else elem.emin
+        precision = elem.man_bits + 1
+    scale_low = fmt.scale.emin if fmt.pow2_scale else 0
+    if lowest + scale_low < 2 - c_bias - c_man - 1 or precision > c_man + 1:
+        raise ValueError(f"fmt={fmt.name} does not fit in {dtype.name}: its smallest scaled "
+                         f"element 2^{lowest + scale_low} (or its precision) is beyond "
+                         f"{dtype.name}; use float64 input")
+
+
+def _threshold(fmt: BlockFormat, c_man: int) -> int:
+    """The normalized significand (c_man + 1 bits) above which the scale exponent is raised."""
+    never = 1 << (c_man + 1)
+    if fmt.scale_rule == "ceil":
+        return 1 << c_man
+    if fmt.scale_rule == "even":
+        m = fmt.elem_precision - 1  # element fraction bits: carry from 2 - 2^-(m + 1) up
+        if m + 1 > c_man:
+            return never
+        return (1 << (c_man + 1)) - (1 << (c_man - m - 1)) - 1
+    if fmt.scale_rule == "rceil":
+        # Exceeding elem_max * 2^e means a significand above elem_max / 2^elem_emax.
+        return int(Fraction(fmt.elem_max) / Fraction(2) ** fmt.elem_emax * (1 << c_man))
+    return never
+
+
+def _pow2_blocks(x: np.ndarray, fmt: BlockFormat, axis: int, rounding: str,
+                 sr_bits: int | None, seed: int, keep_p: bool):
+    """(values, exps, p): values in x's dtype, block exponents (outer, nb, inner), and the
+    element values p (x's shape; None unless keep_p)."""
+    c_man, c_bias, utype = CARRIERS[x.dtype]
+    outer, length, inner, nb = _geometry(x.shape, axis, fmt.block_size)
+    flat = np.ascontiguousarray(x).reshape(-1)
+    xb = flat.view(utype)
+    y = np.empty_like(flat)
+    exps = np.empty(outer * nb * inner, np.int32)
+    flags = np.empty(outer * nb * inner, np.int32)
+    inf_bits = (2 * c_bias + 1) << c_man
+    min_normal = float(np.ldexp(1.0, 1 - c_bias))
+    _scale_down(flat, xb, y, exps, flags, nb, inner, length, fmt.block_size, c_man, c_bias,
+                inf_bits, _threshold(fmt, c_man), fmt.elem_emax, fmt.scale.emin, fmt.scale.emax,
+                min_normal)
+    quantize(y, fmt.element, rounding, overflow="saturate", sr_bits=sr_bits, seed=seed, out=y)
+    p = y.copy() if keep_p else None
+    out = y  # scaled back in place
+    _scale_up(y, out, exps, nb, inner, length, fmt.block_size)
+    items = np.flatnonzero(flags)
+    if items.size:
+        _fix_lanes(flat, xb, out.view(utype), exps, items, nb, inner, length, fmt.block_size,
+                   c_man, c_bias, format_params(fmt.element), min_normal,
+                   ROUNDINGS.index(rounding), sr_bits or 0, np.uint64(seed))
+        if p is not None:
+            e_full = _block_to_elements(exps.reshape(outer, nb, inner), fmt.block_size, length)
+            fixed = _block_to_elements(np.isin(np.arange(exps.size), items).reshape(
+                outer, nb, inner), fmt.block_size, length).reshape(-1)
+            lanes = fixed & (np.abs(flat) < min_normal * np.ldexp(1.0, e_full.reshape(-1)))
+            p[lanes] = np.ldexp(out[lanes].astype(np.float64), -e_full.reshape(-1)[lanes])
+    return out.reshape(x.shape), exps.reshape(outer, nb, inner), \
+        None if p is None else p.reshape(x.shape)
+
+
+def _block_to_elements(per_block: np.ndarray, bs: int, length: int) -> np.ndarray:
+    """(outer, nb, inner) block values repeated onto (outer, length, inner) element positions."""
+    return np.repeat(per_block, bs, axis=1)[:, :length, :]
+
+
+# ---- non-power-of-two scales (NVFP4) ----------------------------------------------------------
+def _tensor_scale(x: np.ndarray, fmt: BlockFormat) -> float:
+    """fp32 per-tensor scale: amax / (scale max * elem max) to nearest (1 for amax 0)."""
+    if not fmt.tensor_scale:
+        return 1.0
+    finite = np.isfinite(x)
+    amax = float(np.abs(x[finite]).max()) if finite.any() else 0.0
+    if amax == 0:
+        return 1.0
+    scale = fp32_nearest(Fraction(amax) / (Fraction(fmt.scale.max) * Fraction(fmt.elem_max)))
+    if not np.isfinite(scale):
+        raise ValueError(f"the per-tensor scale of amax={amax} is beyond float32 for {fmt.name}")
+    return scale or float(np.ldexp(1.0, -149))
+
+
+def _value_blocks(x: np.ndarray, fmt: BlockFormat, axis: int, rounding: str,
+                  sr_bits: int | None, seed: int):
+    """(values, block scales (outer, nb, inner), p, tensor scale) for a non-power-of-two scale."""
+    outer, length, inner, nb = _geometry(x.shape, axis, fmt.block_size)
+    x64 = np.ascontiguousarray(x, dtype=np.float64)
+    x3 = x64.reshape(outer, length, inner)
+    pad = nb * fmt.block_size - length
+    padded = np.concatenate([x3, np.zeros((outer, pad, inner))], axis=1) if pad else x3
+    blocks = padded.reshape(outer, nb, fmt.block_size, inner)
+    bad = ~np.isfinite(blocks).all(axis=2)
+    amax = np.where(np.isfinite(blocks), np.abs(blocks), 0).max(axis=2)
+    s_t = _tensor_scale(x64, fmt)
+    ideal = exact_quotient(amax, fmt.elem_max * s_t)  # elem_max * s_t is exact (<= 28 bits)
+    mode = "rne" if fmt.scale_rule == "nearest" else "rup"
+    s_b = quantize(ideal, fmt.scale, mode, overflow="saturate")
+    s_b = np.where((s_b == 0) & (amax > 0), fmt.scale.min_subnormal, s_b)  # never a zero scale
+    s_b = np.where(bad, np.nan, s_b)
+    divisor = _block_to_elements(np.where(bad | (s_b == 0), 1.0, s_b), fmt.block_size, length)
+    divisor = divisor.reshape(x.shape) * s_t
+    p = quantize(exact_quotient(x64.reshape(x.shape), divisor), fmt.element, rounding,
+                 overflow="saturate", sr_bits=sr_bits, seed=seed)
+    nan = _block_to_elements(bad, fmt.block_size, length).reshape(x.shape)
+    p = np.where(nan, 0.0, p)
+    with np.errstate(over="ignore"):
+        values = np.where(nan, np.nan, p * divisor).astype(x.dtype)  # one rounding
+    return values, s_b, p, s_t
+
+
+def quantize_blocks(x, fmt: BlockFormat | str, rounding: str = "rne", *, axis: int | None = None,
+                    sr_bits: int | None = None, seed: int = 0, return_codes: bool = False):
+    """Quantize x to a block format: one scale per block, elements rounded and saturated.
+
+    Args:
+        x: NumPy float32/float64 array (at least 1-D).
+        fmt: a BlockFormat or a name of formats.block_format.NAMED_BLOCKS ("mxfp8_e4m3", ...).
+        rounding: rne, rna, rtz, rup, rdn, rto or sr (the elements; scales follow the rule).
+        axis: the axis blocks run along; None takes fmt.axis.
+        sr_bits: for sr: None (every discarded bit) or 1..64; with a non-power-of-two scale
+            (nvfp4) 1..16.
+        seed: 0..2^64-1, the stream key (sr only); element i uses flat C-order index i of x.
+        return_codes: return a BlockQuantized (values, element codes, scales, scale codes).
+
+    Returns:
+        The dequantized values (x's dtype and shape), or a BlockQuantized.
+    """
+    fmt = get_block_format(fmt)
+    x = _check_input(x)
+    if x.ndim == 0:
+        raise ValueError("x must have at least one dimension; got a 0-d array")
+    axis = _check_axis(fmt.axis if axis is None else axis, x.ndim)
+    assert axis is not None
+    check_rounding(rounding)
+    check_sr_bits(sr_bits, rounding)
+    seed = check_seed(seed)
+    _check_sr(rounding, sr_bits, fmt.pow2_scale)
+    _check_fits(fmt, x.dtype)
+    _, length, _, nb = _geometry(x.shape, axis, fmt.block_size)
+    scale_shape = (*x.shape[:axis], nb, *x.shape[axis + 1:])
+    if fmt.pow2_scale:
+        values, exps, p = _pow2_blocks(x, fmt, axis, rounding, sr_bits, seed, return_codes)
+        if not return_codes:
+            return values
+        nan = exps == _NAN_EXP
+        scales = np.where(nan, np.nan, np.ldexp(1.0, np.where(nan, 0, exps)))
+        tensor_scale = 1.0
+        assert p is not None
+        p = np.where(_block_to_elements(nan, fmt.block_size, length).reshape(x.shape), 0.0, p)
+    else:
+        values, scales, p, tensor_scale = _value_blocks(x, fmt, axis, rounding, sr_bits, seed)
+        if not return_codes:
+            return values
+    scales = scales.reshape(scale_shape)
+    return BlockQuantized(values, fmt.element.encode(np.asarray(p, np.float64)), scales,
+                          fmt.scale.encode(scales), tensor_scale)
+
+
+def cast_operand(x: np.ndarray, cast, seed: int, axis: int) -> np.ndarray:
+    """x rounded by a spec Cast: refsim.quantize, or quantize_blocks along `axis` when the
+    Cast's format is a BlockFormat (matmul: a's last axis and b's second-to-last, i.e. K)."""
+    fmt: Format | BlockFormat = cast.fmt
+    if isinstance(fmt, BlockFormat):
+        return quantize_blocks(x, fmt, cast.rounding, axis=axis, sr_bits=cast.sr_bits,
+                               seed=seed)
+    return quantize(x, fmt, cast.rounding, overflow=cast.overflow, sr_bits=cast.sr_bits,
+                    seed=seed)
