@@ -264,8 +264,9 @@ def train(config: TrainConfig, numerics: Numerics, out_dir: str | Path | None = 
     return summary
 
 
-def print_summary(summary: dict[str, Any], stream: TextIO = sys.stdout) -> None:
-    """A few lines for the terminal."""
+def print_summary(summary: dict[str, Any], stream: TextIO | None = None) -> None:
+    """A few lines for the terminal (default: sys.stdout)."""
+    stream = sys.stdout if stream is None else stream
     acc = summary["test_accuracy"]
     extra = ""
     if "sequence_accuracy" in summary:
