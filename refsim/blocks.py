@@ -89,11 +89,71 @@ def _block_exponent(amax, c_man, c_bias, inf_bits, threshold, elem_emax, s_emin,
     return np.int32(min(max(e, s_emin), s_emax))
 
 
+_ITEMS = 256  # blocks per parallel work item of the last-axis kernels
+_TILE = 1 << 18  # elements per tile of the last-axis path: y and p stay in cache
+
+
+@njit(cache=True)
+def _span(item, nb, length, bs):
+    """Flat [first, stop) of block `item` when blocks run along the last axis (inner 1)."""
+    row = item // nb
+    b = item - row * nb
+    return row * length + b * bs, row * length + min(length, (b + 1) * bs)
+
+
 @njit(parallel=True, cache=True)
-def _scale_down(x, xb, y, exps, flags, nb, inner, length, bs, c_man, c_bias, inf_bits,
-                threshold, elem_emax, s_emin, s_emax, min_normal):
-    """exps[item] = the block's exponent e; y = x * 2^-e (exact where |y| >= min_normal);
-    flags[item] counts the block's lanes below that (left to _fix_lanes)."""
+def _down_last(x, xb, y, exps, flags, lo, hi, base, nb, length, bs, c_man, c_bias, inf_bits,
+               threshold, elem_emax, s_emin, s_emax, min_normal, pow_down):
+    """Blocks lo..hi-1 along the last axis: exps[item] = e, y[i - base] = x[i] * 2^-e (exact
+    where |y| >= min_normal), flags[item] = the number of lanes below that (for _fix_lanes).
+    pow_down[e - s_emin] = 2^-e in the carrier (a table: no libm call per block)."""
+    abs_mask = xb.dtype.type(inf_bits | (inf_bits >> 1) | ((1 << c_man) - 1))
+    for chunk in prange((hi - lo + _ITEMS - 1) // _ITEMS):
+        for item in range(lo + chunk * _ITEMS, min(hi, lo + (chunk + 1) * _ITEMS)):
+            first, stop = _span(item, nb, length, bs)
+            # Unsigned bounds: LLVM then knows the addresses are consecutive and vectorizes.
+            ufirst = np.uint64(first)
+            ustop = np.uint64(stop)
+            ubase = np.uint64(base)
+            amax = xb.dtype.type(0)
+            for i in range(ufirst, ustop):
+                amax = max(amax, xb.dtype.type(xb[i] & abs_mask))
+            e = _block_exponent(amax, c_man, c_bias, inf_bits, threshold, elem_emax, s_emin,
+                                s_emax)
+            exps[item] = e
+            down = y.dtype.type(0.0) if e == _NAN_EXP else pow_down[e - s_emin]
+            low = 0
+            for i in range(ufirst, ustop):
+                v = x[i] * down
+                y[i - ubase] = v
+                low += (abs(v) < min_normal) & (x[i] != 0)
+            flags[item] = 0 if e == _NAN_EXP else low
+
+
+@njit(parallel=True, cache=True)
+def _up_last(p, y, out, exps, lo, hi, base, nb, length, bs, elem_max, s_emin, pow_up):
+    """Blocks lo..hi-1 along the last axis: out[i] = sat(p[i - base]) * 2^e (NaN blocks: NaN).
+
+    p came from refsim.quantize with the default overflow policy (its fastest path); y is
+    finite, so an overflow is its only non-finite result, and sat() turns it into +-elem_max
+    with the sign of y: saturation. The product is exact where representable; beyond the
+    carrier it is +-Inf."""
+    for chunk in prange((hi - lo + _ITEMS - 1) // _ITEMS):
+        for item in range(lo + chunk * _ITEMS, min(hi, lo + (chunk + 1) * _ITEMS)):
+            first, stop = _span(item, nb, length, bs)
+            ubase = np.uint64(base)
+            e = exps[item]
+            up = out.dtype.type(np.nan) if e == _NAN_EXP else pow_up[e - s_emin]
+            for i in range(np.uint64(first), np.uint64(stop)):
+                v = p[i - ubase]
+                v = v if abs(v) <= elem_max else math.copysign(elem_max, y[i - ubase])
+                out[i] = v * up
+
+
+@njit(parallel=True, cache=True)
+def _down_strided(x, xb, y, exps, flags, nb, inner, length, bs, c_man, c_bias, inf_bits,
+                  threshold, elem_emax, s_emin, s_emax, min_normal, pow_down):
+    """_down_last for blocks along any axis of the (outer, length, inner) view (y: x's size)."""
     abs_mask = xb.dtype.type(inf_bits | (inf_bits >> 1) | ((1 << c_man) - 1))
     for item in prange(exps.size):
         start, count, stride = _locate(item, nb, inner, length, bs)
@@ -102,34 +162,33 @@ def _scale_down(x, xb, y, exps, flags, nb, inner, length, bs, c_man, c_bias, inf
             amax = max(amax, xb.dtype.type(xb[start + t * stride] & abs_mask))
         e = _block_exponent(amax, c_man, c_bias, inf_bits, threshold, elem_emax, s_emin, s_emax)
         exps[item] = e
+        down = y.dtype.type(0.0) if e == _NAN_EXP else pow_down[e - s_emin]
         low = 0
-        if e == _NAN_EXP:
-            for t in range(count):
-                y[start + t * stride] = 0.0
-        else:
-            down = y.dtype.type(math.ldexp(1.0, -e))
-            for t in range(count):
-                v = x[start + t * stride] * down
-                y[start + t * stride] = v
-                low += 1 if (abs(v) < min_normal and x[start + t * stride] != 0) else 0
-        flags[item] = low
+        for t in range(count):
+            v = x[start + t * stride] * down
+            y[start + t * stride] = v
+            low += (abs(v) < min_normal) & (x[start + t * stride] != 0)
+        flags[item] = 0 if e == _NAN_EXP else low
 
 
 @njit(parallel=True, cache=True)
-def _scale_up(p, out, exps, nb, inner, length, bs):
-    """out = p * 2^e per block (exact where representable; beyond the carrier: +-Inf)."""
+def _up_strided(p, y, out, exps, nb, inner, length, bs, elem_max, s_emin, pow_up):
+    """_up_last for blocks along any axis (p, y, out: x's size)."""
     for item in prange(exps.size):
         start, count, stride = _locate(item, nb, inner, length, bs)
         e = exps[item]
-        up = out.dtype.type(np.nan) if e == _NAN_EXP else out.dtype.type(math.ldexp(1.0, e))
+        up = out.dtype.type(np.nan) if e == _NAN_EXP else pow_up[e - s_emin]
         for t in range(count):
-            out[start + t * stride] = p[start + t * stride] * up
+            idx = start + t * stride
+            v = p[idx]
+            v = v if abs(v) <= elem_max else math.copysign(elem_max, y[idx])
+            out[idx] = v * up
 
 
 @njit(cache=True)
 def _fix_lanes(x, xb, outb, exps, items, nb, inner, length, bs, c_man, c_bias, params,
                min_normal, mode, sr_bits, seed):
-    """Round the lanes _scale_down flagged, from x itself, to the element grid scaled by 2^e
+    """Round the lanes _down_* flagged, from x itself, to the element grid scaled by 2^e
     (the element format with its exponents, or fixed-point fraction bits, shifted by e)."""
     for item in items:
         start, count, stride = _locate(item, nb, inner, length, bs)
@@ -196,38 +255,73 @@ def _threshold(fmt: BlockFormat, c_man: int) -> int:
 
 
 def _pow2_blocks(x: np.ndarray, fmt: BlockFormat, axis: int, rounding: str,
-                 sr_bits: int | None, seed: int, keep_p: bool):
+                 sr_bits: int | None, seed: int, keep_p: bool, out: np.ndarray | None = None):
     """(values, exps, p): values in x's dtype, block exponents (outer, nb, inner), and the
-    element values p (x's shape; None unless keep_p)."""
+    element values p (x's shape; None unless keep_p).
+
+    Blocks along the last axis go tile by tile (_TILE elements, whole blocks), so that the
+    scaled input and the rounded elements stay in cache between the three steps; the tiles are
+    rounded by refsim.quantize, whose stream index is the position in the tile, so sr (whose
+    index must be the position in x) and keep_p take one tile holding everything.
+    """
     c_man, c_bias, utype = CARRIERS[x.dtype]
     outer, length, inner, nb = _geometry(x.shape, axis, fmt.block_size)
+    bs = fmt.block_size
     flat = np.ascontiguousarray(x).reshape(-1)
     xb = flat.view(utype)
-    y = np.empty_like(flat)
-    exps = np.empty(outer * nb * inner, np.int32)
-    flags = np.empty(outer * nb * inner, np.int32)
+    n_items = outer * nb * inner
+    exps = np.empty(n_items, np.int32)
+    flags = np.empty(n_items, np.int32)
     inf_bits = (2 * c_bias + 1) << c_man
     min_normal = float(np.ldexp(1.0, 1 - c_bias))
-    _scale_down(flat, xb, y, exps, flags, nb, inner, length, fmt.block_size, c_man, c_bias,
-                inf_bits, _threshold(fmt, c_man), fmt.elem_emax, fmt.scale.emin, fmt.scale.emax,
-                min_normal)
-    quantize(y, fmt.element, rounding, overflow="saturate", sr_bits=sr_bits, seed=seed, out=y)
-    p = y.copy() if keep_p else None
-    out = y  # scaled back in place
-    _scale_up(y, out, exps, nb, inner, length, fmt.block_size)
+    s_emin, s_emax = fmt.scale.emin, fmt.scale.emax
+    span = np.arange(s_emin, s_emax + 1)
+    pow_down = np.ldexp(1.0, -span).astype(x.dtype)  # exact: |e| <= 127
+    pow_up = np.ldexp(1.0, span).astype(x.dtype)
+    consts = (c_man, c_bias, inf_bits, _threshold(fmt, c_man), fmt.elem_emax, s_emin, s_emax,
+              min_normal, pow_down)
+    elem_max = x.dtype.type(fmt.elem_max)
+    if out is None or not out.flags.c_contiguous or np.shares_memory(out, x):
+        out = np.empty_like(flat)
+    else:
+        out = out.reshape(-1)
+    p_all = None
+    if inner == 1:
+        whole = rounding == "sr" or keep_p
+        per_tile = n_items if whole else max(1, _TILE // bs)
+        y = np.empty(flat.size if whole else min(flat.size, per_tile * bs), x.dtype)
+        p = np.empty_like(y)
+        for lo in range(0, n_items, per_tile):
+            hi = min(n_items, lo + per_tile)
+            base = _span(lo, nb, length, bs)[0]
+            size = _span(hi - 1, nb, length, bs)[1] - base
+            _down_last(flat, xb, y, exps, flags, lo, hi, base, nb, length, bs, *consts)
+            quantize(y[:size], fmt.element, rounding, sr_bits=sr_bits, seed=seed, out=p[:size])
+            if keep_p:
+                p_all = p.copy()
+            _up_last(p, y, out, exps, lo, hi, base, nb, length, bs, elem_max, s_emin, pow_up)
+    else:
+        y = np.empty_like(flat)
+        _down_strided(flat, xb, y, exps, flags, nb, inner, length, bs, *consts)
+        p = quantize(y, fmt.element, rounding, sr_bits=sr_bits, seed=seed)
+        if keep_p:
+            p_all = p.copy()
+        _up_strided(p, y, out, exps, nb, inner, length, bs, elem_max, s_emin, pow_up)
+    if p_all is not None:  # saturate p as _up_* did
+        p_all = np.where(np.abs(p_all) <= elem_max, p_all, np.copysign(elem_max, y))
     items = np.flatnonzero(flags)
     if items.size:
-        _fix_lanes(flat, xb, out.view(utype), exps, items, nb, inner, length, fmt.block_size,
-                   c_man, c_bias, format_params(fmt.element), min_normal,
-                   ROUNDINGS.index(rounding), sr_bits or 0, np.uint64(seed))
-        if p is not None:
-            e_full = _block_to_elements(exps.reshape(outer, nb, inner), fmt.block_size, length)
-            fixed = _block_to_elements(np.isin(np.arange(exps.size), items).reshape(
-                outer, nb, inner), fmt.block_size, length).reshape(-1)
-            lanes = fixed & (np.abs(flat) < min_normal * np.ldexp(1.0, e_full.reshape(-1)))
-            p[lanes] = np.ldexp(out[lanes].astype(np.float64), -e_full.reshape(-1)[lanes])
+        _fix_lanes(flat, xb, out.view(utype), exps, items, nb, inner, length, bs, c_man, c_bias,
+                   format_params(fmt.element), min_normal, ROUNDINGS.index(rounding),
+                   sr_bits or 0, np.uint64(seed))
+        if p_all is not None:
+            e_full = _block_to_elements(exps.reshape(outer, nb, inner), bs, length).reshape(-1)
+            fixed = _block_to_elements(np.isin(np.arange(n_items), items).reshape(
+                outer, nb, inner), bs, length).reshape(-1)
+            lanes = fixed & (np.abs(flat) < min_normal * np.ldexp(1.0, e_full))
+            p_all[lanes] = np.ldexp(out[lanes].astype(np.float64), -e_full[lanes])
     return out.reshape(x.shape), exps.reshape(outer, nb, inner), \
-        None if p is None else p.reshape(x.shape)
+        None if p_all is None else p_all.reshape(x.shape)
 
 
 def _block_to_elements(per_block: np.ndarray, bs: int, length: int) -> np.ndarray:
@@ -279,7 +373,8 @@ def _value_blocks(x: np.ndarray, fmt: BlockFormat, axis: int, rounding: str,
 
 
 def quantize_blocks(x, fmt: BlockFormat | str, rounding: str = "rne", *, axis: int | None = None,
-                    sr_bits: int | None = None, seed: int = 0, return_codes: bool = False):
+                    sr_bits: int | None = None, seed: int = 0, return_codes: bool = False,
+                    out: np.ndarray | None = None):
     """Quantize x to a block format: one scale per block, elements rounded and saturated.
 
     Args:
@@ -291,9 +386,10 @@ def quantize_blocks(x, fmt: BlockFormat | str, rounding: str = "rne", *, axis: i
             (nvfp4) 1..16.
         seed: 0..2^64-1, the stream key (sr only); element i uses flat C-order index i of x.
         return_codes: return a BlockQuantized (values, element codes, scales, scale codes).
+        out: optional array of x's dtype and shape for the values (may be x itself).
 
     Returns:
-        The dequantized values (x's dtype and shape), or a BlockQuantized.
+        The dequantized values (x's dtype and shape; out, if given), or a BlockQuantized.
     """
     fmt = get_block_format(fmt)
     x = _check_input(x)
@@ -306,10 +402,16 @@ def quantize_blocks(x, fmt: BlockFormat | str, rounding: str = "rne", *, axis: i
     seed = check_seed(seed)
     _check_sr(rounding, sr_bits, fmt.pow2_scale)
     _check_fits(fmt, x.dtype)
+    if out is not None and (not isinstance(out, np.ndarray) or out.dtype != x.dtype
+                            or out.shape != x.shape):
+        got = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
+        raise ValueError(f"out must be a NumPy array of x's dtype {x.dtype} and shape {x.shape}; "
+                         f"got {got}")
     _, length, _, nb = _geometry(x.shape, axis, fmt.block_size)
     scale_shape = (*x.shape[:axis], nb, *x.shape[axis + 1:])
     if fmt.pow2_scale:
-        values, exps, p = _pow2_blocks(x, fmt, axis, rounding, sr_bits, seed, return_codes)
+        values, exps, p = _pow2_blocks(x, fmt, axis, rounding, sr_bits, seed, return_codes, out)
+        values = _into(values, out)
         if not return_codes:
             return values
         nan = exps == _NAN_EXP
@@ -319,11 +421,21 @@ def quantize_blocks(x, fmt: BlockFormat | str, rounding: str = "rne", *, axis: i
         p = np.where(_block_to_elements(nan, fmt.block_size, length).reshape(x.shape), 0.0, p)
     else:
         values, scales, p, tensor_scale = _value_blocks(x, fmt, axis, rounding, sr_bits, seed)
+        values = _into(values, out)
         if not return_codes:
             return values
     scales = scales.reshape(scale_shape)
     return BlockQuantized(values, fmt.element.encode(np.asarray(p, np.float64)), scales,
                           fmt.scale.encode(scales), tensor_scale)
+
+
+def _into(values: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    """values written into out (when given and not already there)."""
+    if out is None:
+        return values
+    if not np.shares_memory(values, out):
+        out[...] = values
+    return out
 
 
 def cast_operand(x: np.ndarray, cast, seed: int, axis: int) -> np.ndarray:

@@ -18,6 +18,7 @@ from typing import Any
 import tomllib
 
 from formats import FixedFormat, FloatFormat, Format, get_format
+from formats.block_format import NAMED_BLOCKS, BlockFormat, get_block_format, is_block_format
 from formats.policy import check_overflow, check_rounding, check_sr_bits
 from formats.registry import name_of
 
@@ -45,8 +46,10 @@ def _format(value: object, name: str) -> Format:
         raise type(exc)(f"{name}: {exc}") from None
 
 
-def _format_to_data(fmt: Format) -> str | dict[str, Any]:
+def _format_to_data(fmt: Format | BlockFormat) -> str | dict[str, Any]:
     """The format's name if it parses back to the same format, else a table of its fields."""
+    if isinstance(fmt, BlockFormat):
+        return fmt.name if NAMED_BLOCKS.get(fmt.name) == fmt else fmt.to_dict()
     name = name_of(fmt)
     try:
         if get_format(name) == fmt:
@@ -59,6 +62,8 @@ def _format_to_data(fmt: Format) -> str | dict[str, Any]:
 
 
 def _format_from_data(data: object, name: str) -> Format:
+    if isinstance(data, dict) and data.get("kind") == "block":
+        raise ValueError(f"{name}: a block format applies to GemmSpec operands (a Cast) only")
     if isinstance(data, dict):
         fields = dict(data)
         kind = fields.pop("kind", "float")
@@ -92,8 +97,8 @@ def format_fits(inner: Format, outer: Format) -> bool:
     return _smallest_exponent(inner) >= outer.emin
 
 
-def _short(fmt: Format) -> str:
-    return name_of(fmt)
+def _short(fmt: Format | BlockFormat) -> str:
+    return fmt.name if isinstance(fmt, BlockFormat) else name_of(fmt)
 
 
 def _check_positive_int(value: object, name: str) -> int | None:
@@ -154,26 +159,28 @@ class Cast:
     """One rounding of every element to a format.
 
     Args:
-        fmt: a format object or name.
+        fmt: a format object or name; or a block format (formats.block_format: a BlockFormat
+            or a name such as "mxfp8_e4m3"), whose elements always saturate (refsim.blocks).
         rounding: rne, rna, rtz, rup, rdn, rto or sr.
         overflow: default, saturate, or wrap (fixed point only).
         sr_bits: None (sr reads every discarded bit) or 1..64 random bits; sr only.
     """
 
-    fmt: Format
+    fmt: Format | BlockFormat
     rounding: str = "rne"
     overflow: str = "default"
     sr_bits: int | None = None
 
     def __post_init__(self) -> None:
-        fmt = _format(self.fmt, "Cast.fmt")
+        fmt = (get_block_format(self.fmt) if is_block_format(self.fmt)
+               else _format(self.fmt, "Cast.fmt"))
         object.__setattr__(self, "fmt", fmt)
         check_rounding(self.rounding)
         check_overflow(self.overflow)
         check_sr_bits(self.sr_bits, self.rounding)
-        if self.overflow == "wrap" and isinstance(fmt, FloatFormat):
+        if self.overflow == "wrap" and isinstance(fmt, (FloatFormat, BlockFormat)):
             raise ValueError(f"Cast.overflow='wrap' applies to fixed-point formats only; "
-                             f"{_short(fmt)} is a floating-point format")
+                             f"{_short(fmt)} is a floating-point or block format")
 
     @classmethod
     def of(cls, value: object, name: str) -> Cast:
@@ -182,7 +189,7 @@ class Cast:
             return value
         if isinstance(value, dict):
             return cls.from_dict(value)
-        return cls(_format(value, name))
+        return cls(value if is_block_format(value) else _format(value, name))
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"fmt": _format_to_data(self.fmt), "rounding": self.rounding,
@@ -196,7 +203,10 @@ class Cast:
         data = _check_keys(data, ("fmt", "rounding", "overflow", "sr_bits"), "Cast")
         if "fmt" not in data:
             raise ValueError("Cast: fmt is required")
-        data["fmt"] = _format_from_data(data["fmt"], "Cast.fmt")
+        if is_block_format(data["fmt"]):
+            data["fmt"] = get_block_format(data["fmt"])
+        else:
+            data["fmt"] = _format_from_data(data["fmt"], "Cast.fmt")
         return cls(**data)
 
     def to_toml(self) -> str:
@@ -298,6 +308,9 @@ class AccumSpec:
             object.__setattr__(self, "outer", outer)
         if self.product is not None:
             product = Cast.of(self.product, "AccumSpec.product")
+            if isinstance(product.fmt, BlockFormat):
+                raise ValueError(f"AccumSpec.product must be an element format; the block format "
+                                 f"{product.fmt.name} applies to GemmSpec operands a and b only")
             if not format_fits(product.fmt, fmt):
                 raise ValueError(f"AccumSpec.product ({_short(product.fmt)}) is wider than the "
                                  f"accumulator fmt ({_short(fmt)}): a rounded product must be a "
@@ -409,7 +422,11 @@ class GemmSpec:
         for key in ("a", "b", "out"):
             value = getattr(self, key)
             if value is not None:
-                object.__setattr__(self, key, Cast.of(value, f"GemmSpec.{key}"))
+                cast = Cast.of(value, f"GemmSpec.{key}")
+                if key == "out" and isinstance(cast.fmt, BlockFormat):
+                    raise ValueError(f"GemmSpec.out must be an element format; the block format "
+                                     f"{cast.fmt.name} applies to operands a and b only")
+                object.__setattr__(self, key, cast)
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {}
