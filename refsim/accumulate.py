@@ -27,8 +27,8 @@ from numba import njit, prange
 from formats import FloatFormat, Format
 from formats.policy import OVERFLOWS, ROUNDINGS, check_seed
 from refsim import accum_core as ac
+from refsim.blocks import cast_operand
 from refsim.params import CARRIERS, carrier_holds, format_params
-from refsim.quantize import quantize
 from refsim.specs import MULTITERM_VARIANTS, ORDERS, AccumSpec, Cast, GemmSpec
 
 __all__ = ["COUNT_KEYS", "conv2d", "dot", "matmul", "sum"]
@@ -305,12 +305,10 @@ def matmul(a, b, spec: GemmSpec, *, seed: int = 0, counts: bool = False):
     except ValueError:
         raise ValueError(f"matmul: batch dimensions do not broadcast; got a of shape {a.shape} "
                          f"and b of shape {b.shape}") from None
-    if spec.a is not None:
-        a = quantize(a, spec.a.fmt, spec.a.rounding, overflow=spec.a.overflow,
-                     sr_bits=spec.a.sr_bits, seed=seed)
-    if spec.b is not None:
-        b = quantize(b, spec.b.fmt, spec.b.rounding, overflow=spec.b.overflow,
-                     sr_bits=spec.b.sr_bits, seed=(seed + 1) & _UINT64_MAX)
+    if spec.a is not None:  # a block format (MX) has its blocks along K: a's last axis
+        a = cast_operand(a, spec.a, seed, axis=-1)
+    if spec.b is not None:  # and b's second-to-last
+        b = cast_operand(b, spec.b, (seed + 1) & _UINT64_MAX, axis=-2)
     _check_products(a, b, "a", "b")
     m, k = a.shape[-2:]
     n = b.shape[-1]
@@ -377,12 +375,10 @@ def conv2d(x, w, spec: GemmSpec, stride: int | tuple[int, int] = 1,
         raise ValueError(f"conv2d: the kernel ({kh}x{kw}) does not fit the padded input "
                          f"({hp}x{wp}); got x of shape {x.shape}, w of shape {w.shape}, "
                          f"padding ({ph}, {pw})")
-    if spec.a is not None:
-        x = quantize(x, spec.a.fmt, spec.a.rounding, overflow=spec.a.overflow,
-                     sr_bits=spec.a.sr_bits, seed=seed)
+    if spec.a is not None:  # a block format has its blocks along the channels C (axis 1)
+        x = cast_operand(x, spec.a, seed, axis=1)
     if spec.b is not None:
-        w = quantize(w, spec.b.fmt, spec.b.rounding, overflow=spec.b.overflow,
-                     sr_bits=spec.b.sr_bits, seed=(seed + 1) & _UINT64_MAX)
+        w = cast_operand(w, spec.b, (seed + 1) & _UINT64_MAX, axis=1)
     ho = (hp - kh) // sh + 1
     wo = (wp - kw) // sw + 1
     xp = np.zeros((n_img, chans, hp, wp), x.dtype)
