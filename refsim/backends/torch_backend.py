@@ -163,9 +163,12 @@ class _Carrier:
         self.inf = self.efield_max << c_man
         self.sign = 1 << self.sign_shift  # as a Python int; _signed() for int64 use
 
-    def encode(self, negative: torch.Tensor, n: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        """Patterns of (-1)^negative * n * 2^q (exact in the carrier; n >= 0)."""
-        length = _bitlen(n)
+    def encode(self, negative: torch.Tensor, n: torch.Tensor, q: torch.Tensor,
+               length: torch.Tensor | None = None) -> torch.Tensor:
+        """Patterns of (-1)^negative * n * 2^q (exact in the carrier; n >= 0); `length` is
+        n's bit length when the caller has it."""
+        if length is None:
+            length = _bitlen(n)
         top = q + length - 1
         normal = top >= 1 - self.bias
         up = (self.man - length + 1).clamp(min=0)
@@ -275,9 +278,12 @@ def _round_float(carrier, negative, sig, lsb, top, fmt, params, mode, ovf, sr_bi
     carry = (n >> (man + 1)) != 0
     n = n >> carry.to(torch.int64)
     q = q + carry.to(torch.int64)
-    qmax = emax - man
-    exceeds = (q > qmax) | ((q == qmax) & (n > params[core.P_MAX_N]))
-    result = carrier.encode(negative, n, q)
+    # refsim.core._exceeds_max: compare binades, then significands at max's quantum.
+    length = _bitlen(n)
+    top_n = q + length - 1
+    aligned = n << (man + 1 - length).clamp(min=0)
+    exceeds = ~zero & ((top_n > emax) | ((top_n == emax) & (aligned > params[core.P_MAX_N])))
+    result = carrier.encode(negative, n, q, length)
     result = torch.where(zero, zero_bits, result)
     result = torch.where(exceeds, _overflow_bits(carrier, negative, fmt, params, mode, ovf), result)
     if not fmt.signed:

@@ -1,0 +1,140 @@
+"""The torch path of refsim.quantize against the Numba reference, bit for bit.
+
+Fast tier: every named format of at most 8 bits (boundary values), every mode, overflow policy,
+a few sr_bits, both carriers; the 16-bit formats on a sample; bfloat16 input; the Philox stream;
+hypothesis over custom formats. The slow tier runs the 16-bit formats' full boundary suites.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from formats import NAMED, FixedFormat, FloatFormat, get_format
+from formats.testing import boundary_values
+from refsim import quantize
+from refsim.backends import torch_backend
+from refsim.rng import random_words
+from validation.bits import assert_same_bits
+
+torch = pytest.importorskip("torch", reason="the torch path needs torch (the test extra)")
+
+ROUNDINGS = ("rne", "rna", "rtz", "rup", "rdn", "rto", "sr")
+SMALL = [name for name, fmt in NAMED.items() if fmt.bits <= 8]
+SIXTEEN = [name for name, fmt in NAMED.items() if 8 < fmt.bits <= 16]
+
+
+def _policies(fmt):
+    return ("default", "saturate", "wrap") if isinstance(fmt, FixedFormat) else (
+        "default", "saturate")
+
+
+def _check_all_modes(x: np.ndarray, fmt, sr_bits=(None, 3, 64)) -> None:
+    tx = torch.from_numpy(x)
+    for rounding in ROUNDINGS:
+        for overflow in _policies(fmt):
+            for bits in sr_bits if rounding == "sr" else (None,):
+                kwargs = {"overflow": overflow, "sr_bits": bits, "seed": 11}
+                expected = quantize(x, fmt, rounding, **kwargs)
+                got = quantize(tx, fmt, rounding, **kwargs)
+                assert got.dtype == tx.dtype and got.shape == tx.shape
+                assert_same_bits(got.numpy(), expected, x,
+                                 context=f"{fmt.name} {rounding} {overflow} sr_bits={bits}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", SMALL)
+def test_small_formats_every_mode(name, dtype):
+    fmt = get_format(name)
+    _check_all_modes(boundary_values(fmt, dtype), fmt)
+
+
+@pytest.mark.parametrize("name", SIXTEEN)
+def test_sixteen_bit_formats_sample(name):
+    fmt = get_format(name)
+    x = boundary_values(fmt, np.float64)
+    x = x[np.random.default_rng(3).choice(x.size, 4000, replace=False)]
+    _check_all_modes(x, fmt, sr_bits=(None, 9))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", SIXTEEN)
+def test_sixteen_bit_formats_every_mode(name, dtype):
+    fmt = get_format(name)
+    _check_all_modes(boundary_values(fmt, dtype), fmt)
+
+
+def test_random_bit_patterns_and_deep_underflow():
+    rng = np.random.default_rng(4)
+    x64 = rng.integers(0, 2**63, 6000, dtype=np.int64).view(np.float64)
+    x64 = np.concatenate((x64, -x64, 2.0 ** rng.uniform(-1074, -20, 2000)))
+    x32 = rng.integers(0, 2**32, 6000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    for x in (x64, x32):
+        for name in ("e4m3fn", "bf16", "e8m0fnu", "int8"):
+            _check_all_modes(x, get_format(name), sr_bits=(None, 64))
+
+
+def test_bfloat16_input_matches_float32_reference():
+    fmt = get_format("e4m3fn")
+    x32 = boundary_values(get_format("bf16"), np.float32)
+    x32 = x32[np.random.default_rng(6).choice(x32.size, 6000, replace=False)]
+    x32 = np.concatenate((x32, boundary_values(fmt, np.float32)))
+    xb = torch.from_numpy(x32).to(torch.bfloat16)
+    x32 = xb.float().numpy()
+    for rounding in ROUNDINGS:
+        got = quantize(xb, fmt, rounding, seed=5)
+        assert got.dtype == torch.bfloat16
+        assert_same_bits(got.float().numpy(), quantize(x32, fmt, rounding, seed=5), x32)
+
+
+def test_bfloat16_input_refuses_formats_it_cannot_hold():
+    with pytest.raises(ValueError, match="does not fit in bfloat16"):
+        quantize(torch.zeros(3, dtype=torch.bfloat16), "fp16")
+
+
+def test_philox_stream_equals_numpy():
+    for seed in (0, 1, 2**64 - 1, 0x243F6A8885A308D3):
+        got = torch_backend.random_words(seed, 37).numpy().view(np.uint64)
+        assert np.array_equal(got, np.random.Philox(key=seed).random_raw(37))
+        got1 = torch_backend.random_words(seed, 9, j=1).numpy().view(np.uint64)
+        assert np.array_equal(got1, random_words(seed, 9, 1))
+
+
+def test_layout_out_and_errors():
+    x = torch.randn(5, 6, 7, dtype=torch.float64) * 40
+    view = x.transpose(0, 2)[:, ::2]
+    got = quantize(view, "e5m2", "sr", seed=3)
+    assert_same_bits(got.numpy(), quantize(np.ascontiguousarray(view.numpy()), "e5m2", "sr",
+                                           seed=3))
+    out = torch.empty_like(x)
+    assert quantize(x, "e5m2", out=out) is out
+    assert_same_bits(out.numpy(), quantize(x.numpy(), "e5m2"))
+    with pytest.raises(TypeError, match=r"torch\.float32, torch\.float64 or torch\.bfloat16"):
+        quantize(torch.zeros(2, dtype=torch.float16), "e4m3fn")
+    with pytest.raises(ValueError, match="out must be a tensor"):
+        quantize(x, "e5m2", out=torch.empty(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="does not fit in float32"):
+        quantize(torch.zeros(2), "fp64")
+
+
+@st.composite
+def _float_formats(draw):
+    exp_bits = draw(st.integers(2, 8))
+    man_bits = draw(st.integers(0 if exp_bits > 2 else 1, 10))
+    specials = draw(st.sampled_from(["ieee", "fn", "fnuz", "none"]))
+    if specials == "ieee" and exp_bits < 2:
+        specials = "fn"
+    return FloatFormat(exp_bits, man_bits, specials=specials,
+                       subnormals=draw(st.booleans()))
+
+
+@settings(max_examples=40, deadline=None)
+@given(fmt=_float_formats(), data=st.lists(st.floats(width=64), min_size=1, max_size=40),
+       rounding=st.sampled_from(ROUNDINGS), seed=st.integers(0, 2**64 - 1))
+def test_hypothesis_custom_formats(fmt, data, rounding, seed):
+    x = np.array(data, np.float64)
+    expected = quantize(x, fmt, rounding, seed=seed)
+    assert_same_bits(quantize(torch.from_numpy(x), fmt, rounding, seed=seed).numpy(), expected, x)
