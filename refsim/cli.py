@@ -14,6 +14,13 @@ def _train(args: argparse.Namespace) -> int:
     from refsim.nn.numerics import load_numerics
     from refsim.nn.train import TrainConfig, print_summary, train
 
+    if args.threads is not None:
+        import numba
+
+        if not 1 <= args.threads <= numba.config.NUMBA_NUM_THREADS:
+            raise ValueError(f"--threads must be in [1, {numba.config.NUMBA_NUM_THREADS}]; "
+                             f"got {args.threads}")
+        numba.set_num_threads(args.threads)
     numerics = load_numerics(args.numerics)
     config = TrainConfig(model=args.model, epochs=args.epochs, seed=args.seed,
                          batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
@@ -48,6 +55,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="store weights in this format, updated with stochastic rounding")
     p.add_argument("--task", choices=TASKS, default="copy", help="transformer task")
     p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None,
+                   help="Numba threads (default: all; 1 is faster for these small products on "
+                   "a busy machine; results never depend on it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 

@@ -9,7 +9,9 @@ Usage rules:
     (the next token) where mask is True (the answer positions only).
       copy:     x_1..x_n SEP x_1..x_n         (answer: the second half)
       reversal: x_1..x_n SEP x_n..x_1
-      modadd:   a b SEP (a + b) mod p         (answer: the last token; p = vocab)
+      modadd:   a b SEP (a + b) mod p         (answer: the last token; p = vocab; a quarter
+                                              of the p^2 problems, at most n_test, is held
+                                              out as the test set)
     Tokens x are uniform in [0, vocab); SEP is the token `vocab`, so the model needs vocab + 1
     token ids. The draws are a pure function of the seed.
 """
@@ -51,17 +53,16 @@ def digits(images: bool = False, n_test: int = 360) -> Split:
     return Split(x[n_test:], y[n_test:], x[:n_test], y[:n_test])
 
 
-def _sequences(name: str, n: int, length: int, vocab: int, rng: np.random.Generator):
-    sep = vocab
+def _pack(name: str, x: np.ndarray, vocab: int):
+    """(inputs, targets, mask) of the sequences built from the draws x."""
+    n = len(x)
+    sep = np.full((n, 1), vocab)
     if name == "modadd":
-        ab = rng.integers(0, vocab, size=(n, 2))
-        seq = np.column_stack([ab, np.full(n, sep), ab.sum(axis=1) % vocab])
+        seq = np.concatenate([x, sep, (x.sum(axis=1) % vocab)[:, None]], axis=1)
         answer_from = 3
     else:
-        x = rng.integers(0, vocab, size=(n, length))
-        tail = x if name == "copy" else x[:, ::-1]
-        seq = np.concatenate([x, np.full((n, 1), sep), tail], axis=1)
-        answer_from = length + 1
+        seq = np.concatenate([x, sep, x if name == "copy" else x[:, ::-1]], axis=1)
+        answer_from = x.shape[1] + 1
     inputs, targets = seq[:, :-1], seq[:, 1:]
     mask = np.zeros(targets.shape, bool)
     mask[:, answer_from - 1:] = True  # targets[:, j] is seq[:, j + 1]
@@ -77,6 +78,17 @@ def sequence_task(name: str, n_train: int = 4096, n_test: int = 512, length: int
         raise ValueError(f"sequence_task: need vocab >= 2 and length >= 1; got vocab={vocab}, "
                          f"length={length}")
     rng = np.random.default_rng([seed, TASKS.index(name)])
-    xi, yi, mi = _sequences(name, n_train + n_test, length, vocab, rng)
+    if name == "modadd":
+        # Only vocab^2 distinct problems: hold out a quarter of them, so the test set measures
+        # generalization; training draws (with replacement) from the rest.
+        pairs = rng.permutation(vocab * vocab)
+        held = max(1, len(pairs) // 4)
+        test = pairs[:min(held, n_test)]
+        train = rng.choice(pairs[held:], size=n_train)
+        draws = np.concatenate([train, test])
+        x = np.column_stack([draws // vocab, draws % vocab])
+    else:
+        x = rng.integers(0, vocab, size=(n_train + n_test, length))
+    xi, yi, mi = _pack(name, x, vocab)  # the test set is the rows after n_train
     return Split(xi[:n_train], yi[:n_train], xi[n_train:], yi[n_train:], mi[:n_train],
                  mi[n_train:])

@@ -142,6 +142,9 @@ def test_sequence_tasks(task):
         np.testing.assert_array_equal(answers, x[:, 3::-1])
     else:
         np.testing.assert_array_equal(answers[:, 0], (x[:, 0] + x[:, 1]) % 5)
+        seen = {tuple(row) for row in x[:, :2]}
+        held = {tuple(row) for row in split.x_test[:, :2]}
+        assert len(held) == 25 // 4 and not seen & held  # held-out problems
     with pytest.raises(ValueError, match="unknown sequence task"):
         sequence_task("sort")
 

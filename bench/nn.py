@@ -1,0 +1,155 @@
+"""refsim.nn: training time with every matrix product simulated, and where the time goes.
+
+    python -m bench.nn [--parts mlp cnn transformer] [--threads 2] [--limit 300]
+
+mlp: one epoch of the 64-128-10 MLP on digits (1,437 images, batch 32, SGD) under fp8.
+cnn: one epoch of the CNN (conv 1->8, pool, conv 8->16, pool, fc 64->10) under fp8.
+Both after two warm-up steps on a separate model (compilation), with a profile: seconds per
+product and role, and the split between operand Casts (refsim.quantize), accumulation (the rest
+of refsim.matmul) and everything else (autodiff, NumPy ops, optimizer).
+transformer: the tiny transformer under fp8 trained epoch by epoch on its synthetic task until
+the test accuracy reaches --target (or --limit seconds pass); prints the time to reach it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import time
+from collections import defaultdict
+
+import numba
+import numpy as np
+
+from refsim.nn import Context, preset
+from refsim.nn.train import TrainConfig, _loss, _optimizer, build, evaluate
+
+
+def _profile_seconds(profile: cProfile.Profile) -> dict[str, float]:
+    """Cumulative seconds of the simulated-GEMM entry points."""
+    wanted = {("quantize.py", "quantize"): "casts", ("accumulate.py", "matmul"): "matmul",
+              ("numerics.py", "run_product"): "products"}
+    out: dict[str, float] = defaultdict(float)
+    for (path, _, func), (_, _, _, cumulative, _) in pstats.Stats(profile).stats.items():
+        key = wanted.get((path.rsplit("/", 1)[-1], func))
+        if key is not None:
+            out[key] += cumulative
+    return out
+
+
+def epoch(config: TrainConfig, plan_name: str) -> None:
+    config = config.resolved()
+    plan = preset(plan_name)
+    warm, split = build(config)
+    warm_ctx = Context(plan, seed=config.seed)
+    warm_opt = _optimizer(config, warm)
+    for b in range(2):
+        idx = np.arange(b * config.batch_size, (b + 1) * config.batch_size)
+        warm_opt.zero_grad()
+        _loss(warm, warm_ctx, split.x_train[idx], split.y_train[idx], None)[1].backward()
+        warm_opt.step()
+    model, split = build(config)
+    trace: list = []
+    ctx = Context(plan, seed=config.seed, trace=trace)
+    opt = _optimizer(config, model)
+    n = len(split.y_train)
+    order = np.random.default_rng([config.seed, 0]).permutation(n)
+    profile = cProfile.Profile()
+    start, cpu_start = time.perf_counter(), time.process_time()
+    profile.enable()
+    for b in range(0, n, config.batch_size):
+        idx = order[b:b + config.batch_size]
+        opt.zero_grad()
+        _loss(model, ctx, split.x_train[idx], split.y_train[idx], None)[1].backward()
+        opt.step()
+        ctx.step += 1
+    profile.disable()
+    total = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start
+    ctx.trace = None
+    acc = evaluate(model, split, ctx)["test_accuracy"]
+    parts = _profile_seconds(profile)
+    print(f"\n### {config.model}, numerics {plan_name}: one epoch ({ctx.step} steps) "
+          f"{total:.2f} s wall ({cpu:.2f} s CPU, all threads), test accuracy after it "
+          f"{100 * acc:.1f}%\n")
+    print("| product | role | calls | MACs | seconds | ns/MAC |")
+    print("|---|---|---|---|---|---|")
+    rows: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0, 0.0])
+    for t in trace:
+        row = rows[(t["layer"], t["role"])]
+        row[0] += 1
+        row[1] += t["macs"]
+        row[2] += t["seconds"]
+    for (layer, role), (calls, macs, seconds) in rows.items():
+        print(f"| {layer} | {role} | {calls} | {macs:.3g} | {seconds:.2f} | "
+              f"{1e9 * seconds / macs:.0f} |")
+    products = parts["products"]
+    print(f"\nsimulated products {products:.2f} s ({100 * products / total:.0f}%): operand "
+          f"Casts (quantize) {parts['casts']:.2f} s, accumulation and the rest of matmul "
+          f"{parts['matmul'] - parts['casts']:.2f} s; outside the products (autodiff, NumPy "
+          f"ops, optimizer, profiler) {total - products:.2f} s "
+          f"({100 * (total - products) / total:.0f}%)")
+
+
+def transformer(plan_name: str, target: float, limit: float, task: str) -> None:
+    config = TrainConfig(model="transformer", task=task, length=8, vocab=10).resolved()
+    model, split = build(config)
+    plan = preset(plan_name)
+    ctx = Context(plan, seed=config.seed)
+    opt = _optimizer(config, model)
+    n = len(split.y_train)
+    start = time.perf_counter()
+    print(f"\n### transformer on {task} (length {config.length}, vocab {config.vocab}, "
+          f"{n} training sequences), numerics {plan_name}, target {100 * target:.0f}% answer "
+          f"tokens\n")
+    print("| epoch | steps | seconds | train loss | test token acc | test sequence acc |")
+    print("|---|---|---|---|---|---|")
+    epoch_index = 0
+    while time.perf_counter() - start < limit:
+        order = np.random.default_rng([config.seed, epoch_index]).permutation(n)
+        losses = []
+        for b in range(0, n, config.batch_size):
+            idx = order[b:b + config.batch_size]
+            opt.zero_grad()
+            loss = _loss(model, ctx, split.x_train[idx], split.y_train[idx],
+                         split.mask_train[idx])[1]
+            loss.backward()
+            opt.step()
+            ctx.step += 1
+            losses.append(float(loss.data))
+        result = evaluate(model, split, ctx)
+        seconds = time.perf_counter() - start
+        print(f"| {epoch_index + 1} | {ctx.step} | {seconds:.1f} | {np.mean(losses):.4f} | "
+              f"{100 * result['test_accuracy']:.2f}% | "
+              f"{100 * result['sequence_accuracy']:.2f}% |", flush=True)
+        epoch_index += 1
+        if result["test_accuracy"] >= target:
+            print(f"\nreached {100 * target:.0f}% in {seconds:.1f} s")
+            return
+    print(f"\nnot reached within {limit:.0f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", nargs="+", default=["mlp", "cnn", "transformer"],
+                        choices=["mlp", "cnn", "transformer"])
+    parser.add_argument("--numerics", default="fp8")
+    parser.add_argument("--threads", type=int, default=None, help="Numba threads (default: all)")
+    parser.add_argument("--target", type=float, default=0.99)
+    parser.add_argument("--limit", type=float, default=300.0)
+    parser.add_argument("--task", default="reversal")
+    args = parser.parse_args()
+    if args.threads is not None:
+        numba.set_num_threads(args.threads)
+    print(f"Numba threads: {numba.get_num_threads()}")
+    if "mlp" in args.parts:
+        epoch(TrainConfig(model="mlp", hidden=(128,)), args.numerics)
+    if "cnn" in args.parts:
+        epoch(TrainConfig(model="cnn"), args.numerics)
+    if "transformer" in args.parts:
+        transformer(args.numerics, args.target, args.limit, args.task)
+
+
+if __name__ == "__main__":
+    main()
