@@ -131,13 +131,14 @@ def _down_last(x, xb, y, exps, flags, lo, hi, base, nb, length, bs, c_man, c_bia
 
 
 @njit(parallel=True, cache=True)
-def _up_last(p, y, out, exps, lo, hi, base, nb, length, bs, elem_max, s_emin, pow_up):
+def _up_last(p, y, out, exps, lo, hi, base, nb, length, bs, elem_max, finite_max, s_emin,
+             pow_up):
     """Blocks lo..hi-1 along the last axis: out[i] = sat(p[i - base]) * 2^e (NaN blocks: NaN).
 
     p came from refsim.quantize with the default overflow policy (its fastest path); y is
-    finite, so an overflow is its only non-finite result, and sat() turns it into +-elem_max
-    with the sign of y: saturation. The product is exact where representable; beyond the
-    carrier it is +-Inf."""
+    finite, so an overflow is its only non-finite result (fixed point saturates by itself),
+    and sat() turns it into +-elem_max with the sign of y: saturation. The product is exact
+    where representable; beyond the carrier it is +-Inf."""
     for chunk in prange((hi - lo + _ITEMS - 1) // _ITEMS):
         for item in range(lo + chunk * _ITEMS, min(hi, lo + (chunk + 1) * _ITEMS)):
             first, stop = _span(item, nb, length, bs)
@@ -146,7 +147,7 @@ def _up_last(p, y, out, exps, lo, hi, base, nb, length, bs, elem_max, s_emin, po
             up = out.dtype.type(np.nan) if e == _NAN_EXP else pow_up[e - s_emin]
             for i in range(np.uint64(first), np.uint64(stop)):
                 v = p[i - ubase]
-                v = v if abs(v) <= elem_max else math.copysign(elem_max, y[i - ubase])
+                v = v if abs(v) <= finite_max else math.copysign(elem_max, y[i - ubase])
                 out[i] = v * up
 
 
@@ -172,7 +173,8 @@ def _down_strided(x, xb, y, exps, flags, nb, inner, length, bs, c_man, c_bias, i
 
 
 @njit(parallel=True, cache=True)
-def _up_strided(p, y, out, exps, nb, inner, length, bs, elem_max, s_emin, pow_up):
+def _up_strided(p, y, out, exps, nb, inner, length, bs, elem_max, finite_max, s_emin,
+                pow_up):
     """_up_last for blocks along any axis (p, y, out: x's size)."""
     for item in prange(exps.size):
         start, count, stride = _locate(item, nb, inner, length, bs)
@@ -181,7 +183,7 @@ def _up_strided(p, y, out, exps, nb, inner, length, bs, elem_max, s_emin, pow_up
         for t in range(count):
             idx = start + t * stride
             v = p[idx]
-            v = v if abs(v) <= elem_max else math.copysign(elem_max, y[idx])
+            v = v if abs(v) <= finite_max else math.copysign(elem_max, y[idx])
             out[idx] = v * up
 
 
@@ -281,6 +283,7 @@ def _pow2_blocks(x: np.ndarray, fmt: BlockFormat, axis: int, rounding: str,
     consts = (c_man, c_bias, inf_bits, _threshold(fmt, c_man), fmt.elem_emax, s_emin, s_emax,
               min_normal, pow_down)
     elem_max = x.dtype.type(fmt.elem_max)
+    finite_max = np.finfo(x.dtype).max  # only an overflow makes p non-finite
     if out is None or not out.flags.c_contiguous or np.shares_memory(out, x):
         out = np.empty_like(flat)
     else:
@@ -299,16 +302,18 @@ def _pow2_blocks(x: np.ndarray, fmt: BlockFormat, axis: int, rounding: str,
             quantize(y[:size], fmt.element, rounding, sr_bits=sr_bits, seed=seed, out=p[:size])
             if keep_p:
                 p_all = p.copy()
-            _up_last(p, y, out, exps, lo, hi, base, nb, length, bs, elem_max, s_emin, pow_up)
+            _up_last(p, y, out, exps, lo, hi, base, nb, length, bs, elem_max, finite_max, s_emin,
+                     pow_up)
     else:
         y = np.empty_like(flat)
         _down_strided(flat, xb, y, exps, flags, nb, inner, length, bs, *consts)
         p = quantize(y, fmt.element, rounding, sr_bits=sr_bits, seed=seed)
         if keep_p:
             p_all = p.copy()
-        _up_strided(p, y, out, exps, nb, inner, length, bs, elem_max, s_emin, pow_up)
+        _up_strided(p, y, out, exps, nb, inner, length, bs, elem_max, finite_max, s_emin,
+                    pow_up)
     if p_all is not None:  # saturate p as _up_* did
-        p_all = np.where(np.abs(p_all) <= elem_max, p_all, np.copysign(elem_max, y))
+        p_all = np.where(np.isfinite(p_all), p_all, np.copysign(elem_max, y))
     items = np.flatnonzero(flags)
     if items.size:
         _fix_lanes(flat, xb, out.view(utype), exps, items, nb, inner, length, bs, c_man, c_bias,
@@ -318,7 +323,10 @@ def _pow2_blocks(x: np.ndarray, fmt: BlockFormat, axis: int, rounding: str,
             e_full = _block_to_elements(exps.reshape(outer, nb, inner), bs, length).reshape(-1)
             fixed = _block_to_elements(np.isin(np.arange(n_items), items).reshape(
                 outer, nb, inner), bs, length).reshape(-1)
-            lanes = fixed & (np.abs(flat) < min_normal * np.ldexp(1.0, e_full))
+            e_full = np.where(e_full == _NAN_EXP, s_emin, e_full)
+            with np.errstate(all="ignore"):  # the same test as _down_*, in the carrier
+                low = np.abs(flat * pow_down[e_full - s_emin]) < min_normal
+            lanes = fixed & low & (flat != 0)
             p_all[lanes] = np.ldexp(out[lanes].astype(np.float64), -e_full[lanes])
     return out.reshape(x.shape), exps.reshape(outer, nb, inner), \
         None if p_all is None else p_all.reshape(x.shape)
