@@ -1,0 +1,73 @@
+"""`python -m validation`: the suite, golden vectors and their verification.
+
+    python -m validation [run] [--peers P ...] [--dtypes float32 float64] [--max-size N]
+    python -m validation golden --format F --rounding R --out DIR [--seed S] [--dtype D]
+    python -m validation verify DIR --candidate module:function
+
+`main(argv)` is the entry point (the `refsim validate` command calls it with its arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from validation.golden import verify_golden, write_golden
+from validation.run import format_table, run_suite
+from validation.suites import SUITES
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m validation", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="run every adapter on every input suite (the default)")
+    for p in (parser, run):
+        p.add_argument("--peers", nargs="+", default=None,
+                       help="peers to run (default: all): refsim-torch-cpu, torch-cast, "
+                            "ml_dtypes, gfloat, qtorch, torchao-mx")
+        p.add_argument("--dtypes", nargs="+", default=["float32", "float64"],
+                       choices=["float32", "float64"], help="input dtypes")
+        p.add_argument("--suites", nargs="+", default=list(SUITES), choices=list(SUITES))
+        p.add_argument("--max-size", type=int, default=1 << 13,
+                       help="inputs per suite at most (sampled; 0: all)")
+        p.add_argument("--quiet", action="store_true", help="no progress lines")
+    golden = sub.add_parser("golden", help="write golden vectors for a format and rounding")
+    golden.add_argument("--format", required=True, help="a format name (e4m3fn, bf16, ...)")
+    golden.add_argument("--rounding", required=True, help="rne, rna, rtz, rup, rdn, rto or sr")
+    golden.add_argument("--out", required=True, help="output directory")
+    golden.add_argument("--overflow", default="default")
+    golden.add_argument("--sr-bits", type=int, default=None)
+    golden.add_argument("--seed", type=int, default=0)
+    golden.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+    golden.add_argument("--size", type=int, default=1 << 14,
+                        help="inputs of the random suites")
+    verify = sub.add_parser("verify", help="check a function against golden vectors")
+    verify.add_argument("dir", help="a directory written by `golden`")
+    verify.add_argument("--candidate", required=True,
+                        help="module:function taking and returning a NumPy array")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0: no unexpected mismatch)."""
+    args = _parser().parse_args(argv)
+    if args.command == "golden":
+        path = write_golden(args.out, args.format, args.rounding, overflow=args.overflow,
+                            sr_bits=args.sr_bits, seed=args.seed, dtype=args.dtype,
+                            size=args.size)
+        print(f"wrote {path.parent}/golden.npz, golden.csv and {path.name}")
+        return 0
+    if args.command == "verify":
+        report = verify_golden(args.dir, args.candidate)
+        print(report)
+        print(f"{int(report.ok)} passed, {int(not report.ok)} failed")
+        return 0 if report.ok else 1
+    rows, skipped = run_suite(tuple(args.peers) if args.peers else None, tuple(args.dtypes),
+                              tuple(args.suites), args.max_size, progress=not args.quiet)
+    print(format_table(rows, skipped))
+    return 0 if all(row.ok for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+"""The one seam through which validation/ calls refsim.
+
+mypy checks formats/ and validation/ only (pyproject.toml): refsim is Numba code typed loosely.
+A static `from refsim import ...` would make mypy follow and check refsim as well, so the
+reference is looked up at run time here, as an untyped callable.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+
+def quantize(x: Any, fmt: Any, rounding: str = "rne", **kwargs: Any) -> Any:
+    """refsim.quantize (see its docstring)."""
+    return importlib.import_module("refsim").quantize(x, fmt, rounding, **kwargs)

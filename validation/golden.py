@@ -1,0 +1,123 @@
+"""Golden vectors: refsim's outputs for a format and rounding, written for third parties.
+
+Usage rules: `write_golden(out_dir, fmt, rounding, ...)` writes
+  - golden.npz: `inputs` and `outputs` (arrays of the input dtype);
+  - golden.csv: one line per element: index, input bits and output bits in hex;
+  - manifest.json: the request (format spec card, rounding, overflow, sr_bits, seed, dtype),
+    the refsim version, the suites used, the count and the SHA-256 of the two data files.
+`verify_golden(dir, candidate)` runs candidate(inputs) -> outputs (a NumPy array of the inputs'
+dtype) and compares them with the stored outputs bit for bit (validation.report.compare).
+A candidate is named on the command line as "module:function"; for stochastic rounding it is
+called as function(inputs, seed=seed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from formats import FloatFormat, Format, get_format
+from validation._refsim import quantize
+from validation.bits import _UNSIGNED
+from validation.report import Report, compare
+from validation.suites import SUITES, suite
+
+__all__ = ["load_candidate", "spec_card", "verify_golden", "write_golden"]
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("refsim")
+    except Exception:  # not installed as a distribution (a source checkout)
+        return "unknown"
+
+
+def spec_card(fmt: Format) -> dict[str, Any]:
+    """The format's fields and derived constants (hex floats), as in docs/formats.md."""
+    card: dict[str, Any] = {"name": fmt.name, "kind": "float" if isinstance(fmt, FloatFormat)
+                            else "fixed", "bits": fmt.bits}
+    card.update(dataclasses.asdict(fmt))
+    card["max"] = float(fmt.max).hex()
+    if isinstance(fmt, FloatFormat):
+        card.update(emin=fmt.emin, emax=fmt.emax, min_normal=float(fmt.min_normal).hex(),
+                    min_subnormal=float(fmt.min_subnormal).hex(), has_inf=fmt.has_inf,
+                    has_nan=fmt.has_nan)
+    return card
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_golden(out_dir: str | Path, fmt: Format | str, rounding: str, *,
+                 overflow: str = "default", sr_bits: int | None = None, seed: int = 0,
+                 dtype: str = "float64", suites: tuple[str, ...] = tuple(SUITES),
+                 size: int = 1 << 14) -> Path:
+    """Write golden vectors into out_dir (created if needed); returns the manifest's path."""
+    fmt_obj = get_format(fmt)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    inputs = np.concatenate([suite(name, fmt_obj, dtype, seed=seed, size=size) for name in suites])
+    outputs = np.asarray(quantize(inputs, fmt_obj, rounding, overflow=overflow, sr_bits=sr_bits,
+                                  seed=seed))
+    np.savez(out / "golden.npz", inputs=inputs, outputs=outputs)
+    utype = _UNSIGNED[inputs.dtype]
+    digits = inputs.dtype.itemsize * 2
+    with open(out / "golden.csv", "w") as f:
+        f.write("index,input,output\n")
+        for i, (x, y) in enumerate(zip(inputs.view(utype), outputs.view(utype), strict=True)):
+            f.write(f"{i},0x{int(x):0{digits}x},0x{int(y):0{digits}x}\n")
+    manifest = {
+        "refsim_version": _version(), "format": spec_card(fmt_obj), "rounding": rounding,
+        "overflow": overflow, "sr_bits": sr_bits, "seed": seed, "dtype": str(inputs.dtype),
+        "suites": list(suites), "count": int(inputs.size),
+        "sha256": {"golden.npz": _sha256(out / "golden.npz"),
+                   "golden.csv": _sha256(out / "golden.csv")},
+    }
+    path = out / "manifest.json"
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
+
+
+def load_candidate(spec: str) -> Callable[..., Any]:
+    """The function named "module:function" (dots allowed in both parts)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"candidate must be 'module:function'; got {spec!r}")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise TypeError(f"candidate {spec} is not callable")
+    return obj
+
+
+def verify_golden(golden_dir: str | Path, candidate: Callable[..., Any] | str) -> Report:
+    """Run the candidate on the stored inputs and compare with the stored outputs."""
+    path = Path(golden_dir)
+    manifest = json.loads((path / "manifest.json").read_text())
+    for name, digest in manifest["sha256"].items():
+        if _sha256(path / name) != digest:
+            raise ValueError(f"{path / name} does not match the SHA-256 in its manifest")
+    func = load_candidate(candidate) if isinstance(candidate, str) else candidate
+    with np.load(path / "golden.npz") as data:
+        inputs = data["inputs"]
+        outputs = data["outputs"]
+    if manifest["rounding"] == "sr":
+        got = func(inputs.copy(), seed=manifest["seed"])
+    else:
+        got = func(inputs.copy())
+    got = np.asarray(got)
+    if got.dtype != outputs.dtype or got.shape != outputs.shape:
+        raise ValueError(f"the candidate returned {got.dtype}{got.shape}; the golden outputs are "
+                         f"{outputs.dtype}{outputs.shape}")
+    label = f"{manifest['format']['name']}/{manifest['rounding']} ({path})"
+    return compare(got, outputs, inputs, name=label, fmt=manifest["format"]["name"])
