@@ -14,11 +14,12 @@ def _train(args: argparse.Namespace) -> int:
     from refsim.nn.numerics import load_numerics
     from refsim.nn.train import TrainConfig, print_summary, train
 
-    if args.threads is not None:
+    if args.threads != 0:
         import numba
 
         if not 1 <= args.threads <= numba.config.NUMBA_NUM_THREADS:
-            raise ValueError(f"--threads must be in [1, {numba.config.NUMBA_NUM_THREADS}]; "
+            raise ValueError(f"--threads must be 0 (Numba default) or in [1, "
+                             f"{numba.config.NUMBA_NUM_THREADS}]; "
                              f"got {args.threads}")
         numba.set_num_threads(args.threads)
     numerics = load_numerics(args.numerics)
@@ -55,9 +56,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="store weights in this format, updated with stochastic rounding")
     p.add_argument("--task", choices=TASKS, default="copy", help="transformer task")
     p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None,
-                   help="Numba threads (default: all; 1 is faster for these small products on "
-                   "a busy machine; results never depend on it)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="Numba threads (default 1: these products are small, and on a busy "
+                   "machine each parallel launch waits for a free core; 0: Numba's default). "
+                   "Results never depend on it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 
