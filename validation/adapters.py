@@ -240,6 +240,18 @@ def _unsigned_zero(x: np.ndarray, got: np.ndarray, expected: np.ndarray) -> np.n
     return (expected == 0) & np.signbit(expected) & (got == 0) & ~np.signbit(got)
 
 
+def _subnormal_one_step(fmt: str) -> Known:
+    """Where the input lies in the format's subnormal range and the peer is one step off."""
+    fmt_obj = get_format(fmt)
+
+    def mask(x: np.ndarray, got: np.ndarray, expected: np.ndarray) -> np.ndarray:
+        assert isinstance(fmt_obj, FloatFormat)
+        step = fmt_obj.min_subnormal
+        with np.errstate(invalid="ignore"):
+            return (np.abs(x) < fmt_obj.min_normal) & (np.abs(got - expected) == step)
+    return mask
+
+
 def _qtorch() -> list[Adapter]:
     import torch
     from qtorch.quant import float_quantize
@@ -252,9 +264,11 @@ def _qtorch() -> list[Adapter]:
     # FloatFormat(4, 3, specials="none") ("e4m3fin"); that format always saturates.
     fmt = FloatFormat(4, 3, specials="none").name
     return [Adapter("qtorch", fmt, "rne", run, dtypes=("float32",),
-                    known=_either(_ties(fmt), _nan_inf_to_max, _unsigned_zero),
+                    known=_either(_ties(fmt), _nan_inf_to_max, _unsigned_zero,
+                                  _subnormal_one_step(fmt)),
                     known_reason="rounds ties away from zero; maps NaN to a finite value; "
-                                 "gives +0 for -0 and negative underflow")]
+                                 "gives +0 for -0 and negative underflow; rounds some inputs "
+                                 "just below a tie up in the subnormal range")]
 
 
 def _torchao_mx() -> list[Adapter]:
