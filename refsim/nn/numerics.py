@@ -15,8 +15,10 @@ Usage rules:
     finite), likewise s_b, the product computed is s_a s_b * matmul(A / s_a, B / s_b, gemm):
     the divisions and the final multiplications are float64 (one rounding each), the result is
     rounded once to the operands' dtype. It needs Casts a and b and no out Cast. The int8 preset
-    uses it with a float64 accumulator: every partial sum of int8 x int8 products is an integer
-    below 2^53, so it is exact, as an int32 accumulator would be (for K < 2^31 / 127^2).
+    uses it with an e11m50 accumulator (51 significant bits): every partial sum of int8 x int8
+    products is an integer below 2^51, so it is exact, as an int32 accumulator would be (for
+    K < 2^31 / 127^2). Not fp64: refsim.matmul's fast path takes accumulators of at most 50
+    mantissa bits, and the exact core is about 25x slower.
   - Seeds: the GEMM of (layer, role) at training step `step` under run seed `seed` gets the seed
     `gemm_seed(seed, step, layer, role)`: the first uint64 word of NumPy's
     SeedSequence([seed, step, crc32(layer), role index]). refsim.matmul then uses that seed for
@@ -275,7 +277,7 @@ def _preset_table() -> dict[str, tuple[str, dict[str, Product]]]:
     bf16 = Product(GemmSpec(a=Cast("bf16"), b=Cast("bf16"), acc=AccumSpec("fp32"),
                             out=Cast("bf16")))
     int8 = Cast("int8", overflow="saturate")
-    int8_product = Product(GemmSpec(a=int8, b=int8, acc=AccumSpec("fp64")), scaling="tensor")
+    int8_product = Product(GemmSpec(a=int8, b=int8, acc=AccumSpec("e11m50")), scaling="tensor")
     return {
         "fp32": ("float32 operands, exact products, fp32 sequential accumulation (rne)",
                  dict.fromkeys(ROLES, fp32)),
@@ -288,7 +290,7 @@ def _preset_table() -> dict[str, tuple[str, dict[str, Product]]]:
         "fp8-chunk128": ("fp8 operands as in fp8, fp16 chunks of 128 promoted into fp32",
                          _fp8(AccumSpec("fp16", order="chunked", chunk=128, outer="fp32"))),
         "int8": ("int8 operands with per-tensor scales (rne, saturating), exact integer "
-                 "accumulation (fp64 accumulator)", dict.fromkeys(ROLES, int8_product)),
+                 "accumulation (e11m50 accumulator)", dict.fromkeys(ROLES, int8_product)),
         "numpy": ("NOT simulated: np.matmul in the operands' dtype (gradient checks, baseline)",
                   dict.fromkeys(ROLES, Product(None))),
     }

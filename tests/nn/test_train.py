@@ -28,6 +28,12 @@ def test_mlp_digits_fp32_reaches_95_and_fp8_is_within_2_points():
     assert fp8["test_accuracy"] >= fp32["test_accuracy"] - 0.02
 
 
+def test_transformer_learns_the_copy_task_in_one_epoch():
+    summary = train(TrainConfig(model="transformer", epochs=1), preset("fp8"))
+    assert summary["steps"] == 64
+    assert summary["test_accuracy"] >= 0.95
+
+
 def _weights(config: TrainConfig, plan) -> list[np.ndarray]:
     model, _ = build(config.resolved())
     train(config, plan, model=model)
