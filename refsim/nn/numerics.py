@@ -194,8 +194,13 @@ class Numerics:
 
     def with_layers(self, layers: Mapping[str, Mapping[str, Product] | Product],
                     name: str | None = None) -> Numerics:
-        """This plan with more layer patterns appended (they win over existing ones)."""
-        merged: dict[str, Any] = {**self.layers, **layers}
+        """This plan with more layer patterns appended, so they win over existing ones (a
+        pattern already present moves to the end, its roles updated by the new ones)."""
+        merged: dict[str, Any] = {k: v for k, v in self.layers.items() if k not in layers}
+        for pattern, roles in layers.items():
+            if isinstance(roles, Product):
+                roles = dict.fromkeys(ROLES, roles)
+            merged[pattern] = {**self.layers.get(pattern, {}), **roles}
         return Numerics(self.default, merged, name or self.name)
 
     def to_dict(self) -> dict[str, Any]:

@@ -88,8 +88,12 @@ class TrainConfig:
             raise ValueError(f"optimizer must be 'sgd' or 'adam'; got {self.optimizer!r}")
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r} (allowed: {', '.join(TASKS)})")
-        if not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ValueError(f"epochs must be a positive int; got {self.epochs!r}")
+        for key in ("epochs", "batch_size", "max_steps", "n_train", "length", "vocab"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{key} must be a positive int; got {value!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
 
     def resolved(self) -> TrainConfig:
         """The config with the model's defaults filled in."""

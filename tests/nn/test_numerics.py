@@ -96,6 +96,10 @@ def test_last_matching_pattern_wins_and_roles_fall_back():
     assert plan.product("fc1", "forward") == E2M1
     assert plan.product("fc2", "forward") == FP32
     assert plan.product("fc1", "backward-weight") == FP32
+    again = plan.with_layers({"fc*": {"backward-input": E2M1}})  # moves to the end, merged
+    assert list(again.layers) == ["fc2", "fc*"]
+    assert again.product("fc2", "forward") == E2M1
+    assert again.product("fc2", "backward-input") == E2M1
 
 
 TOML_PLAN = """

@@ -75,6 +75,15 @@ def test_models_train_a_step(model, tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["model"] == model
 
 
+def test_bad_config():
+    with pytest.raises(ValueError, match="batch_size must be a positive int; got 0"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="unknown model 'rnn'"):
+        TrainConfig(model="rnn")
+    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\); got 1.0"):
+        TrainConfig(dropout=1.0)
+
+
 def test_pattern_matching_no_product_fails_training():
     plan = preset("fp32").with_layers({"conv*": preset("bf16").default})
     with pytest.raises(ValueError, match="'conv\\*' matches no matrix product"):
