@@ -8,7 +8,8 @@ Both after two warm-up steps on a separate model (compilation), with a profile: 
 product and role, and the split between operand Casts (refsim.quantize), accumulation (the rest
 of refsim.matmul) and everything else (autodiff, NumPy ops, optimizer).
 transformer: the tiny transformer under fp8 trained epoch by epoch on its synthetic task until
-the test accuracy reaches --target (or --limit seconds pass); prints the time to reach it.
+the test sequence accuracy (every answer token right) reaches --target (or --limit seconds
+pass); prints the time to reach it and a profile of the first epoch.
 """
 
 from __future__ import annotations
@@ -69,10 +70,15 @@ def epoch(config: TrainConfig, plan_name: str) -> None:
     cpu = time.process_time() - cpu_start
     ctx.trace = None
     acc = evaluate(model, split, ctx)["test_accuracy"]
-    parts = _profile_seconds(profile)
     print(f"\n### {config.model}, numerics {plan_name}: one epoch ({ctx.step} steps) "
           f"{total:.2f} s wall ({cpu:.2f} s CPU, all threads), test accuracy after it "
           f"{100 * acc:.1f}%\n")
+    _report(trace, profile, total)
+
+
+def _report(trace: list, profile: cProfile.Profile, total: float) -> None:
+    """Seconds per product and role, and the split of the total (module docstring)."""
+    parts = _profile_seconds(profile)
     print("| product | role | calls | MACs | seconds | ns/MAC |")
     print("|---|---|---|---|---|---|")
     rows: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0, 0.0])
@@ -101,12 +107,18 @@ def transformer(plan_name: str, target: float, limit: float, task: str) -> None:
     n = len(split.y_train)
     start = time.perf_counter()
     print(f"\n### transformer on {task} (length {config.length}, vocab {config.vocab}, "
-          f"{n} training sequences), numerics {plan_name}, target {100 * target:.0f}% answer "
-          f"tokens\n")
+          f"{n} training sequences), numerics {plan_name}, target: {100 * target:.0f}% of the "
+          f"test sequences with every answer token right\n")
     print("| epoch | steps | seconds | train loss | test token acc | test sequence acc |")
     print("|---|---|---|---|---|---|")
     epoch_index = 0
+    trace: list = []
+    profile = cProfile.Profile()
+    first = 0.0
     while time.perf_counter() - start < limit:
+        if epoch_index == 0:
+            ctx.trace = trace
+            profile.enable()
         order = np.random.default_rng([config.seed, epoch_index]).permutation(n)
         losses = []
         for b in range(0, n, config.batch_size):
@@ -118,16 +130,23 @@ def transformer(plan_name: str, target: float, limit: float, task: str) -> None:
             opt.step()
             ctx.step += 1
             losses.append(float(loss.data))
+        if epoch_index == 0:
+            profile.disable()
+            ctx.trace = None
+            first = time.perf_counter() - start
         result = evaluate(model, split, ctx)
         seconds = time.perf_counter() - start
         print(f"| {epoch_index + 1} | {ctx.step} | {seconds:.1f} | {np.mean(losses):.4f} | "
               f"{100 * result['test_accuracy']:.2f}% | "
               f"{100 * result['sequence_accuracy']:.2f}% |", flush=True)
         epoch_index += 1
-        if result["test_accuracy"] >= target:
+        if result["sequence_accuracy"] >= target:
             print(f"\nreached {100 * target:.0f}% in {seconds:.1f} s")
-            return
-    print(f"\nnot reached within {limit:.0f} s")
+            break
+    else:
+        print(f"\nnot reached within {limit:.0f} s")
+    print(f"\nprofile of the first epoch ({first:.2f} s, compilation included):\n")
+    _report(trace, profile, first)
 
 
 def main() -> None:
