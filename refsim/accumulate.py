@@ -27,8 +27,10 @@ from numba import njit, prange
 from formats import FloatFormat, Format
 from formats.policy import OVERFLOWS, ROUNDINGS, check_seed
 from refsim import accum_core as ac
+from refsim.backends import cpu_gemm
 from refsim.blocks import cast_operand
 from refsim.params import CARRIERS, carrier_holds, format_params
+from refsim.quantize import quantize
 from refsim.specs import MULTITERM_VARIANTS, ORDERS, AccumSpec, Cast, GemmSpec
 
 __all__ = ["COUNT_KEYS", "conv2d", "dot", "matmul", "sum"]
@@ -48,69 +50,75 @@ def _locate(flat, per_batch, n_cols):
 
 
 @njit(cache=True)
-def _store(out, counts, count_on, flat, bits, cnt, cast_on, cspec, seed):
-    """out[flat] = the cast value; counts[flat] = its events when count_on."""
-    out[flat] = ac.cast_output(bits, cast_on, cspec, seed, flat)
+def _store(out, counts, count_on, i, flat, bits, cnt, cast_on, cspec, seed):
+    """out[i] = the cast value of output `flat`; counts[i] = its events when count_on."""
+    out[i] = ac.cast_output(bits, cast_on, cspec, seed, flat)
     if count_on:
-        counts[flat, 0] = cnt[0]
-        counts[flat, 1] = cnt[1]
-        counts[flat, 2] = cnt[2]
+        counts[i, 0] = cnt[0]
+        counts[i, 1] = cnt[1]
+        counts[i, 2] = cnt[2]
 
 
 @njit(parallel=True, cache=True)
-def _kernel_sequential(a, b, has_b, out, counts, count_on, chunk, spec, ospec, prod_on, pspec,
-                       cast_on, cspec, mt, seed):
-    """Every output (p, m, n), parallel over outputs only; likewise the other _kernel_*."""
+def _kernel_sequential(a, b, has_b, todo, out, counts, count_on, chunk, spec, ospec, prod_on,
+                       pspec, cast_on, cspec, mt, seed):
+    """The outputs whose flat indices are listed in todo (out[i] is output todo[i]), parallel over
+    outputs only; likewise the other _kernel_*."""
     n_cols = b.shape[1] if has_b else 1
-    for flat in prange(out.shape[0]):
+    for i in prange(todo.shape[0]):
+        flat = todo[i]
         p, m, n = _locate(flat, a.shape[1] * n_cols, n_cols)
         bits, cnt = ac.order_sequential(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec,
                                         mt, seed, flat)
-        _store(out, counts, count_on, flat, bits, cnt, cast_on, cspec, seed)
+        _store(out, counts, count_on, i, flat, bits, cnt, cast_on, cspec, seed)
 
 
 @njit(parallel=True, cache=True)
-def _kernel_pairwise(a, b, has_b, out, counts, count_on, chunk, spec, ospec, prod_on, pspec,
-                     cast_on, cspec, mt, seed):
+def _kernel_pairwise(a, b, has_b, todo, out, counts, count_on, chunk, spec, ospec, prod_on,
+                     pspec, cast_on, cspec, mt, seed):
     n_cols = b.shape[1] if has_b else 1
-    for flat in prange(out.shape[0]):
+    for i in prange(todo.shape[0]):
+        flat = todo[i]
         p, m, n = _locate(flat, a.shape[1] * n_cols, n_cols)
         bits, cnt = ac.order_pairwise(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec,
                                       mt, seed, flat)
-        _store(out, counts, count_on, flat, bits, cnt, cast_on, cspec, seed)
+        _store(out, counts, count_on, i, flat, bits, cnt, cast_on, cspec, seed)
 
 
 @njit(parallel=True, cache=True)
-def _kernel_chunked(a, b, has_b, out, counts, count_on, chunk, spec, ospec, prod_on, pspec,
-                    cast_on, cspec, mt, seed):
+def _kernel_chunked(a, b, has_b, todo, out, counts, count_on, chunk, spec, ospec, prod_on,
+                    pspec, cast_on, cspec, mt, seed):
     n_cols = b.shape[1] if has_b else 1
-    for flat in prange(out.shape[0]):
+    for i in prange(todo.shape[0]):
+        flat = todo[i]
         p, m, n = _locate(flat, a.shape[1] * n_cols, n_cols)
         bits, cnt = ac.order_chunked(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec,
                                      mt, seed, flat)
-        _store(out, counts, count_on, flat, bits, cnt, cast_on, cspec, seed)
+        _store(out, counts, count_on, i, flat, bits, cnt, cast_on, cspec, seed)
 
 
 @njit(parallel=True, cache=True)
-def _kernel_kahan(a, b, has_b, out, counts, count_on, chunk, spec, ospec, prod_on, pspec,
-                  cast_on, cspec, mt, seed):
+def _kernel_kahan(a, b, has_b, todo, out, counts, count_on, chunk, spec, ospec, prod_on,
+                  pspec, cast_on, cspec, mt, seed):
     n_cols = b.shape[1] if has_b else 1
-    for flat in prange(out.shape[0]):
+    for i in prange(todo.shape[0]):
+        flat = todo[i]
         p, m, n = _locate(flat, a.shape[1] * n_cols, n_cols)
         bits, cnt = ac.order_kahan(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec,
                                    mt, seed, flat)
-        _store(out, counts, count_on, flat, bits, cnt, cast_on, cspec, seed)
+        _store(out, counts, count_on, i, flat, bits, cnt, cast_on, cspec, seed)
 
 
 @njit(parallel=True, cache=True)
-def _kernel_multiterm(a, b, has_b, out, counts, count_on, chunk, spec, ospec, prod_on, pspec,
-                      cast_on, cspec, mt, seed):
+def _kernel_multiterm(a, b, has_b, todo, out, counts, count_on, chunk, spec, ospec, prod_on,
+                      pspec, cast_on, cspec, mt, seed):
     n_cols = b.shape[1] if has_b else 1
-    for flat in prange(out.shape[0]):
+    for i in prange(todo.shape[0]):
+        flat = todo[i]
         p, m, n = _locate(flat, a.shape[1] * n_cols, n_cols)
         bits, cnt = ac.order_multiterm(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec,
                                        mt, seed, flat)
-        _store(out, counts, count_on, flat, bits, cnt, cast_on, cspec, seed)
+        _store(out, counts, count_on, i, flat, bits, cnt, cast_on, cspec, seed)
 
 
 _KERNELS = {
@@ -180,8 +188,35 @@ def _result_dtype(fmt: Format, dtypes: list[np.dtype]) -> np.dtype:
 
 def _run(a3: np.ndarray, b3: np.ndarray | None, acc: AccumSpec, cast: Cast | None,
          seed: int, count_on: bool = False) -> tuple[np.ndarray, dict[str, int]]:
-    """The kernel on a (P, M, K) and b (P, N, K) (or None): float64 values (P, M, N) and the
-    event counts summed over all outputs (zeros unless count_on)."""
+    """The reduction of a (P, M, K) with b (P, N, K) (or of a alone): float64 values (P, M, N) and
+    the event counts summed over all outputs (zeros unless count_on).
+
+    The fast path (refsim.backends.cpu_gemm) computes what it can; the exact core computes the
+    rest: every output when the fast path does not apply, else only the outputs it left (NaN).
+    """
+    n_cols = 1 if b3 is None else b3.shape[1]
+    shape = (a3.shape[0], a3.shape[1], n_cols)
+    fast = cpu_gemm.plan(a3, b3, acc, cast, count_on)
+    if fast is not None:
+        assert b3 is not None
+        raw = cpu_gemm.run(fast, a3, b3)
+        todo = np.flatnonzero(np.isnan(raw))
+        values = raw if cast is None else quantize(raw, cast.fmt, cast.rounding,
+                                                   overflow=cast.overflow)
+        if todo.size == 0:
+            return values, dict.fromkeys(COUNT_KEYS, 0)
+    else:
+        values = np.empty(shape, np.float64)
+        todo = np.arange(values.size, dtype=np.int64)
+    exact, events = _run_exact(a3, b3, acc, cast, seed, count_on, todo)
+    values.reshape(-1)[todo] = exact
+    return values, events
+
+
+def _run_exact(a3: np.ndarray, b3: np.ndarray | None, acc: AccumSpec, cast: Cast | None,
+               seed: int, count_on: bool, todo: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
+    """The exact core on the outputs whose flat indices are `todo`: their float64 values and the
+    event counts summed over them."""
     spec = _spec_tuple(acc.fmt, acc.rounding, acc.overflow, acc.sr_bits)
     outer = acc.outer_spec
     ospec = _spec_tuple(outer.fmt, outer.rounding, outer.overflow, outer.sr_bits)
@@ -195,20 +230,18 @@ def _run(a3: np.ndarray, b3: np.ndarray | None, acc: AccumSpec, cast: Cast | Non
     has_b = b3 is not None
     if b3 is None:
         b_bits = np.zeros((1, 1, 1), np.uint64)
-        n_cols = 1
     else:
         b_bits = np.ascontiguousarray(b3, dtype=np.float64).view(np.uint64)
-        n_cols = b3.shape[1]
-    size = a3.shape[0] * a3.shape[1] * n_cols
-    out = np.empty(size, np.uint64)
-    counts = np.zeros((size if count_on else 0, 3), np.int64)
+    out = np.empty(todo.size, np.uint64)
+    counts = np.zeros((todo.size if count_on else 0, 3), np.int64)
     mt = (np.int64(acc.group or 1), np.int64(acc.width or 1),
           np.int64(MULTITERM_VARIANTS.index(acc.variant) if acc.variant else 0))
-    _KERNELS[acc.order](a_bits, b_bits, has_b, out, counts, count_on, np.int64(acc.chunk or 0),
-                        spec, ospec, prod_on, pspec, cast_on, cspec, mt, np.uint64(seed))
+    _KERNELS[acc.order](a_bits, b_bits, has_b, todo, out, counts, count_on,
+                        np.int64(acc.chunk or 0), spec, ospec, prod_on, pspec, cast_on, cspec, mt,
+                        np.uint64(seed))
     totals = counts.sum(axis=0)
     events = {key: int(totals[i]) for i, key in enumerate(COUNT_KEYS)}
-    return out.view(np.float64).reshape(a3.shape[0], a3.shape[1], n_cols), events
+    return out.view(np.float64), events
 
 
 def _result_format(acc: AccumSpec, cast: Cast | None) -> Format:

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 
 from formats import Format
-from refsim.backends import cpu, cuda
+from refsim.backends import cpu, cuda, lane
 from refsim.params import CARRIERS, resolve
 
 
@@ -71,7 +71,7 @@ def quantize(x, fmt: Format | str, rounding: str = "rne", *, overflow: str = "de
     else:
         dst_array = np.empty(x.shape, x.dtype)
     dst = dst_array.reshape(-1).view(utype)
-    fast = cpu.fast_constants(params, c_man, c_bias, mode, ovf)
+    fast = lane.fast_constants(params, c_man, c_bias, mode, ovf)
     cpu.KERNELS[mode](src, dst, c_man, c_bias, params, fast, ovf, bits, np.uint64(seed_value))
     if out is None:
         return dst_array
