@@ -189,7 +189,7 @@ class _Carrier:
 
 # ---- rounding -----------------------------------------------------------------------------------
 def _sr_up(rem: torch.Tensor, shift: torch.Tensor, sr_bits: int, word0: torch.Tensor,
-           seed: int, index: torch.Tensor) -> torch.Tensor:
+           seed: int, index: torch.Tensor, step: int = 0, tag: int = 0) -> torch.Tensor:
     """refsim.core.sr_round_up for every lane (rem > 0, shift >= 1), vectorized; later words are
     drawn only for the lanes whose chunks tie."""
     if sr_bits > 0:
@@ -222,10 +222,10 @@ def _sr_up(rem: torch.Tensor, shift: torch.Tensor, sr_bits: int, word0: torch.Te
         j += 1
         lanes = live.nonzero().squeeze(-1)
         word = torch.zeros_like(word)
-        word[lanes] = _words_at(index[lanes], seed, j)
+        word[lanes] = _words_at(index[lanes], seed, j, step, tag)
 
 
-def _round_magnitude(sig, shift, negative, mode, sr_bits, word0, seed, index):
+def _round_magnitude(sig, shift, negative, mode, sr_bits, word0, seed, index, stream=(0, 0)):
     """refsim.core.round_magnitude on tensors: (n, inexact)."""
     left = (-shift).clamp(0, 62)
     s = shift.clamp(0, 62)
@@ -256,17 +256,17 @@ def _round_magnitude(sig, shift, negative, mode, sr_bits, word0, seed, index):
         if bool(inexact.any()):
             lanes = inexact.nonzero().squeeze(-1)
             up[lanes] = _sr_up(rem[lanes], shift[lanes], sr_bits, word0[lanes], seed,
-                               index[lanes])
+                               index[lanes], *stream)
     return n + up.to(torch.int64), inexact
 
 
 def _round_float(carrier, negative, sig, lsb, top, fmt, params, mode, ovf, sr_bits, word0,
-                 seed, index):
+                 seed, index, stream=(0, 0)):
     """Finite nonzero inputs of a float format: refsim.core.quantize_bits's float branch."""
     man, emin, emax = fmt.man_bits, params[core.P_EMIN], params[core.P_EMAX]
     q_small = emin - man if fmt.subnormals else emin
     q = torch.where(top >= emin, top - man, torch.full_like(top, q_small))
-    n, _ = _round_magnitude(sig, q - lsb, negative, mode, sr_bits, word0, seed, index)
+    n, _ = _round_magnitude(sig, q - lsb, negative, mode, sr_bits, word0, seed, index, stream)
     zero = n == 0
     if fmt.zero:
         zero_bits = _zero_bits(carrier, negative, fmt)
@@ -326,7 +326,8 @@ def _fixed_limit(carrier, negative, fmt):
                        torch.full_like(negative, pos, dtype=torch.int64))
 
 
-def _round_fixed(carrier, negative, sig, lsb, top, fmt, mode, ovf, sr_bits, word0, seed, index):
+def _round_fixed(carrier, negative, sig, lsb, top, fmt, mode, ovf, sr_bits, word0, seed, index,
+                 stream=(0, 0)):
     """Finite nonzero inputs of a fixed-point format: refsim.core._round_fixed."""
     width = fmt.bits
     q = -fmt.frac_bits
@@ -335,7 +336,7 @@ def _round_fixed(carrier, negative, sig, lsb, top, fmt, mode, ovf, sr_bits, word
     q_t = torch.full_like(sig, q)
     limit_bits = _fixed_limit(carrier, negative, fmt)
     if ovf != core.OVF_WRAP:
-        n, _ = _round_magnitude(sig, shift, negative, mode, sr_bits, word0, seed, index)
+        n, _ = _round_magnitude(sig, shift, negative, mode, sr_bits, word0, seed, index, stream)
         if fmt.signed:
             limit = torch.where(negative, torch.full_like(n, 1 << (width - 1)),
                                 torch.full_like(n, fmt.k_max))
@@ -343,7 +344,7 @@ def _round_fixed(carrier, negative, sig, lsb, top, fmt, mode, ovf, sr_bits, word
             limit = torch.where(negative, torch.zeros_like(n), torch.full_like(n, fmt.k_max))
         value = carrier.encode(negative & (n != 0), n, q_t)
         return torch.where(huge | (n > limit), limit_bits, value)
-    n, _ = _round_magnitude(sig, shift, negative, mode, sr_bits, word0, seed, index)
+    n, _ = _round_magnitude(sig, shift, negative, mode, sr_bits, word0, seed, index, stream)
     left = -shift
     shifted = torch.where(left < 64, sig << left.clamp(0, 63), torch.zeros_like(sig))
     n_mod = torch.where(huge & (shift <= 0), shifted, n)
@@ -356,8 +357,14 @@ def _round_fixed(carrier, negative, sig, lsb, top, fmt, mode, ovf, sr_bits, word
 
 
 def _quantize_bits(bits: torch.Tensor, carrier: _Carrier, fmt: Format, params, mode: int,
-                   ovf: int, sr_bits: int, seed: int) -> torch.Tensor:
-    """refsim.core.quantize_bits for a flat int64 tensor of carrier patterns (all lanes)."""
+                   ovf: int, sr_bits: int, seed: int, step: int = 0, tag: int = 0
+                   ) -> torch.Tensor:
+    """refsim.core.quantize_bits for a flat int64 tensor of carrier patterns (all lanes).
+
+    step and tag select the random family (counter words 2 and 3): 0, 0 for refsim.quantize,
+    refsim.accum_core's (step, tag) for the roundings of an accumulation.
+    """
+    stream = (step, tag)
     negative = ((bits >> carrier.sign_shift) & 1) == 1
     a = bits & carrier.abs_mask
     efield = a >> carrier.man
@@ -369,7 +376,7 @@ def _quantize_bits(bits: torch.Tensor, carrier: _Carrier, fmt: Format, params, m
     lsb = torch.where(normal, efield, torch.ones_like(efield)) - carrier.bias - carrier.man
     top = torch.where(normal, efield - carrier.bias, lsb + _bitlen(mfield) - 1)
     index = torch.arange(bits.numel(), dtype=torch.int64, device=bits.device)
-    word0 = (random_words(seed, bits.numel(), 0, bits.device) if mode == core.SR
+    word0 = (random_words(seed, bits.numel(), 0, bits.device, step, tag) if mode == core.SR
              else torch.zeros_like(bits))
     # Specials and zeros get a harmless finite stand-in (1.0) for the arithmetic below; their
     # results are selected afterwards.
@@ -379,14 +386,14 @@ def _quantize_bits(bits: torch.Tensor, carrier: _Carrier, fmt: Format, params, m
     top = torch.where(stand_in, torch.zeros_like(top), top)
     if isinstance(fmt, FixedFormat):
         result = _round_fixed(carrier, negative, sig, lsb, top, fmt, mode, ovf, sr_bits, word0,
-                              seed, index)
+                              seed, index, stream)
         if ovf == core.OVF_WRAP:
             infinite = torch.full_like(bits, carrier.nan)
         else:
             infinite = _fixed_limit(carrier, negative, fmt)
     else:
         result = _round_float(carrier, negative, sig, lsb, top, fmt, params, mode, ovf, sr_bits,
-                              word0, seed, index)
+                              word0, seed, index, stream)
         if fmt.specials == "ieee":
             infinite = torch.where(negative, torch.full_like(bits, _signed(carrier.inf
                                                                           | carrier.sign)),
