@@ -39,10 +39,11 @@ def main() -> None:
         for mode in ("rne", "sr"):
             plain = median_seconds(lambda mode=mode: quantize(x, "e4m3fn", mode, out=out),
                                    args.repeat)
-            last = median_seconds(lambda mode=mode: quantize_blocks(x, "mxfp8_e4m3", mode),
+            last = median_seconds(lambda mode=mode: quantize_blocks(x, "mxfp8_e4m3", mode, out=out),
                                   args.repeat)
             first = median_seconds(
-                lambda mode=mode: quantize_blocks(x, "mxfp8_e4m3", mode, axis=0), args.repeat)
+                lambda mode=mode: quantize_blocks(x, "mxfp8_e4m3", mode, axis=0, out=out),
+                args.repeat)
             print(f"| {threads} | {mode} | {plain * 1e3:.1f} | {last * 1e3:.1f} | "
                   f"{plain / last:.2f} | {first * 1e3:.1f} | {plain / first:.2f} |")
 

@@ -90,7 +90,7 @@ def _block_exponent(amax, c_man, c_bias, inf_bits, threshold, elem_emax, s_emin,
 
 
 _ITEMS = 256  # blocks per parallel work item of the last-axis kernels
-_TILE = 1 << 18  # elements per tile of the last-axis path: y and p stay in cache
+_TILE = 1 << 20  # elements per tile of the last-axis path: y and p stay in (L2/L3) cache
 
 
 @njit(cache=True)

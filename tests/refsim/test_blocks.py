@@ -37,7 +37,7 @@ def same(a: np.ndarray, b: np.ndarray) -> bool:
 
 def data(seed: int, shape: tuple[int, ...], dtype, kind: str) -> np.ndarray:
     """Test inputs: 'normal' (N(0, 8)), 'wide' (magnitudes over the whole range, zeros, -0,
-    ties of the element grids), 'special' (NaN and Inf in some blocks)."""
+    ties of the element grids), 'special' (wide, with NaN and -Inf among the first 32)."""
     rng = np.random.default_rng(seed)
     n = int(np.prod(shape))
     if kind == "normal":
@@ -51,9 +51,9 @@ def data(seed: int, shape: tuple[int, ...], dtype, kind: str) -> np.ndarray:
         # dyadic values of few bits: ties of every element grid
         small = rng.random(n) < 0.3
         x[small] = rng.integers(-64, 64, small.sum()) / 8.0
-        if kind == "special":
-            x[rng.integers(0, n, 2)] = np.nan
-            x[rng.integers(0, n, 1)] = -np.inf
+        if kind == "special":  # in the first block (of 32) only: later blocks stay finite
+            x[rng.integers(0, min(n, 32), 2)] = np.nan
+            x[rng.integers(0, min(n, 32), 1)] = -np.inf
     with np.errstate(over="ignore"):
         return x.astype(dtype).reshape(shape)
 
@@ -146,13 +146,15 @@ def test_float32_overflow_past_fp32_is_inf():
 
 # ---- the twin -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", list(NAMED_BLOCKS))
-@pytest.mark.parametrize("rounding", ROUNDINGS)
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("rounding", "dtype"), [(mode, np.float32) for mode in ROUNDINGS]
+                         + [(mode, np.float64) for mode in ("rne", "rup", "sr")])
 def test_named_formats_against_twin(name, rounding, dtype):
+    """Every named format in every mode (float64 in three): N(0, 8) data, and data over the
+    whole exponent range with zeros, -0, ties, NaN and Inf, 40 long (a short last block)."""
     fmt = NAMED_BLOCKS[name]
     sr_bits = 8 if (rounding == "sr" and not fmt.pow2_scale) else None
-    for seed, kind in enumerate(("normal", "wide", "special")):
-        x = data(seed, (3, 40), dtype, kind)
+    for seed, kind in enumerate(("normal", "special")):
+        x = data(seed, (1, 40), dtype, kind)
         if not fmt.pow2_scale:  # the per-tensor scale is an fp32 value: amax / 2688 must fit
             x = np.where(np.abs(x) > 1e30, np.copysign(1e30, x), x).astype(dtype)
         got = quantize_blocks(x, fmt, rounding, sr_bits=sr_bits, seed=seed, return_codes=True)
@@ -162,6 +164,8 @@ def test_named_formats_against_twin(name, rounding, dtype):
                                          got.values[~same_mask(got.values, want)],
                                          want[~same_mask(got.values, want)])
         assert same(got.scales, scales) and got.tensor_scale == tensor_scale
+        # without codes, deterministic modes along the last axis take the one-pass kernel
+        assert same(quantize_blocks(x, fmt, rounding, sr_bits=sr_bits, seed=seed), want)
 
 
 def same_mask(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -169,15 +173,16 @@ def same_mask(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("rule", ["floor", "ceil", "even", "rceil"])
-@pytest.mark.parametrize("element", ["e4m3fn", "e5m2", "e2m1fn", "int8", "e3m2fn"])
+@pytest.mark.parametrize("element", ["e4m3fn", "e5m2", "e2m1fn", "int8", "e3m2fn", "e4m3fnuz"])
 def test_scale_rules_against_twin(rule, element):
     fmt = BlockFormat(element, 8, E8M0, rule)
-    for dtype in (np.float32, np.float64):
-        x = data(7, (5, 16), dtype, "wide")
-        for rounding in ("rne", "rup", "sr"):
+    for dtype, modes in ((np.float32, ("rne", "rto", "sr")), (np.float64, ("rna",))):
+        x = data(7, (3, 16), dtype, "wide")
+        for rounding in modes:
             got = quantize_blocks(x, fmt, rounding, seed=3, return_codes=True)
             want, scales, _ = quantize_blocks_exact(x, fmt, rounding, seed=3)
             assert same(got.values, want) and same(got.scales, scales)
+            assert same(quantize_blocks(x, fmt, rounding, seed=3), want)
 
 
 def test_nvfp4_rceil_against_twin():
@@ -197,6 +202,17 @@ def test_tiny_lanes_beside_huge_ones():
                     quantize_blocks_exact(x, "mxfp8_e4m3", rounding, seed=9)[0])
 
 
+def test_ties_at_the_smallest_quantum():
+    """x = 1.5 * 2^E around the scaled grid's smallest quantum 2^-9 (scale 1): at E = -9 the
+    kept bit is x's leading bit (odd), so rne rounds the tie up to 2^-8."""
+    for exp in range(-12, -5):
+        x = np.array([300.0, 1.5 * 2.0**exp, -1.5 * 2.0**exp, 2.5 * 2.0**exp], np.float32)
+        for rounding in ("rne", "rna", "rto", "rup", "rdn", "rtz"):
+            assert same(quantize_blocks(x, "mxfp8_e4m3", rounding),
+                        quantize_blocks_exact(x, "mxfp8_e4m3", rounding)[0]), (exp, rounding)
+    assert quantize_blocks(np.array([300, 1.5 * 2.0**-9], np.float32), "mxfp8_e4m3")[1] == 2**-8
+
+
 def test_codes_decode_to_values():
     x = data(5, (2, 64), np.float64, "normal")
     for name in NAMED_BLOCKS:
@@ -209,11 +225,12 @@ def test_codes_decode_to_values():
 
 
 # ---- axes, shapes, block sizes -----------------------------------------------------------------
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(shape=st.lists(st.integers(1, 7), min_size=1, max_size=3), data_=st.data(),
        block_size=st.integers(1, 9),
        element=st.sampled_from(["e4m3fn", "e2m1fn", "int8", "e5m2"]),
-       rounding=st.sampled_from(["rne", "rtz", "sr"]), dtype=st.sampled_from(["f4", "f8"]))
+       rounding=st.sampled_from(["rne", "rtz", "rdn", "sr"]),
+       dtype=st.sampled_from(["f4", "f8"]))
 def test_hypothesis_shapes_axes_blocks(shape, data_, block_size, element, rounding, dtype):
     axis = data_.draw(st.integers(-len(shape), len(shape) - 1))
     fmt = BlockFormat(element, block_size, E8M0, "floor", axis=axis)
@@ -221,6 +238,7 @@ def test_hypothesis_shapes_axes_blocks(shape, data_, block_size, element, roundi
     got = quantize_blocks(x, fmt, rounding, seed=1, return_codes=True)
     want, scales, _ = quantize_blocks_exact(x, fmt, rounding, seed=1)
     assert same(got.values, want) and same(got.scales, scales)
+    assert same(quantize_blocks(x, fmt, rounding, seed=1), want)
 
 
 @pytest.mark.parametrize("axis", [0, 1, 2, -1])
