@@ -29,7 +29,10 @@ __all__ = ["avg_pool2d", "causal_mask", "causal_self_attention", "conv2d", "cros
 # ---- matrix products ----------------------------------------------------------------------------
 def gemm(a: Tensor, b: Tensor, layer: str, ctx: Context) -> Tensor:
     """C = A @ B (batched as np.matmul); forward, backward-input dA = dC B^T and
-    backward-weight dB = A^T dC each under the plan's Product for `layer`."""
+    backward-weight dB = A^T dC each under the plan's Product for `layer`.
+
+    If an operand is broadcast over batch dimensions, its per-batch gradients are summed in
+    NumPy (not simulated); `linear` avoids that by folding the batch into the rows."""
     if a.ndim < 2 or b.ndim < 2 or a.shape[-1] != b.shape[-2]:
         raise ValueError(f"gemm {layer!r}: A of shape {a.shape} and B of shape {b.shape} do not "
                          "multiply (A's last dimension must equal B's second-to-last)")
