@@ -91,6 +91,21 @@ def test_plan_changes_exactly_the_products_it_names():
     assert not np.array_equal(model0.layers[2].weight.grad, model1.layers[2].weight.grad)
 
 
+def test_a_backward_weight_plan_changes_only_that_gradient():
+    base = Numerics(FP32, name="fp32")
+    plan = base.with_layers({"fc2": {"backward-weight": E2M1}})
+    taps0, _, model0 = _mlp_run(base)
+    taps1, _, model1 = _mlp_run(plan)
+    for name in ("fc1", "fc2", "fc3"):
+        np.testing.assert_array_equal(taps0[name], taps1[name])
+    for (name, p0), (_, p1) in zip(model0.named_parameters(), model1.named_parameters(),
+                                   strict=True):
+        if name == "layers1.weight":
+            assert not np.array_equal(p0.grad, p1.grad)
+        else:
+            np.testing.assert_array_equal(p0.grad, p1.grad, err_msg=name)
+
+
 def test_last_matching_pattern_wins_and_roles_fall_back():
     plan = Numerics(FP32, {"fc*": {"forward": E2M1}, "fc2": {"forward": FP32}})
     assert plan.product("fc1", "forward") == E2M1

@@ -3,6 +3,7 @@ optimizers against torch, data, and the `refsim train` command."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -82,6 +83,15 @@ def test_bad_config():
         TrainConfig(model="rnn")
     with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\); got 1.0"):
         TrainConfig(dropout=1.0)
+
+
+def test_progress_lines():
+    stream = io.StringIO()
+    train(TrainConfig(model="mlp", hidden=(8,), epochs=2, batch_size=720), preset("fp32"),
+          progress=stream)
+    lines = stream.getvalue().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+    assert "test accuracy" in lines[0]
 
 
 def test_pattern_matching_no_product_fails_training():
