@@ -321,7 +321,10 @@ def load_numerics(value: str | Path) -> Numerics:
         if not path.is_file():
             raise FileNotFoundError(f"numerics plan {text!r} does not exist")
         return Numerics.from_toml(path.read_text(), name=path.stem)
-    return preset(text)
+    try:
+        return preset(text)
+    except ValueError as exc:
+        raise ValueError(f"{exc}, or the path of a plan ending in .toml") from None
 
 
 # ---- seeds and the run context ------------------------------------------------------------------
