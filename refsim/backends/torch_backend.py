@@ -28,7 +28,7 @@ from refsim import core
 from refsim.params import resolve
 from refsim.rng import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1
 
-__all__ = ["philox4x64_10", "quantize", "random_words"]
+__all__ = ["philox4x64_10", "quantize", "random_words", "use_compiled"]
 
 _MIN64 = -(1 << 63)
 _M32 = 0xFFFFFFFF
@@ -407,6 +407,101 @@ def _quantize_bits(bits: torch.Tensor, carrier: _Carrier, fmt: Format, params, m
     return torch.where(is_nan, bits, result)
 
 
+# ---- the fast path -------------------------------------------------------------------------------
+FAST_PATH = True
+"""Use the fast path for the lanes it covers (tests switch it off to run the general path on
+every lane)."""
+
+
+def _widen(raw: torch.Tensor) -> torch.Tensor:
+    """Carrier patterns (int32 or int64) as zero-extended int64."""
+    if raw.dtype == torch.int32:
+        return raw.to(torch.int64) & 0xFFFFFFFF
+    return raw
+
+
+def _to_carrier(bits: torch.Tensor, itype: torch.dtype) -> torch.Tensor:
+    """Zero-extended int64 patterns back to the carrier's integer type."""
+    if itype == torch.int32:
+        return torch.where(bits >= 1 << 31, bits - (1 << 32), bits).to(torch.int32)
+    return bits
+
+
+def _fast_applies(fmt: Format, mode: int, ovf: int) -> bool:
+    return isinstance(fmt, FloatFormat) and fmt.signed and mode != core.SR
+
+
+def _fast_constants(carrier: _Carrier, fmt: FloatFormat, params, mode: int, ovf: int,
+                    itype: torch.dtype) -> tuple[int, ...]:
+    """(d, a_lo, inf, abs_mask, sign_bit, max_bits, ovf_pos, ovf_neg) as the carrier's signed
+    integers: the constants of _fast_kernel."""
+    def narrow(v: int) -> int:
+        return v - (1 << 32) if itype == torch.int32 and v >= 1 << 31 else v
+
+    e_lo = max(params[core.P_EMIN] + carrier.bias, 1)  # carrier exponent field of 2^emin
+    max_bits = carrier.encode_const(False, params[core.P_MAX_N],
+                                    params[core.P_EMAX] - fmt.man_bits)
+    over = _overflow_bits(carrier, torch.tensor([False, True]), fmt, params, mode, ovf).tolist()
+    sign_bit = _signed(carrier.sign) if itype == torch.int64 else -(1 << 31)
+    return (carrier.man - fmt.man_bits, e_lo << carrier.man, carrier.inf, carrier.abs_mask,
+            sign_bit, max_bits, narrow(over[0]), narrow(over[1]))
+
+
+def _fast_kernel(raw: torch.Tensor, mode: int, d: int, a_lo: int, inf: int, abs_mask: int,
+                 sign_bit: int, max_bits: int, ovf_pos: int, ovf_neg: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Round the lanes a_lo <= |x| < inf in the carrier's width; returns (result, lane mask).
+
+    There the quantum lies a constant d = c_man - man bits above the carrier's last bit, so
+    rounding is "add an increment below the kept bits, clear them": a carry out of the
+    significand runs into the exponent field by itself, and nothing underflows. Tensor ops
+    only (no calls into Numba), so torch.compile can fuse it into one loop.
+    """
+    a = raw & abs_mask
+    lane = (a >= a_lo) & (a < inf)
+    negative = raw < 0
+    mask = (1 << d) - 1
+    if mode == core.RTO:
+        magnitude = (a & ~mask) | (((a & mask) != 0).to(raw.dtype) << d)
+    else:
+        if mode == core.RNE:
+            inc = ((a >> d) & 1) + (mask >> 1) if d > 0 else torch.zeros_like(a)
+        elif mode == core.RNA:
+            inc = torch.full_like(a, (1 << d) >> 1)
+        elif mode == core.RTZ:
+            inc = torch.zeros_like(a)
+        elif mode == core.RUP:
+            inc = torch.where(negative, 0, mask).to(raw.dtype)
+        else:  # RDN
+            inc = torch.where(negative, mask, 0).to(raw.dtype)
+        magnitude = (a + inc) & ~mask
+    over = torch.where(negative, ovf_neg, ovf_pos).to(raw.dtype)
+    return torch.where(magnitude > max_bits, over, magnitude | (raw & sign_bit)), lane
+
+
+_KERNEL = _fast_kernel
+
+
+def use_compiled(enabled: bool = True) -> None:
+    """Run the fast path through torch.compile (fused into one loop; needs a C++ compiler on
+    CPU; the first call per mode and size compiles, about a minute) or eagerly (default)."""
+    global _KERNEL
+    _KERNEL = torch.compile(_fast_kernel, dynamic=True) if enabled else _fast_kernel
+
+
+def _fast_path(raw: torch.Tensor, carrier: _Carrier, fmt: FloatFormat, params, mode: int,
+               ovf: int) -> torch.Tensor:
+    """_fast_kernel where it applies; every other lane (zeros, the format's subnormal range,
+    carrier subnormals, Inf, NaN) goes through _quantize_bits."""
+    consts = _fast_constants(carrier, fmt, params, mode, ovf, raw.dtype)
+    result, lane = _KERNEL(raw, mode, *consts)
+    if not bool(lane.all()):
+        rest = (~lane).nonzero().squeeze(-1)
+        result[rest] = _to_carrier(_quantize_bits(_widen(raw[rest]), carrier, fmt, params, mode,
+                                                  ovf, 0, 0), raw.dtype)
+    return result
+
+
 # ---- public entry -------------------------------------------------------------------------------
 def quantize(x: torch.Tensor, fmt: Format | str, rounding: str = "rne", *,
              overflow: str = "default", sr_bits: int | None = None, seed: int = 0,
@@ -442,13 +537,13 @@ def quantize(x: torch.Tensor, fmt: Format | str, rounding: str = "rne", *,
     work = x.float() if x.dtype == torch.bfloat16 else x
     c_man, c_bias, itype = _CARRIER[work.dtype]
     carrier = _Carrier(c_man, c_bias)
-    flat = work.detach().contiguous().reshape(-1).view(itype).to(torch.int64)
-    if itype == torch.int32:
-        flat = flat & 0xFFFFFFFF
-    result = _quantize_bits(flat, carrier, fmt_obj, params, mode, ovf, bits_r, seed_value)
-    if itype == torch.int32:
-        result = torch.where(result >= 1 << 31, result - (1 << 32), result)
-    values = result.to(itype).view(work.dtype).reshape(x.shape)
+    raw = work.detach().contiguous().reshape(-1).view(itype)
+    if FAST_PATH and _fast_applies(fmt_obj, mode, ovf):
+        result = _fast_path(raw, carrier, fmt_obj, params, mode, ovf)
+    else:
+        result = _to_carrier(_quantize_bits(_widen(raw), carrier, fmt_obj, params, mode, ovf,
+                                            bits_r, seed_value), itype)
+    values = result.view(work.dtype).reshape(x.shape)
     if x.dtype == torch.bfloat16:
         values = values.to(torch.bfloat16)
     if out is None:
