@@ -494,7 +494,10 @@ def _fast_path(raw: torch.Tensor, carrier: _Carrier, fmt: FloatFormat, params, m
     """_fast_kernel where it applies; every other lane (zeros, the format's subnormal range,
     carrier subnormals, Inf, NaN) goes through _quantize_bits."""
     consts = _fast_constants(carrier, fmt, params, mode, ovf, raw.dtype)
-    result, lane = _KERNEL(raw, mode, *consts)
+    # With man_bits = 0 every significand n is 1, odd already: round to odd truncates there
+    # (setting "n's last bit" would set the exponent field's lowest bit instead).
+    kernel_mode = core.RTZ if mode == core.RTO and fmt.man_bits == 0 else mode
+    result, lane = _KERNEL(raw, kernel_mode, *consts)
     if not bool(lane.all()):
         rest = (~lane).nonzero().squeeze(-1)
         result[rest] = _to_carrier(_quantize_bits(_widen(raw[rest]), carrier, fmt, params, mode,

@@ -149,3 +149,10 @@ def test_general_path_alone_on_every_lane(name, monkeypatch):
     x = boundary_values(fmt, np.float32)
     x = x[np.random.default_rng(8).choice(x.size, min(x.size, 3000), replace=False)]
     _check_all_modes(x, fmt, sr_bits=(None,))
+
+
+def test_round_to_odd_without_mantissa_bits():
+    """man_bits = 0: every significand is 1 (odd), so rto truncates (found by hypothesis)."""
+    fmt = FloatFormat(5, 0, subnormals=False)
+    x = np.array([129.0, 3.0, -5.0, 0.75])
+    assert_same_bits(quantize(torch.from_numpy(x), fmt, "rto").numpy(), quantize(x, fmt, "rto"))
