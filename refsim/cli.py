@@ -1,5 +1,5 @@
-"""The `refsim` command: argparse with one sub-command per task (`train` for now; others add
-theirs with `add_parser`)."""
+"""The `refsim` command: argparse with one sub-command per task (`train`; `study`, registered by
+refsim.studies.cli; others add theirs with `add_parser`)."""
 
 from __future__ import annotations
 
@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "simulator for low-precision deep-learning numerics")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
+    from refsim.studies.cli import add_study_parser
+
+    add_study_parser(sub)
     return parser
 
 

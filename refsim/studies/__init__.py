@@ -1,0 +1,79 @@
+"""Factor studies: accumulation, usage frequency, depth, layer sensitivity, bit-width allocation.
+
+Usage rules:
+  - `run_study(name, out_dir, quick=..., overrides=...)` resolves the study's parameters
+    (refsim.studies.params), builds its grid of independent runs, runs them through
+    refsim.studies.executor (cached by full config under `cache_dir`, default out_dir/cache),
+    analyses the results and writes out_dir/results.json, results.csv, the plots and
+    report.md. It returns the results document (refsim.studies.report.SCHEMA).
+  - `run_all(out_dir, ...)` runs every study into out_dir/<name>/ (one shared cache,
+    out_dir/cache) and writes the combined out_dir/report.md.
+  - Each study module provides VERSION (bumped when its runs change meaning: it is part of
+    the cache key), TITLE, QUICK, FULL, check(params), grid(params), run_one(config),
+    analyze(params, configs, results) -> (rows, summary, findings), plot(summary, out_dir)
+    and section(doc).
+  - Guide: docs/studies.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+from refsim.studies.cache import Cache
+from refsim.studies.executor import run_grid
+from refsim.studies.params import resolve
+from refsim.studies.report import headline, write_report, write_study
+
+__all__ = ["STUDIES", "headline", "run_all", "run_study"]
+
+STUDIES = ("accumulation", "frequency", "depth", "sensitivity", "allocate")
+
+
+def _module(name: str):
+    if name not in STUDIES:
+        raise ValueError(f"unknown study {name!r} (allowed: {', '.join(STUDIES)}, or all)")
+    return importlib.import_module(f"refsim.studies.{name}")
+
+
+def run_study(name: str, out_dir: str | Path, *, quick: bool = False,
+              overrides: Mapping[str, Any] | None = None, executor: str = "process",
+              workers: int = 1, scheduler: str | None = None,
+              cache_dir: str | Path | None = None, use_cache: bool = True, plots: bool = True,
+              progress: TextIO | None = None) -> dict[str, Any]:
+    """Run one study and write its outputs (module docstring); returns its document."""
+    mod = _module(name)
+    params = resolve(name, mod.QUICK, mod.FULL, overrides, quick)
+    mod.check(params)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = Cache((out / "cache" if cache_dir is None else Path(cache_dir)) if use_cache
+                  else None)
+    start = time.perf_counter()
+    configs = mod.grid(params)
+    results, stats = run_grid(mod.run_one, configs, study=name, version=mod.VERSION,
+                              cache=cache, executor=executor, workers=workers,
+                              scheduler=scheduler, progress=progress)
+    rows, summary, findings = mod.analyze(params, configs, results)
+    plot_files = mod.plot(summary, out) if plots else []
+    doc = {"study": name, "title": mod.TITLE, "quick": quick, "params": params,
+           "grid": dict(stats), "rows": rows, "summary": summary, "findings": findings,
+           "plots": plot_files, "section": "", "seconds": 0.0}
+    doc["seconds"] = time.perf_counter() - start
+    doc["section"] = mod.section(doc)
+    write_study(out, doc)
+    return doc
+
+
+def run_all(out_dir: str | Path, *, quick: bool = False, studies: tuple[str, ...] = STUDIES,
+            progress: TextIO | None = None, **options: Any) -> tuple[list[dict[str, Any]], Path]:
+    """Every study into out_dir/<name>/ and the combined report; (documents, report path)."""
+    out = Path(out_dir)
+    options.setdefault("cache_dir", out / "cache")
+    start = time.perf_counter()
+    docs = [run_study(name, out / name, quick=quick, progress=progress, **options)
+            for name in studies]
+    return docs, write_report(out, docs, time.perf_counter() - start)

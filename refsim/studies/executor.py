@@ -1,0 +1,134 @@
+"""Run a grid of independent runs: serially, in local processes, or on a Dask cluster.
+
+Usage rules:
+  - `run_grid(fn, configs, ...)` calls fn(config) for every config not already in the cache
+    and returns the results in the order of `configs`. fn must be a module-level function (it
+    is pickled to the workers) that returns a JSON-serializable dict; results are cached as
+    each run finishes, so an interrupted grid resumes with the runs it lacks.
+  - executor "process" (the default): concurrent.futures.ProcessPoolExecutor with the spawn
+    start method (no fork of a process that may hold Numba's threads) and `workers`
+    processes, each limited to one Numba thread: the parallelism is across runs. workers=1
+    runs serially in this process. "dask": a dask.distributed Client connected to `scheduler`
+    (an address such as tcp://127.0.0.1:8786); dask is imported only then.
+  - A run is a pure function of its config, so results never depend on the executor, the
+    number of workers or the order of completion.
+  - Progress: one line on `progress` (a stream), redrawn in place on a terminal, else printed
+    at every quarter.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+from refsim.studies.cache import Cache, run_key
+
+__all__ = ["EXECUTORS", "GridStats", "run_grid"]
+
+EXECUTORS = ("process", "dask")
+
+
+class GridStats(dict):
+    """{"runs", "cached", "computed", "seconds"} of one grid."""
+
+
+class _Bar:
+    def __init__(self, stream: TextIO | None, total: int, label: str) -> None:
+        self.stream, self.total, self.label = stream, total, label
+        self.tty = bool(stream is not None and hasattr(stream, "isatty") and stream.isatty())
+        self.done = 0
+        self.cached = 0
+        self.start = time.perf_counter()
+        self.next_print = 0.25
+
+    def step(self, cached: bool = False) -> None:
+        self.done += 1
+        self.cached += cached
+        if self.stream is None:
+            return
+        frac = self.done / self.total if self.total else 1.0
+        line = (f"{self.label} [{'#' * int(24 * frac):<24}] {self.done}/{self.total} runs "
+                f"({self.cached} cached) {time.perf_counter() - self.start:.0f} s")
+        if self.tty:
+            self.stream.write("\r" + line + ("\n" if self.done == self.total else ""))
+            self.stream.flush()
+        elif frac >= self.next_print or self.done == self.total:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+            while self.next_print <= frac:
+                self.next_print += 0.25
+
+
+def _one_thread() -> None:
+    import numba
+
+    numba.set_num_threads(1)
+
+
+def _check(executor: str, workers: int, scheduler: str | None) -> None:
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}; got {executor!r}")
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"workers must be a positive int; got {workers!r}")
+    if executor == "dask" and not scheduler:
+        raise ValueError("executor 'dask' needs a scheduler address (--scheduler ADDR, e.g. "
+                         "tcp://127.0.0.1:8786)")
+
+
+def run_grid(fn: Callable[[dict[str, Any]], dict[str, Any]], configs: Sequence[dict[str, Any]],
+             *, study: str, version: int, cache: Cache, executor: str = "process",
+             workers: int = 1, scheduler: str | None = None,
+             progress: TextIO | None = None) -> tuple[list[dict[str, Any]], GridStats]:
+    """Results of fn over configs, in order, and the grid's statistics (module docstring)."""
+    _check(executor, workers, scheduler)
+    start = time.perf_counter()
+    keys = [run_key(study, version, c) for c in configs]
+    results: list[dict[str, Any] | None] = [cache.get(k) for k in keys]
+    todo = [i for i, r in enumerate(results) if r is None]
+    bar = _Bar(progress, len(configs), study)
+    for _ in range(len(configs) - len(todo)):
+        bar.step(cached=True)
+
+    def finish(i: int, result: dict[str, Any]) -> None:
+        results[i] = result
+        cache.put(keys[i], dict(configs[i]), result)
+        bar.step()
+
+    if todo and executor == "dask":
+        _run_dask(fn, configs, todo, scheduler, finish)
+    elif todo and workers == 1:
+        for i in todo:
+            finish(i, fn(dict(configs[i])))
+    elif todo:
+        ctx = multiprocessing.get_context("spawn")
+        with cf.ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
+                                    initializer=_one_thread) as pool:
+            futures = {pool.submit(fn, dict(configs[i])): i for i in todo}
+            try:
+                for fut in cf.as_completed(futures):
+                    finish(futures[fut], fut.result())
+            except BaseException:
+                for fut in futures:
+                    fut.cancel()
+                raise
+    stats = GridStats(runs=len(configs), cached=len(configs) - len(todo), computed=len(todo),
+                      seconds=time.perf_counter() - start)
+    return [r for r in results if r is not None], stats
+
+
+def _run_dask(fn, configs, todo, scheduler, finish) -> None:
+    try:
+        from dask.distributed import Client, as_completed
+    except ImportError as exc:
+        raise ValueError("executor 'dask' needs dask[distributed] installed (pip install "
+                         f"'refsim[dask]'): {exc}") from None
+    with Client(scheduler) as client:
+        futures = {}
+        for i in todo:
+            # pure=False: the cache, not Dask, decides what is recomputed.
+            futures[client.submit(fn, dict(configs[i]), pure=False)] = i
+        for fut in as_completed(list(futures)):
+            finish(futures[fut], fut.result())

@@ -1,0 +1,150 @@
+"""Study outputs: results.json, results.csv, plots (matplotlib, Agg) and report.md.
+
+Usage rules:
+  - A study's document (results.json) has the keys of SCHEMA: study, title, quick, params,
+    grid (runs, cached, computed, seconds), rows (flat dicts, also written as results.csv),
+    summary (study-specific numbers), findings (claim, supported: true / false / null when the
+    run cannot tell, evidence with the numbers), plots (PNG file names) and section (the
+    markdown section of report.md). `validate(doc)` lists what does not match.
+  - Non-finite floats are written as null (JSON has no NaN or Infinity).
+  - matplotlib is an optional extra ("plots"): `pyplot()` imports it lazily with the Agg
+    backend and says how to install it when it is missing.
+  - `write_report(out_dir, docs)` writes the combined report.md of `refsim study all`: the
+    conclusions first (every finding with its evidence), then each study's section, with the
+    plots linked by relative paths.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SCHEMA", "clean", "headline", "pyplot", "validate", "write_report", "write_study"]
+
+SCHEMA: dict[str, type | tuple[type, ...]] = {
+    "study": str, "title": str, "quick": bool, "params": dict, "grid": dict, "rows": list,
+    "summary": dict, "findings": list, "plots": list, "section": str, "seconds": (int, float),
+}
+GRID_KEYS = ("runs", "cached", "computed", "seconds")
+FINDING_KEYS = {"id": str, "claim": str, "supported": (bool, type(None)), "evidence": str}
+
+
+def clean(obj: Any) -> Any:
+    """obj with non-finite floats replaced by None and tuples by lists (JSON-safe)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [clean(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, str):  # NumPy scalars
+        return clean(obj.item())
+    return obj
+
+
+def validate(doc: Any) -> list[str]:
+    """The ways `doc` differs from SCHEMA (empty when it matches)."""
+    if not isinstance(doc, dict):
+        return [f"document must be an object; got {type(doc).__name__}"]
+    problems = []
+    for key, kind in SCHEMA.items():
+        if key not in doc:
+            problems.append(f"missing key {key!r}")
+        elif not isinstance(doc[key], kind) or (kind is not bool and isinstance(doc[key], bool)
+                                                 and key != "quick"):
+            problems.append(f"{key!r} must be {kind}; got {type(doc[key]).__name__}")
+    if isinstance(doc.get("grid"), dict):
+        problems += [f"grid lacks {key!r}" for key in GRID_KEYS if key not in doc["grid"]]
+    for i, row in enumerate(doc.get("rows", []) if isinstance(doc.get("rows"), list) else []):
+        if not isinstance(row, dict) or any(isinstance(v, dict | list) for v in row.values()):
+            problems.append(f"rows[{i}] must be a flat object")
+            break
+    for i, f in enumerate(doc.get("findings", []) if isinstance(doc.get("findings"), list)
+                          else []):
+        for key, kind in FINDING_KEYS.items():
+            if not isinstance(f, dict) or key not in f or not isinstance(f[key], kind):
+                problems.append(f"findings[{i}].{key} must be {kind}")
+    plots = doc.get("plots") if isinstance(doc.get("plots"), list) else []
+    problems += [f"plot {name!r} is not a .png file name" for name in plots
+                 if not (isinstance(name, str) and name.endswith(".png"))]
+    return problems
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise ValueError("plots need matplotlib: pip install 'refsim[plots]' (or run with "
+                         "--no-plots)") from None
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_study(out_dir: Path, doc: dict[str, Any]) -> None:
+    """results.json, results.csv and report.md (the section) of one study."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(clean(doc), indent=1) + "\n")
+    rows = clean(doc["rows"])
+    names: list[str] = []
+    for row in rows:
+        names += [k for k in row if k not in names]
+    with (out_dir / "results.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=names, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    (out_dir / "report.md").write_text(doc["section"])
+
+
+def _mark(supported: bool | None) -> str:
+    return {True: "SUPPORTED", False: "NOT SUPPORTED", None: "UNDECIDED"}[supported]
+
+
+def headline(docs: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per finding: verdict, claim and evidence."""
+    return [f"[{_mark(f['supported'])}] {f['claim']} -- {f['evidence']}"
+            for doc in docs for f in doc["findings"] if f["id"] in PAPER_FINDINGS]
+
+
+PAPER_FINDINGS = ("accumulation", "frequency", "depth", "allocation")
+"""Finding ids of the paper's three findings and its allocation claim (REFERENCES.md)."""
+
+
+def write_report(out_dir: Path, docs: Sequence[dict[str, Any]], seconds: float,
+                 appendix: str = "") -> Path:
+    """The combined report.md of several studies (each in out_dir/<study>/), then `appendix`."""
+    mode = ("quick mode (small grids: read the numbers as a smoke test of the method)"
+            if any(d["quick"] for d in docs) else "full mode")
+    lines = ["# refsim factor studies", "",
+             f"Studies: {', '.join(d['study'] for d in docs)}; "
+             f"{mode}; "
+             f"{seconds:.0f} s in all. Every number below comes from this run "
+             "(results.json in each study's folder).", "",
+             "## Conclusions", "",
+             "The paper (Shen, Lai & Zhang 2024) reports three findings and an allocation claim. "
+             "For each, this run's verdict:", ""]
+    paper = [f for d in docs for f in d["findings"] if f["id"] in PAPER_FINDINGS]
+    lines += [f"- **{_mark(f['supported'])}** — {f['claim']}: {f['evidence']}"
+              for f in sorted(paper, key=lambda f: PAPER_FINDINGS.index(f["id"]))]
+    lines += [f"- **NOT RUN** — the {i} finding: its study was not part of this run."
+              for i in PAPER_FINDINGS if i not in {f["id"] for f in paper}]
+    others = [f for d in docs for f in d["findings"] if f["id"] not in PAPER_FINDINGS]
+    if others:
+        lines += ["", "Checks of the underlying numerics:", ""]
+        lines += [f"- **{_mark(f['supported'])}** — {f['claim']}: {f['evidence']}"
+                  for f in others]
+    for d in docs:
+        section = d["section"].replace("](", f"]({d['study']}/")
+        lines += ["", section.rstrip()]
+    if appendix:
+        lines += ["", appendix.rstrip()]
+    path = out_dir / "report.md"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
