@@ -28,6 +28,7 @@ from formats import FloatFormat, Format
 from formats.policy import OVERFLOWS, ROUNDINGS, check_seed
 from refsim import accum_core as ac
 from refsim.backends import cpu_gemm
+from refsim.backends.threads import NS_PER_EXACT_MAC, threads_for
 from refsim.blocks import cast_operand
 from refsim.params import CARRIERS, carrier_holds, format_params
 from refsim.quantize import quantize
@@ -236,9 +237,10 @@ def _run_exact(a3: np.ndarray, b3: np.ndarray | None, acc: AccumSpec, cast: Cast
     counts = np.zeros((todo.size if count_on else 0, 3), np.int64)
     mt = (np.int64(acc.group or 1), np.int64(acc.width or 1),
           np.int64(MULTITERM_VARIANTS.index(acc.variant) if acc.variant else 0))
-    _KERNELS[acc.order](a_bits, b_bits, has_b, todo, out, counts, count_on,
-                        np.int64(acc.chunk or 0), spec, ospec, prod_on, pspec, cast_on, cspec, mt,
-                        np.uint64(seed))
+    with threads_for(todo.size * a3.shape[2] * NS_PER_EXACT_MAC):
+        _KERNELS[acc.order](a_bits, b_bits, has_b, todo, out, counts, count_on,
+                            np.int64(acc.chunk or 0), spec, ospec, prod_on, pspec, cast_on, cspec,
+                            mt, np.uint64(seed))
     totals = counts.sum(axis=0)
     events = {key: int(totals[i]) for i, key in enumerate(COUNT_KEYS)}
     return out.view(np.float64), events

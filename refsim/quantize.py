@@ -14,6 +14,7 @@ import numpy as np
 
 from formats import Format
 from refsim.backends import cpu, cuda, lane
+from refsim.backends.threads import NS_PER_QUANTIZE, threads_for
 from refsim.params import CARRIERS, resolve
 
 
@@ -72,7 +73,9 @@ def quantize(x, fmt: Format | str, rounding: str = "rne", *, overflow: str = "de
         dst_array = np.empty(x.shape, x.dtype)
     dst = dst_array.reshape(-1).view(utype)
     fast = lane.fast_constants(params, c_man, c_bias, mode, ovf)
-    cpu.KERNELS[mode](src, dst, c_man, c_bias, params, fast, ovf, bits, np.uint64(seed_value))
+    with threads_for(src.size * NS_PER_QUANTIZE):
+        cpu.KERNELS[mode](src, dst, c_man, c_bias, params, fast, ovf, bits,
+                          np.uint64(seed_value))
     if out is None:
         return dst_array
     if dst_array is not out:

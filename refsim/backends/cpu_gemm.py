@@ -43,6 +43,7 @@ from formats import FloatFormat, Format
 from formats.policy import OVERFLOWS, ROUNDINGS
 from refsim import core
 from refsim.backends.lane import bits_float, fast_constants, float_bits, round_lane, select
+from refsim.backends.threads import NS_PER_FAST_MAC, threads_for
 from refsim.params import CARRIERS, format_params
 from refsim.specs import AccumSpec, Cast
 
@@ -186,7 +187,8 @@ def run(p: Plan, a3: np.ndarray, b3: np.ndarray) -> np.ndarray:
     kernel = _KERNELS.get(p.key)
     if kernel is None:
         kernel = _KERNELS[p.key] = _make_kernel(*p.key)
-    kernel(a, b, raw, np.int64(p.chunk), p.fast, p.pfast, p.ofast)
+    with threads_for(a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2] * NS_PER_FAST_MAC):
+        kernel(a, b, raw, np.int64(p.chunk), p.fast, p.pfast, p.ofast)
     return raw
 
 

@@ -14,6 +14,7 @@ from formats.policy import ROUNDINGS
 from refsim import accum_core, quantize
 from refsim.accumulate import conv2d, dot, matmul
 from refsim.accumulate import sum as rsum
+from refsim.backends import threads
 from refsim.specs import ORDERS, AccumSpec, Cast, GemmSpec
 from validation.bits import assert_same_bits
 
@@ -213,17 +214,20 @@ def test_e4m3_ties_to_even_keep_one():
     assert rsum(terms, "fp32") == 2.0
 
 
-def test_thread_count_does_not_change_bits():
+def test_thread_count_does_not_change_bits(monkeypatch):
+    # Small products run on one thread (refsim.backends.threads): make every call parallel.
+    monkeypatch.setattr(threads, "SERIAL_BELOW_NS", 0)
     rng = np.random.default_rng(12)
     a = rng.standard_normal((2, 9, 33)).astype(np.float32)
     b = rng.standard_normal((33, 7)).astype(np.float32)
     previous = numba.get_num_threads()
     results = []
     try:
-        for order, threads in itertools.product(KERNEL_ORDERS, (1, 2)):
-            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-            spec = GemmSpec(acc=_acc("bf16", "sr", order))
-            results.append((order, matmul(a, b, spec, seed=4)))
+        for order, rounding, threads_ in itertools.product(KERNEL_ORDERS, ("sr", "rne"), (1, 2)):
+            numba.set_num_threads(min(threads_, numba.config.NUMBA_NUM_THREADS))
+            spec = GemmSpec(a=Cast("e4m3fn"), b=Cast("e4m3fn"), acc=_acc("bf16", rounding, order))
+            results.append((f"{order} {rounding}", matmul(a, b, spec, seed=4)))
+            assert numba.get_num_threads() == min(threads_, numba.config.NUMBA_NUM_THREADS)
     finally:
         numba.set_num_threads(previous)
     for (order, one), (_, two) in zip(results[::2], results[1::2], strict=True):

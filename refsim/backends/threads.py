@@ -1,0 +1,34 @@
+"""Small kernels run on one thread: below a size, waking the thread pool costs more than the work.
+
+A parallel launch costs tens of microseconds on an idle machine and, measured on a loaded 2-core
+VM, about 16 ms (a 32x64 quantize: 20 us on one thread, 16 ms on two), because each worker waits
+for a time slice. Results never depend on the thread count (docs/rng.md), so this changes time
+only. Estimates are in nanoseconds of one-thread work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import numba
+
+SERIAL_BELOW_NS = 200_000  # one thread below 0.2 ms of estimated work
+NS_PER_QUANTIZE = 1  # per element, fast path
+NS_PER_FAST_MAC = 1  # per multiply-add, refsim.backends.cpu_gemm
+NS_PER_EXACT_MAC = 60  # per multiply-add, refsim.accum_core
+
+
+@contextlib.contextmanager
+def threads_for(work_ns: float) -> Iterator[None]:
+    """Run the enclosed kernel calls on one thread when work_ns is small; else leave the
+    caller's thread count alone."""
+    if work_ns >= SERIAL_BELOW_NS or numba.get_num_threads() == 1:
+        yield
+        return
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
