@@ -448,7 +448,7 @@ def section(doc: dict[str, Any]) -> str:
                   "K of this grid.", ""]
         lines += [f"![variance retention]({f})" for f in doc["plots"] if f == "vrr.png"]
     lines += ["", "Recomputed numbers from the references:", ""]
-    lines += [f"- {c['check']}: {_fmt_num(c['got'])} (reference: {c['expected']:g})"
+    lines += [f"- {c['check']}: {c['got']:.6g} (reference: {c['expected']:g})"
               for c in s["checks"]]
     lines += ["", "What this says: " + "; ".join(
         f"{f['claim']} — {'yes' if f['supported'] else 'no'} ({f['evidence']})"

@@ -108,8 +108,9 @@ def _mark(supported: bool | None) -> str:
 
 def headline(docs: Sequence[dict[str, Any]]) -> list[str]:
     """One line per finding: verdict, claim and evidence."""
-    return [f"[{_mark(f['supported'])}] {f['claim']} -- {f['evidence']}"
-            for doc in docs for f in doc["findings"] if f["id"] in PAPER_FINDINGS]
+    found = [f for doc in docs for f in doc["findings"] if f["id"] in PAPER_FINDINGS]
+    found.sort(key=lambda f: PAPER_FINDINGS.index(f["id"]))
+    return [f"[{_mark(f['supported'])}] {f['claim']} -- {f['evidence']}" for f in found]
 
 
 PAPER_FINDINGS = ("accumulation", "frequency", "depth", "allocation")

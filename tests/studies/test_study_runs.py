@@ -1,5 +1,6 @@
 """Every study's quick mode on a tiny grid: outputs written, JSON matching the schema,
-conclusions present; a second run is served from the cache with the same numbers."""
+conclusions present; reruns come from the cache; results do not depend on the executor;
+`refsim study all` assembles the combined report."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 
 import pytest
 
+from refsim.cli import main
 from refsim.studies import STUDIES, run_study
 from refsim.studies.report import validate
 
@@ -29,26 +31,68 @@ TINY = {
 PAPER_IDS = {"accumulation", "frequency", "depth", "allocation"}
 
 
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Every study run once on its tiny grid (one cache shared by the tests below)."""
+    base = tmp_path_factory.mktemp("studies")
+    docs = {name: run_study(name, base / name, quick=True, overrides=TINY[name], workers=1,
+                            cache_dir=base / "cache") for name in STUDIES}
+    return base, docs
+
+
 @pytest.mark.parametrize("name", STUDIES)
-def test_quick_tiny_grid(name, tmp_path):
-    out = tmp_path / name
-    doc = run_study(name, out, quick=True, overrides=TINY[name], workers=1)
+def test_quick_tiny_grid(tiny, name):
+    base, _ = tiny
+    out = base / name
     data = json.loads((out / "results.json").read_text())
     assert validate(data) == []
     assert data["study"] == name and data["quick"] is True
     assert data["params"] == {**data["params"], **TINY[name]}
     assert data["grid"]["runs"] == data["grid"]["computed"] > 0
+    assert data["plots"]
     for f in data["plots"]:
-        assert (out / f).stat().st_size > 0
+        assert (out / f).read_bytes().startswith(b"\x89PNG")
     assert (out / "results.csv").read_text().count("\n") == len(data["rows"]) + 1
     assert (out / "report.md").read_text().startswith("## ")
     assert data["findings"], "every study states what its numbers support"
     if name != "accumulation":
         assert {f["id"] for f in data["findings"]} & PAPER_IDS
-    # Resumed from the cache: nothing recomputed, the same numbers.
-    again = run_study(name, out, quick=True, overrides=TINY[name], workers=1, plots=False)
-    assert again["grid"]["cached"] == again["grid"]["runs"]
-    assert json.dumps(again["rows"], sort_keys=True) == json.dumps(doc["rows"], sort_keys=True)
+
+
+def test_rerun_comes_from_the_cache(tiny):
+    base, docs = tiny
+    again = run_study("sensitivity", base / "again", quick=True, overrides=TINY["sensitivity"],
+                      cache_dir=base / "cache", plots=False)
+    assert again["grid"]["cached"] == again["grid"]["runs"] and again["grid"]["computed"] == 0
+    assert json.dumps(again["rows"]) == json.dumps(docs["sensitivity"]["rows"])
+
+
+def test_same_config_same_numbers(tiny, tmp_path):
+    _, docs = tiny
+    fresh = run_study("depth", tmp_path, quick=True, overrides=TINY["depth"], workers=1,
+                      use_cache=False, plots=False)
+    assert fresh["grid"]["computed"] == fresh["grid"]["runs"]
+    assert json.dumps(fresh["rows"]) == json.dumps(docs["depth"]["rows"])
+
+
+def test_cli_all_writes_the_combined_report(tiny, capsys):
+    base, _ = tiny
+    sets = []
+    for name, params in TINY.items():
+        for key, value in params.items():
+            sets += ["--set", f"{name}.{key}={json.dumps(value)}"]
+    out = base / "all"
+    assert main(["study", "all", "--quick", "--out", str(out), "--cache", str(base / "cache"),
+                 "--workers", "1", "--quiet", "--no-plots", *sets]) == 0
+    printed = capsys.readouterr().out
+    assert f"report: {out / 'report.md'}" in printed
+    assert "findings (this run's numbers" in printed and "SUPPORTED]" in printed
+    report = (out / "report.md").read_text()
+    assert report.startswith("# refsim factor studies")
+    assert "## Conclusions" in report and "## Factor profiles of the default models" in report
+    for name in STUDIES:
+        assert json.loads((out / name / "results.json").read_text())["grid"]["computed"] == 0
+    assert (out / "profiles" / "cnn.csv").is_file()
 
 
 def test_validate_reports_problems():
