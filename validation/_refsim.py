@@ -14,3 +14,8 @@ from typing import Any
 def quantize(x: Any, fmt: Any, rounding: str = "rne", **kwargs: Any) -> Any:
     """refsim.quantize (see its docstring)."""
     return importlib.import_module("refsim").quantize(x, fmt, rounding, **kwargs)
+
+
+def quantize_blocks(x: Any, fmt: Any, rounding: str = "rne", **kwargs: Any) -> Any:
+    """refsim.quantize_blocks (see its docstring)."""
+    return importlib.import_module("refsim").quantize_blocks(x, fmt, rounding, **kwargs)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from formats import FloatFormat, get_format
-from validation._refsim import quantize
+from validation._refsim import quantize, quantize_blocks
 
 __all__ = ["Adapter", "adapters"]
 
@@ -43,13 +43,21 @@ class Adapter:
     known: Known | None = None
     known_reason: str = ""
     seed: int = 0
+    reference_run: Callable[[np.ndarray], np.ndarray] | None = None
+    element: str | None = None  # a block format's element: the format of the input suites
+
+    @property
+    def suite_format(self) -> str:
+        return self.element or self.fmt
 
     @property
     def name(self) -> str:
         return f"{self.peer} {self.fmt}/{self.rounding}"
 
     def reference(self, x: np.ndarray) -> np.ndarray:
-        """refsim.quantize of the same request (the golden reference)."""
+        """refsim.quantize of the same request (the golden reference), or reference_run."""
+        if self.reference_run is not None:
+            return self.reference_run(x)
         return np.asarray(quantize(x, self.fmt, self.rounding, overflow=self.overflow,
                                    seed=self.seed))
 
@@ -205,7 +213,7 @@ def _gfloat() -> list[Adapter]:
             with np.errstate(over="ignore", invalid="ignore"):
                 out = np.asarray(gfloat.round_ndarray(info, np.where(nan, 0.0, values), mode,
                                                       sat=finite))
-            return np.where(nan, values, out).astype(x.dtype)
+                return np.where(nan, values, out).astype(x.dtype)
         return run
 
     out = []
@@ -272,9 +280,41 @@ def _qtorch() -> list[Adapter]:
 
 
 def _torchao_mx() -> list[Adapter]:
-    from torchao.prototype.mx_formats.mx_tensor import to_mx  # noqa: F401
+    import torch
+    from torchao.prototype.mx_formats.mx_tensor import to_mx
 
-    raise ImportError("torchao MX blocks have no refsim BlockFormat reference yet")
+    def blocks(x: np.ndarray) -> tuple[np.ndarray, int]:
+        """x padded with zeros to whole blocks of 32 (a zero changes no block's scale, and
+        refsim scales a short last block alone: the same thing)."""
+        pad = -x.size % 32
+        return np.concatenate((x, np.zeros(pad, x.dtype))), x.size
+
+    def make(elem: object) -> Callable[[np.ndarray], np.ndarray]:
+        def run(x: np.ndarray) -> np.ndarray:
+            padded, n = blocks(x)
+            scale, data = to_mx(torch.from_numpy(padded), elem, 32)
+            values = data.float().reshape(-1, 32) * scale.float().reshape(-1, 1)
+            return np.asarray(values.reshape(-1).numpy()[:n])
+        return run
+
+    def reference(name: str) -> Callable[[np.ndarray], np.ndarray]:
+        def run(x: np.ndarray) -> np.ndarray:
+            padded, n = blocks(x)
+            return np.asarray(quantize_blocks(padded, name))[:n]
+        return run
+
+    def special_blocks(x: np.ndarray, got: np.ndarray, expected: np.ndarray) -> np.ndarray:
+        """Blocks that hold an Inf or NaN, where refsim gives NaN (the block's scale is NaN)."""
+        padded, n = blocks(x)
+        bad = ~np.isfinite(padded.reshape(-1, 32)).all(axis=1)
+        return np.repeat(bad, 32)[:n] & np.isnan(expected)
+
+    return [Adapter("torchao-mx", name, "rne", make(elem), dtypes=("float32",),
+                    reference_run=reference(name), element=element, known=special_blocks,
+                    known_reason="a block holding Inf or NaN: Inf elements stay Inf, the others "
+                                 "become 0 (refsim: the whole block is NaN, its scale NaN)")
+            for name, elem, element in (("mxfp8_e4m3", torch.float8_e4m3fn, "e4m3fn"),
+                                        ("mxfp8_e5m2", torch.float8_e5m2, "e5m2"))]
 
 
 PEERS: dict[str, Callable[[], list[Adapter]]] = {

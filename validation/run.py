@@ -61,8 +61,8 @@ def run_adapter(adapter: Adapter, dtype: str, suites: tuple[str, ...] = tuple(SU
     """The adapter on every suite in `dtype`; None when the format does not fit the dtype."""
     reports = []
     for name in suites:
-        x = _sample(suite(name, adapter.fmt, dtype, seed=seed, size=max_size or 1 << 14),
-                    max_size, seed)
+        x = _sample(suite(name, adapter.suite_format, dtype, seed=seed,
+                          size=max_size or 1 << 14), max_size, seed)
         try:
             expected = adapter.reference(x)
         except ValueError:  # the format does not fit the dtype: not a check of this row
@@ -70,7 +70,8 @@ def run_adapter(adapter: Adapter, dtype: str, suites: tuple[str, ...] = tuple(SU
         got = adapter.run(x)
         known = None if adapter.known is None else adapter.known(x, got, expected)
         reports.append(compare(got, expected, x, name=f"{adapter.name} {dtype} {name}",
-                               fmt=adapter.fmt, known=known, known_reason=adapter.known_reason))
+                               fmt=adapter.suite_format, known=known,
+                               known_reason=adapter.known_reason))
     return Row(adapter, dtype, reports)
 
 

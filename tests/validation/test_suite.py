@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from refsim import quantize
+from validation import adapters as adapters_module
 from validation.__main__ import main
 from validation.adapters import Adapter, adapters
 from validation.run import format_table, run_adapter
@@ -50,13 +51,26 @@ def test_unexpected_difference_fails_the_row():
     assert "first mismatches" in table
 
 
-def test_main_prints_summary_and_exit_status(capsys):
-    status = main(["--peers", "torch-cast", "ml_dtypes", "torchao-mx", "--max-size", "512",
+def test_main_prints_summary_and_exit_status(capsys, monkeypatch):
+    def absent():
+        raise ImportError("No module named 'absent_peer'")
+
+    monkeypatch.setitem(adapters_module.PEERS, "absent-peer", absent)
+    status = main(["--peers", "torch-cast", "ml_dtypes", "absent-peer", "--max-size", "512",
                    "--quiet"])
     out = capsys.readouterr().out
     last = out.strip().splitlines()[-1]
     assert status == 0 and last.endswith("0 failed") and "passed" in last
-    assert "torchao-mx" in out and "skipped" in out
+    assert "absent-peer          skipped: ImportError: No module named 'absent_peer'" in out
+
+
+def test_torchao_mx_agrees_or_is_skipped_with_reason():
+    found, skipped = adapters(("torchao-mx",))
+    if "torchao-mx" in skipped:
+        pytest.skip(f"torchao MX not available: {skipped['torchao-mx']}")
+    for adapter in found:
+        row = run_adapter(adapter, "float32", max_size=1024)
+        assert row is not None and row.ok, adapter.name
 
 
 def test_refsim_torch_adapter_passes_small_sample():
