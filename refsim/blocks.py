@@ -6,8 +6,10 @@ Usage rules (semantics: docs/blocks.md):
   - Power-of-two scales (MX, bfp8): the block scale 2^e is computed from the bits of the block's
     absolute maximum (docs/blocks.md, "Scale rules"), and each element is rounded once, from its
     exact value, to the element grid scaled by 2^e (x * 2^-e is exact, then refsim.quantize
-    rounds it with saturation, then the value is multiplied back by 2^e). Lanes where x * 2^-e
-    would fall below the carrier's normal range are rounded by refsim.core from x itself.
+    rounds it with saturation, then the value is multiplied back by 2^e; for rne along the last
+    axis the same steps run in one pass, on bit patterns, with refsim.quantize's lane function).
+    Lanes where x * 2^-e or the result would leave the carrier's normal range are rounded by
+    refsim.core from x itself.
   - Non-power-of-two scales (NVFP4): exact quotients (refsim.scaling.exact_quotient), one
     rounding each; sr needs sr_bits in 1..16 there.
   - A block holding NaN or +-Inf has a NaN scale and every element of it is NaN (OCP MX v1.0).
@@ -28,6 +30,7 @@ from formats import FixedFormat, Format
 from formats.block_format import BlockFormat, get_block_format
 from formats.policy import ROUNDINGS, check_rounding, check_seed, check_sr_bits
 from refsim import core
+from refsim.backends.lane import F_ENABLED, fast_constants, round_lane, select
 from refsim.params import CARRIERS, format_params
 from refsim.quantize import quantize
 from refsim.rng import stream_word
@@ -151,6 +154,88 @@ def _up_last(p, y, out, exps, lo, hi, base, nb, length, bs, elem_max, finite_max
                 out[i] = v * up
 
 
+_SENTINEL = {np.uint32: np.uint32(0x7FC0DEAD), np.uint64: np.uint64(0x7FF8DEADDEADDEAD)}
+"""A NaN pattern no result has (NaN blocks get the canonical NaN): marks lanes for _fix_lanes."""
+
+
+def _make_one_pass(mode, utype):
+    """The one-pass kernel for a deterministic mode and a carrier (compiled on first use; used
+    for rne).
+
+    Blocks along the last axis: the block amax and exponent e, then each element in registers:
+    a power-of-two scale only moves the exponent field, so x * 2^-e is x's pattern minus
+    (e << c_man), rounded by refsim.quantize's own lane function (round_lane, with the
+    element's saturating constants), and the result's pattern plus (e << c_man) is the value.
+    That holds while x, x * 2^-e and the result are carrier normals (or zeros); other lanes get
+    _SENTINEL and are redone by _fix_lanes. A block whose largest scaled element would leave
+    the carrier gets flags = -1: the caller takes the three-step path.
+    """
+    c_man, c_bias = (23, 127) if utype is np.uint32 else (52, 1023)
+    U = utype
+    W = 8 * np.dtype(utype).itemsize
+    ABS = U((1 << (W - 1)) - 1)
+    CM = U(c_man)
+    TOP = U(2 * c_bias)  # the largest exponent field of a finite value
+    INF = (2 * c_bias + 1) << c_man
+    SENTINEL = _SENTINEL[utype]
+    NAN = U(INF | (1 << (c_man - 1)))
+    MODE = mode
+
+    @njit(parallel=True, cache=True)
+    def one_pass(xb, outb, exps, flags, nb, length, bs, threshold, elem_emax, s_emin, s_emax,
+                 fast):
+        n_blocks = exps.size
+        for chunk in prange((n_blocks + _ITEMS - 1) // _ITEMS):
+            for item in range(chunk * _ITEMS, min(n_blocks, (chunk + 1) * _ITEMS)):
+                first, stop = _span(item, nb, length, bs)
+                ufirst = np.uint64(first)
+                ustop = np.uint64(stop)
+                amax = U(0)
+                for i in range(ufirst, ustop):
+                    amax = max(amax, U(xb[i] & ABS))
+                e = _block_exponent(amax, c_man, c_bias, INF, threshold, elem_emax, s_emin,
+                                    s_emax)
+                exps[item] = e
+                if e == _NAN_EXP:
+                    for i in range(ufirst, ustop):
+                        outb[i] = NAN
+                    flags[item] = 0
+                    continue
+                if e + elem_emax + 1 > c_bias:
+                    flags[item] = -1
+                    continue
+                shift = U(np.int64(e) << np.int64(c_man))  # two's complement: wraps for e < 0
+                x_lo = U(max(e + 1, 1))  # x's field: x and x * 2^-e carrier normals
+                x_hi = U(min(2 * c_bias + e, 2 * c_bias))
+                r_lo = U(max(1 - e, 1))  # the result's field: r and r * 2^e carrier normals
+                low = 0
+                for i in range(ufirst, ustop):
+                    bits = xb[i]
+                    a = U(bits & ABS)
+                    field = U(a >> CM)
+                    y = select(a == U(0), bits, U(bits - shift))
+                    r = round_lane(MODE, y, fast, U(0), U(W))
+                    rmag = U(r & ABS)
+                    rfield = U(rmag >> CM)
+                    ok = (a == U(0)) | ((field >= x_lo) & (field <= x_hi)
+                                        & ((rmag == U(0)) | ((rfield >= r_lo) & (rfield <= TOP))))
+                    outb[i] = select(ok, select(rmag == U(0), r, U(r + shift)), SENTINEL)
+                    low += 0 if ok else 1
+                flags[item] = low
+
+    return one_pass
+
+
+_ONE_PASS: dict = {}
+
+
+def _one_pass(mode: int, utype: type):
+    """The one-pass kernel of (mode, carrier), made on first use."""
+    if (mode, utype) not in _ONE_PASS:
+        _ONE_PASS[mode, utype] = _make_one_pass(mode, utype)
+    return _ONE_PASS[mode, utype]
+
+
 @njit(parallel=True, cache=True)
 def _down_strided(x, xb, y, exps, flags, nb, inner, length, bs, c_man, c_bias, inf_bits,
                   threshold, elem_emax, s_emin, s_emax, min_normal, pow_down):
@@ -189,9 +274,10 @@ def _up_strided(p, y, out, exps, nb, inner, length, bs, elem_max, finite_max, s_
 
 @njit(cache=True)
 def _fix_lanes(x, xb, outb, exps, items, nb, inner, length, bs, c_man, c_bias, params,
-               min_normal, mode, sr_bits, seed):
-    """Round the lanes _down_* flagged, from x itself, to the element grid scaled by 2^e
-    (the element format with its exponents, or fixed-point fraction bits, shifted by e)."""
+               min_normal, mode, sr_bits, seed, sentinel):
+    """Round the lanes _down_* flagged (or, with sentinel != 0, the lanes the one-pass kernel
+    marked with it), from x itself, to the element grid scaled by 2^e (the element format
+    with its exponents, or fixed-point fraction bits, shifted by e), with the scalar core."""
     for item in items:
         start, count, stride = _locate(item, nb, inner, length, bs)
         e = np.int64(exps[item])
@@ -205,7 +291,10 @@ def _fix_lanes(x, xb, outb, exps, items, nb, inner, length, bs, c_man, c_bias, p
         for t in range(count):
             idx = start + t * stride
             v = x[idx] * down
-            if not (abs(v) < min_normal and x[idx] != 0):
+            if sentinel != 0:
+                if outb[idx] != sentinel:
+                    continue
+            elif not (abs(v) < min_normal and x[idx] != 0):
                 continue
             word0 = stream_word(seed, np.uint64(idx), np.uint64(0)) if mode == core.SR \
                 else np.uint64(0)
@@ -261,10 +350,12 @@ def _pow2_blocks(x: np.ndarray, fmt: BlockFormat, axis: int, rounding: str,
     """(values, exps, p): values in x's dtype, block exponents (outer, nb, inner), and the
     element values p (x's shape; None unless keep_p).
 
-    Blocks along the last axis go tile by tile (_TILE elements, whole blocks), so that the
-    scaled input and the rounded elements stay in cache between the three steps; the tiles are
-    rounded by refsim.quantize, whose stream index is the position in the tile, so sr (whose
-    index must be the position in x) and keep_p take one tile holding everything.
+    rne along the last axis (without keep_p) takes the one-pass kernel. Otherwise three steps
+    (scale down, refsim.quantize, scale up); blocks along the last axis go tile by tile
+    (_TILE elements, whole blocks), so that the scaled input and the rounded elements stay in
+    cache between the steps; the tiles are rounded by refsim.quantize, whose stream index is
+    the position in the tile, so sr (whose index must be the position in x) and keep_p take
+    one tile holding everything.
     """
     c_man, c_bias, utype = CARRIERS[x.dtype]
     outer, length, inner, nb = _geometry(x.shape, axis, fmt.block_size)
@@ -289,6 +380,22 @@ def _pow2_blocks(x: np.ndarray, fmt: BlockFormat, axis: int, rounding: str,
     else:
         out = out.reshape(-1)
     p_all = None
+    mode = ROUNDINGS.index(rounding)
+    # One pass for rne (the mode MX hardware rounds in): each mode is its own compiled kernel,
+    # and compiling all of them costs about a minute; the other modes take the three steps.
+    if inner == 1 and not keep_p and rounding == "rne":
+        params = format_params(fmt.element)
+        fast = fast_constants(params, c_man, c_bias, mode, core.OVF_SATURATE)
+        if fast[F_ENABLED]:
+            _one_pass(mode, utype)(xb, out.view(utype), exps, flags, nb, length, bs, consts[3],
+                                   consts[4], s_emin, s_emax, fast)
+            if not (flags < 0).any():
+                items = np.flatnonzero(flags)
+                if items.size:
+                    _fix_lanes(flat, xb, out.view(utype), exps, items, nb, 1, length, bs,
+                               c_man, c_bias, params, min_normal, mode, 0, np.uint64(0),
+                               _SENTINEL[utype])
+                return out.reshape(x.shape), exps.reshape(outer, nb, inner), None
     if inner == 1:
         whole = rounding == "sr" or keep_p
         per_tile = n_items if whole else max(1, _TILE // bs)
@@ -318,7 +425,7 @@ def _pow2_blocks(x: np.ndarray, fmt: BlockFormat, axis: int, rounding: str,
     if items.size:
         _fix_lanes(flat, xb, out.view(utype), exps, items, nb, inner, length, bs, c_man, c_bias,
                    format_params(fmt.element), min_normal, ROUNDINGS.index(rounding),
-                   sr_bits or 0, np.uint64(seed))
+                   sr_bits or 0, np.uint64(seed), utype(0))
         if p_all is not None:
             e_full = _block_to_elements(exps.reshape(outer, nb, inner), bs, length).reshape(-1)
             fixed = _block_to_elements(np.isin(np.arange(n_items), items).reshape(
