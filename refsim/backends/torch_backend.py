@@ -357,8 +357,8 @@ def _round_fixed(carrier, negative, sig, lsb, top, fmt, mode, ovf, sr_bits, word
 
 
 def _quantize_bits(bits: torch.Tensor, carrier: _Carrier, fmt: Format, params, mode: int,
-                   ovf: int, sr_bits: int, seed: int, step: int = 0, tag: int = 0
-                   ) -> torch.Tensor:
+                   ovf: int, sr_bits: int, seed: int, step: int = 0, tag: int = 0,
+                   index: torch.Tensor | None = None) -> torch.Tensor:
     """refsim.core.quantize_bits for a flat int64 tensor of carrier patterns (all lanes).
 
     step and tag select the random family (counter words 2 and 3): 0, 0 for refsim.quantize,
@@ -375,9 +375,13 @@ def _quantize_bits(bits: torch.Tensor, carrier: _Carrier, fmt: Format, params, m
     sig = torch.where(normal, mfield | (1 << carrier.man), mfield)
     lsb = torch.where(normal, efield, torch.ones_like(efield)) - carrier.bias - carrier.man
     top = torch.where(normal, efield - carrier.bias, lsb + _bitlen(mfield) - 1)
-    index = torch.arange(bits.numel(), dtype=torch.int64, device=bits.device)
-    word0 = (random_words(seed, bits.numel(), 0, bits.device, step, tag) if mode == core.SR
-             else torch.zeros_like(bits))
+    if index is None:
+        index = torch.arange(bits.numel(), dtype=torch.int64, device=bits.device)
+        word0 = (random_words(seed, bits.numel(), 0, bits.device, step, tag) if mode == core.SR
+                 else torch.zeros_like(bits))
+    else:
+        word0 = (_words_at(index, seed, 0, step, tag) if mode == core.SR
+                 else torch.zeros_like(bits))
     # Specials and zeros get a harmless finite stand-in (1.0) for the arithmetic below; their
     # results are selected afterwards.
     stand_in = is_special | (a == 0)
@@ -428,7 +432,7 @@ def _to_carrier(bits: torch.Tensor, itype: torch.dtype) -> torch.Tensor:
 
 
 def _fast_applies(fmt: Format, mode: int, ovf: int) -> bool:
-    return isinstance(fmt, FloatFormat) and fmt.signed and mode != core.SR
+    return isinstance(fmt, FloatFormat) and fmt.signed
 
 
 def _fast_constants(carrier: _Carrier, fmt: FloatFormat, params, mode: int, ovf: int,
@@ -447,15 +451,19 @@ def _fast_constants(carrier: _Carrier, fmt: FloatFormat, params, mode: int, ovf:
             sign_bit, max_bits, narrow(over[0]), narrow(over[1]))
 
 
-def _fast_kernel(raw: torch.Tensor, mode: int, d: int, a_lo: int, inf: int, abs_mask: int,
-                 sign_bit: int, max_bits: int, ovf_pos: int, ovf_neg: int
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def _fast_kernel(raw: torch.Tensor, rand: torch.Tensor, width: int, mode: int, d: int,
+                 a_lo: int, inf: int, abs_mask: int, sign_bit: int, max_bits: int, ovf_pos: int,
+                 ovf_neg: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Round the lanes a_lo <= |x| < inf in the carrier's width; returns (result, lane mask).
 
     There the quantum lies a constant d = c_man - man bits above the carrier's last bit, so
     rounding is "add an increment below the kept bits, clear them": a carry out of the
     significand runs into the exponent field by itself, and nothing underflows. Tensor ops
     only (no calls into Numba), so torch.compile can fuse it into one loop.
+
+    SR (docs/rounding.md): with F the `width` = min(d, sr_bits) top discarded bits and R the
+    top `width` bits of the element's word W_0 (`rand`, int64 patterns), round up iff
+    R + F >= 2^width: refsim.core.sr_round_up for a fraction of d <= 52 bits (one word).
     """
     a = raw & abs_mask
     lane = (a >= a_lo) & (a < inf)
@@ -472,8 +480,13 @@ def _fast_kernel(raw: torch.Tensor, mode: int, d: int, a_lo: int, inf: int, abs_
             inc = torch.zeros_like(a)
         elif mode == core.RUP:
             inc = torch.where(negative, 0, mask).to(raw.dtype)
-        else:  # RDN
+        elif mode == core.RDN:
             inc = torch.where(negative, mask, 0).to(raw.dtype)
+        else:  # SR
+            frac = ((a & mask) >> (d - width)).to(torch.int64)
+            top = (rand >> (64 - width)) & ((1 << width) - 1) if width else torch.zeros_like(rand)
+            up = top > ((1 << width) - 1) - frac
+            inc = torch.where(up, 1 << d, 0).to(raw.dtype)
         magnitude = (a + inc) & ~mask
     over = torch.where(negative, ovf_neg, ovf_pos).to(raw.dtype)
     return torch.where(magnitude > max_bits, over, magnitude | (raw & sign_bit)), lane
@@ -490,18 +503,24 @@ def use_compiled(enabled: bool = True) -> None:
 
 
 def _fast_path(raw: torch.Tensor, carrier: _Carrier, fmt: FloatFormat, params, mode: int,
-               ovf: int) -> torch.Tensor:
+               ovf: int, sr_bits: int = 0, seed: int = 0) -> torch.Tensor:
     """_fast_kernel where it applies; every other lane (zeros, the format's subnormal range,
     carrier subnormals, Inf, NaN) goes through _quantize_bits."""
     consts = _fast_constants(carrier, fmt, params, mode, ovf, raw.dtype)
     # With man_bits = 0 every significand n is 1, odd already: round to odd truncates there
     # (setting "n's last bit" would set the exponent field's lowest bit instead).
     kernel_mode = core.RTZ if mode == core.RTO and fmt.man_bits == 0 else mode
-    result, lane = _KERNEL(raw, kernel_mode, *consts)
+    d = consts[0]
+    width = min(d, sr_bits) if sr_bits else d
+    if mode == core.SR:
+        rand = random_words(seed, raw.numel(), 0, raw.device)
+    else:  # not read
+        rand = torch.zeros(1, dtype=torch.int64, device=raw.device).expand(raw.shape)
+    result, lane = _KERNEL(raw, rand, width, kernel_mode, *consts)
     if not bool(lane.all()):
         rest = (~lane).nonzero().squeeze(-1)
         result[rest] = _to_carrier(_quantize_bits(_widen(raw[rest]), carrier, fmt, params, mode,
-                                                  ovf, 0, 0), raw.dtype)
+                                                  ovf, sr_bits, seed, index=rest), raw.dtype)
     return result
 
 
@@ -542,7 +561,7 @@ def quantize(x: torch.Tensor, fmt: Format | str, rounding: str = "rne", *,
     carrier = _Carrier(c_man, c_bias)
     raw = work.detach().contiguous().reshape(-1).view(itype)
     if FAST_PATH and _fast_applies(fmt_obj, mode, ovf):
-        result = _fast_path(raw, carrier, fmt_obj, params, mode, ovf)
+        result = _fast_path(raw, carrier, fmt_obj, params, mode, ovf, bits_r, seed_value)
     else:
         result = _to_carrier(_quantize_bits(_widen(raw), carrier, fmt_obj, params, mode, ovf,
                                             bits_r, seed_value), itype)
