@@ -11,7 +11,7 @@ Usage rules:
   - Each study module provides VERSION (bumped when its runs change meaning: it is part of
     the cache key), TITLE, QUICK, FULL, check(params), grid(params), run_one(config),
     analyze(params, configs, results) -> (rows, summary, findings), plot(summary, out_dir)
-    and section(doc).
+    and section(doc); optionally warm_key(config) (refsim.studies.executor).
   - Guide: docs/studies.md.
 """
 
@@ -56,7 +56,8 @@ def run_study(name: str, out_dir: str | Path, *, quick: bool = False,
     configs = mod.grid(params)
     results, stats = run_grid(mod.run_one, configs, study=name, version=mod.VERSION,
                               cache=cache, executor=executor, workers=workers,
-                              scheduler=scheduler, progress=progress)
+                              scheduler=scheduler, progress=progress,
+                              warm_key=getattr(mod, "warm_key", None))
     rows, summary, findings = mod.analyze(params, configs, results)
     plot_files = mod.plot(summary, out) if plots else []
     doc = {"study": name, "title": mod.TITLE, "quick": quick, "params": params,

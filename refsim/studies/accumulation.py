@@ -166,6 +166,11 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
             "overflow": int((~ok).sum())}
 
 
+def warm_key(cfg: dict[str, Any]) -> tuple:
+    """Runs with one key use the same compiled kernels."""
+    return (cfg["part"], cfg.get("order"), cfg.get("rounding"))
+
+
 def unit_roundoff(fmt_name: str, rounding: str) -> float:
     """u = 2^-p (p significand bits); 2u for stochastic rounding (one ulp)."""
     u = 2.0 ** -(_fmt(fmt_name).man_bits + 1)

@@ -134,6 +134,11 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
     return {"err": errors}
 
 
+def warm_key(cfg: dict[str, Any]) -> tuple:
+    """Runs with one key use the same compiled kernels."""
+    return (cfg["part"], cfg.get("rounding"), cfg.get("condition") == "fp32")
+
+
 def analyze(p: dict[str, Any], configs: list[dict[str, Any]],
             results: list[dict[str, Any]]) -> tuple[list, dict, list]:
     rows = []

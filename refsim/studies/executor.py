@@ -10,6 +10,9 @@ Usage rules:
     processes, each limited to one Numba thread: the parallelism is across runs. workers=1
     runs serially in this process. "dask": a dask.distributed Client connected to `scheduler`
     (an address such as tcp://127.0.0.1:8786); dask is imported only then.
+  - `warm_key` (optional): before a pool starts, the first pending run of each distinct
+    warm_key(config) runs in this process, so Numba compiles (and caches on disk) each kernel
+    once instead of once per worker; its result is kept like any other.
   - A run is a pure function of its config, so results never depend on the executor, the
     number of workers or the order of completion.
   - Progress: one line on `progress` (a stream), redrawn in place on a terminal, else printed
@@ -81,15 +84,18 @@ def _check(executor: str, workers: int, scheduler: str | None) -> None:
 def run_grid(fn: Callable[[dict[str, Any]], dict[str, Any]], configs: Sequence[dict[str, Any]],
              *, study: str, version: int, cache: Cache, executor: str = "process",
              workers: int = 1, scheduler: str | None = None,
-             progress: TextIO | None = None) -> tuple[list[dict[str, Any]], GridStats]:
+             progress: TextIO | None = None,
+             warm_key: Callable[[dict[str, Any]], Any] | None = None,
+             ) -> tuple[list[dict[str, Any]], GridStats]:
     """Results of fn over configs, in order, and the grid's statistics (module docstring)."""
     _check(executor, workers, scheduler)
     start = time.perf_counter()
     keys = [run_key(study, version, c) for c in configs]
     results: list[dict[str, Any] | None] = [cache.get(k) for k in keys]
     todo = [i for i, r in enumerate(results) if r is None]
+    pending = list(todo)
     bar = _Bar(progress, len(configs), study)
-    for _ in range(len(configs) - len(todo)):
+    for _ in range(len(configs) - len(pending)):
         bar.step(cached=True)
 
     def finish(i: int, result: dict[str, Any]) -> None:
@@ -97,6 +103,11 @@ def run_grid(fn: Callable[[dict[str, Any]], dict[str, Any]], configs: Sequence[d
         cache.put(keys[i], dict(configs[i]), result)
         bar.step()
 
+    if todo and warm_key is not None and executor == "process" and workers > 1:
+        firsts = list({warm_key(configs[i]): i for i in reversed(todo)}.values())
+        for i in sorted(firsts):
+            finish(i, fn(dict(configs[i])))
+        todo = [i for i in todo if results[i] is None]
     if todo and executor == "dask":
         _run_dask(fn, configs, todo, scheduler, finish)
     elif todo and workers == 1:
@@ -114,7 +125,7 @@ def run_grid(fn: Callable[[dict[str, Any]], dict[str, Any]], configs: Sequence[d
                 for fut in futures:
                     fut.cancel()
                 raise
-    stats = GridStats(runs=len(configs), cached=len(configs) - len(todo), computed=len(todo),
+    stats = GridStats(runs=len(configs), cached=len(configs) - len(pending), computed=len(pending),
                       seconds=time.perf_counter() - start)
     return [r for r in results if r is not None], stats
 

@@ -142,6 +142,11 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
             "agg_err_indep": rel(indep.sum(axis=0), agg)}
 
 
+def warm_key(cfg: dict[str, Any]) -> tuple:
+    """Runs with one key use the same compiled kernels."""
+    return (cfg["part"], cfg.get("rounding"), cfg.get("low"))
+
+
 def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else math.nan
 

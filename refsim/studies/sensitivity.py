@@ -90,6 +90,11 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
     return train_run(cfg)
 
 
+def warm_key(cfg: dict[str, Any]) -> tuple:
+    """Runs with one key use the same compiled kernels."""
+    return (cfg["model"], cfg["layer"] is None)
+
+
 def analyze(p: dict[str, Any], configs: list[dict[str, Any]],
             results: list[dict[str, Any]]) -> tuple[list, dict, list]:
     base = {(c["model"], c["train"]["seed"]): r for c, r in zip(configs, results, strict=True)

@@ -4,6 +4,7 @@ the results of a serial run."""
 from __future__ import annotations
 
 import io
+import os
 
 import pytest
 
@@ -51,11 +52,18 @@ def test_resume_after_interruption(tmp_path):
     assert (stats["cached"], stats["computed"]) == (5, 1)
 
 
+def square_where(config: dict) -> dict:
+    return {**square(config), "pid": os.getpid()}
+
+
 def test_processes_match_serial(tmp_path):
     serial, _ = run_grid(square, CONFIGS, study="t", version=1, cache=Cache(None))
-    parallel, stats = run_grid(square, CONFIGS, study="t", version=1,
-                               cache=Cache(tmp_path / "c"), workers=2)
-    assert parallel == serial and stats["computed"] == 6
+    # warm_key: the first run of each key (runs 0 and 2) runs in this process first.
+    parallel, stats = run_grid(square_where, CONFIGS, study="t", version=1,
+                               cache=Cache(tmp_path / "c"), workers=2,
+                               warm_key=lambda c: c["i"] < 2)
+    assert [{"value": r["value"]} for r in parallel] == serial and stats["computed"] == 6
+    assert [r["pid"] == os.getpid() for r in parallel] == [True, False, True] + [False] * 3
 
 
 def test_bad_executor_settings():
