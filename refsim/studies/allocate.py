@@ -183,7 +183,7 @@ def analyze(p: dict[str, Any], configs: list[dict[str, Any]],
 
 def _cmp(c: dict[str, float]) -> str:
     return (f"mean difference {c['mean_diff']:+.4f} (sd {c['sd_diff']:.4f}, lower in "
-            f"{c['a_lower']}/{c['n']}, p {c['p']:.2g})")
+            f"{c['a_lower']}/{c['n']}, p {stats.fmt_p(c['p'])})")
 
 
 def _findings(p: dict[str, Any], s: dict[str, Any]) -> list[dict[str, Any]]:

@@ -183,12 +183,13 @@ def _findings(p: dict[str, Any], s: dict[str, Any]) -> list[dict[str, Any]]:
     loss = s["training"]["shallow_minus_deep_loss"]
     same = bool(math.isfinite(acc["mean_diff"]) and abs(acc["mean_diff"]) <= p["margin_acc"])
     chain_text = "; ".join(f"{k}: slope {c['slope']:.2f}, rho {c['spearman_rho']:.2f} "
-                           f"(p {c['spearman_p']:.2g})" for k, c in chains.items())
+                           f"(p {stats.fmt_p(c['spearman_p'])})" for k, c in chains.items())
     n_seeds = len(s["training"]["seeds"])
     evidence = (f"chains to L={p['layers']} ({chain_text}); training ({n_seeds} seeds, "
                 f"{p['train_fmt']} in {p['low_layers']} layers): shallow minus deep test "
                 f"accuracy {100 * acc['mean_diff']:+.2f} pp (sd {100 * acc['sd_diff']:.2f}, "
-                f"p {acc['p']:.2g}), test loss {loss['mean_diff']:+.4f} (p {loss['p']:.2g}); "
+                f"p {stats.fmt_p(acc['p'])}), test loss {loss['mean_diff']:+.4f} "
+                f"(p {stats.fmt_p(loss['p'])}); "
                 f"margin {100 * p['margin_acc']:.1f} pp")
     out = [{"id": "depth", "claim": "depth affects the stability of matrix operations somewhat "
             "but not the final training outcome", "supported": bool(grows and same),
@@ -256,7 +257,8 @@ def section(doc: dict[str, Any]) -> str:
              "|---|---|---|---|---|"]
     for key, c in s["chains"].items():
         lines.append(f"| {key} | {c['mean_err'][0]:.3g} | {c['mean_err'][-1]:.3g} | "
-                     f"{c['slope']:.2f} | {c['spearman_rho']:.2f} ({c['spearman_p']:.2g}) |")
+                     f"{c['slope']:.2f} | {c['spearman_rho']:.2f} "
+                     f"({stats.fmt_p(c['spearman_p'])}) |")
     lines += [""] + [f"![chain error]({f})" for f in doc["plots"] if f == "chain_error.png"]
     m = s["training"]["means"]
     lines += ["", "| training | test loss | test accuracy |", "|---|---|---|"]

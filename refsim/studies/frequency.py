@@ -218,8 +218,8 @@ def _findings(p: dict[str, Any], s: dict[str, Any]) -> list[dict[str, Any]]:
                 "tolerate more low-precision noise", "supported": supported,
                 "evidence": f"training, batch sweep {p['batches']} with fc1 forward in "
                 f"{p['train_fmt']} ({len(p['seeds'])} seeds): Spearman rho of the test-loss "
-                f"increase against U = {sp['rho']:.2f} (p {sp['p']:.2g}, n {sp['n']}); isolated "
-                f"products: reuse penalty against U: {pen_text}"})
+                f"increase against U = {sp['rho']:.2f} (p {stats.fmt_p(sp['p'])}, n "
+                f"{sp['n']}); isolated products: reuse penalty against U: {pen_text}"})
     if pen:
         out.append({"id": "reuse-penalty", "claim": "in an isolated product, a shared "
                     "quantization error does not average over the outputs it feeds (the "
@@ -294,15 +294,16 @@ def section(doc: dict[str, Any]) -> str:
         product, rounding = key.split("/")
         last = [r for r in s["curves"] if (r["product"], r["rounding"]) == (product, rounding)]
         lines.append(f"| {key} | {v['out_err_slope']:.2f} | {v['penalty_vs_u']['rho']:.2f} "
-                     f"({v['penalty_vs_u']['p']:.2g}) | "
+                     f"({stats.fmt_p(v['penalty_vs_u']['p'])}) | "
                      f"{last[-1]['reuse_penalty']:.3g} |" if last else f"| {key} | | | |")
     lines += [""] + [f"![error against U]({f})" for f in doc["plots"] if f == "error_vs_u.png"]
     lines += ["", "Training, mean test-loss increase over seeds (low precision minus fp32):", ""]
     lines += [f"- {k}: {v:+.4f}" for k, v in s["by_value"].items()]
     u, k = s["u_vs_loss"], s["k_vs_loss"]
     lines += ["", f"Spearman rho against U (batch sweep, K fixed): {u['rho']:.2f} (p "
-              f"{u['p']:.2g}, n {u['n']}); against K (width sweep, U fixed): {k['rho']:.2f} "
-              f"(p {k['p']:.2g}, n {k['n']})."]
+              f"{stats.fmt_p(u['p'])}, n {u['n']}); against K (width sweep, U fixed): "
+              f"{k['rho']:.2f} "
+              f"(p {stats.fmt_p(k['p'])}, n {k['n']})."]
     lines += [""] + [f"![training sweeps]({f})" for f in doc["plots"]
                      if f == "training_sweeps.png"]
     lines += ["", "What this says: " + "; ".join(

@@ -135,7 +135,7 @@ def analyze(p: dict[str, Any], configs: list[dict[str, Any]],
 
 
 def _text(c: dict[str, float]) -> str:
-    return f"rho {c['rho']:+.2f}, p {c['p']:.2g}"
+    return f"rho {c['rho']:+.2f}, p {stats.fmt_p(c['p'])}"
 
 
 def _findings(p: dict[str, Any], s: dict[str, Any]) -> list[dict[str, Any]]:
@@ -181,7 +181,7 @@ def plot(s: dict[str, Any], out: Path) -> list[str]:
         if f != "depth":
             ax.set_xscale("log")
         c = s["correlations"][f]
-        ax.set_title(f"rho {c['rho']:+.2f} (p {c['p']:.2g})", fontsize=9)
+        ax.set_title(f"rho {c['rho']:+.2f} (p {stats.fmt_p(c['p'])})", fontsize=9)
         ax.axhline(0, color="gray", lw=0.6)
         ax.set_xlabel(label)
         ax.set_ylabel("test loss increase")

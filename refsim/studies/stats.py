@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["loglog_slope", "paired", "spearman"]
+__all__ = ["fmt_p", "loglog_slope", "paired", "spearman"]
 
 
 def _finite_pairs(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -56,3 +56,11 @@ def loglog_slope(x: Sequence[float], y: Sequence[float]) -> float:
     if keep.sum() < 2:
         return math.nan
     return float(np.polyfit(np.log(xa[keep]), np.log(ya[keep]), 1)[0])
+
+
+def fmt_p(p: float) -> str:
+    """A p-value for a report: two significant digits, "< 1e-15" below double precision's
+    resolution of 1 - p (scipy returns exactly 0 for a perfect rank correlation), "n/a" if NaN."""
+    if not math.isfinite(p):
+        return "n/a"
+    return "< 1e-15" if p < 1e-15 else f"{p:.2g}"

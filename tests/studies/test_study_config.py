@@ -11,7 +11,7 @@ from refsim.cli import main
 from refsim.studies import run_study
 from refsim.studies.allocate import allocation, widths
 from refsim.studies.params import parse_assignments
-from refsim.studies.stats import loglog_slope, paired, spearman
+from refsim.studies.stats import fmt_p, loglog_slope, paired, spearman
 
 
 @pytest.mark.parametrize(("name", "overrides", "message"), [
@@ -69,6 +69,7 @@ def test_stats_never_warn():
     assert p["mean_diff"] == pytest.approx(-1.0) and p["a_lower"] == 3 and p["p"] < 0.2
     assert math.isnan(paired([1.0, 2.0], [2.0, 3.0])["p"])  # no spread in the differences
     assert loglog_slope([1, 4, 16], [1, 2, 4]) == pytest.approx(0.5)
+    assert (fmt_p(0.0), fmt_p(0.0123), fmt_p(math.nan)) == ("< 1e-15", "0.012", "n/a")
 
 
 def test_allocation_policies():
