@@ -43,8 +43,7 @@ def main() -> None:
         for mode in args.modes:
             t = median_seconds(lambda mode=mode: quantize(x, "e4m3fn", mode, seed=1),
                                args.repeat)
-            path = label if mode != "sr" else "general (sr)"
-            print(f"| {path} | {mode} | {t * 1e9 / n:.1f} | {t / cast:.1f} | "
+            print(f"| {label} | {mode} | {t * 1e9 / n:.1f} | {t / cast:.1f} | "
                   f"{t / round_trip:.1f} |")
     torch_backend.use_compiled(False)
 
