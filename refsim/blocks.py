@@ -205,10 +205,14 @@ def _make_one_pass(mode, utype):
                     flags[item] = -1
                     continue
                 shift = U(np.int64(e) << np.int64(c_man))  # two's complement: wraps for e < 0
-                x_lo = U(max(e + 1, 1))  # x's field: x and x * 2^-e carrier normals
-                x_hi = U(min(2 * c_bias + e, 2 * c_bias))
-                r_lo = U(max(1 - e, 1))  # the result's field: r and r * 2^e carrier normals
-                low = 0
+                # Allowed fields, each tested with one unsigned compare (field - lo <= span):
+                # x's, so that x and x * 2^-e are carrier normals; the result's, so that r and
+                # r * 2^e are.
+                x_lo = U(max(e + 1, 1))
+                x_span = U(U(min(2 * c_bias + e, 2 * c_bias)) - x_lo)
+                r_lo = U(max(1 - e, 1))
+                r_span = U(TOP - r_lo)
+                low = U(0)
                 for i in range(ufirst, ustop):
                     bits = xb[i]
                     a = U(bits & ABS)
@@ -217,11 +221,11 @@ def _make_one_pass(mode, utype):
                     r = round_lane(MODE, y, fast, U(0), U(W))
                     rmag = U(r & ABS)
                     rfield = U(rmag >> CM)
-                    ok = (a == U(0)) | ((field >= x_lo) & (field <= x_hi)
-                                        & ((rmag == U(0)) | ((rfield >= r_lo) & (rfield <= TOP))))
+                    ok = (a == U(0)) | ((U(field - x_lo) <= x_span)
+                                        & ((rmag == U(0)) | (U(rfield - r_lo) <= r_span)))
                     outb[i] = select(ok, select(rmag == U(0), r, U(r + shift)), SENTINEL)
-                    low += 0 if ok else 1
-                flags[item] = low
+                    low += U(U(1) - U(ok))
+                flags[item] = np.int32(low)
 
     return one_pass
 
