@@ -61,3 +61,10 @@ def test_ulp_distance_in_dtype_steps_crosses_zero():
     a = np.array([-np.float32(1e-45), np.nextafter(np.float32(1), np.float32(2)), 1.0],
                  np.float32)
     assert list(ulp_distance(e, a)) == [2, 1, -1]
+
+
+def test_package_exports_compare():
+    import validation
+
+    assert validation.compare is compare
+    assert validation.compare(np.zeros(2), np.zeros(2)).ok
