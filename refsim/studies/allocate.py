@@ -28,13 +28,13 @@ import numpy as np
 
 from refsim.studies import stats
 from refsim.studies.params import need
-from refsim.studies.sensitivity import model_fields
+from refsim.studies.sensitivity import check_training, model_fields
 from refsim.studies.training import bits_plan, profile_of, train_run
 
 __all__ = ["FULL", "QUICK", "TITLE", "VERSION", "allocation", "analyze", "check", "grid", "plot",
            "run_one", "section"]
 
-VERSION = 1
+VERSION = 2
 TITLE = "Bit-width allocation from the factors, against uniform and random"
 NAME = "allocate"
 MODELS = ("mlp", "cnn", "transformer")
@@ -43,7 +43,8 @@ POLICIES = ("factor", "A+", "A-", "F+", "F-", "D+", "D-", "U")
 QUICK: dict[str, Any] = {
     "models": ["mlp", "cnn"], "mlp_hidden": [64, 32], "seeds": [0, 1, 2], "steps": 40,
     "mean_bits": 2, "spread": 1, "exp_bits": 5, "rounding": "rne",
-    "policies": list(POLICIES), "random_draws": 2, "transformer_train": 512,
+    "policies": list(POLICIES), "random_draws": 2, "optimizer": "adam", "lr": 0.01,
+    "transformer_lr": 0.003, "transformer_train": 512,
 }
 FULL: dict[str, Any] = {**QUICK, "models": list(MODELS), "seeds": [0, 1, 2, 3, 4],
                         "steps": 300, "random_draws": 4, "transformer_train": 2048}
@@ -58,8 +59,7 @@ def check(p: dict[str, Any]) -> None:
          "seeds", "a non-empty list of ints >= 0", p["seeds"])
     need(all(isinstance(h, int) and h >= 1 for h in p["mlp_hidden"]), NAME, "mlp_hidden",
          "a list of positive ints", p["mlp_hidden"])
-    need(isinstance(p["steps"], int) and p["steps"] >= 1, NAME, "steps", "a positive int",
-         p["steps"])
+    check_training(p, NAME)
     need(isinstance(p["exp_bits"], int) and 2 <= p["exp_bits"] <= 8, NAME, "exp_bits",
          "an int in [2, 8]", p["exp_bits"])
     need(isinstance(p["spread"], int) and p["spread"] >= 0, NAME, "spread", "an int >= 0",
@@ -106,7 +106,7 @@ def allocation(policy: str, factors: list[dict[str, Any]], mean_bits: int, sprea
 
 
 def _fields(p: dict[str, Any], model: str, seed: int) -> dict[str, Any]:
-    fields = model_fields(model, seed, p["steps"], p["transformer_train"])
+    fields = model_fields(p, model, seed)
     if model == "mlp":
         fields["hidden"] = p["mlp_hidden"]
     return fields
@@ -241,7 +241,8 @@ def section(doc: dict[str, Any]) -> str:
     lines = [f"## {TITLE}", "",
              f"Models {', '.join(p['models'])} (MLP hidden {p['mlp_hidden']}); operands "
              f"e{p['exp_bits']}mM with mean M = {p['mean_bits']} (spread {p['spread']}), "
-             f"{p['rounding']}, fp32 accumulation; {p['steps']} steps; seeds {p['seeds']}; "
+             f"{p['rounding']}, fp32 accumulation; {p['steps']} steps ({p['optimizer']}, lr "
+             f"{p['lr']:g}); seeds {p['seeds']}; "
              f"{p['random_draws']} random draws; {doc['grid']['runs']} runs "
              f"({doc['grid']['cached']} cached), {doc['seconds']:.0f} s.", "",
              "| policy | mean test loss |", "|---|---|"]

@@ -35,7 +35,7 @@ from refsim.studies.training import low_plan, operand_spec, train_run
 __all__ = ["FULL", "QUICK", "TITLE", "VERSION", "analyze", "check", "grid", "plot", "run_one",
            "section"]
 
-VERSION = 1
+VERSION = 2
 TITLE = "Depth: error through chains of quantized GEMMs, and shallow versus deep low precision"
 NAME = "depth"
 INITS = ("orthogonal", "he-relu")
@@ -45,7 +45,7 @@ QUICK: dict[str, Any] = {
     "layers": 32, "width": 64, "batch": 64, "inits": list(INITS), "roundings": ["rne", "sr"],
     "fmt": "e4m3fn", "chain_seeds": [0, 1, 2],
     "train_hidden": [64, 64, 64, 64], "low_layers": 2, "train_fmt": "e5m1",
-    "optimizer": "adam", "lr": 0.003, "seeds": [0, 1, 2], "steps": 80, "margin_acc": 0.01,
+    "optimizer": "adam", "lr": 0.01, "seeds": [0, 1, 2], "steps": 80, "margin_acc": 0.01,
 }
 FULL: dict[str, Any] = {**QUICK, "layers": 64, "chain_seeds": [0, 1, 2, 3, 4],
                         "seeds": [0, 1, 2, 3, 4], "steps": 400}

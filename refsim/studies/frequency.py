@@ -40,7 +40,7 @@ from refsim.studies.training import low_plan, operand_spec, train_run
 __all__ = ["FULL", "QUICK", "TITLE", "VERSION", "analyze", "check", "grid", "plot", "run_one",
            "section"]
 
-VERSION = 1
+VERSION = 2
 TITLE = "Usage frequency: outputs fed per quantized element, with K fixed"
 NAME = "frequency"
 PRODUCTS = ("forward", "weight-gradient")
@@ -49,7 +49,7 @@ QUICK: dict[str, Any] = {
     "log2_u": [0, 2, 4, 6, 8, 10], "k": 256, "n": 16, "fmt": "e4m3fn", "grad_fmt": "e5m2",
     "roundings": ["rne", "sr"], "product_seeds": [0, 1, 2],
     "batches": [8, 32, 128], "widths": [32, 128, 512], "train_fmt": "e5m1",
-    "seeds": [0, 1, 2], "steps": 40,
+    "seeds": [0, 1, 2], "steps": 40, "optimizer": "adam", "lr": 0.01,
 }
 FULL: dict[str, Any] = {**QUICK, "log2_u": list(range(0, 13)), "product_seeds": [0, 1, 2, 3, 4],
                         "batches": [8, 16, 32, 64, 128, 256], "widths": [32, 64, 128, 256, 512],
@@ -70,6 +70,9 @@ def check(p: dict[str, Any]) -> None:
     for key in ("product_seeds", "seeds"):
         need(bool(p[key]) and all(isinstance(s, int) and s >= 0 for s in p[key]), NAME, key,
              "a non-empty list of ints >= 0", p[key])
+    need(p["optimizer"] in ("sgd", "adam"), NAME, "optimizer", "sgd or adam", p["optimizer"])
+    need(isinstance(p["lr"], int | float) and p["lr"] > 0, NAME, "lr", "a positive number",
+         p["lr"])
     for key in ("batches", "widths"):
         need(all(isinstance(v, int) and v >= 1 for v in p[key]), NAME, key,
              "a list of positive ints", p[key])
@@ -77,6 +80,7 @@ def check(p: dict[str, Any]) -> None:
 
 def _fields(p: dict[str, Any], seed: int, batch: int = 32, hidden: int = 128) -> dict[str, Any]:
     return {"model": "mlp", "hidden": [hidden], "batch_size": batch, "seed": seed,
+            "optimizer": p["optimizer"], "lr": p["lr"],
             "epochs": math.ceil(p["steps"] * batch / 1437), "max_steps": p["steps"]}
 
 
@@ -285,7 +289,8 @@ def section(doc: dict[str, Any]) -> str:
              f"Isolated products: K = {p['k']}, N = {p['n']}, U = 2^{min(p['log2_u'])}.."
              f"2^{max(p['log2_u'])}, quantized operand {p['fmt']} (forward) / {p['grad_fmt']} "
              f"(weight gradient), seeds {p['product_seeds']}. Training: MLP on digits, "
-             f"{p['steps']} steps, {p['train_fmt']} in one GEMM, seeds {p['seeds']}; "
+             f"{p['steps']} steps ({p['optimizer']}, lr {p['lr']:g}), {p['train_fmt']} in one "
+             f"GEMM, seeds {p['seeds']}; "
              f"{doc['grid']['runs']} runs ({doc['grid']['cached']} cached), "
              f"{doc['seconds']:.0f} s.", "",
              "| product / rounding | per-output error vs U: slope | reuse penalty vs U: "

@@ -32,7 +32,7 @@ from refsim.studies.training import low_plan, operand_spec, profile_of, train_ru
 __all__ = ["FULL", "QUICK", "TITLE", "VERSION", "analyze", "check", "grid", "plot", "run_one",
            "section"]
 
-VERSION = 1
+VERSION = 2
 TITLE = "Layer sensitivity: one GEMM at a time in low precision"
 NAME = "sensitivity"
 MODELS = ("mlp", "cnn", "transformer")
@@ -40,7 +40,8 @@ TRAIN_SIZES = {"mlp": 1437, "cnn": 1437}
 
 QUICK: dict[str, Any] = {
     "models": ["mlp", "cnn"], "seeds": [0, 1, 2], "steps": 40, "fmt": "e5m1",
-    "rounding": "rne", "acc": "fp32", "transformer_train": 512,
+    "rounding": "rne", "acc": "fp32", "optimizer": "adam", "lr": 0.01, "transformer_lr": 0.003,
+    "transformer_train": 512,
 }
 FULL: dict[str, Any] = {**QUICK, "models": list(MODELS), "seeds": [0, 1, 2, 3, 4],
                         "steps": 300, "transformer_train": 2048}
@@ -53,31 +54,44 @@ def check(p: dict[str, Any]) -> None:
          f"a non-empty list of {', '.join(MODELS)}", p["models"])
     need(len(p["seeds"]) >= 1 and all(isinstance(s, int) and s >= 0 for s in p["seeds"]),
          NAME, "seeds", "a non-empty list of ints >= 0", p["seeds"])
-    for key in ("steps", "transformer_train"):
-        need(isinstance(p[key], int) and p[key] >= 1, NAME, key, "a positive int", p[key])
+    check_training(p, NAME)
     for key in ("fmt", "acc"):
         need_format(NAME, key, p[key])
     need(p["rounding"] in ROUNDINGS, NAME, "rounding", f"one of {', '.join(ROUNDINGS)}",
          p["rounding"])
 
 
-def model_fields(model: str, seed: int, steps: int, transformer_train: int) -> dict[str, Any]:
-    """TrainConfig fields of a short run of `model` (one epoch past `steps` is never run)."""
-    fields: dict[str, Any] = {"model": model, "seed": seed, "max_steps": steps}
-    n = TRAIN_SIZES.get(model, transformer_train)
+def model_fields(p: dict[str, Any], model: str, seed: int) -> dict[str, Any]:
+    """TrainConfig fields of a short run of `model` under parameters p (steps, optimizer, lr,
+    transformer_lr, transformer_train); epochs cover the steps, never more."""
+    steps = p["steps"]
+    fields: dict[str, Any] = {"model": model, "seed": seed, "max_steps": steps,
+                              "optimizer": p["optimizer"], "lr": p["lr"]}
+    n = TRAIN_SIZES.get(model, p["transformer_train"])
     if model == "transformer":
-        fields["n_train"] = transformer_train
+        fields["n_train"] = p["transformer_train"]
+        fields["lr"] = p["transformer_lr"]
     fields["epochs"] = math.ceil(steps * 32 / n)
     return fields
+
+
+def check_training(p: dict[str, Any], study: str) -> None:
+    """The training parameters shared by sensitivity and allocate."""
+    for key in ("steps", "transformer_train"):
+        need(isinstance(p[key], int) and p[key] >= 1, study, key, "a positive int", p[key])
+    need(p["optimizer"] in ("sgd", "adam"), study, "optimizer", "sgd or adam", p["optimizer"])
+    for key in ("lr", "transformer_lr"):
+        need(isinstance(p[key], int | float) and p[key] > 0, study, key, "a positive number",
+             p[key])
 
 
 def grid(p: dict[str, Any]) -> list[dict[str, Any]]:
     runs = []
     spec = operand_spec(p["fmt"], p["rounding"], p["acc"])
     for model in p["models"]:
-        rows = profile_of(model_fields(model, 0, p["steps"], p["transformer_train"]))
+        rows = profile_of(model_fields(p, model, 0))
         for seed in p["seeds"]:
-            fields = model_fields(model, seed, p["steps"], p["transformer_train"])
+            fields = model_fields(p, model, seed)
             runs.append({"model": model, "layer": None, "role": None, "train": fields,
                          "plan": {"preset": "fp32"}})
             runs += [{"model": model, "layer": r.layer, "role": r.role, "k": r.k,
@@ -197,7 +211,8 @@ def section(doc: dict[str, Any]) -> str:
     lines = [f"## {TITLE}", "",
              f"Models {', '.join(p['models'])}; one GEMM (layer and role) at a time with "
              f"operands in {p['fmt']} ({p['rounding']}, saturating) and a {p['acc']} "
-             f"accumulator, the rest fp32; {p['steps']} training steps; seeds {p['seeds']}; "
+             f"accumulator, the rest fp32; {p['steps']} training steps ({p['optimizer']}, lr "
+             f"{p['lr']:g}); seeds {p['seeds']}; "
              f"{doc['grid']['runs']} runs ({doc['grid']['cached']} cached), "
              f"{doc['seconds']:.0f} s. Damage = final test loss minus the fp32 run's with the "
              "same seed, mean over seeds.", "",
