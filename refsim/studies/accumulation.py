@@ -31,6 +31,7 @@ import numpy as np
 
 from refsim.studies import stats
 from refsim.studies.params import need, need_format
+from refsim.studies.report import said
 
 __all__ = ["FULL", "QUICK", "TITLE", "VERSION", "analyze", "check", "grid", "plot", "run_one",
            "section"]
@@ -455,7 +456,5 @@ def section(doc: dict[str, Any]) -> str:
     lines += ["", "Recomputed numbers from the references:", ""]
     lines += [f"- {c['check']}: {c['got']:.6g} (reference: {c['expected']:g})"
               for c in s["checks"]]
-    lines += ["", "What this says: " + "; ".join(
-        f"{f['claim']} — {'yes' if f['supported'] else 'no'} ({f['evidence']})"
-        for f in doc["findings"]) + ".", ""]
+    lines += ["", said(doc["findings"]), ""]
     return "\n".join(lines)

@@ -28,6 +28,7 @@ import numpy as np
 
 from refsim.studies import stats
 from refsim.studies.params import need
+from refsim.studies.report import said
 from refsim.studies.sensitivity import check_training, model_fields
 from refsim.studies.training import bits_plan, profile_of, train_run
 
@@ -255,7 +256,5 @@ def section(doc: dict[str, Any]) -> str:
         lines += [f"- {model} {pol}: " + ", ".join(f"{k} {v}" for k, v in bits.items())
                   for pol, bits in pols.items()]
     lines += [""] + [f"![allocation]({f})" for f in doc["plots"]]
-    lines += ["", "What this says: " + "; ".join(
-        f"{f['claim']} — {'yes' if f['supported'] else 'no'} ({f['evidence']})"
-        for f in doc["findings"]) + ".", ""]
+    lines += ["", said(doc["findings"]), ""]
     return "\n".join(lines)

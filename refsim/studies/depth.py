@@ -16,8 +16,10 @@ Usage rules:
     over seeds.
   - Finding "depth" (the paper: depth affects the stability of matrix operations somewhat but
     not the final outcome): supported when the chain error grows with L in every chain
-    (Spearman rho > 0, p < 0.05) and the shallow/deep difference in final test accuracy is
-    within `margin_acc` (absolute) on average over seeds.
+    (Spearman rho > 0, p < 0.05) and the 95% confidence interval of the shallow-minus-deep
+    difference in final test accuracy lies within +-`margin_acc`; not supported when the
+    chains do not grow or the difference is significant (p < 0.05); otherwise undecided (the
+    interval is too wide for this many seeds).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import numpy as np
 
 from refsim.studies import stats
 from refsim.studies.params import need, need_format
+from refsim.studies.report import said
 from refsim.studies.training import low_plan, operand_spec, train_run
 
 __all__ = ["FULL", "QUICK", "TITLE", "VERSION", "analyze", "check", "grid", "plot", "run_one",
@@ -182,18 +185,30 @@ def _findings(p: dict[str, Any], s: dict[str, Any]) -> list[dict[str, Any]]:
                                  for c in chains.values())
     acc = s["training"]["shallow_minus_deep_acc"]
     loss = s["training"]["shallow_minus_deep_loss"]
-    same = bool(math.isfinite(acc["mean_diff"]) and abs(acc["mean_diff"]) <= p["margin_acc"])
+    # Equivalence: the whole 95% interval of the accuracy difference within the margin;
+    # a difference: the interval excludes 0; otherwise this run cannot tell.
+    m = p["margin_acc"]
+    if math.isfinite(acc["ci_low"]) and -m <= acc["ci_low"] and acc["ci_high"] <= m:
+        outcome: bool | None = True
+    elif math.isfinite(acc["p"]) and acc["p"] < 0.05:
+        outcome = False
+    else:
+        outcome = None
     chain_text = "; ".join(f"{k}: slope {c['slope']:.2f}, rho {c['spearman_rho']:.2f} "
                            f"(p {stats.fmt_p(c['spearman_p'])})" for k, c in chains.items())
     n_seeds = len(s["training"]["seeds"])
     evidence = (f"chains to L={p['layers']} ({chain_text}); training ({n_seeds} seeds, "
                 f"{p['train_fmt']} in {p['low_layers']} layers): shallow minus deep test "
-                f"accuracy {100 * acc['mean_diff']:+.2f} pp (sd {100 * acc['sd_diff']:.2f}, "
+                f"accuracy {100 * acc['mean_diff']:+.2f} pp (95% CI {100 * acc['ci_low']:+.2f} "
+                f"to {100 * acc['ci_high']:+.2f}, sd {100 * acc['sd_diff']:.2f}, "
                 f"p {stats.fmt_p(acc['p'])}), test loss {loss['mean_diff']:+.4f} "
                 f"(p {stats.fmt_p(loss['p'])}); "
-                f"margin {100 * p['margin_acc']:.1f} pp")
+                f"equivalence margin +-{100 * m:.1f} pp")
+    verdict = None if outcome is None else bool(grows and outcome)
+    if not grows:
+        verdict = False
     out = [{"id": "depth", "claim": "depth affects the stability of matrix operations somewhat "
-            "but not the final training outcome", "supported": bool(grows and same),
+            "but not the final training outcome", "supported": verdict,
             "evidence": evidence}]
     slopes = [c["slope"] for c in chains.values() if math.isfinite(c["slope"])]
     if slopes:
@@ -266,7 +281,5 @@ def section(doc: dict[str, Any]) -> str:
     lines += [f"| {c} | {m[c]['test_loss']:.4f} | {100 * m[c]['test_accuracy']:.2f}% |"
               for c in m]
     lines += [""] + [f"![shallow vs deep]({f})" for f in doc["plots"] if f == "shallow_deep.png"]
-    lines += ["", "What this says: " + "; ".join(
-        f"{f['claim']} — {'yes' if f['supported'] else 'no'} ({f['evidence']})"
-        for f in doc["findings"]) + ".", ""]
+    lines += ["", said(doc["findings"]), ""]
     return "\n".join(lines)

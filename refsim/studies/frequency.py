@@ -35,6 +35,7 @@ import numpy as np
 
 from refsim.studies import stats
 from refsim.studies.params import need, need_format
+from refsim.studies.report import said
 from refsim.studies.training import low_plan, operand_spec, train_run
 
 __all__ = ["FULL", "QUICK", "TITLE", "VERSION", "analyze", "check", "grid", "plot", "run_one",
@@ -311,7 +312,5 @@ def section(doc: dict[str, Any]) -> str:
               f"(p {stats.fmt_p(k['p'])}, n {k['n']})."]
     lines += [""] + [f"![training sweeps]({f})" for f in doc["plots"]
                      if f == "training_sweeps.png"]
-    lines += ["", "What this says: " + "; ".join(
-        f"{f['claim']} — {'yes' if f['supported'] else 'no'} ({f['evidence']})"
-        for f in doc["findings"]) + ".", ""]
+    lines += ["", said(doc["findings"]), ""]
     return "\n".join(lines)

@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SCHEMA", "clean", "headline", "pyplot", "validate", "write_report", "write_study"]
+__all__ = ["SCHEMA", "clean", "headline", "pyplot", "said", "validate", "write_report",
+           "write_study"]
 
 SCHEMA: dict[str, type | tuple[type, ...]] = {
     "study": str, "title": str, "quick": bool, "params": dict, "grid": dict, "rows": list,
@@ -102,6 +103,13 @@ def write_study(out_dir: Path, doc: dict[str, Any]) -> None:
     (out_dir / "report.md").write_text(doc["section"])
 
 
+def said(findings: Sequence[dict[str, Any]]) -> str:
+    """The closing "What this says" sentence of a study section."""
+    words = {True: "yes", False: "no", None: "undecided"}
+    return "What this says: " + "; ".join(
+        f"{f['claim']} — {words[f['supported']]} ({f['evidence']})" for f in findings) + "."
+
+
 def _mark(supported: bool | None) -> str:
     return {True: "SUPPORTED", False: "NOT SUPPORTED", None: "UNDECIDED"}[supported]
 
@@ -129,7 +137,10 @@ def write_report(out_dir: Path, docs: Sequence[dict[str, Any]], seconds: float,
              "(results.json in each study's folder).", "",
              "## Conclusions", "",
              "The paper (Shen, Lai & Zhang 2024) reports three findings and an allocation claim. "
-             "For each, this run's verdict:", ""]
+             "For each, this run's verdict: SUPPORTED (the test stated in the study's section "
+             "passed), NOT SUPPORTED (it did not: the direction may still agree without "
+             "significance, as the numbers show) or UNDECIDED (an equivalence claim whose "
+             "interval is too wide for this many seeds).", ""]
     paper = [f for d in docs for f in d["findings"] if f["id"] in PAPER_FINDINGS]
     lines += [f"- **{_mark(f['supported'])}** — {f['claim']}: {f['evidence']}"
               for f in sorted(paper, key=lambda f: PAPER_FINDINGS.index(f["id"]))]

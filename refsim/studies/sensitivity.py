@@ -13,8 +13,8 @@ Usage rules:
   - Findings: "accumulation" (the paper: GEMMs with longer reductions tolerate more noise) is
     supported when rho(K, damage) < 0 with p < 0.05; "frequency" (less-used elements tolerate
     more) when rho(frequency, damage) > 0 with p < 0.05; "depth" (no effect on the outcome)
-    when rho(depth, damage) is not significant (p >= 0.05), which with few GEMMs is weak
-    evidence and is said so.
+    is contradicted when rho(depth, damage) is significant (p < 0.05) and otherwise undecided:
+    an insignificant correlation over a few GEMMs cannot establish the absence of an effect.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import numpy as np
 
 from refsim.studies import stats
 from refsim.studies.params import need, need_format
+from refsim.studies.report import said
 from refsim.studies.training import low_plan, operand_spec, profile_of, train_run
 
 __all__ = ["FULL", "QUICK", "TITLE", "VERSION", "analyze", "check", "grid", "plot", "run_one",
@@ -169,11 +170,12 @@ def _findings(p: dict[str, Any], s: dict[str, Any]) -> list[dict[str, Any]]:
          "evidence": f"Spearman of the test-loss increase against usage frequency: "
          f"{_text(c['frequency'])} ({where})"},
         {"id": "depth", "claim": "depth has no noticeable effect on the final outcome "
-         "(standard models; no significant correlation)",
-         "supported": bool(math.isfinite(c["depth"]["p"]) and c["depth"]["p"] >= 0.05),
+         "(standard models)",
+         "supported": False if math.isfinite(c["depth"]["p"]) and c["depth"]["p"] < 0.05
+         else None,
          "evidence": f"Spearman of the test-loss increase against depth: "
-         f"{_text(c['depth'])} ({where}); an absent correlation over few GEMMs is weak "
-         "evidence"},
+         f"{_text(c['depth'])} ({where}); a significant correlation would contradict the "
+         "claim, an insignificant one over this few GEMMs cannot establish it"},
     ]
 
 
@@ -231,7 +233,5 @@ def section(doc: dict[str, Any]) -> str:
         f"{m}: " + ", ".join(f"{f} {_text(v)}" for f, v in pm.items())
         for m, pm in s["per_model"].items()) + ".", ""]
     lines += [f"![sensitivity]({f})" for f in doc["plots"]]
-    lines += ["", "What this says: " + "; ".join(
-        f"{f['claim']} — {'yes' if f['supported'] else 'no'} ({f['evidence']})"
-        for f in doc["findings"]) + ".", ""]
+    lines += ["", said(doc["findings"]), ""]
     return "\n".join(lines)

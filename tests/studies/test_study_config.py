@@ -67,6 +67,8 @@ def test_stats_never_warn():
     assert s["rho"] == pytest.approx(1.0) and s["n"] == 4
     p = paired([1.0, 2.0, 3.0], [2.0, 2.5, 4.5])
     assert p["mean_diff"] == pytest.approx(-1.0) and p["a_lower"] == 3 and p["p"] < 0.2
+    # 95% t interval: mean +- t(0.975, 2) * sd / sqrt(3), sd of (-1, -0.5, -1.5) = 0.5
+    assert p["ci_high"] - p["mean_diff"] == pytest.approx(4.302653 * 0.5 / 3 ** 0.5, rel=1e-6)
     assert math.isnan(paired([1.0, 2.0], [2.0, 3.0])["p"])  # no spread in the differences
     assert loglog_slope([1, 4, 16], [1, 2, 4]) == pytest.approx(0.5)
     assert (fmt_p(0.0), fmt_p(0.0123), fmt_p(math.nan)) == ("< 1e-15", "0.012", "n/a")
