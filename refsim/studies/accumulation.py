@@ -65,7 +65,7 @@ FULL: dict[str, Any] = {
     "trials": 16,
     "vrr_mantissas": [2, 3, 4, 5, 6, 7, 8],
     "vrr_log2_k": list(range(4, 21)),
-    "vrr_trials": 256,
+    "vrr_trials": 128,
 }
 
 

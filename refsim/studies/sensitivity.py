@@ -196,6 +196,7 @@ def plot(s: dict[str, Any], out: Path) -> list[str]:
             ax.plot([r[f] for r in sel], [r["d_test_loss"] for r in sel], "o", label=m)
         if f != "depth":
             ax.set_xscale("log")
+            ax.tick_params(axis="x", which="minor", labelbottom=False)  # they overlap
         c = s["correlations"][f]
         ax.set_title(f"rho {c['rho']:+.2f} (p {stats.fmt_p(c['p'])})", fontsize=9)
         ax.axhline(0, color="gray", lw=0.6)
