@@ -9,7 +9,10 @@ Usage rules:
     start method (no fork of a process that may hold Numba's threads) and `workers`
     processes, each limited to one Numba thread: the parallelism is across runs. workers=1
     runs serially in this process. "dask": a dask.distributed Client connected to `scheduler`
-    (an address such as tcp://127.0.0.1:8786); dask is imported only then.
+    (an address such as tcp://127.0.0.1:8786); dask is imported only then. Each task runs on
+    one Numba thread; start the workers with one thread each (`dask worker ADDR --nthreads 1`)
+    so that no two runs share a process's Numba thread pool, and with refsim installed (runs
+    are pickled by reference).
   - `warm_key` (optional): before a pool starts, the first pending run of each distinct
     warm_key(config) runs in this process, so Numba compiles (and caches on disk) each kernel
     once instead of once per worker; its result is kept like any other.
@@ -130,6 +133,12 @@ def run_grid(fn: Callable[[dict[str, Any]], dict[str, Any]], configs: Sequence[d
     return [r for r in results if r is not None], stats
 
 
+def _dask_task(fn: Callable[[dict[str, Any]], dict[str, Any]],
+               config: dict[str, Any]) -> dict[str, Any]:
+    _one_thread()  # numba.set_num_threads applies to the calling thread only
+    return fn(config)
+
+
 def _run_dask(fn, configs, todo, scheduler, finish) -> None:
     try:
         from dask.distributed import Client, as_completed
@@ -140,6 +149,6 @@ def _run_dask(fn, configs, todo, scheduler, finish) -> None:
         futures = {}
         for i in todo:
             # pure=False: the cache, not Dask, decides what is recomputed.
-            futures[client.submit(fn, dict(configs[i]), pure=False)] = i
+            futures[client.submit(_dask_task, fn, dict(configs[i]), pure=False)] = i
         for fut in as_completed(list(futures)):
             finish(futures[fut], fut.result())
