@@ -194,13 +194,15 @@ def _findings(p: dict[str, Any], s: dict[str, Any]) -> list[dict[str, Any]]:
         outcome = False
     else:
         outcome = None
+    ci = (f"95% CI {100 * acc['ci_low']:+.2f} to {100 * acc['ci_high']:+.2f}"
+          if math.isfinite(acc["ci_low"]) else "no interval: fewer than 2 seeds or no spread")
     chain_text = "; ".join(f"{k}: slope {c['slope']:.2f}, rho {c['spearman_rho']:.2f} "
                            f"(p {stats.fmt_p(c['spearman_p'])})" for k, c in chains.items())
     n_seeds = len(s["training"]["seeds"])
     evidence = (f"chains to L={p['layers']} ({chain_text}); training ({n_seeds} seeds, "
                 f"{p['train_fmt']} in {p['low_layers']} layers): shallow minus deep test "
-                f"accuracy {100 * acc['mean_diff']:+.2f} pp (95% CI {100 * acc['ci_low']:+.2f} "
-                f"to {100 * acc['ci_high']:+.2f}, sd {100 * acc['sd_diff']:.2f}, "
+                f"accuracy {100 * acc['mean_diff']:+.2f} pp ({ci}, sd "
+                f"{100 * acc['sd_diff']:.2f}, "
                 f"p {stats.fmt_p(acc['p'])}), test loss {loss['mean_diff']:+.4f} "
                 f"(p {stats.fmt_p(loss['p'])}); "
                 f"equivalence margin +-{100 * m:.1f} pp")
