@@ -5,9 +5,10 @@ Usage rules:
     torch.matmul in float32 (fp32 accumulation, order unspecified: torch's), and the result is
     cast with spec.out. Fast and close to hardware, not bit-reproducible across backends.
   - mode="exact": bit-identical to refsim.matmul. The loop runs over k (the declared order),
-    each step vectorized over the (batch, M, N) outputs. Supported: orders sequential and
-    chunked, every rounding but sr in the accumulator (and in acc.product), every Cast of the
-    operands and of the output (sr included); anything else raises NotImplementedError naming it.
+    each step vectorized over the (batch, M, N) outputs. Supported: orders sequential, chunked,
+    pairwise and kahan, every rounding but sr in the accumulator (and in acc.product), every
+    Cast of the operands and of the output (sr included); anything else (sr accumulation,
+    multiterm) raises NotImplementedError naming it.
   - Seeds as refsim.matmul: a's Cast uses seed, b's seed + 1, the accumulation and output cast
     seed (the output cast reads the accumulation family TAG_OUT of refsim.accum_core).
 
@@ -99,33 +100,67 @@ def _add_round(x: torch.Tensor, y: torch.Tensor, fmt, rounding: str, overflow: s
     return tb.quantize(s, fmt, rounding, overflow=overflow)
 
 
+def _term(a: torch.Tensor, b: torch.Tensor, k: int, acc: AccumSpec) -> torch.Tensor:
+    """Term k of every output: a[..., m, k] * b[..., k, n] exactly, or rounded to acc.product."""
+    t = a[..., :, k:k + 1] * b[..., k:k + 1, :]  # exact in float64 (checked)
+    prod = acc.product
+    if prod is not None:
+        if prod.rounding == "sr":
+            raise NotImplementedError("torch matmul mode='exact': product rounding 'sr' is "
+                                      "not supported; use refsim.matmul")
+        t = tb.quantize(t, prod.fmt, prod.rounding, overflow=prod.overflow,
+                        sr_bits=prod.sr_bits)
+    return t
+
+
 def _reduce_sequential(a: torch.Tensor, b: torch.Tensor, k0: int, k1: int, acc: AccumSpec
                        ) -> torch.Tensor:
+    """s = round(t_k0); s = round(s + t_k) for k = k0+1 .. k1-1 (refsim.accum_core)."""
     fmt, rounding, overflow = _acc_params(acc, "accumulator")
-    prod = acc.product
-
-    def term(k: int) -> torch.Tensor:
-        t = a[..., :, k:k + 1] * b[..., k:k + 1, :]  # exact in float64 (checked)
-        if prod is not None:
-            if prod.rounding == "sr":
-                raise NotImplementedError("torch matmul mode='exact': product rounding 'sr' is "
-                                          "not supported; use refsim.matmul")
-            t = tb.quantize(t, prod.fmt, prod.rounding, overflow=prod.overflow,
-                            sr_bits=prod.sr_bits)
-        return t
-
-    s = tb.quantize(term(k0), fmt, rounding, overflow=overflow)
+    s = tb.quantize(_term(a, b, k0, acc), fmt, rounding, overflow=overflow)
     for k in range(k0 + 1, k1):
-        s = _add_round(s, term(k), fmt, rounding, overflow)
+        s = _add_round(s, _term(a, b, k, acc), fmt, rounding, overflow)
+    return s
+
+
+def _reduce_pairwise(a: torch.Tensor, b: torch.Tensor, nk: int, acc: AccumSpec) -> torch.Tensor:
+    """refsim.accum_core.reduce_pairwise: terms pushed unrounded on a binary counter; the two
+    top entries merge (one rounding) while they hold equally many terms, and at the last term
+    everything left merges from the top down. One term alone is round(t_0)."""
+    fmt, rounding, overflow = _acc_params(acc, "accumulator")
+    stack: list[tuple[torch.Tensor, int]] = []
+    for k in range(nk):
+        stack.append((_term(a, b, k, acc), 1))
+        while len(stack) >= 2 and (stack[-1][1] == stack[-2][1] or k == nk - 1):
+            (left, n_left), (right, n_right) = stack[-2], stack[-1]
+            stack[-2:] = [(_add_round(left, right, fmt, rounding, overflow), n_left + n_right)]
+    if nk == 1:
+        return tb.quantize(stack[0][0], fmt, rounding, overflow=overflow)
+    return stack[0][0]
+
+
+def _reduce_kahan(a: torch.Tensor, b: torch.Tensor, nk: int, acc: AccumSpec) -> torch.Tensor:
+    """refsim.accum_core.reduce_kahan: s = round(t_0), c = +0; then y = round(t_k - c),
+    t = round(s + y), c = round(round(t - s) - y), s = t."""
+    fmt, rounding, overflow = _acc_params(acc, "accumulator")
+    s = tb.quantize(_term(a, b, 0, acc), fmt, rounding, overflow=overflow)
+    c = torch.zeros_like(s)
+    for k in range(1, nk):
+        y = _add_round(_term(a, b, k, acc), -c, fmt, rounding, overflow)
+        t = _add_round(s, y, fmt, rounding, overflow)
+        d = _add_round(t, -s, fmt, rounding, overflow)
+        c = _add_round(d, -y, fmt, rounding, overflow)
+        s = t
     return s
 
 
 def _exact(a: torch.Tensor, b: torch.Tensor, spec: GemmSpec, seed: int) -> torch.Tensor:
     acc = spec.acc
     assert acc is not None
-    if acc.order not in ("sequential", "chunked"):
-        raise NotImplementedError(f"torch matmul mode='exact' supports orders sequential and "
-                                  f"chunked; got order={acc.order!r} (use refsim.matmul)")
+    if acc.order not in ("sequential", "chunked", "pairwise", "kahan"):
+        raise NotImplementedError(f"torch matmul mode='exact' supports orders sequential, "
+                                  f"chunked, pairwise and kahan; got order={acc.order!r} (use "
+                                  "refsim.matmul)")
     bits = _significant_bits(a) + _significant_bits(b)
     if bits > 53:
         raise ValueError(f"torch matmul mode='exact': products need up to {bits} significant "
@@ -141,6 +176,10 @@ def _exact(a: torch.Tensor, b: torch.Tensor, spec: GemmSpec, seed: int) -> torch
         result = zero
     elif acc.order == "sequential":
         result = _reduce_sequential(a, b, 0, k_total, acc)
+    elif acc.order == "pairwise":
+        result = _reduce_pairwise(a, b, k_total, acc)
+    elif acc.order == "kahan":
+        result = _reduce_kahan(a, b, k_total, acc)
     else:
         outer = acc.outer_spec
         ofmt, orounding, ooverflow = _acc_params(outer, "outer accumulator")

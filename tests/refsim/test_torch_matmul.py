@@ -20,8 +20,9 @@ def _operands(seed, shape_a=(2, 5, 40), shape_b=(40, 3), scale=4.0):
     a = rng.standard_normal(shape_a) * scale
     b = rng.standard_normal(shape_b) * scale
     # a few exact cancellations, zeros of both signs, and large values (overflow paths)
-    a[..., 0, :4] = [0.0, -0.0, 1e5, -3.0]
-    b[:4, 0] = [-0.0, 2.0, 1e5, 3.0]
+    n = min(4, a.shape[-1])
+    a[..., 0, :n] = [0.0, -0.0, 1e5, -3.0][:n]
+    b[:n, 0] = [-0.0, 2.0, 1e5, 3.0][:n]
     return a, b
 
 
@@ -48,6 +49,15 @@ def test_exact_chunked_with_outer_and_output_casts(rounding):
         _check(GemmSpec(a=Cast("bf16", "sr"), b=Cast("e4m3fn"), acc=acc, out=out), seed=3)
 
 
+@pytest.mark.parametrize("rounding", ["rne", "rtz", "rdn", "rto"])
+@pytest.mark.parametrize("order", ["pairwise", "kahan"])
+def test_exact_pairwise_and_kahan(order, rounding):
+    for k in (1, 2, 7, 40):
+        spec = GemmSpec(a=Cast("e4m3fn"), b=Cast("e5m2"), acc=AccumSpec("bf16", rounding, order),
+                        out=Cast("e4m3fn", "sr"))
+        _check(spec, seed=7, shape_a=(3, k), shape_b=(k, 4))
+
+
 def test_exact_product_cast_and_fp32_operands():
     acc = AccumSpec("fp32", "rtz", product=Cast("bf16", "rna"))
     _check(GemmSpec(a=Cast("bf16"), b=Cast("bf16"), acc=acc), seed=4)
@@ -65,8 +75,8 @@ def test_exact_refuses_what_it_cannot_do_exactly():
     u = torch.ones(3, 2, dtype=torch.float64)
     with pytest.raises(NotImplementedError, match="'sr'"):
         matmul(t, u, GemmSpec(acc=AccumSpec("fp16", "sr")))
-    with pytest.raises(NotImplementedError, match="pairwise"):
-        matmul(t, u, GemmSpec(acc=AccumSpec("fp16", order="pairwise")))
+    with pytest.raises(NotImplementedError, match="multiterm"):
+        matmul(t, u, GemmSpec(acc=AccumSpec("fp16", order="multiterm", group=4, width=20)))
     with pytest.raises(ValueError, match="53"):
         matmul(t / 3, u / 3, GemmSpec(acc=AccumSpec("fp16")))
     with pytest.raises(ValueError, match="mode must be"):
