@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m refsim.demo
+	$(PY) -m refsim study all --quick --out reports/latest
 
 test: $(STAMP)
 	$(PY) -m ruff check formats refsim validation tests bench
