@@ -112,10 +112,24 @@ def _words_at(index: torch.Tensor, seed: int, j: int, step: int = 0,
     return torch.gather(words, -1, (index & 3).unsqueeze(-1)).squeeze(-1)
 
 
+TORCH_PHILOX_ON_CPU = False
+"""On CPU, random_words reads the same stream from refsim.rng (Numba, about 100x faster than
+whole-tensor int64 ops) unless this is True; tests set it to check the torch ops on CPU too."""
+
+
 def random_words(seed: int, n: int, j: int = 0, device: torch.device | str = "cpu",
                  step: int = 0, tag: int = 0) -> torch.Tensor:
     """Words W_j of elements 0 .. n-1 under `seed` as int64 patterns (refsim.rng.random_words,
-    i.e. np.random.Philox(key=seed).random_raw(n) for j = 0)."""
+    i.e. np.random.Philox(key=seed).random_raw(n) for j = 0); step and tag fill counter words
+    2 and 3. Computed with torch integer ops on the tensor's device; on CPU from refsim.rng."""
+    if torch.device(device).type == "cpu" and not TORCH_PHILOX_ON_CPU:
+        if step == 0 and tag == 0:
+            from refsim.rng import random_words as numba_words
+            raw = numba_words(seed, n, j)
+        else:  # NumPy's Philox with counter words 1..3 preset (docs/rng.md)
+            counter = (j << 64) + (step << 128) + (tag << 192)
+            raw = np.random.Philox(key=seed, counter=counter).random_raw(n)
+        return torch.from_numpy(np.ascontiguousarray(raw).view(np.int64))
     n_blocks = (n + 3) // 4
     blocks = torch.arange(1, n_blocks + 1, dtype=torch.int64, device=device)
     words = torch.stack(philox4x64_10(blocks, j, step, tag, seed), dim=-1)

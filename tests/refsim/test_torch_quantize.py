@@ -95,7 +95,14 @@ def test_bfloat16_input_refuses_formats_it_cannot_hold():
         quantize(torch.zeros(3, dtype=torch.bfloat16), "fp16")
 
 
-def test_philox_stream_equals_numpy():
+@pytest.mark.parametrize("torch_ops", [True, False])
+def test_philox_stream_equals_numpy(torch_ops, monkeypatch):
+    """The torch integer-op Philox (used on every device; on CPU when forced) and the CPU
+    shortcut through refsim.rng give NumPy's stream, accumulation families included."""
+    monkeypatch.setattr(torch_backend, "TORCH_PHILOX_ON_CPU", torch_ops)
+    got = torch_backend.random_words(5, 11, j=2, step=3, tag=7).numpy().view(np.uint64)
+    counter = (2 << 64) + (3 << 128) + (7 << 192)
+    assert np.array_equal(got, np.random.Philox(key=5, counter=counter).random_raw(11))
     for seed in (0, 1, 2**64 - 1, 0x243F6A8885A308D3):
         got = torch_backend.random_words(seed, 37).numpy().view(np.uint64)
         assert np.array_equal(got, np.random.Philox(key=seed).random_raw(37))
@@ -138,6 +145,13 @@ def test_hypothesis_custom_formats(fmt, data, rounding, seed):
     x = np.array(data, np.float64)
     expected = quantize(x, fmt, rounding, seed=seed)
     assert_same_bits(quantize(torch.from_numpy(x), fmt, rounding, seed=seed).numpy(), expected, x)
+
+
+def test_sr_with_torch_philox_on_cpu(monkeypatch):
+    monkeypatch.setattr(torch_backend, "TORCH_PHILOX_ON_CPU", True)
+    fmt = get_format("e4m3fn")
+    x = boundary_values(fmt, np.float64)
+    _check_all_modes(x, fmt, sr_bits=(None, 4))
 
 
 @pytest.mark.parametrize("name", ["e4m3fn", "bf16", "e8m0fnu"])
