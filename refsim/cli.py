@@ -72,15 +72,31 @@ def build_parser() -> argparse.ArgumentParser:
     from refsim.studies.cli import add_study_parser
 
     add_study_parser(sub)
+    # Listed for --help only: main() hands `validate`'s arguments to validation's own parser.
+    sub.add_parser("validate", add_help=False,
+                   help="the validation suite, golden vectors and their verification "
+                        "(python -m validation; `refsim validate --help` for its options)")
     return parser
 
 
+def _validate(argv: list[str]) -> int:
+    # The one place refsim reaches up to validation/: the command line is the top of both.
+    from validation.__main__ import main as validation_main
+
+    return validation_main(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["validate"]:
+        command, run = "validate", lambda: _validate(argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
+        command, run = args.command, lambda: args.func(args)
     try:
-        return args.func(args)
+        return run()
     except (ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"refsim {args.command}: error: {exc}", file=sys.stderr)
+        print(f"refsim {command}: error: {exc}", file=sys.stderr)
         return 2
 
 
