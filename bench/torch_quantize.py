@@ -4,9 +4,11 @@
 
 For e4m3fn (and the modes given): refsim.quantize on a float32 torch tensor of 2^log2n normal
 values (N(0, 8^2)), as a ratio to torch's `.to(torch.float8_e4m3fn)` (and its round trip back to
-float32, which writes as many bytes as refsim does). --compiled also times the fast path under
-torch.compile (refsim.backends.torch_backend.use_compiled). Times are medians, after one warm-up
-call (which also compiles).
+float32, which writes as many bytes as refsim does). Two routes: "numba", the default for CPU
+tensors (a zero-copy NumPy view into refsim's Numba kernels), and "torch ops", the torch-op
+implementation every other device runs (timed here on CPU). --compiled also times the torch-op
+fast path under torch.compile (refsim.backends.torch_backend.use_compiled). Times are medians,
+after one warm-up call (which also compiles).
 """
 
 from __future__ import annotations
@@ -37,14 +39,18 @@ def main() -> None:
           f"{round_trip * 1e9 / n:.2f} ns/element")
     print("| path | mode | ns/element | / torch cast | / torch round trip |")
     print("|---|---|---|---|---|")
-    variants = [("eager", False)] + ([("compiled", True)] if args.compiled else [])
-    for label, compiled in variants:
+    variants = [("numba (CPU default)", "numba", False), ("torch ops, eager", "torch", False)]
+    if args.compiled:
+        variants.append(("torch ops, compiled", "torch", True))
+    for label, route, compiled in variants:
+        torch_backend.CPU_KERNEL = route
         torch_backend.use_compiled(compiled)
         for mode in args.modes:
             t = median_seconds(lambda mode=mode: quantize(x, "e4m3fn", mode, seed=1),
                                args.repeat)
             print(f"| {label} | {mode} | {t * 1e9 / n:.1f} | {t / cast:.1f} | "
                   f"{t / round_trip:.1f} |")
+    torch_backend.CPU_KERNEL = "numba"
     torch_backend.use_compiled(False)
 
 

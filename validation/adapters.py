@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from formats import FloatFormat, get_format
-from validation._refsim import quantize, quantize_blocks
+from validation._refsim import quantize, quantize_blocks, torch_ops_on_cpu
 
 __all__ = ["Adapter", "adapters"]
 
@@ -101,7 +101,8 @@ def _refsim_torch(device: str) -> list[Adapter]:
 
     def make(fmt: str, rounding: str) -> Callable[[np.ndarray], np.ndarray]:
         def run(x: np.ndarray) -> np.ndarray:
-            out = quantize(torch.from_numpy(x).to(device), fmt, rounding, seed=SEED)
+            with torch_ops_on_cpu():
+                out = quantize(torch.from_numpy(x).to(device), fmt, rounding, seed=SEED)
             return np.asarray(out.cpu().numpy())
         return run
 

@@ -26,6 +26,31 @@ SMALL = [name for name, fmt in NAMED.items() if fmt.bits <= 8]
 SIXTEEN = [name for name, fmt in NAMED.items() if 8 < fmt.bits <= 16]
 
 
+@pytest.fixture(autouse=True)
+def _torch_ops_on_cpu(monkeypatch):
+    """Every test here checks the torch-op implementation (what CUDA runs): on CPU, tensors
+    would otherwise go to the Numba kernels they are compared with."""
+    monkeypatch.setattr(torch_backend, "CPU_KERNEL", "torch")
+
+
+def test_cpu_tensors_take_the_numba_kernels(monkeypatch):
+    """The default CPU route: same bits, dtype, shape; bfloat16, strided input, out= and
+    requires_grad tensors included."""
+    monkeypatch.setattr(torch_backend, "CPU_KERNEL", "numba")
+    x = torch.randn(64, 33, generator=torch.Generator().manual_seed(4)) * 300
+    for tx in (x, x.t(), x.to(torch.bfloat16), x.double(), x.clone().requires_grad_()):
+        expected = quantize(tx.detach().float().numpy() if tx.dtype == torch.bfloat16
+                            else tx.detach().numpy(), "e4m3fn", "sr", seed=5)
+        got = quantize(tx, "e4m3fn", "sr", seed=5)
+        assert got.dtype == tx.dtype and got.shape == tx.shape and not got.requires_grad
+        assert_same_bits(got.float().numpy() if tx.dtype == torch.bfloat16 else got.numpy(),
+                         expected.astype(got.float().numpy().dtype)
+                         if tx.dtype == torch.bfloat16 else expected)
+    out = torch.empty_like(x)
+    assert quantize(x, "bf16", "rtz", out=out) is out
+    assert_same_bits(out.numpy(), quantize(x.numpy(), "bf16", "rtz"))
+
+
 def _policies(fmt):
     return ("default", "saturate", "wrap") if isinstance(fmt, FixedFormat) else (
         "default", "saturate")
