@@ -100,30 +100,28 @@ def select(typingctx, cond, if_true, if_false):
     return if_true(cond, if_true, if_false), codegen
 
 
-@intrinsic
-def float_bits(typingctx, x):
-    """The bit pattern of a float32 (as uint32) or float64 (as uint64)."""
-    target = {types.float32: types.uint32, types.float64: types.uint64}.get(x)
-    if target is None:
-        return None
+def _bitcast(pairs: dict, doc: str):
+    """An intrinsic reinterpreting a value's bits as the type `pairs` maps its type to (one LLVM
+    bitcast, free in vector code)."""
 
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(target))
+    def cast(typingctx, value):
+        target = pairs.get(value)
+        if target is None:
+            return None
 
-    return target(x), codegen
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], context.get_value_type(target))
+
+        return target(value), codegen
+
+    cast.__doc__ = doc
+    return intrinsic(cast)
 
 
-@intrinsic
-def bits_float(typingctx, u):
-    """The float32 (uint32 input) or float64 (uint64 input) with bit pattern u."""
-    target = {types.uint32: types.float32, types.uint64: types.float64}.get(u)
-    if target is None:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(target))
-
-    return target(u), codegen
+float_bits = _bitcast({types.float32: types.uint32, types.float64: types.uint64},
+                      "The bit pattern of a float32 (as uint32) or float64 (as uint64).")
+bits_float = _bitcast({types.uint32: types.float32, types.uint64: types.float64},
+                      "The float32 (uint32 input) or float64 (uint64 input) with bit pattern u.")
 
 
 def round_lane(mode, x, fast, rand, r_cap):
