@@ -375,6 +375,13 @@ def matmul(a, b, spec, *, seed: int = 0, counts: bool = False):
     if a_shape[:-2] != b_shape[:-2]:
         raise NotImplementedError(f"matmul on CUDA needs equal batch dimensions (no broadcasting"
                                   f" yet); got a of shape {a_shape} and b of shape {b_shape}")
+    from formats.block_format import BlockFormat
+
+    for name, cast in (("a", spec.a), ("b", spec.b)):
+        if cast is not None and isinstance(cast.fmt, BlockFormat):
+            raise NotImplementedError(
+                f"matmul on CUDA: spec.{name} is the block format {cast.fmt.name}; block casts "
+                "run on the CPU only (refsim.quantize_blocks): copy the arrays to the host")
     acc = spec.acc
     kernel = _matmul_kernel(acc.order)
     if spec.a is not None:

@@ -105,6 +105,13 @@ def run_cases(inputs: dict[str, np.ndarray], cuda) -> dict[str, np.ndarray]:
     d = cuda.to_device(inputs["x32"])
     refsim.quantize(d, "e4m3fn", "sr", seed=SEED, out=d)
     results["q-inplace"] = d.copy_to_host()
+    block = refsim.GemmSpec(a=refsim.Cast("mxfp8_e4m3"), acc=refsim.AccumSpec("fp32"))
+    try:  # block casts run on the CPU only: refused with a clear message, never mis-rounded
+        refsim.matmul(cuda.to_device(inputs["a32"]), cuda.to_device(inputs["b32"]), block)
+    except NotImplementedError as exc:
+        assert "mxfp8_e4m3" in str(exc) and "CPU only" in str(exc), exc
+    else:
+        raise AssertionError("a block Cast on CUDA was not refused")
     return results
 
 
