@@ -4,13 +4,14 @@
 # Needs: an NVIDIA GPU with its driver, Python with numpy, numba (with numba-cuda or Numba's
 # built-in CUDA target and a CUDA toolkit) and pytest. No installation: run from the repository
 # root as `bash scripts/gpu_check.sh` (PYTHON=... picks the interpreter). About 3-6 minutes;
-# every step is bounded so that the whole stays under 8 minutes. The CPU reference runs on all
+# every step is bounded (150 + 300 + 30 s) so that the whole stays under 8 minutes. The CPU reference runs on all
 # cores (NUMBA_NUM_THREADS); it takes most of the time at 1024^3 (one spec only there).
 #
 # Output: the pytest summary of the real-GPU tests, then one line per large check:
 #   quantize  float32 e4m3fn  sr  n=67108864  bits OK  cuda 1.23 ms  218.2 GB/s
 #   matmul    1024^3  fp32/rne/sequential     bits OK  cuda 850 ms  2.5 GFLOP/s (cpu 12.1 s)
-# and "ALL BIT-EXACT" at the end (exit 0), or the first mismatch report (exit 1).
+# and "ALL BIT-EXACT" (exit 0), or the first mismatch report (exit 1); then, where torch sees
+# the GPU, the torch path on CUDA tensors: bits against the CPU and its share of copy bandwidth.
 #
 # GPU_CHECK_DRY_RUN=1: the same script on tiny shapes in the Numba CUDA simulator, without the
 # pytest step (checks the script itself on a machine without a GPU; proves nothing about GPUs).
@@ -148,4 +149,55 @@ for size, name, spec in specs:
 if failures:
     raise SystemExit(f"{len(failures)} check(s) differ between CUDA and CPU")
 print("ALL BIT-EXACT")
+EOF
+
+echo "== torch path on CUDA tensors: bits against the CPU reference, share of copy bandwidth"
+timeout 30 "$PYTHON" - <<'EOF'
+import os
+import time
+
+try:
+    import torch
+except ImportError:
+    print("torch is not installed: torch path not checked")
+    raise SystemExit(0) from None
+if os.environ.get("GPU_CHECK_DRY_RUN") == "1" or not torch.cuda.is_available():
+    print("no torch CUDA device (or dry run): torch path not checked")
+    raise SystemExit(0)
+
+import refsim
+from validation.bits import mismatch_report
+
+SEED = 20250101
+n = 1 << 26
+x = torch.randn(n, generator=torch.Generator().manual_seed(SEED)) * 8
+d = x.cuda()
+
+
+def best(fn, repeat=5):
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+copy = best(lambda: d.clone())
+print(f"torch clone (read+write) {2 * d.nbytes / copy / 1e9:.1f} GB/s; torch .to(float8_e4m3fn) "
+      f"{best(lambda: d.to(torch.float8_e4m3fn)) * 1e3:.2f} ms")
+failed = 0
+for fmt, rounding in (("e4m3fn", "rne"), ("e4m3fn", "sr"), ("bf16", "rtz")):
+    seconds = best(lambda: refsim.quantize(d, fmt, rounding, seed=SEED))
+    got = refsim.quantize(d, fmt, rounding, seed=SEED).cpu().numpy()
+    report = mismatch_report(got, refsim.quantize(x.numpy(), fmt, rounding, seed=SEED),
+                             x.numpy(), context=f"torch cuda {fmt} {rounding}")
+    failed += bool(report)
+    print(report or f"torch cuda  {fmt:6s} {rounding}  bits OK  {seconds * 1e3:.2f} ms  "
+          f"{copy / seconds:.2f} of copy bandwidth (issue target 0.5)")
+if failed:
+    raise SystemExit(f"{failed} torch CUDA check(s) differ from the CPU reference")
 EOF
