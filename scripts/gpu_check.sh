@@ -4,8 +4,9 @@
 # Needs: an NVIDIA GPU with its driver, Python with numpy, numba (with numba-cuda or Numba's
 # built-in CUDA target and a CUDA toolkit) and pytest. No installation: run from the repository
 # root as `bash scripts/gpu_check.sh` (PYTHON=... picks the interpreter). About 3-6 minutes;
-# every step is bounded (150 + 300 + 30 s) so that the whole stays under 8 minutes. The CPU reference runs on all
-# cores (NUMBA_NUM_THREADS); it takes most of the time at 1024^3 (one spec only there).
+# every step is bounded (150 + 300 + 30 s) so that the whole stays under 8 minutes. The CPU
+# reference runs on all cores (NUMBA_NUM_THREADS); it takes most of the time at 1024^3 (one spec
+# only there).
 #
 # Output: the pytest summary of the real-GPU tests, then one line per large check:
 #   quantize  float32 e4m3fn  sr  n=67108864  bits OK  cuda 1.23 ms  218.2 GB/s
