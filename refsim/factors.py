@@ -17,13 +17,12 @@ Usage rules:
   - Depth: `depth_input` is the product's 1-based position in the model's forward order
     (`gemm_names()`), `depth_loss` its position counted back from the loss (the last product
     is 1), for every role.
-  - The conv geometry is read by wrapping refsim.nn.ops.conv2d for the duration of the pass
-    (the trace records the GEMM shapes only); `profile` is not thread-safe for that reason.
+  - The conv geometry (input size, kernel, stride, padding) comes from the traced Context
+    (refsim.nn.Context.geometry), next to the GEMM shapes of its trace.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -155,24 +154,6 @@ def _axis_repeats(size: int, k: int, stride: int, padding: int) -> float:
     return float(hits.sum()) / size
 
 
-@contextlib.contextmanager
-def _record_convs(store: dict[str, dict[str, Any]]) -> Iterator[None]:
-    from refsim.nn import ops
-
-    original = ops.conv2d
-
-    def recording(x, w, bias, layer, ctx, stride=1, padding=0):
-        store[layer] = {"hw": tuple(x.shape[2:]), "k": int(w.shape[2]), "stride": stride,
-                        "padding": padding}
-        return original(x, w, bias, layer, ctx, stride, padding)
-
-    ops.conv2d = recording
-    try:
-        yield
-    finally:
-        ops.conv2d = original
-
-
 def profile(model, sample_input: np.ndarray) -> Profile:
     """One row per GEMM role of every layer of `model` on `sample_input` (module docstring).
 
@@ -188,10 +169,9 @@ def profile(model, sample_input: np.ndarray) -> Profile:
         raise ValueError("profile: the model lists no matrix products (gemm_names() is empty)")
     trace: list[dict[str, Any]] = []
     ctx = Context(preset("numpy"), seed=0, trace=trace)
-    convs: dict[str, dict[str, Any]] = {}
-    with _record_convs(convs):
-        logits = model(sample_input, ctx)
-        logits.sum().backward()
+    logits = model(sample_input, ctx)
+    logits.sum().backward()
+    convs = ctx.geometry
     depth = {name: i + 1 for i, name in enumerate(names)}
     rows = []
     seen = set()

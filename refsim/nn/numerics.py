@@ -345,6 +345,9 @@ class Context:
         training: dropout is active only when True.
         trace: None, or a list that receives one dict per matrix product (layer, role, shapes,
             seconds): used by tests and the benchmark's profile.
+        geometry: with trace, filled with each convolution's geometry by layer name (input
+            height and width "hw", kernel size "k", "stride", "padding"): refsim.factors reads
+            the element usage of its im2col operand from it.
     """
 
     numerics: Numerics
@@ -352,6 +355,13 @@ class Context:
     step: int = 0
     training: bool = True
     trace: list[dict[str, Any]] | None = field(default=None)
+    geometry: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def note_conv(self, layer: str, hw: tuple[int, int], k: int, stride: int,
+                  padding: int) -> None:
+        """Record a convolution's geometry (only while tracing)."""
+        if self.trace is not None:
+            self.geometry[layer] = {"hw": hw, "k": k, "stride": stride, "padding": padding}
 
     def gemm(self, layer: str, role: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """The (layer, role) product a @ b under the plan."""

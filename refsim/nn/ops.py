@@ -189,6 +189,7 @@ def conv2d(x: Tensor, w: Tensor, bias: Tensor | None, layer: str, ctx: Context,
                          f"{w.shape} do not match (need (N, C, H, W) and (O, C, kh, kw))")
     n, _, h, wd = x.shape
     o, c, kh, kw = w.shape
+    ctx.note_conv(layer, (h, wd), kh, stride, padding)
     cols = im2col(x, kh, kw, stride, padding)
     w2 = w.reshape(o, c * kh * kw).transpose()
     ho, wo = _conv_out(h, kh, stride, padding), _conv_out(wd, kw, stride, padding)
