@@ -19,6 +19,7 @@ Usage rules (semantics: docs/blocks.md):
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -30,7 +31,7 @@ from formats import FixedFormat, Format
 from formats.block_format import BlockFormat, get_block_format
 from formats.policy import ROUNDINGS, check_rounding, check_seed, check_sr_bits
 from refsim import core
-from refsim.backends.lane import F_ENABLED, fast_constants, round_lane, select
+from refsim.backends.lane import F_ENABLED, N_FAST, fast_constants, round_lane, select
 from refsim.params import CARRIERS, format_params
 from refsim.quantize import quantize
 from refsim.rng import stream_word
@@ -162,20 +163,18 @@ def _make_one_pass(mode, utype):
     """The one-pass kernel for a deterministic mode and a carrier (compiled on first use; used
     for rne).
 
-    Blocks along the last axis: the block amax and exponent e, then each element in registers:
-    a power-of-two scale only moves the exponent field, so x * 2^-e is x's pattern minus
-    (e << c_man), rounded by refsim.quantize's own lane function (round_lane, with the
-    element's saturating constants), and the result's pattern plus (e << c_man) is the value.
-    That holds while x, x * 2^-e and the result are carrier normals (or zeros); other lanes get
-    _SENTINEL and are redone by _fix_lanes. A block whose largest scaled element would leave
-    the carrier gets flags = -1: the caller takes the three-step path.
+    Blocks along the last axis: the block amax and exponent e, then every element rounded once,
+    directly from x, to the element grid scaled by 2^e: the element format with its exponents
+    shifted by e, whose round_lane constants are row e - s_emin of `table` (_shifted_table). So
+    the loop is refsim.quantize's own lane, nothing more. Carrier subnormal inputs get
+    _SENTINEL and are redone by _fix_lanes; a block whose shifted format leaves the carrier
+    (table row disabled) gets flags = -1: the caller takes the three-step path.
     """
     c_man, c_bias = (23, 127) if utype is np.uint32 else (52, 1023)
     U = utype
     W = 8 * np.dtype(utype).itemsize
     ABS = U((1 << (W - 1)) - 1)
-    CM = U(c_man)
-    TOP = U(2 * c_bias)  # the largest exponent field of a finite value
+    A_LO = U(1 << c_man)  # the smallest carrier normal pattern
     INF = (2 * c_bias + 1) << c_man
     SENTINEL = _SENTINEL[utype]
     NAN = U(INF | (1 << (c_man - 1)))
@@ -183,7 +182,7 @@ def _make_one_pass(mode, utype):
 
     @njit(parallel=True, cache=True)
     def one_pass(xb, outb, exps, flags, nb, length, bs, threshold, elem_emax, s_emin, s_emax,
-                 fast):
+                 table):
         n_blocks = exps.size
         for chunk in prange((n_blocks + _ITEMS - 1) // _ITEMS):
             for item in range(chunk * _ITEMS, min(n_blocks, (chunk + 1) * _ITEMS)):
@@ -201,33 +200,53 @@ def _make_one_pass(mode, utype):
                         outb[i] = NAN
                     flags[item] = 0
                     continue
-                if e + elem_emax + 1 > c_bias:
+                k = e - s_emin
+                if table[k, 0] == 0:
                     flags[item] = -1
                     continue
-                shift = U(np.int64(e) << np.int64(c_man))  # two's complement: wraps for e < 0
-                # Allowed fields, each tested with one unsigned compare (field - lo <= span):
-                # x's, so that x and x * 2^-e are carrier normals; the result's, so that r and
-                # r * 2^e are.
-                x_lo = U(max(e + 1, 1))
-                x_span = U(U(min(2 * c_bias + e, 2 * c_bias)) - x_lo)
-                r_lo = U(max(1 - e, 1))
-                r_span = U(TOP - r_lo)
+                # The row as a tuple: its values stay in registers through the loop.
+                fast = (table[k, 0], table[k, 1], table[k, 2], table[k, 3], table[k, 4],
+                        table[k, 5], table[k, 6], table[k, 7], table[k, 8], table[k, 9],
+                        table[k, 10], table[k, 11], table[k, 12])
                 low = U(0)
                 for i in range(ufirst, ustop):
                     bits = xb[i]
                     a = U(bits & ABS)
-                    field = U(a >> CM)
-                    y = select(a == U(0), bits, U(bits - shift))
-                    r = round_lane(MODE, y, fast, U(0), U(W))
-                    rmag = U(r & ABS)
-                    rfield = U(rmag >> CM)
-                    ok = (a == U(0)) | ((U(field - x_lo) <= x_span)
-                                        & ((rmag == U(0)) | (U(rfield - r_lo) <= r_span)))
-                    outb[i] = select(ok, select(rmag == U(0), r, U(r + shift)), SENTINEL)
-                    low += U(U(1) - U(ok))
+                    rare = (a != U(0)) & (a < A_LO)
+                    outb[i] = select(rare, SENTINEL, round_lane(MODE, bits, fast, U(0), U(W)))
+                    low += U(rare)
                 flags[item] = np.int32(low)
 
     return one_pass
+
+
+@functools.lru_cache(maxsize=64)
+def _shifted_table(element: Format, mode: int, c_man: int, c_bias: int, s_emin: int,
+                   s_emax: int) -> np.ndarray:
+    """Row e - s_emin: the round_lane constants (saturating) of `element` with its exponents
+    (fixed point: its fraction bits) shifted by e, for every scale exponent e; a row of zeros
+    (disabled) where the shifted format does not fit in the carrier. Read-only (cached)."""
+    params = format_params(element)
+    utype = CARRIERS[np.dtype(np.float32 if c_man == 23 else np.float64)][2]
+    table = np.zeros((s_emax - s_emin + 1, N_FAST), utype)
+    c_min_exp = 1 - c_bias - c_man  # exponent of the carrier's smallest subnormal
+    for k, e in enumerate(range(s_emin, s_emax + 1)):
+        if params[core.P_KIND] == core.KIND_FIXED:  # k * 2^-(frac_bits - e)
+            frac = params[core.P_MAN] - e
+            magnitude = params[core.P_EMIN] - (1 if params[core.P_SIGNED] else 0)
+            if magnitude > c_man + 1 or -frac < c_min_exp or magnitude - frac > c_bias:
+                continue
+            shifted = (params[0], frac, *params[2:])
+        else:
+            smallest = params[core.P_EMIN] - (params[core.P_MAN] if params[core.P_SUBNORMALS]
+                                              else 0)
+            if params[core.P_EMAX] + e > c_bias or smallest + e < c_min_exp:
+                continue
+            shifted = (*params[:core.P_EMIN], params[core.P_EMIN] + e, params[core.P_EMAX] + e,
+                       *params[core.P_EMAX + 1:])
+        table[k] = fast_constants(shifted, c_man, c_bias, mode, core.OVF_SATURATE)
+    table.flags.writeable = False
+    return table
 
 
 _ONE_PASS: dict = {}
@@ -389,10 +408,10 @@ def _pow2_blocks(x: np.ndarray, fmt: BlockFormat, axis: int, rounding: str,
     # and compiling all of them costs about a minute; the other modes take the three steps.
     if inner == 1 and not keep_p and rounding == "rne":
         params = format_params(fmt.element)
-        fast = fast_constants(params, c_man, c_bias, mode, core.OVF_SATURATE)
-        if fast[F_ENABLED]:
+        table = _shifted_table(fmt.element, mode, c_man, c_bias, s_emin, s_emax)
+        if table[:, F_ENABLED].any():
             _one_pass(mode, utype)(xb, out.view(utype), exps, flags, nb, length, bs, consts[3],
-                                   consts[4], s_emin, s_emax, fast)
+                                   consts[4], s_emin, s_emax, table)
             if not (flags < 0).any():
                 items = np.flatnonzero(flags)
                 if items.size:
