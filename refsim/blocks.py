@@ -185,8 +185,16 @@ def _make_one_pass(mode, utype):
                  table):
         n_blocks = exps.size
         for chunk in prange((n_blocks + _ITEMS - 1) // _ITEMS):
+            # (row, b) of the chunk's first block, then stepped: no division per block.
+            row = (chunk * _ITEMS) // nb
+            b = chunk * _ITEMS - row * nb
             for item in range(chunk * _ITEMS, min(n_blocks, (chunk + 1) * _ITEMS)):
-                first, stop = _span(item, nb, length, bs)
+                first = row * length + b * bs
+                stop = first + min(bs, length - b * bs)
+                b += 1
+                if b == nb:
+                    b = 0
+                    row += 1
                 ufirst = np.uint64(first)
                 ustop = np.uint64(stop)
                 amax = U(0)
