@@ -42,8 +42,12 @@ def format_params(fmt: Format) -> tuple[int, ...]:
 def carrier_holds(fmt: Format, dtype: np.dtype) -> bool:
     """Is every value of `fmt` an exact value of the float dtype?"""
     c_man, c_bias, _ = CARRIERS[np.dtype(dtype)]
-    c_emax = c_bias
-    c_min_exp = 1 - c_bias - c_man  # exponent of the carrier's smallest subnormal
+    return float_holds(fmt, c_man, c_bias, 1 - c_bias - c_man)
+
+
+def float_holds(fmt: Format, c_man: int, c_emax: int, c_min_exp: int) -> bool:
+    """Is every value of `fmt` a value of the binary float with c_man mantissa bits, largest
+    exponent c_emax and smallest subnormal 2^c_min_exp (subnormals included)?"""
     if isinstance(fmt, FloatFormat):
         return (fmt.man_bits <= c_man and fmt.emax <= c_emax
                 and fmt.emin - (fmt.man_bits if fmt.subnormals else 0) >= c_min_exp)

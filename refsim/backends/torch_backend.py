@@ -25,7 +25,7 @@ import torch
 
 from formats import FixedFormat, FloatFormat, Format
 from refsim import core
-from refsim.params import resolve
+from refsim.params import float_holds, resolve
 from refsim.rng import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1
 
 __all__ = ["philox4x64_10", "quantize", "random_words", "use_compiled"]
@@ -143,13 +143,7 @@ _NP_DTYPE = {torch.float32: np.float32, torch.float64: np.float64, torch.bfloat1
 
 def _bf16_holds(fmt: Format) -> bool:
     """Is every value of fmt a bfloat16 value (8 significand bits, emax 127, 2^-133)?"""
-    c_man, c_emax, c_min_exp = 7, 127, -133
-    if isinstance(fmt, FloatFormat):
-        return (fmt.man_bits <= c_man and fmt.emax <= c_emax
-                and fmt.emin - (fmt.man_bits if fmt.subnormals else 0) >= c_min_exp)
-    magnitude_bits = fmt.bits - 1 if fmt.signed else fmt.bits
-    return (magnitude_bits <= c_man + 1 and -fmt.frac_bits >= c_min_exp
-            and magnitude_bits - fmt.frac_bits <= c_emax)
+    return float_holds(fmt, 7, 127, -133)
 
 
 def _bitlen(n: torch.Tensor) -> torch.Tensor:
