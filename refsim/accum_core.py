@@ -523,11 +523,17 @@ def reduce_pairwise(a, b, has_b, p, m, n, nk, spec, prod_on, pspec, seed, index)
     is the tree's post-order) is step i; one term alone is round(t_0), step 0."""
     if nk <= 0:
         return core._zero(False, C_MAN, C_BIAS, spec), _CNT0
-    kinds = np.empty(PAIRWISE_STACK, np.int64)
-    negs = np.empty(PAIRWISE_STACK, np.bool_)
-    sigs = np.empty(PAIRWISE_STACK, np.uint64)
-    exps = np.empty(PAIRWISE_STACK, np.int64)
-    sizes = np.empty(PAIRWISE_STACK, np.int64)
+    return pairwise_tree(np.empty(PAIRWISE_STACK, np.int64), np.empty(PAIRWISE_STACK, np.bool_),
+                         np.empty(PAIRWISE_STACK, np.uint64), np.empty(PAIRWISE_STACK, np.int64),
+                         np.empty(PAIRWISE_STACK, np.int64), a, b, has_b, p, m, n, nk, spec,
+                         prod_on, pspec, seed, index)
+
+
+@njit(cache=True)
+def pairwise_tree(kinds, negs, sigs, exps, sizes, a, b, has_b, p, m, n, nk, spec, prod_on, pspec,
+                  seed, index):
+    """reduce_pairwise for nk >= 1 on a caller's stack of PAIRWISE_STACK entries (NumPy arrays on
+    the CPU, thread-local arrays in a CUDA kernel, which cannot allocate)."""
     top = 0
     merges = np.int64(0)
     result = _U0
@@ -547,7 +553,7 @@ def reduce_pairwise(a, b, has_b, p, m, n, nk, spec, prod_on, pspec, seed, index)
                                       merges, TAG_ADD)
             cnt = tally(cnt, ev)
             merges += 1
-            rk, rn, rs, re = unpack_f64(result)
+            rk, rn, rs, re = unpack_f64(np.uint64(result))  # np.uint64: the CUDA simulator
             kinds[i] = rk
             negs[i] = rn
             sigs[i] = rs

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
+from numba.core import types
+from numba.extending import overload
 
 from formats import FloatFormat, Format
 from formats.policy import OVERFLOWS, ROUNDINGS, check_seed
@@ -39,9 +41,10 @@ __all__ = ["COUNT_KEYS", "conv2d", "dot", "matmul", "sum"]
 _UINT64_MAX = (1 << 64) - 1
 
 
-# One parallel kernel per order, so each compiles only when first used. They are written out
-# (not built by a factory): Numba's cache keys a closure by its pickled cells, which differ from
-# one process to the next, so a factory-made kernel would recompile in every process.
+# One parallel kernel per order, made by _make_kernel on first use, so each order compiles only
+# when it is used. The closure holds the order's index only (a plain int): Numba's on-disk cache
+# keys a closure by its pickled cells, and a dispatcher there would differ in every process. The
+# order function itself is chosen at compile time by _order (an overload on the literal index).
 @njit(cache=True)
 def _locate(flat, per_batch, n_cols):
     p = flat // per_batch
@@ -60,76 +63,55 @@ def _store(out, counts, count_on, i, flat, bits, cnt, cast_on, cspec, seed):
         counts[i, 2] = cnt[2]
 
 
-@njit(parallel=True, cache=True)
-def _kernel_sequential(a, b, has_b, todo, out, counts, count_on, chunk, spec, ospec, prod_on,
+_ORDER_FUNCTIONS = tuple(getattr(ac, "order_" + order) for order in ORDERS)
+
+
+def _order(order, a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec, mt, seed, index):
+    """accum_core.order_<ORDERS[order]>(a, ...) for a compile-time `order`; Numba code only."""
+    raise NotImplementedError("refsim.accumulate._order runs inside Numba kernels only")
+
+
+@overload(_order, prefer_literal=True)
+def _order_overload(order, a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec, mt, seed,
+                    index):
+    if not isinstance(order, types.IntegerLiteral):
+        return None
+    function = _ORDER_FUNCTIONS[order.literal_value]
+
+    def impl(order, a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec, mt, seed, index):
+        return function(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec, mt, seed,
+                        index)
+
+    return impl
+
+
+def _make_kernel(order: int):
+    @njit(parallel=True, cache=True)
+    def reduce_outputs(a, b, has_b, todo, out, counts, count_on, chunk, spec, ospec, prod_on,
                        pspec, cast_on, cspec, mt, seed):
-    """The outputs whose flat indices are listed in todo (out[i] is output todo[i]), parallel over
-    outputs only; likewise the other _kernel_*."""
-    n_cols = b.shape[1] if has_b else 1
-    for i in prange(todo.shape[0]):
-        flat = todo[i]
-        p, m, n = _locate(flat, a.shape[1] * n_cols, n_cols)
-        bits, cnt = ac.order_sequential(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec,
-                                        mt, seed, flat)
-        _store(out, counts, count_on, i, flat, bits, cnt, cast_on, cspec, seed)
+        """The outputs whose flat indices are listed in todo (out[i] is output todo[i]) in the
+        order ORDERS[order], parallel over outputs only."""
+        n_cols = b.shape[1] if has_b else 1
+        for i in prange(todo.shape[0]):
+            flat = todo[i]
+            p, m, n = _locate(flat, a.shape[1] * n_cols, n_cols)
+            bits, cnt = _order(order, a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec,
+                               mt, seed, flat)
+            _store(out, counts, count_on, i, flat, bits, cnt, cast_on, cspec, seed)
+
+    return reduce_outputs
 
 
-@njit(parallel=True, cache=True)
-def _kernel_pairwise(a, b, has_b, todo, out, counts, count_on, chunk, spec, ospec, prod_on,
-                     pspec, cast_on, cspec, mt, seed):
-    n_cols = b.shape[1] if has_b else 1
-    for i in prange(todo.shape[0]):
-        flat = todo[i]
-        p, m, n = _locate(flat, a.shape[1] * n_cols, n_cols)
-        bits, cnt = ac.order_pairwise(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec,
-                                      mt, seed, flat)
-        _store(out, counts, count_on, i, flat, bits, cnt, cast_on, cspec, seed)
+_KERNELS: dict[str, object] = {}
 
 
-@njit(parallel=True, cache=True)
-def _kernel_chunked(a, b, has_b, todo, out, counts, count_on, chunk, spec, ospec, prod_on,
-                    pspec, cast_on, cspec, mt, seed):
-    n_cols = b.shape[1] if has_b else 1
-    for i in prange(todo.shape[0]):
-        flat = todo[i]
-        p, m, n = _locate(flat, a.shape[1] * n_cols, n_cols)
-        bits, cnt = ac.order_chunked(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec,
-                                     mt, seed, flat)
-        _store(out, counts, count_on, i, flat, bits, cnt, cast_on, cspec, seed)
+def _kernel(order: str):
+    """The exact-core kernel of `order`, made on first use."""
+    if order not in _KERNELS:
+        _KERNELS[order] = _make_kernel(ORDERS.index(order))
+    return _KERNELS[order]
 
 
-@njit(parallel=True, cache=True)
-def _kernel_kahan(a, b, has_b, todo, out, counts, count_on, chunk, spec, ospec, prod_on,
-                  pspec, cast_on, cspec, mt, seed):
-    n_cols = b.shape[1] if has_b else 1
-    for i in prange(todo.shape[0]):
-        flat = todo[i]
-        p, m, n = _locate(flat, a.shape[1] * n_cols, n_cols)
-        bits, cnt = ac.order_kahan(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec,
-                                   mt, seed, flat)
-        _store(out, counts, count_on, i, flat, bits, cnt, cast_on, cspec, seed)
-
-
-@njit(parallel=True, cache=True)
-def _kernel_multiterm(a, b, has_b, todo, out, counts, count_on, chunk, spec, ospec, prod_on,
-                      pspec, cast_on, cspec, mt, seed):
-    n_cols = b.shape[1] if has_b else 1
-    for i in prange(todo.shape[0]):
-        flat = todo[i]
-        p, m, n = _locate(flat, a.shape[1] * n_cols, n_cols)
-        bits, cnt = ac.order_multiterm(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec,
-                                       mt, seed, flat)
-        _store(out, counts, count_on, i, flat, bits, cnt, cast_on, cspec, seed)
-
-
-_KERNELS = {
-    "sequential": _kernel_sequential,
-    "pairwise": _kernel_pairwise,
-    "chunked": _kernel_chunked,
-    "kahan": _kernel_kahan,
-    "multiterm": _kernel_multiterm,
-}
-assert tuple(_KERNELS) == ORDERS
 COUNT_KEYS = ("overflow", "underflow", "saturation")
 """Keys of the counts dict (the order of refsim.accum_core.CNT_*)."""
 
@@ -238,7 +220,7 @@ def _run_exact(a3: np.ndarray, b3: np.ndarray | None, acc: AccumSpec, cast: Cast
     mt = (np.int64(acc.group or 1), np.int64(acc.width or 1),
           np.int64(MULTITERM_VARIANTS.index(acc.variant) if acc.variant else 0))
     with threads_for(todo.size * a3.shape[2] * NS_PER_EXACT_MAC):
-        _KERNELS[acc.order](a_bits, b_bits, has_b, todo, out, counts, count_on,
+        _kernel(acc.order)(a_bits, b_bits, has_b, todo, out, counts, count_on,
                             np.int64(acc.chunk or 0), spec, ospec, prod_on, pspec, cast_on, cspec,
                             mt, np.uint64(seed))
     totals = counts.sum(axis=0)

@@ -148,7 +148,7 @@ def _quantize_kernels(c_man: int, c_bias: int):
 def _order_function(order: str):
     """The per-output function of `order` (accum_core.order_*, the CPU kernel's), except
     pairwise: accum_core.reduce_pairwise allocates its stack with np.empty, which numba.cuda cannot
-    compile; _order_pairwise is the same steps with thread-local arrays."""
+    compile; _order_pairwise gives accum_core.pairwise_tree thread-local arrays instead."""
     if order == "pairwise":
         return _pairwise_function()
     return getattr(ac, "order_" + order)
@@ -164,44 +164,15 @@ def _pairwise_function():
                         index):
         """accum_core.order_pairwise (reduce_pairwise) with its stack in thread-local arrays."""
         nk = a.shape[2]
-        cnt = (np.int64(0), np.int64(0), np.int64(0))
         if nk <= 0:
-            return core._zero(False, ac.C_MAN, ac.C_BIAS, spec), cnt
-        kinds = cuda.local.array(stack, np.int64)
-        negs = cuda.local.array(stack, np.bool_)
-        sigs = cuda.local.array(stack, np.uint64)
-        exps = cuda.local.array(stack, np.int64)
-        sizes = cuda.local.array(stack, np.int64)
-        top = 0
-        merges = np.int64(0)
-        result = np.uint64(0)
-        for k in range(nk):
-            tk, tn, ts, te = ac.term(a, b, has_b, p, m, n, k, prod_on, pspec, seed, index)
-            kinds[top] = tk
-            negs[top] = tn
-            sigs[top] = ts
-            exps[top] = te
-            sizes[top] = 1
-            top += 1
-            while top >= 2 and (sizes[top - 1] == sizes[top - 2] or k == nk - 1):
-                i = top - 2
-                result, ev = ac.add_round_ev(kinds[i], negs[i], sigs[i], exps[i], kinds[i + 1],
-                                             negs[i + 1], sigs[i + 1], exps[i + 1], spec, seed,
-                                             index, merges, ac.TAG_ADD)
-                cnt = ac.tally(cnt, ev)
-                merges += 1
-                rk, rn, rs, re = ac.unpack_f64(np.uint64(result))  # np.uint64: simulator
-                kinds[i] = rk
-                negs[i] = rn
-                sigs[i] = rs
-                exps[i] = re
-                sizes[i] += sizes[i + 1]
-                top -= 1
-        if nk == 1:
-            result, ev = ac.round_unpacked_ev(kinds[0], negs[0], sigs[0], exps[0], spec, seed,
-                                              index, 0, ac.TAG_ADD)
-            cnt = ac.tally(cnt, ev)
-        return result, cnt
+            return core._zero(False, ac.C_MAN, ac.C_BIAS, spec), (np.int64(0), np.int64(0),
+                                                                  np.int64(0))
+        return ac.pairwise_tree(cuda.local.array(stack, np.int64),
+                                cuda.local.array(stack, np.bool_),
+                                cuda.local.array(stack, np.uint64),
+                                cuda.local.array(stack, np.int64),
+                                cuda.local.array(stack, np.int64), a, b, has_b, p, m, n, nk,
+                                spec, prod_on, pspec, seed, index)
 
     return _order_pairwise
 
