@@ -32,7 +32,7 @@ from refsim import accum_core as ac
 from refsim.backends import cpu_gemm
 from refsim.backends.threads import NS_PER_EXACT_MAC, threads_for
 from refsim.blocks import cast_operand
-from refsim.params import CARRIERS, carrier_holds, format_params
+from refsim.params import carrier_holds, check_array, format_params
 from refsim.quantize import quantize
 from refsim.specs import MULTITERM_VARIANTS, ORDERS, AccumSpec, Cast, GemmSpec
 
@@ -124,15 +124,6 @@ def _spec_tuple(fmt: Format, rounding: str, overflow: str, sr_bits: int | None) 
 
 def _dummy_spec() -> tuple:
     return _spec_tuple(FloatFormat(8, 23), "rne", "default", None)
-
-
-def _check_array(x: object, name: str) -> np.ndarray:
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{name} must be a NumPy float32/float64 array; got {type(x).__name__}")
-    if x.dtype not in CARRIERS:
-        raise TypeError(f"{name} must have dtype float32 or float64; got {x.dtype} (nothing is "
-                        "cast implicitly)")
-    return x
 
 
 def _max_significant_bits(x: np.ndarray) -> int:
@@ -255,7 +246,7 @@ def sum(x, acc: AccumSpec | Format | str, axis: int = -1, *, seed: int = 0,
         An array of x's shape without `axis` (a 0-d array for 1-D x); with counts=True the pair
         (array, {"overflow": n, "underflow": n, "saturation": n}) summed over all outputs.
     """
-    x = _check_array(x, "x")
+    x = check_array(x, "x")
     acc = AccumSpec.of(acc, "acc")
     seed = check_seed(seed)
     if x.ndim == 0:
@@ -277,8 +268,8 @@ def dot(x, y, acc: AccumSpec | Format | str, *, seed: int = 0, counts: bool = Fa
     Returns:
         A 0-d array; with counts=True the pair (array, counts dict) as in `sum`.
     """
-    x = _check_array(x, "x")
-    y = _check_array(y, "y")
+    x = check_array(x, "x")
+    y = check_array(y, "y")
     acc = AccumSpec.of(acc, "acc")
     seed = check_seed(seed)
     if x.ndim != 1 or y.ndim != 1 or x.shape != y.shape:
@@ -306,8 +297,8 @@ def matmul(a, b, spec: GemmSpec, *, seed: int = 0, counts: bool = False):
     from refsim.backends import cuda
     if cuda.is_device_array(a) or cuda.is_device_array(b):  # on the GPU: refsim.backends.cuda
         return cuda.matmul(a, b, spec, seed=seed, counts=counts)
-    a = _check_array(a, "a")
-    b = _check_array(b, "b")
+    a = check_array(a, "a")
+    b = check_array(b, "b")
     if not isinstance(spec, GemmSpec):
         raise TypeError(f"spec must be a GemmSpec; got {type(spec).__name__}")
     seed = check_seed(seed)
@@ -372,8 +363,8 @@ def conv2d(x, w, spec: GemmSpec, stride: int | tuple[int, int] = 1,
         An (N, O, HO, WO) array, HO = (H + 2*ph - KH) // sh + 1 (likewise WO); with
         counts=True the pair (array, counts dict).
     """
-    x = _check_array(x, "x")
-    w = _check_array(w, "w")
+    x = check_array(x, "x")
+    w = check_array(w, "w")
     if not isinstance(spec, GemmSpec):
         raise TypeError(f"spec must be a GemmSpec; got {type(spec).__name__}")
     seed = check_seed(seed)

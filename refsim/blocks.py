@@ -32,10 +32,10 @@ from formats.block_format import BlockFormat, get_block_format
 from formats.policy import ROUNDINGS, check_rounding, check_seed, check_sr_bits
 from refsim import core
 from refsim.backends.lane import F_ENABLED, N_FAST, fast_constants, round_lane, select
-from refsim.params import CARRIERS, format_params
+from refsim.params import CARRIERS, check_array, format_params
 from refsim.quantize import quantize
 from refsim.rng import stream_word
-from refsim.scaling import _check_axis, _check_input, _check_sr, exact_quotient, fp32_nearest
+from refsim.scaling import _check_axis, _check_sr, exact_quotient, fp32_nearest
 
 __all__ = ["BlockQuantized", "cast_operand", "quantize_blocks"]
 
@@ -538,7 +538,7 @@ def quantize_blocks(x, fmt: BlockFormat | str, rounding: str = "rne", *, axis: i
         The dequantized values (x's dtype and shape; out, if given), or a BlockQuantized.
     """
     fmt = get_block_format(fmt)
-    x = _check_input(x)
+    x = check_array(x)
     if x.ndim == 0:
         raise ValueError("x must have at least one dimension; got a 0-d array")
     axis = _check_axis(fmt.axis if axis is None else axis, x.ndim)

@@ -39,6 +39,16 @@ def format_params(fmt: Format) -> tuple[int, ...]:
             fmt.k_max)
 
 
+def check_array(x: object, name: str = "x") -> np.ndarray:
+    """x itself if it is a NumPy float32/float64 array, else an error naming `name`."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy float32/float64 array; got {type(x).__name__}")
+    if x.dtype not in CARRIERS:
+        raise TypeError(f"{name} must have dtype float32 or float64; got {x.dtype} (nothing is "
+                        "cast implicitly)")
+    return x
+
+
 def carrier_holds(fmt: Format, dtype: np.dtype) -> bool:
     """Is every value of `fmt` an exact value of the float dtype?"""
     c_man, c_bias, _ = CARRIERS[np.dtype(dtype)]

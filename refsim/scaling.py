@@ -24,7 +24,7 @@ import numpy as np
 from formats import FixedFormat, FloatFormat, Format, get_format
 from formats.exact import round_value
 from formats.policy import check_rounding, check_seed, check_sr_bits
-from refsim.params import CARRIERS, carrier_holds
+from refsim.params import carrier_holds, check_array
 from refsim.quantize import quantize
 
 __all__ = ["SCALED_SR_BITS_MAX", "DelayedScaling", "ScaledResult", "current_scale",
@@ -124,15 +124,6 @@ def _check_margin(margin: object) -> int:
     return int(margin)
 
 
-def _check_input(x: object) -> np.ndarray:
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"x must be a NumPy float32/float64 array; got {type(x).__name__}")
-    if x.dtype not in CARRIERS:
-        raise TypeError(f"x must have dtype float32 or float64; got {x.dtype} (nothing is cast "
-                        "implicitly)")
-    return x
-
-
 def _check_axis(axis: object, ndim: int, name: str = "axis") -> int | None:
     if axis is None:
         return None
@@ -225,7 +216,7 @@ def quantize_scaled(x, fmt: Format | str, rounding: str = "rne", *, axis: int | 
     Returns:
         The dequantized values in x's dtype and shape, or a ScaledResult.
     """
-    x = _check_input(x)
+    x = check_array(x)
     fmt = get_format(fmt)
     check_rounding(rounding)
     check_sr_bits(sr_bits, rounding)
@@ -272,7 +263,7 @@ def quantize_affine(x, bits: int = 8, rounding: str = "rne", *, axis: int | None
     Returns:
         The values, or with return_codes a ScaledResult with codes q and zero_points z.
     """
-    x = _check_input(x)
+    x = check_array(x)
     if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16:
         raise ValueError(f"bits must be an int in 2..16; got {bits!r}")
     check_rounding(rounding)
@@ -343,7 +334,7 @@ class DelayedScaling:
 
     def __call__(self, x, rounding: str = "rne", *, sr_bits: int | None = None, seed: int = 0):
         """Quantize x with the current scale, then update the history and the scale."""
-        x = _check_input(x)
+        x = check_array(x)
         values = quantize_scaled(x, self.fmt, rounding, scale=self.scale, sr_bits=sr_bits,
                                  seed=seed)
         self.history.append(float(_channel_amax(x, None)) if np.all(np.isfinite(x))
