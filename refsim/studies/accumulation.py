@@ -31,7 +31,7 @@ import numpy as np
 
 from refsim.studies import stats
 from refsim.studies.params import need, need_format
-from refsim.studies.report import said
+from refsim.studies.report import said, save_figure
 
 __all__ = ["FULL", "QUICK", "TITLE", "VERSION", "analyze", "check", "grid", "plot", "run_one",
            "section"]
@@ -360,10 +360,7 @@ def plot(s: dict[str, Any], out: Path) -> list[str]:
         axes[0][0].legend(fontsize=6, ncol=2)
         fig.suptitle("Dot-product error (median over trials); sequential panels: "
                      f"--: {s['lam']:g} sqrt(K) u, -.: gamma_K (RNE)", fontsize=9)
-        fig.tight_layout()
-        fig.savefig(out / "error_vs_k.png", dpi=90)
-        plt.close(fig)
-        files.append("error_vs_k.png")
+        files.append(save_figure(fig, out, "error_vs_k.png"))
         one = [x for x in rows if x["data"] == "one-signed" and x["order"] == "sequential"]
         if one:
             fig, ax = plt.subplots(figsize=(6, 4))
@@ -378,10 +375,7 @@ def plot(s: dict[str, Any], out: Path) -> list[str]:
             ax.set_ylabel("computed / exact")
             ax.set_title("Stagnation: one-signed data, sequential order")
             ax.legend(fontsize=7, ncol=2)
-            fig.tight_layout()
-            fig.savefig(out / "stagnation.png", dpi=90)
-            plt.close(fig)
-            files.append("stagnation.png")
+            files.append(save_figure(fig, out, "stagnation.png"))
     if s["vrr"]:
         fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4))
         for m, curve in s["vrr"].items():
@@ -399,10 +393,7 @@ def plot(s: dict[str, Any], out: Path) -> list[str]:
         ax2.set_xlabel("accumulator mantissa bits m")
         ax2.set_ylabel("knee, log2 K")
         ax2.set_title(f"Knee: {s['knee_slope']:.2f} per bit (predicted about 2)")
-        fig.tight_layout()
-        fig.savefig(out / "vrr.png", dpi=90)
-        plt.close(fig)
-        files.append("vrr.png")
+        files.append(save_figure(fig, out, "vrr.png"))
     return files
 
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from refsim.studies import stats
 from refsim.studies.params import need
-from refsim.studies.report import said
+from refsim.studies.report import said, save_figure
 from refsim.studies.sensitivity import check_training, model_fields
 from refsim.studies.training import bits_plan, profile_of, train_run
 
@@ -231,10 +231,7 @@ def plot(s: dict[str, Any], out: Path) -> list[str]:
     ax.set_ylabel("final test loss (mean over models and seeds)")
     ax.set_title("Allocation policies at the same mean bits")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "allocation.png", dpi=90)
-    plt.close(fig)
-    return ["allocation.png"]
+    return [save_figure(fig, out, "allocation.png")]
 
 
 def section(doc: dict[str, Any]) -> str:

@@ -32,7 +32,7 @@ import numpy as np
 
 from refsim.studies import stats
 from refsim.studies.params import need, need_format
-from refsim.studies.report import said
+from refsim.studies.report import said, save_figure
 from refsim.studies.training import low_plan, operand_spec, train_run
 
 __all__ = ["FULL", "QUICK", "TITLE", "VERSION", "analyze", "check", "grid", "plot", "run_one",
@@ -243,10 +243,7 @@ def plot(s: dict[str, Any], out: Path) -> list[str]:
         ax.set_ylabel("relative error")
         ax.set_title("Chains of quantized GEMMs (mean over seeds)")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "chain_error.png", dpi=90)
-        plt.close(fig)
-        files.append("chain_error.png")
+        files.append(save_figure(fig, out, "chain_error.png"))
     means = s["training"]["means"]
     if any(math.isfinite(means[c]["test_accuracy"]) for c in means):
         fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -254,10 +251,7 @@ def plot(s: dict[str, Any], out: Path) -> list[str]:
         ax.bar(conds, [100 * means[c]["test_accuracy"] for c in conds])
         ax.set_ylabel("test accuracy (%), mean over seeds")
         ax.set_title("Low precision in shallow vs deep layers")
-        fig.tight_layout()
-        fig.savefig(out / "shallow_deep.png", dpi=90)
-        plt.close(fig)
-        files.append("shallow_deep.png")
+        files.append(save_figure(fig, out, "shallow_deep.png"))
     return files
 
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from refsim.studies import stats
 from refsim.studies.params import need, need_format
-from refsim.studies.report import said
+from refsim.studies.report import said, save_figure
 from refsim.studies.training import low_plan, operand_spec, train_run
 
 __all__ = ["FULL", "QUICK", "TITLE", "VERSION", "analyze", "check", "grid", "plot", "run_one",
@@ -260,10 +260,7 @@ def plot(s: dict[str, Any], out: Path) -> list[str]:
             ax.set_ylabel("relative error")
             ax.set_title(f"{product} product, K fixed")
             ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "error_vs_u.png", dpi=90)
-        plt.close(fig)
-        files.append("error_vs_u.png")
+        files.append(save_figure(fig, out, "error_vs_u.png"))
     if s["effects"]:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
         for ax, sweep, label in ((axes[0], "batch", "batch size (U of fc1 weights; K = 64)"),
@@ -277,10 +274,7 @@ def plot(s: dict[str, Any], out: Path) -> list[str]:
             ax.axhline(0, color="gray", lw=0.6)
             ax.set_xlabel(label)
             ax.set_ylabel("test loss, low precision - fp32")
-        fig.tight_layout()
-        fig.savefig(out / "training_sweeps.png", dpi=90)
-        plt.close(fig)
-        files.append("training_sweeps.png")
+        files.append(save_figure(fig, out, "training_sweeps.png"))
     return files
 
 

@@ -88,6 +88,14 @@ def pyplot():
     return plt
 
 
+def save_figure(fig, out_dir: Path, name: str) -> str:
+    """Lay out, write out_dir/name (PNG, 90 dpi) and close `fig`; returns name."""
+    fig.tight_layout()
+    fig.savefig(out_dir / name, dpi=90)
+    pyplot().close(fig)
+    return name
+
+
 def write_study(out_dir: Path, doc: dict[str, Any]) -> None:
     """results.json, results.csv and report.md (the section) of one study."""
     out_dir.mkdir(parents=True, exist_ok=True)

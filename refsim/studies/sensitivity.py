@@ -27,7 +27,7 @@ import numpy as np
 
 from refsim.studies import stats
 from refsim.studies.params import need, need_format
-from refsim.studies.report import said
+from refsim.studies.report import said, save_figure
 from refsim.studies.training import low_plan, operand_spec, profile_of, train_run
 
 __all__ = ["FULL", "QUICK", "TITLE", "VERSION", "analyze", "check", "grid", "plot", "run_one",
@@ -203,10 +203,7 @@ def plot(s: dict[str, Any], out: Path) -> list[str]:
         ax.set_xlabel(label)
         ax.set_ylabel("test loss increase")
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "sensitivity.png", dpi=90)
-    plt.close(fig)
-    return ["sensitivity.png"]
+    return [save_figure(fig, out, "sensitivity.png")]
 
 
 def section(doc: dict[str, Any]) -> str:
