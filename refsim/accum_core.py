@@ -618,6 +618,39 @@ def truncate_to(sig, exp, q):
 
 
 @njit(cache=True)
+def _scan_one(scan, kind, negative, sig, exp):
+    """multiterm_group's scan (has NaN, has +Inf, has -Inf, largest exponent) after one value."""
+    has_nan, pos_inf, neg_inf, e_max = scan
+    if kind == K_NAN:
+        has_nan = True
+    elif kind == K_INF:
+        if negative:
+            neg_inf = True
+        else:
+            pos_inf = True
+    elif sig != _U0:
+        e_max = max(e_max, top_exponent(sig, exp))
+    return has_nan, pos_inf, neg_inf, e_max
+
+
+@njit(cache=True)
+def _add_truncated(state, negative, sig, exp, q):
+    """multiterm_group's sum (S, +0 count, -0 count, nonzero count) after one finite value
+    truncated toward zero to a multiple of 2^q."""
+    total, n_pos_zero, n_neg_zero, n_nonzero = state
+    v = truncate_to(sig, exp, q) if sig != _U0 else _U0
+    if v == _U0:
+        if negative:
+            n_neg_zero += 1
+        else:
+            n_pos_zero += 1
+    else:
+        n_nonzero += 1
+        total = total - np.int64(v) if negative else total + np.int64(v)
+    return total, n_pos_zero, n_neg_zero, n_nonzero
+
+
+@njit(cache=True)
 def multiterm_group(a, b, has_b, p, m, n, g0, g1, width, with_acc, acc, spec, prod_on, pspec,
                     seed, index):
     """The group of terms g0 .. g1-1, plus the accumulator `acc` (float64 bits) when with_acc,
@@ -628,64 +661,28 @@ def multiterm_group(a, b, has_b, p, m, n, g0, g1, width, with_acc, acc, spec, pr
     each truncated toward zero to a multiple of 2^q, as S * 2^q with |S| < (count) * 2^width. A
     zero S is -0 when every truncated value is a zero of sign -, +0 when every one is +0, else +0
     (-0 under rdn)."""
-    has_nan = False
-    pos_inf = False
-    neg_inf = False
-    big = np.int64(-(1 << 40))
-    e_max = big
+    # Scan: (has NaN, has +Inf, has -Inf, E) over the accumulator and the terms.
+    scan = (False, False, False, np.int64(-(1 << 40)))
     if with_acc:
         xk, xn, xs, xe = unpack_f64(acc)
-        if xk == K_NAN:
-            has_nan = True
-        elif xk == K_INF:
-            if xn:
-                neg_inf = True
-            else:
-                pos_inf = True
-        elif xs != _U0:
-            e_max = top_exponent(xs, xe)
+        scan = _scan_one(scan, xk, xn, xs, xe)
     for k in range(g0, g1):
         tk, tn, ts, te = term(a, b, has_b, p, m, n, k, prod_on, pspec, seed, index)
-        if tk == K_NAN:
-            has_nan = True
-        elif tk == K_INF:
-            if tn:
-                neg_inf = True
-            else:
-                pos_inf = True
-        elif ts != _U0:
-            e_max = max(e_max, top_exponent(ts, te))
+        scan = _scan_one(scan, tk, tn, ts, te)
+    has_nan, pos_inf, neg_inf, e_max = scan
     if has_nan or (pos_inf and neg_inf):
         return K_NAN, False, _U0, _I0
     if pos_inf or neg_inf:
         return K_INF, neg_inf, _U0, _I0
     q = e_max - width + 1
-    total = np.int64(0)
-    n_pos_zero = 0
-    n_neg_zero = 0
-    n_nonzero = 0
+    # Sum: (S, count of +0, count of -0, count of nonzero) of the truncated values.
+    state = (np.int64(0), 0, 0, 0)
     if with_acc:
-        xk, xn, xs, xe = unpack_f64(acc)
-        v = truncate_to(xs, xe, q) if xs != _U0 else _U0
-        if v == _U0:
-            if xn:
-                n_neg_zero += 1
-            else:
-                n_pos_zero += 1
-        else:
-            n_nonzero += 1
-            total = total - np.int64(v) if xn else total + np.int64(v)
+        state = _add_truncated(state, xn, xs, xe, q)
     for k in range(g0, g1):
         tk, tn, ts, te = term(a, b, has_b, p, m, n, k, prod_on, pspec, seed, index)
-        v = truncate_to(ts, te, q) if ts != _U0 else _U0
-        if v == _U0:
-            if tn:
-                n_neg_zero += 1
-            else:
-                n_pos_zero += 1
-        else:
-            n_nonzero += 1
-            total = total - np.int64(v) if tn else total + np.int64(v)
+        state = _add_truncated(state, tn, ts, te, q)
+    total, n_pos_zero, n_neg_zero, n_nonzero = state
     if total == 0:
         if n_nonzero == 0 and n_pos_zero == 0:
             negative = True
