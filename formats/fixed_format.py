@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 
 import numpy as np
 
 from formats.float_format import MAX_CODE_BITS_FOR_TABLES
+from formats.names import FIXED_FIELDS
 
 
 @dataclass(frozen=True)
@@ -81,9 +82,15 @@ class FixedFormat:
 
     @cached_property
     def name(self) -> str:
-        from formats.registry import name_of
+        """The registry name of this format, or its custom spelling (see formats.registry)."""
+        return _registered_names().get(self) or self.spelling()
 
-        return name_of(self)
+    def spelling(self) -> str:
+        """The custom spelling [u]int<B> or [u]fx<B>.<F> that formats.registry parses back."""
+        prefix = "" if self.signed else "u"
+        if self.frac_bits == 0:
+            return f"{prefix}int{self.bits}"
+        return f"{prefix}fx{self.bits}.{self.frac_bits}"
 
     def __str__(self) -> str:
         return self.name
@@ -127,3 +134,9 @@ class FixedFormat:
                 f"{self.name} has no code for {v[bad].flat[0]!r}; round it with refsim.quantize"
             )
         return np.array([int(x) % self.n_codes for x in k.ravel()], np.uint64).reshape(v.shape)
+
+
+@cache
+def _registered_names() -> dict[FixedFormat, str]:
+    """Each named fixed-point format (formats.names) mapped to its name."""
+    return {FixedFormat(**fields): name for name, fields in FIXED_FIELDS.items()}  # type: ignore[arg-type]

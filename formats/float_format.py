@@ -9,9 +9,11 @@ spec cards in docs/formats.md by the tests.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 
 import numpy as np
+
+from formats.names import FLOAT_FIELDS
 
 SPECIALS: tuple[str, ...] = ("ieee", "fn", "fnuz", "none")
 """ieee: the top exponent field holds Inf (mantissa 0) and NaN; fn: no Inf, only the all-ones
@@ -180,10 +182,23 @@ class FloatFormat:
 
     @cached_property
     def name(self) -> str:
-        """The registry name of this format, or its generic spelling (see formats.registry)."""
-        from formats.registry import name_of
+        """The registry name of this format, or its custom spelling (see formats.registry)."""
+        return _registered_names().get(self) or self.spelling()
 
-        return name_of(self)
+    def spelling(self) -> str:
+        """The custom spelling eXmY[bZ][fn|fnuz|fnu|fin] that formats.registry parses back."""
+        default_bias = (1 << (self.exp_bits - 1)) - (0 if self.specials == "fnuz" else 1)
+        text = f"e{self.exp_bits}m{self.man_bits}"
+        if self.bias != default_bias:
+            text += f"b{self.bias}"
+        suffix = {"ieee": "", "fn": "fn", "fnuz": "fnuz", "none": "fin"}[self.specials]
+        if not self.signed and suffix == "fn":
+            suffix = "fnu"
+        text += suffix
+        # Fields the spelling cannot express are written out: distinct formats never share a name.
+        if not self.subnormals or not self.zero or (not self.signed and self.specials != "fn"):
+            text += f"(subnormals={self.subnormals},zero={self.zero},signed={self.signed})"
+        return text
 
     def __str__(self) -> str:
         return self.name
@@ -361,3 +376,9 @@ def _bit_length(x: np.ndarray) -> np.ndarray:
         length += np.where(big, step, 0)
         x = np.where(big, x >> np.uint64(step), x)
     return length + (x > 0)
+
+
+@cache
+def _registered_names() -> dict[FloatFormat, str]:
+    """Each named float format (formats.names) mapped to its name."""
+    return {FloatFormat(**fields): name for name, fields in FLOAT_FIELDS.items()}  # type: ignore[arg-type]

@@ -14,33 +14,15 @@ import re
 
 from formats.fixed_format import FixedFormat
 from formats.float_format import FloatFormat
+from formats.names import FIXED_FIELDS, FLOAT_FIELDS
 
 Format = FloatFormat | FixedFormat
 
 NAMED: dict[str, Format] = {
-    "fp64": FloatFormat(11, 52),
-    "fp32": FloatFormat(8, 23),
-    "tf32": FloatFormat(8, 10),
-    "bf16": FloatFormat(8, 7),
-    "fp16": FloatFormat(5, 10),
-    "e5m2": FloatFormat(5, 2),
-    "e4m3": FloatFormat(4, 3),
-    "e3m4": FloatFormat(3, 4),
-    "e4m3fn": FloatFormat(4, 3, specials="fn"),
-    "e4m3fnuz": FloatFormat(4, 3, specials="fnuz"),
-    "e5m2fnuz": FloatFormat(5, 2, specials="fnuz"),
-    "e4m3b11fnuz": FloatFormat(4, 3, bias=11, specials="fnuz"),
-    "e3m2fn": FloatFormat(3, 2, specials="none"),
-    "e2m3fn": FloatFormat(2, 3, specials="none"),
-    "e2m1fn": FloatFormat(2, 1, specials="none"),
-    "e8m0fnu": FloatFormat(8, 0, subnormals=False, specials="fn", signed=False, zero=False),
-    "int32": FixedFormat(32),
-    "int16": FixedFormat(16),
-    "int8": FixedFormat(8),
-    "int4": FixedFormat(4),
-    "uint8": FixedFormat(8, signed=False),
-    "uint4": FixedFormat(4, signed=False),
+    **{name: FloatFormat(**fields) for name, fields in FLOAT_FIELDS.items()},  # type: ignore[arg-type]
+    **{name: FixedFormat(**fields) for name, fields in FIXED_FIELDS.items()},  # type: ignore[arg-type]
 }
+"""Every registered format by name (the table itself is formats.names)."""
 
 ALIASES: dict[str, str] = {
     "float64": "fp64", "double": "fp64",
@@ -86,22 +68,4 @@ def get_format(name: str | Format) -> Format:
 
 def name_of(fmt: Format) -> str:
     """The registry name of `fmt` if it has one, else its custom spelling."""
-    for name, named in NAMED.items():
-        if named == fmt:
-            return name
-    if isinstance(fmt, FixedFormat):
-        prefix = "" if fmt.signed else "u"
-        if fmt.frac_bits == 0:
-            return f"{prefix}int{fmt.bits}"
-        return f"{prefix}fx{fmt.bits}.{fmt.frac_bits}"
-    default_bias = (1 << (fmt.exp_bits - 1)) - (0 if fmt.specials == "fnuz" else 1)
-    text = f"e{fmt.exp_bits}m{fmt.man_bits}"
-    if fmt.bias != default_bias:
-        text += f"b{fmt.bias}"
-    suffix = {"ieee": "", "fn": "fn", "fnuz": "fnuz", "none": "fin"}[fmt.specials]
-    if not fmt.signed and suffix == "fn":
-        suffix = "fnu"
-    generic = text + suffix
-    if not fmt.subnormals or not fmt.zero or (not fmt.signed and fmt.specials != "fn"):
-        generic += f"(subnormals={fmt.subnormals},zero={fmt.zero},signed={fmt.signed})"
-    return generic
+    return fmt.name
