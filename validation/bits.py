@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-_UNSIGNED = {np.dtype(np.float16): np.uint16, np.dtype(np.float32): np.uint32,
-             np.dtype(np.float64): np.uint64}
+UNSIGNED: dict[np.dtype, type] = {
+    np.dtype(np.float16): np.uint16, np.dtype(np.float32): np.uint32, np.dtype(np.float64): np.uint64,
+}
+"""The unsigned integer type of each float dtype's width: `x.view(UNSIGNED[x.dtype])` is its bits."""
 _FIELDS = {np.dtype(np.float16): (5, 10), np.dtype(np.float32): (8, 23),
            np.dtype(np.float64): (11, 52)}
 
@@ -17,7 +19,7 @@ def same_bits(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
     if actual.dtype != expected.dtype or actual.shape != expected.shape:
         raise ValueError(f"cannot compare {actual.dtype}{actual.shape} with "
                          f"{expected.dtype}{expected.shape}")
-    utype = _UNSIGNED[actual.dtype]
+    utype = UNSIGNED[actual.dtype]
     equal = actual.view(utype) == expected.view(utype)
     return equal | (np.isnan(actual) & np.isnan(expected))
 
@@ -26,7 +28,7 @@ def describe(value: float, dtype: np.dtype) -> str:
     """`value` as hex bits, hex float and sign/exponent/mantissa fields of `dtype`."""
     dtype = np.dtype(dtype)
     exp_bits, man_bits = _FIELDS[dtype]
-    bits = int(np.asarray(value, dtype).view(_UNSIGNED[dtype]))
+    bits = int(np.asarray(value, dtype).view(UNSIGNED[dtype]))
     sign = bits >> (exp_bits + man_bits)
     exponent = (bits >> man_bits) & ((1 << exp_bits) - 1)
     mantissa = bits & ((1 << man_bits) - 1)

@@ -25,7 +25,7 @@ import numpy as np
 
 from formats import FloatFormat, Format, get_format
 from validation._refsim import quantize
-from validation.bits import _UNSIGNED
+from validation.bits import UNSIGNED
 from validation.report import Report, compare
 from validation.suites import SUITES, suite
 
@@ -69,7 +69,7 @@ def write_golden(out_dir: str | Path, fmt: Format | str, rounding: str, *,
     outputs = np.asarray(quantize(inputs, fmt_obj, rounding, overflow=overflow, sr_bits=sr_bits,
                                   seed=seed))
     np.savez(out / "golden.npz", inputs=inputs, outputs=outputs)
-    utype = _UNSIGNED[inputs.dtype]
+    utype = UNSIGNED[inputs.dtype]
     digits = inputs.dtype.itemsize * 2
     with open(out / "golden.csv", "w") as f:
         f.write("index,input,output\n")

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from formats import Format, get_format
-from validation.bits import _UNSIGNED, describe, same_bits
+from validation.bits import UNSIGNED, describe, same_bits
 
 __all__ = ["Mismatch", "Report", "compare", "ulp_distance"]
 
@@ -91,7 +91,7 @@ class Report:
 
 def _ordered(values: np.ndarray) -> np.ndarray:
     """int64 keys in the order of the values: +-magnitude bits (-0 and +0 both give 0)."""
-    bits = values.view(_UNSIGNED[values.dtype]).astype(np.uint64)
+    bits = values.view(UNSIGNED[values.dtype]).astype(np.uint64)
     width = values.dtype.itemsize * 8
     sign = bits >> np.uint64(width - 1)
     magnitude = (bits & np.uint64((1 << (width - 1)) - 1)).astype(np.int64)
