@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 UNSIGNED: dict[np.dtype, type] = {
-    np.dtype(np.float16): np.uint16, np.dtype(np.float32): np.uint32, np.dtype(np.float64): np.uint64,
+    np.dtype(np.float16): np.uint16,
+    np.dtype(np.float32): np.uint32,
+    np.dtype(np.float64): np.uint64,
 }
-"""The unsigned integer type of each float dtype's width: `x.view(UNSIGNED[x.dtype])` is its bits."""
+"""The unsigned integer type of each float dtype: `x.view(UNSIGNED[x.dtype])` is its bits."""
 _FIELDS = {np.dtype(np.float16): (5, 10), np.dtype(np.float32): (8, 23),
            np.dtype(np.float64): (11, 52)}
 
