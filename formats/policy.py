@@ -6,6 +6,10 @@ docs (docs/rounding.md has the one-line definition of each).
 
 from __future__ import annotations
 
+import operator
+
+import numpy as np
+
 ROUNDINGS: tuple[str, ...] = ("rne", "rna", "rtz", "rup", "rdn", "rto", "sr")
 """rne: nearest, ties to even; rna: nearest, ties away from zero; rtz: toward zero;
 rup: toward +inf; rdn: toward -inf; rto: round to odd (toward zero, then set the last bit if
@@ -35,26 +39,41 @@ def check_overflow(overflow: object) -> str:
     return overflow
 
 
+def check_int(value: object, name: str, lo: int | None = None, hi: int | None = None,
+              allowed: str | None = None) -> int:
+    """`value` as a Python int, or an error naming `name` and what it accepts.
+
+    Any integer is accepted (int, np.int64, ...: whatever operator.index takes), never a bool
+    (True is not a count); lo and hi bound it (inclusive) when given. `allowed` describes the
+    accepted values in the messages (default: "an int", with the bounds).
+    """
+    if allowed is None:
+        bounds = ("" if lo is None and hi is None else f" in {'' if lo is None else lo}.."
+                  f"{'' if hi is None else hi}")
+        allowed = f"an int{bounds}"
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be {allowed}; got the bool {value!r}")
+    try:
+        number = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"{name} must be {allowed}; got {value!r} of type "
+                        f"{type(value).__name__}") from None
+    if (lo is not None and number < lo) or (hi is not None and number > hi):
+        raise ValueError(f"{name} must be {allowed}; got {number}")
+    return number
+
+
 def check_sr_bits(sr_bits: object, rounding: str) -> int | None:
-    """Validate sr_bits: None (use every discarded bit) or an int in 1..64, only with 'sr'."""
+    """Validate sr_bits: None (use every discarded bit) or an integer in 1..64, only with 'sr'."""
     if sr_bits is None:
         return None
-    if isinstance(sr_bits, bool) or not isinstance(sr_bits, int):
-        raise TypeError(f"sr_bits must be None or an int in 1..{SR_BITS_MAX}; got {sr_bits!r}")
-    if not 1 <= sr_bits <= SR_BITS_MAX:
-        raise ValueError(f"sr_bits must be None or an int in 1..{SR_BITS_MAX}; got {sr_bits}")
+    bits = check_int(sr_bits, "sr_bits", 1, SR_BITS_MAX,
+                     allowed=f"None or an int in 1..{SR_BITS_MAX}")
     if rounding != "sr":
         raise ValueError(f"sr_bits applies only to rounding='sr'; got rounding={rounding!r}")
-    return sr_bits
+    return bits
 
 
 def check_seed(seed: object) -> int:
-    """Validate a seed: a Python or NumPy integer in 0..2^64-1."""
-    import numpy as np
-
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int in 0..2^64-1; got {type(seed).__name__}")
-    value = int(seed)
-    if not 0 <= value <= UINT64_MAX:
-        raise ValueError(f"seed must be an int in 0..2^64-1; got {value}")
-    return value
+    """Validate a seed: an integer (Python or NumPy) in 0..2^64-1."""
+    return check_int(seed, "seed", 0, UINT64_MAX, allowed="an int in 0..2^64-1")

@@ -32,7 +32,7 @@ from formats.block_format import BlockFormat, get_block_format
 from formats.policy import ROUNDINGS, check_rounding, check_seed, check_sr_bits
 from refsim import core
 from refsim.backends.lane import F_ENABLED, N_FAST, fast_constants, round_lane, select
-from refsim.params import CARRIERS, check_array, format_params
+from refsim.params import CARRIERS, check_array, check_out, format_params
 from refsim.quantize import quantize
 from refsim.rng import stream_word
 from refsim.scaling import _check_axis, _check_sr, exact_quotient, fp32_nearest
@@ -548,13 +548,16 @@ def quantize_blocks(x, fmt: BlockFormat | str, rounding: str = "rne", *, axis: i
     seed = check_seed(seed)
     _check_sr(rounding, sr_bits, fmt.pow2_scale)
     _check_fits(fmt, x.dtype)
-    if out is not None and (not isinstance(out, np.ndarray) or out.dtype != x.dtype
-                            or out.shape != x.shape):
-        got = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
-        raise ValueError(f"out must be a NumPy array of x's dtype {x.dtype} and shape {x.shape}; "
-                         f"got {got}")
+    out = check_out(out, x)
     _, length, _, nb = _geometry(x.shape, axis, fmt.block_size)
     scale_shape = (*x.shape[:axis], nb, *x.shape[axis + 1:])
+    if x.size == 0:  # no element, so no block has a scale: empty results of the right shapes
+        values = x.copy() if out is None else out
+        if not return_codes:
+            return values
+        scales = np.empty(scale_shape, np.float64)
+        return BlockQuantized(values, np.empty(x.shape, np.uint64), scales,
+                              np.empty(scale_shape, np.uint64), 1.0)
     if fmt.pow2_scale:
         values, exps, p = _pow2_blocks(x, fmt, axis, rounding, sr_bits, seed, return_codes, out)
         values = _into(values, out)

@@ -40,13 +40,40 @@ def format_params(fmt: Format) -> tuple[int, ...]:
 
 
 def check_array(x: object, name: str = "x") -> np.ndarray:
-    """x itself if it is a NumPy float32/float64 array, else an error naming `name`."""
+    """x itself if it is a NumPy float32/float64 array, else an error naming `name`.
+
+    Subclasses whose meaning the kernels would drop are refused: a masked array (the kernels
+    read every element, masked or not, and return no mask) and np.matrix (always 2-D, so the
+    reductions' reshapes fail on it).
+    """
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(f"{name} must be a plain NumPy array; got a masked array, whose mask "
+                        f"would be ignored (pass {name}.filled(value) or {name}.compressed())")
+    if isinstance(x, np.matrix):
+        raise TypeError(f"{name} must be a plain NumPy array; got np.matrix (pass "
+                        f"np.asarray({name}))")
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name} must be a NumPy float32/float64 array; got {type(x).__name__}")
     if x.dtype not in CARRIERS:
         raise TypeError(f"{name} must have dtype float32 or float64; got {x.dtype} (nothing is "
                         "cast implicitly)")
     return x
+
+
+def check_out(out: object, x: np.ndarray, name: str = "out") -> np.ndarray | None:
+    """None, or `out` if it is a plain, writeable NumPy array of x's dtype and shape; else a
+    ValueError naming `name` (nothing is written until every check has passed)."""
+    if out is None:
+        return None
+    if (not isinstance(out, np.ndarray) or isinstance(out, (np.ma.MaskedArray, np.matrix))
+            or out.dtype != x.dtype or out.shape != x.shape):
+        got = (f"{type(out).__name__} {out.dtype} {out.shape}" if isinstance(out, np.ndarray)
+               else type(out).__name__)
+        raise ValueError(f"{name} must be a NumPy array of x's dtype {x.dtype} and shape "
+                         f"{x.shape}; got {got}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} must be writeable; got a read-only array")
+    return out
 
 
 def carrier_holds(fmt: Format, dtype: np.dtype) -> bool:

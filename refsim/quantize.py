@@ -15,7 +15,7 @@ import numpy as np
 from formats import Format
 from refsim.backends import cpu, cuda, lane
 from refsim.backends.threads import NS_PER_QUANTIZE, threads_for
-from refsim.params import CARRIERS, resolve
+from refsim.params import CARRIERS, check_array, check_out, resolve
 
 
 def quantize(x, fmt: Format | str, rounding: str = "rne", *, overflow: str = "default",
@@ -31,10 +31,13 @@ def quantize(x, fmt: Format | str, rounding: str = "rne", *, overflow: str = "de
         overflow: "default" (the format's policy), "saturate", or "wrap" (fixed point only).
         sr_bits: for rounding="sr": None uses every discarded bit; r in 1..64 adds r random bits.
         seed: 0..2^64-1, the key of the random stream (rounding="sr" only reads it).
-        out: optional array of x's shape and dtype to write into (may be x itself).
+        out: optional writeable array of x's shape and dtype to write into (may be x
+            itself); for a scalar x, a 0-d array of float64 (Python float) or of the scalar's
+            dtype.
 
     Returns:
-        An array of x's dtype and shape (out, if given); a float for a Python float input.
+        An array of x's dtype and shape (out, if given); a float for a Python float input (a
+        NumPy scalar for a NumPy scalar), or out when given.
     """
     torch = sys.modules.get("torch")  # no tensor can exist unless torch is imported already
     if torch is not None and torch.is_tensor(x):
@@ -45,26 +48,20 @@ def quantize(x, fmt: Format | str, rounding: str = "rne", *, overflow: str = "de
         return cuda.quantize(x, fmt, rounding, overflow=overflow, sr_bits=sr_bits, seed=seed,
                              out=out)
     if isinstance(x, (float, np.floating)):  # np.float64 is a float subclass: test both at once
+        # out, when given, must be a 0-d array of the scalar's dtype (checked by the array call).
         result = quantize(np.asarray(x), fmt, rounding, overflow=overflow, sr_bits=sr_bits,
-                          seed=seed)[()]
-        return result if isinstance(x, np.floating) else float(result)
+                          seed=seed, out=out)
+        if out is not None:
+            return result
+        return result[()] if isinstance(x, np.floating) else float(result[()])
     if not isinstance(x, np.ndarray):
         raise TypeError(
             f"x must be a NumPy float32/float64 array or a float; got {type(x).__name__}"
         )
-    if x.dtype not in CARRIERS:
-        raise TypeError(
-            f"x must have dtype float32 or float64; got {x.dtype} (nothing is cast implicitly)"
-        )
+    x = check_array(x)
     _, params, mode, ovf, bits, seed_value = resolve(fmt, x.dtype, rounding, overflow, sr_bits,
                                                      seed)
-    if out is not None:
-        if not isinstance(out, np.ndarray) or out.dtype != x.dtype or out.shape != x.shape:
-            got = (f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray)
-                   else type(out).__name__)
-            raise ValueError(
-                f"out must be a NumPy array of x's dtype {x.dtype} and shape {x.shape}; got {got}"
-            )
+    out = check_out(out, x)
     c_man, c_bias, utype = CARRIERS[x.dtype]
     src = np.ascontiguousarray(x).reshape(-1).view(utype)
     if out is not None and out.flags.c_contiguous and not np.shares_memory(out, x):

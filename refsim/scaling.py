@@ -23,7 +23,7 @@ import numpy as np
 
 from formats import FixedFormat, FloatFormat, Format, get_format
 from formats.exact import round_value
-from formats.policy import check_rounding, check_seed, check_sr_bits
+from formats.policy import check_int, check_rounding, check_seed, check_sr_bits
 from refsim.params import carrier_holds, check_array
 from refsim.quantize import quantize
 
@@ -57,7 +57,9 @@ def exact_quotient(x: np.ndarray, d: np.ndarray | float) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     d_full = np.broadcast_to(np.asarray(d, dtype=np.float64), x.shape)
     with np.errstate(all="ignore"):
-        out = x / d_full  # right for NaN, Inf and zeros; the finite lanes are replaced below
+        # right for NaN, Inf and zeros; the finite lanes are replaced below (asarray: a 0-d x
+        # divides to a NumPy scalar, which cannot be assigned into)
+        out = np.asarray(x / d_full)
     lanes = np.isfinite(x) & (x != 0)
     if not lanes.any():
         return out
@@ -97,7 +99,7 @@ def current_scale(amax: float, fmt: Format | str, margin: int = 0,
     power of two >= that ideal scale; 1.0 when amax is 0 or not finite. Returns a Python float.
     """
     fmt = get_format(fmt)
-    _check_margin(margin)
+    margin = _check_margin(margin)
     amax = float(amax)
     if not np.isfinite(amax) or amax <= 0:
         return 1.0
@@ -119,20 +121,19 @@ def current_scale(amax: float, fmt: Format | str, margin: int = 0,
 
 
 def _check_margin(margin: object) -> int:
-    if isinstance(margin, bool) or not isinstance(margin, (int, np.integer)):
-        raise TypeError(f"margin must be an int (a power-of-two headroom); got {margin!r}")
-    return int(margin)
+    return check_int(margin, "margin", allowed="an int (a power-of-two headroom)")
 
 
 def _check_axis(axis: object, ndim: int, name: str = "axis") -> int | None:
     if axis is None:
         return None
-    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
-        raise TypeError(f"{name} must be an int or None; got {axis!r}")
+    axis = check_int(axis, name, allowed="an int or None")
+    if ndim == 0:
+        raise ValueError(f"{name} must be None for a 0-d array (it has no axis); got {axis}")
     if not -ndim <= axis < ndim:
         raise ValueError(f"{name} {axis} is out of range for an array of {ndim} dimensions "
                          f"(allowed: {-ndim}..{ndim - 1})")
-    return int(axis) % ndim
+    return axis % ndim
 
 
 def _check_sr(rounding: str, sr_bits: int | None, exact_scales: bool) -> None:
@@ -222,7 +223,7 @@ def quantize_scaled(x, fmt: Format | str, rounding: str = "rne", *, axis: int | 
     check_sr_bits(sr_bits, rounding)
     seed = check_seed(seed)
     axis = _check_axis(axis, x.ndim)
-    _check_margin(margin)
+    margin = _check_margin(margin)
     if not carrier_holds(fmt, np.dtype(np.float64)) or (isinstance(fmt, FloatFormat)
                                                         and fmt.man_bits > 7):
         raise ValueError(f"fmt must have at most 8 significant bits for scaled quantization "
@@ -264,8 +265,7 @@ def quantize_affine(x, bits: int = 8, rounding: str = "rne", *, axis: int | None
         The values, or with return_codes a ScaledResult with codes q and zero_points z.
     """
     x = check_array(x)
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16:
-        raise ValueError(f"bits must be an int in 2..16; got {bits!r}")
+    bits = check_int(bits, "bits", 2, 16)
     check_rounding(rounding)
     check_sr_bits(sr_bits, rounding)
     seed = check_seed(seed)
@@ -311,8 +311,11 @@ class DelayedScaling:
         power_of_two: round scales up to powers of two.
 
     Each call quantizes with the current scale (1.0 before any history), then records the
-    input's amax and recomputes the scale from the history; an amax reference that is 0 or not
-    finite keeps the previous scale (as Transformer Engine does).
+    input's amax (max |x|: NaN if x holds a NaN, Inf if it holds an Inf) and recomputes the
+    scale from the history. The reference is the last amax ("most_recent") or the largest, where
+    a NaN anywhere in the window makes the largest NaN whatever its position (as torch.max and
+    np.max). A reference that is 0 or not finite keeps the previous scale (as Transformer Engine
+    does): a non-finite amax holds the scale until it leaves the window (docs/blocks.md).
     """
 
     fmt: Format | str
@@ -325,10 +328,9 @@ class DelayedScaling:
 
     def __post_init__(self) -> None:
         self.fmt = get_format(self.fmt)
-        _check_margin(self.margin)
-        if isinstance(self.history_len, bool) or not isinstance(self.history_len, int) \
-                or self.history_len < 1:
-            raise ValueError(f"history_len must be a positive int; got {self.history_len!r}")
+        self.margin = _check_margin(self.margin)
+        self.history_len = check_int(self.history_len, "history_len", 1,
+                                     allowed="a positive int")
         if self.algo not in ("max", "most_recent"):
             raise ValueError(f"algo must be 'max' or 'most_recent'; got {self.algo!r}")
 
@@ -337,10 +339,11 @@ class DelayedScaling:
         x = check_array(x)
         values = quantize_scaled(x, self.fmt, rounding, scale=self.scale, sr_bits=sr_bits,
                                  seed=seed)
-        self.history.append(float(_channel_amax(x, None)) if np.all(np.isfinite(x))
-                            else float("nan"))
+        self.history.append(float(np.max(np.abs(x), initial=0.0)))  # NaN and Inf propagate
         del self.history[:-self.history_len]
-        reference = self.history[-1] if self.algo == "most_recent" else max(self.history)
+        # np.max, not Python's max: a NaN wins wherever it sits (max(2, nan) is 2, max(nan, 2) nan)
+        reference = (self.history[-1] if self.algo == "most_recent"
+                     else float(np.max(np.asarray(self.history, np.float64))))
         if np.isfinite(reference) and reference > 0:
             self.scale = current_scale(reference, self.fmt, self.margin, self.power_of_two)
         return values

@@ -19,7 +19,7 @@ import tomllib
 
 from formats import FixedFormat, FloatFormat, Format, get_format
 from formats.block_format import NAMED_BLOCKS, BlockFormat, get_block_format, is_block_format
-from formats.policy import check_overflow, check_rounding, check_sr_bits
+from formats.policy import check_int, check_overflow, check_rounding, check_sr_bits
 from formats.registry import name_of
 
 __all__ = ["MULTITERM_MAX_BITS", "MULTITERM_VARIANTS", "ORDERS", "AccumSpec", "Cast", "GemmSpec",
@@ -101,14 +101,21 @@ def _short(fmt: Format | BlockFormat) -> str:
     return fmt.name if isinstance(fmt, BlockFormat) else name_of(fmt)
 
 
+COUNT_MAX = (1 << 63) - 1
+"""Largest chunk, group or width accepted: the kernels take them as int64."""
+
+
 def _check_positive_int(value: object, name: str) -> int | None:
+    """None, or `value` as a Python int in 1..COUNT_MAX (any integer type, never a bool)."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be a positive int or None; got {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive int; got {value}")
-    return value
+    number = check_int(value, name, allowed="a positive int or None")
+    if number <= 0:
+        raise ValueError(f"{name} must be a positive int; got {number}")
+    if number > COUNT_MAX:
+        raise ValueError(f"{name} must be at most 2^63 - 1 (the kernels take it as an int64); "
+                         f"got {number}")
+    return number
 
 
 def _check_keys(data: object, allowed: tuple[str, ...], what: str) -> dict[str, Any]:
@@ -149,8 +156,15 @@ def _to_toml(data: dict[str, Any]) -> str:
     return text + "\n"
 
 
-def _from_toml(text: str) -> dict[str, Any]:
-    return tomllib.loads(text)
+def _from_toml(text: object) -> dict[str, Any]:
+    """The table of a TOML text; errors name what is wrong with the text."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a TOML string; got {type(text).__name__}")
+    try:
+        return tomllib.loads(text)
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise ValueError("text: the TOML nests arrays or inline tables too deeply for a spec "
+                         "(a spec nests tables at most three levels)") from None
 
 
 # ---- Cast ---------------------------------------------------------------------------------------
@@ -177,7 +191,7 @@ class Cast:
         object.__setattr__(self, "fmt", fmt)
         check_rounding(self.rounding)
         check_overflow(self.overflow)
-        check_sr_bits(self.sr_bits, self.rounding)
+        object.__setattr__(self, "sr_bits", check_sr_bits(self.sr_bits, self.rounding))
         if self.overflow == "wrap" and isinstance(fmt, (FloatFormat, BlockFormat)):
             raise ValueError(f"Cast.overflow='wrap' applies to fixed-point formats only; "
                              f"{_short(fmt)} is a floating-point or block format")
@@ -275,13 +289,13 @@ class AccumSpec:
         if self.overflow == "wrap":
             raise ValueError("AccumSpec.overflow='wrap' applies to fixed-point formats only; use "
                              "'default' or 'saturate'")
-        check_sr_bits(self.sr_bits, self.rounding)
+        object.__setattr__(self, "sr_bits", check_sr_bits(self.sr_bits, self.rounding))
         if not isinstance(self.order, str) or self.order not in ORDERS:
             raise ValueError(f"AccumSpec.order must be one of {', '.join(ORDERS)}; "
                              f"got {self.order!r}")
-        _check_positive_int(self.chunk, "AccumSpec.chunk")
-        _check_positive_int(self.group, "AccumSpec.group")
-        _check_positive_int(self.width, "AccumSpec.width")
+        for key in ("chunk", "group", "width"):  # stored as Python ints (np.int64 accepted)
+            object.__setattr__(self, key, _check_positive_int(getattr(self, key),
+                                                              f"AccumSpec.{key}"))
         blocked = self.order in ("chunked", "multiterm")
         if self.order == "chunked" and self.chunk is None:
             raise ValueError("AccumSpec.order='chunked' needs chunk, the number of terms per "
@@ -311,6 +325,11 @@ class AccumSpec:
             if isinstance(product.fmt, BlockFormat):
                 raise ValueError(f"AccumSpec.product must be an element format; the block format "
                                  f"{product.fmt.name} applies to GemmSpec operands a and b only")
+            if isinstance(product.fmt, FixedFormat):
+                raise ValueError(f"AccumSpec.product ({_short(product.fmt)}): fixed-point "
+                                 "product Casts are not supported (the kernels round products "
+                                 "to floating-point formats only); use a float format, or Cast "
+                                 "the operands (GemmSpec a and b) to the fixed-point format")
             if not format_fits(product.fmt, fmt):
                 raise ValueError(f"AccumSpec.product ({_short(product.fmt)}) is wider than the "
                                  f"accumulator fmt ({_short(fmt)}): a rounded product must be a "
