@@ -11,14 +11,15 @@ Usage rules:
     (fnmatch, case-sensitive) to some roles. For a product, the LAST pattern that matches its
     name and defines the role wins, else the default. `check(names)` raises if a pattern matches
     no product of the model (the training loop calls it), so a typo is never silently ignored.
-  - Per-tensor scaling ("tensor"): with s_a = amax|A| / max(a.fmt) (1 if amax is 0 or not
-    finite), likewise s_b, the product computed is s_a s_b * matmul(A / s_a, B / s_b, gemm):
-    the divisions and the final multiplications are float64 (one rounding each), the result is
-    rounded once to the operands' dtype. It needs Casts a and b and no out Cast. The int8 preset
-    uses it with an e11m50 accumulator (51 significant bits): every partial sum of int8 x int8
-    products is an integer below 2^51, so it is exact, as an int32 accumulator would be (for
-    K < 2^31 / 127^2). Not fp64: refsim.matmul's fast path takes accumulators of at most 50
-    mantissa bits, and the exact core is about 25x slower.
+  - Per-tensor scaling ("tensor"): with s_a = amax|A| / max(a.fmt) (1 if amax is 0), likewise
+    s_b, the product computed is s_a s_b * matmul(A / s_a, B / s_b, gemm): the divisions and the
+    final multiplications are float64 (one rounding each), the result is rounded once to the
+    operands' dtype. A NaN or Inf in A makes s_a, and so every output, non-finite, as in a real
+    scaled kernel: a finite result is never made from a non-finite operand. It needs Casts a
+    and b and no out Cast. The int8 preset uses it with an e11m50 accumulator (51 significant
+    bits): every partial sum of int8 x int8 products is an integer below 2^51, so it is exact,
+    as an int32 accumulator would be (for K < 2^31 / 127^2). Not fp64: refsim.matmul's fast
+    path takes accumulators of at most 50 mantissa bits, and the exact core is about 25x slower.
   - Seeds: the GEMM of (layer, role) at training step `step` under run seed `seed` gets the seed
     `gemm_seed(seed, step, layer, role)`: the first uint64 word of NumPy's
     SeedSequence([seed, step, crc32(layer), role index]). refsim.matmul then uses that seed for
@@ -32,7 +33,6 @@ Usage rules:
 from __future__ import annotations
 
 import fnmatch
-import math
 import time
 import zlib
 from collections.abc import Iterable, Mapping
@@ -117,9 +117,7 @@ class Product:
 
 def _tensor_scale(x: np.ndarray, fmt_max: float) -> float:
     amax = float(np.max(np.abs(x))) if x.size else 0.0
-    if amax == 0.0 or not math.isfinite(amax):
-        return 1.0
-    return amax / fmt_max
+    return 1.0 if amax == 0.0 else amax / fmt_max  # NaN or Inf when x holds one
 
 
 def run_product(product: Product, a: np.ndarray, b: np.ndarray, seed: int) -> np.ndarray:
@@ -131,10 +129,11 @@ def run_product(product: Product, a: np.ndarray, b: np.ndarray, seed: int) -> np
     assert product.gemm.a is not None and product.gemm.b is not None
     sa = _tensor_scale(a, float(product.gemm.a.fmt.max))
     sb = _tensor_scale(b, float(product.gemm.b.fmt.max))
-    a64 = np.asarray(a, np.float64) / sa
-    b64 = np.asarray(b, np.float64) / sb
-    y = np.asarray(matmul(a64, b64, product.gemm, seed=seed), np.float64)
-    return (y * (sa * sb)).astype(a.dtype)
+    with np.errstate(invalid="ignore"):  # a non-finite scale: NaN is the answer, not a warning
+        a64 = np.asarray(a, np.float64) / sa
+        b64 = np.asarray(b, np.float64) / sb
+        y = np.asarray(matmul(a64, b64, product.gemm, seed=seed), np.float64)
+        return (y * (sa * sb)).astype(a.dtype)
 
 
 # ---- the plan -------------------------------------------------------------------------------
@@ -348,6 +347,9 @@ class Context:
         geometry: with trace, filled with each convolution's geometry by layer name (input
             height and width "hw", kernel size "k", "stride", "padding"): refsim.factors reads
             the element usage of its im2col operand from it.
+        nonfinite: None, or the first product since it was last cleared whose result held a
+            NaN or Inf: (layer, role, inputs_finite). The training loop clears it every step
+            and reads it to say where a non-finite loss or gradient came from.
     """
 
     numerics: Numerics
@@ -356,6 +358,7 @@ class Context:
     training: bool = True
     trace: list[dict[str, Any]] | None = field(default=None)
     geometry: dict[str, dict[str, Any]] = field(default_factory=dict)
+    nonfinite: tuple[str, str, bool] | None = None
 
     def note_conv(self, layer: str, hw: tuple[int, int], k: int, stride: int,
                   padding: int) -> None:
@@ -367,13 +370,17 @@ class Context:
         """The (layer, role) product a @ b under the plan."""
         product = self.numerics.product(layer, role)
         seed = gemm_seed(self.seed, self.step, layer, role)
-        if self.trace is None:
-            return run_product(product, a, b, seed)
         start = time.perf_counter()
         out = run_product(product, a, b, seed)
-        self.trace.append({"layer": layer, "role": role, "a": a.shape, "b": b.shape,
-                           "macs": int(np.prod(out.shape)) * a.shape[-1],
-                           "seconds": time.perf_counter() - start})
+        if self.trace is not None:
+            self.trace.append({"layer": layer, "role": role, "a": a.shape, "b": b.shape,
+                               "macs": int(np.prod(out.shape)) * a.shape[-1],
+                               "seconds": time.perf_counter() - start})
+        # One pass over the output (cheap beside the simulated product); the inputs are looked
+        # at only when it is not finite, to tell a product that made the NaN or Inf from one
+        # that was handed it.
+        if self.nonfinite is None and not np.isfinite(out).all():
+            self.nonfinite = (layer, role, bool(np.isfinite(a).all() and np.isfinite(b).all()))
         return out
 
     def stream_seed(self, name: str) -> int:

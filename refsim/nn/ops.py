@@ -8,6 +8,10 @@ Usage rules:
   - Everything else is plain NumPy in the tensors' dtype (float32 in training); only matrix
     products are simulated.
   - Each op's backward is written next to its forward and returns one gradient per child.
+  - NaN and +-Inf propagate through every op, forward and backward, as through torch's
+    (tests/nn/test_nonfinite.py checks each against torch): no op makes a non-finite value
+    finite where torch does not (torch does for a future position under the causal mask and
+    for an unscored position of the loss).
   - Errors name the op (and layer) and the shapes involved.
 """
 
@@ -109,7 +113,9 @@ def nll(logp: Tensor, targets: np.ndarray, mask: np.ndarray | None = None) -> Te
     if count == 0:
         raise ValueError("nll: the mask selects no position")
     picked = np.take_along_axis(logp.data, targets[..., None], axis=-1)[..., 0]
-    loss = -(picked * weight).sum() / count
+    # Selected, not multiplied by the mask: a NaN or Inf at an unscored position stays out of
+    # the loss (NaN * 0 is NaN), as torch's ignore_index; its row's gradient still sees it.
+    loss = -np.where(weight, picked, 0).sum() / count
 
     def backward(g):
         grad = np.zeros_like(logp.data)
@@ -213,9 +219,14 @@ def _unwindows(g5: np.ndarray, shape: tuple[int, ...], k: int) -> np.ndarray:
 
 def max_pool2d(x: Tensor, k: int = 2) -> Tensor:
     """Max over non-overlapping k x k windows (stride k); the gradient goes to the first
-    maximum of each window (row-major)."""
+    maximum of each window (row-major). A window holding a NaN gives NaN and its gradient goes
+    to the last NaN, as torch's max_pool2d (its scan takes any NaN it meets)."""
     win = _windows(x, k, "max_pool2d")
-    idx = win.argmax(axis=-1)
+    idx = win.argmax(axis=-1)  # the first NaN where there is one
+    nan = np.isnan(win)
+    if nan.any():
+        last_nan = win.shape[-1] - 1 - nan[..., ::-1].argmax(axis=-1)
+        idx = np.where(nan.any(axis=-1), last_nan, idx)
     out = np.take_along_axis(win, idx[..., None], axis=-1)[..., 0]
     shape = x.shape
 

@@ -10,6 +10,8 @@ Usage rules:
     post-order over `children`, which are tuples (never sets). Gradients of a node are summed in
     that order, so the same inputs give bit-identical gradients in every run.
   - Ops that only compute (no parameter below them) record no graph.
+  - NaN and +-Inf propagate as in torch (IEEE arithmetic; relu keeps NaN): a non-finite value
+    is never silently made finite (refsim.nn.train stops on one).
   - Matrix products live in refsim.nn.ops (they are simulated); the ops here are plain NumPy.
 """
 
@@ -257,9 +259,11 @@ class Tensor:
 
     # ---- elementwise functions ------------------------------------------------------------------
     def relu(self) -> Tensor:
-        mask = self.data > 0
-        return Tensor.make(np.where(mask, self.data, 0).astype(self.dtype), (self,),
-                           lambda g: (g * mask,))
+        """max(x, 0) that keeps NaN, as torch.relu: zero where x <= 0 (a NaN compares false,
+        so it passes through), and the gradient passes wherever the value did (a NaN too)."""
+        keep = ~(self.data <= 0)
+        return Tensor.make(np.where(keep, self.data, 0).astype(self.dtype), (self,),
+                           lambda g: (np.where(keep, g, 0),))
 
     def gelu(self) -> Tensor:
         """x * Phi(x), Phi the standard normal CDF (exact erf form, as torch's default)."""

@@ -14,6 +14,16 @@ Usage rules:
   - out_dir (optional): metrics.jsonl gets one line per step {"kind": "step", "step", "epoch",
     "loss", "seconds"} and one per epoch {"kind": "epoch", "epoch", "train_loss",
     "test_accuracy", "test_loss", "seconds"}; summary.json gets the returned summary.
+  - Training stops at the first step whose loss, a parameter's gradient or a parameter after
+    the update is NaN or Inf (nothing after it would be a measurement): the summary's
+    "nonfinite" (None for a run that finished) says at which step and epoch, what was found,
+    and where it came from: `layer` and `role` of the first matrix product of that step whose
+    result was not finite (`inputs_finite`: whether that product made it or was handed it),
+    else layer "loss" and role "loss" (the loss computation made it), or the parameter and
+    role "backward" (a gradient made outside the products) or "update" (the optimizer).
+    Its final metrics are then None, and metrics.jsonl ends with {"kind": "nonfinite", ...}.
+    `train` returns normally (the studies count such a run as diverged); `refsim train`
+    prints the one-line message and exits with status 3.
 """
 
 from __future__ import annotations
@@ -32,14 +42,16 @@ import numpy as np
 from refsim.nn import ops
 from refsim.nn.data import TASKS, Split, digits, sequence_task
 from refsim.nn.layers import Module
-from refsim.nn.models import CNN, MLP, Transformer
+from refsim.nn.models import CNN, MLP, ResNet, Transformer
 from refsim.nn.numerics import Context, Numerics
 from refsim.nn.optim import SGD, Adam, Optimizer
+from refsim.nn.tensor import Tensor
 from refsim.specs import Cast
 
-__all__ = ["EVAL_BATCH", "MODELS", "TrainConfig", "build", "evaluate", "train"]
+__all__ = ["EVAL_BATCH", "MODELS", "TrainConfig", "build", "evaluate", "nonfinite_report",
+           "train"]
 
-MODELS = ("mlp", "cnn", "transformer")
+MODELS = ("mlp", "cnn", "resnet", "transformer")
 EVAL_BATCH = 256
 
 
@@ -48,7 +60,7 @@ class TrainConfig:
     """What to train and how; None fields take the model's default (DEFAULTS).
 
     Args:
-        model: mlp, cnn or transformer.
+        model: mlp, cnn, resnet or transformer.
         epochs: passes over the training set.
         seed: model initialization, shuffling, SR and dropout all derive from it.
         batch_size, lr: as usual; optimizer: "sgd" or "adam"; momentum, weight_decay as in
@@ -105,6 +117,7 @@ class TrainConfig:
 DEFAULTS: dict[str, dict[str, Any]] = {
     "mlp": {"batch_size": 32, "lr": 0.05, "optimizer": "sgd"},
     "cnn": {"batch_size": 32, "lr": 0.05, "optimizer": "sgd"},
+    "resnet": {"batch_size": 32, "lr": 0.01, "optimizer": "adam"},
     "transformer": {"batch_size": 32, "lr": 3e-3, "optimizer": "adam"},
 }
 
@@ -116,6 +129,8 @@ def build(config: TrainConfig) -> tuple[Module, Split]:
         return MLP((64, *c.hidden, 10), seed=c.seed), digits()
     if c.model == "cnn":
         return CNN(seed=c.seed), digits(images=True)
+    if c.model == "resnet":
+        return ResNet(seed=c.seed), digits(images=True)
     split = sequence_task(c.task, n_train=c.n_train, length=c.length, vocab=c.vocab, seed=c.seed)
     model = Transformer(c.vocab + 1, split.x_train.shape[1], d=c.d_model, heads=c.heads,
                         n_blocks=c.blocks, d_ff=c.d_ff, dropout=c.dropout, seed=c.seed)
@@ -131,6 +146,11 @@ def _optimizer(config: TrainConfig, model: Module) -> Optimizer:
                     seed=config.seed)
     return SGD(params, config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
                storage=storage, seed=config.seed)
+
+
+def _quiet() -> np.errstate:
+    # NaN and Inf are looked for explicitly (the stop rule): NumPy's warnings on them are noise.
+    return np.errstate(over="ignore", invalid="ignore", divide="ignore")
 
 
 def _loss(model: Module, ctx: Context, x, y, mask):
@@ -149,7 +169,8 @@ def evaluate(model: Module, split: Split, ctx: Context) -> dict[str, float]:
         for start in range(0, n, EVAL_BATCH):
             sl = slice(start, start + EVAL_BATCH)
             mask = None if split.mask_test is None else split.mask_test[sl]
-            logits, loss = _loss(model, ctx, split.x_test[sl], split.y_test[sl], mask)
+            with _quiet():
+                logits, loss = _loss(model, ctx, split.x_test[sl], split.y_test[sl], mask)
             right = logits.data.argmax(axis=-1) == split.y_test[sl]
             scored = np.ones(right.shape, bool) if mask is None else mask
             correct += int((right & scored).sum())
@@ -191,6 +212,24 @@ class _Progress:
         self.stream.flush()
 
 
+def _step(model: Module, ctx: Context, optimizer: Optimizer, params: list[tuple[str, Tensor]],
+          epoch: int, x, y, mask) -> tuple[float, dict[str, Any] | None]:
+    """One training step: its loss, and the stop record if it met a NaN or Inf."""
+    ctx.nonfinite = None
+    optimizer.zero_grad()
+    with _quiet():
+        _, loss = _loss(model, ctx, x, y, mask)
+        value = float(loss.data)
+        if not math.isfinite(value):
+            return value, nonfinite_report(ctx, epoch, f"the loss is {value}")
+        loss.backward()
+        stopped = _check_params(ctx, epoch, params, "gradient")
+        if stopped is None:
+            optimizer.step()
+            stopped = _check_params(ctx, epoch, params, "update")
+    return value, stopped
+
+
 def train(config: TrainConfig, numerics: Numerics, out_dir: str | Path | None = None,
           progress: TextIO | None = None, model: Module | None = None) -> dict[str, Any]:
     """Train, evaluate each epoch, and return the summary (and write it, with the metrics, to
@@ -214,6 +253,8 @@ def train(config: TrainConfig, numerics: Numerics, out_dir: str | Path | None = 
     start = time.perf_counter()
     record: dict[str, Any] = {}
     epochs_run = 0
+    stopped: dict[str, Any] | None = None
+    params = model.named_parameters()
     try:
         for epoch in range(config.epochs):
             order = np.random.default_rng([config.seed, epoch]).permutation(n)
@@ -223,11 +264,12 @@ def train(config: TrainConfig, numerics: Numerics, out_dir: str | Path | None = 
                     break
                 idx = order[b * config.batch_size:(b + 1) * config.batch_size]
                 mask = None if split.mask_train is None else split.mask_train[idx]
-                optimizer.zero_grad()
-                _, loss = _loss(model, ctx, split.x_train[idx], split.y_train[idx], mask)
-                loss.backward()
-                optimizer.step()
-                value = float(loss.data)
+                value, stopped = _step(model, ctx, optimizer, params, epoch,
+                                       split.x_train[idx], split.y_train[idx], mask)
+                if stopped is not None:
+                    if metrics is not None:
+                        metrics.write(json.dumps({"kind": "nonfinite", **stopped}) + "\n")
+                    break
                 losses.append(value)
                 if metrics is not None:
                     metrics.write(json.dumps({"kind": "step", "step": ctx.step, "epoch": epoch,
@@ -235,7 +277,7 @@ def train(config: TrainConfig, numerics: Numerics, out_dir: str | Path | None = 
                                               "seconds": time.perf_counter() - start}) + "\n")
                 ctx.step += 1
                 bar.update(epoch, b + 1, value)
-            if not losses:
+            if stopped is not None or not losses:
                 break
             epochs_run += 1
             record = {"kind": "epoch", "epoch": epoch, "train_loss": float(np.mean(losses)),
@@ -247,6 +289,8 @@ def train(config: TrainConfig, numerics: Numerics, out_dir: str | Path | None = 
     finally:
         if metrics is not None:
             metrics.close()
+    if stopped is not None:
+        record = {}  # the last epoch's metrics are not this run's result
     summary = {
         "model": config.model,
         "numerics": numerics.name,
@@ -263,9 +307,47 @@ def train(config: TrainConfig, numerics: Numerics, out_dir: str | Path | None = 
     }
     if "sequence_accuracy" in record:
         summary["sequence_accuracy"] = record["sequence_accuracy"]
+    summary["nonfinite"] = stopped
     if out_dir is not None:
         (Path(out_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def nonfinite_report(ctx: Context, epoch: int, found: str, layer: str = "loss",
+                     role: str = "loss") -> dict[str, Any]:
+    """The record of a stop at ctx.step (module docstring). `found` says what is not finite;
+    the first non-finite product of the step (ctx.nonfinite), if any, names the layer and role
+    (except for role "update": the optimizer made it), else `layer` and `role` do."""
+    inputs_finite = None
+    if ctx.nonfinite is not None and role != "update":
+        layer, role, inputs_finite = ctx.nonfinite
+        how = ("its matrix product made it from finite inputs" if inputs_finite else
+               "the first matrix product to give one; its inputs already held a NaN or Inf")
+    elif role == "loss":
+        how = "the loss computation; no matrix product gave a NaN or Inf"
+    elif role == "backward":
+        how = "a gradient computed outside the matrix products"
+    else:
+        how = "the optimizer's step"
+    message = (f"training stopped at step {ctx.step} (epoch {epoch + 1}): {found}; the first NaN "
+               f"or Inf came from layer {layer}, role {role} ({how})")
+    return {"step": ctx.step, "epoch": epoch, "found": found, "layer": layer, "role": role,
+            "inputs_finite": inputs_finite, "message": message}
+
+
+def _check_params(ctx: Context, epoch: int, params: list[tuple[str, Tensor]],
+                  what: str) -> dict[str, Any] | None:
+    """The stop record if a parameter's gradient (what="gradient") or its value after the
+    update (what="update") holds a NaN or Inf."""
+    for name, p in params:
+        values = p.grad if what == "gradient" else p.data
+        if values is not None and not np.isfinite(values).all():
+            if what == "gradient":
+                return nonfinite_report(ctx, epoch, f"the gradient of {name} holds a NaN or Inf",
+                                        name, "backward")
+            return nonfinite_report(ctx, epoch, f"the update made {name} hold a NaN or Inf",
+                                    name, "update")
+    return None
 
 
 def print_summary(summary: dict[str, Any], stream: TextIO | None = None) -> None:
