@@ -17,9 +17,13 @@ FMA and correctly rounded sums: proved algorithms using rounding to odd", IEEE T
 the float64 sum s = fl(x + y) and its exact error e (TwoSum, Knuth) give the exact x + y; making
 s's last bit odd when e != 0 gives round-to-odd(x + y) at 53 bits, and rounding that once more
 to a format of at most 51 significand bits (man_bits <= 50) gives the same result as rounding
-x + y directly, in every deterministic mode. Products are exact in float64 when the operands'
-significands total at most 53 bits (checked). Stochastic rounding would need the exact discarded
-fraction, which round-to-odd does not keep: accumulation in sr raises NotImplementedError.
+x + y directly, in every deterministic mode. A finite x + y beyond float64's range is at least
+2^1024 - 2^970, an overflow of every such accumulator in every mode, and is rounded as float64's
+max (an overflow the same way). Products are exact in float64 when the operands' significands
+total at most 53 bits and no product has a bit below 2^-1074 or reaches 2^1024 (all checked;
+refused with a ValueError otherwise: refsim.matmul takes such products exactly). Stochastic
+rounding would need the exact discarded fraction, which round-to-odd does not keep: accumulation
+in sr raises NotImplementedError.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from refsim.specs import AccumSpec, Cast, GemmSpec
 __all__ = ["matmul"]
 
 _UINT64_MAX = (1 << 64) - 1
+_FLOAT64_MAX = float(np.finfo(np.float64).max)
+_NO_BIT = 1 << 20  # "no set bit": above every exponent, and sums of two stay in int64
 MODES = ("fast", "exact")
 
 
@@ -51,19 +57,51 @@ def cast(x: torch.Tensor, c: Cast | None, seed: int, axis: int = -1) -> torch.Te
     return tb.quantize(x, c.fmt, c.rounding, overflow=c.overflow, sr_bits=c.sr_bits, seed=seed)
 
 
-def _significant_bits(x: torch.Tensor) -> int:
-    """Largest number of significant bits among x's finite nonzero values (float64 view)."""
-    if x.dtype in (torch.float32, torch.bfloat16):
-        return 24 if x.dtype == torch.float32 else 8
-    bits = x.detach().reshape(-1).view(torch.int64)
+def _bit_fields(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per element of the float64 tensor x: (finite and nonzero, significant bits with trailing
+    zeros removed, exponent of the lowest set bit); bits 0 and exponent _NO_BIT elsewhere."""
+    bits = x.detach().view(torch.int64)
     efield = (bits >> 52) & 0x7FF
     sig = bits & ((1 << 52) - 1)
-    sig = torch.where((efield > 0) & (efield < 0x7FF), sig | (1 << 52), sig)
-    sig = sig[(efield < 0x7FF) & (sig != 0)]
-    if sig.numel() == 0:
-        return 0
-    lowest = sig & -sig
-    return int((tb._bitlen(sig) - tb._bitlen(lowest) + 1).max())
+    normal = (efield > 0) & (efield < 0x7FF)
+    live = (efield < 0x7FF) & (normal | (sig != 0))
+    sig = torch.where(normal, sig | (1 << 52), sig)
+    exp0 = torch.where(normal, efield - 1075, torch.full_like(efield, -1074))  # of sig's bit 0
+    trailing = tb._bitlen(sig & -sig) - 1
+    count = torch.where(live, tb._bitlen(sig) - trailing, 0)
+    low = torch.where(live, exp0 + trailing, _NO_BIT)
+    return live, count, low
+
+
+def _check_products(a: torch.Tensor, b: torch.Tensor) -> None:
+    """Refuse operands (float64) whose products a[.., m, k] * b[.., k, n] are not all exact
+    float64 values: the loop multiplies in float64, refsim.matmul exactly. A product of finite
+    values is exact when the significands total at most 53 bits (checked over whole tensors),
+    its lowest bit is not below 2^-1074 and it is below 2^1024; the last two are checked for
+    each (batch, k), where every m meets every n: the lowest bits there are the two operands'
+    lowest, and the largest product is the product of the largest magnitudes (exact in float64
+    unless it overflows to Inf)."""
+    if a.numel() == 0 or b.numel() == 0:
+        return
+    live_a, bits_a, low_a = _bit_fields(a)
+    live_b, bits_b, low_b = _bit_fields(b)
+    bits = int(bits_a.max()) + int(bits_b.max())
+    if bits > 53:
+        raise ValueError(f"torch matmul mode='exact': products need up to {bits} significant "
+                         "bits, more than float64's 53: cast the operands to narrower formats")
+    low = int((low_a.amin(dim=-2) + low_b.amin(dim=-1)).min())
+    largest = (torch.where(live_a, a.abs(), 0).amax(dim=-2)
+               * torch.where(live_b, b.abs(), 0).amax(dim=-1))
+    if low < -1074:
+        where = f"a bit at 2^{low}, below float64's smallest subnormal 2^-1074"
+    elif bool(torch.isinf(largest).any()):
+        where = "a magnitude of 2^1024 or more, beyond float64's range"
+    else:
+        return
+    raise ValueError(f"torch matmul mode='exact': a product of a and b has {where}; products "
+                     "outside float64's range are not supported on the torch path (it "
+                     "multiplies in float64): use refsim.matmul on NumPy arrays, which computes "
+                     "them exactly, or scale the operands")
 
 
 def _acc_params(spec: AccumSpec, what: str) -> tuple:
@@ -83,7 +121,7 @@ def _add_round(x: torch.Tensor, y: torch.Tensor, fmt, rounding: str, overflow: s
                ) -> torch.Tensor:
     """round(x + y) to fmt, from the exact sum of two float64 tensors (module docstring)."""
     s = x + y
-    # TwoSum: s + err == x + y exactly (no overflow: every value lies far inside float64).
+    # TwoSum: s + err == x + y exactly, unless s overflows (handled below).
     bp = s - x
     err = (x - (s - bp)) + (y - bp)
     bits = s.view(torch.int64)
@@ -94,6 +132,11 @@ def _add_round(x: torch.Tensor, y: torch.Tensor, fmt, rounding: str, overflow: s
     away = (err > 0) == (s > 0)
     bits = torch.where(inexact & even, bits + torch.where(away, 1, -1), bits)
     s = bits.view(torch.float64)
+    # A float64 overflow of finite x + y: the exact sum is at least 2^1024 - 2^970, beyond every
+    # accumulator's max + half an ulp (at most 50 mantissa bits, emax <= 1023), so every mode
+    # rounds it as an overflow of fmt; float64's max (also beyond that point) rounds the same.
+    overflowed = torch.isinf(s) & torch.isfinite(x) & torch.isfinite(y)
+    s = torch.where(overflowed, torch.copysign(torch.full_like(s, _FLOAT64_MAX), s), s)
     if rounding == "rdn":  # an exact zero sum is -0 under rdn unless both zeros are +0
         plus_zeros = (x == 0) & ~torch.signbit(x) & (y == 0) & ~torch.signbit(y)
         s = torch.where((s == 0) & ~plus_zeros, torch.full_like(s, -0.0), s)
@@ -161,12 +204,9 @@ def _exact(a: torch.Tensor, b: torch.Tensor, spec: GemmSpec, seed: int) -> torch
         raise NotImplementedError(f"torch matmul mode='exact' supports orders sequential, "
                                   f"chunked, pairwise and kahan; got order={acc.order!r} (use "
                                   "refsim.matmul)")
-    bits = _significant_bits(a) + _significant_bits(b)
-    if bits > 53:
-        raise ValueError(f"torch matmul mode='exact': products need up to {bits} significant "
-                         "bits, more than float64's 53: cast the operands to narrower formats")
     a = a.to(torch.float64)
     b = b.to(torch.float64)
+    _check_products(a, b)
     k_total = a.shape[-1]
     shape = torch.broadcast_shapes(a.shape[:-1][:-1], b.shape[:-2])
     out_shape = (*shape, a.shape[-2], b.shape[-1])
@@ -252,6 +292,11 @@ def matmul(a: torch.Tensor, b: torch.Tensor, spec: GemmSpec, *, mode: str = "exa
     if a.shape[-1] != b.shape[-2]:
         raise ValueError(f"matmul: a's last dimension must equal b's second-to-last; got a of "
                          f"shape {tuple(a.shape)} and b of shape {tuple(b.shape)}")
+    try:
+        torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    except RuntimeError:
+        raise ValueError(f"matmul: batch dimensions do not broadcast; got a of shape "
+                         f"{tuple(a.shape)} and b of shape {tuple(b.shape)}") from None
     a = cast(a, spec.a, seed, axis=-1)
     b = cast(b, spec.b, (seed + 1) & _UINT64_MAX, axis=-2)
     if mode == "fast":

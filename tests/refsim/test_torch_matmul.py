@@ -93,3 +93,97 @@ def test_fast_mode_is_fp32_accumulation_of_cast_operands():
     # fp32 accumulation of 64 products of e4m3 values: exact in any order (24 bits hold them
     # unless cancellation spreads the exponents), so the bf16 outputs agree here.
     assert_same_bits(fast.numpy(), exact)
+
+
+# ---- float64's range: computed exactly or refused, never different bits (issue 11) -----------
+def _same_or_refused(a, b, spec):
+    """refsim.matmul's result, and whether the torch path refused (else it gave the same bits)."""
+    expected = ref_matmul(a, b, spec)
+    try:
+        got = matmul(torch.from_numpy(a), torch.from_numpy(b), spec, mode="exact")
+    except ValueError as exc:
+        assert "outside float64's range are not supported" in str(exc)
+        return expected, True
+    assert_same_bits(got.numpy().astype(expected.dtype), expected, context=str(spec))
+    return expected, False
+
+
+OVERFLOW_ORDERS = ("sequential", "pairwise", "kahan", "chunked")
+
+
+@pytest.mark.parametrize("order", OVERFLOW_ORDERS)
+@pytest.mark.parametrize("overflow", ["default", "saturate"])
+@pytest.mark.parametrize("rounding", DETERMINISTIC)
+def test_exact_matches_refsim_when_a_float64_partial_sum_overflows(rounding, overflow, order):
+    """x + y beyond float64's max (both finite): the exact sum overflows the accumulator in
+    every mode, whatever float64 made of it. The issue's case: [[1e308, 1e308]] @ ones, e11m50
+    rtz (refsim max, the torch path gave Inf)."""
+    chunk = {"chunk": 2} if order == "chunked" else {}
+    for fmt in ("e11m50", "e11m40", "fp32"):
+        acc = AccumSpec(fmt, rounding, order, overflow=overflow, **chunk)
+        spec = GemmSpec(acc=acc)
+        a = np.array([[1e308, 1e308], [-1e308, -1e308]])
+        expected, refused = _same_or_refused(a, np.ones((2, 1)), spec)
+        assert not refused
+        if fmt == "e11m50" and rounding == "rtz":
+            assert expected[0, 0] == float.fromhex("0x1.ffffffffffffcp+1023")  # e11m50's max
+        # overflow, then cancellation, mixed signs, and products up to 2^1023
+        a = np.array([[1e308, 1.7e308, -1e308, 1.5e308, 3.0],
+                      [-2.0**1023, -2.0**1023, 2.0**1022, 1.0, -1.7e308]])
+        b = np.array([[1.0], [1.0], [1.0], [-1.0], [0.5]])
+        assert not _same_or_refused(a, b, spec)[1]
+
+
+def test_exact_matches_refsim_or_refuses_products_beyond_float64():
+    """The issue's three examples and their neighbours: a product below 2^-1074 or at 2^1024
+    and beyond cannot be taken exactly in float64 and is refused; products just inside float64's
+    range are computed, bit-identical to refsim.matmul."""
+    tiny, huge = 2.0 ** -600, 2.0 ** 700
+    # 2^-600 * 2^-600 underflows: refsim 1 + 2^-23 under rup (the torch path gave 1.0)
+    for rounding in ("rup", "rdn", "rne", "rtz"):
+        for sign in (1.0, -1.0):
+            spec = GemmSpec(acc=AccumSpec("fp32", rounding))
+            a, b = np.array([[sign * tiny, 1.0]]), np.array([[tiny], [1.0]])
+            expected, refused = _same_or_refused(a, b, spec)
+            assert refused
+            if rounding == "rup" and sign > 0:
+                assert expected[0, 0] == 1.0 + 2.0 ** -23
+    # 2^700 * 2^700 overflows float64: refsim rounds 2^1400 exactly (fp32 rtz: max)
+    for rounding in DETERMINISTIC:
+        for overflow in ("default", "saturate"):
+            for sign in (1.0, -1.0):
+                spec = GemmSpec(acc=AccumSpec("fp32", rounding, overflow=overflow))
+                expected, refused = _same_or_refused(np.array([[sign * huge]]),
+                                                     np.array([[huge]]), spec)
+                assert refused
+    expected, _ = _same_or_refused(np.array([[huge]]), np.array([[huge]]),
+                                   GemmSpec(acc=AccumSpec("fp32", "rtz")))
+    assert expected[0, 0] == np.finfo(np.float32).max
+    with pytest.raises(ValueError, match=r"2\^1024 or more"):
+        matmul(torch.tensor([[1e308]], dtype=torch.float64),
+               torch.tensor([[2.0]], dtype=torch.float64), GemmSpec(acc=AccumSpec("e11m50")))
+    with pytest.raises(ValueError, match=r"a bit at 2\^-1075"):
+        matmul(torch.tensor([[2.0 ** -538, 1.0]], dtype=torch.float64),
+               torch.tensor([[2.0 ** -537], [1.0]], dtype=torch.float64),
+               GemmSpec(acc=AccumSpec("fp32")))
+    # just inside: 2^-537 * 2^-537 = 2^-1074 and 1.5*2^511 squared = 1.125*2^1023 are exact,
+    # and a tiny and a huge operand that never meet (different k) are fine
+    for rounding in DETERMINISTIC:
+        for fmt in ("fp32", "e11m50"):
+            spec = GemmSpec(acc=AccumSpec(fmt, rounding))
+            for a, b in ((np.array([[2.0 ** -537, -1.0]]), np.array([[2.0 ** -537], [1.0]])),
+                         (np.array([[1.5 * 2.0 ** 511, 1.0]]), np.array([[-1.5 * 2.0 ** 511],
+                                                                         [1.0]])),
+                         (np.array([[tiny, huge]]), np.array([[huge], [tiny]]))):
+                assert not _same_or_refused(a, b, spec)[1]
+
+
+def test_exact_refuses_batch_dimensions_that_do_not_broadcast_like_numpy():
+    a, b = np.ones((2, 3, 4)), np.ones((3, 4, 5))
+    spec = GemmSpec(acc=AccumSpec("fp32"))
+    with pytest.raises(ValueError, match="batch dimensions do not broadcast") as numpy_error:
+        ref_matmul(a, b, spec)
+    for mode in ("exact", "fast"):
+        with pytest.raises(ValueError, match="batch dimensions do not broadcast") as torch_error:
+            matmul(torch.from_numpy(a), torch.from_numpy(b), spec, mode=mode)
+        assert str(torch_error.value) == str(numpy_error.value)
