@@ -1,13 +1,77 @@
 """The `refsim` command: argparse with one sub-command per task (`train`; `study`, registered by
-refsim.studies.cli; others add theirs with `add_parser`)."""
+refsim.studies.cli; others add theirs with `add_parser`; `validate` is python -m validation).
+
+Usage rules:
+  - Exit status: 0 success; 1 a check found a mismatch (`refsim validate`); USAGE (2) a user's
+    mistake (a bad flag, value, plan or path), reported in one line as argparse does, never as a
+    traceback; STOPPED (3) `refsim train` stopped on a NaN or Inf (refsim.nn.train);
+    INTERRUPTED (130) Ctrl-C, with one line saying what is kept (a study's cached runs).
+  - Flag values are checked where they are parsed, by the argparse types here, which every
+    command line shares (refsim.studies.cli, validation.__main__): `nonnegative_int`,
+    `positive_int`, `positive_float`, `output_dir`; their messages name the flag.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-__all__ = ["main"]
+__all__ = ["INTERRUPTED", "STOPPED", "USAGE", "main", "nonnegative_int", "output_dir",
+           "positive_float", "positive_int"]
+
+USAGE = 2
+STOPPED = 3
+INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process killed by Ctrl-C
+
+
+# ---- argparse types (argparse prefixes "argument --FLAG: " to their messages) -------------------
+def nonnegative_int(text: str) -> int:
+    """An integer >= 0."""
+    value = _int(text, "a non-negative integer")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer; got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    value = _int(text, "a positive integer")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite float > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number; got {text!r}") from None
+    if not 0.0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number; got {text!r}")
+    return value
+
+
+def output_dir(text: str) -> str:
+    """A directory to write into: it may not exist yet, but neither it nor a folder above it
+    may be a file."""
+    if not text:
+        raise argparse.ArgumentTypeError("must be a directory; got an empty path")
+    path = Path(text)
+    for parent in (path, *path.parents):
+        if parent.exists() and not parent.is_dir():
+            where = "is a file" if parent == path else f"lies under {str(parent)!r}, a file"
+            raise argparse.ArgumentTypeError(f"{text!r} {where}, not a directory")
+    return text
+
+
+def _int(text: str, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {what}; got {text!r}") from None
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -28,9 +92,14 @@ def _train(args: argparse.Namespace) -> int:
                          storage=args.storage, task=args.task, max_steps=args.max_steps)
     summary = train(config, numerics, out_dir=args.out,
                     progress=None if args.quiet else sys.stderr)
-    print_summary(summary)
+    stopped = summary["nonfinite"]
+    if stopped is None:
+        print_summary(summary)
     if args.out is not None:
         print(f"wrote {args.out}/metrics.jsonl and {args.out}/summary.json")
+    if stopped is not None:
+        print(f"refsim train: {stopped['message']}", file=sys.stderr)
+        return STOPPED
     return 0
 
 
@@ -42,21 +111,25 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model with simulated matrix products",
                        description="Train an MLP or CNN on the bundled digits, or a tiny "
                        "transformer on a synthetic sequence task, with every matrix product "
-                       "simulated under a numerics plan.")
+                       "simulated under a numerics plan.",
+                       epilog="Exit status: 0 trained; 2 a bad flag, plan or --out; 3 stopped "
+                       "because the loss or a gradient became NaN or Inf (the message names "
+                       "the step, layer and role; summary.json records it under 'nonfinite').")
     p.add_argument("--model", choices=MODELS, required=True)
     p.add_argument("--numerics", default="fp32",
                    help=f"a preset ({', '.join(PRESETS)}) or a plan.toml (default fp32)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="directory for metrics.jsonl and summary.json")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--epochs", type=positive_int, default=10)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--out", type=output_dir, default=None,
+                   help="directory for metrics.jsonl and summary.json")
+    p.add_argument("--batch-size", type=positive_int, default=None)
+    p.add_argument("--lr", type=positive_float, default=None)
     p.add_argument("--optimizer", choices=("sgd", "adam"), default=None)
     p.add_argument("--storage", default=None,
                    help="store weights in this format, updated with stochastic rounding")
     p.add_argument("--task", choices=TASKS, default="copy", help="transformer task")
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--max-steps", type=positive_int, default=None)
+    p.add_argument("--threads", type=nonnegative_int, default=1,
                    help="Numba threads (default 1: these products are small, and on a busy "
                    "machine each parallel launch waits for a free core; 0: Numba's default). "
                    "Results never depend on it")
@@ -81,12 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _validate(argv: list[str]) -> int:
     # The one place refsim reaches up to validation/: the command line is the top of both.
+    # It reports its own errors (one line, USAGE) under this command's name.
     from validation.__main__ import main as validation_main
 
-    return validation_main(argv)
+    return validation_main(argv, prog="refsim validate")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (module docstring)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["validate"]:
         command, run = "validate", lambda: _validate(argv[1:])
@@ -95,9 +170,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         command, run = args.command, lambda: args.func(args)
     try:
         return run()
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, OSError) as exc:
+        # A bad value, plan or path (an OSError names its file); a bug would be another type.
         print(f"refsim {command}: error: {exc}", file=sys.stderr)
-        return 2
+        return USAGE
+    except KeyboardInterrupt as exc:
+        from refsim.studies.executor import GridInterrupted
+
+        detail = f": {exc}" if isinstance(exc, GridInterrupted) else ""
+        print(f"\nrefsim {command}: interrupted{detail}", file=sys.stderr)
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -4,6 +4,13 @@ Usage rules:
   - `run_key(study, version, config)` is the SHA-256 of the canonical JSON (sorted keys) of the
     study name, the study's code version and the run config, so a run is recomputed whenever
     any of them changes, and found again after an interruption when none did.
+  - An entry is {"key", "config", "result", "sha256"}: `result` is the run's dict and `sha256`
+    the SHA-256 of the canonical JSON of {"key", "config", "result"} (`checksum`), so an entry
+    edited by hand, damaged, or copied under another key's name is caught.
+  - `get` trusts nothing it reads: an entry that is not a well-formed JSON object of that shape,
+    whose key is not its file's, whose checksum does not match, or a directory in an entry's
+    place, gives a CacheWarning naming the file and None, so the run is recomputed (and `put`
+    replaces the entry). A missing entry is simply None.
   - `put` writes to a temporary file and renames it, so a run killed mid-write leaves no
     half-written entry.
 """
@@ -13,17 +20,33 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Cache", "run_key"]
+__all__ = ["Cache", "CacheWarning", "checksum", "run_key"]
+
+_ENTRY_KEYS = {"key", "config", "result", "sha256"}
+
+
+class CacheWarning(UserWarning):
+    """A cache entry that cannot be trusted (it is recomputed)."""
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def run_key(study: str, version: int, config: dict[str, Any]) -> str:
     """The cache key of one run (64 hex digits)."""
-    text = json.dumps({"study": study, "version": version, "config": config}, sort_keys=True,
-                      separators=(",", ":"))
+    text = _canonical({"study": study, "version": version, "config": config})
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def checksum(key: str, config: Any, result: Any) -> str:
+    """SHA-256 (hex) of the canonical JSON of an entry's key, config and result."""
+    return hashlib.sha256(_canonical({"key": key, "config": config, "result": result})
+                          .encode()).hexdigest()
 
 
 class Cache:
@@ -32,6 +55,8 @@ class Cache:
     def __init__(self, directory: str | Path | None) -> None:
         self.dir = None if directory is None else Path(directory)
         if self.dir is not None:
+            if self.dir.exists() and not self.dir.is_dir():
+                raise ValueError(f"the run cache {str(self.dir)!r} is a file, not a directory")
             self.dir.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
@@ -39,21 +64,52 @@ class Cache:
         return self.dir / key[:2] / f"{key}.json"
 
     def get(self, key: str) -> dict[str, Any] | None:
+        """The cached result of run `key`, or None (module docstring)."""
         if self.dir is None:
             return None
         path = self._path(key)
-        if not path.is_file():
+        if not path.exists():
             return None
+        if path.is_dir():
+            return _bad(path, "is a directory, not a cache entry (remove it to cache this run "
+                        "again)")
         try:
-            return json.loads(path.read_text())["result"]
-        except (ValueError, KeyError):  # a damaged entry is recomputed, not trusted
-            return None
+            entry = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            return _bad(path, f"cannot be read as JSON ({exc})")
+        if not isinstance(entry, dict) or set(entry) != _ENTRY_KEYS:
+            shape = (f"an object with keys {sorted(entry)}" if isinstance(entry, dict)
+                     else f"a JSON {type(entry).__name__}")
+            return _bad(path, f"is {shape}, not an entry {{{', '.join(sorted(_ENTRY_KEYS))}}}")
+        result = entry["result"]
+        if not isinstance(result, dict):
+            return _bad(path, f"holds a result that is not a JSON object: {result!r:.60}")
+        if entry["key"] != key:
+            return _bad(path, f"holds the entry of another run (key {str(entry['key'])!r:.20})")
+        if entry["sha256"] != checksum(key, entry["config"], result):
+            return _bad(path, "does not match its checksum (edited or damaged)")
+        return result
 
     def put(self, key: str, config: dict[str, Any], result: dict[str, Any]) -> None:
+        """Store run `key`'s config and result (a JSON-serializable dict) with its checksum."""
         if self.dir is None:
             return
         path = self._path(key)
+        if path.is_dir():
+            warnings.warn(f"study cache: {path} is a directory, so this run is not cached",
+                          CacheWarning, stacklevel=2)
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
+        # The checksum covers what a reader will load (JSON turns tuples into lists).
+        config, result = json.loads(json.dumps(config)), json.loads(json.dumps(result))
+        entry = {"key": key, "config": config, "result": result,
+                 "sha256": checksum(key, config, result)}
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"config": config, "result": result}, sort_keys=True))
+        tmp.write_text(json.dumps(entry, sort_keys=True))
         os.replace(tmp, path)
+
+
+def _bad(path: Path, problem: str) -> None:
+    warnings.warn(f"study cache: {path} {problem}; the run is recomputed", CacheWarning,
+                  stacklevel=3)
+    return None

@@ -9,6 +9,8 @@ Usage rules:
     key is STUDY.KEY. Unknown studies, keys and bad values are errors that name what is
     allowed.
   - At the end it prints where the report is and the verdict on each of the paper's findings.
+  - Errors and exit statuses as refsim.cli: a bad flag or path is one line and status 2;
+    Ctrl-C says how many runs are cached (a rerun of the same command resumes) and exits 130.
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ def _study(args: argparse.Namespace) -> int:
 
 def add_study_parser(sub: argparse._SubParsersAction) -> None:
     """Register `refsim study` on the main parser's sub-parsers."""
+    from refsim.cli import output_dir, positive_int
     from refsim.studies import STUDIES
     from refsim.studies.executor import EXECUTORS
 
@@ -104,19 +107,20 @@ def add_study_parser(sub: argparse._SubParsersAction) -> None:
                        "results.json, results.csv, plots and report.md.")
     p.add_argument("name", help=f"{', '.join(STUDIES)}, all, or profile")
     p.add_argument("--quick", action="store_true", help="small grids (about 2 minutes each)")
-    p.add_argument("--out", default=None, help="output folder (default reports/latest for "
-                   "all, reports/NAME otherwise)")
+    p.add_argument("--out", type=output_dir, default=None, help="output folder (default "
+                   "reports/latest for all, reports/NAME otherwise)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a parameter (STUDY.KEY with all); repeatable")
     p.add_argument("--executor", choices=EXECUTORS, default="process")
     p.add_argument("--scheduler", default=None, help="Dask scheduler address (--executor dask)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+    p.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1,
                    help="local worker processes (default: the CPU count; 1 runs in-process)")
-    p.add_argument("--cache", default=None, help="run cache folder (default OUT/cache)")
+    p.add_argument("--cache", type=output_dir, default=None,
+                   help="run cache folder (default OUT/cache)")
     p.add_argument("--no-cache", action="store_true", help="recompute every run")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--model", default="mlp", choices=("mlp", "cnn", "transformer"),
                    help="profile: the model")
-    p.add_argument("--batch-size", type=int, default=32, help="profile: the batch")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="profile: the batch")
     p.set_defaults(func=_study)

@@ -20,25 +20,45 @@ Usage rules:
     number of workers or the order of completion.
   - Progress: one line on `progress` (a stream), redrawn in place on a terminal, else printed
     at every quarter.
+  - Ctrl-C (KeyboardInterrupt) raises GridInterrupted, a KeyboardInterrupt that says how many
+    of the grid's runs are cached and where (`refsim study` prints it and exits with 130).
+    Local worker processes ignore SIGINT and are terminated by this process, so an interrupt
+    prints no traceback from them and does not wait for their runs to finish.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing
+import signal
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from refsim.studies.cache import Cache, run_key
 
-__all__ = ["EXECUTORS", "GridStats", "run_grid"]
+__all__ = ["EXECUTORS", "GridInterrupted", "GridStats", "run_grid"]
 
 EXECUTORS = ("process", "dask")
 
 
 class GridStats(dict):
     """{"runs", "cached", "computed", "seconds"} of one grid."""
+
+
+class GridInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a grid: `cached` of its `runs` runs are in the cache `cache_dir` (None:
+    caching is off), so the same call resumes with the others."""
+
+    def __init__(self, study: str, cached: int, runs: int, cache_dir: str | None) -> None:
+        self.study, self.cached, self.runs, self.cache_dir = study, cached, runs, cache_dir
+        if cache_dir is None:
+            text = (f"caching is off, so a rerun computes the {runs} runs of study {study!r} "
+                    "again")
+        else:
+            text = (f"{cached} of the {runs} runs of study {study!r} are cached in {cache_dir}; "
+                    "run the same command again to resume")
+        super().__init__(text)
 
 
 class _Bar:
@@ -74,6 +94,13 @@ def _one_thread() -> None:
     numba.set_num_threads(1)
 
 
+def _worker_init() -> None:
+    # Ctrl-C reaches every process of the terminal's group: the parent handles it (it
+    # terminates the workers), so a worker must not die of it with a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _one_thread()
+
+
 def _check(executor: str, workers: int, scheduler: str | None) -> None:
     if executor not in EXECUTORS:
         raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}; got {executor!r}")
@@ -106,6 +133,19 @@ def run_grid(fn: Callable[[dict[str, Any]], dict[str, Any]], configs: Sequence[d
         cache.put(keys[i], dict(configs[i]), result)
         bar.step()
 
+    try:
+        _compute(fn, configs, todo, results, finish, executor, workers, scheduler, warm_key)
+    except KeyboardInterrupt:
+        cached = sum(r is not None for r in results) if cache.dir is not None else 0
+        raise GridInterrupted(study, cached, len(configs),
+                              None if cache.dir is None else str(cache.dir)) from None
+    stats = GridStats(runs=len(configs), cached=len(configs) - len(pending), computed=len(pending),
+                      seconds=time.perf_counter() - start)
+    return [r for r in results if r is not None], stats
+
+
+def _compute(fn, configs, todo, results, finish, executor, workers, scheduler,
+             warm_key) -> None:
     if todo and warm_key is not None and executor == "process" and workers > 1:
         firsts = list({warm_key(configs[i]): i for i in reversed(todo)}.values())
         for i in sorted(firsts):
@@ -117,20 +157,26 @@ def run_grid(fn: Callable[[dict[str, Any]], dict[str, Any]], configs: Sequence[d
         for i in todo:
             finish(i, fn(dict(configs[i])))
     elif todo:
-        ctx = multiprocessing.get_context("spawn")
-        with cf.ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
-                                    initializer=_one_thread) as pool:
-            futures = {pool.submit(fn, dict(configs[i])): i for i in todo}
-            try:
-                for fut in cf.as_completed(futures):
-                    finish(futures[fut], fut.result())
-            except BaseException:
-                for fut in futures:
-                    fut.cancel()
-                raise
-    stats = GridStats(runs=len(configs), cached=len(configs) - len(pending), computed=len(pending),
-                      seconds=time.perf_counter() - start)
-    return [r for r in results if r is not None], stats
+        _run_processes(fn, configs, todo, workers, finish)
+
+
+def _run_processes(fn, configs, todo, workers, finish) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    pool = cf.ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
+                                  initializer=_worker_init)
+    try:
+        futures = {pool.submit(fn, dict(configs[i])): i for i in todo}
+        for fut in cf.as_completed(futures):
+            finish(futures[fut], fut.result())
+    except BaseException:
+        # Stop at once: the workers ignore SIGINT, and shutdown would wait for their runs.
+        # (ProcessPoolExecutor has no public way to stop its workers before Python 3.14.)
+        processes = getattr(pool, "_processes", None) or {}
+        for proc in list(processes.values()):
+            proc.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _dask_task(fn: Callable[[dict[str, Any]], dict[str, Any]],

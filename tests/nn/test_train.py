@@ -165,7 +165,7 @@ def test_sequence_tasks(task):
         np.testing.assert_array_equal(answers, x[:, :4])
     elif task == "reversal":
         np.testing.assert_array_equal(answers, x[:, 3::-1])
-    else:
+    elif task == "modadd":
         np.testing.assert_array_equal(answers[:, 0], (x[:, 0] + x[:, 1]) % 5)
         seen = {tuple(row) for row in x[:, :2]}
         held = {tuple(row) for row in split.x_test[:, :2]}
@@ -204,3 +204,32 @@ def test_context_trace_records_products():
     model(split.x_test[:2], Context(preset("fp32"), trace=trace))
     assert [t["layer"] for t in trace] == ["conv1", "conv2", "fc"]
     assert trace[0]["macs"] == 2 * 64 * 8 * 9
+
+
+@pytest.mark.parametrize("under", [False, True], ids=["file", "under-a-file"])
+def test_cli_train_out_that_is_a_file_is_a_one_line_error(tmp_path, capsys, under):
+    blocker = tmp_path / "taken"
+    blocker.write_text("not a directory")
+    out = blocker / "run" if under else blocker
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--model", "mlp", "--max-steps", "1", "--out", str(out), "--quiet"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("refsim train: error: argument --out: ")
+    assert "not a directory" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("flag", "value", "wanted"), [
+    ("--seed", "-5", "must be a non-negative integer; got '-5'"),
+    ("--epochs", "0", "must be a positive integer; got '0'"),
+    ("--batch-size", "-1", "must be a positive integer; got '-1'"),
+    ("--max-steps", "x", "must be a positive integer; got 'x'"),
+    ("--threads", "-2", "must be a non-negative integer; got '-2'"),
+    ("--lr", "-0.1", "must be a positive, finite number; got '-0.1'"),
+])
+def test_cli_train_bad_numbers_name_the_flag(capsys, flag, value, wanted):
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--model", "mlp", flag, value])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        f"refsim train: error: argument {flag}: {wanted}"

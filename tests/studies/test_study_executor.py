@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from refsim.studies.cache import Cache, run_key
-from refsim.studies.executor import run_grid
+from refsim.studies.cache import Cache, CacheWarning, run_key
+from refsim.studies.executor import GridInterrupted, run_grid
 
 FAIL_AT: list[int] = []
 
@@ -45,11 +45,28 @@ def test_resume_after_interruption(tmp_path):
     assert results == [{"value": i * i} for i in range(6)]
     assert (stats["cached"], stats["computed"]) == (4, 2)  # runs 0-3 finished before the stop
     assert "6/6 runs (4 cached)" in stream.getvalue()
-    # A damaged entry is recomputed, not trusted.
+    # A damaged entry is recomputed, not trusted (test_study_cache: every kind of damage).
     victim = cache._path(run_key("t", 1, CONFIGS[0]))
     victim.write_text("{not json")
-    _, stats = run_grid(square, CONFIGS, study="t", version=1, cache=cache)
+    with pytest.warns(CacheWarning, match=str(victim)):
+        _, stats = run_grid(square, CONFIGS, study="t", version=1, cache=cache)
     assert (stats["cached"], stats["computed"]) == (5, 1)
+
+
+def test_interruption_says_how_many_runs_are_cached(tmp_path):
+    cache = Cache(tmp_path / "cache")
+    FAIL_AT[:] = [3]
+    try:
+        with pytest.raises(GridInterrupted) as stop:
+            run_grid(square, CONFIGS, study="t", version=1, cache=cache)
+        assert str(stop.value) == (f"3 of the 6 runs of study 't' are cached in {cache.dir}; "
+                                   "run the same command again to resume")
+        assert isinstance(stop.value, KeyboardInterrupt)
+        with pytest.raises(GridInterrupted, match="caching is off, so a rerun computes the 6 "
+                           "runs of study 't' again"):
+            run_grid(square, CONFIGS, study="t", version=1, cache=Cache(None))
+    finally:
+        FAIL_AT.clear()
 
 
 def square_where(config: dict) -> dict:
