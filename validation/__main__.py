@@ -5,20 +5,29 @@
     python -m validation verify DIR --candidate module:function
 
 `main(argv)` is the entry point (the `refsim validate` command calls it with its arguments).
+Exit status: 0 no unexpected mismatch; 1 a mismatch (a failed row, or a candidate that differs
+from its golden vectors); 2 a user's mistake (a bad flag, path, candidate or manifest), reported
+in one line, never as a traceback. The flag types are refsim.cli's (shared by every command).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from typing import Any
 
 from validation.golden import verify_golden, write_golden
 from validation.run import format_table, run_suite
 from validation.suites import SUITES
 
+USAGE = 2
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m validation", description=__doc__,
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    # Looked up at run time, as validation._refsim does: mypy checks validation/, not refsim/.
+    cli: Any = importlib.import_module("refsim.cli")
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="run every adapter on every input suite (the default)")
@@ -29,18 +38,18 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--dtypes", nargs="+", default=["float32", "float64"],
                        choices=["float32", "float64"], help="input dtypes")
         p.add_argument("--suites", nargs="+", default=list(SUITES), choices=list(SUITES))
-        p.add_argument("--max-size", type=int, default=1 << 13,
+        p.add_argument("--max-size", type=cli.nonnegative_int, default=1 << 13,
                        help="inputs per suite at most (sampled; 0: all)")
         p.add_argument("--quiet", action="store_true", help="no progress lines")
     golden = sub.add_parser("golden", help="write golden vectors for a format and rounding")
     golden.add_argument("--format", required=True, help="a format name (e4m3fn, bf16, ...)")
     golden.add_argument("--rounding", required=True, help="rne, rna, rtz, rup, rdn, rto or sr")
-    golden.add_argument("--out", required=True, help="output directory")
+    golden.add_argument("--out", type=cli.output_dir, required=True, help="output directory")
     golden.add_argument("--overflow", default="default")
-    golden.add_argument("--sr-bits", type=int, default=None)
-    golden.add_argument("--seed", type=int, default=0)
+    golden.add_argument("--sr-bits", type=cli.positive_int, default=None)
+    golden.add_argument("--seed", type=cli.nonnegative_int, default=0)
     golden.add_argument("--dtype", default="float64", choices=["float32", "float64"])
-    golden.add_argument("--size", type=int, default=1 << 14,
+    golden.add_argument("--size", type=cli.positive_int, default=1 << 14,
                         help="inputs of the random suites")
     verify = sub.add_parser("verify", help="check a function against golden vectors")
     verify.add_argument("dir", help="a directory written by `golden`")
@@ -49,9 +58,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0: no unexpected mismatch)."""
-    args = _parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m validation") -> int:
+    """Run the command line; returns the exit status (module docstring). `prog`: the name
+    that usage lines and error messages show."""
+    args = _parser(prog).parse_args(argv)
+    try:
+        return _run(args)
+    except (ValueError, TypeError, OSError) as exc:
+        print(f"{prog}{' ' + args.command if args.command else ''}: error: {exc}",
+              file=sys.stderr)
+        return USAGE
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "golden":
         path = write_golden(args.out, args.format, args.rounding, overflow=args.overflow,
                             sr_bits=args.sr_bits, seed=args.seed, dtype=args.dtype,

@@ -92,23 +92,61 @@ def load_candidate(spec: str) -> Callable[..., Any]:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"candidate must be 'module:function'; got {spec!r}")
-    obj: Any = importlib.import_module(module_name)
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"candidate {spec!r}: cannot import module {module_name!r} ({exc})"
+                         ) from None
+    where = module_name
     for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"candidate {spec!r}: {where!r} has no attribute {part!r}")
         obj = getattr(obj, part)
+        where = f"{where}.{part}"
     if not callable(obj):
         raise TypeError(f"candidate {spec} is not callable")
     return obj
 
 
+def _manifest(path: Path) -> dict[str, Any]:
+    """manifest.json of a golden directory, checked for what verify_golden reads."""
+    file = path / "manifest.json"
+    if not path.is_dir():
+        raise ValueError(f"golden directory {str(path)!r} does not exist (or is not a directory)")
+    if not file.is_file():
+        raise ValueError(f"{file} does not exist (is {str(path)!r} a directory written by "
+                         "`golden`?)")
+    try:
+        manifest = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{file} cannot be read as JSON ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{file} must hold a JSON object; got a {type(manifest).__name__}")
+    wanted = {"sha256": dict, "rounding": str, "format": dict, "seed": int}
+    for key, kind in wanted.items():
+        if not isinstance(manifest.get(key), kind):
+            got = "nothing" if key not in manifest else type(manifest[key]).__name__
+            raise ValueError(f"{file} must give {key!r} ({kind.__name__}); it gives {got} "
+                             "(was it written by `golden`?)")
+    if "golden.npz" not in manifest["sha256"] or not isinstance(manifest["format"].get("name"),
+                                                                 str):
+        raise ValueError(f"{file} must give the SHA-256 of golden.npz and the format's name "
+                         "(was it written by `golden`?)")
+    return manifest
+
+
 def verify_golden(golden_dir: str | Path, candidate: Callable[..., Any] | str) -> Report:
     """Run the candidate on the stored inputs and compare with the stored outputs."""
     path = Path(golden_dir)
-    manifest = json.loads((path / "manifest.json").read_text())
+    manifest = _manifest(path)
     for name, digest in manifest["sha256"].items():
         if _sha256(path / name) != digest:
             raise ValueError(f"{path / name} does not match the SHA-256 in its manifest")
     func = load_candidate(candidate) if isinstance(candidate, str) else candidate
     with np.load(path / "golden.npz") as data:
+        missing = {"inputs", "outputs"} - set(data.files)
+        if missing:
+            raise ValueError(f"{path / 'golden.npz'} lacks the array(s) {', '.join(missing)}")
         inputs = data["inputs"]
         outputs = data["outputs"]
     if manifest["rounding"] == "sr":

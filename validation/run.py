@@ -79,6 +79,9 @@ def run_suite(peers: tuple[str, ...] | None = None, dtypes: tuple[str, ...] = ("
               "float64"), suites: tuple[str, ...] = tuple(SUITES), max_size: int = 1 << 13,
               progress: bool = False) -> tuple[list[Row], dict[str, str]]:
     """Every adapter of the installed peers: (rows, {skipped peer: reason})."""
+    if isinstance(max_size, bool) or not isinstance(max_size, int | np.integer) or max_size < 0:
+        raise ValueError(f"max_size must be a non-negative integer (0: every input); got "
+                         f"{max_size!r}")
     found, skipped = adapters(peers)
     rows = []
     for adapter in found:

@@ -58,3 +58,105 @@ def test_command_line_golden_and_verify(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().out.strip().endswith("1 passed, 0 failed")
     assert main(["verify", str(out), "--candidate", "my_kernels:bad"]) == 1
     assert "first mismatches" in capsys.readouterr().out
+
+
+# ---- user errors: one line, exit status 2 (1 means "mismatch") ----------------------------------
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(("args", "wanted"), [
+    (["--seed", "-1"], "argument --seed: must be a non-negative integer; got '-1'"),
+    (["--size", "-5"], "argument --size: must be a positive integer; got '-5'"),
+    (["--sr-bits", "0"], "argument --sr-bits: must be a positive integer; got '0'"),
+])
+def test_golden_bad_numbers_name_the_flag(tmp_path, capsys, args, wanted):
+    with pytest.raises(SystemExit) as stop:
+        main(["golden", "--format", "e4m3fn", "--rounding", "rne", "--out", str(tmp_path),
+              *args])
+    assert stop.value.code == 2
+    assert _error_line(capsys) == f"python -m validation golden: error: {wanted}"
+
+
+def test_run_bad_max_size_names_the_flag(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--max-size", "-1"])
+    assert stop.value.code == 2
+    assert _error_line(capsys) == ("python -m validation: error: argument --max-size: must be a "
+                                   "non-negative integer; got '-1'")
+
+
+@pytest.mark.parametrize("under", [False, True], ids=["file", "under-a-file"])
+def test_golden_out_that_is_a_file_is_a_one_line_error(tmp_path, capsys, under):
+    blocker = tmp_path / "taken"
+    blocker.write_text("")
+    with pytest.raises(SystemExit) as stop:
+        main(["golden", "--format", "e4m3fn", "--rounding", "rne", "--out",
+              str(blocker / "g" if under else blocker)])
+    assert stop.value.code == 2
+    line = _error_line(capsys)
+    assert line.startswith("python -m validation golden: error: argument --out: ")
+    assert line.endswith("not a directory")
+
+
+def test_golden_bad_format_is_status_2_not_1(tmp_path, capsys):
+    assert main(["golden", "--format", "e9m9x", "--rounding", "rne", "--out",
+                 str(tmp_path)]) == 2
+    assert _error_line(capsys).startswith("python -m validation golden: error: ")
+
+
+@pytest.fixture
+def golden_dir(tmp_path, monkeypatch):
+    out = tmp_path / "g"
+    write_golden(out, "e5m2", "rne", size=64)
+    (tmp_path / "kernels.py").write_text("from refsim import quantize\n\n"
+                                         "def good(x):\n    return quantize(x, 'e5m2')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return out
+
+
+@pytest.mark.parametrize(("candidate", "wanted"), [
+    ("no_such_module:f", "candidate 'no_such_module:f': cannot import module 'no_such_module' "
+                         "(No module named 'no_such_module')"),
+    ("kernels:missing", "candidate 'kernels:missing': 'kernels' has no attribute 'missing'"),
+    ("kernels", "candidate must be 'module:function'; got 'kernels'"),
+])
+def test_verify_bad_candidate_is_one_line_status_2(golden_dir, capsys, candidate, wanted):
+    assert main(["verify", str(golden_dir), "--candidate", candidate]) == 2
+    assert _error_line(capsys) == f"python -m validation verify: error: {wanted}"
+
+
+@pytest.mark.parametrize("damage", ["no-rounding", "not-json", "a-list", "missing"])
+def test_verify_bad_manifest_is_one_line_status_2(golden_dir, capsys, damage):
+    path = golden_dir / "manifest.json"
+    manifest = json.loads(path.read_text())
+    if damage == "no-rounding":
+        del manifest["rounding"]
+        path.write_text(json.dumps(manifest))
+        wanted = "must give 'rounding' (str); it gives nothing"
+    elif damage == "not-json":
+        path.write_text("{")
+        wanted = "cannot be read as JSON"
+    elif damage == "a-list":
+        path.write_text("[]")
+        wanted = "must hold a JSON object; got a list"
+    else:
+        path.unlink()
+        wanted = "does not exist"
+    assert main(["verify", str(golden_dir), "--candidate", "kernels:good"]) == 2
+    line = _error_line(capsys)
+    assert line.startswith(f"python -m validation verify: error: {path}") and wanted in line
+
+
+def test_python_m_validation_user_error_prints_no_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "validation", "verify", str(tmp_path / "none"),
+                          "--candidate", "x:y"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        f"python -m validation verify: error: golden directory {str(tmp_path / 'none')!r} does "
+        "not exist (or is not a directory)"]
