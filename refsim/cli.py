@@ -178,7 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from refsim.studies.executor import GridInterrupted
 
         detail = f": {exc}" if isinstance(exc, GridInterrupted) else ""
-        print(f"\nrefsim {command}: interrupted{detail}", file=sys.stderr)
+        lead = "\n" if sys.stderr.isatty() else ""  # off a progress bar's line
+        print(f"{lead}refsim {command}: interrupted{detail}", file=sys.stderr)
         return INTERRUPTED
 
 
