@@ -42,7 +42,9 @@ from numba import njit, prange
 from formats import FloatFormat, Format
 from formats.policy import OVERFLOWS, ROUNDINGS
 from refsim import core
+from refsim.backends import cpu_tile
 from refsim.backends.lane import bits_float, fast_constants, float_bits, round_lane, select
+from refsim.backends.operands import OperandRange, lane_limits, products_exact
 from refsim.backends.threads import NS_PER_FAST_MAC, threads_for
 from refsim.params import CARRIERS, format_params
 from refsim.specs import AccumSpec, Cast
@@ -52,61 +54,14 @@ _LANES = (np.dtype(np.float32), np.dtype(np.float64))  # tried in this order: na
 
 
 # ---- eligibility (host side) ---------------------------------------------------------------------
-@dataclass(frozen=True)
-class OperandRange:
-    """What the exactness of products depends on, over an array's finite nonzero values:
-    significant bits (trailing zeros removed), exponents of the lowest set bit and of the
-    leading bit. Empty: bits 0, low +inf-like, high -inf-like."""
-
-    finite: bool
-    bits: int
-    low: int
-    high: int
-
-    @classmethod
-    def of(cls, x: np.ndarray) -> OperandRange:
-        raw = np.ascontiguousarray(x, dtype=np.float64).reshape(-1).view(np.uint64)
-        efield = ((raw >> np.uint64(52)) & np.uint64(0x7FF)).astype(np.int64)
-        finite = bool((efield < 0x7FF).all())
-        sig = raw & np.uint64((1 << 52) - 1)
-        keep = (efield < 0x7FF) & ((efield > 0) | (sig != 0))
-        if not keep.any():
-            return cls(finite, 0, 1 << 20, -(1 << 20))
-        normal = efield > 0
-        sig = np.where(normal, sig | np.uint64(1 << 52), sig)[keep]
-        exp0 = np.where(normal, efield - 1075, -1074)[keep]  # exponent of sig's bit 0
-        lowest = sig & (~sig + np.uint64(1))
-        # Both below 2^53: float64 holds them exactly, and frexp gives their bit lengths.
-        length = np.frexp(sig.astype(np.float64))[1].astype(np.int64)
-        trailing = np.frexp(lowest.astype(np.float64))[1].astype(np.int64) - 1
-        return cls(finite, int((length - trailing).max()), int((exp0 + trailing).min()),
-                   int((exp0 + length - 1).max()))
-
-
-def _lane_limits(lane: np.dtype) -> tuple[int, int, int]:
-    """(man_bits, emax, exponent of the smallest subnormal) of a lane type."""
-    c_man, c_bias, _ = CARRIERS[lane]
-    return c_man, c_bias, 1 - c_bias - c_man
-
-
 def _rounds_via_odd(fmt: Format, lane: np.dtype) -> bool:
     """Can a lane-precision round-to-odd value be rounded to fmt correctly (two guard bits
     everywhere, fmt inside the lane's range)?"""
     if not isinstance(fmt, FloatFormat) or not fmt.signed or not fmt.zero:
         return False
-    c_man, c_emax, c_min_exp = _lane_limits(lane)
+    c_man, c_emax, c_min_exp = lane_limits(lane)
     smallest = fmt.emin - (fmt.man_bits if fmt.subnormals else 0)
     return fmt.man_bits <= c_man - 2 and fmt.emax <= c_emax and smallest >= c_min_exp + 2
-
-
-def _products_exact(ra: OperandRange, rb: OperandRange, lane: np.dtype) -> bool:
-    """Is every product a*b (and every operand) an exact lane value?"""
-    c_man, c_emax, c_min_exp = _lane_limits(lane)
-    if ra.bits == 0 or rb.bits == 0:  # an all-zero operand: every product is a zero
-        return True
-    return (ra.bits + rb.bits <= c_man + 1 and ra.low + rb.low >= c_min_exp
-            and ra.high + rb.high + 2 <= c_emax + 1 and ra.low >= c_min_exp
-            and rb.low >= c_min_exp and ra.high <= c_emax and rb.high <= c_emax)
 
 
 @dataclass(frozen=True)
@@ -119,6 +74,7 @@ class Plan:
     fast: tuple
     pfast: tuple
     ofast: tuple
+    route = "odd-rows"  # as cpu_tile.TilePlan.route: which fast path ran
 
 
 def _deterministic(rounding: str) -> bool:
@@ -132,9 +88,10 @@ def _constants(fmt: Format, rounding: str, overflow: str, lane: np.dtype) -> tup
 
 
 def plan(a3: np.ndarray, b3: np.ndarray | None, acc: AccumSpec, cast: Cast | None,
-         count_on: bool) -> Plan | None:
-    """The fast path for a (P, M, K) @ b (P, N, K)^T under acc, or None when it does not apply
-    (then refsim.accumulate runs the exact core on every output)."""
+         count_on: bool) -> Plan | cpu_tile.TilePlan | None:
+    """The fast path for a (P, M, K) @ b (P, N, K)^T under acc: a register-tiled route
+    (refsim.backends.cpu_tile) where one applies, else this module's round-to-odd rows, else
+    None (then refsim.accumulate runs the exact core on every output)."""
     if b3 is None or count_on or a3.shape[2] == 0 or acc.order not in ("sequential", "chunked"):
         return None
     outer = acc.outer_spec if acc.order == "chunked" else None
@@ -143,13 +100,17 @@ def plan(a3: np.ndarray, b3: np.ndarray | None, acc: AccumSpec, cast: Cast | Non
         return None
     if cast is not None and not _cast_fits_float64(cast):
         return None
-    if outer is not None and not _rounds_via_odd(outer.fmt, np.dtype(np.float64)):
-        return None
     ra, rb = OperandRange.of(a3), OperandRange.of(b3)
     if not (ra.finite and rb.finite):
         return None
+    exact_lanes = tuple(lane for lane in _LANES if products_exact(ra, rb, lane))
+    tiled = cpu_tile.plan(acc, ra, rb, exact_lanes, a3.shape[2])
+    if tiled is not None:
+        return tiled
+    if outer is not None and not _rounds_via_odd(outer.fmt, np.dtype(np.float64)):
+        return None
     for lane in _LANES:
-        if not (_rounds_via_odd(acc.fmt, lane) and _products_exact(ra, rb, lane)):
+        if not (_rounds_via_odd(acc.fmt, lane) and products_exact(ra, rb, lane)):
             continue
         if acc.product is not None and not _rounds_via_odd(acc.product.fmt, lane):
             continue
@@ -178,9 +139,11 @@ def _cast_fits_float64(cast: Cast) -> bool:
 _KERNELS: dict[tuple[int, int, int, str], object] = {}
 
 
-def run(p: Plan, a3: np.ndarray, b3: np.ndarray) -> np.ndarray:
+def run(p: Plan | cpu_tile.TilePlan, a3: np.ndarray, b3: np.ndarray) -> np.ndarray:
     """The raw results (P, M, N) as float64: accumulator (sequential) or outer (chunked) values,
     NaN where the exact core must redo the output."""
+    if isinstance(p, cpu_tile.TilePlan):
+        return cpu_tile.run(p, a3, b3)
     a = np.ascontiguousarray(a3, dtype=p.lane)
     b = np.ascontiguousarray(np.swapaxes(b3, 1, 2), dtype=p.lane)  # (P, K, N): rows along n
     raw = np.empty((a.shape[0], a.shape[1], b.shape[2]), np.float64)

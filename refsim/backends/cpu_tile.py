@@ -1,0 +1,304 @@
+"""Register-tiled GEMM routes on the CPU: the sequential (and chunked) sum of every output in k
+order, each partial sum rounded by a few lane instructions that provably give the exact core's
+bits (refsim.accum_core; tests/refsim/test_accumulate_fast.py holds every route to that).
+
+refsim.backends.cpu_gemm.plan asks `plan` first; where no route here applies it takes its own
+round-to-odd rows, and where that does not apply either, the exact core runs. The tile itself
+(TM rows by TN outputs in registers, k outermost, K never split: each output is summed in its
+declared order) is refsim.backends.tile; this module chooses the route, packs the operands and
+runs it.
+
+Notation: F is the lane's format (float32, or float64), p its precision (24, 53); G is the
+accumulator format, q its precision (man_bits + 1), Qmin the exponent of its smallest quantum
+(2^(emin - man_bits)). For a real s, o_X(s) is s rounded to X in mode o, overflow included, as
+IEEE 754 rounds (and the contract, docs/rounding.md, agrees for these formats: the default
+overflow policy gives +-Inf in the modes that round away from zero for that sign and +-max in
+the others). Products t = a*b are exact in F (cpu_gemm checks the operands' significand
+lengths and exponent range, refsim.backends.operands), so the lane's fused multiply-add
+o_F(t + acc) equals a multiply and an add. Step 0 adds t_0 to -0.0 (+0.0 under rdn), which
+gives t_0 itself with its sign in every mode (-0 + +0 = +0 except under rdn, where
++0 + -0 = -0): the first step is round(t_0), as refsim.accum_core.reduce_sequential defines
+it.
+
+Routes (the name is TilePlan.route; the conditions are those `plan` checks):
+
+lane-native: G = F (fp32 in float32 lanes, fp64 in float64), mode rne, rtz, rup or rdn. Step:
+  acc = o_F(t + acc), one fused multiply-add (the directed modes use AVX-512's embedded
+  rounding, {rz-sae} etc.). That is the definition of the step, with IEEE's signed-zero rule
+  for an exact zero sum (+0, or -0 under rdn; zeros of one sign keep it), which is the
+  contract's.
+
+double-rounding (rne; float32 lanes; G = fp16, bf16, tf32 or another e8mX with q <= 11): every
+  product is a value of G extended upward (at most q significant bits, a multiple of 2^Qmin),
+  and p >= 2q + 2. Step: acc = rne_G(rne_F(t + acc)). Claim: rne_G(rne_F(s)) = rne_G(s) for
+  s = x + y with x, y values of G (extended upward: a product may exceed G's largest value;
+  its rounding then overflows in both).
+  Proof (Figueroa, "When is double rounding innocuous?", SIGNUM Newsletter 30(3), 1995, proves
+  this for p >= 2q + 1; here is the case we use, with G's subnormal range). Let |x| >= |y|,
+  x != 0, e = floor(log2|x|), y != 0 with f = floor(log2|y|) (y = 0: s = x, exact). x and y
+  are multiples of 2^(e-q+1) and 2^(f-q+1), and of 2^Qmin.
+  (a) f >= e - (p - q - 1): s is a multiple of 2^(f-q+1) and |s| < 2^(e+2), so it has at most
+      p significant bits; it is a multiple of 2^Qmin >= F's smallest subnormal: s is in F and
+      rne_F(s) = s.
+  (b) f <= e - p + q: |y| <= 2^(f+1) - 2^(f-q+1) <= 2^(e-p+q+1) - 2^(e-p+1)
+      <= u/4 - 2^(e-p+1) with u = 2^(e-q+1) (p >= 2q + 2). If G's quantum at x is 2^Qmin > u
+      (x below G's normal range), y is a multiple of 2^Qmin smaller than 2^Qmin: y = 0.
+      Otherwise G's quantum at x is u, x's neighbours in G are at distance u, or u/2 toward
+      zero when |x| is a power of two, so every midpoint m of G lies at least u/4 from x and
+      |m - s| >= 2^(e-p+1), which is at least F's spacing at s (s lies in x's binade or the one
+      below). So rne_F(s) != m: rne_F is monotone and fixes x and every midpoint (q + 1 <= p
+      bits), so rne_F(s) lies strictly on s's side of every midpoint, and rounding it to
+      nearest in G gives rne_G(s). s itself a midpoint has q + 1 bits: case (a).
+  In both cases rne_G(rne_F(s)) = rne_G(s), including the overflow test (both round with an
+  unbounded exponent, then compare with G's largest value). An exact zero sum is +0 in rne_F,
+  and a nonzero s is at least 2^Qmin in magnitude: nothing rounds to zero. q <= 11 keeps
+  2q + 2 <= 24; products of two e4m3 operands (4 + 4 bits) fit fp16, bf16 and tf32.
+  rne_G: fp16 by vcvtps2ph (IEEE conversion, round to nearest even, subnormals, overflow to
+  Inf), e8mX by integer rounding of the float32 pattern (refsim.backends.tile, RND_DROP).
+
+directed-nested (rtz, rup, rdn; AVX-512; G = fp16 or e8mX in float32 lanes, fp32 in float64
+  lanes): every value of G is a value of F. Step: acc = o_G(o_F(t + acc)) with o in the FMA's
+  embedded rounding and in the conversion's. Claim: o_G(o_F(s)) = o_G(s) for every real s.
+  Proof for rdn (rup is symmetric; rtz is rdn on s >= 0 and rup on s <= 0, and o_F(s) has s's
+  sign): with overflow, rdn_X(s) = max{v in X u {-Inf} : v <= s}. g = rdn_G(s) is in
+  F u {-Inf} and g <= s, so g <= rdn_F(s) <= s, and rdn_G is monotone:
+  g = rdn_G(g) <= rdn_G(rdn_F(s)) <= rdn_G(s) = g. An exact zero sum is signed by the FMA as
+  the contract signs it; a nonzero s keeps its sign through both roundings. No condition on
+  the products beyond exactness in F.
+
+tile-odd (rne; G = fp16 or e8mX with q <= 22 in float32 lanes, fp32 in float64 lanes; when the
+  products do not fit G for double-rounding): s = acc + t and its error by TwoSum (exact, F's
+  subnormals included), s rounded to odd at F's precision (one unit toward the error when it is
+  nonzero and s's last bit is 0), then rne_G as above. Rounding to odd at p >= q + 2 bits,
+  then to nearest in G, is rne_G of the exact sum (Boldo & Melquiond, "Emulation of FMA and
+  correctly rounded sums: proved algorithms using rounding to odd", IEEE TC 2008), given G's
+  smallest quantum at least 4 times F's smallest subnormal (true for every G here).
+
+Chunked order (any route above as the inner sum; outer = F itself, rne, rtz, rup or rdn): the
+first chunk's result s_0 is stored (o = o_F(s_0) = s_0, as s_0 is in G, a subset of F); each
+later one is added into it by the lane's addition in the outer mode, which is the outer step
+o = o_F(o + s_c) by definition.
+
+Overflow and specials: operands are finite (cpu_gemm checks), so a step can only become
+non-finite by overflow, and a non-finite accumulator stays non-finite (Inf plus a finite
+value; the round-to-odd fix turns Inf into NaN or into F's largest value, which every G here
+rounds back to Inf). Where IEEE and the accumulator's overflow policy agree (the default
+policy, and every mode that saturates anyway) the lane's result is the contract's; where they
+differ (saturate in a mode that gives Inf) the lane holds Inf. So `run` leaves every output
+that ends non-finite (and only those) to the exact core, as NaN; every finite output is final.
+
+Kernels are compiled per (route constants, lane type) on first use, and cached on disk.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+from numba import njit
+
+from formats import FloatFormat, Format
+from formats.policy import ROUNDINGS
+from refsim import core
+from refsim.backends import tile as t
+from refsim.backends.operands import OperandRange
+from refsim.backends.threads import NS_PER_TILE_MAC, threads_for
+from refsim.backends.tile import tile
+from refsim.specs import AccumSpec
+
+F32, F64, FP16 = FloatFormat(8, 23), FloatFormat(11, 52), FloatFormat(5, 10)
+_PRECISION = {np.dtype(np.float32): 24, np.dtype(np.float64): 53}
+_LANE_FORMAT = {np.dtype(np.float32): F32, np.dtype(np.float64): F64}
+_DIRECTED = (core.RTZ, core.RUP, core.RDN)
+# Tile shape (rows, vectors per row): 16 accumulators of 16 float32 / 8 float64 lanes with
+# AVX-512 (32 registers); a quarter of that in the 16 registers of AVX2.
+TILE = (4, 4) if t.AVX512 else (2, 2)
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """A register-tiled route: its name, lane type, tile constants and chunk length."""
+
+    route: str
+    lane: np.dtype
+    key: tuple[int, int, int, int, int, int, int, str]
+    chunk: int
+
+    @property
+    def tn(self) -> int:
+        return self.key[6] * t.LANES[self.lane]
+
+
+def _rounder(fmt: Format, lane: np.dtype) -> tuple[int, int] | None:
+    """(RND_*, dropped bits) rounding a lane value to fmt, or None."""
+    if fmt == _LANE_FORMAT[lane]:
+        return t.RND_NONE, 0
+    if lane == np.dtype(np.float64):
+        return (t.RND_SINGLE, 0) if fmt == F32 else None
+    if fmt == FP16 and t.HALF:
+        return t.RND_HALF, 0
+    if isinstance(fmt, FloatFormat) and fmt.exp_bits == 8 and fmt.man_bits <= 21 \
+            and fmt == FloatFormat(8, fmt.man_bits):
+        return t.RND_DROP, 23 - fmt.man_bits
+    return None
+
+
+def _fits(fmt: FloatFormat, ra: OperandRange, rb: OperandRange, lane: np.dtype) -> bool:
+    """double-rounding's condition: every product is a value of fmt extended upward, and the
+    lane has 2q + 2 bits."""
+    q = fmt.man_bits + 1
+    if 2 * q + 2 > _PRECISION[lane]:
+        return False
+    if ra.bits == 0 or rb.bits == 0:  # every product is a zero
+        return True
+    return ra.bits + rb.bits <= q and ra.low + rb.low >= fmt.emin - fmt.man_bits
+
+
+def _mode(rounding: str) -> int | None:
+    """The rounding's index when a route can do it: rne, and the directed modes with
+    AVX-512."""
+    mode = ROUNDINGS.index(rounding)
+    if mode == core.RNE or (mode in _DIRECTED and t.AVX512):
+        return mode
+    return None
+
+
+def _outer_mode(acc: AccumSpec, lane: np.dtype) -> int | None:
+    """omode of the chunked order's outer accumulator when it is the lane's format."""
+    outer = acc.outer_spec
+    if outer.fmt != _LANE_FORMAT[lane] or outer.order != "sequential" \
+            or outer.product is not None:
+        return None
+    return _mode(outer.rounding)
+
+
+def plan(acc: AccumSpec, ra: OperandRange, rb: OperandRange, exact_lanes: tuple[np.dtype, ...],
+         n_k: int) -> TilePlan | None:
+    """The route for a GEMM under acc whose products are exact in exact_lanes (narrowest first),
+    or None. The caller (cpu_gemm.plan) has checked the rest: sequential or chunked order, no
+    SR anywhere, no counts, finite operands, K >= 1."""
+    if acc.product is not None:
+        return None
+    mode = _mode(acc.rounding)
+    if mode is None:
+        return None
+    for lane in exact_lanes:
+        rounder = _rounder(acc.fmt, lane)
+        if rounder is None:
+            continue
+        rnd, drop = rounder
+        omode, chunk = t.NO_OUTER, n_k
+        if acc.order == "chunked":
+            outer = _outer_mode(acc, lane)
+            if outer is None:
+                continue
+            omode, chunk = outer, int(acc.chunk)
+        add = t.ADD_FMA
+        if rnd == t.RND_NONE:
+            route = "lane-native"
+        elif mode != core.RNE:
+            route = "directed-nested"
+        elif _fits(acc.fmt, ra, rb, lane):
+            route = "double-rounding"
+        else:
+            route, add = "tile-odd", t.ADD_ODD
+        key = (add, rnd, drop, mode, omode, *TILE, lane.name)
+        return TilePlan(route, lane, key, chunk)
+    return None
+
+
+# ---- running -------------------------------------------------------------------------------------
+_KERNELS: dict[tuple, object] = {}
+
+
+def run(p: TilePlan, a3: np.ndarray, b3: np.ndarray) -> np.ndarray:
+    """The raw results (P, M, N) as float64 for a (P, M, K) and b (P, N, K): NaN where the exact
+    core must redo the output (it ended non-finite)."""
+    n_batch, n_rows, n_k = a3.shape
+    n_cols = b3.shape[1]
+    tm, tn = p.key[5], p.tn
+    rows = -(-n_rows // tm) * tm
+    panels = -(-n_cols // tn)
+    if rows == n_rows:
+        a = np.ascontiguousarray(a3, dtype=p.lane)
+    else:
+        a = np.zeros((n_batch, rows, n_k), p.lane)
+        a[:, :n_rows] = a3
+    bp = _pack(b3, p.lane, tn, panels)
+    out = np.empty((n_batch, rows, panels * tn), p.lane)
+    kernel = _KERNELS.get(p.key)
+    if kernel is None:
+        kernel = _KERNELS[p.key] = _make_kernel(*p.key[:7])
+    with threads_for(float(n_batch) * rows * panels * tn * n_k * NS_PER_TILE_MAC):
+        _parallel(kernel, n_batch * panels * (rows // tm), a, bp, out, np.int64(p.chunk))
+    raw = out[:, :n_rows, :n_cols].astype(np.float64)
+    raw[~np.isfinite(raw)] = np.nan
+    return raw
+
+
+def _pack(b3: np.ndarray, lane: np.dtype, tn: int, panels: int) -> np.ndarray:
+    """b (P, N, K) as panels (P, N/TN, K, TN): step k of a tile reads TN contiguous values;
+    columns past N are zeros."""
+    n_batch, n_cols, n_k = b3.shape
+    bp = np.empty((n_batch, panels, n_k, tn), lane)
+    bt = np.swapaxes(b3, 1, 2)  # (P, K, N): matmul's b as given, rows along n
+    full = n_cols // tn
+    bp[:, :full] = bt[:, :, :full * tn].reshape(n_batch, n_k, full, tn).transpose(0, 2, 1, 3)
+    if full < panels:
+        bp[:, full, :, n_cols - full * tn:] = 0
+        bp[:, full, :, :n_cols - full * tn] = bt[:, :, full * tn:]
+    return bp
+
+
+def _make_kernel(add: int, rnd: int, drop: int, mode: int, omode: int, tm: int, nv: int):
+    """The kernel of one key; closure cells are plain ints, so Numba's on-disk cache finds it
+    again in a new process (tile.SOURCE_HASH among them: a new emitter is a new key). Serial and
+    nogil: `_parallel` splits the jobs over threads (a prange kernel compiles 1.3 s slower, per
+    key)."""
+    emitter = t.SOURCE_HASH
+
+    @njit(nogil=True, cache=True)
+    def gemm(a, bp, out, chunk, job0, job1):
+        """out[p, i, j] = the declared reduction of a[p, i, :] . bp[p, j // TN, :, j % TN] for the
+        jobs job0 .. job1-1, one register tile (TM rows, one panel) each."""
+        _ = emitter  # referenced, so a closure cell: Numba's cache key includes it
+        n_rows, n_k = a.shape[1], a.shape[2]
+        n_panels, tn = bp.shape[1], bp.shape[3]
+        n_cols = out.shape[2]
+        row_blocks = n_rows // tm
+        per_batch = n_panels * row_blocks
+        af, bf, of = a.reshape(-1), bp.reshape(-1), out.reshape(-1)
+        for job in range(job0, job1):  # row blocks fastest: they share a B panel
+            p = job // per_batch
+            rest = job - p * per_batch
+            jb = rest // row_blocks
+            i0 = (rest - jb * row_blocks) * tm
+            a_base = (p * n_rows + i0) * n_k
+            b_base = (p * n_panels + jb) * n_k * tn
+            o_base = (p * n_rows + i0) * n_cols + jb * tn
+            for k0 in range(0, n_k, chunk):
+                tile(add, rnd, drop, mode, omode, tm, nv, af, a_base + k0, n_k, bf,
+                     b_base + k0 * tn, of, o_base, n_cols, min(chunk, n_k - k0), k0 == 0)
+
+    return gemm
+
+
+_POOL: list[ThreadPoolExecutor] = []
+
+
+def _parallel(kernel, n_jobs: int, *args) -> None:
+    """kernel(*args, job0, job1) over contiguous job ranges on numba.get_num_threads() threads
+    (the caller's thread takes the last range). Results do not depend on the split."""
+    n = min(numba.get_num_threads(), n_jobs)
+    if n <= 1:
+        kernel(*args, 0, n_jobs)
+        return
+    if not _POOL or _POOL[0]._max_workers < n - 1:
+        _POOL[:] = [ThreadPoolExecutor(max_workers=n - 1, thread_name_prefix="refsim-tile")]
+    bounds = [n_jobs * i // n for i in range(n + 1)]
+    futures = [_POOL[0].submit(kernel, *args, bounds[i], bounds[i + 1]) for i in range(n - 1)]
+    kernel(*args, bounds[n - 1], bounds[n])
+    for future in futures:
+        future.result()
