@@ -319,12 +319,17 @@ def _finish(result: np.ndarray, events: Events) -> Any:
     return result if events is None else (result, events)
 
 
-def sum_exact(x: np.ndarray, acc: Any, axis: int = -1, seed: int = 0,
+def sum_exact(x: np.ndarray, acc: Any, axis: int | None = -1, seed: int = 0,
               counts: bool = False) -> Any:
-    """reduce_exact over `axis`; output index = flat C-order index of the result. With counts,
-    (result, {overflow, underflow, saturation}) summed over all outputs."""
-    moved = np.moveaxis(np.asarray(x), axis, -1)
-    rows = moved.reshape(-1, moved.shape[-1])
+    """reduce_exact over `axis` (None: every element in C order, one output); output index =
+    flat C-order index of the result. An empty axis gives the empty sum (+0 in the result
+    format). With counts, (result, {overflow, underflow, saturation}) summed over all outputs."""
+    x = np.asarray(x)
+    if axis is None:
+        x, axis = x.reshape(-1), -1
+    moved = np.moveaxis(x, axis, -1)
+    # the row count spelled out: reshape(-1, 0) cannot infer it when the axis is empty
+    rows = moved.reshape(math.prod(moved.shape[:-1]), moved.shape[-1])
     out = np.empty(rows.shape[0], np.float64)
     events = _new_events(counts)
     for i, row in enumerate(rows):

@@ -27,7 +27,7 @@ from numba.core import types
 from numba.extending import overload
 
 from formats import FloatFormat, Format
-from formats.policy import OVERFLOWS, ROUNDINGS, check_seed
+from formats.policy import OVERFLOWS, ROUNDINGS, check_int, check_seed
 from refsim import accum_core as ac
 from refsim.backends import cpu_gemm
 from refsim.backends.threads import NS_PER_EXACT_MAC, threads_for
@@ -230,15 +230,16 @@ def _with_counts(result: np.ndarray, events: dict[str, int], counts: bool):
 
 
 # ---- public API ----------------------------------------------------------------------------------
-def sum(x, acc: AccumSpec | Format | str, axis: int = -1, *, seed: int = 0,
+def sum(x, acc: AccumSpec | Format | str, axis: int | None = -1, *, seed: int = 0,
         counts: bool = False):
     """Sum `x` along `axis` in the accumulator `acc` (terms taken exactly, or rounded to
     acc.product).
 
     Args:
-        x: NumPy float32/float64 array (at least 1-D).
+        x: NumPy float32/float64 array (at least 1-D, or any with axis=None).
         acc: an AccumSpec, or a format (rne, sequential).
-        axis: the axis summed over.
+        axis: the axis summed over (any integer); None sums every element, in C order, into
+            one result (as np.sum with axis=None).
         seed: 0..2^64-1, the key of the random stream (sr only).
         counts: also return the event counts (docs/accumulation.md, "Event counts").
 
@@ -249,8 +250,11 @@ def sum(x, acc: AccumSpec | Format | str, axis: int = -1, *, seed: int = 0,
     x = check_array(x, "x")
     acc = AccumSpec.of(acc, "acc")
     seed = check_seed(seed)
+    if axis is None:  # every element, in C order: the terms of one output
+        x, axis = x.reshape(-1), -1
     if x.ndim == 0:
-        raise ValueError("x must have at least one dimension; got a 0-d array")
+        raise ValueError("x must have at least one dimension (or axis=None); got a 0-d array")
+    axis = check_int(axis, "axis", allowed="an int or None")
     if not -x.ndim <= axis < x.ndim:
         raise ValueError(f"axis {axis} is out of range for x of shape {x.shape}")
     moved = np.moveaxis(x, axis, -1)

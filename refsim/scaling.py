@@ -166,7 +166,7 @@ def _dequantize(q: np.ndarray, d: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """q * d rounded once to dtype (q has at most 8 and d 24 significant bits: exact in
     float64, so astype is the one rounding); overflow gives Inf."""
     with np.errstate(over="ignore"):
-        return (q * d).astype(dtype)
+        return np.asarray(q * d).astype(dtype)  # asarray: 0-d x gives a 0-d array, not a scalar
 
 
 @dataclass(frozen=True)
@@ -311,11 +311,12 @@ class DelayedScaling:
         power_of_two: round scales up to powers of two.
 
     Each call quantizes with the current scale (1.0 before any history), then records the
-    input's amax (max |x|: NaN if x holds a NaN, Inf if it holds an Inf) and recomputes the
-    scale from the history. The reference is the last amax ("most_recent") or the largest, where
-    a NaN anywhere in the window makes the largest NaN whatever its position (as torch.max and
-    np.max). A reference that is 0 or not finite keeps the previous scale (as Transformer Engine
-    does): a non-finite amax holds the scale until it leaves the window (docs/blocks.md).
+    input's amax and recomputes the scale from the history: the largest amax in it ("max") or
+    the last ("most_recent"). An amax is max |x| over x's finite values, as in current scaling:
+    NaN and Inf elements are ignored wherever they sit, so the scale is a function of the finite
+    amaxes in the window only (docs/blocks.md, "Non-finite values"); a history entry that is not
+    finite (given by hand) is ignored too. A reference of 0 (nothing finite and nonzero) keeps
+    the previous scale, as Transformer Engine does.
     """
 
     fmt: Format | str
@@ -339,11 +340,13 @@ class DelayedScaling:
         x = check_array(x)
         values = quantize_scaled(x, self.fmt, rounding, scale=self.scale, sr_bits=sr_bits,
                                  seed=seed)
-        self.history.append(float(np.max(np.abs(x), initial=0.0)))  # NaN and Inf propagate
+        self.history.append(float(_channel_amax(x, None)))  # over finite values only
         del self.history[:-self.history_len]
-        # np.max, not Python's max: a NaN wins wherever it sits (max(2, nan) is 2, max(nan, 2) nan)
-        reference = (self.history[-1] if self.algo == "most_recent"
-                     else float(np.max(np.asarray(self.history, np.float64))))
-        if np.isfinite(reference) and reference > 0:
+        window = np.asarray(self.history[-1:] if self.algo == "most_recent" else self.history,
+                            np.float64)
+        # Finite entries only: Python's max would depend on where a NaN sits (max([2, nan]) is
+        # 2, max([nan, 2]) is nan); np.max would let one NaN hold the scale for the whole window.
+        reference = float(np.max(window[np.isfinite(window)], initial=0.0))
+        if reference > 0:
             self.scale = current_scale(reference, self.fmt, self.margin, self.power_of_two)
         return values

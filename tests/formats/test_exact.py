@@ -723,3 +723,33 @@ def test_value_table_helper() -> None:
         -6, -4, -3, -2, -1.5, -1, -0.5, 0, 0.5, 1, 1.5, 2, 3, 4, 6,
     ]
     assert codes[values.index(0)] == 0
+
+
+# ---- formats.exact_sum on empty input (issue 11) -------------------------------------------------
+def _duck_acc(order: str, rounding: str, chunk: int | None = None):
+    """An accumulator spec as formats.exact_sum reads it (duck-typed, as refsim.specs.AccumSpec)."""
+    from types import SimpleNamespace
+
+    inner = SimpleNamespace(fmt=get_format("bf16"), rounding=rounding, overflow="default",
+                            sr_bits=None)
+    outer = SimpleNamespace(fmt=get_format("fp32"), rounding=rounding, overflow="default",
+                            sr_bits=None)
+    return SimpleNamespace(**vars(inner), order=order, chunk=chunk, product=None,
+                           outer_spec=outer if order == "chunked" else inner)
+
+
+@pytest.mark.parametrize("order", ["sequential", "pairwise", "chunked", "kahan"])
+@pytest.mark.parametrize("rounding", ["rne", "rdn", "rup"])
+def test_sum_exact_of_an_empty_axis_is_plus_zero(order: str, rounding: str) -> None:
+    """sum_exact(np.zeros(0), acc) raised "cannot reshape array of size 0": the empty sum is +0
+    (under rdn too: no addition happens, so no -0 from one), in the shape without the axis."""
+    from formats.exact_sum import sum_exact
+
+    acc = _duck_acc(order, rounding, chunk=4 if order == "chunked" else None)
+    for x, axis, shape in ((np.zeros(0), -1, ()), (np.zeros((3, 0)), -1, (3,)),
+                           (np.zeros((0, 2)), 0, (2,)), (np.zeros((2, 0)), None, ())):
+        got = sum_exact(x, acc, axis=axis)
+        assert got.shape == shape and got.dtype == np.float64
+        assert not np.signbit(got).any() and not got.any()
+    empty_rows = sum_exact(np.zeros((0, 3)), acc)
+    assert empty_rows.shape == (0,)

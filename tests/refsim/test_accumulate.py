@@ -253,6 +253,47 @@ def test_bad_input_names_shapes_and_types():
         dot(np.full(3, 1 / 3), np.full(3, 1 / 3), "fp32")
 
 
+@pytest.mark.parametrize("order", ["sequential", "pairwise", "chunked", "kahan"])
+def test_sum_axis_none_sums_every_element_in_c_order(order):
+    """Issue 11: axis=None raised a raw TypeError. As np.sum: every element, C order, one
+    output (index 0), a 0-d result; the twin (formats.exact_sum) takes axis=None the same way."""
+    rng = np.random.default_rng(11)
+    x = _terms(rng, (3, 4, 5))
+    for rounding in ("rne", "rdn", "sr"):
+        acc = _acc("bf16", rounding, order)
+        got = rsum(x, acc, axis=None, seed=5)
+        assert got.shape == ()
+        _check(got, rsum(x.reshape(-1), acc, seed=5), str(acc))
+        _check(got, sum_exact(x, acc, axis=None, seed=5), str(acc))
+    assert rsum(np.array(2.5), "fp16", axis=None) == 2.5
+    assert_same_bits(rsum(x[:, :0], "fp16", axis=None), np.array(0.0))
+
+
+def test_sum_axis_must_be_an_integer_and_x_a_plain_array():
+    """Issue 11: axis=1.0 and an np.matrix raised raw TypeError / IndexError."""
+    x = np.ones((2, 3))
+    assert_same_bits(rsum(x, "fp16", axis=np.int64(1)), rsum(x, "fp16", axis=1))
+    for axis in (1.0, "1", True, (0, 1)):
+        with pytest.raises(TypeError, match="axis must be an int or None"):
+            rsum(x, "fp16", axis=axis)
+    with pytest.warns(PendingDeprecationWarning, match="matrix subclass"):
+        matrix = np.matrix(x)
+    with pytest.raises(TypeError, match=r"x must be a plain NumPy array; got np\.matrix"):
+        rsum(matrix, "fp16")
+    with pytest.raises(TypeError, match=r"a must be a plain NumPy array; got np\.matrix"):
+        matmul(matrix, x.T, GemmSpec(acc="fp16"))
+    with pytest.raises(TypeError, match="x must be a plain NumPy array; got a masked array"):
+        rsum(np.ma.array([1.0, 1e6, 2.0], mask=[0, 1, 0]), "fp32")
+
+
+def test_numpy_integer_chunk_and_sr_bits_give_the_same_bits():
+    """Issue 11: np.int64 chunk and sr_bits were refused (seed was accepted)."""
+    x = _terms(np.random.default_rng(3), (4, 50))
+    plain = AccumSpec("fp16", "sr", "chunked", chunk=8, sr_bits=6)
+    numpy_ints = AccumSpec("fp16", "sr", "chunked", chunk=np.int64(8), sr_bits=np.int64(6))
+    assert_same_bits(rsum(x, numpy_ints, seed=np.uint64(4)), rsum(x, plain, seed=4))
+
+
 # ---- multiterm -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("variant", ["acc-excluded", "acc-aligned"])
 @pytest.mark.parametrize("rounding", ROUNDINGS)

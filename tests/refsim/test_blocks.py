@@ -323,6 +323,47 @@ def test_bad_input_names_the_parameter():
     assert isinstance(FloatFormat(2, 1), FloatFormat)
 
 
+@pytest.mark.parametrize("name", ["mxfp8_e4m3", "mxfp4_e2m1", "mxint8", "nvfp4", "bfp8"])
+@pytest.mark.parametrize("rounding", ["rne", "rtz", "sr"])
+def test_empty_input_gives_empty_values_codes_and_scales(name, rounding):
+    """Issue 11: (3, 0) with sr, and empty input with return_codes, raised "range() arg 3 must
+    not be zero". No element means no block along an empty block axis, and one block per
+    position (with no element) when another axis is empty."""
+    sr_bits = 8 if rounding == "sr" else None
+    fmt = NAMED_BLOCKS[name]
+    for shape, axis in (((3, 0), -1), ((0,), -1), ((0, 40), -1), ((0, 3), 0), ((2, 0, 5), 1)):
+        for dtype in (np.float32, np.float64):
+            x = np.zeros(shape, dtype)
+            values = quantize_blocks(x, name, rounding, axis=axis, sr_bits=sr_bits)
+            assert values.shape == shape and values.dtype == dtype
+            r = quantize_blocks(x, name, rounding, axis=axis, sr_bits=sr_bits, return_codes=True)
+            blocks = -(-shape[axis] // fmt.block_size)
+            scale_shape = list(shape)
+            scale_shape[axis] = blocks
+            assert r.values.shape == shape and r.values.dtype == dtype
+            assert r.codes.shape == shape and r.codes.dtype == np.uint64
+            assert r.scales.shape == tuple(scale_shape) and r.scales.dtype == np.float64
+            assert r.scale_codes.shape == tuple(scale_shape)
+            assert r.scale_codes.dtype == np.uint64 and r.tensor_scale == 1.0
+            out = np.empty(shape, dtype)
+            assert quantize_blocks(x, name, rounding, axis=axis, sr_bits=sr_bits, out=out) is out
+    # matmul with an empty K and MX operands: the empty sum
+    spec = GemmSpec(a=Cast("mxfp8_e4m3"), b=Cast("mxfp8_e4m3"), acc=AccumSpec("fp32"))
+    assert matmul(np.zeros((2, 0)), np.zeros((0, 3)), spec).tolist() == [[0.0] * 3] * 2
+
+
+@pytest.mark.parametrize("rounding", ["rne", "rtz", "sr"])
+@pytest.mark.parametrize("name", ["mxfp8_e4m3", "nvfp4"])
+def test_read_only_out_is_refused(name, rounding):
+    """Issue 11: a read-only out gave a multi-page Numba TypingError."""
+    x = np.linspace(-3, 3, 64, dtype=np.float32).reshape(2, 32)
+    out = np.zeros_like(x)
+    out.flags.writeable = False
+    with pytest.raises(ValueError, match="out must be writeable; got a read-only array"):
+        quantize_blocks(x, name, rounding, sr_bits=8 if rounding == "sr" else None, out=out)
+    assert not out.any()
+
+
 # ---- torchao ------------------------------------------------------------------------------------
 def _torchao():
     try:

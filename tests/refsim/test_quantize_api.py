@@ -104,3 +104,74 @@ def test_nothing_is_cast_silently():
     with pytest.raises(ValueError):
         quantize(x, "fp64")
     assert_same_bits(x, before)
+
+
+# ---- issue 11: out with scalars, read-only out, masked arrays, NumPy integers -----------------
+def test_scalar_input_writes_into_a_0d_out_and_refuses_any_other():
+    out = np.zeros(())
+    assert quantize(3.3, "e4m3fn", out=out) is out and out[()] == 3.25
+    out32 = np.zeros((), np.float32)
+    assert quantize(np.float32(3.3), "e4m3fn", out=out32) is out32 and out32[()] == 3.25
+    for wrong in (np.zeros(3), np.zeros((1,)), np.zeros((), np.float32), [0.0]):
+        before = np.array(wrong, copy=True)
+        with pytest.raises(ValueError, match="out must be a NumPy array of x's dtype float64 "
+                                             r"and shape \(\)"):
+            quantize(3.3, "e4m3fn", out=wrong)
+        assert np.array_equal(np.asarray(wrong), before)  # nothing written
+
+
+@pytest.mark.parametrize("rounding", ["rne", "sr"])
+def test_read_only_out_is_refused_before_any_kernel_runs(rounding):
+    x = np.linspace(-3, 3, 9)
+    out = np.zeros_like(x)
+    out.flags.writeable = False
+    with pytest.raises(ValueError, match="out must be writeable; got a read-only array"):
+        quantize(x, "e4m3fn", rounding, out=out)
+    assert not out.any()
+    scalar_out = np.zeros(())
+    scalar_out.flags.writeable = False
+    with pytest.raises(ValueError, match="out must be writeable"):
+        quantize(2.5, "e4m3fn", rounding, out=scalar_out)
+
+
+def test_masked_arrays_and_matrices_are_refused_naming_the_parameter():
+    import refsim
+    from refsim import AccumSpec, GemmSpec
+
+    masked = np.ma.array([1.0, 1e6, 2.0], mask=[0, 1, 0])
+    spec = GemmSpec(acc=AccumSpec("fp32"))
+    calls = {
+        "x": [lambda: quantize(masked, "e4m3fn"),
+              lambda: refsim.sum(masked, "fp32"),
+              lambda: refsim.dot(masked, np.ones(3), "fp32"),
+              lambda: refsim.quantize_blocks(masked, "mxfp8_e4m3"),
+              lambda: refsim.quantize_scaled(masked, "e4m3fn")],
+        "y": [lambda: refsim.dot(np.ones(3), masked, "fp32")],
+        "a": [lambda: refsim.matmul(np.ma.array(np.ones((2, 3))), np.ones((3, 2)), spec)],
+        "b": [lambda: refsim.matmul(np.ones((2, 3)), np.ma.array(np.ones((3, 2))), spec)],
+    }
+    for name, fns in calls.items():
+        for fn in fns:
+            with pytest.raises(TypeError, match=f"{name} must be a plain NumPy array; got a "
+                                                "masked array, whose mask would be ignored"):
+                fn()
+    with pytest.warns(PendingDeprecationWarning, match="matrix subclass"):
+        matrix = np.matrix([[1.0, 2.0]])
+    for fn in (lambda: quantize(matrix, "e4m3fn"), lambda: refsim.sum(matrix, "fp32")):
+        with pytest.raises(TypeError, match=r"x must be a plain NumPy array; got np\.matrix"):
+            fn()
+    with pytest.raises(ValueError, match="out must be a NumPy array"):
+        quantize(np.ones(3), "e4m3fn", out=np.ma.array(np.zeros(3)))
+
+
+def test_numpy_integers_are_accepted_for_sr_bits_and_seed_and_bools_refused():
+    x = np.linspace(-3, 3, 101)
+    want = quantize(x, "e4m3fn", "sr", sr_bits=5, seed=9)
+    for bits in (np.int64(5), np.int8(5), np.uint64(5)):
+        for seed in (9, np.int32(9), np.uint64(9)):
+            assert_same_bits(quantize(x, "e4m3fn", "sr", sr_bits=bits, seed=seed), want)
+    for kwargs, name in (({"sr_bits": True}, "sr_bits"), ({"sr_bits": np.True_}, "sr_bits"),
+                         ({"seed": True}, "seed"), ({"sr_bits": 5.0}, "sr_bits"),
+                         ({"seed": np.float64(9)}, "seed")):
+        with pytest.raises(TypeError, match=f"{name} must be"):
+            quantize(x, "e4m3fn", "sr", **kwargs)

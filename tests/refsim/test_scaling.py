@@ -134,6 +134,78 @@ def test_delayed_scaling_uses_past_amax():
         DelayedScaling("e4m3fn", algo="mean")
 
 
+@pytest.mark.parametrize("algo", ["max", "most_recent"])
+@pytest.mark.parametrize("bad", [[np.nan, 5.0], [np.inf, 5.0], [-np.inf, np.nan, -5.0],
+                                 [np.nan, np.nan]], ids=["nan", "inf", "both", "all-nan"])
+def test_delayed_scaling_nan_or_inf_amax_is_ignored_wherever_it_sits(bad, algo):
+    """Issue 11: the scale depended on where a NaN sat in the history (Python's max). The rule
+    (docs/blocks.md, "Non-finite values"): an amax is over finite values, so the scale depends
+    on the finite amaxes in the window only, whichever step brought the NaN or Inf."""
+    big, small = np.array([300.0, -2.0]), np.array([3.0, 1.0])
+    bad_x = np.array(bad)
+    finite = [abs(v) for v in bad if math.isfinite(v)]
+    bad_amax = max(finite, default=0.0)
+    for order in ([bad_x, big, small], [big, bad_x, small], [big, small, bad_x]):
+        ds = DelayedScaling("e4m3fn", history_len=4, algo=algo)
+        for x in order:
+            ds(x)
+        if algo == "max":
+            want = current_scale(300.0, "e4m3fn")
+        else:  # the last step's finite amax; none (all NaN): the previous scale stays
+            last = bad_amax if order[-1] is bad_x else 3.0
+            want = current_scale(last if last > 0 else 3.0, "e4m3fn")  # small came before
+        assert ds.scale == want, (order, ds.history)
+    # A history given by hand: a NaN before or after the largest amax gives the same scale.
+    for history in ([math.nan, 2.0], [2.0, math.nan], [math.inf, 2.0], [2.0, -math.inf]):
+        ds = DelayedScaling("e4m3fn", history_len=3, algo="max", history=list(history))
+        ds(np.array([1.0]))
+        assert ds.scale == current_scale(2.0, "e4m3fn"), history
+
+
+def test_delayed_scaling_takes_numpy_integers():
+    ds = DelayedScaling("e4m3fn", margin=np.int8(1), history_len=np.int64(2))
+    assert ds.history_len == 2 and type(ds.history_len) is int and ds.margin == 1
+    with pytest.raises(TypeError, match="history_len must be a positive int; got the bool"):
+        DelayedScaling("e4m3fn", history_len=True)
+    with pytest.raises(ValueError, match="history_len must be a positive int; got 0"):
+        DelayedScaling("e4m3fn", history_len=0)
+
+
+def test_quantize_scaled_and_affine_take_a_0d_array():
+    """Issue 11: a 0-d x raised "'numpy.float64' object does not support item assignment"."""
+    for dtype in (np.float32, np.float64):
+        x = np.array(3.0, dtype)
+        r = quantize_scaled(x, "e4m3fn", return_codes=True)
+        assert r.values.shape == () and r.values.dtype == dtype and r.scales.shape == ()
+        d = np.array([float(round_value(Fraction(3) / Fraction(448), "fp32"))])
+        assert same(r.values, twin_scaled(x, "e4m3fn", d, None, "rne"))
+        assert quantize_scaled(x, "e4m3fn", "sr", sr_bits=8).shape == ()
+        affine = quantize_affine(x, 8, return_codes=True)
+        assert affine.values.shape == () and affine.codes.shape == ()
+        assert same(quantize_scaled(np.array(np.nan, dtype), "e4m3fn"), np.array(np.nan, dtype))
+    with pytest.raises(ValueError, match="axis must be None for a 0-d array"):
+        quantize_scaled(np.array(3.0), "e4m3fn", axis=0)
+    ds = DelayedScaling("e4m3fn")
+    ds(np.array(100.0))
+    assert ds.scale == current_scale(100.0, "e4m3fn")
+
+
+def test_quantize_affine_takes_any_integer_bits_and_refuses_bool():
+    """Issue 11: np.int64 bits were refused while np.int64 seeds were accepted."""
+    x = np.array([[-1.0, 0.0, 2.5, 7.0], [0.5, 0.25, 0.0, 1.0]], np.float32)
+    want = quantize_affine(x, 4, "sr", sr_bits=6, seed=2, axis=0)
+    for bits in (np.int64(4), np.uint8(4), np.int32(4)):
+        got = quantize_affine(x, bits, "sr", sr_bits=np.int16(6), seed=np.uint64(2),
+                              axis=np.int64(0))
+        assert same(got, want)
+    with pytest.raises(TypeError, match=r"bits must be an int in 2\.\.16; got the bool True"):
+        quantize_affine(x, True)
+    with pytest.raises(TypeError, match=r"bits must be an int in 2\.\.16; got 4\.0"):
+        quantize_affine(x, 4.0)
+    with pytest.raises(TypeError, match=r"axis must be an int or None; got 0\.0"):
+        quantize_affine(x, 4, axis=0.0)
+
+
 @settings(max_examples=150, deadline=None)
 @given(x=st.floats(allow_nan=False, allow_infinity=False, width=64),
        d_sig=st.integers(1, (1 << 24) - 1), d_exp=st.integers(-160, 130),

@@ -130,3 +130,56 @@ def test_specs_are_frozen():
 ])
 def test_format_fits(inner, outer, fits):
     assert format_fits(get_format(inner), get_format(outer)) is fits
+
+
+# ---- issue 11 ------------------------------------------------------------------------------------
+def test_chunk_beyond_int64_is_refused_at_construction():
+    """chunk=10**30 was accepted, then raised OverflowError when a kernel took it."""
+    with pytest.raises(ValueError, match=r"AccumSpec.chunk must be at most 2\^63 - 1"):
+        AccumSpec("fp16", order="chunked", chunk=10**30)
+    with pytest.raises(ValueError, match=r"AccumSpec.group must be at most 2\^63 - 1"):
+        AccumSpec("fp16", order="multiterm", group=1 << 63, width=10)
+    assert AccumSpec("fp16", order="chunked", chunk=(1 << 63) - 1).chunk == (1 << 63) - 1
+
+
+def test_numpy_integers_are_accepted_and_stored_as_ints_bools_refused():
+    np = pytest.importorskip("numpy")
+    acc = AccumSpec("fp16", "sr", order="chunked", chunk=np.int64(4), sr_bits=np.uint8(7))
+    assert acc == AccumSpec("fp16", "sr", order="chunked", chunk=4, sr_bits=7)
+    assert type(acc.chunk) is int and type(acc.sr_bits) is int
+    assert AccumSpec.from_toml(acc.to_toml()) == acc
+    multi = AccumSpec("fp32", order="multiterm", group=np.int32(4), width=np.int16(20),
+                      chunk=np.int64(8))
+    assert (multi.group, multi.width, multi.chunk) == (4, 20, 8)
+    cast = Cast("e4m3fn", "sr", sr_bits=np.int64(5))
+    assert type(cast.sr_bits) is int and Cast.from_toml(cast.to_toml()) == cast
+    for kwargs, name in (({"chunk": True}, "AccumSpec.chunk"), ({"chunk": np.True_},
+                                                                "AccumSpec.chunk"),
+                         ({"chunk": 4.0}, "AccumSpec.chunk")):
+        with pytest.raises(TypeError, match=f"{name} must be a positive int or None"):
+            AccumSpec("fp16", order="chunked", **kwargs)
+    with pytest.raises(TypeError, match=r"sr_bits must be None or an int in 1\.\.64; got the bool"):
+        Cast("e4m3fn", "sr", sr_bits=True)
+
+
+def test_from_toml_refuses_what_is_not_toml_text_and_deep_nesting():
+    for spec_type in (Cast, AccumSpec, GemmSpec):
+        with pytest.raises(TypeError, match="text must be a TOML string; got NoneType"):
+            spec_type.from_toml(None)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="text must be a TOML string; got bytes"):
+            spec_type.from_toml(b"fmt = 'fp16'")  # type: ignore[arg-type]
+        deep = "fmt = " + "[" * 5000 + "]" * 5000
+        with pytest.raises(ValueError, match="nests arrays or inline tables too deeply"):
+            spec_type.from_toml(deep)
+        inline = "fmt = " + "{a = " * 5000 + "1" + "}" * 5000
+        with pytest.raises(ValueError, match="nests arrays or inline tables too deeply"):
+            spec_type.from_toml(inline)
+
+
+def test_fixed_point_product_casts_are_refused_for_what_they_are():
+    """AccumSpec("fp32", product="int8") was refused as "wider than fp32", which is false
+    (every int8 value is an fp32 value): the kernels round products to float formats only."""
+    for product in ("int8", Cast("int4", "rtz"), "int16"):
+        with pytest.raises(ValueError, match=r"AccumSpec.product \(int\d+\): fixed-point product "
+                                             "Casts are not supported"):
+            AccumSpec("fp32", product=product)
