@@ -64,8 +64,11 @@ def test_ctrl_c_says_how_many_runs_are_cached_and_that_a_rerun_resumes(tmp_path,
 
     monkeypatch.setattr(accumulation, "run_one", interrupted_at_the_third_run)
     out = tmp_path / "acc"
-    code = main(["study", "accumulation", "--quick", "--out", str(out), "--workers", "1",
-                 "--no-plots", "--quiet", *TINY])
+    try:
+        code = main(["study", "accumulation", "--quick", "--out", str(out), "--workers", "1",
+                     "--no-plots", "--quiet", *TINY])
+    except KeyboardInterrupt:  # escaping, it would stop the whole test session
+        pytest.fail("Ctrl-C escaped `refsim study` (a traceback for the user)")
     assert code == INTERRUPTED == 130
     line = _last_error_line(capsys)
     match = re.fullmatch(r"refsim study: interrupted: 2 of the (\d+) runs of study "
