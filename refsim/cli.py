@@ -6,9 +6,9 @@ Usage rules:
     mistake (a bad flag, value, plan or path), reported in one line as argparse does, never as a
     traceback; STOPPED (3) `refsim train` stopped on a NaN or Inf (refsim.nn.train);
     INTERRUPTED (130) Ctrl-C, with one line saying what is kept (a study's cached runs).
-  - Flag values are checked where they are parsed, by the argparse types here, which every
-    command line shares (refsim.studies.cli, validation.__main__): `nonnegative_int`,
-    `positive_int`, `positive_float`, `output_dir`; their messages name the flag.
+  - Flag values are checked where they are parsed, by the argparse types of refsim.argtypes,
+    which every command line shares (refsim.studies.cli, validation.__main__); their messages
+    name the flag.
 """
 
 from __future__ import annotations
@@ -16,62 +16,14 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-__all__ = ["INTERRUPTED", "STOPPED", "USAGE", "main", "nonnegative_int", "output_dir",
-           "positive_float", "positive_int"]
+from refsim.argtypes import nonnegative_int, output_dir, positive_float, positive_int
+
+__all__ = ["INTERRUPTED", "STOPPED", "USAGE", "main"]
 
 USAGE = 2
 STOPPED = 3
 INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process killed by Ctrl-C
-
-
-# ---- argparse types (argparse prefixes "argument --FLAG: " to their messages) -------------------
-def nonnegative_int(text: str) -> int:
-    """An integer >= 0."""
-    value = _int(text, "a non-negative integer")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer; got {text!r}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """An integer >= 1."""
-    value = _int(text, "a positive integer")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """A finite float > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number; got {text!r}") from None
-    if not 0.0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive, finite number; got {text!r}")
-    return value
-
-
-def output_dir(text: str) -> str:
-    """A directory to write into: it may not exist yet, but neither it nor a folder above it
-    may be a file."""
-    if not text:
-        raise argparse.ArgumentTypeError("must be a directory; got an empty path")
-    path = Path(text)
-    for parent in (path, *path.parents):
-        if parent.exists() and not parent.is_dir():
-            where = "is a file" if parent == path else f"lies under {str(parent)!r}, a file"
-            raise argparse.ArgumentTypeError(f"{text!r} {where}, not a directory")
-    return text
-
-
-def _int(text: str, what: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be {what}; got {text!r}") from None
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@
 `main(argv)` is the entry point (the `refsim validate` command calls it with its arguments).
 Exit status: 0 no unexpected mismatch; 1 a mismatch (a failed row, or a candidate that differs
 from its golden vectors); 2 a user's mistake (a bad flag, path, candidate or manifest), reported
-in one line, never as a traceback. The flag types are refsim.cli's (shared by every command).
+in one line, never as a traceback. The flag types are refsim.argtypes, shared by every command.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ USAGE = 2
 
 def _parser(prog: str) -> argparse.ArgumentParser:
     # Looked up at run time, as validation._refsim does: mypy checks validation/, not refsim/.
-    cli: Any = importlib.import_module("refsim.cli")
+    types: Any = importlib.import_module("refsim.argtypes")
     parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
@@ -38,18 +38,18 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         p.add_argument("--dtypes", nargs="+", default=["float32", "float64"],
                        choices=["float32", "float64"], help="input dtypes")
         p.add_argument("--suites", nargs="+", default=list(SUITES), choices=list(SUITES))
-        p.add_argument("--max-size", type=cli.nonnegative_int, default=1 << 13,
+        p.add_argument("--max-size", type=types.nonnegative_int, default=1 << 13,
                        help="inputs per suite at most (sampled; 0: all)")
         p.add_argument("--quiet", action="store_true", help="no progress lines")
     golden = sub.add_parser("golden", help="write golden vectors for a format and rounding")
     golden.add_argument("--format", required=True, help="a format name (e4m3fn, bf16, ...)")
     golden.add_argument("--rounding", required=True, help="rne, rna, rtz, rup, rdn, rto or sr")
-    golden.add_argument("--out", type=cli.output_dir, required=True, help="output directory")
+    golden.add_argument("--out", type=types.output_dir, required=True, help="output directory")
     golden.add_argument("--overflow", default="default")
-    golden.add_argument("--sr-bits", type=cli.positive_int, default=None)
-    golden.add_argument("--seed", type=cli.nonnegative_int, default=0)
+    golden.add_argument("--sr-bits", type=types.positive_int, default=None)
+    golden.add_argument("--seed", type=types.nonnegative_int, default=0)
     golden.add_argument("--dtype", default="float64", choices=["float32", "float64"])
-    golden.add_argument("--size", type=cli.positive_int, default=1 << 14,
+    golden.add_argument("--size", type=types.positive_int, default=1 << 14,
                         help="inputs of the random suites")
     verify = sub.add_parser("verify", help="check a function against golden vectors")
     verify.add_argument("dir", help="a directory written by `golden`")

@@ -97,7 +97,7 @@ def _study(args: argparse.Namespace) -> int:
 
 def add_study_parser(sub: argparse._SubParsersAction) -> None:
     """Register `refsim study` on the main parser's sub-parsers."""
-    from refsim.cli import output_dir, positive_int
+    from refsim.argtypes import output_dir, positive_int
     from refsim.studies import STUDIES
     from refsim.studies.executor import EXECUTORS
 
