@@ -353,11 +353,14 @@ def _check_params(ctx: Context, epoch: int, params: list[tuple[str, Tensor]],
 def print_summary(summary: dict[str, Any], stream: TextIO | None = None) -> None:
     """A few lines for the terminal (default: sys.stdout)."""
     stream = sys.stdout if stream is None else stream
-    acc = summary["test_accuracy"]
+    stream.write(f"{summary['model']} with numerics {summary['numerics']}: "
+                 f"{summary['epochs']} epochs, {summary['steps']} steps, seed {summary['seed']}\n")
+    if summary.get("nonfinite") is not None:  # a stopped run has no final metrics
+        stream.write(summary["nonfinite"]["message"] + "\n")
+        return
     extra = ""
     if "sequence_accuracy" in summary:
         extra = f", sequence accuracy {100 * summary['sequence_accuracy']:.2f}%"
-    stream.write(f"{summary['model']} with numerics {summary['numerics']}: "
-                 f"{summary['epochs']} epochs, {summary['steps']} steps, seed {summary['seed']}\n"
-                 f"final train loss {summary['final_train_loss']:.4f}, test accuracy "
-                 f"{100 * acc:.2f}%{extra}, {summary['wall_seconds']:.1f} s\n")
+    stream.write(f"final train loss {summary['final_train_loss']:.4f}, test accuracy "
+                 f"{100 * summary['test_accuracy']:.2f}%{extra}, "
+                 f"{summary['wall_seconds']:.1f} s\n")

@@ -6,6 +6,7 @@ NaN, +Inf and -Inf must land where torch puts them, and finite values must agree
 
 from __future__ import annotations
 
+import io
 import json
 import math
 
@@ -16,7 +17,7 @@ import torch
 from refsim.cli import STOPPED, main
 from refsim.nn import Context, Tensor, TrainConfig, ops, preset, train
 from refsim.nn.numerics import Numerics, run_product
-from refsim.nn.train import nonfinite_report
+from refsim.nn.train import nonfinite_report, print_summary
 
 from . import test_grad as grad
 
@@ -159,6 +160,9 @@ def test_nan_from_fc1_accumulator_stops_training_naming_step_layer_and_role(tmp_
     assert json.loads((tmp_path / "summary.json").read_text())["nonfinite"] == stop
     last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["kind"] == "nonfinite" and last["layer"] == "fc1"
+    stream = io.StringIO()
+    print_summary(summary, stream)
+    assert stream.getvalue().splitlines()[-1] == stop["message"]
 
 
 def test_nonfinite_gradient_stops_training_naming_its_product():
