@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from formats import FloatFormat
+from formats.policy import check_seed
 from refsim.accum_core import TAG_OUT
 from refsim.backends import torch_backend as tb
 from refsim.params import carrier_holds, resolve
@@ -282,6 +283,7 @@ def matmul(a: torch.Tensor, b: torch.Tensor, spec: GemmSpec, *, mode: str = "exa
         raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
     if not isinstance(spec, GemmSpec):
         raise TypeError(f"spec must be a GemmSpec; got {type(spec).__name__}")
+    seed = check_seed(seed)  # any integer type in 0..2^64-1, as a Python int (seed + 1 wraps)
     for name, t in (("a", a), ("b", b)):
         if not isinstance(t, torch.Tensor) or t.dtype not in (torch.float32, torch.float64):
             raise TypeError(f"{name} must be a float32 or float64 torch tensor; got "

@@ -187,3 +187,17 @@ def test_exact_refuses_batch_dimensions_that_do_not_broadcast_like_numpy():
         with pytest.raises(ValueError, match="batch dimensions do not broadcast") as torch_error:
             matmul(torch.from_numpy(a), torch.from_numpy(b), spec, mode=mode)
         assert str(torch_error.value) == str(numpy_error.value)
+
+
+def test_seed_takes_any_integer_and_refuses_bool():
+    """Issue 11, item 10: seed as in refsim.matmul: any integer type, bool refused."""
+    a, b = _operands(8, shape_a=(3, 6), shape_b=(6, 2), scale=1.0)
+    spec = GemmSpec(a=Cast("e4m3fn", "sr"), b=Cast("e5m2", "sr"), acc=AccumSpec("fp32"),
+                    out=Cast("bf16", "sr"))
+    ta, tb_ = torch.from_numpy(a), torch.from_numpy(b)
+    for plain, numpy_int in (((1 << 64) - 1, np.uint64((1 << 64) - 1)), (7, np.int8(7))):
+        want = ref_matmul(a, b, spec, seed=plain)
+        assert_same_bits(matmul(ta, tb_, spec, seed=numpy_int).numpy(), want)
+        assert_same_bits(matmul(ta, tb_, spec, seed=plain).numpy(), want)
+    with pytest.raises(TypeError, match=r"seed must be an int in 0\.\.2\^64-1; got the bool"):
+        matmul(ta, tb_, spec, seed=True)
