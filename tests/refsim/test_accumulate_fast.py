@@ -1,8 +1,10 @@
-"""The GEMM fast path (refsim.backends.cpu_gemm) against the exact core, bit for bit.
+"""The GEMM fast paths (refsim.backends.cpu_gemm: its round-to-odd rows, and the register-tiled
+routes of refsim.backends.cpu_tile) against the exact core, bit for bit.
 
-Each case asserts that the fast path really ran (a plan exists and it left few outputs to the
-exact core), so a silent fall-back cannot make a test pass. The exact core itself is held to the
-Fraction twin by tests/refsim/test_accumulate.py, whose matmul cases now also run the fast path.
+Each case asserts which fast path really ran (the plan's route, and that it left few outputs to
+the exact core), so a silent fall-back cannot make a test pass. The tiled routes have their own
+hard cases in tests/refsim/test_gemm_routes.py. The exact core itself is held to the Fraction
+twin by tests/refsim/test_accumulate.py, whose matmul cases also run the fast paths.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from formats import get_format
 from formats.policy import ROUNDINGS
 from refsim import quantize
 from refsim.accumulate import _run, _run_exact
-from refsim.backends import cpu_gemm
+from refsim.backends import cpu_gemm, tile
 from refsim.specs import AccumSpec, Cast, format_fits
 from validation.bits import assert_same_bits
 
@@ -38,11 +40,21 @@ def _operands(rng, m, n, k, fmt, scale=1.0):
     return a, b
 
 
-def _compare(a, b, acc, cast=None, *, lane, max_left=0.1):
-    """The fast path equals the exact core on every output; it ran in `lane` and left at most
-    max_left of the outputs to the exact core."""
+def _route(acc_fmt: str, operands: str | None, rounding: str) -> str:
+    """The route cpu_gemm.plan takes for the cases below (refsim.backends.cpu_tile's rules)."""
+    if acc_fmt == "e5m2fnuz" or rounding in ("rna", "rto"):
+        return "odd-rows"
+    if rounding != "rne":
+        return "directed-nested" if tile.AVX512 else "odd-rows"
+    return "tile-odd" if operands is None else "double-rounding"
+
+
+def _compare(a, b, acc, cast=None, *, lane, max_left=0.1, route=None):
+    """The fast path equals the exact core on every output; it ran in `lane` (and `route`) and
+    left at most max_left of the outputs to the exact core."""
     plan = cpu_gemm.plan(a, b, acc, cast, False)
     assert plan is not None and plan.lane == np.dtype(lane), (str(acc), plan)
+    assert route is None or plan.route == route, (str(acc), plan)
     raw = cpu_gemm.run(plan, a, b)
     assert np.isnan(raw).mean() <= max_left, (str(acc), np.isnan(raw).mean())
     fast, _ = _run(a, b, acc, cast, 0)
@@ -63,7 +75,8 @@ def test_sequential_matches_exact_core(acc_fmt, operands, lane, overflow, roundi
     rng = np.random.default_rng(ROUNDINGS.index(rounding))
     a, b = _operands(rng, 6, 7, 50, operands)
     acc = AccumSpec(acc_fmt, rounding, overflow=overflow)
-    _compare(a, b, acc, lane=lane, max_left=1.0 if acc_fmt == "e5m2fnuz" else 0.1)
+    _compare(a, b, acc, lane=lane, max_left=1.0 if acc_fmt == "e5m2fnuz" else 0.1,
+             route=_route(acc_fmt, operands, rounding))
 
 
 @pytest.mark.parametrize("rounding", ["rne", "rdn"])
@@ -125,9 +138,14 @@ def test_plan_refuses_what_it_cannot_do_exactly():
     ]
     for a3, b3, acc, cast, counts in refused:
         assert cpu_gemm.plan(a3, b3, acc, cast, counts) is None, str(acc)
-    # float32 operands: fp16 accumulation runs in float64 lanes (48-bit products).
+    # float32 operands: fp16 accumulation runs in float64 rows (48-bit products); fp32 and fp64
+    # accumulation in float64 tiles.
     f32 = rng.standard_normal((1, 3, 8)).astype(np.float32)
-    assert cpu_gemm.plan(f32, f32, AccumSpec("fp16"), None, False).lane == np.float64
+    plan = cpu_gemm.plan(f32, f32, AccumSpec("fp16"), None, False)
+    assert (plan.route, plan.lane) == ("odd-rows", np.float64)
+    for fmt, route in (("fp32", "tile-odd"), ("fp64", "lane-native")):
+        plan = cpu_gemm.plan(f32, f32, AccumSpec(fmt), None, False)
+        assert (plan.route, plan.lane) == (route, np.float64)
 
 
 @pytest.mark.slow

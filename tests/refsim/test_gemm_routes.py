@@ -1,0 +1,302 @@
+"""The register-tiled GEMM routes (refsim.backends.cpu_tile) against the exact core, bit for bit.
+
+Every case names the route it expects and asserts that route ran (cpu_gemm.plan's route), so a
+silent fall-back cannot make a test pass. The operands are built from a significand budget and
+an exponent range (what the routes' conditions read), and rows of a against columns of b run
+the hard sequences of the accumulator format: ties at its midpoints, sticky bits far below,
+cancellation to zeros of either sign, its subnormal range, its overflow. M, N, K and the batch
+are not multiples of the tile.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from formats import FloatFormat, get_format
+from refsim.accumulate import _run, _run_exact
+from refsim.backends import cpu_gemm, cpu_tile, tile
+from refsim.specs import AccumSpec, Cast
+from validation.bits import assert_same_bits
+
+DIRECTED = ["rtz", "rup", "rdn"]
+OVERFLOWS = ["default", "saturate"]
+avx512 = pytest.mark.skipif(not tile.AVX512, reason="the directed routes round with AVX-512's "
+                            "embedded rounding; test_directed_needs_avx512 covers the fall-back")
+
+
+def _split(exp: int, slen: int, lo: int, hi: int) -> tuple[int, int]:
+    """Exponents (ea, eb) with ea + eb = exp, an slen-bit significand at ea inside [lo, hi] and
+    eb inside [lo, hi]."""
+    for eb in range(hi, lo - 1, -1):
+        ea = exp - eb
+        if lo <= ea and ea + slen - 1 <= hi:
+            return ea, eb
+    raise AssertionError(f"term 2^{exp} is not a product of operands in [2^{lo}, 2^{hi}]")
+
+
+def _sequences(fmt: FloatFormat, bits: int, lo: int, hi: int, below_qmin: bool):
+    """Hard term sequences for an accumulator fmt, as lists of (signed odd significand, exponent of
+    its lowest bit), every term a product of two operands of at most `bits` bits in [lo, hi]."""
+    q = fmt.man_bits + 1
+    qmin = fmt.emin - fmt.man_bits
+    low, high = 2 * lo, 2 * hi  # product exponents a single-bit term can have
+    e = min(max(low + q + 10, fmt.emin + q), high - 2, fmt.emax - 1)  # a binade with room below
+    h = e - q  # half a unit of 2^e
+    seqs = [
+        [(1, e), (1, h), (1, h), (1, h), (-1, h + 1), (3, h - 1), (1, h)],  # ties to even
+        [(1, e), (1, h), (1, max(h - 30, low)), (-1, e), (1, h)],  # a sticky bit far below
+        [(1, e), (-1, e), (1, e - 3), (-1, e - 3)],  # exact zero sums
+        [(0, -1), (0, -1)],  # -0 + -0
+        [(0, 1), (0, -1), (0, 1)],  # +0 and -0
+        [(-1, e), (1, e), (0, -1)],
+    ]
+    if low <= qmin + 3:
+        sub = [(1, qmin + 3), (1, qmin + 1), (-1, qmin + 2), (1, qmin)]
+        if below_qmin and low <= qmin - 2:
+            sub += [(1, qmin - 1), (1, qmin - 2), (-1, qmin - 1), (3, qmin - 2)]
+        seqs.append([t for t in sub if t[1] >= low])
+    top = min(high, fmt.emax)
+    reps = (1 << (fmt.emax + 1 - top)) + 2  # terms of 2^top that pass the largest value
+    if reps <= 20:
+        seqs.append([(1, top)] * reps + [(-1, top)] * (reps + 4))  # and back (saturate differs)
+        w = min(bits, 3)
+        seqs.append([((1 << w) - 1, top - w + 1)] * reps)
+    # Only what the operands can make (a narrow exponent range has no room for some).
+    return [seq for seq in seqs if all(sig == 0 or (exp >= low and exp + abs(sig).bit_length()
+                                                    <= high + 1) for sig, exp in seq)]
+
+
+def _operands(rng, fmt, bits, lo, hi, *, below_qmin=True, batch=1, m=14, n=70, k=48):
+    """(P, M, K) and (P, N, K) float32/float64 operands: significands of at most `bits` bits,
+    every set bit's exponent in [lo, hi], signed zeros; the hard sequences of fmt in rows i of
+    a against columns i of b."""
+    dtype = np.float32 if bits <= 24 and lo >= -149 and hi <= 127 else np.float64
+
+    def draw(shape):
+        sig = rng.integers(1, 1 << bits, shape) | 1
+        top = np.frexp(sig.astype(np.float64))[1] - 1
+        exp = rng.integers(lo, np.maximum(hi - top, lo) + 1, shape)
+        x = np.ldexp(sig.astype(np.float64), exp) * rng.choice([-1.0, 1.0], shape)
+        x[rng.random(shape) < 0.05] = 0.0
+        x[rng.random(shape) < 0.05] = -0.0
+        return x
+
+    a, b = draw((batch, m, k)), draw((batch, n, k))
+    for i, seq in enumerate(_sequences(fmt, bits, lo, hi, below_qmin)[:min(m, n)]):
+        if len(seq) > k:
+            continue
+        for j, (sig, exp) in enumerate(seq):
+            if sig == 0:
+                a[0, i, j], b[0, i, j] = exp * 0.0, 1.0  # a signed zero term
+                continue
+            ea, eb = _split(exp, abs(sig).bit_length(), lo, hi)
+            a[0, i, j], b[0, i, j] = np.ldexp(float(sig), ea), np.ldexp(1.0, eb)
+        a[0, i, len(seq):] = 0.0  # the sequence alone (plus zero terms)
+    return a.astype(dtype), b.astype(dtype)
+
+
+def _check(a, b, acc, route, lane, cast=None, max_left=0.2):
+    """`route` runs in `lane`, leaves at most max_left of the outputs to the exact core, and
+    refsim's result equals the exact core's everywhere."""
+    plan = cpu_gemm.plan(a, b, acc, cast, False)
+    assert plan is not None and (plan.route, plan.lane) == (route, np.dtype(lane)), (acc, plan)
+    raw = cpu_gemm.run(plan, a, b)
+    assert np.isnan(raw).mean() <= max_left, (acc, np.isnan(raw).mean())
+    fast, _ = _run(a, b, acc, cast, 0)
+    exact, _ = _run_exact(a, b, acc, cast, 0, False, np.arange(fast.size))
+    assert_same_bits(fast.reshape(-1), exact, context=f"{acc} cast={cast} route={route}")
+
+
+# (accumulator, operand bits, exponent range) -> route in float32 / float64 lanes.
+NATIVE = [("fp32", 4, -74, 62, np.float32), ("fp32", 12, -74, 50, np.float32),
+          ("fp64", 24, -149, 100, np.float64)]
+
+
+@pytest.mark.parametrize("overflow", OVERFLOWS)
+@pytest.mark.parametrize("rounding", ["rne", *DIRECTED])
+@pytest.mark.parametrize(("acc_fmt", "bits", "lo", "hi", "lane"), NATIVE)
+def test_lane_native(acc_fmt, bits, lo, hi, lane, rounding, overflow):
+    if rounding != "rne" and not tile.AVX512:
+        pytest.skip("directed lane-native rounding needs AVX-512 (test_directed_needs_avx512)")
+    rng = np.random.default_rng(bits - lo)
+    fmt = get_format(acc_fmt)
+    a, b = _operands(rng, fmt, bits, lo, hi, batch=2)
+    _check(a, b, AccumSpec(acc_fmt, rounding, overflow=overflow), "lane-native", lane)
+
+
+DOUBLE = [("fp16", 4, -12, 7), ("fp16", 5, -12, 7), ("bf16", 4, -66, 62), ("tf32", 5, -68, 62),
+          ("e8m3", 2, -64, 62)]
+
+
+@pytest.mark.parametrize("overflow", OVERFLOWS)
+@pytest.mark.parametrize(("acc_fmt", "bits", "lo", "hi"), DOUBLE)
+def test_double_rounding(acc_fmt, bits, lo, hi, overflow):
+    """Products of at most q bits on G's grid: one float32 FMA, one rounding to G."""
+    rng = np.random.default_rng(bits - lo)
+    fmt = get_format(acc_fmt)
+    a, b = _operands(rng, fmt, bits, lo, hi, below_qmin=False)
+    _check(a, b, AccumSpec(acc_fmt, overflow=overflow), "double-rounding", np.float32)
+
+
+ODD = [("fp16", 8, -20, 7, np.float32), ("fp16", 4, -16, 7, np.float32),  # below fp16's grid
+       ("bf16", 8, -70, 60, np.float32), ("fp32", 24, -110, 60, np.float64)]
+
+
+@pytest.mark.parametrize("overflow", OVERFLOWS)
+@pytest.mark.parametrize(("acc_fmt", "bits", "lo", "hi", "lane"), ODD)
+def test_tile_odd(acc_fmt, bits, lo, hi, lane, overflow):
+    """Products that do not fit G (too many bits, or below its smallest quantum): the sum
+    rounded to odd in the lane, then to nearest in G."""
+    rng = np.random.default_rng(bits * 7 - lo)
+    fmt = get_format(acc_fmt)
+    a, b = _operands(rng, fmt, bits, lo, hi)
+    _check(a, b, AccumSpec(acc_fmt, overflow=overflow), "tile-odd", lane)
+
+
+NESTED = [("fp16", 8, -20, 7, np.float32), ("bf16", 4, -70, 62, np.float32),
+          ("tf32", 8, -72, 60, np.float32), ("fp32", 24, -110, 62, np.float64)]
+
+
+@avx512
+@pytest.mark.parametrize("overflow", OVERFLOWS)
+@pytest.mark.parametrize("rounding", DIRECTED)
+@pytest.mark.parametrize(("acc_fmt", "bits", "lo", "hi", "lane"), NESTED)
+def test_directed_nested(acc_fmt, bits, lo, hi, lane, rounding, overflow):
+    """rtz/rup/rdn: the lane's sum rounded in the same direction, then G's rounding."""
+    rng = np.random.default_rng(bits * 3 - lo)
+    fmt = get_format(acc_fmt)
+    a, b = _operands(rng, fmt, bits, lo, hi)
+    _check(a, b, AccumSpec(acc_fmt, rounding, overflow=overflow), "directed-nested", lane)
+
+
+CHUNKED = [  # (inner, inner mode, outer, outer mode, operand bits, lo, hi, route, lane)
+    ("fp16", "rne", "fp32", "rne", 4, -12, 7, "double-rounding", np.float32),
+    ("fp16", "rne", "fp32", "rdn", 4, -12, 7, "double-rounding", np.float32),
+    ("fp16", "rtz", "fp32", "rup", 8, -20, 7, "directed-nested", np.float32),
+    ("bf16", "rne", "fp32", "rtz", 8, -70, 60, "tile-odd", np.float32),
+    ("fp32", "rne", "fp32", "rne", 4, -74, 62, "lane-native", np.float32),
+    ("fp32", "rne", "fp64", "rne", 24, -110, 60, "tile-odd", np.float64),
+]
+
+
+@pytest.mark.parametrize(("inner", "mode", "outer", "omode", "bits", "lo", "hi", "route", "lane"),
+                         CHUNKED)
+def test_chunked(inner, mode, outer, omode, bits, lo, hi, route, lane):
+    """Chunk results promoted into an outer accumulator of the lane's format."""
+    if (mode, omode) != ("rne", "rne") and not tile.AVX512:
+        pytest.skip("directed modes need AVX-512 (test_directed_needs_avx512)")
+    rng = np.random.default_rng(bits + 100)
+    fmt = get_format(inner)
+    a, b = _operands(rng, fmt, bits, lo, hi, below_qmin=route != "double-rounding", k=61)
+    for chunk in (1, 5, 16, 61, 200):
+        acc = AccumSpec(inner, mode, "chunked", chunk=chunk, outer=AccumSpec(outer, omode))
+        _check(a, b, acc, route, lane)
+
+
+def test_output_cast_and_small_shapes():
+    """An output Cast after a tile route; K = 1, N below one panel, M below one tile row."""
+    rng = np.random.default_rng(7)
+    fmt = get_format("fp16")
+    a, b = _operands(rng, fmt, 4, -12, 7)
+    _check(a, b, AccumSpec("fp16"), "double-rounding", np.float32, Cast("e4m3fn", "rna"))
+    for m, n, k in [(1, 1, 1), (3, 5, 1), (5, 65, 2), (4, 64, 3), (13, 129, 4)]:
+        a, b = _operands(rng, fmt, 4, -12, 7, m=m, n=n, k=k)
+        _check(a, b, AccumSpec("fp16"), "double-rounding", np.float32, max_left=1.0)
+
+
+def test_double_rounding_needs_products_on_the_grid():
+    """One product bit too many, or one product below G's smallest quantum, is tile-odd; the
+    routes' other refusals go to the row kernel or the exact core."""
+    rng = np.random.default_rng(8)
+    fp16 = get_format("fp16")
+    a, b = _operands(rng, fp16, 6, -12, 7)  # 6 + 6 bits > 11
+    assert cpu_gemm.plan(a, b, AccumSpec("fp16"), None, False).route == "tile-odd"
+    a, b = _operands(rng, fp16, 5, -12, 7)
+    assert cpu_gemm.plan(a, b, AccumSpec("fp16"), None, False).route == "double-rounding"
+    a[0, 0, 0] = b[0, 5, 0] = 2.0 ** -13  # one product 2^-26 < 2^-24 (another output)
+    assert cpu_gemm.plan(a, b, AccumSpec("fp16"), None, False).route == "tile-odd"
+    a, b = _operands(rng, fp16, 4, -12, 7)
+    rows = [AccumSpec("fp16", "rna"), AccumSpec("fp16", "rto"), AccumSpec("e5m2"),
+            AccumSpec("fp16", product=Cast("fp16")),
+            AccumSpec("fp16", order="chunked", chunk=4, outer="e5m13")]
+    for acc in rows:
+        plan = cpu_gemm.plan(a, b, acc, None, False)
+        assert plan is not None and plan.route == "odd-rows", (acc, plan)
+    for acc in (AccumSpec("fp16", "sr"), AccumSpec("fp16", order="pairwise")):
+        assert cpu_gemm.plan(a, b, acc, None, False) is None
+
+
+def test_directed_needs_avx512():
+    """Where the CPU lacks AVX-512 the directed modes take the row kernel instead."""
+    rng = np.random.default_rng(9)
+    a, b = _operands(rng, get_format("fp16"), 4, -12, 7)
+    plan = cpu_gemm.plan(a, b, AccumSpec("fp16", "rtz"), None, False)
+    assert plan.route == ("directed-nested" if tile.AVX512 else "odd-rows")
+
+
+def test_threads_do_not_change_bits():
+    """Jobs split over threads (cpu_tile._parallel) give the same bits as one thread."""
+    import numba
+    rng = np.random.default_rng(10)
+    a, b = _operands(rng, get_format("fp16"), 4, -12, 7, m=64, n=256, k=300)  # not serial
+    plan = cpu_gemm.plan(a, b, AccumSpec("fp16"), None, False)
+    previous = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = cpu_tile.run(plan, a, b)
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        assert_same_bits(cpu_tile.run(plan, a, b), one)
+    finally:
+        numba.set_num_threads(previous)
+
+
+@pytest.mark.slow
+def test_double_rounding_lemma_fp16_e4m3():
+    """rne_fp16(rne_float32(x + t)) == rne_fp16(x + t) for every finite fp16 x and every product
+    t of two e4m3fn values: the claim double-rounding rests on, checked over all pairs (float64
+    holds every such sum exactly)."""
+    e4m3 = _values(get_format("e4m3fn"))
+    e4m3 = e4m3[np.isfinite(e4m3)]
+    products = np.unique(np.abs(np.multiply.outer(e4m3, e4m3)).ravel())
+    products = np.concatenate([products, -products])
+    x = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    x = x[np.isfinite(x)].astype(np.float64)
+    for chunk in np.array_split(products, 64):
+        s = np.add.outer(x, chunk)
+        with np.errstate(over="ignore"):
+            once = s.astype(np.float16)
+            twice = s.astype(np.float32).astype(np.float16)
+        same = (once == twice) | (np.isnan(once) & np.isnan(twice))
+        assert same.all(), s[~same][:5]
+
+
+def _values(fmt) -> np.ndarray:
+    return fmt.decode(np.arange(fmt.n_codes, dtype=np.uint64))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(60))
+def test_random_route_specs(seed):
+    """Random accumulators, modes, overflow policies, chunking, operand budgets and scales:
+    whatever route plan picks equals the exact core."""
+    rng = np.random.default_rng(5000 + seed)
+    acc_fmt = rng.choice(["fp16", "bf16", "tf32", "fp32", "fp64", "e8m5"])
+    fmt = get_format(acc_fmt)
+    modes = ["rne", *DIRECTED] if tile.AVX512 else ["rne"]
+    kwargs = {"overflow": rng.choice(OVERFLOWS)}
+    bits = int(rng.integers(1, 13))
+    lo = int(rng.integers(-74, 0))
+    hi = int(rng.integers(max(lo + bits, -20), 63))
+    if rng.random() < 0.4:
+        outer = "fp32" if acc_fmt not in ("fp64",) else "fp64"
+        kwargs.update(order="chunked", chunk=int(rng.integers(1, 40)),
+                      outer=AccumSpec(outer, rng.choice(modes)))
+    acc = AccumSpec(acc_fmt, rng.choice(modes), **kwargs)
+    a, b = _operands(rng, fmt, bits, lo, hi, m=int(rng.integers(1, 12)),
+                     n=int(rng.integers(1, 140)), k=int(rng.integers(1, 90)),
+                     batch=int(rng.integers(1, 3)))
+    plan = cpu_gemm.plan(a, b, acc, None, False)
+    fast, _ = _run(a, b, acc, None, 0)
+    exact, _ = _run_exact(a, b, acc, None, 0, False, np.arange(fast.size))
+    assert_same_bits(fast.reshape(-1), exact, context=f"{acc} plan={plan}")
