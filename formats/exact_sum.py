@@ -22,6 +22,7 @@ and u = 0.W_0 W_1 ... (as formats.exact.sr_uniform for quantize, with step and t
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
 
@@ -39,7 +40,7 @@ from formats.exact import (
 from formats.float_format import FloatFormat
 
 __all__ = ["COUNT_KEYS", "accum_uniform", "add_round", "dot_exact", "matmul_exact",
-           "reduce_exact", "round_one", "sum_exact"]
+           "operand_terms", "reduce_exact", "round_one", "sum_exact"]
 
 COUNT_KEYS = ("overflow", "underflow", "saturation")
 Events = dict[str, int] | None
@@ -155,18 +156,28 @@ def _term(value: Value, acc: Any, seed: int, index: int, k: int) -> Value:
 
 
 def _sequential(terms: list[Value], k0: int, acc: Any, seed: int, index: int,
-                events: Events) -> float:
-    """s = round(t_0); s = round(s + t_k) for k >= 1 (step = k0 + k); +0 when empty."""
+                events: Events, init: float | None = None) -> float:
+    """s = round(t_0); s = round(s + t_k) for k >= 1 (step = k0 + k); +0 when empty. With an
+    initial value: s = init, then s = round(s + t_k) for every k; round(init) when empty."""
+    if init is not None:
+        if not terms:
+            return round_one(init, acc, seed, index, k0, TAG_ADD, events)
+        s: Value = init
+        for k, t in enumerate(terms):
+            s = add_round(s, t, acc, seed, index, k0 + k, TAG_ADD, events)
+        return float(s)
     if not terms:
         return round_one(0.0, acc, seed, index, 0, TAG_ADD)
     s = round_one(terms[0], acc, seed, index, k0, TAG_ADD, events)
     for k in range(1, len(terms)):
         s = add_round(s, terms[k], acc, seed, index, k0 + k, TAG_ADD, events)
-    return s
+    return float(s)
 
 
-def _pairwise(terms: list[Value], acc: Any, seed: int, index: int, events: Events) -> float:
-    """Recursive halves: left = the largest power of two below n; merges numbered in post-order."""
+def _pairwise(terms: list[Value], acc: Any, seed: int, index: int, events: Events,
+              init: float | None = None) -> float:
+    """Recursive halves: left = the largest power of two below n; merges numbered in post-order.
+    With an initial value C: round(C + root) at step n - 1, the root unrounded for one term."""
     counter = [0]
 
     def tree(part: list[Value]) -> Value:
@@ -179,6 +190,11 @@ def _pairwise(terms: list[Value], acc: Any, seed: int, index: int, events: Event
         counter[0] += 1
         return add_round(left, right, acc, seed, index, step, TAG_ADD, events)
 
+    if init is not None:
+        if not terms:
+            return round_one(init, acc, seed, index, 0, TAG_ADD, events)
+        root = tree(terms)
+        return add_round(init, root, acc, seed, index, len(terms) - 1, TAG_ADD, events)
     if not terms:
         return round_one(0.0, acc, seed, index, 0, TAG_ADD)
     if len(terms) == 1:
@@ -194,23 +210,39 @@ def _promote(total: float | None, s: float, c: int, acc: Any, seed: int, index: 
     return add_round(total, s, outer, seed, index, c, TAG_OUTER, events)
 
 
-def _chunked(terms: list[Value], acc: Any, seed: int, index: int, events: Events) -> float:
+def _chunked(terms: list[Value], acc: Any, seed: int, index: int, events: Events,
+             init: float | None = None) -> float:
+    """Chunks summed sequentially, promoted into the outer sum; C starts the first chunk's sum
+    (c_entry inner) or the outer sum (outer); round_O(C) when there are no terms."""
     if not terms:
+        if init is not None:
+            return round_one(init, acc.outer_spec, seed, index, 0, TAG_OUTER, events)
         return round_one(0.0, acc.outer_spec, seed, index, 0, TAG_OUTER)
-    total: float | None = None
+    outside = init is not None and acc.c_entry == "outer"
+    total: float | None = init if outside else None
     for c, k0 in enumerate(range(0, len(terms), acc.chunk)):
-        s = _sequential(terms[k0:k0 + acc.chunk], k0, acc, seed, index, events)
+        first_init = init if (c == 0 and not outside) else None
+        s = _sequential(terms[k0:k0 + acc.chunk], k0, acc, seed, index, events, first_init)
         total = _promote(total, s, c, acc, seed, index, events)
     assert total is not None
     return total
 
 
-def _kahan(terms: list[Value], acc: Any, seed: int, index: int, events: Events) -> float:
+def _kahan(terms: list[Value], acc: Any, seed: int, index: int, events: Events,
+           init: float | None = None) -> float:
+    """Compensated summation; with an initial value C: s = C, c = +0, then every term."""
+    if init is not None and not terms:
+        return round_one(init, acc, seed, index, 0, TAG_ADD, events)
     if not terms:
         return round_one(0.0, acc, seed, index, 0, TAG_ADD)
-    s = round_one(terms[0], acc, seed, index, 0, TAG_ADD, events)
+    if init is not None:
+        s: float = init
+        start = 0
+    else:
+        s = round_one(terms[0], acc, seed, index, 0, TAG_ADD, events)
+        start = 1
     c: float = 0.0
-    for k in range(1, len(terms)):
+    for k in range(start, len(terms)):
         y = add_round(terms[k], -c, acc, seed, index, k, TAG_KAHAN_Y, events)
         t = add_round(s, y, acc, seed, index, k, TAG_ADD, events)
         d = add_round(t, -s, acc, seed, index, k, TAG_KAHAN_D, events)
@@ -226,21 +258,71 @@ def _floor_log2(a: Fraction) -> int:
     return e if a >= Fraction(2) ** e else e - 1
 
 
-def _truncated(value: Value, q: int) -> tuple[bool, Fraction]:
-    """(negative, |value| truncated toward zero to a multiple of 2^q) for a finite value."""
+def _format_exponent(x: float, emin: int | None) -> int:
+    """A nonzero operand's exponent in its format: floor(log2|x|), at least emin (a value below
+    2^emin is subnormal there and has exponent emin)."""
+    e = _floor_log2(abs(Fraction(x)))
+    return e if emin is None else max(e, emin)
+
+
+def _flushed(x: float, emin: int | None) -> float:
+    """x, or the zero of its sign when it is finite, nonzero and below 2^emin."""
+    if emin is None or not math.isfinite(x) or x == 0:
+        return x
+    return math.copysign(0.0, x) if abs(Fraction(x)) < Fraction(2) ** emin else x
+
+
+def operand_terms(pairs: Sequence[tuple[float, float | None]],
+                  acc: Any) -> tuple[list[Value], list[int | None]]:
+    """The terms of one output from its operand pairs (x, y), or (x, None) for a term x alone,
+    and their alignment exponents.
+
+    For multiterm: operands below 2^emin of acc.operands are first replaced by zeros of their
+    sign when acc.subnormals is 'flush'; with acc.align 'product' a finite nonzero term x*y has
+    the exponent ea + eb (each by _format_exponent in acc.operands; None: no lower limit). Every
+    other exponent is None (the term's own floor(log2|t|) is used)."""
+    multiterm = getattr(acc, "order", None) == "multiterm"
+    operands = acc.operands if multiterm else None
+    emin = None if operands is None else operands.emin
+    flush = multiterm and acc.subnormals == "flush"
+    by_operands = multiterm and acc.align == "product"
+    terms: list[Value] = []
+    exps: list[int | None] = []
+    for x, y in pairs:
+        if flush:
+            x = _flushed(x, emin)
+            y = None if y is None else _flushed(y, emin)
+        value = x if y is None else _product(x, y)
+        exp = None
+        if by_operands and isinstance(value, Fraction | float) and value != 0 and (
+                not isinstance(value, float) or math.isfinite(value)):
+            exp = _format_exponent(x, emin) + (0 if y is None else _format_exponent(y, emin))
+        terms.append(value)
+        exps.append(exp)
+    return terms, exps
+
+
+def _truncated(value: Value, q: int, floor: bool) -> tuple[bool, Fraction]:
+    """(negative, |T|) for T = a finite value truncated to a multiple of 2^q: toward zero, or
+    toward -inf when `floor` (then T is never a negative zero)."""
     if isinstance(value, float) and value == 0:
         return math.copysign(1.0, value) < 0, Fraction(0)
     exact = Fraction(value)
-    units = math.floor(abs(exact) / Fraction(2) ** q)
-    return exact < 0, units * Fraction(2) ** q
+    unit = Fraction(2) ** q
+    if floor:
+        units = math.floor(exact / unit)
+        return units < 0, abs(units) * unit
+    return exact < 0, math.floor(abs(exact) / unit) * unit
 
 
-def _aligned_sum(values: list[Value], width: int, rounding: str) -> Value:
-    """The multiterm adder on a list of values: specials by IEEE rules (NaN if any NaN or both
-    infinities, else the infinity); else each value truncated toward zero to a multiple of
-    2^(E - width + 1), E the largest floor(log2|v|), and summed exactly. A zero sum is -0 if every
-    truncated value is a -0, +0 if every one is +0, else +0 (-0 under rdn)."""
-    floats = [v for v in values if isinstance(v, float)]
+def _aligned_sum(entries: list[tuple[Value, int | None]], acc: Any) -> Value:
+    """The multiterm adder on (value, alignment exponent or None) entries: specials by IEEE
+    rules (NaN if any NaN or both infinities, else the infinity); else each value truncated (to
+    zero, or floor when acc.truncation is 'floor') to a multiple of 2^(E - width + 1), E the
+    largest alignment exponent (None: floor(log2|v|)) of the nonzero values, and summed exactly.
+    A zero sum is -0 if every truncated value is a -0, +0 if every one is +0, else +0 (-0 under
+    rdn)."""
+    floats = [v for v, _ in entries if isinstance(v, float)]
     if any(math.isnan(v) for v in floats):
         return math.nan
     infinities = {v for v in floats if math.isinf(v)}
@@ -248,12 +330,9 @@ def _aligned_sum(values: list[Value], width: int, rounding: str) -> Value:
         return math.nan
     if infinities:
         return infinities.pop()
-    nonzero = [Fraction(v) for v in values if v != 0]
-    if not nonzero:
-        truncated = [_truncated(v, 0) for v in values]
-    else:
-        q = max(_floor_log2(abs(v)) for v in nonzero) - width + 1
-        truncated = [_truncated(v, q) for v in values]
+    exponents = [_floor_log2(abs(Fraction(v))) if e is None else e for v, e in entries if v != 0]
+    q = max(exponents) - acc.width + 1 if exponents else 0
+    truncated = [_truncated(v, q, acc.truncation == "floor") for v, _ in entries]
     total = Fraction(0)
     for negative, magnitude in truncated:
         total += -magnitude if negative else magnitude
@@ -263,30 +342,44 @@ def _aligned_sum(values: list[Value], width: int, rounding: str) -> Value:
         signs = {negative for negative, _ in truncated}
         if len(signs) == 1:
             return -0.0 if signs.pop() else 0.0
-    return -0.0 if rounding == "rdn" else 0.0
+    return -0.0 if acc.rounding == "rdn" else 0.0
 
 
-def _multiterm(terms: list[Value], acc: Any, seed: int, index: int, events: Events) -> float:
+def _accumulator_exponent(s: float, acc: Any) -> int | None:
+    """The alignment exponent of the running sum or C: floor(log2|s|), at least the accumulator
+    format's emin under align 'product'; None (its own floor(log2|s|)) otherwise, or for zeros
+    and specials."""
+    if acc.align != "product" or s == 0 or not math.isfinite(s):
+        return None
+    return max(_floor_log2(abs(Fraction(s))), acc.fmt.emin)
+
+
+def _multiterm(terms: list[Value], exps: list[int | None], acc: Any, seed: int, index: int,
+               events: Events, init: float | None = None) -> float:
     """Chunks of acc.chunk terms (None: one chunk), groups of acc.group terms, group g (terms
-    g*group ..) at step g; each chunk's sum promoted into the outer accumulator."""
+    g*group ..) at step g; each chunk's sum promoted into the outer accumulator. C starts the
+    first chunk's running sum (c_entry inner) or the outer sum (outer)."""
     if not terms:
+        if init is not None:
+            return round_one(init, acc.outer_spec, seed, index, 0, TAG_OUTER, events)
         return round_one(0.0, acc.outer_spec, seed, index, 0, TAG_OUTER)
     chunk = acc.chunk or len(terms)
-    total: float | None = None
+    outside = init is not None and acc.c_entry == "outer"
+    total: float | None = init if outside else None
     for c, c0 in enumerate(range(0, len(terms), chunk)):
-        s: float | None = None
+        s: float | None = init if (c == 0 and not outside) else None
         for g0 in range(c0, min(c0 + chunk, len(terms)), acc.group):
-            group = terms[g0:min(g0 + acc.group, c0 + chunk, len(terms))]
+            g1 = min(g0 + acc.group, c0 + chunk, len(terms))
+            group = list(zip(terms[g0:g1], exps[g0:g1], strict=True))
             step = g0 // acc.group
             if s is None:
-                s = round_one(_aligned_sum(group, acc.width, acc.rounding), acc, seed, index,
-                              step, TAG_ADD, events)
+                s = round_one(_aligned_sum(group, acc), acc, seed, index, step, TAG_ADD, events)
             elif acc.variant == "acc-aligned":
-                s = round_one(_aligned_sum([s, *group], acc.width, acc.rounding), acc, seed,
-                              index, step, TAG_ADD, events)
+                joined = [(s, _accumulator_exponent(s, acc)), *group]
+                s = round_one(_aligned_sum(joined, acc), acc, seed, index, step, TAG_ADD, events)
             else:
-                s = add_round(s, _aligned_sum(group, acc.width, acc.rounding), acc, seed, index,
-                              step, TAG_ADD, events)
+                s = add_round(s, _aligned_sum(group, acc), acc, seed, index, step, TAG_ADD,
+                              events)
         assert s is not None
         total = _promote(total, s, c, acc, seed, index, events)
     assert total is not None
@@ -294,20 +387,23 @@ def _multiterm(terms: list[Value], acc: Any, seed: int, index: int, events: Even
 
 
 def reduce_exact(raw_terms: list[Value], acc: Any, seed: int = 0, index: int = 0,
-                 events: Events = None) -> float:
-    """One output: the terms (exact, then rounded to acc.product) reduced in acc.order; with
-    `events`, the accumulator roundings' events are counted there."""
+                 events: Events = None, init: float | None = None,
+                 exps: list[int | None] | None = None) -> float:
+    """One output: the terms (exact, then rounded to acc.product) reduced in acc.order, from the
+    initial value `init` (C) when given; `exps`: multiterm alignment exponents (operand_terms).
+    With `events`, the accumulator roundings' events are counted there."""
     terms = [_term(value, acc, seed, index, k) for k, value in enumerate(raw_terms)]
     if acc.order == "sequential":
-        return _sequential(terms, 0, acc, seed, index, events)
+        return _sequential(terms, 0, acc, seed, index, events, init)
     if acc.order == "pairwise":
-        return _pairwise(terms, acc, seed, index, events)
+        return _pairwise(terms, acc, seed, index, events, init)
     if acc.order == "chunked":
-        return _chunked(terms, acc, seed, index, events)
+        return _chunked(terms, acc, seed, index, events, init)
     if acc.order == "kahan":
-        return _kahan(terms, acc, seed, index, events)
+        return _kahan(terms, acc, seed, index, events, init)
     if acc.order == "multiterm":
-        return _multiterm(terms, acc, seed, index, events)
+        return _multiterm(terms, [None] * len(terms) if exps is None else exps, acc, seed, index,
+                          events, init)
     raise NotImplementedError(f"order {acc.order!r} has no specification here")
 
 
@@ -333,20 +429,27 @@ def sum_exact(x: np.ndarray, acc: Any, axis: int | None = -1, seed: int = 0,
     out = np.empty(rows.shape[0], np.float64)
     events = _new_events(counts)
     for i, row in enumerate(rows):
-        out[i] = reduce_exact([float(v) for v in row], acc, seed, i, events)
+        terms, exps = operand_terms([(float(v), None) for v in row], acc)
+        out[i] = reduce_exact(terms, acc, seed, i, events, None, exps)
     return _finish(out.reshape(moved.shape[:-1]), events)
 
 
-def dot_exact(x: np.ndarray, y: np.ndarray, acc: Any, seed: int = 0,
-              counts: bool = False) -> Any:
-    terms = [_product(float(a), float(b)) for a, b in zip(x, y, strict=True)]
+def dot_exact(x: np.ndarray, y: np.ndarray, acc: Any, seed: int = 0, counts: bool = False,
+              c: Any = None) -> Any:
+    """reduce_exact of the products x_k * y_k (output index 0), from the initial value c (a
+    number or 0-d array) when given."""
+    pairs = [(float(a), float(b)) for a, b in zip(x, y, strict=True)]
+    terms, exps = operand_terms(pairs, acc)
     events = _new_events(counts)
-    return _finish(np.asarray(reduce_exact(terms, acc, seed, 0, events), np.float64), events)
+    init = None if c is None else float(np.asarray(c))
+    return _finish(np.asarray(reduce_exact(terms, acc, seed, 0, events, init, exps), np.float64),
+                   events)
 
 
 def matmul_exact(a: np.ndarray, b: np.ndarray, spec: Any, seed: int = 0,
-                 counts: bool = False) -> Any:
-    """spec.a/spec.b Casts (seed, seed + 1), exact products, reduce, spec.out Cast (step 0)."""
+                 counts: bool = False, c: Any = None) -> Any:
+    """spec.a/spec.b Casts (seed, seed + 1), exact products, reduce (from the initial values c,
+    broadcast to the output shape, when given), spec.out Cast (step 0)."""
     if spec.a is not None:
         a = quantize_exact(a, spec.a.fmt, spec.a.rounding, spec.a.overflow, spec.a.sr_bits, seed)
     if spec.b is not None:
@@ -358,13 +461,16 @@ def matmul_exact(a: np.ndarray, b: np.ndarray, spec: Any, seed: int = 0,
     a3 = np.broadcast_to(a, (*batch, m, k)).reshape(-1, m, k)
     b3 = np.broadcast_to(b, (*batch, k, n)).reshape(-1, k, n)
     out = np.empty((a3.shape[0], m, n), np.float64)
+    inits = None if c is None else np.broadcast_to(np.asarray(c), (*batch, m, n)).reshape(-1)
     events = _new_events(counts)
     index = 0
     for p in range(a3.shape[0]):
         for i in range(m):
             for j in range(n):
-                terms = [_product(float(a3[p, i, t]), float(b3[p, t, j])) for t in range(k)]
-                value = reduce_exact(terms, spec.acc, seed, index, events)
+                pairs = [(float(a3[p, i, t]), float(b3[p, t, j])) for t in range(k)]
+                terms, exps = operand_terms(pairs, spec.acc)
+                init = None if inits is None else float(inits[index])
+                value = reduce_exact(terms, spec.acc, seed, index, events, init, exps)
                 if spec.out is not None:
                     value = round_one(value, spec.out, seed, index, 0, TAG_OUT)
                 out[p, i, j] = value

@@ -1,10 +1,11 @@
 """refsim: a bit-exact reference simulator for low-precision deep-learning numerics."""
 
+from refsim import hardware
 from refsim.accumulate import conv2d, dot, matmul, sum
 from refsim.blocks import quantize_blocks
 from refsim.quantize import quantize
 from refsim.scaling import DelayedScaling, quantize_affine, quantize_scaled
 from refsim.specs import AccumSpec, Cast, GemmSpec
 
-__all__ = ["AccumSpec", "Cast", "DelayedScaling", "GemmSpec", "conv2d", "dot", "matmul",
-           "quantize", "quantize_affine", "quantize_blocks", "quantize_scaled", "sum"]
+__all__ = ["AccumSpec", "Cast", "DelayedScaling", "GemmSpec", "conv2d", "dot", "hardware",
+           "matmul", "quantize", "quantize_affine", "quantize_blocks", "quantize_scaled", "sum"]

@@ -64,10 +64,16 @@ N_SPEC = core.N_PARAMS + 3
 TAG_ADD, TAG_PRODUCT, TAG_OUTER, TAG_KAHAN_Y, TAG_KAHAN_D, TAG_KAHAN_C, TAG_OUT = range(1, 8)
 # Orders (the index in refsim.specs.ORDERS).
 ORD_SEQUENTIAL, ORD_PAIRWISE, ORD_CHUNKED, ORD_KAHAN, ORD_MULTITERM = 0, 1, 2, 3, 4
-# multiterm variants (the index in refsim.specs.MULTITERM_VARIANTS) and the layout of the int64
-# triple `mt` = (group, width, variant) the order functions take.
+# The int64 tuple `mt` of order parameters every order function takes (MT_* layout): multiterm's
+# group, width, variant (the index in refsim.specs.MULTITERM_VARIANTS), alignment, truncation,
+# input flushing and operand emin, and (chunked and multiterm) where the initial value C enters.
 MT_EXCLUDED, MT_ALIGNED = 0, 1
-MT_GROUP, MT_WIDTH, MT_VARIANT = 0, 1, 2
+MT_GROUP, MT_WIDTH, MT_VARIANT, MT_ALIGN, MT_TRUNC, MT_FLUSH, MT_EMIN, MT_C_OUTER = range(8)
+N_MT = 8
+# Alignment exponents (refsim.specs.MULTITERM_ALIGNS) and truncations (MULTITERM_TRUNCATIONS).
+ALIGN_NORMALIZED, ALIGN_PRODUCT = 0, 1
+TRUNC_ZERO, TRUNC_FLOOR = 0, 1
+NO_EMIN = -(1 << 40)  # mt[MT_EMIN] when no operand format is given: no exponent is clamped
 # Events of one rounding (the *_ev functions) and the counts triple (overflow, underflow,
 # saturation) every order function returns with its bits.
 EV_NONE, EV_OVERFLOW, EV_SATURATE, EV_UNDERFLOW = 0, 1, 2, 3
@@ -447,7 +453,8 @@ def tally(cnt, ev):
 # ---- terms and orders ----------------------------------------------------------------------------
 # Every order function returns (float64 bits, counts) with counts the triple (overflow,
 # underflow, saturation) of the events of its accumulator roundings (inner and outer; not the
-# product or output roundings).
+# product or output roundings). An initial value C (refsim.accumulate's c=) reaches them as
+# (has_c, cbits): a flag and C's float64 bits, taken exactly (never rounded on entry).
 _CNT0 = (_I0, _I0, _I0)
 
 
@@ -466,14 +473,33 @@ def term(a, b, has_b, p, m, n, k, prod_on, pspec, seed, index):
 
 
 @njit(cache=True)
-def reduce_sequential(a, b, has_b, p, m, n, k0, k1, spec, prod_on, pspec, seed, index):
-    """s = round(t_k0); s = round(s + t_k) for k = k0+1 .. k1-1 (step k); +0 when empty."""
-    if k1 <= k0:
-        return core._zero(False, C_MAN, C_BIAS, spec), _CNT0
-    tk, tn, ts, te = term(a, b, has_b, p, m, n, k0, prod_on, pspec, seed, index)
-    acc, ev = round_unpacked_ev(tk, tn, ts, te, spec, seed, index, k0, TAG_ADD)
-    cnt = tally(_CNT0, ev)
-    for k in range(k0 + 1, k1):
+def round_initial(cbits, spec, seed, index, step, tag, cnt):
+    """round(C) alone (an empty reduction that starts from C): (float64 bits, counts)."""
+    ck, cn, cs, ce = unpack_f64(np.uint64(cbits))
+    bits, ev = round_unpacked_ev(ck, cn, cs, ce, spec, seed, index, step, tag)
+    return bits, tally(cnt, ev)
+
+
+@njit(cache=True)
+def reduce_sequential(a, b, has_b, p, m, n, k0, k1, has_init, init, spec, prod_on, pspec, seed,
+                      index):
+    """s = round(t_k0); s = round(s + t_k) for k = k0+1 .. k1-1 (step k); +0 when empty.
+    With has_init, s starts as the exact value `init` (float64 bits): s = round(s + t_k) for
+    k = k0 .. k1-1, and round(init) (step k0) when empty."""
+    if has_init:
+        if k1 <= k0:
+            return round_initial(init, spec, seed, index, k0, TAG_ADD, _CNT0)
+        acc = np.uint64(init)
+        cnt = _CNT0
+        start = k0
+    else:
+        if k1 <= k0:
+            return core._zero(False, C_MAN, C_BIAS, spec), _CNT0
+        tk, tn, ts, te = term(a, b, has_b, p, m, n, k0, prod_on, pspec, seed, index)
+        acc, ev = round_unpacked_ev(tk, tn, ts, te, spec, seed, index, k0, TAG_ADD)
+        cnt = tally(_CNT0, ev)
+        start = k0 + 1
+    for k in range(start, k1):
         tk, tn, ts, te = term(a, b, has_b, p, m, n, k, prod_on, pspec, seed, index)
         ak, an, asig, ae = unpack_f64(acc)
         acc, ev = add_round_ev(ak, an, asig, ae, tk, tn, ts, te, spec, seed, index, k, TAG_ADD)
@@ -482,11 +508,11 @@ def reduce_sequential(a, b, has_b, p, m, n, k0, k1, spec, prod_on, pspec, seed, 
 
 
 @njit(cache=True)
-def promote(outer, c, s, ospec, seed, index, cnt):
-    """Chunk c's result s into the outer accumulator: o = round_o(s) (c = 0), else
-    o = round_o(o + s) (step c, TAG_OUTER). Returns (o, counts)."""
+def promote(outer, first, c, s, ospec, seed, index, cnt):
+    """Chunk c's result s into the outer accumulator: o = round_o(s) when `first` (o holds
+    nothing yet), else o = round_o(o + s) (step c, TAG_OUTER). Returns (o, counts)."""
     sk, sn, ss, se = unpack_f64(s)
-    if c == 0:
+    if first:
         outer, ev = round_unpacked_ev(sk, sn, ss, se, ospec, seed, index, c, TAG_OUTER)
     else:
         ok, on, osig, oe = unpack_f64(outer)
@@ -496,44 +522,75 @@ def promote(outer, c, s, ospec, seed, index, cnt):
 
 
 @njit(cache=True)
-def reduce_chunked(a, b, has_b, p, m, n, nk, chunk, spec, ospec, prod_on, pspec, seed, index):
+def reduce_chunked(a, b, has_b, p, m, n, nk, chunk, has_c, cbits, c_outer, spec, ospec, prod_on,
+                   pspec, seed, index):
     """Chunk c (terms c*chunk ..) summed sequentially in spec; o = round_o(s_0), then
-    o = round_o(o + s_c) (step c, TAG_OUTER); +0 in the outer format when empty."""
+    o = round_o(o + s_c) (step c, TAG_OUTER); +0 in the outer format when empty. C starts the
+    first chunk's sum (c_outer false) or the outer sum (o = round_o(C + s_0)); with no terms,
+    round_o(C) (step 0, TAG_OUTER)."""
     if nk <= 0:
+        if has_c:
+            return round_initial(cbits, ospec, seed, index, 0, TAG_OUTER, _CNT0)
         return core._zero(False, C_MAN, C_BIAS, ospec), _CNT0
-    outer = _U0
+    into_outer = has_c and c_outer
+    outer = np.uint64(cbits) if into_outer else _U0
+    first = not into_outer
     cnt = _CNT0
     c = np.int64(0)
     for k0 in range(0, nk, chunk):
         k1 = min(k0 + chunk, nk)
-        s, inner = reduce_sequential(a, b, has_b, p, m, n, k0, k1, spec, prod_on, pspec, seed,
-                                     index)
+        s, inner = reduce_sequential(a, b, has_b, p, m, n, k0, k1,
+                                     has_c and not c_outer and c == 0, cbits, spec, prod_on,
+                                     pspec, seed, index)
         cnt = (cnt[0] + inner[0], cnt[1] + inner[1], cnt[2] + inner[2])
-        outer, cnt = promote(outer, c, s, ospec, seed, index, cnt)
+        outer, cnt = promote(outer, first, c, s, ospec, seed, index, cnt)
+        first = False
         c += 1
     return outer, cnt
 
 
 @njit(cache=True)
-def reduce_pairwise(a, b, has_b, p, m, n, nk, spec, prod_on, pspec, seed, index):
+def reduce_pairwise(a, b, has_b, p, m, n, nk, has_c, cbits, spec, prod_on, pspec, seed, index):
     """The fixed tree of docs/accumulation.md: a subtree of n terms is (left) + (right) with the
     left part the largest power of two below n. Computed as a binary counter: each term is pushed
     unrounded; while the two top entries hold equally many terms they are merged; at the end the
     remaining entries are merged from the top (right) down. Merge number i (in this order, which
-    is the tree's post-order) is step i; one term alone is round(t_0), step 0."""
+    is the tree's post-order) is step i; one term alone is round(t_0), step 0. With C: round(C +
+    T), T the tree's root (t_0 itself, unrounded, for one term), step K - 1; round(C) alone for
+    K = 0."""
+    return pairwise_with_c(np.empty(PAIRWISE_STACK, np.int64), np.empty(PAIRWISE_STACK, np.bool_),
+                           np.empty(PAIRWISE_STACK, np.uint64), np.empty(PAIRWISE_STACK, np.int64),
+                           np.empty(PAIRWISE_STACK, np.int64), a, b, has_b, p, m, n, nk, has_c,
+                           cbits, spec, prod_on, pspec, seed, index)
+
+
+@njit(cache=True)
+def pairwise_with_c(kinds, negs, sigs, exps, sizes, a, b, has_b, p, m, n, nk, has_c, cbits, spec,
+                    prod_on, pspec, seed, index):
+    """reduce_pairwise on a caller's stack of PAIRWISE_STACK entries (NumPy arrays on the CPU,
+    thread-local arrays in a CUDA kernel, which cannot allocate)."""
     if nk <= 0:
+        if has_c:
+            return round_initial(cbits, spec, seed, index, 0, TAG_ADD, _CNT0)
         return core._zero(False, C_MAN, C_BIAS, spec), _CNT0
-    return pairwise_tree(np.empty(PAIRWISE_STACK, np.int64), np.empty(PAIRWISE_STACK, np.bool_),
-                         np.empty(PAIRWISE_STACK, np.uint64), np.empty(PAIRWISE_STACK, np.int64),
-                         np.empty(PAIRWISE_STACK, np.int64), a, b, has_b, p, m, n, nk, spec,
-                         prod_on, pspec, seed, index)
+    ck, cn, cs, ce = unpack_f64(np.uint64(cbits))
+    if has_c and nk == 1:
+        tk, tn, ts, te = term(a, b, has_b, p, m, n, 0, prod_on, pspec, seed, index)
+        bits, ev = add_round_ev(ck, cn, cs, ce, tk, tn, ts, te, spec, seed, index, 0, TAG_ADD)
+        return bits, tally(_CNT0, ev)
+    root, cnt = pairwise_tree(kinds, negs, sigs, exps, sizes, a, b, has_b, p, m, n, nk, spec,
+                              prod_on, pspec, seed, index)
+    if not has_c:
+        return root, cnt
+    rk, rn, rs, re = unpack_f64(root)
+    bits, ev = add_round_ev(ck, cn, cs, ce, rk, rn, rs, re, spec, seed, index, nk - 1, TAG_ADD)
+    return bits, tally(cnt, ev)
 
 
 @njit(cache=True)
 def pairwise_tree(kinds, negs, sigs, exps, sizes, a, b, has_b, p, m, n, nk, spec, prod_on, pspec,
                   seed, index):
-    """reduce_pairwise for nk >= 1 on a caller's stack of PAIRWISE_STACK entries (NumPy arrays on
-    the CPU, thread-local arrays in a CUDA kernel, which cannot allocate)."""
+    """The tree of reduce_pairwise (no C) for nk >= 1 on a caller's stack."""
     top = 0
     merges = np.int64(0)
     result = _U0
@@ -568,16 +625,25 @@ def pairwise_tree(kinds, negs, sigs, exps, sizes, a, b, has_b, p, m, n, nk, spec
 
 
 @njit(cache=True)
-def reduce_kahan(a, b, has_b, p, m, n, nk, spec, prod_on, pspec, seed, index):
+def reduce_kahan(a, b, has_b, p, m, n, nk, has_c, cbits, spec, prod_on, pspec, seed, index):
     """s = round(t_0), c = +0; for k >= 1: y = round(t_k - c), t = round(s + y),
-    c = round(round(t - s) - y), s = t (steps k; tags KAHAN_Y, ADD, KAHAN_D, KAHAN_C)."""
-    if nk <= 0:
-        return core._zero(False, C_MAN, C_BIAS, spec), _CNT0
-    tk, tn, ts, te = term(a, b, has_b, p, m, n, 0, prod_on, pspec, seed, index)
-    s_bits, ev = round_unpacked_ev(tk, tn, ts, te, spec, seed, index, 0, TAG_ADD)
-    cnt = tally(_CNT0, ev)
+    c = round(round(t - s) - y), s = t (steps k; tags KAHAN_Y, ADD, KAHAN_D, KAHAN_C). With C:
+    s = C (exact), c = +0, and the same loop for k >= 0; round(C) alone for K = 0."""
+    if has_c:
+        if nk <= 0:
+            return round_initial(cbits, spec, seed, index, 0, TAG_ADD, _CNT0)
+        s_bits = np.uint64(cbits)
+        cnt = _CNT0
+        start = 0
+    else:
+        if nk <= 0:
+            return core._zero(False, C_MAN, C_BIAS, spec), _CNT0
+        tk, tn, ts, te = term(a, b, has_b, p, m, n, 0, prod_on, pspec, seed, index)
+        s_bits, ev = round_unpacked_ev(tk, tn, ts, te, spec, seed, index, 0, TAG_ADD)
+        cnt = tally(_CNT0, ev)
+        start = 1
     ck, cn, cs, ce = K_FIN, False, _U0, _I0
-    for k in range(1, nk):
+    for k in range(start, nk):
         tk, tn, ts, te = term(a, b, has_b, p, m, n, k, prod_on, pspec, seed, index)
         y_bits, ev = add_round_ev(tk, tn, ts, te, ck, not cn, cs, ce, spec, seed, index, k,
                                   TAG_KAHAN_Y)
@@ -600,6 +666,22 @@ def reduce_kahan(a, b, has_b, p, m, n, nk, spec, prod_on, pspec, seed, index):
 
 
 # ---- multiterm -----------------------------------------------------------------------------------
+# One group (block) of terms, optionally with the accumulator, is one exact fixed-point sum:
+#   - each nonzero value v has an alignment exponent e(v): floor(log2|v|) (ALIGN_NORMALIZED), or,
+#     for a product (ALIGN_PRODUCT), ea + eb with each operand's exponent in its format,
+#     max(floor(log2|x|), emin) (a subnormal operand has exponent emin); so a product's
+#     significand |v| / 2^e(v) lies in (0, 4), unnormalized. An accumulator value (C or the
+#     running sum) has e = max(floor(log2|v|), emin of the accumulator format) there.
+#   - E = max e(v); q = E - width + 1 (width - 1 fraction bits kept below E);
+#   - each value is truncated to a multiple of 2^q: toward zero (TRUNC_ZERO, sign-magnitude) or
+#     toward -inf (TRUNC_FLOOR, two's complement); the truncated values are summed exactly.
+# Widths (int64): a value has |v| < 2^(e(v) + 2) <= 2^(E + 2) (products; accumulator values and
+# ALIGN_NORMALIZED terms < 2^(E + 1)), so |T(v)| / 2^q <= 2^(width + 1) (floor may reach the
+# bound). A group has at most group + 1 values, so |S| <= (group + 1) * 2^(width + 1) <
+# 2^(bitlen(group + 1) + width + 1) <= 2^63 because refsim.specs checks width + bitlen(group) +
+# 1 <= 62 (ALIGN_PRODUCT) or width + bitlen(group) <= 62 (ALIGN_NORMALIZED, one bit less per
+# term) and bitlen(group + 1) <= bitlen(group) + 1. A value far below 2^q (C spans the whole
+# float64 range) truncates to 0 units, or to one unit under floor when negative.
 @njit(cache=True)
 def top_exponent(sig, exp):
     """floor(log2(sig * 2^exp)) for sig > 0."""
@@ -607,19 +689,76 @@ def top_exponent(sig, exp):
 
 
 @njit(cache=True)
-def truncate_to(sig, exp, q):
-    """floor(sig * 2^exp / 2^q) for a value below 2^(q + 63) (the caller guarantees it)."""
+def truncate_units(negative, sig, exp, q, floor):
+    """|T| / 2^q for T the value (-1)^negative * sig * 2^exp (sig > 0) truncated to a multiple of
+    2^q: toward zero, or toward -inf when `floor` (a negative value with nonzero bits below 2^q
+    loses one unit more). Precondition: |value| <= 2^(q + 62) (the width proof above)."""
     shift = exp - q
     if shift >= 0:
         return sig << np.uint64(shift)
     if shift <= -64:
-        return _U0
-    return sig >> np.uint64(-shift)
+        units = _U0
+        rest = True
+    else:
+        units = sig >> np.uint64(-shift)
+        rest = (sig & core.low_mask(-shift)) != _U0
+    if floor and negative and rest:
+        units += _U1
+    return units
 
 
 @njit(cache=True)
-def _scan_one(scan, kind, negative, sig, exp):
-    """multiterm_group's scan (has NaN, has +Inf, has -Inf, largest exponent) after one value."""
+def operand_exponent(bits, emin):
+    """max(floor(log2|x|), emin) of a finite nonzero float64 operand: its exponent in a format
+    whose smallest normal exponent is emin (a subnormal there has exponent emin)."""
+    _, _, sig, exp = unpack_f64(np.uint64(bits))
+    return max(top_exponent(sig, exp), emin)
+
+
+@njit(cache=True)
+def flush_operand(bits, emin):
+    """x, or the zero of x's sign when x is finite, nonzero and below 2^emin (subnormal in the
+    operand format)."""
+    bits = np.uint64(bits)
+    kind, _, sig, exp = unpack_f64(bits)
+    if kind == K_FIN and sig != _U0 and top_exponent(sig, exp) < emin:
+        return bits & (_U1 << np.uint64(63))
+    return bits
+
+
+@njit(cache=True)
+def mt_term(a, b, has_b, p, m, n, k, prod_on, pspec, mt, seed, index):
+    """Term k of a multiterm output with its alignment exponent: (kind, negative, sig, exp, e),
+    e meaningful for finite nonzero terms only. Operands below 2^emin are flushed first when
+    mt[MT_FLUSH]."""
+    emin = mt[MT_EMIN]
+    x = np.uint64(a[p, m, k])
+    y = np.uint64(b[p, n, k]) if has_b else _U0
+    if mt[MT_FLUSH] != 0:
+        x = flush_operand(x, emin)
+        y = flush_operand(y, emin)
+    if has_b:
+        kind, negative, sig, exp = mul_exact(x, y)
+    else:
+        kind, negative, sig, exp = unpack_f64(x)
+    if prod_on:
+        kind, negative, sig, exp = unpack_f64(round_unpacked(kind, negative, sig, exp, pspec,
+                                                             seed, index, k, TAG_PRODUCT))
+    e = _I0
+    if kind == K_FIN and sig != _U0:
+        if mt[MT_ALIGN] == ALIGN_PRODUCT:
+            e = operand_exponent(x, emin)
+            if has_b:
+                e += operand_exponent(y, emin)
+        else:
+            e = top_exponent(sig, exp)
+    return kind, negative, sig, exp, e
+
+
+@njit(cache=True)
+def _scan_one(scan, kind, negative, sig, e):
+    """multiterm_group's scan (has NaN, has +Inf, has -Inf, largest alignment exponent) after
+    one value whose alignment exponent is e."""
     has_nan, pos_inf, neg_inf, e_max = scan
     if kind == K_NAN:
         has_nan = True
@@ -629,16 +768,16 @@ def _scan_one(scan, kind, negative, sig, exp):
         else:
             pos_inf = True
     elif sig != _U0:
-        e_max = max(e_max, top_exponent(sig, exp))
+        e_max = max(e_max, e)
     return has_nan, pos_inf, neg_inf, e_max
 
 
 @njit(cache=True)
-def _add_truncated(state, negative, sig, exp, q):
+def _add_truncated(state, negative, sig, exp, q, floor):
     """multiterm_group's sum (S, +0 count, -0 count, nonzero count) after one finite value
-    truncated toward zero to a multiple of 2^q."""
+    truncated to a multiple of 2^q (truncate_units)."""
     total, n_pos_zero, n_neg_zero, n_nonzero = state
-    v = truncate_to(sig, exp, q) if sig != _U0 else _U0
+    v = truncate_units(negative, sig, exp, q, floor) if sig != _U0 else _U0
     if v == _U0:
         if negative:
             n_neg_zero += 1
@@ -651,37 +790,39 @@ def _add_truncated(state, negative, sig, exp, q):
 
 
 @njit(cache=True)
-def multiterm_group(a, b, has_b, p, m, n, g0, g1, width, with_acc, acc, spec, prod_on, pspec,
-                    seed, index):
+def multiterm_group(a, b, has_b, p, m, n, g0, g1, with_acc, acc, spec, prod_on, pspec, mt, seed,
+                    index):
     """The group of terms g0 .. g1-1, plus the accumulator `acc` (float64 bits) when with_acc,
-    as one exact value (kind, negative, sig, exp) (docs/accumulation.md, multiterm):
-
-    specials first (NaN if any NaN or both infinities, else the infinity); otherwise, with E the
-    largest floor(log2|v|) of the nonzero values and q = E - width + 1, the sum of the values
-    each truncated toward zero to a multiple of 2^q, as S * 2^q with |S| < (count) * 2^width. A
-    zero S is -0 when every truncated value is a zero of sign -, +0 when every one is +0, else +0
-    (-0 under rdn)."""
-    # Scan: (has NaN, has +Inf, has -Inf, E) over the accumulator and the terms.
+    as one exact value (kind, negative, sig, exp) (docs/accumulation.md, multiterm; the section
+    comment above): specials first (NaN if any NaN or both infinities, else the infinity); else
+    S * 2^q, the exact sum of the truncated values. A zero S is -0 when every truncated value is
+    a zero of sign -, +0 when every one is +0, else +0 (-0 under rdn)."""
+    floor = mt[MT_TRUNC] == TRUNC_FLOOR
     scan = (False, False, False, np.int64(-(1 << 40)))
     if with_acc:
         xk, xn, xs, xe = unpack_f64(acc)
-        scan = _scan_one(scan, xk, xn, xs, xe)
+        if xk == K_FIN and xs != _U0:
+            e_acc = top_exponent(xs, xe)
+            if mt[MT_ALIGN] == ALIGN_PRODUCT:
+                e_acc = max(e_acc, spec[core.P_EMIN])
+            scan = _scan_one(scan, xk, xn, xs, e_acc)
+        else:
+            scan = _scan_one(scan, xk, xn, xs, _I0)
     for k in range(g0, g1):
-        tk, tn, ts, te = term(a, b, has_b, p, m, n, k, prod_on, pspec, seed, index)
-        scan = _scan_one(scan, tk, tn, ts, te)
+        tk, tn, ts, te, e = mt_term(a, b, has_b, p, m, n, k, prod_on, pspec, mt, seed, index)
+        scan = _scan_one(scan, tk, tn, ts, e)
     has_nan, pos_inf, neg_inf, e_max = scan
     if has_nan or (pos_inf and neg_inf):
         return K_NAN, False, _U0, _I0
     if pos_inf or neg_inf:
         return K_INF, neg_inf, _U0, _I0
-    q = e_max - width + 1
-    # Sum: (S, count of +0, count of -0, count of nonzero) of the truncated values.
+    q = e_max - mt[MT_WIDTH] + 1
     state = (np.int64(0), 0, 0, 0)
     if with_acc:
-        state = _add_truncated(state, xn, xs, xe, q)
+        state = _add_truncated(state, xn, xs, xe, q, floor)
     for k in range(g0, g1):
-        tk, tn, ts, te = term(a, b, has_b, p, m, n, k, prod_on, pspec, seed, index)
-        state = _add_truncated(state, tn, ts, te, q)
+        tk, tn, ts, te, e = mt_term(a, b, has_b, p, m, n, k, prod_on, pspec, mt, seed, index)
+        state = _add_truncated(state, tn, ts, te, q, floor)
     total, n_pos_zero, n_neg_zero, n_nonzero = state
     if total == 0:
         if n_nonzero == 0 and n_pos_zero == 0:
@@ -697,73 +838,91 @@ def multiterm_group(a, b, has_b, p, m, n, g0, g1, width, with_acc, acc, spec, pr
 
 
 @njit(cache=True)
-def reduce_multiterm(a, b, has_b, p, m, n, nk, chunk, group, width, variant, spec, ospec,
-                     prod_on, pspec, seed, index):
+def reduce_multiterm(a, b, has_b, p, m, n, nk, chunk, has_c, cbits, spec, ospec, prod_on, pspec,
+                     mt, seed, index):
     """Chunks of `chunk` terms (chunk <= 0: one chunk of all nk), each a sequence of groups of
-    `group` terms; group g (terms g*group ..) is step g (TAG_ADD):
-      acc-excluded: s = round(G) for a chunk's first group, else s = round(s + G), with G the
-        group's aligned, truncated exact sum (multiterm_group);
-      acc-aligned: s = round(G) for a chunk's first group, else s = round(G') with G' the same
-        sum with s joining the alignment and truncation.
-    Each chunk's s is promoted into the outer accumulator (promote); +0 there when empty."""
+    mt[MT_GROUP] terms; group g (terms g*group ..) is step g (TAG_ADD). Within a chunk, with s
+    the running sum (none before the chunk's first group, except C in the first chunk when C
+    enters inside):
+      no s yet:      s = round(G), G the group's aligned, truncated exact sum (multiterm_group);
+      acc-excluded:  s = round(s + G);
+      acc-aligned:   s = round(G'), G' the same sum with s joining the alignment and truncation.
+    Each chunk's s is promoted into the outer accumulator (promote), which starts from C when C
+    enters outside (mt[MT_C_OUTER]); with no terms the result is round_o(C), or +0 there."""
     if nk <= 0:
+        if has_c:
+            return round_initial(cbits, ospec, seed, index, 0, TAG_OUTER, _CNT0)
         return core._zero(False, C_MAN, C_BIAS, ospec), _CNT0
     if chunk <= 0:
         chunk = nk
-    outer = _U0
+    group = mt[MT_GROUP]
+    aligned = mt[MT_VARIANT] == MT_ALIGNED
+    c_outer = mt[MT_C_OUTER] != 0
+    into_outer = has_c and c_outer
+    outer = np.uint64(cbits) if into_outer else _U0
+    first_outer = not into_outer
     cnt = _CNT0
     c = np.int64(0)
     for c0 in range(0, nk, chunk):
         c1 = min(c0 + chunk, nk)
-        s = _U0
+        have_s = has_c and not c_outer and c == 0
+        s = np.uint64(cbits) if have_s else _U0
         for g0 in range(c0, c1, group):
             g1 = min(g0 + group, c1)
             step = g0 // group
-            first = g0 == c0
-            with_acc = variant == MT_ALIGNED and not first
-            gk, gn, gs, ge = multiterm_group(a, b, has_b, p, m, n, g0, g1, width, with_acc, s,
-                                             spec, prod_on, pspec, seed, index)
-            if first or with_acc:
+            with_acc = aligned and have_s
+            gk, gn, gs, ge = multiterm_group(a, b, has_b, p, m, n, g0, g1, with_acc, s, spec,
+                                             prod_on, pspec, mt, seed, index)
+            if not have_s or with_acc:
                 s, ev = round_unpacked_ev(gk, gn, gs, ge, spec, seed, index, step, TAG_ADD)
             else:
                 sk, sn, ss, se = unpack_f64(s)
                 s, ev = add_round_ev(sk, sn, ss, se, gk, gn, gs, ge, spec, seed, index, step,
                                      TAG_ADD)
             cnt = tally(cnt, ev)
-        outer, cnt = promote(outer, c, s, ospec, seed, index, cnt)
+            have_s = True
+        outer, cnt = promote(outer, first_outer, c, s, ospec, seed, index, cnt)
+        first_outer = False
         c += 1
     return outer, cnt
 
 
 # ---- one output element --------------------------------------------------------------------------
 # The order_* functions share one signature, so a kernel can be built per order (refsim.accumulate
-# compiles only the orders used). mt = (group, width, variant) (MT_* layout; multiterm only).
+# compiles only the orders used). mt: the order parameters (MT_* layout); (has_c, cbits): C.
 @njit(cache=True)
-def order_sequential(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec, mt, seed, index):
-    return reduce_sequential(a, b, has_b, p, m, n, 0, a.shape[2], spec, prod_on, pspec, seed,
-                             index)
-
-
-@njit(cache=True)
-def order_pairwise(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec, mt, seed, index):
-    return reduce_pairwise(a, b, has_b, p, m, n, a.shape[2], spec, prod_on, pspec, seed, index)
+def order_sequential(a, b, has_b, p, m, n, has_c, cbits, chunk, spec, ospec, prod_on, pspec, mt,
+                     seed, index):
+    return reduce_sequential(a, b, has_b, p, m, n, 0, a.shape[2], has_c, cbits, spec, prod_on,
+                             pspec, seed, index)
 
 
 @njit(cache=True)
-def order_chunked(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec, mt, seed, index):
-    return reduce_chunked(a, b, has_b, p, m, n, a.shape[2], chunk, spec, ospec, prod_on, pspec,
-                          seed, index)
+def order_pairwise(a, b, has_b, p, m, n, has_c, cbits, chunk, spec, ospec, prod_on, pspec, mt,
+                   seed, index):
+    return reduce_pairwise(a, b, has_b, p, m, n, a.shape[2], has_c, cbits, spec, prod_on, pspec,
+                           seed, index)
 
 
 @njit(cache=True)
-def order_kahan(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec, mt, seed, index):
-    return reduce_kahan(a, b, has_b, p, m, n, a.shape[2], spec, prod_on, pspec, seed, index)
+def order_chunked(a, b, has_b, p, m, n, has_c, cbits, chunk, spec, ospec, prod_on, pspec, mt,
+                  seed, index):
+    return reduce_chunked(a, b, has_b, p, m, n, a.shape[2], chunk, has_c, cbits,
+                          mt[MT_C_OUTER] != 0, spec, ospec, prod_on, pspec, seed, index)
 
 
 @njit(cache=True)
-def order_multiterm(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec, mt, seed, index):
-    return reduce_multiterm(a, b, has_b, p, m, n, a.shape[2], chunk, mt[MT_GROUP], mt[MT_WIDTH],
-                            mt[MT_VARIANT], spec, ospec, prod_on, pspec, seed, index)
+def order_kahan(a, b, has_b, p, m, n, has_c, cbits, chunk, spec, ospec, prod_on, pspec, mt, seed,
+                index):
+    return reduce_kahan(a, b, has_b, p, m, n, a.shape[2], has_c, cbits, spec, prod_on, pspec,
+                        seed, index)
+
+
+@njit(cache=True)
+def order_multiterm(a, b, has_b, p, m, n, has_c, cbits, chunk, spec, ospec, prod_on, pspec, mt,
+                    seed, index):
+    return reduce_multiterm(a, b, has_b, p, m, n, a.shape[2], chunk, has_c, cbits, spec, ospec,
+                            prod_on, pspec, mt, seed, index)
 
 
 @njit(cache=True)
@@ -780,33 +939,23 @@ def cast_output(bits, cast_on, cspec, seed, index):
 
 
 @njit(cache=True)
-def reduce_full(a, b, has_b, p, m, n, order, chunk, spec, ospec, prod_on, pspec, cast_on, cspec,
-                mt, seed, index):
+def reduce_full(a, b, has_b, p, m, n, has_c, cbits, order, chunk, spec, ospec, prod_on, pspec,
+                cast_on, cspec, mt, seed, index):
     """One output element in any order (all orders compiled): the declared order over
-    k = 0 .. K-1, then the output cast. Returns (float64 bits, counts)."""
+    k = 0 .. K-1 (from C when has_c), then the output cast. Returns (float64 bits, counts)."""
     if order == ORD_PAIRWISE:
-        bits, cnt = order_pairwise(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec, mt,
-                                   seed, index)
+        bits, cnt = order_pairwise(a, b, has_b, p, m, n, has_c, cbits, chunk, spec, ospec,
+                                   prod_on, pspec, mt, seed, index)
     elif order == ORD_CHUNKED:
-        bits, cnt = order_chunked(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec, mt,
-                                  seed, index)
+        bits, cnt = order_chunked(a, b, has_b, p, m, n, has_c, cbits, chunk, spec, ospec,
+                                  prod_on, pspec, mt, seed, index)
     elif order == ORD_KAHAN:
-        bits, cnt = order_kahan(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec, mt,
-                                seed, index)
+        bits, cnt = order_kahan(a, b, has_b, p, m, n, has_c, cbits, chunk, spec, ospec, prod_on,
+                                pspec, mt, seed, index)
     elif order == ORD_MULTITERM:
-        bits, cnt = order_multiterm(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec, mt,
-                                    seed, index)
+        bits, cnt = order_multiterm(a, b, has_b, p, m, n, has_c, cbits, chunk, spec, ospec,
+                                    prod_on, pspec, mt, seed, index)
     else:
-        bits, cnt = order_sequential(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec, mt,
-                                     seed, index)
+        bits, cnt = order_sequential(a, b, has_b, p, m, n, has_c, cbits, chunk, spec, ospec,
+                                     prod_on, pspec, mt, seed, index)
     return cast_output(bits, cast_on, cspec, seed, index), cnt
-
-
-@njit(cache=True)
-def reduce_one(a, b, has_b, p, m, n, order, chunk, spec, ospec, prod_on, pspec, cast_on, cspec,
-               seed, index):
-    """reduce_full without counts, for the orders other than multiterm (kept for callers of the
-    earlier signature). Returns float64 bits."""
-    mt = (np.int64(1), np.int64(1), np.int64(MT_EXCLUDED))
-    return reduce_full(a, b, has_b, p, m, n, order, chunk, spec, ospec, prod_on, pspec, cast_on,
-                       cspec, mt, seed, index)[0]

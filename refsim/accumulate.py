@@ -34,7 +34,15 @@ from refsim.backends.threads import NS_PER_EXACT_MAC, threads_for
 from refsim.blocks import cast_operand
 from refsim.params import carrier_holds, check_array, format_params
 from refsim.quantize import quantize
-from refsim.specs import MULTITERM_VARIANTS, ORDERS, AccumSpec, Cast, GemmSpec
+from refsim.specs import (
+    MULTITERM_ALIGNS,
+    MULTITERM_TRUNCATIONS,
+    MULTITERM_VARIANTS,
+    ORDERS,
+    AccumSpec,
+    Cast,
+    GemmSpec,
+)
 
 __all__ = ["COUNT_KEYS", "conv2d", "dot", "matmul", "sum"]
 
@@ -66,37 +74,41 @@ def _store(out, counts, count_on, i, flat, bits, cnt, cast_on, cspec, seed):
 _ORDER_FUNCTIONS = tuple(getattr(ac, "order_" + order) for order in ORDERS)
 
 
-def _order(order, a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec, mt, seed, index):
+def _order(order, a, b, has_b, p, m, n, has_c, cbits, chunk, spec, ospec, prod_on, pspec, mt,
+           seed, index):
     """accum_core.order_<ORDERS[order]>(a, ...) for a compile-time `order`; Numba code only."""
     raise NotImplementedError("refsim.accumulate._order runs inside Numba kernels only")
 
 
 @overload(_order, prefer_literal=True)
-def _order_overload(order, a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec, mt, seed,
-                    index):
+def _order_overload(order, a, b, has_b, p, m, n, has_c, cbits, chunk, spec, ospec, prod_on, pspec,
+                    mt, seed, index):
     if not isinstance(order, types.IntegerLiteral):
         return None
     function = _ORDER_FUNCTIONS[order.literal_value]
 
-    def impl(order, a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec, mt, seed, index):
-        return function(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec, mt, seed,
-                        index)
+    def impl(order, a, b, has_b, p, m, n, has_c, cbits, chunk, spec, ospec, prod_on, pspec, mt,
+             seed, index):
+        return function(a, b, has_b, p, m, n, has_c, cbits, chunk, spec, ospec, prod_on, pspec,
+                        mt, seed, index)
 
     return impl
 
 
 def _make_kernel(order: int):
     @njit(parallel=True, cache=True)
-    def reduce_outputs(a, b, has_b, todo, out, counts, count_on, chunk, spec, ospec, prod_on,
-                       pspec, cast_on, cspec, mt, seed):
+    def reduce_outputs(a, b, has_b, c, has_c, todo, out, counts, count_on, chunk, spec, ospec,
+                       prod_on, pspec, cast_on, cspec, mt, seed):
         """The outputs whose flat indices are listed in todo (out[i] is output todo[i]) in the
-        order ORDERS[order], parallel over outputs only."""
+        order ORDERS[order], parallel over outputs only; c[flat] holds output flat's initial
+        value C (float64 bits) when has_c."""
         n_cols = b.shape[1] if has_b else 1
         for i in prange(todo.shape[0]):
             flat = todo[i]
             p, m, n = _locate(flat, a.shape[1] * n_cols, n_cols)
-            bits, cnt = _order(order, a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec,
-                               mt, seed, flat)
+            cbits = c[flat] if has_c else np.uint64(0)
+            bits, cnt = _order(order, a, b, has_b, p, m, n, has_c, cbits, chunk, spec, ospec,
+                               prod_on, pspec, mt, seed, flat)
             _store(out, counts, count_on, i, flat, bits, cnt, cast_on, cspec, seed)
 
     return reduce_outputs
@@ -124,6 +136,29 @@ def _spec_tuple(fmt: Format, rounding: str, overflow: str, sr_bits: int | None) 
 
 def _dummy_spec() -> tuple:
     return _spec_tuple(FloatFormat(8, 23), "rne", "default", None)
+
+
+def order_params(acc: AccumSpec) -> tuple:
+    """The int64 tuple of order parameters the kernels take (refsim.accum_core.MT_* layout)."""
+    flush = acc.subnormals == "flush"
+    emin = ac.NO_EMIN if acc.operands is None else acc.operands.emin
+    return tuple(np.int64(v) for v in (
+        acc.group or 1, acc.width or 1,
+        MULTITERM_VARIANTS.index(acc.variant) if acc.variant else 0,
+        MULTITERM_ALIGNS.index(acc.align) if acc.align else 0,
+        MULTITERM_TRUNCATIONS.index(acc.truncation) if acc.truncation else 0,
+        flush, emin, acc.c_entry == "outer"))
+
+
+def initial_values(c: object, shape: tuple[int, ...]) -> np.ndarray:
+    """C (matmul's and dot's c=) broadcast to the output shape, as flat float64 bits."""
+    c = check_array(c, "c")
+    try:
+        full = np.broadcast_to(c, shape)
+    except ValueError:
+        raise ValueError(f"c of shape {c.shape} does not broadcast to the output shape "
+                         f"{shape}") from None
+    return np.ascontiguousarray(full, dtype=np.float64).reshape(-1).view(np.uint64)
 
 
 def _max_significant_bits(x: np.ndarray) -> int:
@@ -161,16 +196,19 @@ def _result_dtype(fmt: Format, dtypes: list[np.dtype]) -> np.dtype:
 
 
 def _run(a3: np.ndarray, b3: np.ndarray | None, acc: AccumSpec, cast: Cast | None,
-         seed: int, count_on: bool = False) -> tuple[np.ndarray, dict[str, int]]:
+         seed: int, count_on: bool = False, c: np.ndarray | None = None
+         ) -> tuple[np.ndarray, dict[str, int]]:
     """The reduction of a (P, M, K) with b (P, N, K) (or of a alone): float64 values (P, M, N) and
-    the event counts summed over all outputs (zeros unless count_on).
+    the event counts summed over all outputs (zeros unless count_on). c: None, or the initial
+    values C as flat float64 bits, one per output.
 
     The fast path (refsim.backends.cpu_gemm) computes what it can; the exact core computes the
-    rest: every output when the fast path does not apply, else only the outputs it left (NaN).
+    rest: every output when the fast path does not apply (always with C), else only the outputs
+    it left (NaN).
     """
     n_cols = 1 if b3 is None else b3.shape[1]
     shape = (a3.shape[0], a3.shape[1], n_cols)
-    fast = cpu_gemm.plan(a3, b3, acc, cast, count_on)
+    fast = None if c is not None else cpu_gemm.plan(a3, b3, acc, cast, count_on)
     if fast is not None:
         assert b3 is not None
         raw = cpu_gemm.run(fast, a3, b3)
@@ -182,15 +220,16 @@ def _run(a3: np.ndarray, b3: np.ndarray | None, acc: AccumSpec, cast: Cast | Non
     else:
         values = np.empty(shape, np.float64)
         todo = np.arange(values.size, dtype=np.int64)
-    exact, events = _run_exact(a3, b3, acc, cast, seed, count_on, todo)
+    exact, events = _run_exact(a3, b3, acc, cast, seed, count_on, todo, c)
     values.reshape(-1)[todo] = exact
     return values, events
 
 
 def _run_exact(a3: np.ndarray, b3: np.ndarray | None, acc: AccumSpec, cast: Cast | None,
-               seed: int, count_on: bool, todo: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
+               seed: int, count_on: bool, todo: np.ndarray, c: np.ndarray | None = None
+               ) -> tuple[np.ndarray, dict[str, int]]:
     """The exact core on the outputs whose flat indices are `todo`: their float64 values and the
-    event counts summed over them."""
+    event counts summed over them (c: as in _run)."""
     spec = _spec_tuple(acc.fmt, acc.rounding, acc.overflow, acc.sr_bits)
     outer = acc.outer_spec
     ospec = _spec_tuple(outer.fmt, outer.rounding, outer.overflow, outer.sr_bits)
@@ -208,12 +247,12 @@ def _run_exact(a3: np.ndarray, b3: np.ndarray | None, acc: AccumSpec, cast: Cast
         b_bits = np.ascontiguousarray(b3, dtype=np.float64).view(np.uint64)
     out = np.empty(todo.size, np.uint64)
     counts = np.zeros((todo.size if count_on else 0, 3), np.int64)
-    mt = (np.int64(acc.group or 1), np.int64(acc.width or 1),
-          np.int64(MULTITERM_VARIANTS.index(acc.variant) if acc.variant else 0))
+    has_c = c is not None
+    c_bits = c if c is not None else np.zeros(1, np.uint64)
     with threads_for(todo.size * a3.shape[2] * NS_PER_EXACT_MAC):
-        _kernel(acc.order)(a_bits, b_bits, has_b, todo, out, counts, count_on,
+        _kernel(acc.order)(a_bits, b_bits, has_b, c_bits, has_c, todo, out, counts, count_on,
                             np.int64(acc.chunk or 0), spec, ospec, prod_on, pspec, cast_on, cspec,
-                            mt, np.uint64(seed))
+                            order_params(acc), np.uint64(seed))
     totals = counts.sum(axis=0)
     events = {key: int(totals[i]) for i, key in enumerate(COUNT_KEYS)}
     return out.view(np.float64), events
@@ -266,8 +305,16 @@ def sum(x, acc: AccumSpec | Format | str, axis: int | None = -1, *, seed: int = 
     return _with_counts(values.reshape(out_shape).astype(dtype), events, counts)
 
 
-def dot(x, y, acc: AccumSpec | Format | str, *, seed: int = 0, counts: bool = False):
+def dot(x, y, acc: AccumSpec | Format | str, c=None, *, seed: int = 0, counts: bool = False):
     """The dot product of two 1-D arrays, products exact (or rounded to acc.product).
+
+    Args:
+        x, y: 1-D NumPy float32/float64 arrays of one length.
+        acc: an AccumSpec, or a format (rne, sequential).
+        c: None, or the initial value C, a float32/float64 array of shape (): the result is
+            x·y + C, with C entering as acc declares (docs/accumulation.md, "The initial
+            value C").
+        seed, counts: as in `sum`.
 
     Returns:
         A 0-d array; with counts=True the pair (array, counts dict) as in `sum`.
@@ -280,18 +327,24 @@ def dot(x, y, acc: AccumSpec | Format | str, *, seed: int = 0, counts: bool = Fa
         raise ValueError(f"dot needs two 1-D arrays of the same length; got x of shape {x.shape} "
                          f"and y of shape {y.shape}")
     _check_products(x, y, "x", "y")
-    values, events = _run(x.reshape(1, 1, -1), y.reshape(1, 1, -1), acc, None, seed, counts)
-    dtype = _result_dtype(_result_format(acc, None), [x.dtype, y.dtype])
+    c_bits = None if c is None else initial_values(c, ())
+    values, events = _run(x.reshape(1, 1, -1), y.reshape(1, 1, -1), acc, None, seed, counts,
+                          c_bits)
+    dtypes = [x.dtype, y.dtype] + ([] if c is None else [c.dtype])
+    dtype = _result_dtype(_result_format(acc, None), dtypes)
     return _with_counts(values.reshape(()).astype(dtype), events, counts)
 
 
-def matmul(a, b, spec: GemmSpec, *, seed: int = 0, counts: bool = False):
-    """a @ b as GemmSpec declares: Cast a and b, exact products, accumulate, Cast the result.
+def matmul(a, b, spec: GemmSpec, c=None, *, seed: int = 0, counts: bool = False):
+    """a @ b (+ C) as GemmSpec declares: Cast a and b, exact products, accumulate, Cast the result.
 
     Args:
         a: (..., M, K) NumPy float32/float64 array.
         b: (..., K, N) array; batch dimensions broadcast as in np.matmul (2-D and batched).
         spec: a GemmSpec.
+        c: None, or the initial accumulator C: a float32/float64 array that broadcasts to the
+            output shape (..., M, N); D = A·B + C with C entering the accumulation as spec.acc
+            declares (docs/accumulation.md, "The initial value C"), taken exactly (not cast).
         seed: 0..2^64-1; a's Cast uses seed, b's Cast seed + 1, the accumulation seed.
         counts: also return the accumulator's event counts (as in `sum`).
 
@@ -300,7 +353,7 @@ def matmul(a, b, spec: GemmSpec, *, seed: int = 0, counts: bool = False):
     """
     from refsim.backends import cuda
     if cuda.is_device_array(a) or cuda.is_device_array(b):  # on the GPU: refsim.backends.cuda
-        return cuda.matmul(a, b, spec, seed=seed, counts=counts)
+        return cuda.matmul(a, b, spec, c, seed=seed, counts=counts)
     a = check_array(a, "a")
     b = check_array(b, "b")
     if not isinstance(spec, GemmSpec):
@@ -317,6 +370,7 @@ def matmul(a, b, spec: GemmSpec, *, seed: int = 0, counts: bool = False):
     except ValueError:
         raise ValueError(f"matmul: batch dimensions do not broadcast; got a of shape {a.shape} "
                          f"and b of shape {b.shape}") from None
+    c_bits = None if c is None else initial_values(c, (*batch, a.shape[-2], b.shape[-1]))
     if spec.a is not None:  # a block format (MX) has its blocks along K: a's last axis
         a = cast_operand(a, spec.a, seed, axis=-1)
     if spec.b is not None:  # and b's second-to-last
@@ -327,8 +381,9 @@ def matmul(a, b, spec: GemmSpec, *, seed: int = 0, counts: bool = False):
     count = int(np.prod(batch))
     a3 = np.broadcast_to(a, (*batch, m, k)).reshape(count, m, k)
     b3 = np.swapaxes(np.broadcast_to(b, (*batch, k, n)), -1, -2).reshape(count, n, k)
-    values, events = _run(a3, b3, spec.acc, spec.out, seed, counts)
-    dtype = _result_dtype(_result_format(spec.acc, spec.out), [a.dtype, b.dtype])
+    values, events = _run(a3, b3, spec.acc, spec.out, seed, counts, c_bits)
+    dtypes = [a.dtype, b.dtype] + ([] if c is None else [c.dtype])
+    dtype = _result_dtype(_result_format(spec.acc, spec.out), dtypes)
     return _with_counts(values.reshape(*batch, m, n).astype(dtype), events, counts)
 
 

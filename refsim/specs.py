@@ -22,7 +22,8 @@ from formats.block_format import NAMED_BLOCKS, BlockFormat, get_block_format, is
 from formats.policy import check_int, check_overflow, check_rounding, check_sr_bits
 from formats.registry import name_of
 
-__all__ = ["MULTITERM_MAX_BITS", "MULTITERM_VARIANTS", "ORDERS", "AccumSpec", "Cast", "GemmSpec",
+__all__ = ["C_ENTRIES", "MULTITERM_ALIGNS", "MULTITERM_MAX_BITS", "MULTITERM_TRUNCATIONS",
+           "MULTITERM_VARIANTS", "ORDERS", "SUBNORMAL_INPUTS", "AccumSpec", "Cast", "GemmSpec",
            "format_fits"]
 
 ORDERS: tuple[str, ...] = ("sequential", "pairwise", "chunked", "kahan", "multiterm")
@@ -35,7 +36,23 @@ rounding; acc-aligned: the accumulator joins the group's alignment (and truncati
 term."""
 
 MULTITERM_MAX_BITS = 62
-"""multiterm: width + group.bit_length() may be at most this (the group sum is exact in int64)."""
+"""multiterm: width + group.bit_length() (+ 1 for align='product') may be at most this (the group
+sum is exact in int64; refsim.accum_core proves it)."""
+
+MULTITERM_ALIGNS: tuple[str, ...] = ("normalized", "product")
+"""normalized: a value's alignment exponent is floor(log2|v|); product: a product's is ea + eb,
+each operand's exponent in its format (its significand is unnormalized, in [1, 4))."""
+
+MULTITERM_TRUNCATIONS: tuple[str, ...] = ("toward-zero", "floor")
+"""How aligned values lose their bits below the kept width: toward-zero (sign-magnitude) or
+floor (two's complement: a negative value loses up to one unit more)."""
+
+SUBNORMAL_INPUTS: tuple[str, ...] = ("keep", "flush")
+"""multiterm: operands subnormal in AccumSpec.operands keep their value or are flushed to zero."""
+
+C_ENTRIES: tuple[str, ...] = ("inner", "outer")
+"""chunked/multiterm: the initial value C (matmul's c=) starts the first chunk's running sum
+(inner) or the outer accumulator (outer)."""
 
 
 # ---- formats ------------------------------------------------------------------------------------
@@ -241,7 +258,10 @@ class Cast:
 
 # ---- AccumSpec ----------------------------------------------------------------------------------
 _ACCUM_KEYS = ("fmt", "rounding", "order", "chunk", "outer", "product", "sr_bits", "overflow",
-               "group", "width", "variant")
+               "group", "width", "variant", "align", "truncation", "operands", "subnormals",
+               "c_entry")
+# Defaults filled in for order multiterm (c_entry: chunked and multiterm) and left out of to_dict.
+_MULTITERM_DEFAULTS = {"align": "normalized", "truncation": "toward-zero", "subnormals": "keep"}
 
 
 @dataclass(frozen=True)
@@ -263,7 +283,17 @@ class AccumSpec:
         group: multiterm: products per aligned group.
         width: multiterm: significand bits kept after alignment (lower bits truncated toward
             zero); width + group.bit_length() <= 62.
-        variant: multiterm: 'acc-excluded' (default) or 'acc-aligned'.
+        variant: multiterm: 'acc-excluded' (default: the running sum is added to the group's
+            exact aligned sum with one rounding) or 'acc-aligned' (it joins the alignment).
+        align: multiterm: 'normalized' (default) or 'product' (a product's alignment exponent is
+            ea + eb; docs/accumulation.md).
+        truncation: multiterm: 'toward-zero' (default) or 'floor' (two's complement).
+        operands: multiterm: the operands' format (object or name): a subnormal operand's
+            exponent is its emin (align='product'), and subnormals='flush' flushes its
+            subnormals. None: operands are taken as float64 values.
+        subnormals: multiterm: 'keep' (default) or 'flush' (needs operands).
+        c_entry: chunked/multiterm: where matmul's initial value C enters, 'inner' (default: the
+            first chunk's running sum) or 'outer' (the outer accumulator).
     """
 
     fmt: Format
@@ -277,6 +307,11 @@ class AccumSpec:
     group: int | None = None
     width: int | None = None
     variant: str | None = None
+    align: str | None = None
+    truncation: str | None = None
+    operands: Format | None = None
+    subnormals: str | None = None
+    c_entry: str | None = None
 
     def __post_init__(self) -> None:
         fmt = _format(self.fmt, "AccumSpec.fmt")
@@ -340,10 +375,13 @@ class AccumSpec:
             if self.group is None or self.width is None:
                 raise ValueError("AccumSpec.order='multiterm' needs group (products per aligned "
                                  "group) and width (significand bits kept)")
-            if self.width + self.group.bit_length() > MULTITERM_MAX_BITS:
+            _check_multiterm_options(self)
+            extra = 1 if self.align == "product" else 0
+            if self.width + self.group.bit_length() + extra > MULTITERM_MAX_BITS:
                 raise ValueError(f"AccumSpec.width ({self.width}) plus the bit length of group "
-                                 f"({self.group.bit_length()}) must be at most "
-                                 f"{MULTITERM_MAX_BITS} (the group sum is exact in 64 bits)")
+                                 f"({self.group.bit_length()}){' plus 1 (align=product)' * extra}"
+                                 f" must be at most {MULTITERM_MAX_BITS} (the group sum is exact "
+                                 "in 64 bits)")
             if self.variant is None:
                 object.__setattr__(self, "variant", "acc-excluded")
             elif self.variant not in MULTITERM_VARIANTS:
@@ -355,6 +393,24 @@ class AccumSpec:
         elif any(value is not None for value in multi):
             raise ValueError(f"AccumSpec.group, width and variant apply to order='multiterm' "
                              f"only; got order={self.order!r}")
+        else:
+            for key in ("align", "truncation", "operands", "subnormals"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"AccumSpec.{key} applies to order='multiterm' only; got "
+                                     f"order={self.order!r}")
+        if blocked:
+            _check_choice(self, "c_entry", C_ENTRIES)
+        elif self.c_entry is not None:
+            raise ValueError(f"AccumSpec.c_entry applies to order='chunked' or 'multiterm' only; "
+                             f"got order={self.order!r}")
+
+    def _options(self) -> dict[str, str]:
+        """align, truncation, subnormals and c_entry where they differ from their defaults."""
+        options = {key: getattr(self, key) for key, default in _MULTITERM_DEFAULTS.items()
+                   if getattr(self, key) not in (None, default)}
+        if self.c_entry not in (None, "inner"):
+            options["c_entry"] = self.c_entry
+        return options
 
     @classmethod
     def of(cls, value: object, name: str) -> AccumSpec:
@@ -378,6 +434,9 @@ class AccumSpec:
         for key in ("chunk", "sr_bits", "group", "width", "variant"):
             if getattr(self, key) is not None:
                 data[key] = getattr(self, key)
+        data.update(self._options())
+        if self.operands is not None:
+            data["operands"] = _format_to_data(self.operands)
         if self.outer is not None:
             data["outer"] = self.outer.to_dict()
         if self.product is not None:
@@ -390,6 +449,8 @@ class AccumSpec:
         if "fmt" not in data:
             raise ValueError("AccumSpec: fmt is required")
         data["fmt"] = _format_from_data(data["fmt"], "AccumSpec.fmt")
+        if data.get("operands") is not None:
+            data["operands"] = _format_from_data(data["operands"], "AccumSpec.operands")
         if isinstance(data.get("outer"), dict):
             data["outer"] = cls.from_dict(data["outer"])
         if isinstance(data.get("product"), dict):
@@ -410,11 +471,42 @@ class AccumSpec:
             parts.append(f"overflow={self.overflow}")
         parts.extend(f"{key}={getattr(self, key)}" for key in ("chunk", "group", "width", "variant")
                      if getattr(self, key) is not None)
+        parts.extend(f"{key}={value}" for key, value in self._options().items())
+        if self.operands is not None:
+            parts.append(f"operands={_short(self.operands)}")
         if self.outer is not None:
             parts.append(f"outer={_short(self.outer.fmt)}/{self.outer.rounding}")
         if self.product is not None:
             parts.append(f"product={self.product}")
         return f"AccumSpec({', '.join(parts)})"
+
+
+def _check_choice(spec: AccumSpec, key: str, allowed: tuple[str, ...]) -> None:
+    """spec.<key>: one of `allowed`; None becomes allowed[0] (the default)."""
+    value = getattr(spec, key)
+    if value is None:
+        object.__setattr__(spec, key, allowed[0])
+    elif not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"AccumSpec.{key} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _check_multiterm_options(spec: AccumSpec) -> None:
+    """align, truncation, operands and subnormals of a multiterm AccumSpec (defaults filled)."""
+    _check_choice(spec, "align", MULTITERM_ALIGNS)
+    _check_choice(spec, "truncation", MULTITERM_TRUNCATIONS)
+    _check_choice(spec, "subnormals", SUBNORMAL_INPUTS)
+    if spec.operands is not None:
+        operands = _format(spec.operands, "AccumSpec.operands")
+        if not isinstance(operands, FloatFormat):
+            raise ValueError(f"AccumSpec.operands must be a floating-point format; got "
+                             f"{_short(operands)}")
+        object.__setattr__(spec, "operands", operands)
+    elif spec.subnormals == "flush":
+        raise ValueError("AccumSpec.subnormals='flush' needs operands, the operands' format "
+                         "(whose subnormals are flushed), e.g. operands='fp16'")
+    if spec.align == "product" and spec.product is not None:
+        raise ValueError("AccumSpec.align='product' aligns exact products by their operands' "
+                         "exponents; it cannot be combined with a product Cast")
 
 
 # ---- GemmSpec -----------------------------------------------------------------------------------

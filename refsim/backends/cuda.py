@@ -160,19 +160,15 @@ def _pairwise_function():
     stack = ac.PAIRWISE_STACK
 
     @cuda.jit(device=True)
-    def _order_pairwise(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec, mt, seed,
-                        index):
+    def _order_pairwise(a, b, has_b, p, m, n, has_c, cbits, chunk, spec, ospec, prod_on, pspec,
+                        mt, seed, index):
         """accum_core.order_pairwise (reduce_pairwise) with its stack in thread-local arrays."""
-        nk = a.shape[2]
-        if nk <= 0:
-            return core._zero(False, ac.C_MAN, ac.C_BIAS, spec), (np.int64(0), np.int64(0),
-                                                                  np.int64(0))
-        return ac.pairwise_tree(cuda.local.array(stack, np.int64),
-                                cuda.local.array(stack, np.bool_),
-                                cuda.local.array(stack, np.uint64),
-                                cuda.local.array(stack, np.int64),
-                                cuda.local.array(stack, np.int64), a, b, has_b, p, m, n, nk,
-                                spec, prod_on, pspec, seed, index)
+        return ac.pairwise_with_c(cuda.local.array(stack, np.int64),
+                                  cuda.local.array(stack, np.bool_),
+                                  cuda.local.array(stack, np.uint64),
+                                  cuda.local.array(stack, np.int64),
+                                  cuda.local.array(stack, np.int64), a, b, has_b, p, m, n,
+                                  a.shape[2], has_c, cbits, spec, prod_on, pspec, seed, index)
 
     return _order_pairwise
 
@@ -200,12 +196,13 @@ def _matmul_kernel(order: str):
     operand = _operand_function()
 
     @cuda.jit
-    def kernel(a, b, has_b, out, counts, count_on, chunk, spec, ospec, prod_on, pspec, cast_on,
-               cspec, mt, seed):
-        """out[flat] = the reduced, cast value of output (p, m, n); counts[flat] its events when
-        count_on."""
+    def kernel(a, b, has_b, c, has_c, out, counts, count_on, chunk, spec, ospec, prod_on, pspec,
+               cast_on, cspec, mt, seed):
+        """out[flat] = the reduced, cast value of output (p, m, n), from the initial value c[flat]
+        (float64 bits) when has_c; counts[flat] its events when count_on."""
         a = operand(a)
         b = operand(b)
+        c = operand(c)
         n_cols = b.shape[1] if has_b else 1
         per_batch = a.shape[1] * n_cols
         for flat in range(cuda.grid(1), out.size, cuda.gridsize(1)):
@@ -214,8 +211,9 @@ def _matmul_kernel(order: str):
             m = rest // n_cols
             n = rest - m * n_cols
             index = np.int64(flat)
-            bits, cnt = order_fn(a, b, has_b, p, m, n, chunk, spec, ospec, prod_on, pspec, mt,
-                                 seed, index)
+            cbits = np.uint64(c[flat]) if has_c else np.uint64(0)
+            bits, cnt = order_fn(a, b, has_b, p, m, n, has_c, cbits, chunk, spec, ospec, prod_on,
+                                 pspec, mt, seed, index)
             # np.uint64: a no-op on the GPU; the simulator returns the bits as a Python int.
             out[flat] = ac.cast_output(np.uint64(bits), cast_on, cspec, seed, index)
             if count_on:
@@ -321,14 +319,22 @@ def quantize(x, fmt, rounding: str = "rne", *, overflow: str = "default",
     return out
 
 
-def matmul(a, b, spec, *, seed: int = 0, counts: bool = False):
+def matmul(a, b, spec, c=None, *, seed: int = 0, counts: bool = False):
     """refsim.matmul with a CUDA device array among a and b: the same arguments, bits and counts
     (a NumPy operand is copied to the device); returns a device array (and the counts dict with
-    counts=True). Batch dimensions must be equal (no broadcasting on CUDA yet)."""
+    counts=True). Batch dimensions must be equal (no broadcasting on CUDA yet). c, the initial
+    accumulator, may be a NumPy or a device array; it is broadcast on the host."""
     from formats.policy import check_seed
-    from refsim.accumulate import COUNT_KEYS, _dummy_spec, _result_dtype, _result_format
+    from refsim.accumulate import (
+        COUNT_KEYS,
+        _dummy_spec,
+        initial_values,
+        order_params,
+        _result_dtype,
+        _result_format,
+    )
     from refsim.accumulate import _spec_tuple as pack
-    from refsim.specs import MULTITERM_VARIANTS, GemmSpec
+    from refsim.specs import GemmSpec
 
     cuda = _cuda()
     a = _as_device(a, "a", cuda)
@@ -353,6 +359,10 @@ def matmul(a, b, spec, *, seed: int = 0, counts: bool = False):
             raise NotImplementedError(
                 f"matmul on CUDA: spec.{name} is the block format {cast.fmt.name}; block casts "
                 "run on the CPU only (refsim.quantize_blocks): copy the arrays to the host")
+    c_host = None
+    if c is not None:
+        c_host = c if isinstance(c, np.ndarray) else _as_device(c, "c", cuda).copy_to_host()
+        c_host = initial_values(c_host, (*a_shape[:-2], a_shape[-2], b_shape[-1]))
     acc = spec.acc
     kernel = _matmul_kernel(acc.order)
     if spec.a is not None:
@@ -401,17 +411,21 @@ def matmul(a, b, spec, *, seed: int = 0, counts: bool = False):
     cast = spec.out
     cspec = _dummy_spec() if cast is None else pack(cast.fmt, cast.rounding, cast.overflow,
                                                     cast.sr_bits)
-    mt = (np.int64(acc.group or 1), np.int64(acc.width or 1),
-          np.int64(MULTITERM_VARIANTS.index(acc.variant) if acc.variant else 0))
+    mt = order_params(acc)
     size = count * m * n
+    c_bits = cuda.to_device(c_host if c_host is not None else np.zeros(1, np.uint64))
     out_bits = cuda.device_array(size, np.uint64)
     event_counts = cuda.device_array((size if counts else 0, 3), np.int64)
     if size:
         blocks, threads = _grid(size)
-        kernel[blocks, threads](a_bits, b_bits, True, out_bits, event_counts, counts,
+        kernel[blocks, threads](a_bits, b_bits, True, c_bits, c_host is not None, out_bits,
+                                event_counts, counts,
                                 np.int64(acc.chunk or 0), spec_t, ospec, product is not None,
                                 pspec, cast is not None, cspec, mt, np.uint64(seed))
-    dtype = _result_dtype(_result_format(acc, cast), [np.dtype(a.dtype), np.dtype(b.dtype)])
+    dtypes = [np.dtype(a.dtype), np.dtype(b.dtype)]
+    if c is not None:
+        dtypes.append(np.dtype(c.dtype))
+    dtype = _result_dtype(_result_format(acc, cast), dtypes)
     values = out_bits.view(np.float64)
     if dtype == np.float32:
         narrowed = cuda.device_array(size, np.float32)

@@ -463,3 +463,65 @@ def test_conv2d_bad_input_names_shapes():
         conv2d(x, np.ones((4, 3, 3, 3), np.float32), spec, stride=0)
     with pytest.raises(TypeError, match=r"padding must be an int or a pair"):
         conv2d(x, np.ones((4, 3, 3, 3), np.float32), spec, padding=1.5)
+
+
+# ---- the initial value C (matmul's and dot's c=) -------------------------------------------------
+@pytest.mark.parametrize("order", [*KERNEL_ORDERS, "chunked-outer", "multiterm-outer"])
+def test_initial_value_matches_exact_twin(order):
+    """D = A·B + C in every order, C entering as docs/accumulation.md says; K = 0 included."""
+    kwargs = {}
+    if order.endswith("-outer"):
+        order = order.removesuffix("-outer")
+        kwargs["c_entry"] = "outer"
+    rng = np.random.default_rng(900 + len(order))
+    empty = np.empty(0, np.float32)
+    for rounding in ("rne", "rtz", "sr"):  # K = 0: round(C) alone
+        acc = _acc("bf16", rounding, order, **kwargs)
+        for c0 in (np.float32(1 + 2.0**-9), np.float64(-(2.0**-140)), np.float32(-0.0)):
+            _check(dot(empty, empty, acc, np.array(c0), seed=2),
+                   dot_exact(empty, empty, acc, seed=2, c=np.array(c0)), f"{acc} K=0")
+    for k in (7, 1):
+        a = _terms(rng, (2, k), spread=10).astype(np.float32)
+        b = _terms(rng, (k, 3), spread=10).astype(np.float32)
+        c = _terms(rng, (2, 3), spread=12)
+        c[0, 0] = 2.0**50
+        for rounding in ("rne", "rtz", "sr"):
+            spec = GemmSpec(acc=_acc("bf16", rounding, order, **kwargs))
+            got, counts = matmul(a, b, spec, c, seed=4, counts=True)
+            want, want_counts = matmul_exact(a, b, spec, seed=4, counts=True, c=c)
+            _check(got, want, f"{spec.acc} K={k}")
+            assert counts == want_counts, (str(spec.acc), k)
+
+
+def test_initial_value_starts_the_running_sum():
+    one = np.array([1.0])
+    # The first partial sum is round(C + p0), C taken exactly: 2049 is no fp16 value, yet
+    # 2049 + 1 = 2050 is; rounding C first would give round(2048 + 1) = 2048.
+    assert dot(one, one, "fp16", np.array(2049.0)) == 2050.0
+    assert dot(np.ones(2), np.ones(2), "fp16", np.array(2048.0)) == 2048.0  # ties to even
+    assert dot(np.empty(0), np.empty(0), "fp16", np.array(2049.0)) == 2048.0  # round(C)
+    # chunked: C starts the first chunk's fp16 sum (inner) or the fp32 outer sum (outer).
+    inner = AccumSpec("fp16", "rne", "chunked", chunk=2, outer="fp32")
+    outer = AccumSpec("fp16", "rne", "chunked", chunk=2, outer="fp32", c_entry="outer")
+    x = np.array([1.0, 1.0, 1.0])
+    assert dot(x, np.ones(3), inner, np.array(4096.0)) == 4097.0  # 4096 + 1 + 1 -> 4096, + 1
+    assert dot(x, np.ones(3), outer, np.array(4096.0)) == 4099.0  # 4096 + 2 + 1 in fp32
+
+
+def test_initial_value_takes_the_exact_core(monkeypatch):
+    """The fast path (cpu_gemm) has no C: a call with c= never plans it."""
+    from refsim.backends import cpu_gemm
+
+    planned = []
+    real_plan = cpu_gemm.plan
+
+    def spy(*args):
+        planned.append(args)
+        return real_plan(*args)
+
+    monkeypatch.setattr(cpu_gemm, "plan", spy)
+    a = np.full((3, 4), 0.5, np.float32)
+    spec = GemmSpec(acc=AccumSpec("fp16"))
+    assert np.all(matmul(a, a.T, spec) == 1.0) and len(planned) == 1
+    got = matmul(a, a.T, spec, np.float32(0.25) * np.ones((3, 3), np.float32))
+    assert np.all(got == 1.25) and len(planned) == 1
