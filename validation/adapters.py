@@ -2,14 +2,18 @@
 
 Usage rules: an Adapter rounds a float32 or float64 array to one format with one rounding and
 returns the values in the input's dtype; `reference` is refsim.quantize with the same request.
-A peer's documented differences (docs/validation.md, ../REFERENCES "Peer behaviours") are a
-`known` function of (inputs, peer output, reference output) returning the mask where a
-difference is expected, with its reason; anything else that differs is a failure. A peer that
-cannot be imported is listed by `adapters()` among the skipped, with the reason.
+A peer's documented differences are facts about its versions: `KNOWN` is the table of them
+(docs/validation.md shows it), each with the peer versions that have it, its reason, the mask
+of (inputs, peer output, reference output) where it may show, and an example input on which it
+does. An adapter takes the differences that apply to the INSTALLED version of its peer (an
+unknown version takes them all); anything else that differs is a failure. A peer that cannot
+be imported is listed by `adapters()` among the skipped, with the reason.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,7 +22,8 @@ import numpy as np
 from formats import FloatFormat, get_format
 from validation._refsim import quantize, quantize_blocks, torch_ops_on_cpu
 
-__all__ = ["Adapter", "adapters"]
+__all__ = ["KNOWN", "PEER_PACKAGES", "Adapter", "Example", "KnownDifference", "adapters",
+           "known_differences", "peer_version", "version_key"]
 
 Known = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 ROUNDINGS_ALL = ("rne", "rna", "rtz", "rup", "rdn", "rto", "sr")
@@ -62,15 +67,15 @@ class Adapter:
                                    seed=self.seed))
 
 
-# ---- known differences --------------------------------------------------------------------------
-def _double_rounded(fmt: str, rounding: str = "rne", overflow: str = "default") -> Known:
+# ---- masks: where a difference may show ---------------------------------------------------------
+def _double_rounded(fmt: str) -> Known:
     """Where the peer gives refsim's result for the input first rounded to float32 (RNE): the
     peer converts float64 through float32."""
     def mask(x: np.ndarray, got: np.ndarray, expected: np.ndarray) -> np.ndarray:
         if x.dtype != np.float64:
             return np.zeros(x.shape, bool)
         with np.errstate(over="ignore", invalid="ignore"):
-            via32 = quantize(x.astype(np.float32), fmt, rounding, overflow=overflow)
+            via32 = quantize(x.astype(np.float32), fmt)
         via = via32.astype(np.float64)
         return (via == got) | (np.isnan(via) & np.isnan(got))
     return mask
@@ -95,6 +100,243 @@ def _nan_to_zero(x: np.ndarray, got: np.ndarray, expected: np.ndarray) -> np.nda
     return np.isnan(x) & (got == 0)
 
 
+def _e8m0_sign_zero(x: np.ndarray, got: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """torch's e8m0fnu cast keeps the exponent of |x| and drops the sign; zero and values below
+    2^-127 give 2^-127 (refsim: NaN for negatives and zero, as the format has neither)."""
+    return (np.signbit(x) | (np.abs(x) < 2.0**-127)) & ~np.isnan(x)
+
+
+def _e8m0_subnormal_up(x: np.ndarray, got: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """Float32 subnormals above 2^-127 (and float64 values there) go up to 2^-126."""
+    return (np.abs(x) > 2.0**-127) & (np.abs(x) < 2.0**-126)
+
+
+def _inf_to_nan(x: np.ndarray, got: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    return np.isinf(x) & np.isnan(got)
+
+
+def _ties(fmt: str) -> Known:
+    """Where rounding ties away from zero gives another result than ties to even."""
+    def mask(x: np.ndarray, got: np.ndarray, expected: np.ndarray) -> np.ndarray:
+        away = quantize(x, fmt, "rna")
+        return (away == got) & (away != expected)
+    return mask
+
+
+def _nan_to_finite(x: np.ndarray, got: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    return np.isnan(x) & np.isfinite(got)
+
+
+def _unsigned_zero(x: np.ndarray, got: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """The peer gives +0 where refsim gives -0 (negative zero and negative underflow)."""
+    return (expected == 0) & np.signbit(expected) & (got == 0) & ~np.signbit(got)
+
+
+def _subnormal_one_step(fmt: str) -> Known:
+    """Where the input lies in the format's subnormal range and the peer is one step off."""
+    fmt_obj = get_format(fmt)
+
+    def mask(x: np.ndarray, got: np.ndarray, expected: np.ndarray) -> np.ndarray:
+        assert isinstance(fmt_obj, FloatFormat)
+        step = fmt_obj.min_subnormal
+        with np.errstate(invalid="ignore"):
+            return (np.abs(x) < fmt_obj.min_normal) & (np.abs(got - expected) == step)
+    return mask
+
+
+def _mx_special_blocks(x: np.ndarray, got: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """Blocks of 32 that hold an Inf or NaN, where refsim gives NaN (the block's scale is NaN)."""
+    padded = np.concatenate((x, np.zeros(-x.size % 32, x.dtype)))
+    bad = ~np.isfinite(padded.reshape(-1, 32)).all(axis=1)
+    return np.repeat(bad, 32)[:x.size] & np.isnan(expected)
+
+
+def _any_format(mask: Known) -> Callable[[str], Known]:
+    return lambda fmt: mask
+
+
+# ---- peer versions -------------------------------------------------------------------------------
+PEER_PACKAGES = {"refsim-torch-cpu": "torch", "refsim-torch-cuda": "torch", "torch-cast": "torch",
+                 "ml_dtypes": "ml_dtypes", "gfloat": "gfloat", "qtorch": "qtorch",
+                 "torchao-mx": "torchao"}
+_PRE_RELEASE = re.compile(r"[-_.]?(a|b|c|rc|alpha|beta|pre|preview|dev)[-_.]?\d*")
+
+
+def version_key(version: str) -> tuple[tuple[int, ...], int]:
+    """A version string as a sortable key, without the packaging library.
+
+    The release numbers with trailing zeros dropped (0.7 == 0.7.0), then 0 for a pre- or
+    dev-release (0.7.0rc1 sorts below 0.7) and 1 otherwise; a local label (2.13.0+cpu) and a
+    post-release (.post1) count as their release. Enough for the ranges of `KNOWN`.
+    """
+    match = re.match(r"\s*v?(\d+(?:\.\d+)*)(.*)$", version)
+    if match is None:
+        raise ValueError(f"version must start with release numbers like 0.7.0; got {version!r}")
+    release = [int(part) for part in match.group(1).split(".")]
+    while len(release) > 1 and release[-1] == 0:
+        release.pop()
+    suffix = match.group(2).split("+")[0].lower()
+    return tuple(release), 0 if _PRE_RELEASE.match(suffix) else 1
+
+
+def peer_version(peer: str) -> str | None:
+    """The installed version of the package behind `peer` (None: not installed)."""
+    if peer not in PEER_PACKAGES:
+        raise ValueError(f"peer must be one of {', '.join(PEER_PACKAGES)}; got {peer!r}")
+    try:
+        return importlib.metadata.version(PEER_PACKAGES[peer])
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+# ---- the table of known differences -------------------------------------------------------------
+@dataclass(frozen=True)
+class Example:
+    """Inputs on which a difference shows: what a peer version that has it gives, what refsim
+    gives (whatever the peer's version), both as values in the input dtype."""
+
+    fmt: str
+    dtype: str
+    inputs: tuple[float, ...]
+    peer: tuple[float, ...]
+    refsim: tuple[float, ...]
+    rounding: str = "rne"
+
+
+@dataclass(frozen=True)
+class KnownDifference:
+    """One documented way a peer differs from refsim, and the peer versions that have it.
+
+    peer: the adapter peer name; key: a short name, unique for the peer; formats: the adapter
+    formats it concerns (None: all of the peer's); reason: one line; mask: format -> where it
+    may show; since / fixed: the first version that has it / the first that no longer has it
+    (None: no bound known); checked: the versions it was verified on by running `example`
+    (docs/validation.md); example: inputs on which it shows.
+    """
+
+    peer: str
+    key: str
+    formats: tuple[str, ...] | None
+    reason: str
+    mask: Callable[[str], Known]
+    example: Example
+    since: str | None = None
+    fixed: str | None = None
+    checked: tuple[str, ...] = ()
+
+    def applies_to(self, version: str) -> bool:
+        """Whether `version` of the peer has this difference, by the table."""
+        key = version_key(version)
+        return ((self.since is None or key >= version_key(self.since))
+                and (self.fixed is None or key < version_key(self.fixed)))
+
+    @property
+    def versions(self) -> str:
+        """The version range as text: '< 0.7', '>= 2.0, < 2.5', or 'all versions' (no bound
+        known)."""
+        bounds = [f">= {self.since}" if self.since else "", f"< {self.fixed}" if self.fixed else ""]
+        return ", ".join(b for b in bounds if b) or "all versions"
+
+    def concerns(self, fmt: str) -> bool:
+        return self.formats is None or fmt in self.formats
+
+
+_TINY = 1.1 * 2.0**-127  # a float32 subnormal between E8M0's two smallest values, nearer 2^-127
+KNOWN: tuple[KnownDifference, ...] = (
+    KnownDifference(
+        "ml_dtypes", "double-rounding", None,
+        "converts float64 through float32 (double rounding)", _double_rounded,
+        Example("e4m3fn", "float64", (-431.99999999999994,), (-448.0,), (-416.0,)),
+        fixed="0.7", checked=("0.5.4", "0.6.0", "0.7.0")),
+    KnownDifference(
+        "ml_dtypes", "nan-to-zero", ("e3m2fn", "e2m3fn", "e2m1fn"),
+        "maps NaN to +-0 in FP6/FP4, which have no NaN (refsim: NaN)", _any_format(_nan_to_zero),
+        Example("e2m1fn", "float32", (np.nan,), (-0.0,), (np.nan,)),
+        checked=("0.5.4", "0.6.0", "0.7.0")),
+    KnownDifference(
+        "ml_dtypes", "e8m0-subnormal", ("e8m0fnu",),
+        "rounds float32 subnormals above 2^-127 up to 2^-126 in e8m0fnu (refsim: to nearest, "
+        "ties up)", _any_format(_e8m0_subnormal_up),
+        Example("e8m0fnu", "float32", (_TINY,), (2.0**-126,), (2.0**-127,)),
+        fixed="0.7", checked=("0.5.4", "0.6.0", "0.7.0")),
+    KnownDifference(
+        "torch-cast", "double-rounding", None,
+        "converts float64 through float32 (double rounding)", _double_rounded,
+        Example("e4m3fn", "float64", (-431.99999999999994,), (-448.0,), (-416.0,)),
+        checked=("2.13.0",)),
+    KnownDifference(
+        "torch-cast", "e4m3fn-saturates", ("e4m3fn",),
+        "saturates overflow and Inf to +-448 (refsim default: NaN)", _any_format(_saturates),
+        Example("e4m3fn", "float32", (470.0, -np.inf), (448.0, -448.0), (np.nan, np.nan)),
+        checked=("2.13.0",)),
+    KnownDifference(
+        "torch-cast", "e8m0-sign-zero", ("e8m0fnu",),
+        "drops the sign and maps 0 and |x| < 2^-127 to 2^-127 in e8m0fnu (refsim: NaN for "
+        "negatives and 0)", _any_format(_e8m0_sign_zero),
+        Example("e8m0fnu", "float32", (-4.0, 0.0), (4.0, 2.0**-127), (np.nan, np.nan)),
+        checked=("2.13.0",)),
+    KnownDifference(
+        "torch-cast", "e8m0-subnormal", ("e8m0fnu",),
+        "rounds float32 subnormals above 2^-127 up to 2^-126 in e8m0fnu (refsim: to nearest, "
+        "ties up)", _any_format(_e8m0_subnormal_up),
+        Example("e8m0fnu", "float32", (_TINY,), (2.0**-126,), (2.0**-127,)),
+        checked=("2.13.0",)),
+    KnownDifference(
+        "gfloat", "inf-to-nan", ("e4m3fn",),
+        "an infinite input in a format without Inf gives NaN in every mode (refsim: an "
+        "overflow, so +-max where the mode rounds toward zero)", _any_format(_inf_to_nan),
+        Example("e4m3fn", "float64", (-np.inf,), (np.nan,), (-448.0,), rounding="rtz"),
+        checked=("0.5.2",)),
+    KnownDifference(
+        "qtorch", "ties-away", ("e4m3fin",),
+        "rounds ties away from zero (refsim: to even)", _ties,
+        Example("e4m3fin", "float32", (1 + 2.0**-4,), (1.125,), (1.0,)),
+        checked=("0.3.0",)),
+    KnownDifference(
+        "qtorch", "nan-to-finite", ("e4m3fin",),
+        "maps NaN to a finite value (refsim: NaN)", _any_format(_nan_to_finite),
+        Example("e4m3fin", "float32", (np.nan,), (480.0,), (np.nan,)),
+        checked=("0.3.0",)),
+    KnownDifference(
+        "qtorch", "unsigned-zero", ("e4m3fin",),
+        "gives +0 for -0 and for negative underflow (refsim: -0)", _any_format(_unsigned_zero),
+        Example("e4m3fin", "float32", (-0.0,), (0.0,), (-0.0,)),
+        checked=("0.3.0",)),
+    KnownDifference(
+        "qtorch", "subnormal-one-step", ("e4m3fin",),
+        "rounds some inputs one float32 ulp below a tie up in the subnormal range",
+        _subnormal_one_step,
+        Example("e4m3fin", "float32", (float.fromhex("-0x1.dffffep-7"),), (-2.0**-6,),
+                (float.fromhex("-0x1.cp-7"),)),
+        checked=("0.3.0",)),
+    KnownDifference(
+        "torchao-mx", "special-blocks", ("mxfp8_e4m3", "mxfp8_e5m2"),
+        "a block holding Inf or NaN: Inf elements stay Inf, the others become 0 (refsim: the "
+        "whole block is NaN, its scale NaN)", _any_format(_mx_special_blocks),
+        Example("mxfp8_e4m3", "float32", (np.inf, 1.0), (np.inf, 0.0), (np.nan, np.nan)),
+        checked=("0.18.0",)),
+)
+
+
+def known_differences(peer: str, fmt: str | None = None,
+                      version: str | None = None) -> list[KnownDifference]:
+    """The rows of `KNOWN` for `peer` (and `fmt`, if given) that apply to `version`: by
+    default the installed one; every row of the peer when no version can be found."""
+    version = version or peer_version(peer)
+    return [d for d in KNOWN if d.peer == peer and (fmt is None or d.concerns(fmt))
+            and (version is None or d.applies_to(version))]
+
+
+def _known(peer: str, fmt: str) -> tuple[Known | None, str]:
+    """The adapter's mask and reason from the differences of the installed peer version."""
+    found = known_differences(peer, fmt)
+    if not found:
+        return None, ""
+    package = PEER_PACKAGES[peer]
+    return (_either(*(d.mask(fmt) for d in found)),
+            "; ".join(f"{d.reason} [{package}: {d.versions}]" for d in found))
+
+
 # ---- peers ---------------------------------------------------------------------------------------
 def _refsim_torch(device: str) -> list[Adapter]:
     import torch
@@ -116,12 +358,6 @@ _TORCH_DTYPES = {"e4m3fn": "float8_e4m3fn", "e5m2": "float8_e5m2",
                  "e8m0fnu": "float8_e8m0fnu", "bf16": "bfloat16", "fp16": "float16"}
 
 
-def _e8m0_torch(x: np.ndarray, got: np.ndarray, expected: np.ndarray) -> np.ndarray:
-    """torch's e8m0fnu cast keeps the exponent of |x| and drops the sign; zero and values below
-    2^-127 give 2^-127 (refsim: NaN for negatives and zero, as the format has neither)."""
-    return (np.signbit(x) | (np.abs(x) < 2.0**-127)) & ~np.isnan(x)
-
-
 def _torch_casts() -> list[Adapter]:
     import torch
 
@@ -135,19 +371,10 @@ def _torch_casts() -> list[Adapter]:
 
     out = []
     for fmt, dtype_name in _TORCH_DTYPES.items():
-        if not hasattr(torch, dtype_name):
-            continue
-        masks: list[Known] = [_double_rounded(fmt)]
-        reasons = ["converts float64 through float32 (double rounding)"]
-        if fmt == "e4m3fn":
-            masks.append(_saturates)
-            reasons.append("saturates overflow and Inf to +-448 (refsim default: NaN)")
-        if fmt == "e8m0fnu":
-            masks += [_e8m0_torch, _e8m0_ml_dtypes]
-            reasons.append("drops the sign, maps 0 and |x| < 2^-127 to 2^-127, rounds float32 "
-                           "subnormals above 2^-127 up to 2^-126")
-        out.append(Adapter("torch-cast", fmt, "rne", make(dtype_name), known=_either(*masks),
-                           known_reason="; ".join(reasons)))
+        if hasattr(torch, dtype_name):
+            known, reason = _known("torch-cast", fmt)
+            out.append(Adapter("torch-cast", fmt, "rne", make(dtype_name), known=known,
+                               known_reason=reason))
     return out
 
 
@@ -156,11 +383,6 @@ _ML_DTYPES = {"bf16": "bfloat16", "e5m2": "float8_e5m2", "e4m3": "float8_e4m3",
               "e5m2fnuz": "float8_e5m2fnuz", "e4m3b11fnuz": "float8_e4m3b11fnuz",
               "e3m2fn": "float6_e3m2fn", "e2m3fn": "float6_e2m3fn", "e2m1fn": "float4_e2m1fn",
               "e8m0fnu": "float8_e8m0fnu"}
-
-
-def _e8m0_ml_dtypes(x: np.ndarray, got: np.ndarray, expected: np.ndarray) -> np.ndarray:
-    """ml_dtypes sends float32 subnormals above 2^-127 up to 2^-126 in e8m0fnu."""
-    return (np.abs(x) > 2.0**-127) & (np.abs(x) < 2.0**-126)
 
 
 def _ml_dtypes() -> list[Adapter]:
@@ -176,18 +398,10 @@ def _ml_dtypes() -> list[Adapter]:
 
     out = []
     for fmt, type_name in _ML_DTYPES.items():
-        if not hasattr(ml_dtypes, type_name):
-            continue
-        masks: list[Known] = [_double_rounded(fmt)]
-        reasons = ["converts float64 through float32 (double rounding)"]
-        if not get_format(fmt).has_nan:
-            masks.append(_nan_to_zero)
-            reasons.append("maps NaN to +-0 in formats without NaN")
-        if fmt == "e8m0fnu":
-            masks.append(_e8m0_ml_dtypes)
-            reasons.append("rounds float32 subnormals above 2^-127 up to 2^-126")
-        out.append(Adapter("ml_dtypes", fmt, "rne", make(type_name), known=_either(*masks),
-                           known_reason="; ".join(reasons)))
+        if hasattr(ml_dtypes, type_name):
+            known, reason = _known("ml_dtypes", fmt)
+            out.append(Adapter("ml_dtypes", fmt, "rne", make(type_name), known=known,
+                               known_reason=reason))
     return out
 
 
@@ -209,56 +423,23 @@ def _gfloat() -> list[Adapter]:
         def run(x: np.ndarray) -> np.ndarray:
             # gfloat refuses formats without Inf and NaN unless sat=True (refsim saturates
             # there too), and refuses NaN input then: NaN is passed through by the adapter.
-            values = x.astype(np.float64)
-            nan = np.isnan(values)
-            with np.errstate(over="ignore", invalid="ignore"):
-                out = np.asarray(gfloat.round_ndarray(info, np.where(nan, 0.0, values), mode,
-                                                      sat=finite))
-                return np.where(nan, values, out).astype(x.dtype)
+            with np.errstate(over="ignore", invalid="ignore"):  # invalid: a float32 sNaN
+                values = x.astype(np.float64)
+                nan = np.isnan(values)
+                rounded = np.asarray(gfloat.round_ndarray(info, np.where(nan, 0.0, values),
+                                                          mode, sat=finite))
+                return np.where(nan, values, rounded).astype(x.dtype)
         return run
 
-    out = []
+    out: list[Adapter] = []
     for fmt, info_name in _GFLOAT_FORMATS.items():
         finite = not get_format(fmt).has_nan and not get_format(fmt).has_inf
-        for rounding, mode in modes.items():
-            out.append(Adapter("gfloat", fmt, rounding,
-                               make(getattr(gformats, info_name), mode, finite),
-                               known=_inf_to_nan, known_reason="an infinite input in a format "
-                               "without Inf gives NaN in every mode (refsim: an overflow)"))
+        known, reason = _known("gfloat", fmt)
+        out.extend(Adapter("gfloat", fmt, rounding,
+                           make(getattr(gformats, info_name), mode, finite),
+                           known=known, known_reason=reason)
+                   for rounding, mode in modes.items())
     return out
-
-
-def _inf_to_nan(x: np.ndarray, got: np.ndarray, expected: np.ndarray) -> np.ndarray:
-    return np.isinf(x) & np.isnan(got)
-
-
-def _ties(fmt: str) -> Known:
-    """Where rounding ties away from zero gives another result than ties to even."""
-    def mask(x: np.ndarray, got: np.ndarray, expected: np.ndarray) -> np.ndarray:
-        away = quantize(x, fmt, "rna")
-        return (away == got) & (away != expected)
-    return mask
-
-
-def _nan_inf_to_max(x: np.ndarray, got: np.ndarray, expected: np.ndarray) -> np.ndarray:
-    return np.isnan(x) & np.isfinite(got)
-
-
-def _unsigned_zero(x: np.ndarray, got: np.ndarray, expected: np.ndarray) -> np.ndarray:
-    """The peer gives +0 where refsim gives -0 (negative zero and negative underflow)."""
-    return (expected == 0) & np.signbit(expected) & (got == 0) & ~np.signbit(got)
-
-
-def _subnormal_one_step(fmt: str) -> Known:
-    """Where the input lies in the format's subnormal range and the peer is one step off."""
-    fmt_obj = get_format(fmt)
-
-    def mask(x: np.ndarray, got: np.ndarray, expected: np.ndarray) -> np.ndarray:
-        assert isinstance(fmt_obj, FloatFormat)
-        step = fmt_obj.min_subnormal
-        with np.errstate(invalid="ignore"):
-            return (np.abs(x) < fmt_obj.min_normal) & (np.abs(got - expected) == step)
-    return mask
 
 
 def _qtorch() -> list[Adapter]:
@@ -272,12 +453,9 @@ def _qtorch() -> list[Adapter]:
     # QPyTorch reserves no code for Inf or NaN: e4m3 with max 480, which refsim spells
     # FloatFormat(4, 3, specials="none") ("e4m3fin"); that format always saturates.
     fmt = FloatFormat(4, 3, specials="none").name
-    return [Adapter("qtorch", fmt, "rne", run, dtypes=("float32",),
-                    known=_either(_ties(fmt), _nan_inf_to_max, _unsigned_zero,
-                                  _subnormal_one_step(fmt)),
-                    known_reason="rounds ties away from zero; maps NaN to a finite value; "
-                                 "gives +0 for -0 and negative underflow; rounds some inputs "
-                                 "just below a tie up in the subnormal range")]
+    known, reason = _known("qtorch", fmt)
+    return [Adapter("qtorch", fmt, "rne", run, dtypes=("float32",), known=known,
+                    known_reason=reason)]
 
 
 def _torchao_mx() -> list[Adapter]:
@@ -304,18 +482,14 @@ def _torchao_mx() -> list[Adapter]:
             return np.asarray(quantize_blocks(padded, name))[:n]
         return run
 
-    def special_blocks(x: np.ndarray, got: np.ndarray, expected: np.ndarray) -> np.ndarray:
-        """Blocks that hold an Inf or NaN, where refsim gives NaN (the block's scale is NaN)."""
-        padded, n = blocks(x)
-        bad = ~np.isfinite(padded.reshape(-1, 32)).all(axis=1)
-        return np.repeat(bad, 32)[:n] & np.isnan(expected)
-
-    return [Adapter("torchao-mx", name, "rne", make(elem), dtypes=("float32",),
-                    reference_run=reference(name), element=element, known=special_blocks,
-                    known_reason="a block holding Inf or NaN: Inf elements stay Inf, the others "
-                                 "become 0 (refsim: the whole block is NaN, its scale NaN)")
-            for name, elem, element in (("mxfp8_e4m3", torch.float8_e4m3fn, "e4m3fn"),
-                                        ("mxfp8_e5m2", torch.float8_e5m2, "e5m2"))]
+    out: list[Adapter] = []
+    for name, elem, element in (("mxfp8_e4m3", torch.float8_e4m3fn, "e4m3fn"),
+                                ("mxfp8_e5m2", torch.float8_e5m2, "e5m2")):
+        known, reason = _known("torchao-mx", name)
+        out.append(Adapter("torchao-mx", name, "rne", make(elem), dtypes=("float32",),
+                           reference_run=reference(name), element=element, known=known,
+                           known_reason=reason))
+    return out
 
 
 PEERS: dict[str, Callable[[], list[Adapter]]] = {

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from refsim import quantize
 from validation import adapters as adapters_module
 from validation.__main__ import main
-from validation.adapters import Adapter, adapters
+from validation.adapters import (
+    KNOWN,
+    PEER_PACKAGES,
+    Adapter,
+    KnownDifference,
+    adapters,
+    known_differences,
+    peer_version,
+    version_key,
+)
+from validation.bits import same_bits
 from validation.run import format_table, run_adapter
 from validation.suites import SUITES, suite
 
@@ -99,3 +111,110 @@ def test_qtorch_rounds_ties_away_and_saturates():
     assert got.tolist() == [1.125, 480.0]
     row = run_adapter(found[0], "float32", max_size=4096)
     assert row is not None and row.ok and row.known > 0
+
+
+# ---- peer behaviour is a fact about a version ---------------------------------------------------
+def test_version_key_orders_versions_without_packaging():
+    assert version_key("0.7") == version_key("0.7.0") == version_key("0.7.0.post1")
+    assert version_key("2.13.0+cpu") == version_key("2.13.0")
+    assert version_key("0.6.0") < version_key("0.7.0rc1") < version_key("0.7")
+    assert version_key("0.7") < version_key("0.7.1")
+    assert version_key("0.7.0.dev3") < version_key("0.7.0")
+    assert version_key("0.10.0") > version_key("0.9.9")
+    with pytest.raises(ValueError, match="version must start with release numbers"):
+        version_key("latest")
+
+
+def test_known_difference_version_ranges():
+    [double] = [d for d in KNOWN if (d.peer, d.key) == ("ml_dtypes", "double-rounding")]
+    assert double.versions == "< 0.7"
+    assert double.applies_to("0.5.4") and double.applies_to("0.6.0")
+    assert not double.applies_to("0.7.0") and not double.applies_to("1.0")
+    bounded = KnownDifference("p", "k", None, "r", double.mask, double.example, since="2.1",
+                              fixed="2.5")
+    assert bounded.versions == ">= 2.1, < 2.5"
+    assert [bounded.applies_to(v) for v in ("2.0.9", "2.1.0", "2.4.9", "2.5")] == [
+        False, True, True, False]
+
+
+def test_table_is_well_formed():
+    keys = [(d.peer, d.key) for d in KNOWN]
+    assert len(keys) == len(set(keys))
+    for d in KNOWN:
+        assert d.peer in PEER_PACKAGES and d.checked and d.reason
+        assert d.formats is None or d.example.fmt in d.formats
+        assert len(d.example.inputs) == len(d.example.peer) == len(d.example.refsim)
+        for version in (d.since, d.fixed, *d.checked):
+            if version is not None:
+                version_key(version)
+
+
+def test_adapters_choose_masks_from_the_installed_version(monkeypatch):
+    """ml_dtypes before 0.7 double-rounds float64 and sends e8m0fnu subnormals up; 0.7 does
+    neither: the masks (and so what is excused) follow the installed version."""
+    pytest.importorskip("ml_dtypes", reason="the ml_dtypes adapter needs ml_dtypes")
+    x = np.array([-431.99999999999994])
+    for version, excused in (("0.6.0", True), ("0.7.0", False)):
+        monkeypatch.setattr(adapters_module, "peer_version", lambda peer, v=version: v)
+        [adapter] = [a for a in adapters(("ml_dtypes",))[0] if a.fmt == "e4m3fn"]
+        assert ("double rounding" in adapter.known_reason) == excused
+        assert ("ml_dtypes: < 0.7" in adapter.known_reason) == excused
+        stale = np.array([-448.0])  # what ml_dtypes 0.6 gives
+        mask = (np.zeros(1, bool) if adapter.known is None
+                else adapter.known(x, stale, adapter.reference(x)))
+        assert bool(mask[0]) == excused
+        [e8m0] = [a for a in adapters(("ml_dtypes",))[0] if a.fmt == "e8m0fnu"]
+        assert ("2^-126" in e8m0.known_reason) == excused
+    monkeypatch.setattr(adapters_module, "peer_version", lambda peer: None)
+    assert {d.key for d in known_differences("ml_dtypes")} == {
+        d.key for d in KNOWN if d.peer == "ml_dtypes"}  # unknown version: every row
+
+
+def _example_params():
+    for d in KNOWN:
+        marks = [pytest.mark.slow] if d.peer == "qtorch" else []  # compiles C++ on import
+        yield pytest.param(d, id=f"{d.peer}:{d.key}", marks=marks)
+
+
+@pytest.mark.parametrize("difference", list(_example_params()))
+def test_known_difference_holds_exactly_for_its_versions(difference):
+    """refsim's answer on the example is asserted whatever is installed; the installed peer
+    shows the difference when the table says its version has it, and agrees with refsim when
+    the table says its version lacks it. A newer peer that fixes a difference fails here: the
+    table needs its `fixed` version (make test pins the peers; make test-latest finds this)."""
+    ex = difference.example
+    x = np.array(ex.inputs, ex.dtype)
+    refsim_value = np.array(ex.refsim, ex.dtype)
+    found, skipped = adapters((difference.peer,))
+    if difference.peer in skipped:
+        pytest.skip(f"{difference.peer} not installed: {skipped[difference.peer]}")
+    [adapter] = [a for a in found if a.fmt == ex.fmt and a.rounding == ex.rounding]
+    expected = adapter.reference(x)
+    assert same_bits(expected, refsim_value).all(), (difference.key, expected)
+    got = adapter.run(x)
+    version = peer_version(difference.peer)
+    assert version is not None
+    package = PEER_PACKAGES[difference.peer]
+    if difference.applies_to(version):
+        assert same_bits(got, np.array(ex.peer, ex.dtype)).all(), (
+            f"{package} {version} no longer shows {difference.key!r} ({got} on {ex.inputs}):"
+            f" record the version that fixed it in validation/adapters.py KNOWN")
+        assert not same_bits(got, expected).any()
+        assert difference.mask(ex.fmt)(x, got, expected).all()
+        assert adapter.known is not None and adapter.known(x, got, expected).all()
+    else:
+        assert same_bits(got, expected).all(), (
+            f"{package} {version} shows {difference.key!r} although the table says it was "
+            f"fixed in {difference.fixed}: {got} on {ex.inputs}")
+
+
+def test_docs_list_every_known_difference_with_its_versions():
+    """docs/validation.md's table of known differences is this table: peer, key, the versions
+    that have it and the versions it was checked on."""
+    text = (Path(__file__).parents[2] / "docs" / "validation.md").read_text()
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) >= 5 and cells[0] in PEER_PACKAGES:
+            rows[(cells[0], cells[1])] = (cells[2], cells[3])
+    assert rows == {(d.peer, d.key): (d.versions, ", ".join(d.checked)) for d in KNOWN}
