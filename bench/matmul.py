@@ -6,8 +6,9 @@ Each row is refsim.matmul end to end (operand Casts, range checks, packing, the 
 output Cast) on standard-normal float32 operands; BLAS is NumPy's float32 matmul on the same
 operands, held to the same thread count with threadpoolctl and timed in the same process just
 before the row, so the ratio (BLAS time / refsim time) survives a loaded machine better than
-either figure. Times are the best of --repeat runs after one warm-up call (compilation). Rows
-that run on the exact core (no fast route) use --slow-n. GFLOP/s counts 2*M*N*K.
+either figure. Times are the best of --repeat runs after one warm-up call (compilation): the
+process's CPU time on one thread (other jobs on the machine do not inflate it), wall time on
+more. Rows that run on the exact core (no fast route) use --slow-n. GFLOP/s counts 2*M*N*K.
 """
 
 from __future__ import annotations
@@ -48,14 +49,14 @@ ROWS: dict[str, tuple[GemmSpec, bool]] = {
 }
 
 
-def best_seconds(fn, repeat: int) -> float:
-    """Best wall time of `repeat` calls after one warm-up call (the least disturbed run)."""
+def best_seconds(fn, repeat: int, clock=time.perf_counter) -> float:
+    """Best time of `repeat` calls after one warm-up call (the least disturbed run)."""
     fn()
     best = float("inf")
     for _ in range(repeat):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
     return best
 
 
@@ -78,10 +79,13 @@ def main() -> None:
         flops = 2.0 * n**3
         for threads in args.threads:
             numba.set_num_threads(threads)
+            # One thread: the process's CPU time, which other jobs on a shared machine do not
+            # inflate; more threads: wall time.
+            clock = time.process_time if threads == 1 else time.perf_counter
             with threadpool_limits(threads):
-                blas = best_seconds(lambda a=a, b=b: a @ b, max(args.repeat, 20))
+                blas = best_seconds(lambda a=a, b=b: a @ b, max(args.repeat, 20), clock)
             sim = best_seconds(lambda a=a, b=b, spec=spec: refsim.matmul(a, b, spec),
-                               args.repeat if fast else 1)
+                               args.repeat if fast else 1, clock)
             print(f"| {name} | {n} | {threads} | {_route(a, b, spec)} | {flops / sim / 1e9:.3f} "
                   f"| {flops / blas / 1e9:.1f} | 1/{sim / blas:.1f} |", flush=True)
 

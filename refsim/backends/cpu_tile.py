@@ -233,8 +233,18 @@ def run(p: TilePlan, a3: np.ndarray, b3: np.ndarray) -> np.ndarray:
         kernel = _KERNELS[p.key] = _make_kernel(*p.key[:7])
     with threads_for(float(n_batch) * rows * panels * tn * n_k * NS_PER_TILE_MAC):
         _parallel(kernel, n_batch * panels * (rows // tm), a, bp, out, np.int64(p.chunk))
-    raw = out[:, :n_rows, :n_cols].astype(np.float64)
-    raw[~np.isfinite(raw)] = np.nan
+    return _finish(out, n_rows, n_cols)
+
+
+@njit(cache=True)
+def _finish(out, n_rows, n_cols):
+    """out[:, :n_rows, :n_cols] as float64, NaN where non-finite (one pass)."""
+    raw = np.empty((out.shape[0], n_rows, n_cols), np.float64)
+    for p in range(out.shape[0]):
+        for i in range(n_rows):
+            for j in range(n_cols):
+                v = np.float64(out[p, i, j])
+                raw[p, i, j] = v if np.isfinite(v) else np.nan
     return raw
 
 
@@ -285,7 +295,7 @@ def _make_kernel(add: int, rnd: int, drop: int, mode: int, omode: int, tm: int, 
     return gemm
 
 
-_POOL: list[ThreadPoolExecutor] = []
+_POOLS: dict[int, ThreadPoolExecutor] = {}  # by number of workers
 
 
 def _parallel(kernel, n_jobs: int, *args) -> None:
@@ -295,10 +305,11 @@ def _parallel(kernel, n_jobs: int, *args) -> None:
     if n <= 1:
         kernel(*args, 0, n_jobs)
         return
-    if not _POOL or _POOL[0]._max_workers < n - 1:
-        _POOL[:] = [ThreadPoolExecutor(max_workers=n - 1, thread_name_prefix="refsim-tile")]
+    pool = _POOLS.get(n - 1)
+    if pool is None:
+        pool = _POOLS[n - 1] = ThreadPoolExecutor(n - 1, thread_name_prefix="refsim-tile")
     bounds = [n_jobs * i // n for i in range(n + 1)]
-    futures = [_POOL[0].submit(kernel, *args, bounds[i], bounds[i + 1]) for i in range(n - 1)]
+    futures = [pool.submit(kernel, *args, bounds[i], bounds[i + 1]) for i in range(n - 1)]
     kernel(*args, bounds[n - 1], bounds[n])
     for future in futures:
         future.result()
