@@ -17,7 +17,7 @@ FAST_TIER := -m "not slow" -q -n 2 --dist loadfile --durations=15
 TORCH := torch==2.13.0
 export NUMBA_CACHE_DIR := $(CURDIR)/$(VENV)/numba-cache
 
-.PHONY: run test test-latest pins test-slow lint bench clean
+.PHONY: run study test test-latest pins test-slow lint bench clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 run: $(STAMP)
 	$(PY) -m refsim study all --quick --out reports/latest
+
+# The standard grids (docs/studies.md): about 25-40 minutes on 2 idle cores; resumes from the cache.
+study: $(STAMP)
+	$(PY) -m refsim study all --standard --workers 2 --out docs/results --cache reports/cache-standard
 
 test: $(STAMP)
 	$(PY) -m ruff check $(LINT_PATHS)

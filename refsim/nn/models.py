@@ -1,4 +1,4 @@
-"""The three models: MLP, a small CNN and a tiny decoder-only transformer.
+"""The models: MLP, a small CNN, a small ResNet-style CNN and a tiny decoder-only transformer.
 
 Each model is built from a seed (its initialization is a pure function of it), takes its input
 as a NumPy array plus a Context, returns logits, and lists its matrix products in `gemm_names()`
@@ -17,7 +17,7 @@ from refsim.nn.layers import CausalSelfAttention, Conv2d, Embedding, LayerNorm, 
 from refsim.nn.numerics import Context
 from refsim.nn.tensor import Tensor
 
-__all__ = ["CNN", "MLP", "Transformer"]
+__all__ = ["CNN", "MLP", "ResNet", "Transformer"]
 
 
 def _input(x: np.ndarray) -> Tensor:
@@ -64,6 +64,45 @@ class CNN(Module):
         """Logits (N, classes) of images x (N, 1, H, W)."""
         h = ops.max_pool2d(self.conv1(_input(x), ctx).relu())
         h = ops.max_pool2d(self.conv2(h, ctx).relu())
+        return self.fc(h.reshape(h.shape[0], -1), ctx)
+
+
+class Residual(Module):
+    """relu(x + conv2(relu(conv1(x)))): two 3x3 convs (pad 1) that keep the channels."""
+
+    def __init__(self, name: str, width: int, rng: np.random.Generator) -> None:
+        self.conv1 = Conv2d(f"{name}.conv1", width, width, 3, rng, padding=1)
+        self.conv2 = Conv2d(f"{name}.conv2", width, width, 3, rng, padding=1)
+
+    def __call__(self, x: Tensor, ctx: Context) -> Tensor:
+        return (x + self.conv2(self.conv1(x, ctx).relu(), ctx)).relu()
+
+
+class ResNet(Module):
+    """A stem conv(3x3, pad 1)-relu-maxpool2, a 1x1 conv to `width` channels (relu), residual
+    blocks and a linear layer on the flattened features: for 1x8x8 digits by default.
+
+    Products: stem, reduce, blockI.conv1, blockI.conv2 (I = 1..blocks), fc. The wide stem on the
+    full-size image makes the elements of its operands the most reused of all the models' GEMMs
+    (refsim.factors), and its weight gradient the longest reduction (batch x 64 pixels).
+    """
+
+    def __init__(self, stem: int = 64, width: int = 16, blocks: int = 1, image: int = 8,
+                 classes: int = 10, seed: int = 0) -> None:
+        if image % 2:
+            raise ValueError(f"ResNet image size must be even (one 2x2 pool); got {image}")
+        rng = np.random.default_rng(seed)
+        self.stem = Conv2d("stem", 1, stem, 3, rng, padding=1)
+        self.reduce = Conv2d("reduce", stem, width, 1, rng)
+        self.blocks = [Residual(f"block{i + 1}", width, rng) for i in range(blocks)]
+        self.fc = Linear("fc", width * (image // 2) ** 2, classes, rng)
+
+    def __call__(self, x: np.ndarray, ctx: Context) -> Tensor:
+        """Logits (N, classes) of images x (N, 1, H, W)."""
+        h = ops.max_pool2d(self.stem(_input(x), ctx).relu())
+        h = self.reduce(h, ctx).relu()
+        for block in self.blocks:
+            h = block(h, ctx)
         return self.fc(h.reshape(h.shape[0], -1), ctx)
 
 

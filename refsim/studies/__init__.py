@@ -2,10 +2,12 @@
 
 Usage rules:
   - `run_study(name, out_dir, quick=..., overrides=...)` resolves the study's parameters
-    (refsim.studies.params), builds its grid of independent runs, runs them through
-    refsim.studies.executor (cached by full config under `cache_dir`, default out_dir/cache),
-    analyses the results and writes out_dir/results.json, results.csv, the plots and
-    report.md. It returns the results document (refsim.studies.report.SCHEMA).
+    (refsim.studies.params; `mode` "quick", "standard" or "full" overrides `quick`), builds
+    its grid of independent runs, runs them through refsim.studies.executor (cached by full
+    config under `cache_dir`, default out_dir/cache), analyses the results and writes
+    out_dir/results.json, results.csv, the plots and report.md. It returns the results
+    document (refsim.studies.report.SCHEMA), with its provenance (refsim.studies.provenance:
+    git commit, date, machine, wall time and `command`).
   - `run_all(out_dir, ...)` runs every study into out_dir/<name>/ (one shared cache,
     out_dir/cache) and writes the combined out_dir/report.md.
   - Each study module provides VERSION (bumped when its runs change meaning: it is part of
@@ -25,7 +27,7 @@ from typing import Any, TextIO
 
 from refsim.studies.cache import Cache
 from refsim.studies.executor import run_grid
-from refsim.studies.params import resolve
+from refsim.studies.params import apply_overrides, defaults
 from refsim.studies.report import headline, write_report, write_study
 
 __all__ = ["STUDIES", "headline", "run_all", "run_study"]
@@ -43,10 +45,15 @@ def run_study(name: str, out_dir: str | Path, *, quick: bool = False,
               overrides: Mapping[str, Any] | None = None, executor: str = "process",
               workers: int = 1, scheduler: str | None = None,
               cache_dir: str | Path | None = None, use_cache: bool = True, plots: bool = True,
-              progress: TextIO | None = None) -> dict[str, Any]:
+              progress: TextIO | None = None, mode: str | None = None,
+              command: str | None = None) -> dict[str, Any]:
     """Run one study and write its outputs (module docstring); returns its document."""
+    from refsim.studies.provenance import collect
+
     mod = _module(name)
-    params = resolve(name, mod.QUICK, mod.FULL, overrides, quick)
+    mode = mode or ("quick" if quick else "full")
+    base, grid_name = defaults(mod, mode)
+    params = apply_overrides(name, base, overrides)
     mod.check(params)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -60,10 +67,12 @@ def run_study(name: str, out_dir: str | Path, *, quick: bool = False,
                               warm_key=getattr(mod, "warm_key", None))
     rows, summary, findings = mod.analyze(params, configs, results)
     plot_files = mod.plot(summary, out) if plots else []
-    doc = {"study": name, "title": mod.TITLE, "quick": quick, "params": params,
-           "grid": dict(stats), "rows": rows, "summary": summary, "findings": findings,
-           "plots": plot_files, "section": "", "seconds": 0.0}
+    doc = {"study": name, "title": mod.TITLE, "quick": mode == "quick", "mode": mode,
+           "grid_name": grid_name, "params": params, "grid": dict(stats), "rows": rows,
+           "summary": summary, "findings": findings, "plots": plot_files, "section": "",
+           "seconds": 0.0}
     doc["seconds"] = time.perf_counter() - start
+    doc["provenance"] = collect(command, doc["seconds"])
     doc["section"] = mod.section(doc)
     write_study(out, doc)
     return doc

@@ -4,7 +4,8 @@ Usage rules:
   - `refsim study NAME` runs one study into --out (default reports/NAME); `refsim study all`
     runs every study into --out (default reports/latest) and writes the combined report.md;
     `refsim study profile --model M` prints a model's factor profile and writes it as CSV and
-    JSON. --quick uses each study's small grid.
+    JSON. --quick uses each study's small grid; --standard the grid sized to decide in under
+    an hour on 2 cores (sensitivity and allocate; a study without one runs its quick grid).
   - --set KEY=VALUE overrides a parameter (VALUE read as JSON when it parses); with `all`, the
     key is STUDY.KEY. Unknown studies, keys and bad values are errors that name what is
     allowed.
@@ -66,7 +67,12 @@ def _study(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown study {args.name!r} (allowed: {', '.join(STUDIES)}, all, "
                          "profile)")
     overrides = _overrides(args.set, args.name)
-    options = {"executor": args.executor, "workers": args.workers,
+    if args.quick and args.standard:
+        raise ValueError("--quick and --standard are two different grids: give one")
+    from refsim.studies.provenance import command_line
+
+    options = {"mode": "quick" if args.quick else "standard" if args.standard else "full",
+               "command": command_line(), "executor": args.executor, "workers": args.workers,
                "scheduler": args.scheduler, "use_cache": not args.no_cache,
                "plots": not args.no_plots}
     if args.cache:
@@ -74,13 +80,14 @@ def _study(args: argparse.Namespace) -> int:
     if args.name == "all":
         out = Path(args.out or "reports/latest")
         options.setdefault("cache_dir", out / "cache")
-        docs = [run_study(name, out / name, quick=args.quick, progress=progress,
+        docs = [run_study(name, out / name, progress=progress,
                           overrides=overrides.get(name), **options) for name in STUDIES]
         seconds = sum(d["seconds"] for d in docs)
-        path = write_report(out, docs, seconds, appendix=write_profiles(out / "profiles"))
+        path = write_report(out, docs, seconds,
+                            appendix=write_profiles(out / "profiles", docs=docs))
     else:
         out = Path(args.out or f"reports/{args.name}")
-        docs = [run_study(args.name, out, quick=args.quick, progress=progress,
+        docs = [run_study(args.name, out, progress=progress,
                           overrides=overrides.get(args.name), **options)]
         path = out / "report.md"
     print(f"report: {path}")
@@ -107,6 +114,8 @@ def add_study_parser(sub: argparse._SubParsersAction) -> None:
                        "results.json, results.csv, plots and report.md.")
     p.add_argument("name", help=f"{', '.join(STUDIES)}, all, or profile")
     p.add_argument("--quick", action="store_true", help="small grids (about 2 minutes each)")
+    p.add_argument("--standard", action="store_true", help="the grids sized to decide (about "
+                   "40 minutes for all on 2 cores; docs/studies.md)")
     p.add_argument("--out", type=output_dir, default=None, help="output folder (default "
                    "reports/latest for all, reports/NAME otherwise)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -120,7 +129,7 @@ def add_study_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-cache", action="store_true", help="recompute every run")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--model", default="mlp", choices=("mlp", "cnn", "transformer"),
+    p.add_argument("--model", default="mlp", choices=("mlp", "cnn", "resnet", "transformer"),
                    help="profile: the model")
     p.add_argument("--batch-size", type=positive_int, default=32, help="profile: the batch")
     p.set_defaults(func=_study)

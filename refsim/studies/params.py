@@ -1,10 +1,16 @@
-"""Study parameters: quick and full defaults, overrides, and checks that name what is wrong.
+"""Study parameters: quick, standard and full defaults, overrides, and checks that name what is
+wrong.
 
 Usage rules:
-  - A study declares QUICK and FULL (dicts with the same keys) and a `check(params)` that
-    raises ValueError naming the parameter and what is allowed.
-  - `resolve(study, quick, full, overrides, quick_mode)` starts from QUICK or FULL, applies the
-    overrides (unknown keys and values of the wrong type are errors) and returns a new dict.
+  - A study declares QUICK and FULL (dicts with the same keys), optionally STANDARD (the grid
+    sized to decide in under an hour on 2 cores: sensitivity and allocate), and a
+    `check(params)` that raises ValueError naming the parameter and what is allowed.
+  - MODES: "quick", "standard", "full". `defaults(module, mode)` returns (the mode's dict, the
+    name of the grid it is): a study without STANDARD runs its QUICK grid in standard mode,
+    and says so ("quick").
+  - `resolve(study, quick, full, overrides, quick_mode)` starts from QUICK or FULL (or
+    `apply_overrides(study, base, overrides)` from any dict), applies the overrides (unknown
+    keys and values of the wrong type are errors) and returns a new dict.
   - `parse_assignments(["key=value", ...])`: the CLI's --set; a value is read as JSON when it
     parses (numbers, lists, true/false), else taken as a string.
 """
@@ -15,7 +21,21 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["need", "need_format", "parse_assignments", "resolve"]
+__all__ = ["MODES", "apply_overrides", "defaults", "need", "need_format", "parse_assignments",
+           "resolve"]
+
+MODES = ("quick", "standard", "full")
+
+
+def defaults(module: Any, mode: str) -> tuple[dict[str, Any], str]:
+    """(parameters, grid name) of a study module in `mode` (module docstring)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    table = {"quick": module.QUICK, "standard": getattr(module, "STANDARD", None),
+             "full": module.FULL}
+    if table[mode] is None:
+        return dict(module.QUICK), "quick"
+    return dict(table[mode]), mode
 
 
 def _kind(value: Any) -> str:
@@ -33,7 +53,13 @@ def _kind(value: Any) -> str:
 def resolve(study: str, quick: Mapping[str, Any], full: Mapping[str, Any],
             overrides: Mapping[str, Any] | None, quick_mode: bool) -> dict[str, Any]:
     """The parameters of one study run (module docstring)."""
-    params = dict(quick if quick_mode else full)
+    return apply_overrides(study, quick if quick_mode else full, overrides)
+
+
+def apply_overrides(study: str, base: Mapping[str, Any], overrides: Mapping[str, Any] | None
+                    ) -> dict[str, Any]:
+    """base with the overrides applied (module docstring)."""
+    params = dict(base)
     for key, value in (overrides or {}).items():
         if key not in params:
             raise ValueError(f"study {study}: unknown parameter {key!r} (allowed: "

@@ -5,12 +5,15 @@ Usage rules:
     grid (runs, cached, computed, seconds), rows (flat dicts, also written as results.csv),
     summary (study-specific numbers), findings (claim, supported: true / false / null when the
     run cannot tell, evidence with the numbers), plots (PNG file names) and section (the
-    markdown section of report.md). `validate(doc)` lists what does not match.
+    markdown section of report.md). run_study adds mode ("quick", "standard" or "full"),
+    grid_name (the grid the mode ran: a study without a standard grid runs its quick one) and
+    provenance (refsim.studies.provenance). `validate(doc)` lists what does not match.
   - Non-finite floats are written as null (JSON has no NaN or Infinity).
   - matplotlib is an optional extra ("plots"): `pyplot()` imports it lazily with the Agg
     backend and says how to install it when it is missing.
-  - `write_report(out_dir, docs)` writes the combined report.md of `refsim study all`: the
-    conclusions first (every finding with its evidence), then each study's section, with the
+  - `write_report(out_dir, docs)` writes the combined report.md of `refsim study all`: where
+    it came from (commit, date, machine, command, wall time), the conclusions first (every
+    finding with its evidence and power statement), then each study's section, with the
     plots linked by relative paths.
 """
 
@@ -31,6 +34,7 @@ SCHEMA: dict[str, type | tuple[type, ...]] = {
     "summary": dict, "findings": list, "plots": list, "section": str, "seconds": (int, float),
 }
 GRID_KEYS = ("runs", "cached", "computed", "seconds")
+PROVENANCE_KEYS = ("git_commit", "date", "machine", "wall_seconds", "command")
 FINDING_KEYS = {"id": str, "claim": str, "supported": (bool, type(None)), "evidence": str}
 
 
@@ -72,6 +76,12 @@ def validate(doc: Any) -> list[str]:
     plots = doc.get("plots") if isinstance(doc.get("plots"), list) else []
     problems += [f"plot {name!r} is not a .png file name" for name in plots
                  if not (isinstance(name, str) and name.endswith(".png"))]
+    if "mode" in doc and doc["mode"] not in ("quick", "standard", "full"):
+        problems.append(f"mode must be quick, standard or full; got {doc['mode']!r}")
+    if "provenance" in doc:
+        prov = doc["provenance"]
+        problems += [f"provenance lacks {key!r}" for key in PROVENANCE_KEYS
+                     if not isinstance(prov, dict) or key not in prov]
     return problems
 
 
@@ -129,31 +139,46 @@ def headline(docs: Sequence[dict[str, Any]]) -> list[str]:
     return [f"[{_mark(f['supported'])}] {f['claim']} -- {f['evidence']}" for f in found]
 
 
-PAPER_FINDINGS = ("accumulation", "frequency", "depth", "allocation")
-"""Finding ids of the paper's three findings and its allocation claim (REFERENCES.md)."""
+PAPER_FINDINGS = ("accumulation", "accumulation-acc", "frequency", "frequency-acc", "depth",
+                  "depth-acc", "allocation", "allocation-a", "allocation-f", "allocation-d")
+"""Finding ids of the paper's three findings and its allocation claims (REFERENCES.md); "-acc":
+the same finding with the accumulator as the lever (refsim.studies.sensitivity)."""
+CORE_FINDINGS = ("accumulation", "frequency", "depth", "allocation")
+"""The ones every `refsim study all` run reports (NOT RUN when their study was left out)."""
 
 
 def write_report(out_dir: Path, docs: Sequence[dict[str, Any]], seconds: float,
                  appendix: str = "") -> Path:
     """The combined report.md of several studies (each in out_dir/<study>/), then `appendix`."""
+    modes = {d.get("mode", "quick" if d["quick"] else "full") for d in docs}
     mode = ("quick mode (small grids: read the numbers as a smoke test of the method)"
-            if any(d["quick"] for d in docs) else "full mode")
+            if "quick" in modes else "standard mode (the grids sized to decide, "
+            "docs/studies.md)" if "standard" in modes else "full mode")
+    fallbacks = [d["study"] for d in docs if d.get("grid_name", d.get("mode")) != d.get("mode")]
+    if fallbacks:
+        mode += f" ({', '.join(fallbacks)}: no standard grid, so their quick grids)"
+    prov = docs[0].get("provenance", {}) if docs else {}
     lines = ["# refsim factor studies", "",
              f"Studies: {', '.join(d['study'] for d in docs)}; "
              f"{mode}; "
              f"{seconds:.0f} s in all. Every number below comes from this run "
-             "(results.json in each study's folder).", "",
-             "## Conclusions", "",
-             "The paper (Shen, Lai & Zhang 2024) reports three findings and an allocation claim. "
-             "For each, this run's verdict: SUPPORTED (the test stated in the study's section "
-             "passed), NOT SUPPORTED (it did not: the direction may still agree without "
-             "significance, as the numbers show) or UNDECIDED (an equivalence claim whose "
-             "interval is too wide for this many seeds).", ""]
+             "(results.json in each study's folder).", ""]
+    if prov:
+        dirty = " (with uncommitted changes)" if prov.get("git_dirty") else ""
+        lines += [f"Run: `{prov.get('command')}` at commit {prov.get('git_commit')}{dirty}, "
+                  f"{prov.get('date')}, on {prov.get('machine')}.", ""]
+    lines += ["## Conclusions", "",
+              "The paper (Shen, Lai & Zhang 2024) reports three findings and an allocation "
+              "claim. For each, this run's verdict: SUPPORTED (the test stated in the study's "
+              "section passed), NOT SUPPORTED (the effect is significant the other way, or "
+              "nothing was found although the grid detects a small effect with 80% power) or "
+              "UNDECIDED (nothing decisive: the smallest effect this grid detects is not "
+              "small). Each line ends with its power statement.", ""]
     paper = [f for d in docs for f in d["findings"] if f["id"] in PAPER_FINDINGS]
     lines += [f"- **{_mark(f['supported'])}** — {f['claim']}: {f['evidence']}"
               for f in sorted(paper, key=lambda f: PAPER_FINDINGS.index(f["id"]))]
     lines += [f"- **NOT RUN** — the {i} finding: its study was not part of this run."
-              for i in PAPER_FINDINGS if i not in {f["id"] for f in paper}]
+              for i in CORE_FINDINGS if i not in {f["id"] for f in paper}]
     others = [f for d in docs for f in d["findings"] if f["id"] not in PAPER_FINDINGS]
     if others:
         lines += ["", "Checks of the underlying numerics:", ""]

@@ -23,7 +23,7 @@ from refsim.studies.stats import fmt_p, loglog_slope, paired, spearman
     ("accumulation", {"trials": 2.5}, "parameter 'trials' must be an int"),
     ("depth", {"inits": ["xavier"]}, "orthogonal, he-relu"),
     ("frequency", {"train_fmt": "e9m99x"}, "parameter 'train_fmt'"),
-    ("sensitivity", {"models": ["resnet"]}, "mlp, cnn, transformer"),
+    ("sensitivity", {"models": ["vgg"]}, "mlp, cnn, resnet, transformer"),
     ("allocate", {"mean_bits": 0}, "mean_bits - spread >= 0"),
 ])
 def test_bad_config_is_a_clear_error(tmp_path, name, overrides, message):

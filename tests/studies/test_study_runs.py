@@ -89,7 +89,7 @@ def test_cli_all_writes_the_combined_report(tiny, capsys):
     assert "findings (this run's numbers" in printed and "SUPPORTED]" in printed
     report = (out / "report.md").read_text()
     assert report.startswith("# refsim factor studies")
-    assert "## Conclusions" in report and "## Factor profiles of the default models" in report
+    assert "## Conclusions" in report and "## Factor profiles of the models" in report
     for name in STUDIES:
         assert json.loads((out / name / "results.json").read_text())["grid"]["computed"] == 0
     assert (out / "profiles" / "cnn.csv").is_file()
