@@ -32,10 +32,10 @@ from formats.block_format import BlockFormat, get_block_format
 from formats.policy import ROUNDINGS, check_rounding, check_seed, check_sr_bits
 from refsim import core
 from refsim.backends.lane import F_ENABLED, N_FAST, fast_constants, round_lane, select
-from refsim.params import CARRIERS, check_array, check_out, format_params
+from refsim.params import CARRIERS, check_array, check_axis, check_out, format_params
 from refsim.quantize import quantize
 from refsim.rng import stream_word
-from refsim.scaling import _check_axis, _check_sr, exact_quotient, fp32_nearest
+from refsim.scaling import check_scaled_sr_bits, exact_quotient, fp32_nearest
 
 __all__ = ["BlockQuantized", "cast_operand", "quantize_blocks"]
 
@@ -541,12 +541,12 @@ def quantize_blocks(x, fmt: BlockFormat | str, rounding: str = "rne", *, axis: i
     x = check_array(x)
     if x.ndim == 0:
         raise ValueError("x must have at least one dimension; got a 0-d array")
-    axis = _check_axis(fmt.axis if axis is None else axis, x.ndim)
+    axis = check_axis(fmt.axis if axis is None else axis, x.ndim)
     assert axis is not None
     check_rounding(rounding)
     check_sr_bits(sr_bits, rounding)
     seed = check_seed(seed)
-    _check_sr(rounding, sr_bits, fmt.pow2_scale)
+    check_scaled_sr_bits(rounding, sr_bits, fmt.pow2_scale)
     _check_fits(fmt, x.dtype)
     out = check_out(out, x)
     _, length, _, nb = _geometry(x.shape, axis, fmt.block_size)

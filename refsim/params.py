@@ -8,6 +8,7 @@ from formats import FixedFormat, FloatFormat, Format, get_format
 from formats.policy import (
     OVERFLOWS,
     ROUNDINGS,
+    check_int,
     check_overflow,
     check_rounding,
     check_seed,
@@ -119,3 +120,16 @@ def resolve(fmt: Format | str, dtype: np.dtype, rounding: str, overflow: str,
         )
     return (fmt, format_params(fmt), ROUNDINGS.index(rounding), OVERFLOWS.index(overflow),
             bits or 0, seed_value)
+
+
+def check_axis(axis: object, ndim: int, name: str = "axis") -> int | None:
+    """axis as a non-negative int below ndim, or None; a ValueError/TypeError naming `name`."""
+    if axis is None:
+        return None
+    axis = check_int(axis, name, allowed="an int or None")
+    if ndim == 0:
+        raise ValueError(f"{name} must be None for a 0-d array (it has no axis); got {axis}")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{name} {axis} is out of range for an array of {ndim} dimensions "
+                         f"(allowed: {-ndim}..{ndim - 1})")
+    return axis % ndim

@@ -16,19 +16,28 @@ Usage rules (semantics: docs/blocks.md, "Scaled quantization"):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 
 import numpy as np
 
 from formats import FixedFormat, FloatFormat, Format, get_format
-from formats.exact import round_value
 from formats.policy import check_int, check_rounding, check_seed, check_sr_bits
-from refsim.params import carrier_holds, check_array
+from refsim.params import carrier_holds, check_array, check_axis
 from refsim.quantize import quantize
 
-__all__ = ["SCALED_SR_BITS_MAX", "DelayedScaling", "ScaledResult", "current_scale",
-           "exact_quotient", "fp32_nearest", "quantize_affine", "quantize_scaled"]
+__all__ = [
+    "SCALED_SR_BITS_MAX",
+    "DelayedScaling",
+    "ScaledResult",
+    "check_scaled_sr_bits",
+    "current_scale",
+    "exact_quotient",
+    "fp32_nearest",
+    "quantize_affine",
+    "quantize_scaled",
+]
 
 SCALED_SR_BITS_MAX = 16
 """Largest sr_bits with a non-power-of-two scale: exact_quotient keeps at least 17 fraction bits
@@ -38,8 +47,28 @@ _EXP_CLAMP = 1000  # quotients are kept within 2^-1000 .. 2^1000 (see exact_quot
 
 
 def fp32_nearest(value: Fraction) -> float:
-    """The float32 value nearest `value` (ties to even), as a Python float; one rounding."""
-    return round_value(value, "fp32", "rne")
+    """The float32 value nearest `value` (ties to even), as a Python float; one rounding.
+
+    Integer arithmetic on the exact fraction: value = k * 2^q with q the float32 quantum of its
+    binade (2^-149 below the normal range), k rounded half to even from the exact remainder.
+    (float(value) would round to float64 first: a double rounding.)
+    """
+    if value == 0:
+        return 0.0
+    num, den = abs(value.numerator), value.denominator
+    exponent = num.bit_length() - den.bit_length()  # floor(log2(num/den)) or one more
+    if num << max(-exponent, 0) < den << max(exponent, 0):
+        exponent -= 1
+    q = max(exponent - 23, -149)
+    num, den = num << max(-q, 0), den << max(q, 0)  # value / 2^q = num / den
+    k, rem = divmod(num, den)
+    if 2 * rem > den or (2 * rem == den and k & 1):
+        k += 1
+    # At or beyond 2^128 (float32's largest finite value plus half an ulp) rne gives Inf.
+    magnitude = math.inf if exponent >= 128 else math.ldexp(k, q)
+    if magnitude >= 2.0**128:
+        magnitude = math.inf
+    return -magnitude if value < 0 else magnitude
 
 
 def exact_quotient(x: np.ndarray, d: np.ndarray | float) -> np.ndarray:
@@ -124,19 +153,8 @@ def _check_margin(margin: object) -> int:
     return check_int(margin, "margin", allowed="an int (a power-of-two headroom)")
 
 
-def _check_axis(axis: object, ndim: int, name: str = "axis") -> int | None:
-    if axis is None:
-        return None
-    axis = check_int(axis, name, allowed="an int or None")
-    if ndim == 0:
-        raise ValueError(f"{name} must be None for a 0-d array (it has no axis); got {axis}")
-    if not -ndim <= axis < ndim:
-        raise ValueError(f"{name} {axis} is out of range for an array of {ndim} dimensions "
-                         f"(allowed: {-ndim}..{ndim - 1})")
-    return axis % ndim
-
-
-def _check_sr(rounding: str, sr_bits: int | None, exact_scales: bool) -> None:
+def check_scaled_sr_bits(rounding: str, sr_bits: int | None, exact_scales: bool) -> None:
+    """Refuse sr with sr_bits beyond SCALED_SR_BITS_MAX when the scales are not powers of 2."""
     if rounding == "sr" and not exact_scales and (sr_bits is None
                                                   or sr_bits > SCALED_SR_BITS_MAX):
         raise ValueError(f"sr_bits must be in 1..{SCALED_SR_BITS_MAX} for rounding='sr' with a "
@@ -186,7 +204,7 @@ class ScaledResult:
 def _scaled(x: np.ndarray, fmt: Format, d: np.ndarray, axis: int | None, rounding: str,
             sr_bits: int | None, seed: int, return_codes: bool):
     exact = bool(np.all(np.frexp(d)[0] == 0.5))
-    _check_sr(rounding, sr_bits, exact)
+    check_scaled_sr_bits(rounding, sr_bits, exact)
     d_full = _expand(d, axis, x.ndim)
     q = quantize(exact_quotient(x, d_full), fmt, rounding, overflow="saturate",
                  sr_bits=sr_bits, seed=seed)
@@ -222,7 +240,7 @@ def quantize_scaled(x, fmt: Format | str, rounding: str = "rne", *, axis: int | 
     check_rounding(rounding)
     check_sr_bits(sr_bits, rounding)
     seed = check_seed(seed)
-    axis = _check_axis(axis, x.ndim)
+    axis = check_axis(axis, x.ndim)
     margin = _check_margin(margin)
     if not carrier_holds(fmt, np.dtype(np.float64)) or (isinstance(fmt, FloatFormat)
                                                         and fmt.man_bits > 7):
@@ -269,8 +287,8 @@ def quantize_affine(x, bits: int = 8, rounding: str = "rne", *, axis: int | None
     check_rounding(rounding)
     check_sr_bits(sr_bits, rounding)
     seed = check_seed(seed)
-    axis = _check_axis(axis, x.ndim)
-    _check_sr(rounding, sr_bits, False)
+    axis = check_axis(axis, x.ndim)
+    check_scaled_sr_bits(rounding, sr_bits, False)
     top = (1 << bits) - 1
     finite = np.isfinite(x)
     others = None if axis is None else tuple(i for i in range(x.ndim) if i != axis)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from formats import get_format
 from formats.exact import round_value, sr_uniform
 from refsim import DelayedScaling, quantize_affine, quantize_scaled
-from refsim.scaling import current_scale, exact_quotient
+from refsim.scaling import current_scale, exact_quotient, fp32_nearest
 
 
 def twin_scaled(x: np.ndarray, fmt: str, d: np.ndarray, axis, rounding: str, sr_bits=None,
@@ -221,3 +221,23 @@ def test_exact_quotient_rounds_like_the_exact_value(x, d_sig, d_exp, fmt, roundi
     a = round_value(v, fmt, rounding, "saturate", sr_bits, uf)
     b = round_value(exact, fmt, rounding, "saturate", sr_bits, uf)
     assert a == b and math.copysign(1, a) == math.copysign(1, b)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.integers(1, 2**80), st.integers(1, 2**80), st.integers(-300, 300), st.booleans())
+def test_fp32_nearest_equals_the_oracle(num, den, exponent, negative):
+    """Production's one rounding of a Fraction to float32 against formats.exact (independent)."""
+    value = Fraction(num, den) * Fraction(2) ** exponent * (-1 if negative else 1)
+    assert fp32_nearest(value) == round_value(value, "fp32", "rne")
+
+
+@pytest.mark.parametrize("value", [
+    Fraction(0), Fraction(2) ** -150, Fraction(3, 2) * Fraction(2) ** -150,  # tie to 0 / to min
+    Fraction(2) ** -126 * (1 - Fraction(1, 2**25)),  # rounds up into the normal range
+    Fraction(2) ** 128 - Fraction(2) ** 103,  # the tie above float32's max: Inf
+    Fraction(2) ** 128 - Fraction(2) ** 103 - 1, Fraction(2) ** 2000, -Fraction(2) ** 2000,
+])
+def test_fp32_nearest_edges(value):
+    expected = round_value(value, "fp32", "rne")
+    got = fp32_nearest(value)
+    assert got == expected and math.copysign(1, got) == math.copysign(1, expected)
