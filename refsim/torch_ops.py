@@ -5,10 +5,12 @@ Usage rules:
     torch.matmul in float32 (fp32 accumulation, order unspecified: torch's), and the result is
     cast with spec.out. Fast and close to hardware, not bit-reproducible across backends.
   - mode="exact": bit-identical to refsim.matmul. The loop runs over k (the declared order),
-    each step vectorized over the (batch, M, N) outputs. Supported: orders sequential, chunked,
-    pairwise and kahan, every rounding but sr in the accumulator (and in acc.product), every
-    Cast of the operands and of the output (sr included); anything else (sr accumulation,
-    multiterm) raises NotImplementedError naming it.
+    each step vectorized over the (batch, M, N) outputs. Supported: every order (multiterm: the
+    tensor-core block model of docs/hardware.md, refsim.hardware's presets; acc-excluded with
+    width + bitlen(group) at most 53, one less with align='product'), an initial accumulator
+    c=, every rounding but sr in the accumulator (and in acc.product), every Cast of the
+    operands and of the output (sr included); anything else (sr accumulation, wider
+    acc-excluded groups) raises NotImplementedError naming it.
   - Seeds as refsim.matmul: a's Cast uses seed, b's seed + 1, the accumulation and output cast
     seed (the output cast reads the accumulation family TAG_OUT of refsim.accum_core).
 
@@ -157,21 +159,31 @@ def _term(a: torch.Tensor, b: torch.Tensor, k: int, acc: AccumSpec) -> torch.Ten
     return t
 
 
-def _reduce_sequential(a: torch.Tensor, b: torch.Tensor, k0: int, k1: int, acc: AccumSpec
-                       ) -> torch.Tensor:
-    """s = round(t_k0); s = round(s + t_k) for k = k0+1 .. k1-1 (refsim.accum_core)."""
+def _reduce_sequential(a: torch.Tensor, b: torch.Tensor, k0: int, k1: int, acc: AccumSpec,
+                       init: torch.Tensor | None = None) -> torch.Tensor:
+    """s = round(t_k0); s = round(s + t_k) for k = k0+1 .. k1-1 (refsim.accum_core); from
+    s = init (exact) for every k when init is given."""
     fmt, rounding, overflow = _acc_params(acc, "accumulator")
+    if init is not None:
+        s = init
+        for k in range(k0, k1):
+            s = _add_round(s, _term(a, b, k, acc), fmt, rounding, overflow)
+        return s
     s = tb.quantize(_term(a, b, k0, acc), fmt, rounding, overflow=overflow)
     for k in range(k0 + 1, k1):
         s = _add_round(s, _term(a, b, k, acc), fmt, rounding, overflow)
     return s
 
 
-def _reduce_pairwise(a: torch.Tensor, b: torch.Tensor, nk: int, acc: AccumSpec) -> torch.Tensor:
+def _reduce_pairwise(a: torch.Tensor, b: torch.Tensor, nk: int, acc: AccumSpec,
+                     c: torch.Tensor | None = None) -> torch.Tensor:
     """refsim.accum_core.reduce_pairwise: terms pushed unrounded on a binary counter; the two
     top entries merge (one rounding) while they hold equally many terms, and at the last term
-    everything left merges from the top down. One term alone is round(t_0)."""
+    everything left merges from the top down. One term alone is round(t_0). With C:
+    round(C + root), the root unrounded for one term."""
     fmt, rounding, overflow = _acc_params(acc, "accumulator")
+    if c is not None and nk == 1:
+        return _add_round(c, _term(a, b, 0, acc), fmt, rounding, overflow)
     stack: list[tuple[torch.Tensor, int]] = []
     for k in range(nk):
         stack.append((_term(a, b, k, acc), 1))
@@ -180,16 +192,21 @@ def _reduce_pairwise(a: torch.Tensor, b: torch.Tensor, nk: int, acc: AccumSpec) 
             stack[-2:] = [(_add_round(left, right, fmt, rounding, overflow), n_left + n_right)]
     if nk == 1:
         return tb.quantize(stack[0][0], fmt, rounding, overflow=overflow)
+    if c is not None:
+        return _add_round(c, stack[0][0], fmt, rounding, overflow)
     return stack[0][0]
 
 
-def _reduce_kahan(a: torch.Tensor, b: torch.Tensor, nk: int, acc: AccumSpec) -> torch.Tensor:
+def _reduce_kahan(a: torch.Tensor, b: torch.Tensor, nk: int, acc: AccumSpec,
+                  init: torch.Tensor | None = None) -> torch.Tensor:
     """refsim.accum_core.reduce_kahan: s = round(t_0), c = +0; then y = round(t_k - c),
-    t = round(s + y), c = round(round(t - s) - y), s = t."""
+    t = round(s + y), c = round(round(t - s) - y), s = t. With C: s = C, c = +0, every k."""
     fmt, rounding, overflow = _acc_params(acc, "accumulator")
-    s = tb.quantize(_term(a, b, 0, acc), fmt, rounding, overflow=overflow)
+    start = 0 if init is not None else 1
+    s = init if init is not None else tb.quantize(_term(a, b, 0, acc), fmt, rounding,
+                                                  overflow=overflow)
     c = torch.zeros_like(s)
-    for k in range(1, nk):
+    for k in range(start, nk):
         y = _add_round(_term(a, b, k, acc), -c, fmt, rounding, overflow)
         t = _add_round(s, y, fmt, rounding, overflow)
         d = _add_round(t, -s, fmt, rounding, overflow)
@@ -198,36 +215,40 @@ def _reduce_kahan(a: torch.Tensor, b: torch.Tensor, nk: int, acc: AccumSpec) -> 
     return s
 
 
-def _exact(a: torch.Tensor, b: torch.Tensor, spec: GemmSpec, seed: int) -> torch.Tensor:
+def _exact(a: torch.Tensor, b: torch.Tensor, spec: GemmSpec, seed: int,
+           c: torch.Tensor | None = None) -> torch.Tensor:
     acc = spec.acc
     assert acc is not None
-    if acc.order not in ("sequential", "chunked", "pairwise", "kahan"):
-        raise NotImplementedError(f"torch matmul mode='exact' supports orders sequential, "
-                                  f"chunked, pairwise and kahan; got order={acc.order!r} (use "
-                                  "refsim.matmul)")
     a = a.to(torch.float64)
     b = b.to(torch.float64)
     _check_products(a, b)
     k_total = a.shape[-1]
     shape = torch.broadcast_shapes(a.shape[:-1][:-1], b.shape[:-2])
     out_shape = (*shape, a.shape[-2], b.shape[-1])
+    if c is not None:
+        c = c.to(device=a.device, dtype=torch.float64).expand(out_shape)
+    blocked = acc.order in ("chunked", "multiterm")
     if k_total == 0:
-        zero = tb.quantize(torch.zeros(out_shape, dtype=torch.float64, device=a.device),
-                           acc.outer_spec.fmt if acc.order == "chunked" else acc.fmt)
-        result = zero
+        final = acc.outer_spec if blocked else acc
+        start = c if c is not None else torch.zeros(out_shape, dtype=torch.float64,
+                                                    device=a.device)
+        result = tb.quantize(start, final.fmt, final.rounding, overflow=final.overflow)
     elif acc.order == "sequential":
-        result = _reduce_sequential(a, b, 0, k_total, acc)
+        result = _reduce_sequential(a, b, 0, k_total, acc, c)
     elif acc.order == "pairwise":
-        result = _reduce_pairwise(a, b, k_total, acc)
+        result = _reduce_pairwise(a, b, k_total, acc, c)
     elif acc.order == "kahan":
-        result = _reduce_kahan(a, b, k_total, acc)
+        result = _reduce_kahan(a, b, k_total, acc, c)
+    elif acc.order == "multiterm":
+        result = _reduce_multiterm(a, b, k_total, acc, c)
     else:
         outer = acc.outer_spec
         ofmt, orounding, ooverflow = _acc_params(outer, "outer accumulator")
         chunk = int(acc.chunk or k_total)
-        result = None
+        result = c if (c is not None and acc.c_entry == "outer") else None
         for k0 in range(0, k_total, chunk):
-            s = _reduce_sequential(a, b, k0, min(k0 + chunk, k_total), acc)
+            init = c if (c is not None and acc.c_entry != "outer" and k0 == 0) else None
+            s = _reduce_sequential(a, b, k0, min(k0 + chunk, k_total), acc, init)
             if result is None:
                 result = tb.quantize(s, ofmt, orounding, overflow=ooverflow)
             else:
@@ -238,6 +259,173 @@ def _exact(a: torch.Tensor, b: torch.Tensor, spec: GemmSpec, seed: int) -> torch
     if out is not None:
         result = _cast_output(result, out, seed)
     return result
+
+
+# ---- multiterm (refsim.accum_core.multiterm_group, docs/accumulation.md) -------------------------
+# Every output's group sum is an int64 S with |S| < 2^63 (accum_core's width proof); S * 2^q goes
+# to float64 rounded to odd at 53 bits (_from_units), which the accumulator format (at most 50
+# mantissa bits, smallest quantum at least 2^-1072) then rounds as it would S * 2^q itself.
+_EXP_NONE = -(1 << 40)
+
+
+def _magnitude(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, e0) with |x| = M * 2^e0, M < 2^53 an int64, for finite float64 x (M = 0 for zeros)."""
+    mantissa, exponent = torch.frexp(x.abs())
+    return (mantissa * 2.0**53).to(torch.int64), exponent.to(torch.int64) - 53
+
+
+def _floor_log2(x: torch.Tensor) -> torch.Tensor:
+    """floor(log2|x|) of nonzero finite float64 values, int64 (anything elsewhere)."""
+    return torch.frexp(x)[1].to(torch.int64) - 1
+
+
+def _units(x: torch.Tensor, q: torch.Tensor, floor: bool) -> torch.Tensor:
+    """|T| / 2^q (int64) for T = x truncated to a multiple of 2^q: toward zero, or toward -inf
+    when `floor` (a negative x with bits below 2^q loses one unit more); x finite, |x| below
+    2^(q + 62) (the width proof)."""
+    m, e0 = _magnitude(x)
+    shift = e0 - q
+    right = torch.clamp(-shift, 0, 63)
+    up = torch.bitwise_left_shift(m, torch.clamp(shift, 0, 62))
+    down = torch.bitwise_right_shift(m, right)
+    rest = (m & (torch.bitwise_left_shift(torch.ones_like(m), right) - 1)) != 0
+    units = torch.where(shift >= 0, up, down)
+    if floor:
+        units = units + ((shift < 0) & rest & torch.signbit(x)).to(torch.int64)
+    return units
+
+
+def _from_units(s: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """s * 2^q (s int64, |s| < 2^63) as float64, rounded to odd at float64's precision (exact
+    when it fits); beyond float64's range, +-float64 max (an overflow of every accumulator
+    format here, as in _add_round)."""
+    m = s.abs()
+    top = q + tb._bitlen(m) - 1
+    quantum = torch.clamp(top - 52, min=-1074)
+    shift = quantum - q
+    right = torch.clamp(shift, 0, 63)
+    sticky = (m & (torch.bitwise_left_shift(torch.ones_like(m), right) - 1)) != 0
+    down = torch.bitwise_right_shift(m, right) | sticky.to(torch.int64)
+    t = torch.where(shift > 0, down, torch.bitwise_left_shift(m, torch.clamp(-shift, 0, 62)))
+    normal = t >= (1 << 52)
+    bits = torch.where(normal, ((quantum + 52 + 1023) << 52) | (t - (1 << 52)), t)
+    value = torch.where(top > 1023, torch.full_like(s, 0x7FEFFFFFFFFFFFFF), bits)
+    value = value.view(torch.float64)
+    return torch.where(s < 0, -value, value)
+
+
+def _aligned(entries: list[tuple[torch.Tensor, torch.Tensor]], acc: AccumSpec) -> torch.Tensor:
+    """multiterm_group on (value, alignment exponent) tensors of one shape: specials by IEEE
+    rules, else the exact sum of the values truncated to multiples of 2^(E - width + 1) (E the
+    largest exponent of the nonzero values) as float64 rounded to odd, zeros signed as
+    docs/accumulation.md says."""
+    values = [v for v, _ in entries]
+    nan = torch.zeros(values[0].shape, dtype=torch.bool, device=values[0].device)
+    pos_inf, neg_inf = nan.clone(), nan.clone()
+    e_max = torch.full(values[0].shape, _EXP_NONE, dtype=torch.int64, device=values[0].device)
+    for v, e in entries:
+        nan |= torch.isnan(v)
+        pos_inf |= v == float("inf")
+        neg_inf |= v == float("-inf")
+        e_max = torch.where(torch.isfinite(v) & (v != 0), torch.maximum(e_max, e), e_max)
+    q = e_max - int(acc.width or 1) + 1
+    total = torch.zeros_like(e_max)
+    n_pos = torch.zeros_like(e_max)
+    n_neg = torch.zeros_like(e_max)
+    n_live = torch.zeros_like(e_max)
+    for v in values:
+        finite = torch.where(torch.isfinite(v), v, 0.0)
+        units = _units(finite, q, acc.truncation == "floor")
+        negative = torch.signbit(finite)
+        zero = units == 0
+        n_pos += zero & ~negative
+        n_neg += zero & negative
+        n_live += ~zero
+        total += torch.where(negative, -units, units)
+    result = _from_units(total, q)
+    all_neg = (n_live == 0) & (n_pos == 0)
+    all_pos = (n_live == 0) & (n_neg == 0)
+    zero_negative = all_neg | ~all_pos if acc.rounding == "rdn" else all_neg
+    result = torch.where(total == 0, torch.where(zero_negative, -0.0, 0.0), result)
+    result = torch.where(neg_inf, float("-inf"), result)
+    result = torch.where(pos_inf, float("inf"), result)
+    return torch.where(nan | (pos_inf & neg_inf), float("nan"), result)
+
+
+def _operand_exponent(x: torch.Tensor, emin: int | None) -> torch.Tensor:
+    """The exponent of x in the operand format: floor(log2|x|), at least emin."""
+    e = _floor_log2(x)
+    return e if emin is None else torch.clamp(e, min=emin)
+
+
+def _check_multiterm(acc: AccumSpec) -> None:
+    fmt = acc.fmt
+    if fmt.emin - (fmt.man_bits if fmt.subnormals else 0) < -1072:
+        raise NotImplementedError(f"torch matmul mode='exact': multiterm needs an accumulator "
+                                  f"whose smallest quantum is at least 2^-1072; {fmt.name} has "
+                                  "a smaller one (use refsim.matmul)")
+    extra = 1 if acc.align == "product" else 0
+    if acc.variant == "acc-excluded" and (acc.width or 0) + (acc.group or 0).bit_length() \
+            + extra > 53:
+        raise NotImplementedError(f"torch matmul mode='exact': multiterm acc-excluded adds the "
+                                  f"group sum to the accumulator in float64, so width + "
+                                  f"bitlen(group){' + 1' * extra} must be at most 53; got "
+                                  f"width {acc.width}, group {acc.group} (use refsim.matmul)")
+
+
+def _reduce_multiterm(a: torch.Tensor, b: torch.Tensor, nk: int, acc: AccumSpec,
+                      c: torch.Tensor | None) -> torch.Tensor:
+    """refsim.accum_core.reduce_multiterm on every output at once (groups, chunks, C entry)."""
+    fmt, rounding, overflow = _acc_params(acc, "accumulator")
+    _check_multiterm(acc)
+    ofmt, orounding, ooverflow = _acc_params(acc.outer_spec, "outer accumulator")
+    operands = acc.operands
+    emin = None if operands is None else operands.emin
+    if acc.subnormals == "flush":
+        assert emin is not None
+        a = torch.where((a != 0) & (a.abs() < 2.0**emin), torch.copysign(torch.zeros_like(a), a),
+                        a)
+        b = torch.where((b != 0) & (b.abs() < 2.0**emin), torch.copysign(torch.zeros_like(b), b),
+                        b)
+    by_operands = acc.align == "product"
+    if by_operands:
+        ea = _operand_exponent(a, emin)
+        eb = _operand_exponent(b, emin)
+    group = int(acc.group or 1)
+    chunk = int(acc.chunk or nk)
+    into_outer = c is not None and acc.c_entry == "outer"
+    outer = c if into_outer else None
+    for c0 in range(0, nk, chunk):
+        c1 = min(c0 + chunk, nk)
+        s = c if (c is not None and not into_outer and c0 == 0) else None
+        for g0 in range(c0, c1, group):
+            entries = []
+            for k in range(g0, min(g0 + group, c1)):
+                t = _term(a, b, k, acc)
+                if by_operands:
+                    e = ea[..., :, k:k + 1] + eb[..., k:k + 1, :]
+                else:
+                    e = _floor_log2(t)
+                entries.append((t, e.expand(t.shape)))
+            if s is None:
+                s = tb.quantize(_aligned(entries, acc), fmt, rounding, overflow=overflow)
+            elif acc.variant == "acc-aligned":
+                shape = torch.broadcast_shapes(s.shape, entries[0][0].shape)
+                s = s.expand(shape)
+                e_s = _floor_log2(s)
+                if by_operands:
+                    e_s = torch.clamp(e_s, min=fmt.emin)
+                entries = [(s, e_s), *((v.expand(shape), e.expand(shape)) for v, e in entries)]
+                s = tb.quantize(_aligned(entries, acc), fmt, rounding, overflow=overflow)
+            else:
+                s = _add_round(s, _aligned(entries, acc), fmt, rounding, overflow)
+        assert s is not None
+        if outer is None:
+            outer = tb.quantize(s, ofmt, orounding, overflow=ooverflow)
+        else:
+            outer = _add_round(outer, s, ofmt, orounding, ooverflow)
+    assert outer is not None
+    return outer
 
 
 def _cast_output(values: torch.Tensor, out: Cast, seed: int) -> torch.Tensor:
@@ -254,24 +442,29 @@ def _cast_output(values: torch.Tensor, out: Cast, seed: int) -> torch.Tensor:
     return bits.view(torch.float64).reshape(values.shape)
 
 
-def _result_dtype(spec: GemmSpec, a: torch.Tensor, b: torch.Tensor) -> torch.dtype:
+def _result_dtype(spec: GemmSpec, a: torch.Tensor, b: torch.Tensor,
+                  c: torch.Tensor | None = None) -> torch.dtype:
     acc = spec.acc
     assert acc is not None
     fmt = spec.out.fmt if spec.out is not None else (
         acc.outer_spec.fmt if acc.order in ("chunked", "multiterm") else acc.fmt)
     dtype = torch.promote_types(a.dtype, b.dtype)
+    if c is not None:
+        dtype = torch.promote_types(dtype, c.dtype)
     if dtype == torch.float32 and carrier_holds(fmt, np.dtype(np.float32)):
         return torch.float32
     return torch.float64
 
 
-def matmul(a: torch.Tensor, b: torch.Tensor, spec: GemmSpec, *, mode: str = "exact",
-           seed: int = 0) -> torch.Tensor:
-    """a @ b under `spec` on torch tensors (module docstring for the two modes).
+def matmul(a: torch.Tensor, b: torch.Tensor, spec: GemmSpec, c: torch.Tensor | None = None, *,
+           mode: str = "exact", seed: int = 0) -> torch.Tensor:
+    """a @ b (+ C) under `spec` on torch tensors (module docstring for the two modes).
 
     Args:
         a: (..., M, K) float32/float64 tensor; b: (..., K, N); batch dimensions broadcast.
         spec: a GemmSpec (operand Casts, AccumSpec, output Cast).
+        c: None, or the initial accumulator C, a float32/float64 tensor that broadcasts to the
+            output shape, entering as in refsim.matmul (exact); fast mode adds it in float32.
         mode: "exact" (bit-identical to refsim.matmul) or "fast" (fp32 torch.matmul).
         seed: 0..2^64-1 (a's Cast: seed; b's: seed + 1; the output cast: seed).
 
@@ -295,10 +488,22 @@ def matmul(a: torch.Tensor, b: torch.Tensor, spec: GemmSpec, *, mode: str = "exa
         raise ValueError(f"matmul: a's last dimension must equal b's second-to-last; got a of "
                          f"shape {tuple(a.shape)} and b of shape {tuple(b.shape)}")
     try:
-        torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     except RuntimeError:
         raise ValueError(f"matmul: batch dimensions do not broadcast; got a of shape "
                          f"{tuple(a.shape)} and b of shape {tuple(b.shape)}") from None
+    if c is not None:
+        if not isinstance(c, torch.Tensor) or c.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"c must be a float32 or float64 torch tensor; got "
+                            f"{getattr(c, 'dtype', type(c).__name__)}")
+        out_shape = (*batch, a.shape[-2], b.shape[-1])
+        try:
+            if torch.broadcast_shapes(c.shape, out_shape) != torch.Size(out_shape):
+                raise RuntimeError
+        except RuntimeError:
+            raise ValueError(f"c of shape {tuple(c.shape)} does not broadcast to the output "
+                             f"shape {out_shape}") from None
+    initial = c
     a = cast(a, spec.a, seed, axis=-1)
     b = cast(b, spec.b, (seed + 1) & _UINT64_MAX, axis=-2)
     if mode == "fast":
@@ -308,11 +513,13 @@ def matmul(a: torch.Tensor, b: torch.Tensor, spec: GemmSpec, *, mode: str = "exa
                 raise ValueError(f"mode='fast' multiplies in float32: {name} is float64 and its "
                                  "Cast does not fit float32 (cast it to a format that does)")
         result = torch.matmul(a.float(), b.float())
+        if initial is not None:
+            result = result + initial.float()
         if spec.out is not None:
             result = tb.quantize(result, spec.out.fmt, spec.out.rounding,
                                  overflow=spec.out.overflow, sr_bits=spec.out.sr_bits, seed=seed)
         return result
-    result = _exact(a, b, spec, seed)
-    dtype = _result_dtype(spec, a, b)
+    result = _exact(a, b, spec, seed, initial)
+    dtype = _result_dtype(spec, a, b, initial)
     return result if dtype == torch.float64 else result.to(dtype)
 

@@ -74,8 +74,22 @@ def make_inputs() -> dict[str, np.ndarray]:
     # float64 operands whose products are exact in 64 bits (24 significant bits each)
     a = a.astype(np.float32).astype(np.float64)
     b = b.astype(np.float32).astype(np.float64)
+    c = (rng.standard_normal((4, 3)) * np.exp2(rng.integers(-12, 12, (4, 3)))).astype(np.float32)
     return {"x64": x, "x32": x.astype(np.float32), "a": a, "b": b,
-            "a32": a.astype(np.float32), "b32": b.astype(np.float32)}
+            "a32": a.astype(np.float32), "b32": b.astype(np.float32), "c32": c}
+
+
+def initial_value_cases() -> dict:
+    """key -> GemmSpec for the cases with an initial accumulator C (matmul's c=): tensor-core
+    presets (C joining the block's alignment; B200 fp8: C added after) and a chunked sr sum."""
+    from refsim import hardware
+    from refsim.specs import AccumSpec, GemmSpec
+
+    return {"m-c-h100-e4m3": hardware.gemm_spec("h100", "e4m3"),
+            "m-c-b200-e4m3": hardware.gemm_spec("b200", "e4m3"),
+            "m-c-a100-fp16": hardware.gemm_spec("a100", "fp16", "fp16"),
+            "m-c-chunked-sr": GemmSpec(acc=AccumSpec("bf16", "sr", "chunked", chunk=2,
+                                                     c_entry="outer"))}
 
 
 def run_cases(inputs: dict[str, np.ndarray], cuda) -> dict[str, np.ndarray]:
@@ -102,6 +116,10 @@ def run_cases(inputs: dict[str, np.ndarray], cuda) -> dict[str, np.ndarray]:
     b2 = np.stack([inputs["b"], inputs["b"][::-1]])
     results["m-batched"] = refsim.matmul(cuda.to_device(a2), cuda.to_device(b2),
                                          matmul_specs()["m-kahan-sr"], seed=SEED).copy_to_host()
+    for i, (key, spec) in enumerate(initial_value_cases().items()):
+        c = inputs["c32"] if i % 2 else cuda.to_device(inputs["c32"])  # NumPy or device C
+        results[key] = refsim.matmul(cuda.to_device(inputs["a32"]), inputs["b32"], spec, c,
+                                     seed=SEED).copy_to_host()
     d = cuda.to_device(inputs["x32"])
     refsim.quantize(d, "e4m3fn", "sr", seed=SEED, out=d)
     results["q-inplace"] = d.copy_to_host()
@@ -133,12 +151,15 @@ def cpu_results(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     b2 = np.stack([inputs["b"], inputs["b"][::-1]])
     expected["m-batched"] = refsim.matmul(a2, b2, matmul_specs()["m-kahan-sr"], seed=SEED)
     expected["q-inplace"] = refsim.quantize(inputs["x32"], "e4m3fn", "sr", seed=SEED)
+    for key, spec in initial_value_cases().items():
+        expected[key] = refsim.matmul(inputs["a32"], inputs["b32"], spec, inputs["c32"],
+                                      seed=SEED)
     return expected
 
 
 CASE_KEYS = ([key for key, *_ in quantize_cases()] + ["q-inplace"]
              + [k for key in matmul_specs() for k in (key, key + "-counts")]
-             + ["m-f32-mixed", "m-batched"])
+             + ["m-f32-mixed", "m-batched", *initial_value_cases()])
 
 
 def _compare(actual: np.ndarray, expected: np.ndarray, key: str) -> None:

@@ -432,3 +432,66 @@ def test_spec_fields_round_trip_and_are_checked():
         AccumSpec("fp32", c_entry="outer")
     assert re.search("c_entry", AccumSpec("fp32", order="chunked", chunk=2,
                                           c_entry="outer").to_toml())
+
+
+# ---- the torch path (mode="exact"): the same bits ------------------------------------------------
+def test_torch_exact_reproduces_the_rows():
+    torch = pytest.importorskip("torch")
+    from refsim.torch_ops import matmul as torch_matmul
+
+    for name, (device, input_format) in DATASETS.items():
+        data = _load(name)
+        spec = hardware.gemm_spec(device, input_format)
+        d = torch_matmul(torch.from_numpy(data["a"][:, None, :]),
+                         torch.from_numpy(data["b"][:, :, None]), spec,
+                         torch.from_numpy(data["c"][:, None, None]))
+        assert d.dtype == torch.float32
+        assert np.array_equal(d.numpy().reshape(-1).view(np.uint32), data["d"]), name
+
+
+@pytest.mark.parametrize("options", VARIANTS[::3], ids=lambda o: "-".join(str(v)[:5]
+                                                                          for v in o.values()))
+def test_torch_exact_matches_the_cpu(options):
+    torch = pytest.importorskip("torch")
+    from refsim.torch_ops import matmul as torch_matmul
+
+    i = VARIANTS.index(options)
+    rng = np.random.default_rng(1600 + i)
+    operand = ("e4m3fn", "fp16", "bf16")[i % 3]
+    rounding = ("rtz", "rne", "rdn", "rup")[i % 4]
+    fmt = ("fp32", FloatFormat(8, 13), "bf16", "fp16")[i % 4]
+    a = _operand_values(rng, operand, (2, 3, 13))
+    b = _operand_values(rng, operand, (2, 13, 2))
+    c = _initial(rng, (2, 3, 2))
+    for group, width, chunk in ((4, 6, 8), (4, 47, None), (13, 3, None)):
+        acc = AccumSpec(fmt, rounding, "multiterm", group=group, width=width, chunk=chunk,
+                        outer="fp32", operands=operand, **options)
+        spec = GemmSpec(acc=acc)
+        for cc in (c, None):
+            got = torch_matmul(torch.from_numpy(a), torch.from_numpy(b), spec,
+                               None if cc is None else torch.from_numpy(cc))
+            _same(got.numpy(), matmul(a, b, spec, c=cc), context=str(acc))
+
+
+def test_torch_exact_initial_value_in_every_order():
+    torch = pytest.importorskip("torch")
+    from refsim.torch_ops import matmul as torch_matmul
+
+    rng = np.random.default_rng(1700)
+    a = _operand_values(rng, "bf16", (3, 7))
+    b = _operand_values(rng, "bf16", (7, 2))
+    c = _initial(rng, (3, 2))
+    specs = [AccumSpec("bf16", "rne"), AccumSpec("fp16", "rtz", "pairwise"),
+             AccumSpec("bf16", "rup", "kahan"),
+             AccumSpec("bf16", "rdn", "chunked", chunk=3, outer="fp32"),
+             AccumSpec("bf16", "rne", "chunked", chunk=3, outer="fp32", c_entry="outer")]
+    for acc in specs:
+        spec = GemmSpec(acc=acc)
+        for k in (7, 1, 0):
+            got = torch_matmul(torch.from_numpy(a[:, :k]), torch.from_numpy(b[:k]), spec,
+                               torch.from_numpy(c))
+            _same(got.numpy(), matmul(a[:, :k], b[:k], spec, c=c), context=f"{acc} K={k}")
+    with pytest.raises(NotImplementedError, match="acc-excluded"):
+        torch_matmul(torch.from_numpy(a), torch.from_numpy(b), hardware.gemm_spec("mi100", "bf16"))
+    with pytest.raises(ValueError, match=r"c of shape \(3,\) does not broadcast"):
+        torch_matmul(torch.from_numpy(a), torch.from_numpy(b), spec, torch.zeros(3))
