@@ -24,7 +24,7 @@ import numba
 import numpy as np
 
 from refsim.nn import Context, preset
-from refsim.nn.train import TrainConfig, _loss, _optimizer, build, evaluate
+from refsim.nn.train import TrainConfig, build, evaluate, forward_loss, make_optimizer
 
 
 def _profile_seconds(profile: cProfile.Profile) -> dict[str, float]:
@@ -44,16 +44,16 @@ def epoch(config: TrainConfig, plan_name: str) -> None:
     plan = preset(plan_name)
     warm, split = build(config)
     warm_ctx = Context(plan, seed=config.seed)
-    warm_opt = _optimizer(config, warm)
+    warm_opt = make_optimizer(config, warm)
     for b in range(2):
         idx = np.arange(b * config.batch_size, (b + 1) * config.batch_size)
         warm_opt.zero_grad()
-        _loss(warm, warm_ctx, split.x_train[idx], split.y_train[idx], None)[1].backward()
+        forward_loss(warm, warm_ctx, split.x_train[idx], split.y_train[idx], None)[1].backward()
         warm_opt.step()
     model, split = build(config)
     trace: list = []
     ctx = Context(plan, seed=config.seed, trace=trace)
-    opt = _optimizer(config, model)
+    opt = make_optimizer(config, model)
     n = len(split.y_train)
     order = np.random.default_rng([config.seed, 0]).permutation(n)
     profile = cProfile.Profile()
@@ -62,7 +62,7 @@ def epoch(config: TrainConfig, plan_name: str) -> None:
     for b in range(0, n, config.batch_size):
         idx = order[b:b + config.batch_size]
         opt.zero_grad()
-        _loss(model, ctx, split.x_train[idx], split.y_train[idx], None)[1].backward()
+        forward_loss(model, ctx, split.x_train[idx], split.y_train[idx], None)[1].backward()
         opt.step()
         ctx.step += 1
     profile.disable()
@@ -103,7 +103,7 @@ def transformer(plan_name: str, target: float, limit: float, task: str) -> None:
     model, split = build(config)
     plan = preset(plan_name)
     ctx = Context(plan, seed=config.seed)
-    opt = _optimizer(config, model)
+    opt = make_optimizer(config, model)
     n = len(split.y_train)
     start = time.perf_counter()
     print(f"\n### transformer on {task} (length {config.length}, vocab {config.vocab}, "
@@ -124,7 +124,7 @@ def transformer(plan_name: str, target: float, limit: float, task: str) -> None:
         for b in range(0, n, config.batch_size):
             idx = order[b:b + config.batch_size]
             opt.zero_grad()
-            loss = _loss(model, ctx, split.x_train[idx], split.y_train[idx],
+            loss = forward_loss(model, ctx, split.x_train[idx], split.y_train[idx],
                          split.mask_train[idx])[1]
             loss.backward()
             opt.step()

@@ -48,8 +48,8 @@ from refsim.nn.optim import SGD, Adam, Optimizer
 from refsim.nn.tensor import Tensor
 from refsim.specs import Cast
 
-__all__ = ["EVAL_BATCH", "MODELS", "TrainConfig", "build", "evaluate", "nonfinite_report",
-           "train"]
+__all__ = ["EVAL_BATCH", "MODELS", "TrainConfig", "build", "evaluate", "forward_loss",
+           "make_optimizer", "nonfinite_report", "train"]
 
 MODELS = ("mlp", "cnn", "resnet", "transformer")
 EVAL_BATCH = 256
@@ -137,7 +137,8 @@ def build(config: TrainConfig) -> tuple[Module, Split]:
     return model, split
 
 
-def _optimizer(config: TrainConfig, model: Module) -> Optimizer:
+def make_optimizer(config: TrainConfig, model: Module) -> Optimizer:
+    """The optimizer `config` names (SGD or Adam, fp32 masters, optional SR weight storage)."""
     storage = None if config.storage is None else Cast(config.storage, "sr")
     params = model.parameters()
     assert config.lr is not None
@@ -153,7 +154,8 @@ def _quiet() -> np.errstate:
     return np.errstate(over="ignore", invalid="ignore", divide="ignore")
 
 
-def _loss(model: Module, ctx: Context, x, y, mask):
+def forward_loss(model: Module, ctx: Context, x, y, mask):
+    """(logits, cross-entropy loss) of one batch; mask: the scored positions, or None for all."""
     logits = model(x, ctx)  # type: ignore[operator]
     return logits, ops.cross_entropy(logits, y, mask)
 
@@ -170,7 +172,7 @@ def evaluate(model: Module, split: Split, ctx: Context) -> dict[str, float]:
             sl = slice(start, start + EVAL_BATCH)
             mask = None if split.mask_test is None else split.mask_test[sl]
             with _quiet():
-                logits, loss = _loss(model, ctx, split.x_test[sl], split.y_test[sl], mask)
+                logits, loss = forward_loss(model, ctx, split.x_test[sl], split.y_test[sl], mask)
             right = logits.data.argmax(axis=-1) == split.y_test[sl]
             scored = np.ones(right.shape, bool) if mask is None else mask
             correct += int((right & scored).sum())
@@ -218,7 +220,7 @@ def _step(model: Module, ctx: Context, optimizer: Optimizer, params: list[tuple[
     ctx.nonfinite = None
     optimizer.zero_grad()
     with _quiet():
-        _, loss = _loss(model, ctx, x, y, mask)
+        _, loss = forward_loss(model, ctx, x, y, mask)
         value = float(loss.data)
         if not math.isfinite(value):
             return value, nonfinite_report(ctx, epoch, f"the loss is {value}")
@@ -239,7 +241,7 @@ def train(config: TrainConfig, numerics: Numerics, out_dir: str | Path | None = 
     built, split = build(config)
     model = built if model is None else model
     numerics.check(model.gemm_names())
-    optimizer = _optimizer(config, model)
+    optimizer = make_optimizer(config, model)
     ctx = Context(numerics, seed=config.seed)
     metrics = None
     if out_dir is not None:
