@@ -11,7 +11,8 @@ Usage rules:
     float32 values are taken at their exact value). It returns a Python float that is exactly the
     format's value (-0.0, inf and nan where the contract says).
   - `quantize_exact` loops `round_value` over an array in flat C order; element i under seed s
-    takes its stochastic-rounding number from `sr_uniform(s, i, ...)`.
+    takes its stochastic-rounding number from `sr_uniform(s, i, ...)`, or, with caller-given
+    random bits, its integer R from rbits (`round_value_rbits`).
   - NumPy is used only for numpy.random.Philox and array plumbing.
 """
 
@@ -24,13 +25,21 @@ import numpy as np
 
 from formats.fixed_format import FixedFormat
 from formats.float_format import FloatFormat
-from formats.policy import check_overflow, check_rounding, check_seed, check_sr_bits
+from formats.policy import (
+    check_overflow,
+    check_rbits_array,
+    check_rbits_request,
+    check_rounding,
+    check_seed,
+    check_sr_bits,
+)
 from formats.registry import Format, get_format
 
 __all__ = [
     "candidates",
     "quantize_exact",
     "round_value",
+    "round_value_rbits",
     "sr_bits_needed",
     "sr_probability",
     "sr_uniform",
@@ -229,8 +238,10 @@ def _signed(negative: bool, magnitude: float) -> float:
 
 
 def _float_overflow(fmt: FloatFormat, negative: bool, rounding: str, overflow: str) -> float:
-    """The value of an overflow (|v| > max, or an infinite input in a format without Inf)."""
-    if overflow == "saturate" or fmt.specials == "none" or _toward_zero(rounding, negative):
+    """The value of an overflow (|v| > max, or an infinite input in a format without Inf or
+    under satfinite)."""
+    if (overflow in ("saturate", "satfinite") or fmt.specials == "none"
+            or _toward_zero(rounding, negative)):
         return _signed(negative, _to_float(_float_max(fmt)))
     if fmt.specials == "ieee":
         return _signed(negative, math.inf)
@@ -248,8 +259,9 @@ def _round_float(
     # Only signed formats with a zero and no fnuz rule keep -0.
     keeps_negative_zero = fmt.signed and fmt.specials != "fnuz"
     if kind == "inf":
-        if fmt.specials == "ieee":
+        if fmt.specials == "ieee" and overflow != "satfinite":
             return _signed(negative, math.inf)  # exact: no rounding, no overflow
+        # satfinite sends +-Inf to +-max even where the format has an Inf (PTX cvt .satfinite)
         return _float_overflow(fmt, negative, rounding, overflow)
     if a == 0:
         if not fmt.zero:
@@ -285,7 +297,7 @@ def _round_fixed(
         if not k_min <= k <= k_max:
             if overflow == "wrap":
                 k = (k - k_min) % (1 << fmt.bits) + k_min
-            else:  # default and saturate
+            else:  # default, saturate and satfinite: all clamp (Inf too, above)
                 k = min(max(k, k_min), k_max)
     # k == 0 gives +0.0: fixed point has no -0.
     return _to_float(k * _pow2(-fmt.frac_bits))
@@ -306,7 +318,7 @@ def round_value(
             Fraction; +-inf and nan allowed.
         fmt: a FloatFormat, FixedFormat or a name get_format() knows.
         rounding: rne, rna, rtz, rup, rdn, rto or sr.
-        overflow: default, saturate, or wrap (fixed point only).
+        overflow: default, saturate, satfinite, or wrap (fixed point only).
         sr_bits: None (sr reads every discarded bit) or 1..64 random bits (sr only).
         u: the element's uniform number in [0, 1) as a Fraction; required for sr, else None.
 
@@ -326,6 +338,29 @@ def round_value(
     if isinstance(fmt, FixedFormat):
         return _round_fixed(kind, negative, a, fmt, rounding, overflow, sr_bits, u)
     return _round_float(kind, negative, a, fmt, rounding, overflow, sr_bits, u)
+
+
+def round_value_rbits(
+    x: object, fmt: Format | str, rbits: int, sr_bits: int, overflow: str = "default"
+) -> float:
+    """x rounded by sr with the caller-given random integer R = rbits (docs/rounding.md).
+
+    The magnitude rounds up iff R + floor(f * 2^sr_bits) >= 2^sr_bits: round_value with
+    u = R / 2^sr_bits, whose top sr_bits bits are exactly R (floor(u * 2^sr_bits) = R).
+
+    Args:
+        x, fmt, overflow: as round_value.
+        rbits: R itself, an int in 0..2^sr_bits - 1 (no masking here: quantize_exact masks).
+        sr_bits: r, 1..64.
+    """
+    bits = check_sr_bits(sr_bits, "sr")
+    if bits is None:
+        raise ValueError("round_value_rbits needs sr_bits, an int in 1..64")
+    if isinstance(rbits, bool) or not isinstance(rbits, (int, np.integer)):
+        raise TypeError(f"rbits must be an int in 0..2^{bits}-1; got {type(rbits).__name__}")
+    if not 0 <= int(rbits) < 1 << bits:
+        raise ValueError(f"rbits must be an int in 0..2^{bits}-1; got {int(rbits)}")
+    return round_value(x, fmt, "sr", overflow, bits, Fraction(int(rbits), 1 << bits))
 
 
 # ---- stochastic rounding ------------------------------------------------------------------------
@@ -417,14 +452,19 @@ def quantize_exact(
     rounding: str = "rne",
     overflow: str = "default",
     sr_bits: int | None = None,
-    seed: int = 0,
+    seed: int | None = None,
+    rbits: np.ndarray | None = None,
 ) -> np.ndarray:
-    """round_value over `values` in flat C order; sr takes u = sr_uniform(seed, i, ...).
+    """round_value over `values` in flat C order; sr takes u = sr_uniform(seed, i, ...), or with
+    rbits, R = (rbits element i in flat C order) & (2^sr_bits - 1): the low sr_bits bits.
 
     Args:
         values: a float32 or float64 array (any shape and memory layout).
         fmt, rounding, overflow, sr_bits: as round_value.
-        seed: the stream's key, 0..2^64-1 (used by sr only).
+        seed: the stream's key, 0..2^64-1 (used by sr only); None means 0.
+        rbits: None, or an unsigned integer array (uint8/16/32/64) of values' shape holding each
+            element's random bits in its low sr_bits bits (sr only; needs sr_bits, excludes
+            seed).
 
     Returns:
         An array of the input's dtype and shape.
@@ -432,15 +472,25 @@ def quantize_exact(
     fmt = get_format(fmt)
     rounding = check_rounding(rounding)
     overflow = check_overflow(overflow)
-    sr_bits = check_sr_bits(sr_bits, rounding)
-    seed = check_seed(seed)
     arr = np.asarray(values)
+    if rbits is not None:
+        sr_bits = check_rbits_request(rounding, sr_bits, seed)
+        if not isinstance(rbits, np.ndarray):
+            raise TypeError(f"rbits must be a NumPy array; got {type(rbits).__name__}")
+        check_rbits_array(rbits.dtype, rbits.shape, arr.shape, sr_bits)
+    sr_bits = check_sr_bits(sr_bits, rounding)
+    seed = check_seed(0 if seed is None else seed)
     if arr.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise TypeError(f"values must be float32 or float64; got dtype {arr.dtype}")
     _check_dtype_holds(fmt, arr.dtype)
     out = np.empty(arr.shape, dtype=arr.dtype)
     for i, x in enumerate(arr.flat):  # .flat walks C order whatever the layout
         x_value = float(x)
+        if rbits is not None:
+            assert sr_bits is not None
+            r_value = int(rbits.flat[i]) % (1 << sr_bits)  # the low sr_bits bits
+            out.flat[i] = round_value_rbits(x_value, fmt, r_value, sr_bits, overflow)
+            continue
         u = None
         if rounding == "sr":
             u = sr_uniform(seed, i, sr_bits_needed(x_value, fmt, sr_bits))

@@ -15,9 +15,11 @@ ROUNDINGS: tuple[str, ...] = ("rne", "rna", "rtz", "rup", "rdn", "rto", "sr")
 rup: toward +inf; rdn: toward -inf; rto: round to odd (toward zero, then set the last bit if
 inexact); sr: stochastic (away from zero with probability equal to the discarded fraction)."""
 
-OVERFLOWS: tuple[str, ...] = ("default", "saturate", "wrap")
-"""default: the format's own policy (see docs/rounding.md); saturate: clamp to +-max;
-wrap: two's-complement wrap-around (fixed-point formats only)."""
+OVERFLOWS: tuple[str, ...] = ("default", "saturate", "wrap", "satfinite")
+"""default: the format's own policy (see docs/rounding.md); saturate: clamp every finite overflow
+to +-max (an infinite input stays infinite in ieee formats); wrap: two's-complement wrap-around
+(fixed-point formats only); satfinite: as saturate, and +-Inf goes to +-max too (PTX cvt
+.satfinite; NaN stays NaN). Appended last: the index is the policy's code in the kernels."""
 
 SR_BITS_MAX = 64
 """Largest sr_bits accepted: one 64-bit random word per element."""
@@ -77,3 +79,46 @@ def check_sr_bits(sr_bits: object, rounding: str) -> int | None:
 def check_seed(seed: object) -> int:
     """Validate a seed: an integer (Python or NumPy) in 0..2^64-1."""
     return check_int(seed, "seed", 0, UINT64_MAX, allowed="an int in 0..2^64-1")
+
+
+RBITS_DTYPES: tuple[str, ...] = ("uint8", "uint16", "uint32", "uint64")
+"""Element types accepted for caller-given random bits (rbits)."""
+
+
+def check_rbits_request(rounding: str, sr_bits: object, seed: object) -> int:
+    """Validate the scalar arguments that come with rbits; return sr_bits as an int.
+
+    rbits replaces the seeded stream (so seed must be None), applies to rounding='sr' only, and
+    needs sr_bits: how many low bits of each rbits word are the random bits (docs/rounding.md).
+    """
+    if rounding != "sr":
+        raise ValueError(f"rbits applies only to rounding='sr'; got rounding={rounding!r}")
+    if seed is not None:
+        raise ValueError("give either rbits (the random bits themselves) or seed (the key of the "
+                         f"Philox stream), not both; got seed={seed!r} with rbits")
+    if sr_bits is None:
+        raise ValueError(f"rbits needs sr_bits (an int in 1..{SR_BITS_MAX}): how many low bits "
+                         "of each rbits word are the random bits")
+    bits = check_sr_bits(sr_bits, rounding)
+    assert bits is not None
+    return bits
+
+
+def check_rbits_array(dtype: np.dtype | str, shape: tuple[int, ...], x_shape: tuple[int, ...],
+                      sr_bits: int, kind: str = "NumPy") -> None:
+    """Raise unless an rbits array of `dtype` (a NumPy dtype, or its name) and `shape` fits x:
+    an unsigned integer type (RBITS_DTYPES) at least sr_bits wide, and x's shape exactly.
+
+    kind names the array type in the messages ("NumPy", "torch", "CUDA device").
+    """
+    name = dtype if isinstance(dtype, str) else dtype.name
+    if name not in RBITS_DTYPES:
+        raise TypeError(f"rbits must be a {kind} array of an unsigned integer type "
+                        f"({', '.join(RBITS_DTYPES)}); got dtype {name}")
+    width = 8 * np.dtype(name).itemsize
+    if sr_bits > width:
+        raise ValueError(f"rbits of dtype {name} holds {width} bits per element, fewer than "
+                         f"sr_bits={sr_bits}; pass a wider unsigned type")
+    if tuple(shape) != tuple(x_shape):
+        raise ValueError(f"rbits must have x's shape {tuple(x_shape)}; got {tuple(shape)} (one "
+                         "word per element, no broadcasting)")

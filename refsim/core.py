@@ -24,7 +24,7 @@ from refsim.rng import stream_word
 RNE, RNA, RTZ, RUP, RDN, RTO, SR = 0, 1, 2, 3, 4, 5, 6
 ROUNDING_NAMES = ("rne", "rna", "rtz", "rup", "rdn", "rto", "sr")  # == formats.policy.ROUNDINGS
 # Overflow policies: the index in formats.policy.OVERFLOWS.
-OVF_DEFAULT, OVF_SATURATE, OVF_WRAP = 0, 1, 2
+OVF_DEFAULT, OVF_SATURATE, OVF_WRAP, OVF_SATFINITE = 0, 1, 2, 3
 # Format kinds and FloatFormat.specials codes.
 KIND_FLOAT, KIND_FIXED = 0, 1
 SPECIALS_IEEE, SPECIALS_FN, SPECIALS_FNUZ, SPECIALS_NONE = 0, 1, 2, 3
@@ -133,7 +133,7 @@ def round_magnitude(sig, shift, negative, mode, sr_bits, word0, seed, index):
 @njit(cache=True)
 def overflow_to_max(mode, negative, overflow, specials):
     """True when an overflow gives +-max, False when it gives +-Inf (ieee) or NaN (fn/fnuz)."""
-    if overflow == OVF_SATURATE or specials == SPECIALS_NONE:
+    if overflow == OVF_SATURATE or overflow == OVF_SATFINITE or specials == SPECIALS_NONE:
         return True
     if mode == RTZ or mode == RTO:
         return True
@@ -186,7 +186,9 @@ def quantize_bits(bits, c_man, c_bias, params, mode, overflow, sr_bits, word0, s
 
     Returns the result's bit pattern in the same carrier. c_man/c_bias describe the carrier
     (23/127 for float32, 52/1023 for float64). word0 is the element's first random word
-    (used by 'sr' only); seed and index let the rare deep-underflow case draw more.
+    (used by 'sr' only); seed and index let the rare deep-underflow case draw more. Caller-given
+    random bits R (sr_bits = r) arrive as word0 = R << (64 - r): with sr_bits set, only the top
+    r bits of word0 are read and no further word is drawn.
     """
     c_exp_bits = bit_length(c_bias) + 1
     sign_shift = np.uint64(c_man + c_exp_bits)
@@ -278,7 +280,7 @@ def _overflow(negative, c_man, c_bias, params, mode, overflow):
 
 @njit(cache=True)
 def _special_infinity(negative, c_man, c_bias, params, mode, overflow):
-    """An infinite input: exact in ieee formats, an overflow elsewhere."""
+    """An infinite input: exact in ieee formats (+-max under satfinite), an overflow elsewhere."""
     if params[P_KIND] == KIND_FIXED:
         if overflow == OVF_WRAP:
             return carrier_nan(c_man, c_bias)
@@ -286,6 +288,8 @@ def _special_infinity(negative, c_man, c_bias, params, mode, overflow):
     if negative and params[P_SIGNED] == 0:
         return carrier_nan(c_man, c_bias)
     if params[P_SPECIALS] == SPECIALS_IEEE:
+        if overflow == OVF_SATFINITE:
+            return _max_bits(negative, c_man, c_bias, params)
         return carrier_inf(negative, c_man, c_bias)
     return _overflow(negative, c_man, c_bias, params, mode, overflow)
 

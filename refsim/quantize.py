@@ -3,7 +3,9 @@
 Usage rules: the input is a NumPy float32 or float64 array (any shape, any strides) or a Python
 float; the result has the input's dtype and shape. Semantics: docs/rounding.md. Stochastic
 rounding draws element i's bits from the counter-based stream under `seed` (docs/rng.md), so a
-result never depends on thread count, chunking or memory layout.
+result never depends on thread count, chunking or memory layout; or, with `rbits`, from the
+caller: the low sr_bits bits of element i of rbits (flat C order), the random operand that
+hardware stochastic rounding (PTX cvt.rs) takes.
 """
 
 from __future__ import annotations
@@ -13,13 +15,30 @@ import sys
 import numpy as np
 
 from formats import Format
+from formats.policy import check_rbits_array, check_rbits_request
 from refsim.backends import cpu, cuda, lane
 from refsim.backends.threads import NS_PER_QUANTIZE, threads_for
 from refsim.params import CARRIERS, check_array, check_out, resolve
 
+_NO_WORDS = np.empty(0, np.uint64)  # the kernels' `given` argument when the stream is used
+
+
+def given_words(rbits: np.ndarray, sr_bits: int) -> np.ndarray:
+    """The random words the kernels read for caller-given bits: R << (64 - sr_bits) with R the
+    low sr_bits bits of each rbits element, flat in C order (uint64).
+
+    The core reads the top sr_bits bits of an element's word (refsim.core.quantize_bits), so R
+    there is the same decision as a stream word whose top sr_bits bits are R.
+    """
+    flat = np.ascontiguousarray(rbits).reshape(-1).astype(np.uint64)
+    if sr_bits == 64:
+        return flat
+    return (flat & np.uint64((1 << sr_bits) - 1)) << np.uint64(64 - sr_bits)
+
 
 def quantize(x, fmt: Format | str, rounding: str = "rne", *, overflow: str = "default",
-             sr_bits: int | None = None, seed: int = 0, out: np.ndarray | None = None):
+             sr_bits: int | None = None, seed: int | None = None,
+             rbits: np.ndarray | None = None, out: np.ndarray | None = None):
     """Round `x` to `fmt`.
 
     Args:
@@ -28,9 +47,17 @@ def quantize(x, fmt: Format | str, rounding: str = "rne", *, overflow: str = "de
             torch float32/float64/bfloat16 tensor (refsim.backends.torch_backend; a tensor).
         fmt: a FloatFormat/FixedFormat or a format name ("e4m3fn", "bf16", "int8", "e5m10", ...).
         rounding: rne, rna, rtz, rup, rdn, rto or sr.
-        overflow: "default" (the format's policy), "saturate", or "wrap" (fixed point only).
+        overflow: "default" (the format's policy), "saturate", "satfinite" (saturate, and +-Inf
+            to +-max too), or "wrap" (fixed point only).
         sr_bits: for rounding="sr": None uses every discarded bit; r in 1..64 adds r random bits.
-        seed: 0..2^64-1, the key of the random stream (rounding="sr" only reads it).
+        seed: 0..2^64-1, the key of the random stream (rounding="sr" only reads it); None
+            means 0.
+        rbits: caller-given random bits instead of the stream (rounding="sr" only; needs
+            sr_bits, excludes seed): an unsigned integer array (uint8/16/32/64, at least
+            sr_bits wide) of x's shape, of the same kind as x (NumPy; CUDA device or NumPy for
+            a device x; torch on x's device for a tensor); element i's random bits R are the
+            low sr_bits bits of rbits' element i in flat C order, higher bits ignored
+            (docs/rounding.md).
         out: optional writeable array of x's shape and dtype to write into (may be x
             itself); for a scalar x, a 0-d array of float64 (Python float) or of the scalar's
             dtype.
@@ -43,14 +70,16 @@ def quantize(x, fmt: Format | str, rounding: str = "rne", *, overflow: str = "de
     if torch is not None and torch.is_tensor(x):
         from refsim.backends import torch_backend
         return torch_backend.quantize(x, fmt, rounding, overflow=overflow, sr_bits=sr_bits,
-                                      seed=seed, out=out)
+                                      seed=seed, rbits=rbits, out=out)
     if cuda.is_device_array(x):  # numba device array or __cuda_array_interface__: on the GPU
         return cuda.quantize(x, fmt, rounding, overflow=overflow, sr_bits=sr_bits, seed=seed,
-                             out=out)
+                             rbits=rbits, out=out)
     if isinstance(x, (float, np.floating)):  # np.float64 is a float subclass: test both at once
         # out, when given, must be a 0-d array of the scalar's dtype (checked by the array call).
+        if isinstance(rbits, np.unsignedinteger):
+            rbits = np.asarray(rbits)  # a NumPy scalar's bits for a scalar x
         result = quantize(np.asarray(x), fmt, rounding, overflow=overflow, sr_bits=sr_bits,
-                          seed=seed, out=out)
+                          seed=seed, rbits=rbits, out=out)
         if out is not None:
             return result
         return result[()] if isinstance(x, np.floating) else float(result[()])
@@ -59,9 +88,19 @@ def quantize(x, fmt: Format | str, rounding: str = "rne", *, overflow: str = "de
             f"x must be a NumPy float32/float64 array or a float; got {type(x).__name__}"
         )
     x = check_array(x)
+    given = _NO_WORDS
+    if rbits is not None:
+        sr_bits = check_rbits_request(rounding, sr_bits, seed)
+        if not isinstance(rbits, np.ndarray) or isinstance(rbits, (np.ma.MaskedArray,
+                                                                   np.matrix)):
+            raise TypeError(f"rbits must be a plain NumPy array for a NumPy x; got "
+                            f"{type(rbits).__name__}")
+        check_rbits_array(rbits.dtype, rbits.shape, x.shape, sr_bits)
     _, params, mode, ovf, bits, seed_value = resolve(fmt, x.dtype, rounding, overflow, sr_bits,
-                                                     seed)
+                                                     0 if seed is None else seed)
     out = check_out(out, x)
+    if rbits is not None:
+        given = given_words(rbits, bits)
     c_man, c_bias, utype = CARRIERS[x.dtype]
     src = np.ascontiguousarray(x).reshape(-1).view(utype)
     if out is not None and out.flags.c_contiguous and not np.shares_memory(out, x):
@@ -72,7 +111,7 @@ def quantize(x, fmt: Format | str, rounding: str = "rne", *, overflow: str = "de
     fast = lane.fast_constants(params, c_man, c_bias, mode, ovf)
     with threads_for(src.size * NS_PER_QUANTIZE):
         cpu.KERNELS[mode](src, dst, c_man, c_bias, params, fast, ovf, bits,
-                          np.uint64(seed_value))
+                          np.uint64(seed_value), given)
     if out is None:
         return dst_array
     if dst_array is not out:

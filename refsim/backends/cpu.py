@@ -10,7 +10,8 @@ quantize runs in two passes over chunks of CHUNK elements:
    more random bits than the carrier is wide) goes through refsim.core.quantize_bits, the scalar
    core shared with CUDA. Pass 1 flags the chunks that have such lanes; pass 2 visits only those.
 Random words: element i always takes word i % 4 of Philox block i // 4 (refsim.rng), so the bits
-never depend on the thread count or on the chunking.
+never depend on the thread count or on the chunking; or, when the caller gives the random bits
+(`given`, non-empty: refsim.quantize.given_words), word given[i].
 
 What keeps pass 1 vectorized, in the widest lanes and with few instructions per lane (check
 with KERNELS[mode].inspect_asm() under a fresh NUMBA_CACHE_DIR: cached code cannot be inspected):
@@ -67,7 +68,15 @@ def _fill_random(rand, seed, base, stop, shift):
         rand[k + np.uint64(3)] = w3 >> shift
 
 
-def _fast_pass(mode, src, dst, base, stop, fast, a_lo, r_cap, seed):
+@njit(cache=True)
+def _copy_given(rand, given, base, stop, shift):
+    """rand[i - base] = given[i] >> shift for i in [base, stop): caller-given words."""
+    first = np.uint64(base)
+    for k in range(np.uint64(stop - base)):
+        rand[k] = given[first + k] >> shift
+
+
+def _fast_pass(mode, src, dst, base, stop, fast, a_lo, r_cap, seed, given):
     """Pass 1 over src[base:stop] into dst; returns whether any lane is left to pass 2.
 
     Callable from Numba code only, with `mode` a compile-time constant: compiled per (mode,
@@ -77,7 +86,7 @@ def _fast_pass(mode, src, dst, base, stop, fast, a_lo, r_cap, seed):
 
 
 @overload(_fast_pass, prefer_literal=True)
-def _fast_pass_overload(mode, src, dst, base, stop, fast, a_lo, r_cap, seed):
+def _fast_pass_overload(mode, src, dst, base, stop, fast, a_lo, r_cap, seed, given):
     if not isinstance(mode, types.IntegerLiteral):
         return None
     utype = as_dtype(src.dtype).type
@@ -94,7 +103,7 @@ def _make_fast_pass(rounding, utype, c_man, c_bias):
     INF = U((2 * c_bias + 1) << c_man)  # the smallest magnitude pattern that is not finite
     TOP_BITS = np.uint64(64 - W)  # SR uses at most W random bits: a word's top W bits
 
-    def fast_pass(mode, src, dst, base, stop, fast, a_lo, r_cap, seed):
+    def fast_pass(mode, src, dst, base, stop, fast, a_lo, r_cap, seed, given):
         """a_lo: pass 1 takes the lanes whose |x| has the bit pattern a == 0 or a_lo <= a < INF.
         r_cap (SR only): min(sr_bits, W), or W for sr_bits=None. A quantum d >= 1 bits below x's
         last bit takes min(d, sr_bits) random bits: with sr_bits >= d the fraction is exact in
@@ -102,8 +111,11 @@ def _make_fast_pass(rounding, utype, c_man, c_bias):
         needing more than W bits to pass 2.
         """
         if rounding == core.SR:
-            rand = np.empty(CHUNK, U)  # the top W bits of each element's W_0
-            _fill_random(rand, seed, base, stop, TOP_BITS)
+            rand = np.empty(CHUNK, U)  # the top W bits of each element's W_0 (or given word)
+            if given.size:
+                _copy_given(rand, given, base, stop, TOP_BITS)
+            else:
+                _fill_random(rand, seed, base, stop, TOP_BITS)
         # max over the chunk of (0 if a == 0 else a - a_lo), a reduction LLVM vectorizes: some
         # lane is left to pass 2 iff it reaches INF - a_lo (one unsigned compare per lane).
         key_max = ZERO
@@ -124,8 +136,9 @@ def _make_fast_pass(rounding, utype, c_man, c_bias):
 
 def _make_kernel(mode):
     @njit(parallel=True, cache=True)
-    def quantize_flat(src, dst, c_man, c_bias, params, fast, overflow, sr_bits, seed):
-        """dst[i] = round(src[i]) for 1-D carrier bit arrays (uint32 or uint64), C order."""
+    def quantize_flat(src, dst, c_man, c_bias, params, fast, overflow, sr_bits, seed, given):
+        """dst[i] = round(src[i]) for 1-D carrier bit arrays (uint32 or uint64), C order; SR
+        reads word given[i] when `given` (uint64) is not empty, else the stream under seed."""
         U = src.dtype.type
         width = src.itemsize * 8
         abs_mask = U(U(U(1) << U(width - 1)) - U(1))
@@ -149,7 +162,7 @@ def _make_kernel(mode):
             base = chunk * CHUNK
             stop = min(base + CHUNK, size)
             if use_fast:
-                left = _fast_pass(mode, src, dst, base, stop, fast, a_lo, U(r_cap), seed)
+                left = _fast_pass(mode, src, dst, base, stop, fast, a_lo, U(r_cap), seed, given)
             else:
                 left = True
             if left:
@@ -160,12 +173,17 @@ def _make_kernel(mode):
                     a = U(bits & abs_mask)
                     if use_fast and (a == 0 or U(a - a_lo) < span):
                         continue
-                    if mode == core.SR and i // 4 != block:
-                        block = i // 4
-                        words = stream_block(seed, block, 0)
+                    word = np.uint64(0)
+                    if mode == core.SR:
+                        if given.size:
+                            word = given[i]
+                        else:
+                            if i // 4 != block:
+                                block = i // 4
+                                words = stream_block(seed, block, 0)
+                            word = words[i % 4]
                     dst[i] = core.quantize_bits(np.uint64(bits), c_man, c_bias, params, mode,
-                                                overflow, sr_bits, words[i % 4], seed,
-                                                np.int64(i))
+                                                overflow, sr_bits, word, seed, np.int64(i))
 
     return quantize_flat
 

@@ -37,6 +37,7 @@ import functools
 import numpy as np
 from numba.core import config
 
+from formats.policy import check_rbits_array, check_rbits_request
 from refsim import accum_core as ac
 from refsim import core
 from refsim.params import CARRIERS, resolve
@@ -115,7 +116,8 @@ def _grid(work: int) -> tuple[int, int]:
 # ---- kernels -----------------------------------------------------------------------------------
 @functools.cache
 def _quantize_kernels(c_man: int, c_bias: int):
-    """(per-element kernel, per-Philox-block SR kernel) for one carrier (constants folded)."""
+    """(per-element kernel, per-Philox-block SR kernel, SR kernel with caller-given random bits)
+    for one carrier (constants folded)."""
     _cuda()
     zero = np.uint64(0)
 
@@ -142,7 +144,16 @@ def _quantize_kernels(c_man: int, c_bias: int):
                     dst[i] = core.quantize_bits(np.uint64(src[i]), c_man, c_bias, params, mode,
                                                 overflow, sr_bits, word, seed, np.int64(i))
 
-    return quantize_elements, quantize_sr
+    @cuda.jit
+    def quantize_given(src, dst, params, mode, overflow, sr_bits, seed, rbits, mask, shift):
+        """sr with caller-given bits: element i's word is (rbits[i] & mask) << shift, R in the
+        top sr_bits bits (refsim.quantize.given_words)."""
+        for i in range(cuda.grid(1), src.size, cuda.gridsize(1)):
+            word = (np.uint64(rbits[i]) & mask) << shift
+            dst[i] = core.quantize_bits(np.uint64(src[i]), c_man, c_bias, params, mode, overflow,
+                                        sr_bits, word, seed, np.int64(i))
+
+    return quantize_elements, quantize_sr, quantize_given
 
 
 def _order_function(order: str):
@@ -287,15 +298,38 @@ def _as_device(x, name: str, numba_cuda):
     return x
 
 
+def _rbits_device(rbits, x, sr_bits: int, numba_cuda):
+    """rbits (a NumPy array, copied over, or a C-contiguous device array) checked against x
+    (formats.policy.check_rbits_array), as a flat device array."""
+    if isinstance(rbits, np.ndarray):
+        check_rbits_array(rbits.dtype, rbits.shape, tuple(x.shape), sr_bits)
+        rbits = numba_cuda.to_device(np.ascontiguousarray(rbits))
+    elif is_device_array(rbits):
+        if not getattr(rbits, "__cuda_ndarray__", False):
+            rbits = numba_cuda.as_cuda_array(rbits)
+        check_rbits_array(np.dtype(rbits.dtype), tuple(rbits.shape), tuple(x.shape), sr_bits,
+                          kind="CUDA device")
+        if rbits.size and not rbits.is_c_contiguous():
+            raise ValueError("rbits must be a C-contiguous device array (copy it first)")
+    else:
+        raise TypeError(f"rbits must be a CUDA device array or a NumPy array for a device x; "
+                        f"got {type(rbits).__name__}")
+    return rbits.reshape(rbits.size)
+
+
 def quantize(x, fmt, rounding: str = "rne", *, overflow: str = "default",
-             sr_bits: int | None = None, seed: int = 0, out=None):
+             sr_bits: int | None = None, seed: int | None = None, rbits=None, out=None):
     """refsim.quantize for a CUDA device array x: the same arguments and bits; returns a device
-    array (out, if given: a C-contiguous device array of x's shape and dtype, may be x)."""
+    array (out, if given: a C-contiguous device array of x's shape and dtype, may be x).
+    rbits: a device array or a NumPy array (copied over), as refsim.quantize's."""
     cuda = _cuda()
     x = _as_device(x, "x", cuda)
     dtype = np.dtype(x.dtype)
+    if rbits is not None:
+        sr_bits = check_rbits_request(rounding, sr_bits, seed)
+        rbits = _rbits_device(rbits, x, sr_bits, cuda)
     _, params, mode, ovf, bits, seed_value = resolve(fmt, dtype, rounding, overflow, sr_bits,
-                                                     seed)
+                                                     0 if seed is None else seed)
     if out is None:
         out = cuda.device_array(x.shape, dtype)
     else:
@@ -308,9 +342,13 @@ def quantize(x, fmt, rounding: str = "rne", *, overflow: str = "default",
     c_man, c_bias, utype = CARRIERS[dtype]
     src = x.reshape(x.size).view(utype)
     dst = out.reshape(x.size).view(utype)
-    elements, sr = _quantize_kernels(c_man, c_bias)
+    elements, sr, given = _quantize_kernels(c_man, c_bias)
     args = (src, dst, params, mode, ovf, bits, np.uint64(seed_value))
-    if mode == core.SR:
+    if rbits is not None:
+        blocks, threads = _grid(x.size)
+        given[blocks, threads](*args, rbits, np.uint64((1 << bits) - 1),
+                               np.uint64(64 - bits))
+    elif mode == core.SR:
         blocks, threads = _grid((x.size + 3) // 4)
         sr[blocks, threads](*args)
     else:

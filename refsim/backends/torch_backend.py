@@ -10,6 +10,8 @@ zero-extended, a float64 pattern as is), split into (sign, integer significand, 
 rounded once on the integer significand and written back as a pattern of the same carrier, in
 whole-tensor ops that mirror refsim.core.quantize_bits step for step. bfloat16 input is widened
 to float32 (exact), rounded there, and narrowed back (exact: the format must fit in bfloat16).
+Caller-given random bits (rbits, a torch unsigned integer tensor on x's device) become the words
+R << (64 - sr_bits) that stand in for the stream's W_0, as in refsim.quantize.given_words.
 
 torch has no full uint64 arithmetic, so unsigned 64-bit words live in int64 tensors as their
 two's-complement bit patterns: + and * wrap modulo 2^64 as for uint64, a logical right shift is
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 
 from formats import FixedFormat, FloatFormat, Format
+from formats.policy import check_rbits_array, check_rbits_request
 from refsim import core
 from refsim.params import float_holds, resolve
 from refsim.rng import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1
@@ -366,11 +369,13 @@ def _round_fixed(carrier, negative, sig, lsb, top, fmt, mode, ovf, sr_bits, word
 
 def _quantize_bits(bits: torch.Tensor, carrier: _Carrier, fmt: Format, params, mode: int,
                    ovf: int, sr_bits: int, seed: int, step: int = 0, tag: int = 0,
-                   index: torch.Tensor | None = None) -> torch.Tensor:
+                   index: torch.Tensor | None = None,
+                   given: torch.Tensor | None = None) -> torch.Tensor:
     """refsim.core.quantize_bits for a flat int64 tensor of carrier patterns (all lanes).
 
     step and tag select the random family (counter words 2 and 3): 0, 0 for refsim.quantize,
-    refsim.accum_core's (step, tag) for the roundings of an accumulation.
+    refsim.accum_core's (step, tag) for the roundings of an accumulation. given: caller-given
+    words (_given_words) of every element, read instead of the stream (at `index` when given).
     """
     stream = (step, tag)
     negative = ((bits >> carrier.sign_shift) & 1) == 1
@@ -383,7 +388,11 @@ def _quantize_bits(bits: torch.Tensor, carrier: _Carrier, fmt: Format, params, m
     sig = torch.where(normal, mfield | (1 << carrier.man), mfield)
     lsb = torch.where(normal, efield, torch.ones_like(efield)) - carrier.bias - carrier.man
     top = torch.where(normal, efield - carrier.bias, lsb + _bitlen(mfield) - 1)
-    if index is None:
+    if given is not None and mode == core.SR:
+        word0 = given if index is None else given[index]
+        if index is None:
+            index = torch.arange(bits.numel(), dtype=torch.int64, device=bits.device)
+    elif index is None:
         index = torch.arange(bits.numel(), dtype=torch.int64, device=bits.device)
         word0 = (random_words(seed, bits.numel(), 0, bits.device, step, tag) if mode == core.SR
                  else torch.zeros_like(bits))
@@ -406,7 +415,7 @@ def _quantize_bits(bits: torch.Tensor, carrier: _Carrier, fmt: Format, params, m
     else:
         result = _round_float(carrier, negative, sig, lsb, top, fmt, params, mode, ovf, sr_bits,
                               word0, seed, index, stream)
-        if fmt.specials == "ieee":
+        if fmt.specials == "ieee" and ovf != core.OVF_SATFINITE:
             infinite = torch.where(negative, torch.full_like(bits, _signed(carrier.inf
                                                                           | carrier.sign)),
                                    torch.full_like(bits, carrier.inf))
@@ -516,9 +525,10 @@ def use_compiled(enabled: bool = True) -> None:
 
 
 def _fast_path(raw: torch.Tensor, carrier: _Carrier, fmt: FloatFormat, params, mode: int,
-               ovf: int, sr_bits: int = 0, seed: int = 0) -> torch.Tensor:
+               ovf: int, sr_bits: int = 0, seed: int = 0,
+               given: torch.Tensor | None = None) -> torch.Tensor:
     """_fast_kernel where it applies; every other lane (zeros, the format's subnormal range,
-    carrier subnormals, Inf, NaN) goes through _quantize_bits."""
+    carrier subnormals, Inf, NaN) goes through _quantize_bits. given: caller-given words."""
     consts = _fast_constants(carrier, fmt, params, mode, ovf, raw.dtype)
     # With man_bits = 0 every significand n is 1, odd already: round to odd truncates there
     # (setting "n's last bit" would set the exponent field's lowest bit instead).
@@ -526,26 +536,59 @@ def _fast_path(raw: torch.Tensor, carrier: _Carrier, fmt: FloatFormat, params, m
     d = consts[0]
     width = min(d, sr_bits) if sr_bits else d
     if mode == core.SR:
-        rand = random_words(seed, raw.numel(), 0, raw.device)
+        rand = given if given is not None else random_words(seed, raw.numel(), 0, raw.device)
     else:  # not read
         rand = torch.zeros(1, dtype=torch.int64, device=raw.device).expand(raw.shape)
     result, lane = _KERNEL(raw, rand, width, kernel_mode, *consts)
     if not bool(lane.all()):
         rest = (~lane).nonzero().squeeze(-1)
         result[rest] = _to_carrier(_quantize_bits(_widen(raw[rest]), carrier, fmt, params, mode,
-                                                  ovf, sr_bits, seed, index=rest), raw.dtype)
+                                                  ovf, sr_bits, seed, index=rest, given=given),
+                                   raw.dtype)
     return result
+
+
+_RBITS_DTYPES = {torch.uint8: "uint8", torch.uint16: "uint16", torch.uint32: "uint32",
+                 torch.uint64: "uint64"}
+
+
+def _check_rbits(rbits: object, x: torch.Tensor, sr_bits: int) -> torch.Tensor:
+    """rbits itself if it is a torch unsigned integer tensor of x's shape on x's device, wide
+    enough for sr_bits; else an error naming rbits."""
+    if not isinstance(rbits, torch.Tensor):
+        raise TypeError(f"rbits must be a torch tensor for a torch x; got {type(rbits).__name__}")
+    name = _RBITS_DTYPES.get(rbits.dtype, str(rbits.dtype).removeprefix("torch."))
+    check_rbits_array(name, tuple(rbits.shape), tuple(x.shape), sr_bits, kind="torch")
+    if rbits.device != x.device:
+        raise ValueError(f"rbits must be on x's device {x.device}; got {rbits.device}")
+    return rbits
+
+
+def _given_words(rbits: torch.Tensor, sr_bits: int) -> torch.Tensor:
+    """refsim.quantize.given_words in torch: R << (64 - sr_bits), R the low sr_bits bits of
+    each element, flat in C order, as int64 patterns."""
+    flat = rbits.detach().contiguous().reshape(-1)
+    if flat.dtype == torch.uint64:
+        words = flat.view(torch.int64)  # the same 64 bits (a conversion would clamp)
+    else:
+        words = flat.to(torch.int64)  # zero-extended: narrower unsigned values fit
+    if sr_bits == 64:
+        return words
+    return (words & ((1 << sr_bits) - 1)) << (64 - sr_bits)
 
 
 # ---- public entry -------------------------------------------------------------------------------
 def quantize(x: torch.Tensor, fmt: Format | str, rounding: str = "rne", *,
-             overflow: str = "default", sr_bits: int | None = None, seed: int = 0,
+             overflow: str = "default", sr_bits: int | None = None, seed: int | None = None,
+             rbits: torch.Tensor | None = None,
              out: torch.Tensor | None = None) -> torch.Tensor:
     """Round every element of the torch tensor `x` to `fmt`, bit-identical to refsim.quantize.
 
     Args:
         x: float32, float64 or bfloat16 tensor, any shape, strides and device.
         fmt, rounding, overflow, sr_bits, seed: as refsim.quantize (docs/rounding.md).
+        rbits: as refsim.quantize: a torch uint8/16/32/64 tensor of x's shape on x's device;
+            element i's random bits are the low sr_bits bits of its element i in flat C order.
         out: optional tensor of x's dtype, shape and device to write into (may be x).
 
     Returns:
@@ -557,8 +600,12 @@ def quantize(x: torch.Tensor, fmt: Format | str, rounding: str = "rne", *,
     if x.dtype not in _NP_DTYPE:
         raise TypeError(f"x must have dtype torch.float32, torch.float64 or torch.bfloat16; got "
                         f"{x.dtype} (nothing is cast implicitly)")
+    if rbits is not None:
+        sr_bits = check_rbits_request(rounding, sr_bits, seed)
+        rbits = _check_rbits(rbits, x, sr_bits)
     fmt_obj, params, mode, ovf, bits_r, seed_value = resolve(
-        fmt, np.dtype(_NP_DTYPE[x.dtype]), rounding, overflow, sr_bits, seed)
+        fmt, np.dtype(_NP_DTYPE[x.dtype]), rounding, overflow, sr_bits,
+        0 if seed is None else seed)
     if x.dtype == torch.bfloat16 and not _bf16_holds(fmt_obj):
         raise ValueError(f"fmt={fmt_obj.name} does not fit in bfloat16: the result keeps the "
                          f"input's dtype, and bfloat16 cannot hold every {fmt_obj.name} value "
@@ -574,17 +621,19 @@ def quantize(x: torch.Tensor, fmt: Format | str, rounding: str = "rne", *,
         from refsim.quantize import quantize as numpy_quantize
 
         array = work.detach().contiguous().numpy()  # shares memory with work: no copy
+        r_array = None if rbits is None else rbits.detach().contiguous().numpy()
         values = torch.from_numpy(numpy_quantize(array, fmt_obj, rounding, overflow=overflow,
-                                                 sr_bits=sr_bits, seed=seed))
+                                                 sr_bits=sr_bits, seed=seed, rbits=r_array))
         return _finish(values.reshape(x.shape), x, out)
     c_man, c_bias, itype = _CARRIER[work.dtype]
     carrier = _Carrier(c_man, c_bias)
     raw = work.detach().contiguous().reshape(-1).view(itype)
+    given = None if rbits is None else _given_words(rbits, bits_r)
     if FAST_PATH and _fast_applies(fmt_obj, mode, ovf):
-        result = _fast_path(raw, carrier, fmt_obj, params, mode, ovf, bits_r, seed_value)
+        result = _fast_path(raw, carrier, fmt_obj, params, mode, ovf, bits_r, seed_value, given)
     else:
         result = _to_carrier(_quantize_bits(_widen(raw), carrier, fmt_obj, params, mode, ovf,
-                                            bits_r, seed_value), itype)
+                                            bits_r, seed_value, given=given), itype)
     return _finish(result.view(work.dtype).reshape(x.shape), x, out)
 
 

@@ -753,3 +753,119 @@ def test_sum_exact_of_an_empty_axis_is_plus_zero(order: str, rounding: str) -> N
         assert not np.signbit(got).any() and not got.any()
     empty_rows = sum_exact(np.zeros((0, 3)), acc)
     assert empty_rows.shape == (0,)
+
+
+# ---- overflow="satfinite" (PTX cvt .satfinite) -------------------------------------------------
+@pytest.mark.parametrize(
+    ("fmt", "x", "expected", "kwargs"),
+    [
+        ("fp16", INF, 65504.0, {}),  # saturate keeps it infinite (exact in an ieee format)
+        ("fp16", -INF, -65504.0, {}),
+        ("fp16", 1e300, 65504.0, {"rounding": "rup"}),
+        ("fp16", -65536.0, -65504.0, {"rounding": "rna"}),
+        ("e5m2", INF, 57344.0, {}),
+        ("e5m2", 61440.0, 57344.0, {}),  # the tie that default sends to Inf
+        ("e5m2", NAN, NAN, {}),
+        ("e4m3fn", INF, 448.0, {}),  # no Inf: the same as saturate
+        ("e4m3fn", -INF, -448.0, {"rounding": "rup"}),
+        ("e4m3fn", 465.0, 448.0, {}),
+        ("e4m3fn", NAN, NAN, {}),
+        ("e4m3fnuz", -INF, -240.0, {}),
+        ("e2m1fn", INF, 6.0, {}),
+        ("e8m0fnu", -INF, NAN, {}),  # unsigned: a negative input has no value, Inf or not
+        ("e8m0fnu", INF, 2.0**127, {}),
+        ("int8", INF, 127.0, {}),  # fixed point: the same as saturate
+        ("int8", -INF, -128.0, {}),
+        ("int8", 130.0, 127.0, {}),
+        ("int8", NAN, NAN, {}),
+        ("uint8", -3.0, 0.0, {}),
+    ],
+    ids=case_id,
+)
+def test_satfinite(fmt: str, x: float, expected: float, kwargs: dict) -> None:
+    check(x, fmt, expected, overflow="satfinite", **kwargs)
+
+
+@pytest.mark.parametrize("name", ["fp16", "e5m2", "e4m3fn", "e4m3fnuz", "e2m1fn", "int8",
+                                  "uint4", "fx8.3"])
+@pytest.mark.parametrize("rounding", ROUNDINGS)
+def test_satfinite_is_saturate_except_on_infinite_ieee_inputs(name: str, rounding: str) -> None:
+    """On every finite input satfinite and saturate agree; an infinite input differs only in an
+    ieee format (saturate: +-Inf, satfinite: +-max)."""
+    fmt = get_format(name)
+    top = float(fmt.max) if isinstance(fmt, FloatFormat) else float(fmt.k_max)
+    xs = [top * s for s in (0.5, 0.99, 1.0, 1.01, 1.5, 2.0, 1e10)] + [1e300, INF, NAN]
+    u = Fraction(1, 3) if rounding == "sr" else None
+    for x in xs + [-v for v in xs]:
+        saturated = exact.round_value(x, fmt, rounding, "saturate", u=u)
+        finite = exact.round_value(x, fmt, rounding, "satfinite", u=u)
+        if math.isinf(x) and isinstance(fmt, FloatFormat) and fmt.specials == "ieee":
+            assert saturated == x and finite == math.copysign(float(fmt.max), x), (x, finite)
+        else:
+            assert same(finite, saturated), (x, finite, saturated)
+
+
+# ---- caller-given random bits (round_value_rbits, quantize_exact(rbits=...)) --------------------
+@pytest.mark.parametrize("sr_bits", [1, 2, 3, 5])
+def test_rbits_rounds_up_for_exactly_floor_f_times_2r_values_of_r(sr_bits: int) -> None:
+    """Over the 2^r values of R, |x| rounds up for exactly floor(f * 2^r) of them: the largest
+    ones (R + floor(f * 2^r) >= 2^r)."""
+    scale = 1 << sr_bits
+    for num in range(64):
+        x = 1.0 + num / 64 / 8  # e4m3fn's quantum at 1 is 1/8: f = num / 64
+        f_scaled = num * scale // 64
+        ups = [R for R in range(scale)
+               if exact.round_value_rbits(x, "e4m3fn", R, sr_bits) > 1.0]
+        assert ups == list(range(scale - f_scaled, scale)), (x, ups)
+        assert [R for R in range(scale)
+                if exact.round_value_rbits(-x, "e4m3fn", R, sr_bits) < -1.0] == ups
+
+
+def test_rbits_is_round_value_with_u_equal_to_r_over_2r() -> None:
+    rng = np.random.default_rng(2)
+    for x in rng.standard_normal(300) * 100:
+        for sr_bits in (1, 4, 13, 64):
+            R = int(rng.integers(0, 2**63)) % (1 << sr_bits)
+            expected = exact.round_value(x, "e5m2", "sr", "satfinite", sr_bits,
+                                         Fraction(R, 1 << sr_bits))
+            assert same(exact.round_value_rbits(x, "e5m2", R, sr_bits, "satfinite"), expected)
+
+
+def test_rbits_arguments_are_checked() -> None:
+    with pytest.raises(ValueError, match="rbits"):
+        exact.round_value_rbits(1.1, "e4m3fn", 8, 3)  # R must be below 2^sr_bits
+    with pytest.raises(ValueError, match="rbits"):
+        exact.round_value_rbits(1.1, "e4m3fn", -1, 3)
+    with pytest.raises(TypeError, match="rbits"):
+        exact.round_value_rbits(1.1, "e4m3fn", 1.0, 3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="sr_bits"):
+        exact.round_value_rbits(1.1, "e4m3fn", 1, 0)
+    x = np.ones(4)
+    words = np.zeros(4, np.uint8)
+    with pytest.raises(ValueError, match="needs sr_bits"):
+        exact.quantize_exact(x, "e4m3fn", "sr", rbits=words)
+    with pytest.raises(ValueError, match="seed"):
+        exact.quantize_exact(x, "e4m3fn", "sr", sr_bits=2, seed=0, rbits=words)
+    with pytest.raises(ValueError, match="rounding='sr'"):
+        exact.quantize_exact(x, "e4m3fn", "rne", sr_bits=2, rbits=words)
+    with pytest.raises(TypeError, match="unsigned"):
+        exact.quantize_exact(x, "e4m3fn", "sr", sr_bits=2, rbits=words.astype(np.int8))
+    with pytest.raises(ValueError, match="sr_bits=9"):
+        exact.quantize_exact(x, "e4m3fn", "sr", sr_bits=9, rbits=words)
+    with pytest.raises(ValueError, match="shape"):
+        exact.quantize_exact(x, "e4m3fn", "sr", sr_bits=2, rbits=words[:3])
+
+
+def test_quantize_exact_rbits_reads_the_low_bits_in_c_order() -> None:
+    """Element i takes R = rbits.flat[i] & (2^r - 1): bits above sr_bits are ignored, and a
+    transposed rbits is read in its own flat C order."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 6)) * 10
+    low = rng.integers(0, 8, (5, 6), dtype=np.uint16)
+    noisy = low | (rng.integers(0, 2**13, (5, 6), dtype=np.uint16) << np.uint16(3))
+    got = exact.quantize_exact(x, "e4m3fn", "sr", sr_bits=3, rbits=noisy)
+    expected = np.array([exact.round_value_rbits(v, "e4m3fn", int(R), 3)
+                         for v, R in zip(x.flat, low.flat, strict=True)]).reshape(x.shape)
+    np.testing.assert_array_equal(got, expected)
+    t = exact.quantize_exact(x.T, "e4m3fn", "sr", sr_bits=3, rbits=low.T)
+    np.testing.assert_array_equal(t, expected.T)

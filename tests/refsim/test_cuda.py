@@ -36,7 +36,24 @@ def quantize_cases() -> list[tuple[str, str, str, dict]]:
                      for fmt in QUANT_FORMATS for rounding in roundings)
         cases.append((f"q-{dtype}-e5m2-sr4", "e5m2", "sr", {"sr_bits": 4}))
         cases.append((f"q-{dtype}-e4m3fn-sat", "e4m3fn", "rne", {"overflow": "saturate"}))
+        cases.extend((f"q-{dtype}-{fmt}-satfinite", fmt, "rne", {"overflow": "satfinite"})
+                     for fmt in ("e4m3fn", "bf16"))
     return cases
+
+
+def rbits_cases() -> list[tuple[str, str, str, int]]:
+    """(key, format, rbits input key, sr_bits) for caller-given random bits: every rbits width,
+    sr_bits below and at the word's width."""
+    return [("qr-float64-e4m3fn-u8", "e4m3fn", "r8", 3),
+            ("qr-float64-bf16-u16", "bf16", "r16", 16),
+            ("qr-float32-e5m2-u32", "e5m2", "r32", 9),
+            ("qr-float64-int8-u64", "int8", "r64", 64)]
+
+
+def rbits_inputs() -> dict[str, np.ndarray]:
+    """64 random words of each unsigned width (r8 ... r64), from a generator of their own."""
+    bits = np.random.default_rng(SEED + 1)
+    return {f"r{w}": bits.integers(0, 2**w, 64, dtype=f"uint{w}") for w in (8, 16, 32, 64)}
 
 
 def matmul_specs() -> dict:
@@ -103,6 +120,12 @@ def run_cases(inputs: dict[str, np.ndarray], cuda) -> dict[str, np.ndarray]:
         got = refsim.quantize(cuda.to_device(x), fmt, rounding, seed=SEED, **kwargs)
         assert is_device_array(got), type(got)
         results[key] = got.copy_to_host()
+    words = rbits_inputs()
+    for n, (key, fmt, r_key, sr_bits) in enumerate(rbits_cases()):
+        x = inputs["x32" if "float32" in key else "x64"]
+        rbits = words[r_key] if n % 2 else cuda.to_device(words[r_key])  # NumPy or device
+        got = refsim.quantize(cuda.to_device(x), fmt, "sr", sr_bits=sr_bits, rbits=rbits)
+        results[key] = got.copy_to_host()
     for key, spec in matmul_specs().items():
         got, counts = refsim.matmul(cuda.to_device(inputs["a"]), cuda.to_device(inputs["b"]),
                                     spec, seed=SEED, counts=True)
@@ -141,6 +164,10 @@ def cpu_results(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     for key, fmt, rounding, kwargs in quantize_cases():
         x = inputs["x32" if "float32" in key else "x64"]
         expected[key] = refsim.quantize(x, fmt, rounding, seed=SEED, **kwargs)
+    words = rbits_inputs()
+    for key, fmt, r_key, sr_bits in rbits_cases():
+        x = inputs["x32" if "float32" in key else "x64"]
+        expected[key] = refsim.quantize(x, fmt, "sr", sr_bits=sr_bits, rbits=words[r_key])
     for key, spec in matmul_specs().items():
         got, counts = refsim.matmul(inputs["a"], inputs["b"], spec, seed=SEED, counts=True)
         expected[key] = got
@@ -158,6 +185,7 @@ def cpu_results(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 CASE_KEYS = ([key for key, *_ in quantize_cases()] + ["q-inplace"]
+             + [key for key, *_ in rbits_cases()]
              + [k for key in matmul_specs() for k in (key, key + "-counts")]
              + ["m-f32-mixed", "m-batched", *initial_value_cases()])
 

@@ -175,3 +175,59 @@ def test_numpy_integers_are_accepted_for_sr_bits_and_seed_and_bools_refused():
                          ({"seed": np.float64(9)}, "seed")):
         with pytest.raises(TypeError, match=f"{name} must be"):
             quantize(x, "e4m3fn", "sr", **kwargs)
+
+
+# ---- overflow="satfinite" and caller-given random bits (rbits) ----------------------------------
+def test_satfinite_sends_infinities_to_max():
+    x = np.array([np.inf, -np.inf, np.nan, 1e6, -1e6, 3.0])
+    for dtype in (np.float32, np.float64):
+        got = quantize(x.astype(dtype), "e5m2", overflow="satfinite")
+        assert_same_bits(got, np.array([57344, -57344, np.nan, 57344, -57344, 3], dtype))
+        kept = quantize(x.astype(dtype), "e5m2", overflow="saturate")  # Inf stays Inf there
+        assert_same_bits(kept, np.array([np.inf, -np.inf, np.nan, 57344, -57344, 3], dtype))
+    assert quantize(np.inf, "int8", overflow="satfinite") == 127.0
+    assert quantize(-np.inf, "e4m3fn", overflow="satfinite") == -448.0
+
+
+def test_rbits_scalar_and_empty():
+    # 1.0625 lies half way between e4m3fn's 1 and 1.125: with one random bit, R=1 rounds up
+    assert quantize(1.0625, "e4m3fn", "sr", sr_bits=1, rbits=np.uint8(1)) == 1.125
+    assert quantize(1.0625, "e4m3fn", "sr", sr_bits=1, rbits=np.uint8(0)) == 1.0
+    assert quantize(1.0625, "e4m3fn", "sr", sr_bits=1, rbits=np.array(3, np.uint32)) == 1.125
+    empty = quantize(np.empty((0, 2)), "bf16", "sr", sr_bits=4, rbits=np.empty((0, 2), np.uint8))
+    assert empty.shape == (0, 2)
+    x = np.full(3, 1.0625)
+    out = np.empty(3)
+    assert quantize(x, "e4m3fn", "sr", sr_bits=1, rbits=np.array([0, 1, 2], np.uint8),
+                    out=out) is out
+    np.testing.assert_array_equal(out, [1.0, 1.125, 1.0])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "words"),
+    [
+        ({"rounding": "rne"}, ValueError, ["rbits", "rounding='sr'"]),
+        ({"sr_bits": None}, ValueError, ["rbits", "sr_bits"]),
+        ({"seed": 3}, ValueError, ["rbits", "seed"]),
+        ({"seed": 0}, ValueError, ["rbits", "seed"]),
+        ({"sr_bits": 0}, ValueError, ["sr_bits", "1..64"]),
+        ({"sr_bits": 2.0}, TypeError, ["sr_bits"]),
+        ({"rbits": np.zeros(3, np.int32)}, TypeError, ["rbits", "unsigned", "int32"]),
+        ({"rbits": np.zeros(3)}, TypeError, ["rbits", "unsigned", "float64"]),
+        ({"rbits": np.zeros(3, bool)}, TypeError, ["rbits", "unsigned"]),
+        ({"rbits": [1, 2, 3]}, TypeError, ["rbits", "NumPy", "list"]),
+        ({"rbits": np.zeros(4, np.uint8)}, ValueError, ["rbits", "shape", "(3,)", "(4,)"]),
+        ({"rbits": np.zeros((3, 1), np.uint8)}, ValueError, ["rbits", "shape"]),
+        ({"rbits": np.zeros(1, np.uint8)}, ValueError, ["rbits", "shape"]),
+        ({"rbits": np.zeros(3, np.uint8), "sr_bits": 9}, ValueError,
+         ["rbits", "uint8", "8 bits", "sr_bits=9"]),
+        ({"rbits": np.zeros(3, np.uint32), "sr_bits": 33}, ValueError, ["uint32", "sr_bits=33"]),
+    ],
+)
+def test_bad_rbits_names_the_parameter(kwargs, error, words):
+    args = {"rounding": "sr", "sr_bits": 4, "rbits": np.zeros(3, np.uint8), **kwargs}
+    rounding = args.pop("rounding")
+    with pytest.raises(error) as info:
+        quantize(np.ones(3), "e4m3fn", rounding, **args)
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))

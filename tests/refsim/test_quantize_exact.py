@@ -81,3 +81,57 @@ def test_float64_inputs_never_round_through_float32(name, rounding):
     x = np.concatenate((x, -x, rng.standard_normal(2000) * 300,
                         rng.standard_normal(500) * 1e-300))
     _check(get_format(name), np.float64, x, rounding, "default", seed=11)
+
+
+# ---- overflow="satfinite" and caller-given random bits (rbits) ----------------------------------
+@pytest.mark.parametrize(("name", "dtype"), list(_cases(SMALL + CUSTOM)))
+@pytest.mark.parametrize("rounding", ["rne", "rtz", "rup", "sr"])
+def test_satfinite_near_overflow(name, dtype, rounding):
+    """satfinite on the boundary values from max/2 up (the overflow region), the specials
+    included: +-Inf goes to +-max in every format."""
+    fmt = get_format(name)
+    x = boundary_values(fmt, dtype)
+    top = float(fmt.max) if isinstance(fmt, FloatFormat) else float(fmt.k_max * fmt.quantum)
+    x = x[~(np.abs(x) < top / 2)]  # NaN kept
+    _check(fmt, dtype, x, rounding, "satfinite", seed=2)
+
+
+def _between_codes(fmt, dtype, steps: int) -> np.ndarray:
+    """For every pair of neighbouring magnitudes (and the pair max, max + max's quantum): the
+    points k/steps of the way between them and one dtype-ulp either side of the midpoint, both
+    signs; those dtype holds exactly."""
+    values = fmt.all_values()
+    grid = np.unique(np.abs(values[np.isfinite(values)]))
+    beyond = (np.ldexp(1.0, fmt.emax - fmt.man_bits) if isinstance(fmt, FloatFormat)
+              else fmt.quantum)
+    grid = np.append(grid, grid[-1] + beyond)
+    lo, hi = grid[:-1], grid[1:]
+    points = (lo[:, None] + (hi - lo)[:, None] * (np.arange(1, steps) / steps)).ravel()
+    with np.errstate(over="ignore"):
+        points = points[points.astype(dtype).astype(np.float64) == points].astype(dtype)
+        mids = ((lo + hi) / 2).astype(dtype)
+        near = np.concatenate((np.nextafter(mids, np.array(np.inf, dtype)),
+                               np.nextafter(mids, np.array(0, dtype))))
+    x = np.concatenate((points, near))
+    return np.concatenate((x, -x))
+
+
+@pytest.mark.parametrize("name", ["e4m3fn", "e5m2", "e2m1fn", "int8"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rbits_every_r_between_every_code_pair(name, dtype):
+    """Every R in 0..2^r-1 (r = 1, 2, 3) on every point k/8 of the way between neighbouring
+    values, against the Fraction twin; bits of rbits above sr_bits are set at random (ignored)."""
+    fmt = get_format(name)
+    points = _between_codes(fmt, dtype, 8)
+    noise = np.random.default_rng(8)
+    for sr_bits in (1, 2, 3):
+        scale = 1 << sr_bits
+        x = np.repeat(points, scale)
+        r_low = np.tile(np.arange(scale, dtype=np.uint8), points.size)
+        high = noise.integers(0, 256 >> sr_bits, x.size, dtype=np.uint8) << np.uint8(sr_bits)
+        rbits = r_low | high
+        expected = quantize_exact(x, fmt, "sr", overflow="satfinite", sr_bits=sr_bits,
+                                  rbits=rbits)
+        assert_same_bits(quantize(x, fmt, "sr", overflow="satfinite", sr_bits=sr_bits,
+                                  rbits=rbits), expected, x,
+                         context=f"{name} rbits sr_bits={sr_bits}")

@@ -91,3 +91,55 @@ def test_deep_underflow_float64_uses_more_words():
     x = np.full(1000, 2.0**-1000)
     y = quantize(x, "e4m3fn", "sr", seed=1)
     assert np.all(y == 0.0)
+
+
+# ---- caller-given random bits (rbits) -----------------------------------------------------------
+def _mixed_inputs(dtype):
+    """Normal values, the format's subnormal range, float64 deep underflow (pass 2 of the CPU
+    kernel), specials."""
+    rng = np.random.default_rng(12)
+    x = np.concatenate((rng.standard_normal(3000) * 50, rng.standard_normal(500) * 1e-3,
+                        [0.0, -0.0, np.inf, -np.inf, np.nan, 500.0, -460.0]))
+    if dtype == np.float64:
+        x = np.concatenate((x, 2.0 ** rng.uniform(-1074, -1000, 300)))
+    return x.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("sr_bits", [1, 7, 23, 32, 40, 64])
+@pytest.mark.parametrize("name", ["e4m3fn", "bf16", "int8"])
+def test_rbits_equal_to_the_streams_top_bits_give_the_stream_result(name, sr_bits, dtype):
+    """By construction: with sr_bits=r the stream's decision reads the top r bits of W_0, so
+    rbits = W_0 >> (64 - r) gives the seeded result bit for bit."""
+    x = _mixed_inputs(dtype)
+    rbits = random_words(77, x.size) >> np.uint64(64 - sr_bits)
+    got = quantize(x, name, "sr", sr_bits=sr_bits, rbits=rbits)
+    assert_same_bits(got, quantize(x, name, "sr", sr_bits=sr_bits, seed=77), x)
+
+
+@pytest.mark.parametrize("sr_bits", [1, 2, 3, 4])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rbits_probability_is_exact_by_enumeration(sr_bits, dtype):
+    """Each of the 2^r values of R exactly once per input: floor(f * 2^r) round-ups."""
+    r = sr_bits
+    fmt = get_format("e4m3fn")
+    f = np.arange(64) / 64
+    x = np.repeat(1.0 + f / 8, 2**r).astype(dtype)  # quantum 1/8 at 1.0: fraction f
+    rbits = np.tile(np.arange(2**r, dtype=np.uint8), f.size)
+    ups = (quantize(x, fmt, "sr", sr_bits=r, rbits=rbits) > 1.0).reshape(f.size, 2**r)
+    np.testing.assert_array_equal(ups.sum(axis=1), np.floor(f * 2**r))
+    # the round-ups are the largest R: R + floor(f * 2^r) >= 2^r
+    np.testing.assert_array_equal(ups, np.arange(2**r) + np.floor(f * 2**r)[:, None] >= 2**r)
+
+
+def test_rbits_follow_the_flat_c_order_of_x_and_rbits():
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((6, 40)) * 10
+    rbits = rng.integers(0, 2**16, (6, 40), dtype=np.uint16)
+    base = quantize(x, "e5m2", "sr", sr_bits=11, rbits=rbits)
+    assert_same_bits(quantize(x.T, "e5m2", "sr", sr_bits=11, rbits=rbits.T), base.T)
+    assert_same_bits(quantize(x[:, ::2], "e5m2", "sr", sr_bits=11, rbits=rbits[:, ::2]),
+                     base[:, ::2])
+    # element i is rounded with rbits element i, independently of every other element
+    one = quantize(x[2:3, 5:6].copy(), "e5m2", "sr", sr_bits=11, rbits=rbits[2:3, 5:6].copy())
+    assert_same_bits(one, base[2:3, 5:6])

@@ -195,3 +195,82 @@ def test_round_to_odd_without_mantissa_bits():
     fmt = FloatFormat(5, 0, subnormals=False)
     x = np.array([129.0, 3.0, -5.0, 0.75])
     assert_same_bits(quantize(torch.from_numpy(x), fmt, "rto").numpy(), quantize(x, fmt, "rto"))
+
+
+# ---- overflow="satfinite" and caller-given random bits (rbits) ----------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", [*SMALL, "fp16", "bf16"])
+def test_satfinite_equals_numpy(name, dtype):
+    fmt = get_format(name)
+    x = boundary_values(fmt, dtype)
+    top = float(fmt.max) if isinstance(fmt, FloatFormat) else float(fmt.k_max * fmt.quantum)
+    x = x[~(np.abs(x) < top / 2)]  # the overflow region and the specials
+    for rounding in ("rne", "rtz", "rup", "sr"):
+        expected = quantize(x, fmt, rounding, overflow="satfinite", seed=4)
+        got = quantize(torch.from_numpy(x), fmt, rounding, overflow="satfinite", seed=4)
+        assert_same_bits(got.numpy(), expected, x, context=f"{name} {rounding} satfinite")
+
+
+def _rbits_inputs(dtype):
+    rng = np.random.default_rng(21)
+    x = np.concatenate((rng.standard_normal(2000) * 100, rng.standard_normal(300) * 1e-3,
+                        [0.0, -0.0, np.inf, -np.inf, np.nan, 1e30]))
+    if dtype == np.float64:
+        x = np.concatenate((x, 2.0 ** rng.uniform(-1074, -1000, 200)))
+    return x.astype(dtype)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rdtype", [np.uint8, np.uint16, np.uint32, np.uint64])
+def test_rbits_equal_numpy(rdtype, dtype, fast, monkeypatch):
+    """Every rbits width, sr_bits up to the width, fast path and general path, torch ops."""
+    monkeypatch.setattr(torch_backend, "FAST_PATH", fast)
+    x = _rbits_inputs(dtype)
+    width = 8 * np.dtype(rdtype).itemsize
+    rbits = np.random.default_rng(width).integers(0, 2**width, x.size, dtype=rdtype)
+    for name in ("e4m3fn", "bf16", "int8"):
+        for sr_bits in sorted({1, 5, width}):
+            expected = quantize(x, name, "sr", sr_bits=sr_bits, rbits=rbits)
+            got = quantize(torch.from_numpy(x), name, "sr", sr_bits=sr_bits,
+                           rbits=torch.from_numpy(rbits))
+            assert_same_bits(got.numpy(), expected, x,
+                             context=f"{name} {np.dtype(rdtype).name} sr_bits={sr_bits}")
+
+
+def test_rbits_numba_route_layouts_and_bfloat16(monkeypatch):
+    """The CPU default route (Numba kernels) and the torch ops agree on strided tensors and on
+    bfloat16 input; element i takes rbits' element i in flat C order."""
+    rng = np.random.default_rng(22)
+    x = torch.from_numpy(rng.standard_normal((7, 9)) * 30)
+    rbits = torch.from_numpy(rng.integers(0, 2**16, (7, 9), dtype=np.uint16))
+    expected = quantize(np.ascontiguousarray(x.numpy().T), "e5m2", "sr", sr_bits=10,
+                        rbits=np.ascontiguousarray(rbits.numpy().T))
+    for route in ("numba", "torch"):
+        monkeypatch.setattr(torch_backend, "CPU_KERNEL", route)
+        got = quantize(x.t(), "e5m2", "sr", sr_bits=10, rbits=rbits.t())
+        assert_same_bits(got.numpy(), expected)
+        xb = x.to(torch.bfloat16)
+        got_b = quantize(xb, "e4m3fn", "sr", sr_bits=7, rbits=rbits)
+        assert got_b.dtype == torch.bfloat16
+        assert_same_bits(got_b.float().numpy(), quantize(xb.float().numpy(), "e4m3fn", "sr",
+                                                         sr_bits=7, rbits=rbits.numpy()))
+
+
+def test_rbits_errors_name_the_parameter():
+    x = torch.ones(3)
+    good = torch.zeros(3, dtype=torch.uint8)
+    with pytest.raises(TypeError, match="rbits must be a torch tensor"):
+        quantize(x, "e4m3fn", "sr", sr_bits=2, rbits=np.zeros(3, np.uint8))
+    with pytest.raises(TypeError, match=r"rbits.*unsigned.*int64"):
+        quantize(x, "e4m3fn", "sr", sr_bits=2, rbits=torch.zeros(3, dtype=torch.int64))
+    with pytest.raises(ValueError, match="rbits must have x's shape"):
+        quantize(x, "e4m3fn", "sr", sr_bits=2, rbits=torch.zeros(2, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="sr_bits=9"):
+        quantize(x, "e4m3fn", "sr", sr_bits=9, rbits=good)
+    with pytest.raises(ValueError, match="seed"):
+        quantize(x, "e4m3fn", "sr", sr_bits=2, seed=1, rbits=good)
+    with pytest.raises(ValueError, match="needs sr_bits"):
+        quantize(x, "e4m3fn", "sr", rbits=good)
+    with pytest.raises(ValueError, match="rounding='sr'"):
+        quantize(x, "e4m3fn", "rne", rbits=good)
