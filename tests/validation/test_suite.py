@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -76,10 +77,19 @@ def test_main_prints_summary_and_exit_status(capsys, monkeypatch):
     assert "absent-peer          skipped: ImportError: No module named 'absent_peer'" in out
 
 
-def test_torchao_mx_agrees_or_is_skipped_with_reason():
-    found, skipped = adapters(("torchao-mx",))
-    if "torchao-mx" in skipped:
-        pytest.skip(f"torchao MX not available: {skipped['torchao-mx']}")
+def _installed_peer(module: str, adapter: str):
+    """The adapters of a peer that the test extra installs: absent -> skip; installed but
+    unusable -> fail (a broken peer must not pass as a skip)."""
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{module} is not installed (it comes with the test extra)")
+    found, skipped = adapters((adapter,))
+    assert adapter not in skipped, f"{module} is installed but its adapter fails: {skipped}"
+    assert found, adapter
+    return found
+
+
+def test_torchao_mx_agrees():
+    found = _installed_peer("torchao", "torchao-mx")
     for adapter in found:
         row = run_adapter(adapter, "float32", max_size=1024)
         assert row is not None and row.ok, adapter.name
@@ -92,10 +102,8 @@ def test_refsim_torch_adapter_passes_small_sample():
         assert row is not None and row.ok and row.known == 0, adapter.name
 
 
-def test_gfloat_agrees_or_is_skipped_with_reason():
-    found, skipped = adapters(("gfloat",))
-    if "gfloat" in skipped:
-        pytest.skip(f"gfloat not available: {skipped['gfloat']}")
+def test_gfloat_agrees():
+    found = _installed_peer("gfloat", "gfloat")
     for adapter in [a for a in found if a.fmt in ("e4m3fn", "e2m1fn")]:
         row = run_adapter(adapter, "float64", max_size=1024)
         assert row is not None and row.ok, adapter.name
