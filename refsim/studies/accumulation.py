@@ -201,7 +201,7 @@ def _knee(log2_k: list[int], vrr: list[float], threshold: float) -> float:
 
 
 def _fact_checks() -> list[dict[str, Any]]:
-    """Two numbers from REFERENCES.md recomputed here (fp16 running sum of 1.0; e5m2 terms in
+    """Two numbers from docs/references.md recomputed here (fp16 running sum of 1.0; e5m2 terms in
     a (1,6,9) accumulator, one seed)."""
     import refsim
 

@@ -1,6 +1,6 @@
 """formats.exact, the executable specification, pinned to known facts and to brute force.
 
-The facts come from ../shared/REFERENCES.md (OCP FP8/MX v1.0, IEEE 754, checked with ml_dtypes).
+The facts come from docs/references.md (OCP FP8/MX v1.0, IEEE 754, checked with ml_dtypes).
 The brute-force tests find the nearest / toward-zero value by direct comparison with every value
 of the format (fmt.all_values()), independently of the grid and quantum logic in formats.exact.
 """
@@ -42,7 +42,7 @@ def check(x: object, fmt: str, expected: float, **kwargs: object) -> None:
     assert same(actual, expected), f"{fmt} {kwargs}: {x!r} -> {actual!r}, expected {expected!r}"
 
 
-# ---- known facts (REFERENCES.md) ----------------------------------------------------------------
+# ---- known facts (docs/references.md) ----------------------------------------------------
 @pytest.mark.parametrize(
     ("fmt", "x", "expected", "kwargs"),
     [

@@ -1,5 +1,5 @@
 """refsim.sum/dot/matmul against formats.exact_sum (bit for bit), and the known facts of
-../shared/REFERENCES.md ("Numbers to reproduce")."""
+docs/references.md ("Numbers to reproduce")."""
 
 from __future__ import annotations
 
