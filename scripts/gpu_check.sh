@@ -3,8 +3,8 @@
 #
 # Needs: an NVIDIA GPU with its driver, Python with numpy, numba (with numba-cuda or Numba's
 # built-in CUDA target and a CUDA toolkit) and pytest. No installation: run from the repository
-# root as `bash scripts/gpu_check.sh` (PYTHON=... picks the interpreter). About 3-6 minutes;
-# every step is bounded (150 + 300 + 30 s) so that the whole stays under 8 minutes. The CPU
+# root as `bash scripts/gpu_check.sh` (PYTHON=... picks the interpreter). About 3-7 minutes;
+# every step is bounded (150 + 300 + 30 + 120 s) so that the whole stays under 10 minutes. The CPU
 # reference runs on all cores (NUMBA_NUM_THREADS); it takes most of the time at 1024^3 (one spec
 # only there).
 #
@@ -12,7 +12,8 @@
 #   quantize  float32 e4m3fn  sr  n=67108864  bits OK  cuda 1.23 ms  218.2 GB/s
 #   matmul    1024^3  fp32/rne/sequential     bits OK  cuda 850 ms  2.5 GFLOP/s (cpu 12.1 s)
 # and "ALL BIT-EXACT" (exit 0), or the first mismatch report (exit 1); then, where torch sees
-# the GPU, the torch path on CUDA tensors: bits against the CPU and its share of copy bandwidth.
+# the GPU, the torch path on CUDA tensors: bits against the CPU and its share of copy bandwidth;
+# last, torch's own matmul on the GPU against the GPU's refsim.hardware preset (docs/hardware.md).
 #
 # GPU_CHECK_DRY_RUN=1: the same script on tiny shapes in the Numba CUDA simulator, without the
 # pytest step (checks the script itself on a machine without a GPU; proves nothing about GPUs).
@@ -201,4 +202,102 @@ for fmt, rounding in (("e4m3fn", "rne"), ("e4m3fn", "sr"), ("bf16", "rtz")):
           f"{copy / seconds:.2f} of copy bandwidth (issue target 0.5)")
 if failed:
     raise SystemExit(f"{failed} torch CUDA check(s) differ from the CPU reference")
+EOF
+
+echo "== tensor cores: torch's own matmul on this GPU against its refsim.hardware preset"
+# Random operands of each input format, C = 0; K = one MMA block (the preset's group) and 8
+# blocks. fp16/bf16 through torch.mm (fp32 output where torch has out_dtype, else its fp16/bf16
+# output, compared after rounding the preset's fp32 result to nearest); e4m3 through
+# torch._scaled_mm (scales 1, fp32 output, use_fast_accum=True: the tensor core's own chain).
+# Prints "N/M outputs match" per format and K (docs/hardware.md records the result).
+timeout 120 "$PYTHON" - <<'EOF'
+import os
+
+import numpy as np
+
+try:
+    import torch
+except ImportError:
+    print("torch is not installed: tensor-core presets not checked")
+    raise SystemExit(0) from None
+DRY = os.environ.get("GPU_CHECK_DRY_RUN") == "1"
+if not DRY and not torch.cuda.is_available():
+    print("no torch CUDA device: tensor-core presets not checked")
+    raise SystemExit(0)
+
+import refsim
+from refsim import hardware
+
+SEED = 20250101
+if DRY:
+    name, device, where = "DRY RUN: torch on the CPU (matches mean nothing)", "h100", "cpu"
+else:
+    name, where = torch.cuda.get_device_name(), "cuda"
+    names = (("H200", "h200"), ("H100", "h100"), ("B200", "b200"), ("A100", "a100"),
+             ("V100", "v100"), ("L40S", "l40s"))
+    device = next((key for pattern, key in names if pattern in name.upper()), None)
+    if device is None:
+        print(f"{name}: no refsim.hardware preset for this GPU; nothing compared")
+        raise SystemExit(0)
+    torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
+    torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+print(f"{name} -> preset {device}")
+rng = np.random.default_rng(SEED)
+M = N = 8 if DRY else 128
+TORCH = {"fp16": torch.float16, "bf16": torch.bfloat16, "e4m3": torch.float8_e4m3fn}
+REFSIM = {"fp16": "fp16", "bf16": "bf16", "e4m3": "e4m3fn"}
+
+
+def operands(fmt, shape):
+    x = rng.standard_normal(shape) * np.exp2(rng.integers(-3, 4, shape))
+    return refsim.quantize(x.astype(np.float32), REFSIM[fmt], "rne", overflow="saturate")
+
+
+def torch_matmul(fmt, a, b):
+    """(fp32 result or None, the format torch's output was rounded to, or a skip reason)."""
+    ta = torch.from_numpy(a).to(where)
+    tb = torch.from_numpy(b).to(where)
+    if fmt == "e4m3":
+        if not hasattr(torch, "_scaled_mm"):
+            return None, "torch._scaled_mm is missing"
+        one = torch.tensor(1.0, device=where)
+        try:
+            d = torch._scaled_mm(ta.to(TORCH[fmt]), tb.t().contiguous().to(TORCH[fmt]).t(),
+                                 scale_a=one, scale_b=one, out_dtype=torch.float32,
+                                 use_fast_accum=True)
+        except Exception as exc:
+            return None, f"torch._scaled_mm failed: {type(exc).__name__}: {str(exc)[:120]}"
+        return d, "fp32"
+    ta, tb = ta.to(TORCH[fmt]), tb.to(TORCH[fmt])
+    try:
+        return torch.mm(ta, tb, out_dtype=torch.float32), "fp32"
+    except (TypeError, RuntimeError):
+        return torch.mm(ta, tb).float(), REFSIM[fmt]
+
+
+total = 0
+for fmt in ("fp16", "bf16", "e4m3"):
+    try:
+        spec = hardware.gemm_spec(device, fmt)
+    except (ValueError, NotImplementedError) as exc:
+        print(f"{fmt:5s}: no preset ({exc})")
+        continue
+    group = next(row.group for row in hardware.devices()
+                 if (row.device, row.input, row.out) == (device, fmt, "fp32"))
+    for k in (group, 8 * group):
+        a, b = operands(fmt, (M, k)), operands(fmt, (k, N))
+        d, rounded_to = torch_matmul(fmt, a, b)
+        if d is None:
+            print(f"{fmt:5s} K={k:4d}: skipped ({rounded_to})")
+            continue
+        expected = refsim.matmul(a, b, spec)
+        if rounded_to != "fp32":
+            expected = refsim.quantize(expected, rounded_to, "rne")
+        got = d.cpu().numpy().astype(np.float32)
+        same = int((got.view(np.uint32) == expected.astype(np.float32).view(np.uint32)).sum())
+        total += same != got.size
+        print(f"{fmt:5s} K={k:4d}: {same}/{got.size} outputs match the {device} preset bit for "
+              f"bit (torch output {rounded_to})")
+print("TENSOR-CORE PRESETS: ALL MATCH" if total == 0 else
+      f"TENSOR-CORE PRESETS: {total} (format, K) case(s) with mismatches (see above)")
 EOF
