@@ -18,8 +18,8 @@ Usage rules:
     once instead of once per worker; its result is kept like any other.
   - A run is a pure function of its config, so results never depend on the executor, the
     number of workers or the order of completion.
-  - Progress: one line on `progress` (a stream), redrawn in place on a terminal, else printed
-    at every quarter.
+  - Progress: a tqdm bar on `progress` when it is a terminal; on another stream one line with
+    the counts at the end; none when `progress` is None (`refsim study --quiet`).
   - Ctrl-C (KeyboardInterrupt) raises GridInterrupted, a KeyboardInterrupt that says how many
     of the grid's runs are cached and where (`refsim study` prints it and exits with 130).
     Local worker processes ignore SIGINT and are terminated by this process, so an interrupt
@@ -34,6 +34,8 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
+
+from tqdm import tqdm
 
 from refsim.studies.cache import Cache, run_key
 
@@ -61,31 +63,34 @@ class GridInterrupted(KeyboardInterrupt):
         super().__init__(text)
 
 
-class _Bar:
+class _Progress:
+    """tqdm's bar on a terminal (one line, redrawn in place); on any other stream a single line
+    with the counts when the grid is done (logs and captured output stay short)."""
+
     def __init__(self, stream: TextIO | None, total: int, label: str) -> None:
         self.stream, self.total, self.label = stream, total, label
-        self.tty = bool(stream is not None and hasattr(stream, "isatty") and stream.isatty())
-        self.done = 0
-        self.cached = 0
+        self.done = self.cached = 0
         self.start = time.perf_counter()
-        self.next_print = 0.25
+        tty = stream is not None and hasattr(stream, "isatty") and stream.isatty()
+        self.bar = tqdm(total=total, desc=label, unit="run", file=stream, dynamic_ncols=True) \
+            if tty and total else None
 
     def step(self, cached: bool = False) -> None:
         self.done += 1
         self.cached += cached
-        if self.stream is None:
-            return
-        frac = self.done / self.total if self.total else 1.0
-        line = (f"{self.label} [{'#' * int(24 * frac):<24}] {self.done}/{self.total} runs "
-                f"({self.cached} cached) {time.perf_counter() - self.start:.0f} s")
-        if self.tty:
-            self.stream.write("\r" + line + ("\n" if self.done == self.total else ""))
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{self.cached} cached", refresh=False)
+            self.bar.update(1)
+            if self.done == self.total:
+                self.bar.close()
+        elif self.stream is not None and self.done == self.total:
+            self.stream.write(f"{self.label}: {self.done}/{self.total} runs ({self.cached} cached)"
+                              f" {time.perf_counter() - self.start:.0f} s\n")
             self.stream.flush()
-        elif frac >= self.next_print or self.done == self.total:
-            self.stream.write(line + "\n")
-            self.stream.flush()
-            while self.next_print <= frac:
-                self.next_print += 0.25
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _one_thread() -> None:
@@ -124,7 +129,7 @@ def run_grid(fn: Callable[[dict[str, Any]], dict[str, Any]], configs: Sequence[d
     results: list[dict[str, Any] | None] = [cache.get(k) for k in keys]
     todo = [i for i, r in enumerate(results) if r is None]
     pending = list(todo)
-    bar = _Bar(progress, len(configs), study)
+    bar = _Progress(progress, len(configs), study)
     for _ in range(len(configs) - len(pending)):
         bar.step(cached=True)
 
@@ -136,6 +141,7 @@ def run_grid(fn: Callable[[dict[str, Any]], dict[str, Any]], configs: Sequence[d
     try:
         _compute(fn, configs, todo, results, finish, executor, workers, scheduler, warm_key)
     except KeyboardInterrupt:
+        bar.close()
         cached = sum(r is not None for r in results) if cache.dir is not None else 0
         raise GridInterrupted(study, cached, len(configs),
                               None if cache.dir is None else str(cache.dir)) from None

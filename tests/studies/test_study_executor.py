@@ -102,3 +102,17 @@ def test_dask_local_cluster(tmp_path):
                                   cache=Cache(tmp_path / "c"), executor="dask",
                                   scheduler=cluster.scheduler_address)
     assert results == [{"value": i * i} for i in range(6)] and stats["computed"] == 6
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_a_tqdm_bar_on_a_terminal_and_one_line_elsewhere():
+    terminal, log = _Terminal(), io.StringIO()
+    run_grid(square, CONFIGS, study="t", version=1, cache=Cache(None), progress=terminal)
+    run_grid(square, CONFIGS, study="t", version=1, cache=Cache(None), progress=log)
+    assert "\r" in terminal.getvalue() and "6/6" in terminal.getvalue()  # redrawn in place
+    assert "run/s" in terminal.getvalue() or "s/run" in terminal.getvalue()  # tqdm's rate
+    assert log.getvalue().count("\n") == 1 and "6/6 runs (0 cached)" in log.getvalue()
