@@ -44,8 +44,8 @@ ROWS: dict[str, tuple[GemmSpec, bool]] = {
     "e4m3-fp16-sr": (_fp8(AccumSpec("fp16", "sr")), False),
     "multiterm": (_fp8(AccumSpec("fp16", order="multiterm", group=32, width=14, chunk=128,
                                  outer="fp32")), False),
-    "pairwise": (_fp8(AccumSpec("fp16", order="pairwise")), False),
-    "kahan": (_fp8(AccumSpec("fp16", order="kahan")), False),
+    "pairwise": (_fp8(AccumSpec("fp16", order="pairwise")), True),
+    "kahan": (_fp8(AccumSpec("fp16", order="kahan")), True),
 }
 
 

@@ -2,6 +2,10 @@
 
 refsim.accumulate sends a product here when `plan` accepts it; every output it computes is
 bit-identical to refsim.accum_core's (tests/refsim/test_accumulate_fast.py holds it to that).
+`plan` first asks refsim.backends.cpu_tile for a register-tiled route (the common cases, 3-30x
+faster than the rows below); the round-to-odd rows described here take what those decline
+(route "odd-rows": other accumulator formats, rna and rto, product Casts, outer formats other
+than the lane's).
 
 How one step s = round(acc + t) is computed in a float lane F (float32 or float64):
 1. t = a[m, k] * b[k, n] in F: exact, because `plan` checked that the operands' significands
@@ -92,7 +96,7 @@ def plan(a3: np.ndarray, b3: np.ndarray | None, acc: AccumSpec, cast: Cast | Non
     """The fast path for a (P, M, K) @ b (P, N, K)^T under acc: a register-tiled route
     (refsim.backends.cpu_tile) where one applies, else this module's round-to-odd rows, else
     None (then refsim.accumulate runs the exact core on every output)."""
-    if b3 is None or count_on or a3.shape[2] == 0 or acc.order not in ("sequential", "chunked"):
+    if b3 is None or count_on or a3.shape[2] == 0 or acc.order == "multiterm":
         return None
     outer = acc.outer_spec if acc.order == "chunked" else None
     specs = [acc.rounding] + [c.rounding for c in (acc.product, outer, cast) if c is not None]
@@ -107,6 +111,8 @@ def plan(a3: np.ndarray, b3: np.ndarray | None, acc: AccumSpec, cast: Cast | Non
     tiled = cpu_tile.plan(acc, ra, rb, exact_lanes, a3.shape[2])
     if tiled is not None:
         return tiled
+    if acc.order not in ("sequential", "chunked"):
+        return None
     if outer is not None and not _rounds_via_odd(outer.fmt, np.dtype(np.float64)):
         return None
     for lane in _LANES:

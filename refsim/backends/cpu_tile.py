@@ -1,6 +1,7 @@
-"""Register-tiled GEMM routes on the CPU: the sequential (and chunked) sum of every output in k
-order, each partial sum rounded by a few lane instructions that provably give the exact core's
-bits (refsim.accum_core; tests/refsim/test_accumulate_fast.py holds every route to that).
+"""Register-tiled GEMM routes on the CPU: the sequential, chunked, Kahan and pairwise sums of
+every output in their declared order, each rounding done by a few lane instructions that provably
+give the exact core's bits (refsim.accum_core; tests/refsim/test_gemm_routes.py holds every route
+to that).
 
 refsim.backends.cpu_gemm.plan asks `plan` first; where no route here applies it takes its own
 round-to-odd rows, and where that does not apply either, the exact core runs. The tile itself
@@ -79,6 +80,15 @@ first chunk's result s_0 is stored (o = o_F(s_0) = s_0, as s_0 is in G, a subset
 later one is added into it by the lane's addition in the outer mode, which is the outer step
 o = o_F(o + s_c) by definition.
 
+Kahan and pairwise orders (any route above): refsim.accum_core.reduce_kahan and
+reduce_pairwise with the same roundings, each a rounding of x + y for two lane values (a
+product, a value already rounded to G, or the negation of one); tile.py computes it as
+R(A(x + y)) with the route's A and R (Kahan's y = round(t_k - c) as the FMA a_k*b_k + (-c)).
+The proofs above hold for every such sum: they ask of the two addends only what they ask of acc
+and t (values of G, or of G extended upward for double-rounding, whose condition covers the
+products; values of F for the others). Kahan's first step and pairwise's single term are
+round(t_0) as in the sequential order.
+
 Overflow and specials: operands are finite (cpu_gemm checks), so a step can only become
 non-finite by overflow, and a non-finite accumulator stays non-finite (Inf plus a finite
 value; the round-to-odd fix turns Inf into NaN or into F's largest value, which every G here
@@ -113,8 +123,12 @@ _PRECISION = {np.dtype(np.float32): 24, np.dtype(np.float64): 53}
 _LANE_FORMAT = {np.dtype(np.float32): F32, np.dtype(np.float64): F64}
 _DIRECTED = (core.RTZ, core.RUP, core.RDN)
 # Tile shape (rows, vectors per row): 16 accumulators of 16 float32 / 8 float64 lanes with
-# AVX-512 (32 registers); a quarter of that in the 16 registers of AVX2.
+# AVX-512 (32 registers); a quarter of that in the 16 registers of AVX2. Kahan keeps two values
+# per output, pairwise a stack in memory: half the tile.
 TILE = (4, 4) if t.AVX512 else (2, 2)
+TILE_HALF = (2, 4) if t.AVX512 else (1, 2)
+_ORDERS = {"sequential": t.SEQUENTIAL, "chunked": t.SEQUENTIAL, "kahan": t.KAHAN,
+           "pairwise": t.PAIRWISE}
 
 
 @dataclass(frozen=True)
@@ -123,12 +137,16 @@ class TilePlan:
 
     route: str
     lane: np.dtype
-    key: tuple[int, int, int, int, int, int, int, str]
+    key: tuple[int, int, int, int, int, int, int, int, str]
     chunk: int
 
     @property
+    def tm(self) -> int:
+        return self.key[6]
+
+    @property
     def tn(self) -> int:
-        return self.key[6] * t.LANES[self.lane]
+        return self.key[7] * t.LANES[self.lane]
 
 
 def _rounder(fmt: Format, lane: np.dtype) -> tuple[int, int] | None:
@@ -179,7 +197,7 @@ def plan(acc: AccumSpec, ra: OperandRange, rb: OperandRange, exact_lanes: tuple[
     """The route for a GEMM under acc whose products are exact in exact_lanes (narrowest first),
     or None. The caller (cpu_gemm.plan) has checked the rest: sequential or chunked order, no
     SR anywhere, no counts, finite operands, K >= 1."""
-    if acc.product is not None:
+    if acc.product is not None or acc.order not in _ORDERS:
         return None
     mode = _mode(acc.rounding)
     if mode is None:
@@ -204,7 +222,9 @@ def plan(acc: AccumSpec, ra: OperandRange, rb: OperandRange, exact_lanes: tuple[
             route = "double-rounding"
         else:
             route, add = "tile-odd", t.ADD_ODD
-        key = (add, rnd, drop, mode, omode, *TILE, lane.name)
+        order = _ORDERS[acc.order]
+        shape = TILE if order == t.SEQUENTIAL else TILE_HALF
+        key = (order, add, rnd, drop, mode, omode, *shape, lane.name)
         return TilePlan(route, lane, key, chunk)
     return None
 
@@ -218,7 +238,7 @@ def run(p: TilePlan, a3: np.ndarray, b3: np.ndarray) -> np.ndarray:
     core must redo the output (it ended non-finite)."""
     n_batch, n_rows, n_k = a3.shape
     n_cols = b3.shape[1]
-    tm, tn = p.key[5], p.tn
+    tm, tn = p.tm, p.tn
     rows = -(-n_rows // tm) * tm
     panels = -(-n_cols // tn)
     if rows == n_rows:
@@ -230,7 +250,7 @@ def run(p: TilePlan, a3: np.ndarray, b3: np.ndarray) -> np.ndarray:
     out = np.empty((n_batch, rows, panels * tn), p.lane)
     kernel = _KERNELS.get(p.key)
     if kernel is None:
-        kernel = _KERNELS[p.key] = _make_kernel(*p.key[:7])
+        kernel = _KERNELS[p.key] = _make_kernel(*p.key[:8])
     with threads_for(float(n_batch) * rows * panels * tn * n_k * NS_PER_TILE_MAC):
         _parallel(kernel, n_batch * panels * (rows // tm), a, bp, out, np.int64(p.chunk))
     return _finish(out, n_rows, n_cols)
@@ -262,7 +282,8 @@ def _pack(b3: np.ndarray, lane: np.dtype, tn: int, panels: int) -> np.ndarray:
     return bp
 
 
-def _make_kernel(add: int, rnd: int, drop: int, mode: int, omode: int, tm: int, nv: int):
+def _make_kernel(order: int, add: int, rnd: int, drop: int, mode: int, omode: int, tm: int,
+                 nv: int):
     """The kernel of one key; closure cells are plain ints, so Numba's on-disk cache finds it
     again in a new process (tile.SOURCE_HASH among them: a new emitter is a new key). Serial and
     nogil: `_parallel` splits the jobs over threads (a prange kernel compiles 1.3 s slower, per
@@ -289,7 +310,7 @@ def _make_kernel(add: int, rnd: int, drop: int, mode: int, omode: int, tm: int, 
             b_base = (p * n_panels + jb) * n_k * tn
             o_base = (p * n_rows + i0) * n_cols + jb * tn
             for k0 in range(0, n_k, chunk):
-                tile(add, rnd, drop, mode, omode, tm, nv, af, a_base + k0, n_k, bf,
+                tile(order, add, rnd, drop, mode, omode, tm, nv, af, a_base + k0, n_k, bf,
                      b_base + k0 * tn, of, o_base, n_cols, min(chunk, n_k - k0), k0 == 0)
 
     return gemm

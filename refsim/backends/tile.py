@@ -8,8 +8,9 @@ every accumulator is an SSA value (a phi of the k loop), the vector width is the
 (16 float32 or 8 float64 lanes: one AVX-512 register), and the instructions that round are named
 explicitly, so nothing depends on what the vectorizer decides.
 
-`tile(add, rnd, drop, mode, omode, tm, nv, a, a_off, a_stride, b, b_off, out, o_off, o_stride,
-nk, first)`, callable from Numba code only; every argument before `a` is a compile-time int:
+`tile(order, add, rnd, drop, mode, omode, tm, nv, a, a_off, a_stride, b, b_off, out, o_off,
+o_stride, nk, first)`, callable from Numba code only; every argument before `a` is a
+compile-time int:
   - a: flat lane-type array; row i of the tile reads a[a_off + i*a_stride + k], k = 0 .. nk-1.
   - b: flat packed panel; step k reads the TN = nv * VL values b[b_off + k*TN ...].
   - out: flat lane-type array; output (i, j) is out[o_off + i*o_stride + j], j < TN.
@@ -37,6 +38,10 @@ and R rounds the lane value to the accumulator format in `mode`:
   - RND_SINGLE: to float32 and back (float64 lanes; vcvtpd2ps, rounding embedded for rtz,
     rup, rdn).
 The outer addition (omode >= 0) is the lane's own addition, rounding embedded as above.
+`order` KAHAN and PAIRWISE follow refsim.accum_core.reduce_kahan and reduce_pairwise with the
+same roundings: every rounding there of a sum x + y of two lane values (a product, or an earlier
+rounded value, or its negation) is R(A(x + y)), A being the lane's addition (rounding embedded)
+or its round-to-odd; the pairwise stack lives in memory (one slot per level and output).
 Why each of these equals the exact core's rounding, and under which conditions, is
 refsim.backends.cpu_tile's docstring; this module only says what the instructions compute.
 
@@ -56,9 +61,11 @@ from numba.extending import intrinsic
 
 from refsim import core
 
+SEQUENTIAL, KAHAN, PAIRWISE = 0, 1, 2  # orders (chunked is SEQUENTIAL with an outer mode)
 ADD_FMA, ADD_ODD = 0, 1
 RND_NONE, RND_HALF, RND_DROP, RND_SINGLE = 0, 1, 2, 3
 NO_OUTER = -1  # omode of a sequential order: the result is always stored
+PAIRWISE_STACK = 64  # levels: enough for 2^63 terms (refsim.accum_core.PAIRWISE_STACK)
 
 LANES = {np.dtype(np.float32): 16, np.dtype(np.float64): 8}  # VL: lanes of one 512-bit register
 
@@ -129,19 +136,24 @@ class _Lane:
         return b.call(f, [x, y, ir.Constant(_I32, _RC[mode] | _SAE)])
 
     def odd(self, acc, x, y):
-        """acc + x*y rounded to odd at the lane's precision (x*y exact). With AVX-512: the sum
-        rounded down and up (two FMAs); they are equal when it is exact, else neighbours whose
-        bit patterns differ by one, so exactly one is odd: take the one whose last bit is 1.
-        Without: TwoSum's error (six additions) moves s one unit toward it when s is even."""
+        """acc + x*y (x*y exact), or acc + x when y is None, rounded to odd at the lane's
+        precision. With AVX-512: the sum rounded down and up (two FMAs or additions); they are
+        equal when it is exact, else neighbours whose bit patterns differ by one, so exactly one
+        is odd: take the one whose last bit is 1. Without: TwoSum's error (six additions) moves
+        s one unit toward it when s is even."""
         b = self.b
         if self.avx512:
-            down = self.bits(self.fma(x, y, acc, core.RDN))
-            up = self.bits(self.fma(x, y, acc, core.RUP))
+            if y is None:
+                down, up = self.bits(self.add(acc, x, core.RDN)), self.bits(self.add(acc, x,
+                                                                                     core.RUP))
+            else:
+                down = self.bits(self.fma(x, y, acc, core.RDN))
+                up = self.bits(self.fma(x, y, acc, core.RUP))
             # All ones where down is odd, by arithmetic (a compare and a masked blend measured
             # 4x slower on Zen 4); then up ^ ((down ^ up) & that): one vpternlog.
             odd = b.sub(self.iconst(0), b.and_(down, self.iconst(1)))
             return self.value(b.xor(up, b.and_(b.xor(down, up), odd)))
-        t = b.fmul(x, y)
+        t = x if y is None else b.fmul(x, y)
         s = b.fadd(acc, t)
         bb = b.fsub(s, acc)
         err = b.fadd(b.fsub(acc, b.fsub(s, bb)), b.fsub(t, bb))
@@ -195,8 +207,8 @@ class _Lane:
         return b.fpext(r, self.vf)
 
 
-def _step(lane: _Lane, acc, x, y, add: int, rnd: int, drop: int, mode: int):
-    s = lane.fma(x, y, acc, mode) if add == ADD_FMA else lane.odd(acc, x, y)
+def _round(lane: _Lane, s, rnd: int, drop: int, mode: int):
+    """R: a lane value rounded to the accumulator format (module doc)."""
     if rnd == RND_HALF:
         return lane.to_half(s, mode)
     if rnd == RND_DROP:
@@ -204,6 +216,18 @@ def _step(lane: _Lane, acc, x, y, add: int, rnd: int, drop: int, mode: int):
     if rnd == RND_SINGLE:
         return lane.to_single(s, mode)
     return s
+
+
+def _step(lane: _Lane, acc, x, y, add: int, rnd: int, drop: int, mode: int):
+    """R(A(acc + x*y)), x*y exact."""
+    s = lane.fma(x, y, acc, mode) if add == ADD_FMA else lane.odd(acc, x, y)
+    return _round(lane, s, rnd, drop, mode)
+
+
+def _sum(lane: _Lane, x, y, add: int, rnd: int, drop: int, mode: int):
+    """R(A(x + y)) for two lane values."""
+    s = lane.add(x, y, mode) if add == ADD_FMA else lane.odd(x, y, None)
+    return _round(lane, s, rnd, drop, mode)
 
 
 def _literal(t) -> int:
@@ -232,82 +256,219 @@ FMA = "fma" in FEATURES or not any(f.startswith("sse") for f in FEATURES)
 
 
 @intrinsic(prefer_literal=True)
-def tile(typingctx, add, rnd, drop, mode, omode, tm, nv, a, a_off, a_stride, b, b_off, out, o_off,
-         o_stride, nk, first):
+def tile(typingctx, order, add, rnd, drop, mode, omode, tm, nv, a, a_off, a_stride, b, b_off, out,
+         o_off, o_stride, nk, first):
     """The register tile (module doc); Numba code only."""
-    consts = [_literal(t) for t in (add, rnd, drop, mode, omode, tm, nv)]
-    sig = types.void(add, rnd, drop, mode, omode, tm, nv, a, a_off, a_stride, b, b_off, out,
-                     o_off, o_stride, nk, first)
+    consts = [_literal(t) for t in (order, add, rnd, drop, mode, omode, tm, nv)]
+    sig = types.void(order, add, rnd, drop, mode, omode, tm, nv, a, a_off, a_stride, b, b_off,
+                     out, o_off, o_stride, nk, first)
 
     def codegen(context, builder, signature, args):
-        _emit(context, builder, signature, args, consts)
+        _Tile(context, builder, signature, args, consts).emit()
         return context.get_dummy_value()
 
     return sig, codegen
 
 
-def _emit(context, builder, signature, args, consts):
-    add, rnd, drop, mode, omode, tm, nv = consts
-    a_v, a_off, a_stride, b_v, b_off, o_v, o_off, o_stride, nk, first = args[7:]
-    lane = _Lane(builder, np.dtype(signature.args[7].dtype.name), AVX512, FMA)
-    vl = lane.n
-    data = [context.make_array(signature.args[i])(context, builder, v).data
-            for i, v in ((7, a_v), (10, b_v), (12, o_v))]
-    a_data, b_data, o_data = data
-    intp = a_off.type
+class _Tile:
+    """The IR of one tile call: operand access, the k loop of each order, the epilogue."""
 
-    def c(v):
-        return ir.Constant(intp, v)
+    def __init__(self, context, builder, signature, args, consts):
+        self.order, self.add, self.rnd, self.drop, self.mode, self.omode, self.tm, self.nv = consts
+        a_v, a_off, a_stride, b_v, b_off, o_v, o_off, o_stride, nk, first = args[8:]
+        self.b = builder
+        self.lane = _Lane(builder, np.dtype(signature.args[8].dtype.name), AVX512, FMA)
+        self.intp = a_off.type
+        a_data, b_data, self.o_data = (context.make_array(signature.args[i])(context, builder,
+                                                                             v).data
+                                       for i, v in ((8, a_v), (11, b_v), (13, o_v)))
+        self.a_rows = [builder.gep(a_data, [builder.add(a_off, builder.mul(a_stride,
+                                                                           self.c(i)))])
+                       for i in range(self.tm)]
+        self.panel = builder.gep(b_data, [b_off])
+        self.o_off, self.o_stride, self.nk, self.first = o_off, o_stride, nk, first
+        self.init = self.lane.const(0.0 if self.mode == core.RDN else -0.0)
 
-    a_rows = [builder.gep(a_data, [builder.add(a_off, builder.mul(a_stride, c(i)))])
-              for i in range(tm)]
-    panel = builder.gep(b_data, [b_off])
-    init = lane.const(0.0 if mode == core.RDN else -0.0)
-    entry = builder.block
-    loop = builder.append_basic_block("tile.k")
-    done = builder.append_basic_block("tile.done")
-    builder.branch(loop)
-    builder.position_at_end(loop)
-    k = builder.phi(intp)
-    k.add_incoming(c(0), entry)
-    accs = [[builder.phi(lane.vf) for _ in range(nv)] for _ in range(tm)]
-    for row in accs:
-        for phi in row:
-            phi.add_incoming(init, entry)
-    base = builder.mul(k, c(nv * vl))
-    bvec = [builder.load(builder.bitcast(builder.gep(panel, [builder.add(base, c(j * vl))]),
-                                         lane.vf.as_pointer()), align=lane.width // 8)
-            for j in range(nv)]
-    new = []
-    for i in range(tm):
-        av = lane.splat(builder.load(builder.gep(a_rows[i], [k])))
-        new.append([_step(lane, accs[i][j], av, bvec[j], add, rnd, drop, mode)
-                    for j in range(nv)])
-    k_next = builder.add(k, c(1))
-    body_end = builder.block
-    k.add_incoming(k_next, body_end)
-    for i in range(tm):
-        for j in range(nv):
-            accs[i][j].add_incoming(new[i][j], body_end)
-    builder.cbranch(builder.icmp_signed("<", k_next, nk), loop, done)
-    builder.position_at_end(done)
-    ptrs = [[builder.bitcast(
-        builder.gep(o_data, [builder.add(o_off, builder.add(builder.mul(o_stride, c(i)),
-                                                            c(j * vl)))]),
-        lane.vf.as_pointer()) for j in range(nv)] for i in range(tm)]
-    align = lane.width // 8
-    if omode == NO_OUTER:
-        for i in range(tm):
-            for j in range(nv):
-                builder.store(new[i][j], ptrs[i][j], align=align)
-        return
-    with builder.if_else(first) as (store, promote):
-        with store:
-            for i in range(tm):
-                for j in range(nv):
-                    builder.store(new[i][j], ptrs[i][j], align=align)
-        with promote:
-            for i in range(tm):
-                for j in range(nv):
-                    old = builder.load(ptrs[i][j], align=align)
-                    builder.store(lane.add(old, new[i][j], omode), ptrs[i][j], align=align)
+    def c(self, v):
+        return ir.Constant(self.intp, v)
+
+    def grid(self, fn):
+        return [[fn(i, j) for j in range(self.nv)] for i in range(self.tm)]
+
+    def operands(self, k):
+        """(a values splat per row, b vectors) of step k."""
+        b, lane = self.b, self.lane
+        base = b.mul(k, self.c(self.nv * lane.n))
+        bvec = [b.load(b.bitcast(b.gep(self.panel, [b.add(base, self.c(j * lane.n))]),
+                                 lane.vf.as_pointer()), align=lane.width // 8)
+                for j in range(self.nv)]
+        avec = [lane.splat(b.load(b.gep(row, [k]))) for row in self.a_rows]
+        return avec, bvec
+
+    def step(self, acc, x, y):
+        return _step(self.lane, acc, x, y, self.add, self.rnd, self.drop, self.mode)
+
+    def sum(self, x, y):
+        return _sum(self.lane, x, y, self.add, self.rnd, self.drop, self.mode)
+
+    def loop(self, start, states, body):
+        """for k in start .. nk-1: states = body(k, states), states a list of vector grids;
+        returns the final states (the loop runs at least once: the caller checks)."""
+        b = self.b
+        entry = b.block
+        head = b.append_basic_block("tile.k")
+        done = b.append_basic_block("tile.k.done")
+        b.branch(head)
+        b.position_at_end(head)
+        k = b.phi(self.intp)
+        k.add_incoming(start, entry)
+        phis = [self.grid(lambda i, j: b.phi(self.lane.vf)) for _ in states]
+        for phi, state in zip(phis, states, strict=True):
+            for i in range(self.tm):
+                for j in range(self.nv):
+                    phi[i][j].add_incoming(state[i][j], entry)
+        new = body(k, phis)
+        k_next = b.add(k, self.c(1))
+        end = b.block
+        k.add_incoming(k_next, end)
+        for phi, state in zip(phis, new, strict=True):
+            for i in range(self.tm):
+                for j in range(self.nv):
+                    phi[i][j].add_incoming(state[i][j], end)
+        b.cbranch(b.icmp_signed("<", k_next, self.nk), head, done)
+        b.position_at_end(done)
+        return new
+
+    def merge(self, before, after, cond):
+        """Vector grids `before` (from the block before a conditional loop) and `after` (its
+        result), joined where the loop was skipped or ran: (skip_block, loop_block) wiring is
+        done by the caller; here, phis in the current block."""
+        b = self.b
+        skip_block, loop_block = cond
+        out = self.grid(lambda i, j: b.phi(self.lane.vf))
+        for i in range(self.tm):
+            for j in range(self.nv):
+                out[i][j].add_incoming(before[i][j], skip_block)
+                out[i][j].add_incoming(after[i][j], loop_block)
+        return out
+
+    def emit(self):
+        if self.order == KAHAN:
+            results = self.kahan()
+        elif self.order == PAIRWISE:
+            results = self.pairwise()
+        else:
+            results = self.sequential()
+        self.store(results)
+
+    def sequential(self):
+        """acc = R(A(acc + a_k*b_k)) for k = 0 .. nk-1, from -0.0 (+0.0 under rdn)."""
+        def body(k, states):
+            avec, bvec = self.operands(k)
+            (acc,) = states
+            return [self.grid(lambda i, j: self.step(acc[i][j], avec[i], bvec[j]))]
+
+        start = self.grid(lambda i, j: self.init)
+        return self.loop(self.c(0), [start], body)[0]
+
+    def kahan(self):
+        """refsim.accum_core.reduce_kahan: s = round(t_0), c = +0; then y = round(t_k - c),
+        t = round(s + y), c = round(round(t - s) - y), s = t; each rounding R(A(.))."""
+        b = self.b
+        avec, bvec = self.operands(self.c(0))
+        s0 = self.grid(lambda i, j: self.step(self.init, avec[i], bvec[j]))
+        c0 = self.grid(lambda i, j: self.lane.const(0.0))
+
+        def body(k, states):
+            s, c = states
+            avec, bvec = self.operands(k)
+            y = self.grid(lambda i, j: self.step(b.fneg(c[i][j]), avec[i], bvec[j]))
+            t = self.grid(lambda i, j: self.sum(s[i][j], y[i][j]))
+            d = self.grid(lambda i, j: self.sum(t[i][j], b.fneg(s[i][j])))
+            c = self.grid(lambda i, j: self.sum(d[i][j], b.fneg(y[i][j])))
+            return [t, c]
+
+        return self._after_first(s0, lambda: self.loop(self.c(1), [s0, c0], body)[0])
+
+    def _after_first(self, first, rest):
+        """`first` when nk == 1, else rest() (a loop over k >= 1)."""
+        b = self.b
+        skip = b.block
+        more = b.append_basic_block("tile.more")
+        join = b.append_basic_block("tile.join")
+        b.cbranch(b.icmp_signed(">", self.nk, self.c(1)), more, join)
+        b.position_at_end(more)
+        after = rest()
+        end = b.block
+        b.branch(join)
+        b.position_at_end(join)
+        return self.merge(first, after, (skip, end))
+
+    def pairwise(self):
+        """refsim.accum_core.reduce_pairwise: each product pushed unrounded on a stack; after
+        term k the top two entries merge (R(A(x + y))) ctz(k + 1) times, after the last term
+        until one is left; one term alone is R(t_0)."""
+        b, lane = self.b, self.lane
+        width = self.tm * self.nv
+        stack = cgutils.alloca_once(b, ir.ArrayType(lane.vf, PAIRWISE_STACK * width))
+        align = lane.width // 8
+
+        def slot(level, i, j):
+            index = b.add(b.mul(level, self.c(width)), self.c(i * self.nv + j))
+            return b.gep(stack, [self.c(0), index])
+
+        top_ptr = cgutils.alloca_once(b, self.intp)
+        b.store(self.c(0), top_ptr)
+        cttz = _declare(b, "llvm.cttz.i64", ir.IntType(64), [ir.IntType(64), ir.IntType(1)])
+        last = b.sub(self.nk, self.c(1))
+
+        def body(k, states):
+            avec, bvec = self.operands(k)
+            top = b.load(top_ptr)
+            for i in range(self.tm):
+                for j in range(self.nv):
+                    b.store(b.fmul(avec[i], bvec[j]), slot(top, i, j), align=align)
+            top = b.add(top, self.c(1))
+            merges = b.select(b.icmp_signed("==", k, last), b.sub(top, self.c(1)),
+                              b.call(cttz, [b.add(k, self.c(1)), ir.Constant(ir.IntType(1), 0)]))
+            with cgutils.for_range(b, merges) as m:
+                level = b.sub(b.sub(top, m.index), self.c(2))
+                for i in range(self.tm):
+                    for j in range(self.nv):
+                        lower, upper = slot(level, i, j), slot(b.add(level, self.c(1)), i, j)
+                        x, y = b.load(lower, align=align), b.load(upper, align=align)
+                        b.store(self.sum(x, y), lower, align=align)
+            b.store(b.sub(top, merges), top_ptr)
+            return states
+
+        self.loop(self.c(0), [], body)
+        result = self.grid(lambda i, j: b.load(slot(self.c(0), i, j), align=align))
+        single = b.icmp_signed("==", self.nk, self.c(1))
+        return self.grid(lambda i, j: b.select(single, self.sum(self.init, result[i][j]),
+                                               result[i][j]))
+
+    def store(self, results):
+        """out = results (sequential, the first chunk), or out = o(out + results) (a later
+        chunk of a chunked order)."""
+        b, lane = self.b, self.lane
+        align = lane.width // 8
+        ptrs = self.grid(lambda i, j: b.bitcast(
+            b.gep(self.o_data, [b.add(self.o_off, b.add(b.mul(self.o_stride, self.c(i)),
+                                                         self.c(j * lane.n)))]),
+            lane.vf.as_pointer()))
+        if self.omode == NO_OUTER:
+            for i in range(self.tm):
+                for j in range(self.nv):
+                    b.store(results[i][j], ptrs[i][j], align=align)
+            return
+        with b.if_else(self.first) as (first, later):
+            with first:
+                for i in range(self.tm):
+                    for j in range(self.nv):
+                        b.store(results[i][j], ptrs[i][j], align=align)
+            with later:
+                for i in range(self.tm):
+                    for j in range(self.nv):
+                        old = b.load(ptrs[i][j], align=align)
+                        b.store(lane.add(old, results[i][j], self.omode), ptrs[i][j],
+                                align=align)

@@ -525,3 +525,21 @@ def test_initial_value_takes_the_exact_core(monkeypatch):
     assert np.all(matmul(a, a.T, spec) == 1.0) and len(planned) == 1
     got = matmul(a, a.T, spec, np.float32(0.25) * np.ones((3, 3), np.float32))
     assert np.all(got == 1.25) and len(planned) == 1
+
+
+# ---- overflow="satfinite" accumulators ----------------------------------------------------------
+@pytest.mark.parametrize("order", KERNEL_ORDERS)
+def test_satfinite_accumulator_matches_exact_twin(order):
+    """satfinite: an overflowing or infinite partial sum becomes +-max of the accumulator (where
+    saturate keeps an infinite one infinite); NaN stays NaN."""
+    rng = np.random.default_rng(70 + KERNEL_ORDERS.index(order))
+    x = _terms(rng, (6, 7))
+    x[0, 2], x[1, 0], x[2, 3], x[4, 5] = np.inf, -np.inf, 2.0**60, np.nan
+    x[3, 1:3] = 6e4
+    for fmt in ("fp16", "e4m3fn", "bf16"):
+        for rounding in ("rne", "rtz", "sr"):
+            acc = _acc(fmt, rounding, order, overflow="satfinite")
+            _check(rsum(x, acc, seed=4), sum_exact(x, acc, seed=4), str(acc))
+    got, counts = rsum(np.array([6e4, 6e4, -6e4]), AccumSpec("fp16", overflow="satfinite"),
+                       counts=True)
+    assert got == 5504.0 and counts["saturation"] == 1

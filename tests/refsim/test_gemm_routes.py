@@ -194,6 +194,38 @@ def test_chunked(inner, mode, outer, omode, bits, lo, hi, route, lane):
         _check(a, b, acc, route, lane)
 
 
+ORDERED = [("fp32", 4, -74, 62, "lane-native", np.float32),
+           ("fp16", 4, -12, 7, "double-rounding", np.float32),
+           ("fp16", 8, -20, 7, "tile-odd", np.float32),
+           ("bf16", 4, -66, 62, "double-rounding", np.float32),
+           ("fp32", 24, -110, 60, "tile-odd", np.float64)]
+
+
+@pytest.mark.parametrize("order", ["kahan", "pairwise"])
+@pytest.mark.parametrize(("acc_fmt", "bits", "lo", "hi", "route", "lane"), ORDERED)
+def test_kahan_and_pairwise(order, acc_fmt, bits, lo, hi, route, lane):
+    """The other two orders on the same routes; K around the pairwise tree's powers of two."""
+    rng = np.random.default_rng(bits * 11 - lo)
+    fmt = get_format(acc_fmt)
+    for k in (1, 2, 3, 8, 13, 48):
+        a, b = _operands(rng, fmt, bits, lo, hi, below_qmin=route != "double-rounding", k=k)
+        for overflow in OVERFLOWS:
+            _check(a, b, AccumSpec(acc_fmt, order=order, overflow=overflow), route, lane,
+                   max_left=1.0)
+
+
+@avx512
+@pytest.mark.parametrize("order", ["kahan", "pairwise"])
+@pytest.mark.parametrize("rounding", DIRECTED)
+def test_kahan_and_pairwise_directed(order, rounding):
+    rng = np.random.default_rng(12)
+    fmt = get_format("fp16")
+    for k in (1, 5, 48):
+        a, b = _operands(rng, fmt, 8, -20, 7, k=k)
+        _check(a, b, AccumSpec("fp16", rounding, order=order), "directed-nested", np.float32,
+               max_left=1.0)
+
+
 def test_output_cast_and_small_shapes():
     """An output Cast after a tile route; K = 1, N below one panel, M below one tile row."""
     rng = np.random.default_rng(7)
@@ -223,7 +255,9 @@ def test_double_rounding_needs_products_on_the_grid():
     for acc in rows:
         plan = cpu_gemm.plan(a, b, acc, None, False)
         assert plan is not None and plan.route == "odd-rows", (acc, plan)
-    for acc in (AccumSpec("fp16", "sr"), AccumSpec("fp16", order="pairwise")):
+    for acc in (AccumSpec("fp16", "sr"), AccumSpec("fp16", "rna", order="pairwise"),
+                AccumSpec("e5m2", order="kahan"),
+                AccumSpec("fp16", order="multiterm", group=4, width=12)):
         assert cpu_gemm.plan(a, b, acc, None, False) is None
 
 
@@ -284,7 +318,8 @@ def test_random_route_specs(seed):
     acc_fmt = rng.choice(["fp16", "bf16", "tf32", "fp32", "fp64", "e8m5"])
     fmt = get_format(acc_fmt)
     modes = ["rne", *DIRECTED] if tile.AVX512 else ["rne"]
-    kwargs = {"overflow": rng.choice(OVERFLOWS)}
+    kwargs = {"overflow": rng.choice(OVERFLOWS), "order": rng.choice(["sequential", "kahan",
+                                                                       "pairwise"])}
     bits = int(rng.integers(1, 13))
     lo = int(rng.integers(-74, 0))
     hi = int(rng.integers(max(lo + bits, -20), 63))
