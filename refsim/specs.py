@@ -193,7 +193,8 @@ class Cast:
         fmt: a format object or name; or a block format (formats.block_format: a BlockFormat
             or a name such as "mxfp8_e4m3"), whose elements always saturate (refsim.blocks).
         rounding: rne, rna, rtz, rup, rdn, rto or sr.
-        overflow: default, saturate, or wrap (fixed point only).
+        overflow: default, saturate, satfinite (saturate, and +-Inf to +-max too), or wrap
+            (fixed point only).
         sr_bits: None (sr reads every discarded bit) or 1..64 random bits; sr only.
     """
 
@@ -279,7 +280,8 @@ class AccumSpec:
         product: None: products are exact; else a Cast (or format, rounding rne) each product
             is rounded to before it is added. Its values must be values of fmt.
         sr_bits: for rounding='sr': None or 1..64.
-        overflow: default or saturate (the accumulator format's policy, docs/rounding.md).
+        overflow: default, saturate or satfinite (the accumulator format's policy,
+            docs/rounding.md).
         group: multiterm: products per aligned group.
         width: multiterm: significand bits kept after alignment (lower bits truncated toward
             zero); width + group.bit_length() <= 62.
@@ -323,7 +325,7 @@ class AccumSpec:
         check_overflow(self.overflow)
         if self.overflow == "wrap":
             raise ValueError("AccumSpec.overflow='wrap' applies to fixed-point formats only; use "
-                             "'default' or 'saturate'")
+                             "'default', 'saturate' or 'satfinite'")
         object.__setattr__(self, "sr_bits", check_sr_bits(self.sr_bits, self.rounding))
         if not isinstance(self.order, str) or self.order not in ORDERS:
             raise ValueError(f"AccumSpec.order must be one of {', '.join(ORDERS)}; "
