@@ -29,11 +29,11 @@ lane-native: G = F (fp32 in float32 lanes, fp64 in float64), mode rne, rtz, rup 
   for an exact zero sum (+0, or -0 under rdn; zeros of one sign keep it), which is the
   contract's.
 
-double-rounding (rne; float32 lanes; G = fp16, bf16, tf32 or another e8mX with q <= 11): every
-  product is a value of G extended upward (at most q significant bits, a multiple of 2^Qmin),
-  and p >= 2q + 2. Step: acc = rne_G(rne_F(t + acc)). Claim: rne_G(rne_F(s)) = rne_G(s) for
-  s = x + y with x, y values of G (extended upward: a product may exceed G's largest value;
-  its rounding then overflows in both).
+double-rounding (rne; G = fp16, bf16, tf32 or another e8mX with q <= 11 in float32 lanes, or fp32
+  in float64 lanes): every product is a value of G extended upward (at most q significant bits,
+  a multiple of 2^Qmin), and p >= 2q + 2. Step: acc = rne_G(rne_F(t + acc)). Claim:
+  rne_G(rne_F(s)) = rne_G(s) for s = x + y with x, y values of G (extended upward: a product
+  may exceed G's largest value; its rounding then overflows in both).
   Proof (Figueroa, "When is double rounding innocuous?", SIGNUM Newsletter 30(3), 1995, proves
   this for p >= 2q + 1; here is the case we use, with G's subnormal range). Let |x| >= |y|,
   x != 0, e = floor(log2|x|), y != 0 with f = floor(log2|y|) (y = 0: s = x, exact). x and y
@@ -68,9 +68,12 @@ directed-nested (rtz, rup, rdn; AVX-512; G = fp16 or e8mX in float32 lanes, fp32
   the products beyond exactness in F.
 
 tile-odd (rne; G = fp16 or e8mX with q <= 22 in float32 lanes, fp32 in float64 lanes; when the
-  products do not fit G for double-rounding): s = acc + t and its error by TwoSum (exact, F's
-  subnormals included), s rounded to odd at F's precision (one unit toward the error when it is
-  nonzero and s's last bit is 0), then rne_G as above. Rounding to odd at p >= q + 2 bits,
+  products do not fit G for double-rounding): acc + t rounded to odd at F's precision, then
+  rne_G as above. With AVX-512 the odd rounding is whichever of rdn_F(acc + t) and
+  rup_F(acc + t) (two FMAs) has last bit 1: they are equal when the sum is exact, else adjacent
+  values of one sign, whose patterns differ by one. Without it, TwoSum's error (exact, F's
+  subnormals included) moves s = rne_F(acc + t) one unit toward the error when that is nonzero
+  and s's last bit is 0. Rounding to odd at p >= q + 2 bits,
   then to nearest in G, is rne_G of the exact sum (Boldo & Melquiond, "Emulation of FMA and
   correctly rounded sums: proved algorithms using rounding to odd", IEEE TC 2008), given G's
   smallest quantum at least 4 times F's smallest subnormal (true for every G here).
@@ -195,8 +198,8 @@ def _outer_mode(acc: AccumSpec, lane: np.dtype) -> int | None:
 def plan(acc: AccumSpec, ra: OperandRange, rb: OperandRange, exact_lanes: tuple[np.dtype, ...],
          n_k: int) -> TilePlan | None:
     """The route for a GEMM under acc whose products are exact in exact_lanes (narrowest first),
-    or None. The caller (cpu_gemm.plan) has checked the rest: sequential or chunked order, no
-    SR anywhere, no counts, finite operands, K >= 1."""
+    or None. The caller (cpu_gemm.plan) has checked the rest: no SR anywhere, no counts, no
+    initial value C, finite operands, K >= 1."""
     if acc.product is not None or acc.order not in _ORDERS:
         return None
     mode = _mode(acc.rounding)
