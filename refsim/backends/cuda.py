@@ -366,10 +366,10 @@ def matmul(a, b, spec, c=None, *, seed: int = 0, counts: bool = False):
     from refsim.accumulate import (
         COUNT_KEYS,
         _dummy_spec,
-        initial_values,
-        order_params,
         _result_dtype,
         _result_format,
+        initial_values,
+        order_params,
     )
     from refsim.accumulate import _spec_tuple as pack
     from refsim.specs import GemmSpec
