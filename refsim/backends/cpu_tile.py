@@ -100,6 +100,11 @@ policy, and every mode that saturates anyway) the lane's result is the contract'
 differ (saturate in a mode that gives Inf) the lane holds Inf. So `run` leaves every output
 that ends non-finite (and only those) to the exact core, as NaN; every finite output is final.
 
+Like every Numba kernel here, the routes assume the default floating-point environment: round to
+nearest even where no rounding is embedded, subnormals neither flushed nor treated as zero (a
+library that sets FTZ/DAZ in the calling thread would change lane results in the subnormal
+range).
+
 Kernels are compiled per (route constants, lane type) on first use, and cached on disk.
 """
 
