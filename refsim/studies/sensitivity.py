@@ -250,7 +250,9 @@ def _lever_stats(p: dict[str, Any], rows: list[dict[str, Any]], measure: str
         out["partial"][f] = {**stats.partial_spearman(x[f], z, [x[g] for g in given[f]]),
                              "given": given[f]}
         raw = stats.detectable_rho(len(rows), len(given[f]))
-        out["detectable"][f] = {"raw": raw, "true": raw / math.sqrt(rel) if rel > 0 else math.nan}
+        true = raw / math.sqrt(rel) if rel > 0 else math.inf if rel == 0 else math.nan
+        # a correlation cannot exceed 1: beyond it, no correlation is detectable
+        out["detectable"][f] = {"raw": raw, "true": math.inf if true >= 1 else true}
     out["factor_correlations"] = {f"{a}~{b}": stats.spearman(x[a], x[b])
                                   for a, b in (("k", "frequency"), ("k", "depth"),
                                                ("frequency", "depth"))}
@@ -331,7 +333,7 @@ def _findings(p: dict[str, Any], s: dict[str, Any]) -> list[dict[str, Any]]:
     for lever, st in s["levers"].items():
         suffix = "" if lever == "operands" else "-acc"
         how = (f"{p['fmt']} operands" if lever == "operands"
-               else f"a {p['acc_fmt']} {p['acc_order']} accumulator")
+               else f"{p['acc_fmt']} {p['acc_order']} accumulation")
         for fid, f, sign, claim in (
                 ("accumulation", "k", -1, "layers with higher accumulation (longer reductions "
                  "K) tolerate more low-precision noise"),
@@ -393,10 +395,10 @@ def _fmt(v: float, spec: str) -> str:
 def section(doc: dict[str, Any]) -> str:
     s, p = doc["summary"], doc["params"]
     m, om = p["measure"], p["outcome_measure"]
-    levers = {"operands": f"operands in {p['fmt']} ({p['rounding']}, saturating) with a "
-              f"{p['acc']} accumulator",
-              "accumulator": f"float32 operands and a {p['acc_fmt']} {p['acc_order']} "
-              "accumulator"}
+    levers = {"operands": f"operands in {p['fmt']} ({p['rounding']}, saturating), "
+              f"{p['acc']} accumulation",
+              "accumulator": f"float32 operands, {p['acc_fmt']} {p['acc_order']} "
+              "accumulation"}
     lines = [f"## {TITLE}", "",
              f"Models {', '.join(p['models'])}; {s['gemms']} GEMMs (layer and role), each "
              "perturbed alone by each lever: " + "; ".join(

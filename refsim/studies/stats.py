@@ -181,6 +181,9 @@ def decide(estimate: float, p: float, detectable: float, small: float, sign: int
 
 def power_text(detectable: float, small: float, what: str = "|rho|") -> str:
     """'detects |rho| >= 0.38 with 80% power at alpha 0.05 (small: <= 0.4)'."""
+    if detectable == math.inf:
+        return (f"detects no {what} with {100 * POWER:.0f}% power (the measurements are too "
+                f"noisy or too few); small effect: {what} <= {small:g}")
     if not math.isfinite(detectable):
         return f"power undefined (too few points or no spread); small effect: {what} <= {small:g}"
     return (f"detects {what} >= {detectable:.3g} with {100 * POWER:.0f}% power at alpha {ALPHA:g}"
