@@ -141,8 +141,8 @@ def headline(docs: Sequence[dict[str, Any]]) -> list[str]:
 
 PAPER_FINDINGS = ("accumulation", "accumulation-acc", "frequency", "frequency-acc", "depth",
                   "depth-acc", "allocation", "allocation-a", "allocation-f", "allocation-d")
-"""Finding ids of the paper's three findings and its allocation claims (REFERENCES.md); "-acc":
-the same finding with the accumulator as the lever (refsim.studies.sensitivity)."""
+"""Finding ids of the paper's three findings and its allocation claims (docs/references.md);
+"-acc": the same finding with the accumulator as the lever (refsim.studies.sensitivity)."""
 CORE_FINDINGS = ("accumulation", "frequency", "depth", "allocation")
 """The ones every `refsim study all` run reports (NOT RUN when their study was left out)."""
 
