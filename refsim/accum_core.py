@@ -1,8 +1,9 @@
 """The scalar accumulation core: exact add-and-round, and the orders built on it, written once.
 
 Plain `numba.njit` functions of integer scalars (and, for the order loops, the operand arrays),
-like refsim.core, so the same code can be called from the CPU kernels of refsim.accumulate and,
-later, from numba.cuda kernels. No NumPy calls except the small stack of the pairwise order.
+like refsim.core, so the same code is called from the CPU kernels of refsim.backends.cpu_exact
+and from the numba.cuda kernels of refsim.backends.cuda. No NumPy calls except the small stack of
+the pairwise order (which the CUDA kernels pass in as thread-local arrays: pairwise_with_c).
 
 Values
 ------
@@ -12,13 +13,13 @@ travel as float64 bit patterns (uint64): every accumulator format is a subset of
 
 The primitive
 -------------
-`add_round(x, y, spec, ...)` returns round(x + y) for two unpacked values whose significands have
-at most 64 bits (an accumulator value, an exact product of two operands whose significands total
-at most 64 bits, or a rounded product). Both are normalized to 64-bit significands; the larger one
-A is placed in bits 63..126 of a two-word window W = (hi, lo), so the sum never carries out of 128
-bits; the smaller one B is shifted right into the window by the exponent difference. Bits of B
-that fall below the window form the *tail* t (0 < t < 1 window units), kept exactly as an integer
-T with t = T / 2^tl:
+`add_round_ev(x, y, spec, ...)` returns round(x + y), and its event, for two unpacked values
+whose significands have at most 64 bits (an accumulator value, an exact product of two operands
+whose significands total at most 64 bits, or a rounded product). Both are normalized to 64-bit
+significands; the larger one A is placed in bits 63..126 of a two-word window W = (hi, lo), so
+the sum never carries out of 128 bits; the smaller one B is shifted right into the window by the
+exponent difference. Bits of B that fall below the window form the *tail* t (0 < t < 1 window
+units), kept exactly as an integer T with t = T / 2^tl:
   - same signs: W = A + floor(B), the exact sum is W + t (tail kind ADD);
   - opposite signs: the exact difference is A - floor(B) - t = (W - 1) + (1 - t) with W = A -
     floor(B): the borrow is taken from W and the tail becomes 1 - t (kind SUB), whose bits are
@@ -62,8 +63,6 @@ S_MODE, S_OVF, S_SRB = core.N_PARAMS, core.N_PARAMS + 1, core.N_PARAMS + 2
 N_SPEC = core.N_PARAMS + 3
 # Families of rounding operations (counter word 3 of the random stream).
 TAG_ADD, TAG_PRODUCT, TAG_OUTER, TAG_KAHAN_Y, TAG_KAHAN_D, TAG_KAHAN_C, TAG_OUT = range(1, 8)
-# Orders (the index in refsim.specs.ORDERS).
-ORD_SEQUENTIAL, ORD_PAIRWISE, ORD_CHUNKED, ORD_KAHAN, ORD_MULTITERM = 0, 1, 2, 3, 4
 # The int64 tuple `mt` of order parameters every order function takes (MT_* layout): multiterm's
 # group, width, variant (the index in refsim.specs.MULTITERM_VARIANTS), alignment, truncation,
 # input flushing and operand emin, and (chunked and multiterm) where the initial value C enters.
@@ -180,7 +179,7 @@ def mul_exact(xbits, ybits):
     """The exact product of two float64 bit patterns, unpacked (IEEE specials and zero signs).
 
     Precondition: the two significands, with trailing zeros removed, total at most 64 bits
-    (refsim.accumulate checks it).
+    (refsim.backends.kernel_args.check_products).
     """
     xk, xn, xs, xe = unpack_f64(xbits)
     yk, yn, ys, ye = unpack_f64(ybits)
@@ -310,21 +309,15 @@ def round_window_ev(negative, hi, lo, e, tail, tt, tl, spec, seed, index, step, 
             n = np.int64(1)  # no zero: raised to the smallest value 2^emin
             q = emin
         else:
-            return core._zero(negative, C_MAN, C_BIAS, spec), EV_UNDERFLOW
+            return core.zero_result(negative, C_MAN, C_BIAS, spec), EV_UNDERFLOW
     if (n >> (man + 1)) != 0:  # a carry into the next binade
         n >>= 1
         q += 1
-    if core._exceeds_max(n, q, spec):
+    if core.exceeds_max(n, q, spec):
         ev = EV_SATURATE if core.overflow_to_max(mode, negative, spec[S_OVF],
                                                  spec[core.P_SPECIALS]) else EV_OVERFLOW
-        return core._overflow(negative, C_MAN, C_BIAS, spec, mode, spec[S_OVF]), ev
+        return core.overflow_result(negative, C_MAN, C_BIAS, spec, mode, spec[S_OVF]), ev
     return core.encode_carrier(negative, n, q, C_MAN, C_BIAS), EV_NONE
-
-
-@njit(cache=True)
-def round_window(negative, hi, lo, e, tail, tt, tl, spec, seed, index, step, tag):
-    """round_window_ev without the event."""
-    return round_window_ev(negative, hi, lo, e, tail, tt, tl, spec, seed, index, step, tag)[0]
 
 
 @njit(cache=True)
@@ -335,10 +328,10 @@ def round_unpacked_ev(kind, negative, sig, exp, spec, seed, index, step, tag):
     if kind == K_NAN:
         return core.carrier_nan(C_MAN, C_BIAS), EV_NONE
     if kind == K_INF:
-        return (core._special_infinity(negative, C_MAN, C_BIAS, spec, spec[S_MODE], spec[S_OVF]),
+        return (core.infinity_result(negative, C_MAN, C_BIAS, spec, spec[S_MODE], spec[S_OVF]),
                 EV_NONE)
     if sig == _U0:
-        return core._zero(negative, C_MAN, C_BIAS, spec), EV_NONE
+        return core.zero_result(negative, C_MAN, C_BIAS, spec), EV_NONE
     return round_window_ev(negative, _U0, sig, exp, TAIL_NONE, _U0, _I0, spec, seed, index, step,
                            tag)
 
@@ -365,10 +358,10 @@ def add_round_ev(xk, xn, xs, xe, yk, yn, ys, ye, spec, seed, index, step, tag):
         if xk == K_INF and yk == K_INF and xn != yn:
             return core.carrier_nan(C_MAN, C_BIAS), EV_NONE
         negative = xn if xk == K_INF else yn
-        return core._special_infinity(negative, C_MAN, C_BIAS, spec, mode, spec[S_OVF]), EV_NONE
+        return core.infinity_result(negative, C_MAN, C_BIAS, spec, mode, spec[S_OVF]), EV_NONE
     if xs == _U0 and ys == _U0:
         negative = xn if xn == yn else mode == core.RDN
-        return core._zero(negative, C_MAN, C_BIAS, spec), EV_NONE
+        return core.zero_result(negative, C_MAN, C_BIAS, spec), EV_NONE
     if xs == _U0:
         return round_window_ev(yn, _U0, ys, ye, TAIL_NONE, _U0, _I0, spec, seed, index, step,
                                tag)
@@ -424,15 +417,8 @@ def add_round_ev(xk, xn, xs, xe, yk, yn, ys, ye, spec, seed, index, step, tag):
             hi -= borrow
             tail = TAIL_SUB
         elif hi == _U0 and lo == _U0:
-            return core._zero(mode == core.RDN, C_MAN, C_BIAS, spec), EV_NONE
+            return core.zero_result(mode == core.RDN, C_MAN, C_BIAS, spec), EV_NONE
     return round_window_ev(xn, hi, lo, e, tail, tt, tl, spec, seed, index, step, tag)
-
-
-@njit(cache=True)
-def add_round(xk, xn, xs, xe, yk, yn, ys, ye, spec, seed, index, step, tag):
-    """round(x + y) for two exact unpacked values (sig < 2^64 each); float64 bits (add_round_ev
-    without the event)."""
-    return add_round_ev(xk, xn, xs, xe, yk, yn, ys, ye, spec, seed, index, step, tag)[0]
 
 
 @njit(cache=True)
@@ -494,7 +480,7 @@ def reduce_sequential(a, b, has_b, p, m, n, k0, k1, has_init, init, spec, prod_o
         start = k0
     else:
         if k1 <= k0:
-            return core._zero(False, C_MAN, C_BIAS, spec), _CNT0
+            return core.zero_result(False, C_MAN, C_BIAS, spec), _CNT0
         tk, tn, ts, te = term(a, b, has_b, p, m, n, k0, prod_on, pspec, seed, index)
         acc, ev = round_unpacked_ev(tk, tn, ts, te, spec, seed, index, k0, TAG_ADD)
         cnt = tally(_CNT0, ev)
@@ -531,7 +517,7 @@ def reduce_chunked(a, b, has_b, p, m, n, nk, chunk, has_c, cbits, c_outer, spec,
     if nk <= 0:
         if has_c:
             return round_initial(cbits, ospec, seed, index, 0, TAG_OUTER, _CNT0)
-        return core._zero(False, C_MAN, C_BIAS, ospec), _CNT0
+        return core.zero_result(False, C_MAN, C_BIAS, ospec), _CNT0
     into_outer = has_c and c_outer
     outer = np.uint64(cbits) if into_outer else _U0
     first = not into_outer
@@ -572,7 +558,7 @@ def pairwise_with_c(kinds, negs, sigs, exps, sizes, a, b, has_b, p, m, n, nk, ha
     if nk <= 0:
         if has_c:
             return round_initial(cbits, spec, seed, index, 0, TAG_ADD, _CNT0)
-        return core._zero(False, C_MAN, C_BIAS, spec), _CNT0
+        return core.zero_result(False, C_MAN, C_BIAS, spec), _CNT0
     ck, cn, cs, ce = unpack_f64(np.uint64(cbits))
     if has_c and nk == 1:
         tk, tn, ts, te = term(a, b, has_b, p, m, n, 0, prod_on, pspec, seed, index)
@@ -637,7 +623,7 @@ def reduce_kahan(a, b, has_b, p, m, n, nk, has_c, cbits, spec, prod_on, pspec, s
         start = 0
     else:
         if nk <= 0:
-            return core._zero(False, C_MAN, C_BIAS, spec), _CNT0
+            return core.zero_result(False, C_MAN, C_BIAS, spec), _CNT0
         tk, tn, ts, te = term(a, b, has_b, p, m, n, 0, prod_on, pspec, seed, index)
         s_bits, ev = round_unpacked_ev(tk, tn, ts, te, spec, seed, index, 0, TAG_ADD)
         cnt = tally(_CNT0, ev)
@@ -852,7 +838,7 @@ def reduce_multiterm(a, b, has_b, p, m, n, nk, chunk, has_c, cbits, spec, ospec,
     if nk <= 0:
         if has_c:
             return round_initial(cbits, ospec, seed, index, 0, TAG_OUTER, _CNT0)
-        return core._zero(False, C_MAN, C_BIAS, ospec), _CNT0
+        return core.zero_result(False, C_MAN, C_BIAS, ospec), _CNT0
     if chunk <= 0:
         chunk = nk
     group = mt[MT_GROUP]
@@ -888,8 +874,9 @@ def reduce_multiterm(a, b, has_b, p, m, n, nk, chunk, has_c, cbits, spec, ospec,
 
 
 # ---- one output element --------------------------------------------------------------------------
-# The order_* functions share one signature, so a kernel can be built per order (refsim.accumulate
-# compiles only the orders used). mt: the order parameters (MT_* layout); (has_c, cbits): C.
+# The order_* functions share one signature, so a kernel can be built per order
+# (refsim.backends.cpu_exact compiles only the orders used). mt: the order parameters (MT_*
+# layout); (has_c, cbits): C.
 @njit(cache=True)
 def order_sequential(a, b, has_b, p, m, n, has_c, cbits, chunk, spec, ospec, prod_on, pspec, mt,
                      seed, index):
@@ -937,25 +924,3 @@ def cast_output(bits, cast_on, cspec, seed, index):
     kind, negative, sig, exp = unpack_f64(bits)
     return round_unpacked(kind, negative, sig, exp, cspec, seed, index, 0, TAG_OUT)
 
-
-@njit(cache=True)
-def reduce_full(a, b, has_b, p, m, n, has_c, cbits, order, chunk, spec, ospec, prod_on, pspec,
-                cast_on, cspec, mt, seed, index):
-    """One output element in any order (all orders compiled): the declared order over
-    k = 0 .. K-1 (from C when has_c), then the output cast. Returns (float64 bits, counts)."""
-    if order == ORD_PAIRWISE:
-        bits, cnt = order_pairwise(a, b, has_b, p, m, n, has_c, cbits, chunk, spec, ospec,
-                                   prod_on, pspec, mt, seed, index)
-    elif order == ORD_CHUNKED:
-        bits, cnt = order_chunked(a, b, has_b, p, m, n, has_c, cbits, chunk, spec, ospec,
-                                  prod_on, pspec, mt, seed, index)
-    elif order == ORD_KAHAN:
-        bits, cnt = order_kahan(a, b, has_b, p, m, n, has_c, cbits, chunk, spec, ospec, prod_on,
-                                pspec, mt, seed, index)
-    elif order == ORD_MULTITERM:
-        bits, cnt = order_multiterm(a, b, has_b, p, m, n, has_c, cbits, chunk, spec, ospec,
-                                    prod_on, pspec, mt, seed, index)
-    else:
-        bits, cnt = order_sequential(a, b, has_b, p, m, n, has_c, cbits, chunk, spec, ospec,
-                                     prod_on, pspec, mt, seed, index)
-    return cast_output(bits, cast_on, cspec, seed, index), cnt

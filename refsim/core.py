@@ -200,10 +200,10 @@ def quantize_bits(bits, c_man, c_bias, params, mode, overflow, sr_bits, word0, s
     if efield == c_efield_max:
         if mfield != 0:
             return bits  # NaN in, NaN out (payload and sign kept)
-        return _special_infinity(negative, c_man, c_bias, params, mode, overflow)
+        return infinity_result(negative, c_man, c_bias, params, mode, overflow)
     if efield == 0:
         if mfield == 0:
-            return _zero(negative, c_man, c_bias, params)
+            return zero_result(negative, c_man, c_bias, params)
         sig = mfield
         lsb = 1 - c_bias - c_man
         top = lsb + bit_length(mfield) - 1
@@ -230,18 +230,18 @@ def quantize_bits(bits, c_man, c_bias, params, mode, overflow, sr_bits, word0, s
             n = np.int64(1)  # no zero: underflow is raised to the smallest value 2^emin
             q = emin
         else:
-            return _zero(negative, c_man, c_bias, params)
+            return zero_result(negative, c_man, c_bias, params)
     # Normalize a carry out of the top (n = 2^(man+1)) into the next binade.
     if n >> (man + 1) != 0:
         n >>= 1
         q += 1
-    if _exceeds_max(n, q, params):
-        return _overflow(negative, c_man, c_bias, params, mode, overflow)
+    if exceeds_max(n, q, params):
+        return overflow_result(negative, c_man, c_bias, params, mode, overflow)
     return encode_carrier(negative, n, q, c_man, c_bias)
 
 
 @njit(cache=True)
-def _exceeds_max(n, q, params):
+def exceeds_max(n, q, params):
     """Is n * 2^q (n >= 1, at most man+1 bits) larger than the format's max?"""
     man = params[P_MAN]
     emax = params[P_EMAX]
@@ -254,7 +254,9 @@ def _exceeds_max(n, q, params):
 
 
 @njit(cache=True)
-def _zero(negative, c_man, c_bias, params):
+def zero_result(negative, c_man, c_bias, params):
+    """The carrier bits of a result that is zero: the format's zero of that sign (+0 where it
+    has no -0), NaN where the format has no zero."""
     if params[P_KIND] == KIND_FLOAT and params[P_ZERO] == 0:
         return carrier_nan(c_man, c_bias)
     keeps_sign = (params[P_KIND] == KIND_FLOAT and params[P_SIGNED] != 0
@@ -270,7 +272,9 @@ def _max_bits(negative, c_man, c_bias, params):
 
 
 @njit(cache=True)
-def _overflow(negative, c_man, c_bias, params, mode, overflow):
+def overflow_result(negative, c_man, c_bias, params, mode, overflow):
+    """The carrier bits of a finite overflow: +-max (overflow_to_max), else +-Inf in ieee
+    formats and NaN in the others."""
     if overflow_to_max(mode, negative, overflow, params[P_SPECIALS]):
         return _max_bits(negative, c_man, c_bias, params)
     if params[P_SPECIALS] == SPECIALS_IEEE:
@@ -279,7 +283,7 @@ def _overflow(negative, c_man, c_bias, params, mode, overflow):
 
 
 @njit(cache=True)
-def _special_infinity(negative, c_man, c_bias, params, mode, overflow):
+def infinity_result(negative, c_man, c_bias, params, mode, overflow):
     """An infinite input: exact in ieee formats (+-max under satfinite), an overflow elsewhere."""
     if params[P_KIND] == KIND_FIXED:
         if overflow == OVF_WRAP:
@@ -291,7 +295,7 @@ def _special_infinity(negative, c_man, c_bias, params, mode, overflow):
         if overflow == OVF_SATFINITE:
             return _max_bits(negative, c_man, c_bias, params)
         return carrier_inf(negative, c_man, c_bias)
-    return _overflow(negative, c_man, c_bias, params, mode, overflow)
+    return overflow_result(negative, c_man, c_bias, params, mode, overflow)
 
 
 @njit(cache=True)

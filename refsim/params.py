@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from formats import FixedFormat, FloatFormat, Format, get_format
@@ -61,18 +63,39 @@ def check_array(x: object, name: str = "x") -> np.ndarray:
     return x
 
 
-def check_out(out: object, x: np.ndarray, name: str = "out") -> np.ndarray | None:
-    """None, or `out` if it is a plain, writeable NumPy array of x's dtype and shape; else a
-    ValueError naming `name` (nothing is written until every check has passed)."""
+def check_out(out: Any, x: Any, name: str = "out", *, kind: str = "NumPy array") -> Any:
+    """None, or `out` if it is an array of x's kind, dtype and shape to write into; else a
+    ValueError naming `name` (nothing is written until every check has passed).
+
+    kind: "NumPy array" (a plain, writeable NumPy array), "device array" (a CUDA device array,
+    as refsim.backends.cuda has taken out already) or "tensor" (a torch tensor, on x's device
+    too).
+    """
     if out is None:
         return None
-    if (not isinstance(out, np.ndarray) or isinstance(out, (np.ma.MaskedArray, np.matrix))
-            or out.dtype != x.dtype or out.shape != x.shape):
-        got = (f"{type(out).__name__} {out.dtype} {out.shape}" if isinstance(out, np.ndarray)
-               else type(out).__name__)
-        raise ValueError(f"{name} must be a NumPy array of x's dtype {x.dtype} and shape "
-                         f"{x.shape}; got {got}")
-    if not out.flags.writeable:
+    if kind == "NumPy array":
+        plain = isinstance(out, np.ndarray) and not isinstance(out, (np.ma.MaskedArray,
+                                                                     np.matrix))
+    else:
+        plain = hasattr(out, "dtype") and hasattr(out, "shape") and not isinstance(out,
+                                                                                   np.ndarray)
+    device = getattr(x, "device", None) if kind == "tensor" else None
+    if (not plain or out.dtype != x.dtype or tuple(out.shape) != tuple(x.shape)
+            or (device is not None and out.device != device)):
+        if kind == "NumPy array":
+            got = (f"{type(out).__name__} {out.dtype} {out.shape}"
+                   if isinstance(out, np.ndarray) else type(out).__name__)
+        elif plain:
+            got = f"{out.dtype} {tuple(out.shape)}"
+            if device is not None:
+                got += f" on {out.device}"
+        else:
+            got = type(out).__name__
+        like = f"x's dtype {x.dtype} and shape {tuple(x.shape)}"
+        if device is not None:
+            like = f"x's dtype {x.dtype}, shape {tuple(x.shape)} and device {device}"
+        raise ValueError(f"{name} must be a {kind} of {like}; got {got}")
+    if kind == "NumPy array" and not out.flags.writeable:
         raise ValueError(f"{name} must be writeable; got a read-only array")
     return out
 

@@ -28,8 +28,8 @@ Implementation notes
 All functions are ``@numba.njit`` functions on ``uint64`` scalars only: no NumPy calls, only
 homogeneous ``UniTuple(uint64, n)`` returns, explicit ``np.uint64`` casts of every argument and
 ``np.uint64`` constants (Numba types ``uint64 <op> int64`` as ``float64`` and ``uint64 <op>
-literal`` as ``int64``, which would silently lose bits).  The same source is meant to be compiled
-for ``numba.cuda`` kernels as well.
+literal`` as ``int64``, which would silently lose bits).  The same source is compiled for the
+``numba.cuda`` kernels of refsim.backends.cuda as well.
 
 The 64x64 -> 128-bit multiply is :func:`mulhilo64`, a function with two Numba implementations
 chosen by compilation target:
@@ -39,8 +39,9 @@ chosen by compilation target:
   (1.8 vs 3.1 ns per word on one Xeon core), which LLVM turns into one ``mulx`` for the high
   half plus a separate ``imul`` for the low half.
 * every other target (``generic``): :func:`mulhilo64_portable`, schoolbook multiplication from
-  32-bit halves.  A CUDA-specific overload (``@overload(mulhilo64, target="cuda")``) could use
-  ``umul64hi`` (``__umul64hi``) instead.
+  32-bit halves.  On a real GPU, refsim.backends.cuda registers a CUDA-specific overload
+  (``@overload(mulhilo64, target="cuda")``) that uses ``umul64hi`` (``__umul64hi``) for the
+  high word instead.
 
 Both are tested against Python integers.
 """
@@ -113,8 +114,8 @@ mulhilo64_portable = numba.njit(**_JIT)(_mulhilo64_halves)
 mulhilo64_portable.__doc__ = """(high, low) 64-bit words of ``a * b`` from 32-bit halves.
 
 Target-independent (no 128-bit type needed); the implementation of :func:`mulhilo64` on every
-target except ``cpu``.  On CUDA, ``umul64hi`` (``__umul64hi``) plus a plain ``a * b`` would be
-the native alternative.
+target except ``cpu`` and ``cuda`` (where refsim.backends.cuda uses ``umul64hi``
+(``__umul64hi``) plus a plain ``a * b``).
 """
 
 

@@ -37,11 +37,22 @@ import functools
 import numpy as np
 from numba.core import config
 
-from formats.policy import check_rbits_array, check_rbits_request
+from formats.block_format import BlockFormat
+from formats.policy import check_rbits_array, check_rbits_request, check_seed
 from refsim import accum_core as ac
 from refsim import core
-from refsim.params import CARRIERS, resolve
+from refsim.backends.kernel_args import (
+    batch_shape,
+    check_products,
+    events,
+    exact_args,
+    initial_values,
+    result_dtype,
+    result_format,
+)
+from refsim.params import CARRIERS, check_out, resolve
 from refsim.rng import stream_block
+from refsim.specs import GemmSpec
 
 __all__ = ["is_device_array", "matmul", "quantize"]
 
@@ -201,7 +212,7 @@ def _operand_function():
 
 @functools.cache
 def _matmul_kernel(order: str):
-    """The kernel of one order: refsim.accumulate's CPU kernel, one thread per output."""
+    """The kernel of one order: refsim.backends.cpu_exact's, one thread per output."""
     _cuda()
     order_fn = _order_function(order)
     operand = _operand_function()
@@ -333,10 +344,7 @@ def quantize(x, fmt, rounding: str = "rne", *, overflow: str = "default",
     if out is None:
         out = cuda.device_array(x.shape, dtype)
     else:
-        out = _as_device(out, "out", cuda)
-        if np.dtype(out.dtype) != dtype or tuple(out.shape) != tuple(x.shape):
-            raise ValueError(f"out must be a device array of x's dtype {dtype} and shape "
-                             f"{tuple(x.shape)}; got {out.dtype} {tuple(out.shape)}")
+        out = check_out(_as_device(out, "out", cuda), x, kind="device array")
     if x.size == 0:
         return out
     c_man, c_bias, utype = CARRIERS[dtype]
@@ -362,18 +370,6 @@ def matmul(a, b, spec, c=None, *, seed: int = 0, counts: bool = False):
     (a NumPy operand is copied to the device); returns a device array (and the counts dict with
     counts=True). Batch dimensions must be equal (no broadcasting on CUDA yet). c, the initial
     accumulator, may be a NumPy or a device array; it is broadcast on the host."""
-    from formats.policy import check_seed
-    from refsim.accumulate import (
-        COUNT_KEYS,
-        _dummy_spec,
-        _result_dtype,
-        _result_format,
-        initial_values,
-        order_params,
-    )
-    from refsim.accumulate import _spec_tuple as pack
-    from refsim.specs import GemmSpec
-
     cuda = _cuda()
     a = _as_device(a, "a", cuda)
     b = _as_device(b, "b", cuda)
@@ -381,17 +377,10 @@ def matmul(a, b, spec, c=None, *, seed: int = 0, counts: bool = False):
         raise TypeError(f"spec must be a GemmSpec; got {type(spec).__name__}")
     seed = check_seed(seed)
     a_shape, b_shape = tuple(a.shape), tuple(b.shape)
-    if len(a_shape) < 2 or len(b_shape) < 2:
-        raise ValueError(f"matmul needs arrays of at least 2 dimensions; got a of shape "
-                         f"{a_shape} and b of shape {b_shape}")
-    if a_shape[-1] != b_shape[-2]:
-        raise ValueError(f"matmul: a's last dimension must equal b's second-to-last; got a of "
-                         f"shape {a_shape} and b of shape {b_shape}")
+    batch_shape(a_shape, b_shape)
     if a_shape[:-2] != b_shape[:-2]:
         raise NotImplementedError(f"matmul on CUDA needs equal batch dimensions (no broadcasting"
                                   f" yet); got a of shape {a_shape} and b of shape {b_shape}")
-    from formats.block_format import BlockFormat
-
     for name, cast in (("a", spec.a), ("b", spec.b)):
         if cast is not None and isinstance(cast.fmt, BlockFormat):
             raise NotImplementedError(
@@ -425,7 +414,7 @@ def matmul(a, b, spec, c=None, *, seed: int = 0, counts: bool = False):
                                    transpose)
     a_bits = a_bits.view(np.uint64)
     b_bits = b_bits.view(np.uint64)
-    widths = []
+    widths = []  # kernel_args.max_significant_bits, on the device
     for x, x_bits in ((a, a_bits), (b, b_bits)):
         if np.dtype(x.dtype) == np.float32 or x.size == 0:
             widths.append(24 if x.size else 0)
@@ -434,22 +423,7 @@ def matmul(a, b, spec, c=None, *, seed: int = 0, counts: bool = False):
         blocks, threads = _grid(x.size)
         significant_bits[blocks, threads](x_bits.reshape(x.size), result)
         widths.append(int(result.copy_to_host()[0]))
-    if widths[0] + widths[1] > 64:
-        raise ValueError(
-            f"products of a and b need up to {widths[0]} + {widths[1]} significant bits, more "
-            "than the 64 an exact product may have: quantize the operands first (e.g. a GemmSpec"
-            " with Casts to formats whose significands total at most 64 bits)")
-    # The kernel's arguments, packed as refsim.accumulate._run packs them.
-    spec_t = pack(acc.fmt, acc.rounding, acc.overflow, acc.sr_bits)
-    outer = acc.outer_spec
-    ospec = pack(outer.fmt, outer.rounding, outer.overflow, outer.sr_bits)
-    product = acc.product
-    pspec = _dummy_spec() if product is None else pack(product.fmt, product.rounding,
-                                                       product.overflow, product.sr_bits)
-    cast = spec.out
-    cspec = _dummy_spec() if cast is None else pack(cast.fmt, cast.rounding, cast.overflow,
-                                                    cast.sr_bits)
-    mt = order_params(acc)
+    check_products(widths[0], widths[1])
     size = count * m * n
     c_bits = cuda.to_device(c_host if c_host is not None else np.zeros(1, np.uint64))
     out_bits = cuda.device_array(size, np.uint64)
@@ -457,13 +431,12 @@ def matmul(a, b, spec, c=None, *, seed: int = 0, counts: bool = False):
     if size:
         blocks, threads = _grid(size)
         kernel[blocks, threads](a_bits, b_bits, True, c_bits, c_host is not None, out_bits,
-                                event_counts, counts,
-                                np.int64(acc.chunk or 0), spec_t, ospec, product is not None,
-                                pspec, cast is not None, cspec, mt, np.uint64(seed))
+                                event_counts, counts, *exact_args(acc, spec.out),
+                                np.uint64(seed))
     dtypes = [np.dtype(a.dtype), np.dtype(b.dtype)]
     if c is not None:
         dtypes.append(np.dtype(c.dtype))
-    dtype = _result_dtype(_result_format(acc, cast), dtypes)
+    dtype = result_dtype(result_format(acc, spec.out), dtypes)
     values = out_bits.view(np.float64)
     if dtype == np.float32:
         narrowed = cuda.device_array(size, np.float32)
@@ -474,5 +447,4 @@ def matmul(a, b, spec, c=None, *, seed: int = 0, counts: bool = False):
     values = values.reshape(*batch, m, n)
     if not counts:
         return values
-    totals = event_counts.copy_to_host().sum(axis=0) if size else np.zeros(3, np.int64)
-    return values, {key: int(totals[i]) for i, key in enumerate(COUNT_KEYS)}
+    return values, events(event_counts.copy_to_host().sum(axis=0) if size else None)

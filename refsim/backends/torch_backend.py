@@ -28,7 +28,7 @@ import torch
 from formats import FixedFormat, FloatFormat, Format
 from formats.policy import check_rbits_array, check_rbits_request
 from refsim import core
-from refsim.params import float_holds, resolve
+from refsim.params import check_out, float_holds, resolve
 from refsim.rng import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1
 
 __all__ = ["philox4x64_10", "quantize", "random_words", "use_compiled"]
@@ -289,7 +289,7 @@ def _round_float(carrier, negative, sig, lsb, top, fmt, params, mode, ovf, sr_bi
     carry = (n >> (man + 1)) != 0
     n = n >> carry.to(torch.int64)
     q = q + carry.to(torch.int64)
-    # refsim.core._exceeds_max: compare binades, then significands at max's quantum.
+    # refsim.core.exceeds_max: compare binades, then significands at max's quantum.
     length = _bitlen(n)
     top_n = q + length - 1
     aligned = n << (man + 1 - length).clamp(min=0)
@@ -303,7 +303,8 @@ def _round_float(carrier, negative, sig, lsb, top, fmt, params, mode, ovf, sr_bi
 
 
 def _zero_bits(carrier, negative, fmt):
-    """refsim.core._zero: the format's zero for the sign of each input (NaN without a zero)."""
+    """refsim.core.zero_result: the format's zero for the sign of each input (NaN without a
+    zero)."""
     if isinstance(fmt, FloatFormat) and not fmt.zero:
         return torch.full_like(negative, carrier.nan, dtype=torch.int64)
     keeps_sign = isinstance(fmt, FloatFormat) and fmt.signed and fmt.specials != "fnuz"
@@ -313,7 +314,7 @@ def _zero_bits(carrier, negative, fmt):
 
 
 def _overflow_bits(carrier, negative, fmt, params, mode, ovf):
-    """refsim.core._overflow per sign: +-max, +-Inf or NaN."""
+    """refsim.core.overflow_result per sign: +-max, +-Inf or NaN."""
     values = []
     for neg in (False, True):
         if core.overflow_to_max(mode, neg, ovf, params[core.P_SPECIALS]):
@@ -610,12 +611,7 @@ def quantize(x: torch.Tensor, fmt: Format | str, rounding: str = "rne", *,
         raise ValueError(f"fmt={fmt_obj.name} does not fit in bfloat16: the result keeps the "
                          f"input's dtype, and bfloat16 cannot hold every {fmt_obj.name} value "
                          "(use float32 or float64 input)")
-    if out is not None and (not isinstance(out, torch.Tensor) or out.dtype != x.dtype
-                            or out.shape != x.shape or out.device != x.device):
-        got = (f"{out.dtype} {tuple(out.shape)} on {out.device}" if isinstance(out, torch.Tensor)
-               else type(out).__name__)
-        raise ValueError(f"out must be a tensor of x's dtype {x.dtype}, shape {tuple(x.shape)} "
-                         f"and device {x.device}; got {got}")
+    check_out(out, x, kind="tensor")
     work = x.float() if x.dtype == torch.bfloat16 else x
     if x.device.type == "cpu" and CPU_KERNEL == "numba":
         from refsim.quantize import quantize as numpy_quantize

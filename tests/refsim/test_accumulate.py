@@ -527,6 +527,28 @@ def test_initial_value_takes_the_exact_core(monkeypatch):
     assert np.all(got == 1.25) and len(planned) == 1
 
 
+
+def test_routes_give_the_same_bits_and_fast_refuses_a_fall_back():
+    """route="exact" runs the exact core alone and route="fast" a fast route (or refuses):
+    the bits are those of the default route; a route that cannot run is an error, never a
+    silent fall-back."""
+    rng = np.random.default_rng(31)
+    a = quantize(rng.standard_normal((2, 5, 40)).astype(np.float32), "e4m3fn")
+    b = quantize(rng.standard_normal((2, 40, 6)).astype(np.float32), "e4m3fn")
+    spec = GemmSpec(acc=AccumSpec("fp16", "rtz"), out=Cast("e5m2"))
+    auto = matmul(a, b, spec)
+    for route in ("exact", "fast"):
+        assert_same_bits(matmul(a, b, spec, route=route), auto, context=route)
+    x = rng.standard_normal(30).astype(np.float32)
+    assert_same_bits(dot(x, x, "bf16", route="exact"), dot(x, x, "bf16"))
+    assert_same_bits(rsum(x, "bf16", route="exact"), rsum(x, "bf16"))
+    with pytest.raises(ValueError, match="route='fast': no fast route applies"):
+        matmul(a, b, spec, counts=True, route="fast")
+    with pytest.raises(ValueError, match="route='fast': no fast route applies"):
+        rsum(x, "bf16", route="fast")  # a sum has no products: no fast route
+    with pytest.raises(ValueError, match="route must be one of auto, exact, fast; got 'tiled'"):
+        matmul(a, b, spec, route="tiled")
+
 # ---- overflow="satfinite" accumulators ----------------------------------------------------------
 @pytest.mark.parametrize("order", KERNEL_ORDERS)
 def test_satfinite_accumulator_matches_exact_twin(order):

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from formats import FloatFormat, get_format
-from refsim.accumulate import _run, _run_exact
+from refsim.accumulate import matmul
 from refsim.backends import cpu_gemm, cpu_tile, tile
-from refsim.specs import AccumSpec, Cast
+from refsim.specs import AccumSpec, Cast, GemmSpec
 from validation.bits import assert_same_bits
 
 DIRECTED = ["rtz", "rup", "rdn"]
@@ -96,6 +96,15 @@ def _operands(rng, fmt, bits, lo, hi, *, below_qmin=True, batch=1, m=14, n=70, k
     return a.astype(dtype), b.astype(dtype)
 
 
+def _routes(a, b, acc, cast=None, route="fast"):
+    """refsim.matmul of a (P, M, K) with b (P, N, K) on `route` and on the exact core alone
+    (route="exact"), both flat."""
+    spec = GemmSpec(acc=acc, out=cast)
+    bt = np.swapaxes(b, 1, 2)
+    return (matmul(a, bt, spec, route=route).reshape(-1),
+            matmul(a, bt, spec, route="exact").reshape(-1))
+
+
 def _check(a, b, acc, route, lane, cast=None, max_left=0.2):
     """`route` runs in `lane`, leaves at most max_left of the outputs to the exact core, and
     refsim's result equals the exact core's everywhere."""
@@ -103,9 +112,8 @@ def _check(a, b, acc, route, lane, cast=None, max_left=0.2):
     assert plan is not None and (plan.route, plan.lane) == (route, np.dtype(lane)), (acc, plan)
     raw = cpu_gemm.run(plan, a, b)
     assert np.isnan(raw).mean() <= max_left, (acc, np.isnan(raw).mean())
-    fast, _ = _run(a, b, acc, cast, 0)
-    exact, _ = _run_exact(a, b, acc, cast, 0, False, np.arange(fast.size))
-    assert_same_bits(fast.reshape(-1), exact, context=f"{acc} cast={cast} route={route}")
+    fast, exact = _routes(a, b, acc, cast)
+    assert_same_bits(fast, exact, context=f"{acc} cast={cast} route={route}")
 
 
 # (accumulator, operand bits, exponent range) -> route in float32 / float64 lanes.
@@ -270,7 +278,7 @@ def test_directed_needs_avx512():
 
 
 def test_threads_do_not_change_bits():
-    """Jobs split over threads (cpu_tile._parallel) give the same bits as one thread."""
+    """Jobs split over threads (the kernel's prange) give the same bits as one thread."""
     import numba
     rng = np.random.default_rng(10)
     a, b = _operands(rng, get_format("fp16"), 4, -12, 7, m=64, n=256, k=300)  # not serial
@@ -332,6 +340,5 @@ def test_random_route_specs(seed):
                      n=int(rng.integers(1, 140)), k=int(rng.integers(1, 90)),
                      batch=int(rng.integers(1, 3)))
     plan = cpu_gemm.plan(a, b, acc, None, False)
-    fast, _ = _run(a, b, acc, None, 0)
-    exact, _ = _run_exact(a, b, acc, None, 0, False, np.arange(fast.size))
-    assert_same_bits(fast.reshape(-1), exact, context=f"{acc} plan={plan}")
+    fast, exact = _routes(a, b, acc, route="auto")
+    assert_same_bits(fast, exact, context=f"{acc} plan={plan}")
