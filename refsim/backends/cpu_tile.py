@@ -110,12 +110,10 @@ Kernels are compiled per (route constants, lane type) on first use, and cached o
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import numba
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from formats import FloatFormat, Format
 from formats.policy import ROUNDINGS
@@ -260,7 +258,7 @@ def run(p: TilePlan, a3: np.ndarray, b3: np.ndarray) -> np.ndarray:
     if kernel is None:
         kernel = _KERNELS[p.key] = _make_kernel(*p.key[:8])
     with threads_for(float(n_batch) * rows * panels * tn * n_k * NS_PER_TILE_MAC):
-        _parallel(kernel, n_batch * panels * (rows // tm), a, bp, out, np.int64(p.chunk))
+        kernel(a, bp, out, np.int64(p.chunk))
     return _finish(out, n_rows, n_cols)
 
 
@@ -293,23 +291,24 @@ def _pack(b3: np.ndarray, lane: np.dtype, tn: int, panels: int) -> np.ndarray:
 def _make_kernel(order: int, add: int, rnd: int, drop: int, mode: int, omode: int, tm: int,
                  nv: int):
     """The kernel of one key; closure cells are plain ints, so Numba's on-disk cache finds it
-    again in a new process (tile.SOURCE_HASH among them: a new emitter is a new key). Serial and
-    nogil: `_parallel` splits the jobs over threads (a prange kernel compiles 1.3 s slower, per
-    key)."""
+    again in a new process (tile.SOURCE_HASH among them: a new emitter is a new key). prange
+    over the jobs, in Numba's own thread pool: a separate pool of Python threads measured 3-9x
+    slower on two cores, its threads competing with Numba's OpenMP workers, which spin for a
+    while after every parallel region (the operand Casts just before)."""
     emitter = t.SOURCE_HASH
 
-    @njit(nogil=True, cache=True)
-    def gemm(a, bp, out, chunk, job0, job1):
-        """out[p, i, j] = the declared reduction of a[p, i, :] . bp[p, j // TN, :, j % TN] for the
-        jobs job0 .. job1-1, one register tile (TM rows, one panel) each."""
+    @njit(parallel=True, cache=True)
+    def gemm(a, bp, out, chunk):
+        """out[p, i, j] = the declared reduction of a[p, i, :] . bp[p, j // TN, :, j % TN], one
+        register tile (TM rows, one panel) per job."""
         _ = emitter  # referenced, so a closure cell: Numba's cache key includes it
-        n_rows, n_k = a.shape[1], a.shape[2]
+        n_batch, n_rows, n_k = a.shape
         n_panels, tn = bp.shape[1], bp.shape[3]
         n_cols = out.shape[2]
         row_blocks = n_rows // tm
         per_batch = n_panels * row_blocks
         af, bf, of = a.reshape(-1), bp.reshape(-1), out.reshape(-1)
-        for job in range(job0, job1):  # row blocks fastest: they share a B panel
+        for job in prange(n_batch * per_batch):  # row blocks fastest: they share a B panel
             p = job // per_batch
             rest = job - p * per_batch
             jb = rest // row_blocks
@@ -322,23 +321,3 @@ def _make_kernel(order: int, add: int, rnd: int, drop: int, mode: int, omode: in
                      b_base + k0 * tn, of, o_base, n_cols, min(chunk, n_k - k0), k0 == 0)
 
     return gemm
-
-
-_POOLS: dict[int, ThreadPoolExecutor] = {}  # by number of workers
-
-
-def _parallel(kernel, n_jobs: int, *args) -> None:
-    """kernel(*args, job0, job1) over contiguous job ranges on numba.get_num_threads() threads
-    (the caller's thread takes the last range). Results do not depend on the split."""
-    n = min(numba.get_num_threads(), n_jobs)
-    if n <= 1:
-        kernel(*args, 0, n_jobs)
-        return
-    pool = _POOLS.get(n - 1)
-    if pool is None:
-        pool = _POOLS[n - 1] = ThreadPoolExecutor(n - 1, thread_name_prefix="refsim-tile")
-    bounds = [n_jobs * i // n for i in range(n + 1)]
-    futures = [pool.submit(kernel, *args, bounds[i], bounds[i + 1]) for i in range(n - 1)]
-    kernel(*args, bounds[n - 1], bounds[n])
-    for future in futures:
-        future.result()
