@@ -37,6 +37,7 @@ from formats import FloatFormat
 from formats.policy import check_seed
 from refsim.accum_core import TAG_OUT
 from refsim.backends import torch_backend as tb
+from refsim.backends.kernel_args import batch_shape, result_format
 from refsim.params import carrier_holds, resolve
 from refsim.specs import AccumSpec, Cast, GemmSpec
 
@@ -70,8 +71,8 @@ def _bit_fields(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     live = (efield < 0x7FF) & (normal | (sig != 0))
     sig = torch.where(normal, sig | (1 << 52), sig)
     exp0 = torch.where(normal, efield - 1075, torch.full_like(efield, -1074))  # of sig's bit 0
-    trailing = tb._bitlen(sig & -sig) - 1
-    count = torch.where(live, tb._bitlen(sig) - trailing, 0)
+    trailing = tb.bit_length(sig & -sig) - 1
+    count = torch.where(live, tb.bit_length(sig) - trailing, 0)
     low = torch.where(live, exp0 + trailing, _NO_BIT)
     return live, count, low
 
@@ -300,7 +301,7 @@ def _from_units(s: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     when it fits); beyond float64's range, +-float64 max (an overflow of every accumulator
     format here, as in _add_round)."""
     m = s.abs()
-    top = q + tb._bitlen(m) - 1
+    top = q + tb.bit_length(m) - 1
     quantum = torch.clamp(top - 52, min=-1074)
     shift = quantum - q
     right = torch.clamp(shift, 0, 63)
@@ -436,18 +437,17 @@ def _cast_output(values: torch.Tensor, out: Cast, seed: int) -> torch.Tensor:
     fmt, params, mode, ovf, sr_bits, seed_value = resolve(out.fmt, np.dtype(np.float64), "sr",
                                                           out.overflow, out.sr_bits, seed)
     flat = values.reshape(-1).view(torch.int64)
-    carrier = tb._Carrier(52, 1023)
-    bits = tb._quantize_bits(flat, carrier, fmt, params, mode, ovf, sr_bits, seed_value,
+    carrier = tb.Carrier(52, 1023)
+    bits = tb.quantize_bits(flat, carrier, fmt, params, mode, ovf, sr_bits, seed_value,
                              step=0, tag=TAG_OUT)
     return bits.view(torch.float64).reshape(values.shape)
 
 
 def _result_dtype(spec: GemmSpec, a: torch.Tensor, b: torch.Tensor,
                   c: torch.Tensor | None = None) -> torch.dtype:
-    acc = spec.acc
-    assert acc is not None
-    fmt = spec.out.fmt if spec.out is not None else (
-        acc.outer_spec.fmt if acc.order in ("chunked", "multiterm") else acc.fmt)
+    """refsim.backends.kernel_args.result_dtype for tensors."""
+    assert spec.acc is not None
+    fmt = result_format(spec.acc, spec.out)
     dtype = torch.promote_types(a.dtype, b.dtype)
     if c is not None:
         dtype = torch.promote_types(dtype, c.dtype)
@@ -484,14 +484,7 @@ def matmul(a: torch.Tensor, b: torch.Tensor, spec: GemmSpec, c: torch.Tensor | N
         if t.dim() < 2:
             raise ValueError(f"matmul needs tensors of at least 2 dimensions; {name} has shape "
                              f"{tuple(t.shape)}")
-    if a.shape[-1] != b.shape[-2]:
-        raise ValueError(f"matmul: a's last dimension must equal b's second-to-last; got a of "
-                         f"shape {tuple(a.shape)} and b of shape {tuple(b.shape)}")
-    try:
-        batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    except RuntimeError:
-        raise ValueError(f"matmul: batch dimensions do not broadcast; got a of shape "
-                         f"{tuple(a.shape)} and b of shape {tuple(b.shape)}") from None
+    batch = batch_shape(tuple(a.shape), tuple(b.shape))
     if c is not None:
         if not isinstance(c, torch.Tensor) or c.dtype not in (torch.float32, torch.float64):
             raise TypeError(f"c must be a float32 or float64 torch tensor; got "

@@ -149,7 +149,7 @@ def _bf16_holds(fmt: Format) -> bool:
     return float_holds(fmt, 7, 127, -133)
 
 
-def _bitlen(n: torch.Tensor) -> torch.Tensor:
+def bit_length(n: torch.Tensor) -> torch.Tensor:
     """Bit length of non-negative int64 values (0 for 0), by binary search."""
     length = torch.zeros_like(n)
     for step in (32, 16, 8, 4, 2, 1):
@@ -159,7 +159,7 @@ def _bitlen(n: torch.Tensor) -> torch.Tensor:
     return length + (n > 0)
 
 
-class _Carrier:
+class Carrier:
     """Constants of a binary carrier (float32: 23, 127; float64: 52, 1023) as Python ints."""
 
     def __init__(self, c_man: int, c_bias: int):
@@ -179,7 +179,7 @@ class _Carrier:
         """Patterns of (-1)^negative * n * 2^q (exact in the carrier; n >= 0); `length` is
         n's bit length when the caller has it."""
         if length is None:
-            length = _bitlen(n)
+            length = bit_length(n)
         top = q + length - 1
         normal = top >= 1 - self.bias
         up = (self.man - length + 1).clamp(min=0)
@@ -290,7 +290,7 @@ def _round_float(carrier, negative, sig, lsb, top, fmt, params, mode, ovf, sr_bi
     n = n >> carry.to(torch.int64)
     q = q + carry.to(torch.int64)
     # refsim.core.exceeds_max: compare binades, then significands at max's quantum.
-    length = _bitlen(n)
+    length = bit_length(n)
     top_n = q + length - 1
     aligned = n << (man + 1 - length).clamp(min=0)
     exceeds = ~zero & ((top_n > emax) | ((top_n == emax) & (aligned > params[core.P_MAX_N])))
@@ -368,10 +368,10 @@ def _round_fixed(carrier, negative, sig, lsb, top, fmt, mode, ovf, sr_bits, word
     return carrier.encode(torch.zeros_like(negative), k_mod, q_t)
 
 
-def _quantize_bits(bits: torch.Tensor, carrier: _Carrier, fmt: Format, params, mode: int,
-                   ovf: int, sr_bits: int, seed: int, step: int = 0, tag: int = 0,
-                   index: torch.Tensor | None = None,
-                   given: torch.Tensor | None = None) -> torch.Tensor:
+def quantize_bits(bits: torch.Tensor, carrier: Carrier, fmt: Format, params, mode: int,
+                  ovf: int, sr_bits: int, seed: int, step: int = 0, tag: int = 0,
+                  index: torch.Tensor | None = None,
+                  given: torch.Tensor | None = None) -> torch.Tensor:
     """refsim.core.quantize_bits for a flat int64 tensor of carrier patterns (all lanes).
 
     step and tag select the random family (counter words 2 and 3): 0, 0 for refsim.quantize,
@@ -388,7 +388,7 @@ def _quantize_bits(bits: torch.Tensor, carrier: _Carrier, fmt: Format, params, m
     normal = efield > 0
     sig = torch.where(normal, mfield | (1 << carrier.man), mfield)
     lsb = torch.where(normal, efield, torch.ones_like(efield)) - carrier.bias - carrier.man
-    top = torch.where(normal, efield - carrier.bias, lsb + _bitlen(mfield) - 1)
+    top = torch.where(normal, efield - carrier.bias, lsb + bit_length(mfield) - 1)
     if given is not None and mode == core.SR:
         word0 = given if index is None else given[index]
         if index is None:
@@ -458,7 +458,7 @@ def _fast_applies(fmt: Format, mode: int, ovf: int) -> bool:
     return isinstance(fmt, FloatFormat) and fmt.signed
 
 
-def _fast_constants(carrier: _Carrier, fmt: FloatFormat, params, mode: int, ovf: int,
+def _fast_constants(carrier: Carrier, fmt: FloatFormat, params, mode: int, ovf: int,
                     itype: torch.dtype) -> tuple[int, ...]:
     """(d, a_lo, inf, abs_mask, sign_bit, max_bits, ovf_pos, ovf_neg) as the carrier's signed
     integers: the constants of _fast_kernel."""
@@ -525,11 +525,11 @@ def use_compiled(enabled: bool = True) -> None:
     _KERNEL = torch.compile(_fast_kernel, dynamic=True) if enabled else _fast_kernel
 
 
-def _fast_path(raw: torch.Tensor, carrier: _Carrier, fmt: FloatFormat, params, mode: int,
+def _fast_path(raw: torch.Tensor, carrier: Carrier, fmt: FloatFormat, params, mode: int,
                ovf: int, sr_bits: int = 0, seed: int = 0,
                given: torch.Tensor | None = None) -> torch.Tensor:
     """_fast_kernel where it applies; every other lane (zeros, the format's subnormal range,
-    carrier subnormals, Inf, NaN) goes through _quantize_bits. given: caller-given words."""
+    carrier subnormals, Inf, NaN) goes through quantize_bits. given: caller-given words."""
     consts = _fast_constants(carrier, fmt, params, mode, ovf, raw.dtype)
     # With man_bits = 0 every significand n is 1, odd already: round to odd truncates there
     # (setting "n's last bit" would set the exponent field's lowest bit instead).
@@ -543,8 +543,8 @@ def _fast_path(raw: torch.Tensor, carrier: _Carrier, fmt: FloatFormat, params, m
     result, lane = _KERNEL(raw, rand, width, kernel_mode, *consts)
     if not bool(lane.all()):
         rest = (~lane).nonzero().squeeze(-1)
-        result[rest] = _to_carrier(_quantize_bits(_widen(raw[rest]), carrier, fmt, params, mode,
-                                                  ovf, sr_bits, seed, index=rest, given=given),
+        result[rest] = _to_carrier(quantize_bits(_widen(raw[rest]), carrier, fmt, params, mode,
+                                                 ovf, sr_bits, seed, index=rest, given=given),
                                    raw.dtype)
     return result
 
@@ -622,14 +622,14 @@ def quantize(x: torch.Tensor, fmt: Format | str, rounding: str = "rne", *,
                                                  sr_bits=sr_bits, seed=seed, rbits=r_array))
         return _finish(values.reshape(x.shape), x, out)
     c_man, c_bias, itype = _CARRIER[work.dtype]
-    carrier = _Carrier(c_man, c_bias)
+    carrier = Carrier(c_man, c_bias)
     raw = work.detach().contiguous().reshape(-1).view(itype)
     given = None if rbits is None else _given_words(rbits, bits_r)
     if FAST_PATH and _fast_applies(fmt_obj, mode, ovf):
         result = _fast_path(raw, carrier, fmt_obj, params, mode, ovf, bits_r, seed_value, given)
     else:
-        result = _to_carrier(_quantize_bits(_widen(raw), carrier, fmt_obj, params, mode, ovf,
-                                            bits_r, seed_value, given=given), itype)
+        result = _to_carrier(quantize_bits(_widen(raw), carrier, fmt_obj, params, mode, ovf,
+                                           bits_r, seed_value, given=given), itype)
     return _finish(result.view(work.dtype).reshape(x.shape), x, out)
 
 
