@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tomllib
 
@@ -56,6 +56,12 @@ C_ENTRIES: tuple[str, ...] = ("inner", "outer")
 
 
 # ---- formats ------------------------------------------------------------------------------------
+# What the constructors accept where they store a format or a spec (each is normalized in
+# __post_init__; the fields are typed for what is stored).
+FormatLike = Format | str
+CastLike = Format | BlockFormat | str | dict[str, Any]
+
+
 def _format(value: object, name: str) -> Format:
     try:
         return get_format(value)  # type: ignore[arg-type]
@@ -203,6 +209,10 @@ class Cast:
     overflow: str = "default"
     sr_bits: int | None = None
 
+    if TYPE_CHECKING:  # the signature as called (the generated __init__ takes fields as stored)
+        def __init__(self, fmt: CastLike, rounding: str = ..., overflow: str = ...,
+                     sr_bits: int | None = ...) -> None: ...
+
     def __post_init__(self) -> None:
         fmt = (get_block_format(self.fmt) if is_block_format(self.fmt)
                else _format(self.fmt, "Cast.fmt"))
@@ -221,7 +231,7 @@ class Cast:
             return value
         if isinstance(value, dict):
             return cls.from_dict(value)
-        return cls(value if is_block_format(value) else _format(value, name))
+        return cls(get_block_format(value) if is_block_format(value) else _format(value, name))
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"fmt": _format_to_data(self.fmt), "rounding": self.rounding,
@@ -298,7 +308,7 @@ class AccumSpec:
             first chunk's running sum) or 'outer' (the outer accumulator).
     """
 
-    fmt: Format
+    fmt: FloatFormat
     rounding: str = "rne"
     order: str = "sequential"
     chunk: int | None = None
@@ -311,9 +321,18 @@ class AccumSpec:
     variant: str | None = None
     align: str | None = None
     truncation: str | None = None
-    operands: Format | None = None
+    operands: FloatFormat | None = None
     subnormals: str | None = None
     c_entry: str | None = None
+
+    if TYPE_CHECKING:  # the signature as called (the generated __init__ takes fields as stored)
+        def __init__(self, fmt: FormatLike, rounding: str = ..., order: str = ...,
+                     chunk: int | None = ..., outer: AccumSpec | FormatLike | dict[str, Any]
+                     | None = ..., product: Cast | CastLike | None = ...,
+                     sr_bits: int | None = ..., overflow: str = ..., group: int | None = ...,
+                     width: int | None = ..., variant: str | None = ..., align: str | None = ...,
+                     truncation: str | None = ..., operands: FormatLike | None = ...,
+                     subnormals: str | None = ..., c_entry: str | None = ...) -> None: ...
 
     def __post_init__(self) -> None:
         fmt = _format(self.fmt, "AccumSpec.fmt")
@@ -525,8 +544,13 @@ class GemmSpec:
 
     a: Cast | None = None
     b: Cast | None = None
-    acc: AccumSpec | None = None
+    acc: AccumSpec = None  # type: ignore[assignment]  # required; the default only lets a, b come first
     out: Cast | None = None
+
+    if TYPE_CHECKING:  # the signature as called (the generated __init__ takes fields as stored)
+        def __init__(self, a: Cast | CastLike | None = ..., b: Cast | CastLike | None = ...,
+                     acc: AccumSpec | FormatLike | dict[str, Any] | None = ...,
+                     out: Cast | CastLike | None = ...) -> None: ...
 
     def __post_init__(self) -> None:
         if self.acc is None:
