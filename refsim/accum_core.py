@@ -90,22 +90,10 @@ _I0 = np.int64(0)
 
 # ---- unsigned helpers ---------------------------------------------------------------------------
 @njit(cache=True)
-def bitlen_u64(x):
-    """Bit length of a uint64 (0 for 0), by binary search."""
-    x = np.uint64(x)
-    length = np.int64(0)
-    for step in (32, 16, 8, 4, 2, 1):
-        if x >= (_U1 << np.uint64(step)):
-            x >>= np.uint64(step)
-            length += step
-    return length + (1 if x != _U0 else 0)
-
-
-@njit(cache=True)
 def bitlen128(hi, lo):
     if hi != _U0:
-        return 64 + bitlen_u64(hi)
-    return bitlen_u64(lo)
+        return 64 + core.bit_length(hi)
+    return core.bit_length(lo)
 
 
 @njit(cache=True)
@@ -192,8 +180,8 @@ def mul_exact(xbits, ybits):
         return K_INF, negative, _U0, _I0
     if xs == _U0 or ys == _U0:
         return K_FIN, negative, _U0, _I0
-    tx = bitlen_u64(xs & (~xs + _U1)) - 1  # trailing zeros
-    ty = bitlen_u64(ys & (~ys + _U1)) - 1
+    tx = core.bit_length(xs & (~xs + _U1)) - 1  # trailing zeros
+    ty = core.bit_length(ys & (~ys + _U1)) - 1
     return K_FIN, negative, (xs >> np.uint64(tx)) * (ys >> np.uint64(ty)), xe + tx + ye + ty
 
 
@@ -290,18 +278,12 @@ def round_window_ev(negative, hi, lo, e, tail, tt, tl, spec, seed, index, step, 
             if half_cmp == 0 and tail != TAIL_NONE:
                 half_cmp = 1  # rem = half plus a nonzero tail
             up = False
-            if mode == core.RNE:
-                up = half_cmp > 0 or (half_cmp == 0 and (n & 1) == 1)
-            elif mode == core.RNA:
-                up = half_cmp >= 0
-            elif mode == core.RUP:
-                up = not negative
-            elif mode == core.RDN:
-                up = negative
-            elif mode == core.RTO:
+            if mode == core.RTO:
                 n |= 1
             elif mode == core.SR:
                 up = sr_up(rhi, rlo, shift, tail, tt, tl, spec[S_SRB], seed, index, step, tag)
+            else:
+                up = core.rounds_up(mode, half_cmp, (n & 1) == 1, negative)
             if up:
                 n += 1
     if n == 0:
@@ -369,10 +351,10 @@ def add_round_ev(xk, xn, xs, xe, yk, yn, ys, ye, spec, seed, index, step, tag):
         return round_window_ev(xn, _U0, xs, xe, TAIL_NONE, _U0, _I0, spec, seed, index, step,
                                tag)
     # Normalize both significands to 64 bits, then make x the larger magnitude.
-    lx = bitlen_u64(xs)
+    lx = core.bit_length(xs)
     xs <<= np.uint64(64 - lx)
     xe -= 64 - lx
-    ly = bitlen_u64(ys)
+    ly = core.bit_length(ys)
     ys <<= np.uint64(64 - ly)
     ye -= 64 - ly
     if ye > xe or (ye == xe and ys > xs):
@@ -671,7 +653,7 @@ def reduce_kahan(a, b, has_b, p, m, n, nk, has_c, cbits, spec, prod_on, pspec, s
 @njit(cache=True)
 def top_exponent(sig, exp):
     """floor(log2(sig * 2^exp)) for sig > 0."""
-    return exp + bitlen_u64(sig) - 1
+    return exp + core.bit_length(sig) - 1
 
 
 @njit(cache=True)

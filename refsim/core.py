@@ -40,13 +40,15 @@ _U1 = np.uint64(1)
 
 @njit(cache=True)
 def bit_length(n):
-    """Bit length of a non-negative int64 (0 for 0), by binary search (no clz needed)."""
+    """Bit length (int64) of a non-negative int64 or any uint64 (0 for 0), by binary search (no
+    clz needed)."""
+    x = np.uint64(n)
     length = np.int64(0)
     for step in (32, 16, 8, 4, 2, 1):
-        if n >= (np.int64(1) << step):
-            n >>= step
+        if x >= (_U1 << np.uint64(step)):
+            x >>= np.uint64(step)
             length += step
-    return length + (1 if n > 0 else 0)
+    return length + (1 if x != np.uint64(0) else 0)
 
 
 @njit(cache=True)
@@ -98,6 +100,23 @@ def sr_round_up(rem, shift, sr_bits, word0, seed, index):
 
 
 @njit(cache=True)
+def rounds_up(mode, half_cmp, odd, negative):
+    """Does a nonzero discarded fraction round the magnitude up, in rne, rna, rtz, rup or rdn?
+    half_cmp: -1, 0 or 1 as the fraction is below, at or above one half; odd: the kept
+    integer's last bit. rto and sr are decided by the callers (round_magnitude,
+    refsim.accum_core.round_window_ev)."""
+    if mode == RNE:
+        return half_cmp > 0 or (half_cmp == 0 and odd)
+    if mode == RNA:
+        return half_cmp >= 0
+    if mode == RUP:
+        return not negative
+    if mode == RDN:
+        return negative
+    return False
+
+
+@njit(cache=True)
 def round_magnitude(sig, shift, negative, mode, sr_bits, word0, seed, index):
     """Round sig * 2^-shift to an integer n in `mode`; returns (n, inexact)."""
     if shift <= 0:
@@ -112,21 +131,14 @@ def round_magnitude(sig, shift, negative, mode, sr_bits, word0, seed, index):
         half = np.int64(-1)  # stands for 2^(shift-1), larger than any sig: never reached
     if rem == 0:
         return n, False
-    above = rem > half if half >= 0 else False
-    tie = rem == half
     up = False
-    if mode == RNE:
-        up = above or (tie and (n & 1) == 1)
-    elif mode == RNA:
-        up = above or tie
-    elif mode == RUP:
-        up = not negative
-    elif mode == RDN:
-        up = negative
-    elif mode == RTO:
+    if mode == RTO:
         n |= 1
     elif mode == SR:
         up = sr_round_up(rem, shift, sr_bits, word0, seed, index)
+    else:
+        half_cmp = -1 if half < 0 or rem < half else (0 if rem == half else 1)
+        up = rounds_up(mode, half_cmp, (n & 1) == 1, negative)
     return n + (1 if up else 0), True
 
 

@@ -283,7 +283,7 @@ def _helper_kernels():
                 sig |= np.uint64(1 << 52)
             if efield != np.uint64(0x7FF) and sig != np.uint64(0):
                 lowest = sig & (~sig + np.uint64(1))
-                count = ac.bitlen_u64(sig) - ac.bitlen_u64(lowest) + 1
+                count = core.bit_length(sig) - core.bit_length(lowest) + 1
                 if count > best:
                     best = count
         cuda.atomic.max(result, 0, best)
