@@ -18,7 +18,6 @@ import argparse
 import torch
 
 from bench.timing import median_seconds
-from refsim import quantize
 from refsim.backends import torch_backend
 
 
@@ -43,14 +42,12 @@ def main() -> None:
     if args.compiled:
         variants.append(("torch ops, compiled", "torch", True))
     for label, route, compiled in variants:
-        torch_backend.CPU_KERNEL = route
         torch_backend.use_compiled(compiled)
         for mode in args.modes:
-            t = median_seconds(lambda mode=mode: quantize(x, "e4m3fn", mode, seed=1),
-                               args.repeat)
+            t = median_seconds(lambda mode=mode, route=route: torch_backend.quantize(
+                x, "e4m3fn", mode, seed=1, route=route), args.repeat)
             print(f"| {label} | {mode} | {t * 1e9 / n:.1f} | {t / cast:.1f} | "
                   f"{t / round_trip:.1f} |")
-    torch_backend.CPU_KERNEL = "numba"
     torch_backend.use_compiled(False)
 
 

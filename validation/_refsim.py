@@ -7,9 +7,7 @@ reference is looked up at run time here, as an untyped callable.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-from collections.abc import Iterator
 from typing import Any
 
 
@@ -23,14 +21,8 @@ def quantize_blocks(x: Any, fmt: Any, rounding: str = "rne", **kwargs: Any) -> A
     return importlib.import_module("refsim").quantize_blocks(x, fmt, rounding, **kwargs)
 
 
-@contextlib.contextmanager
-def torch_ops_on_cpu() -> Iterator[None]:
-    """Run refsim's torch path on CPU tensors in torch ops (what every other device runs), not
-    through the Numba kernels that CPU tensors take by default (they are the reference)."""
+def quantize_torch_ops(x: Any, fmt: Any, rounding: str = "rne", **kwargs: Any) -> Any:
+    """refsim's torch path in torch ops (route "torch", what every device but the CPU runs),
+    on CPU tensors too, which would otherwise take the Numba kernels (they are the reference)."""
     backend: Any = importlib.import_module("refsim.backends.torch_backend")
-    previous = backend.CPU_KERNEL
-    backend.CPU_KERNEL = "torch"
-    try:
-        yield
-    finally:
-        backend.CPU_KERNEL = previous
+    return backend.quantize(x, fmt, rounding, route="torch", **kwargs)

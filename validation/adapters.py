@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from formats import FloatFormat, get_format
-from validation._refsim import quantize, quantize_blocks, torch_ops_on_cpu
+from validation._refsim import quantize, quantize_blocks, quantize_torch_ops
 
 __all__ = ["KNOWN", "PEER_PACKAGES", "Adapter", "Example", "KnownDifference", "adapters",
            "known_differences", "peer_version", "version_key"]
@@ -343,8 +343,7 @@ def _refsim_torch(device: str) -> list[Adapter]:
 
     def make(fmt: str, rounding: str) -> Callable[[np.ndarray], np.ndarray]:
         def run(x: np.ndarray) -> np.ndarray:
-            with torch_ops_on_cpu():
-                out = quantize(torch.from_numpy(x).to(device), fmt, rounding, seed=SEED)
+            out = quantize_torch_ops(torch.from_numpy(x).to(device), fmt, rounding, seed=SEED)
             return np.asarray(out.cpu().numpy())
         return run
 

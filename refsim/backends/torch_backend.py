@@ -31,7 +31,7 @@ from refsim import core
 from refsim.params import check_out, float_holds, resolve
 from refsim.rng import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1
 
-__all__ = ["philox4x64_10", "quantize", "random_words", "use_compiled"]
+__all__ = ["ROUTES", "philox4x64_10", "quantize", "random_words", "use_compiled"]
 
 _MIN64 = -(1 << 63)
 _M32 = 0xFFFFFFFF
@@ -430,14 +430,14 @@ def quantize_bits(bits: torch.Tensor, carrier: Carrier, fmt: Format, params, mod
 
 
 # ---- the fast path -------------------------------------------------------------------------------
-FAST_PATH = True
-"""Use the fast path for the lanes it covers (tests switch it off to run the general path on
-every lane)."""
-
-CPU_KERNEL = "numba"
-"""On CPU, "numba": tensors go to refsim's Numba kernels through a zero-copy NumPy view (the same
-bits, about 10-40x faster than eager torch ops, which make one pass over memory per op); "torch":
-the torch-op implementation below, the one every other device runs (its tests set this)."""
+ROUTES = ("auto", "numba", "torch", "torch-general")
+"""How quantize computes (the same bits on every route):
+  - auto: CPU tensors through refsim's Numba kernels, other devices through torch ops;
+  - numba: refsim's Numba kernels on a zero-copy NumPy view (CPU tensors only; about 10-40x
+    faster than eager torch ops, which make one pass over memory per op);
+  - torch: the torch-op implementation below, fast path first (what every other device runs);
+  - torch-general: torch ops, the general path on every lane (what the fast path is checked
+    against)."""
 
 
 def _widen(raw: torch.Tensor) -> torch.Tensor:
@@ -581,8 +581,8 @@ def _given_words(rbits: torch.Tensor, sr_bits: int) -> torch.Tensor:
 # ---- public entry -------------------------------------------------------------------------------
 def quantize(x: torch.Tensor, fmt: Format | str, rounding: str = "rne", *,
              overflow: str = "default", sr_bits: int | None = None, seed: int | None = None,
-             rbits: torch.Tensor | None = None,
-             out: torch.Tensor | None = None) -> torch.Tensor:
+             rbits: torch.Tensor | None = None, out: torch.Tensor | None = None,
+             route: str = "auto") -> torch.Tensor:
     """Round every element of the torch tensor `x` to `fmt`, bit-identical to refsim.quantize.
 
     Args:
@@ -591,6 +591,7 @@ def quantize(x: torch.Tensor, fmt: Format | str, rounding: str = "rne", *,
         rbits: as refsim.quantize: a torch uint8/16/32/64 tensor of x's shape on x's device;
             element i's random bits are the low sr_bits bits of its element i in flat C order.
         out: optional tensor of x's dtype, shape and device to write into (may be x).
+        route: one of ROUTES ("auto": Numba kernels on CPU, torch ops elsewhere).
 
     Returns:
         A tensor of x's dtype, shape and device (out, if given). SR takes element i's random
@@ -598,6 +599,10 @@ def quantize(x: torch.Tensor, fmt: Format | str, rounding: str = "rne", *,
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch tensor; got {type(x).__name__}")
+    if route not in ROUTES:
+        raise ValueError(f"route must be one of {', '.join(ROUTES)}; got {route!r}")
+    if route == "numba" and x.device.type != "cpu":
+        raise ValueError(f"route='numba' needs a CPU tensor; x is on {x.device}")
     if x.dtype not in _NP_DTYPE:
         raise TypeError(f"x must have dtype torch.float32, torch.float64 or torch.bfloat16; got "
                         f"{x.dtype} (nothing is cast implicitly)")
@@ -613,7 +618,7 @@ def quantize(x: torch.Tensor, fmt: Format | str, rounding: str = "rne", *,
                          "(use float32 or float64 input)")
     check_out(out, x, kind="tensor")
     work = x.float() if x.dtype == torch.bfloat16 else x
-    if x.device.type == "cpu" and CPU_KERNEL == "numba":
+    if route == "numba" or (route == "auto" and x.device.type == "cpu"):
         from refsim.quantize import quantize as numpy_quantize
 
         array = work.detach().contiguous().numpy()  # shares memory with work: no copy
@@ -625,7 +630,7 @@ def quantize(x: torch.Tensor, fmt: Format | str, rounding: str = "rne", *,
     carrier = Carrier(c_man, c_bias)
     raw = work.detach().contiguous().reshape(-1).view(itype)
     given = None if rbits is None else _given_words(rbits, bits_r)
-    if FAST_PATH and _fast_applies(fmt_obj, mode, ovf):
+    if route != "torch-general" and _fast_applies(fmt_obj, mode, ovf):
         result = _fast_path(raw, carrier, fmt_obj, params, mode, ovf, bits_r, seed_value, given)
     else:
         result = _to_carrier(quantize_bits(_widen(raw), carrier, fmt_obj, params, mode, ovf,

@@ -7,6 +7,8 @@ hypothesis over custom formats. The slow tier runs the 16-bit formats' full boun
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -26,17 +28,25 @@ SMALL = [name for name, fmt in NAMED.items() if fmt.bits <= 8]
 SIXTEEN = [name for name, fmt in NAMED.items() if 8 < fmt.bits <= 16]
 
 
+QUANTIZE = torch_backend.quantize
+
+
+def _route(monkeypatch, route: str) -> None:
+    """refsim.quantize sends tensors to torch_backend.quantize on `route` (ROUTES)."""
+    monkeypatch.setattr(torch_backend, "quantize", functools.partial(QUANTIZE, route=route))
+
+
 @pytest.fixture(autouse=True)
 def _torch_ops_on_cpu(monkeypatch):
     """Every test here checks the torch-op implementation (what CUDA runs): on CPU, tensors
     would otherwise go to the Numba kernels they are compared with."""
-    monkeypatch.setattr(torch_backend, "CPU_KERNEL", "torch")
+    _route(monkeypatch, "torch")
 
 
 def test_cpu_tensors_take_the_numba_kernels(monkeypatch):
     """The default CPU route: same bits, dtype, shape; bfloat16, strided input, out= and
     requires_grad tensors included."""
-    monkeypatch.setattr(torch_backend, "CPU_KERNEL", "numba")
+    _route(monkeypatch, "auto")
     x = torch.randn(64, 33, generator=torch.Generator().manual_seed(4)) * 300
     for tx in (x, x.t(), x.to(torch.bfloat16), x.double(), x.clone().requires_grad_()):
         expected = quantize(tx.detach().float().numpy() if tx.dtype == torch.bfloat16
@@ -148,6 +158,9 @@ def test_layout_out_and_errors():
         quantize(torch.zeros(2, dtype=torch.float16), "e4m3fn")
     with pytest.raises(ValueError, match="out must be a tensor"):
         quantize(x, "e5m2", out=torch.empty(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="route must be one of auto, numba, torch, "
+                                         "torch-general; got 'cuda'"):
+        QUANTIZE(x, "e5m2", route="cuda")
     with pytest.raises(ValueError, match="does not fit in float32"):
         quantize(torch.zeros(2), "fp64")
 
@@ -183,7 +196,7 @@ def test_sr_with_torch_philox_on_cpu(monkeypatch):
 def test_general_path_alone_on_every_lane(name, monkeypatch):
     """The fast path covers carrier normals in the format's normal range; with it off, the
     general path must give the same bits on those lanes too."""
-    monkeypatch.setattr(torch_backend, "FAST_PATH", False)
+    _route(monkeypatch, "torch-general")
     fmt = get_format(name)
     x = boundary_values(fmt, np.float32)
     x = x[np.random.default_rng(8).choice(x.size, min(x.size, 3000), replace=False)]
@@ -225,7 +238,7 @@ def _rbits_inputs(dtype):
 @pytest.mark.parametrize("rdtype", [np.uint8, np.uint16, np.uint32, np.uint64])
 def test_rbits_equal_numpy(rdtype, dtype, fast, monkeypatch):
     """Every rbits width, sr_bits up to the width, fast path and general path, torch ops."""
-    monkeypatch.setattr(torch_backend, "FAST_PATH", fast)
+    _route(monkeypatch, "torch" if fast else "torch-general")
     x = _rbits_inputs(dtype)
     width = 8 * np.dtype(rdtype).itemsize
     rbits = np.random.default_rng(width).integers(0, 2**width, x.size, dtype=rdtype)
@@ -247,7 +260,7 @@ def test_rbits_numba_route_layouts_and_bfloat16(monkeypatch):
     expected = quantize(np.ascontiguousarray(x.numpy().T), "e5m2", "sr", sr_bits=10,
                         rbits=np.ascontiguousarray(rbits.numpy().T))
     for route in ("numba", "torch"):
-        monkeypatch.setattr(torch_backend, "CPU_KERNEL", route)
+        _route(monkeypatch, route)
         got = quantize(x.t(), "e5m2", "sr", sr_bits=10, rbits=rbits.t())
         assert_same_bits(got.numpy(), expected)
         xb = x.to(torch.bfloat16)
