@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from formats import Format
+from formats.block_format import BlockFormat
 from formats.policy import check_int, check_seed
 from refsim.backends import cpu_exact, cpu_gemm, cuda
 from refsim.backends.kernel_args import (
@@ -93,8 +94,10 @@ def _run(a3: np.ndarray, b3: np.ndarray | None, acc: AccumSpec, cast: Cast | Non
         assert b3 is not None
         raw = cpu_gemm.run(fast, a3, b3)
         todo = np.flatnonzero(np.isnan(raw))
-        values = raw if cast is None else quantize(raw, cast.fmt, cast.rounding,
-                                                   overflow=cast.overflow)
+        values = raw
+        if cast is not None:
+            assert not isinstance(cast.fmt, BlockFormat)  # GemmSpec.out: element formats only
+            values = quantize(raw, cast.fmt, cast.rounding, overflow=cast.overflow)
         if todo.size == 0:
             return values, events(None)
     else:

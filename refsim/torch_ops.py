@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from formats import FloatFormat
+from formats.block_format import BlockFormat
 from formats.policy import check_seed
 from refsim.accum_core import TAG_OUT
 from refsim.backends import torch_backend as tb
@@ -53,7 +53,7 @@ def cast(x: torch.Tensor, c: Cast | None, seed: int, axis: int = -1) -> torch.Te
     """x rounded by the Cast c (None: unchanged); block formats go through refsim.blocks."""
     if c is None:
         return x
-    if not isinstance(c.fmt, FloatFormat) and not hasattr(c.fmt, "frac_bits"):
+    if isinstance(c.fmt, BlockFormat):
         from refsim.blocks import cast_operand  # a block format (MX): the NumPy path, on CPU
 
         values = cast_operand(x.detach().cpu().numpy(), c, seed, axis=axis)
@@ -152,6 +152,7 @@ def _term(a: torch.Tensor, b: torch.Tensor, k: int, acc: AccumSpec) -> torch.Ten
     t = a[..., :, k:k + 1] * b[..., k:k + 1, :]  # exact in float64 (checked)
     prod = acc.product
     if prod is not None:
+        assert not isinstance(prod.fmt, BlockFormat)  # AccumSpec.product: float formats only
         if prod.rounding == "sr":
             raise NotImplementedError("torch matmul mode='exact': product rounding 'sr' is "
                                       "not supported; use refsim.matmul")
@@ -246,15 +247,16 @@ def _exact(a: torch.Tensor, b: torch.Tensor, spec: GemmSpec, seed: int,
         outer = acc.outer_spec
         ofmt, orounding, ooverflow = _acc_params(outer, "outer accumulator")
         chunk = int(acc.chunk or k_total)
-        result = c if (c is not None and acc.c_entry == "outer") else None
+        total = c if (c is not None and acc.c_entry == "outer") else None
         for k0 in range(0, k_total, chunk):
             init = c if (c is not None and acc.c_entry != "outer" and k0 == 0) else None
             s = _reduce_sequential(a, b, k0, min(k0 + chunk, k_total), acc, init)
-            if result is None:
-                result = tb.quantize(s, ofmt, orounding, overflow=ooverflow)
+            if total is None:
+                total = tb.quantize(s, ofmt, orounding, overflow=ooverflow)
             else:
-                result = _add_round(result, s, ofmt, orounding, ooverflow)
-        assert result is not None
+                total = _add_round(total, s, ofmt, orounding, ooverflow)
+        assert total is not None
+        result = total
     result = result.expand(out_shape).contiguous()
     out = spec.out
     if out is not None:
@@ -432,6 +434,7 @@ def _reduce_multiterm(a: torch.Tensor, b: torch.Tensor, nk: int, acc: AccumSpec,
 def _cast_output(values: torch.Tensor, out: Cast, seed: int) -> torch.Tensor:
     """refsim.accum_core.cast_output: one rounding per output element; SR reads the words of
     family TAG_OUT, step 0, at the element's flat index."""
+    assert not isinstance(out.fmt, BlockFormat)  # GemmSpec.out: element formats only
     if out.rounding != "sr":
         return tb.quantize(values, out.fmt, out.rounding, overflow=out.overflow)
     fmt, params, mode, ovf, sr_bits, seed_value = resolve(out.fmt, np.dtype(np.float64), "sr",
@@ -500,15 +503,16 @@ def matmul(a: torch.Tensor, b: torch.Tensor, spec: GemmSpec, c: torch.Tensor | N
     a = cast(a, spec.a, seed, axis=-1)
     b = cast(b, spec.b, (seed + 1) & _UINT64_MAX, axis=-2)
     if mode == "fast":
-        for name, t, c in (("a", a, spec.a), ("b", b, spec.b)):
-            if t.dtype == torch.float64 and (c is None or not carrier_holds(
-                    c.fmt, np.dtype(np.float32))):
+        for name, t, op in (("a", a, spec.a), ("b", b, spec.b)):
+            if t.dtype == torch.float64 and (op is None or isinstance(op.fmt, BlockFormat)
+                                             or not carrier_holds(op.fmt, np.dtype(np.float32))):
                 raise ValueError(f"mode='fast' multiplies in float32: {name} is float64 and its "
                                  "Cast does not fit float32 (cast it to a format that does)")
         result = torch.matmul(a.float(), b.float())
         if initial is not None:
             result = result + initial.float()
         if spec.out is not None:
+            assert not isinstance(spec.out.fmt, BlockFormat)  # GemmSpec.out: element formats only
             result = tb.quantize(result, spec.out.fmt, spec.out.rounding,
                                  overflow=spec.out.overflow, sr_bits=spec.out.sr_bits, seed=seed)
         return result
