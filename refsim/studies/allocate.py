@@ -209,7 +209,7 @@ def analyze(p: dict[str, Any], configs: list[dict[str, Any]],
                                         for m in p["models"] for s in p["seeds"]]))
                  for pol in [*policies, "reference"]} for k in MEASURES}
     comparisons = {k: _compare(p, z[k], randoms) for k in MEASURES}
-    allocations = {}
+    allocations: dict[str, dict[str, Any]] = {}
     for c in configs:
         if c["policy"] != "reference":
             allocations.setdefault(c["model"], {})[c["policy"]] = c["bits"]
@@ -242,7 +242,7 @@ def _findings(p: dict[str, Any], s: dict[str, Any]) -> list[dict[str, Any]]:
     def power(c: dict[str, float]) -> dict[str, float]:
         return {"detectable_diff": c["detectable"], "small_diff": small, "n": c["n"]}
 
-    out = []
+    out: list[dict[str, Any]] = []
     if "factor vs U" in comps and "factor vs R" in comps:
         u, r = comps["factor vs U"], comps["factor vs R"]
         vu, vr = verdict(u, -1), verdict(r, -1)

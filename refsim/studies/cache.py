@@ -71,23 +71,29 @@ class Cache:
         if not path.exists():
             return None
         if path.is_dir():
-            return _bad(path, "is a directory, not a cache entry (remove it to cache this run "
-                        "again)")
+            _bad(path, "is a directory, not a cache entry (remove it to cache this run "
+                 "again)")
+            return None
         try:
             entry = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
-            return _bad(path, f"cannot be read as JSON ({exc})")
+            _bad(path, f"cannot be read as JSON ({exc})")
+            return None
         if not isinstance(entry, dict) or set(entry) != _ENTRY_KEYS:
             shape = (f"an object with keys {sorted(entry)}" if isinstance(entry, dict)
                      else f"a JSON {type(entry).__name__}")
-            return _bad(path, f"is {shape}, not an entry {{{', '.join(sorted(_ENTRY_KEYS))}}}")
+            _bad(path, f"is {shape}, not an entry {{{', '.join(sorted(_ENTRY_KEYS))}}}")
+            return None
         result = entry["result"]
         if not isinstance(result, dict):
-            return _bad(path, f"holds a result that is not a JSON object: {result!r:.60}")
+            _bad(path, f"holds a result that is not a JSON object: {result!r:.60}")
+            return None
         if entry["key"] != key:
-            return _bad(path, f"holds the entry of another run (key {str(entry['key'])!r:.20})")
+            _bad(path, f"holds the entry of another run (key {str(entry['key'])!r:.20})")
+            return None
         if entry["sha256"] != checksum(key, entry["config"], result):
-            return _bad(path, "does not match its checksum (edited or damaged)")
+            _bad(path, "does not match its checksum (edited or damaged)")
+            return None
         return result
 
     def put(self, key: str, config: dict[str, Any], result: dict[str, Any]) -> None:
@@ -112,4 +118,3 @@ class Cache:
 def _bad(path: Path, problem: str) -> None:
     warnings.warn(f"study cache: {path} {problem}; the run is recomputed", CacheWarning,
                   stacklevel=3)
-    return None

@@ -168,7 +168,7 @@ def analyze(p: dict[str, Any], configs: list[dict[str, Any]],
             train[(cfg["sweep"], cfg["value"], cfg["low"], cfg["train"]["seed"])] = res
     curves = []
     for (product, rounding, u), runs in prod.items():
-        row = {"part": "product", "product": product, "rounding": rounding, "u": u,
+        row: dict[str, Any] = {"part": "product", "product": product, "rounding": rounding, "u": u,
                **{m: _mean([r[m] for r in runs]) for m in ("out_err", "agg_err",
                                                           "agg_err_indep")}}
         row["reuse_penalty"] = row["agg_err"] / row["agg_err_indep"]

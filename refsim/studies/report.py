@@ -35,7 +35,8 @@ SCHEMA: dict[str, type | tuple[type, ...]] = {
 }
 GRID_KEYS = ("runs", "cached", "computed", "seconds")
 PROVENANCE_KEYS = ("git_commit", "date", "machine", "wall_seconds", "command")
-FINDING_KEYS = {"id": str, "claim": str, "supported": (bool, type(None)), "evidence": str}
+FINDING_KEYS: dict[str, type | tuple[type, ...]] = {
+    "id": str, "claim": str, "supported": (bool, type(None)), "evidence": str}
 
 
 def clean(obj: Any) -> Any:
@@ -73,7 +74,7 @@ def validate(doc: Any) -> list[str]:
         for key, kind in FINDING_KEYS.items():
             if not isinstance(f, dict) or key not in f or not isinstance(f[key], kind):
                 problems.append(f"findings[{i}].{key} must be {kind}")
-    plots = doc.get("plots") if isinstance(doc.get("plots"), list) else []
+    plots = doc["plots"] if isinstance(doc.get("plots"), list) else []
     problems += [f"plot {name!r} is not a .png file name" for name in plots
                  if not (isinstance(name, str) and name.endswith(".png"))]
     if "mode" in doc and doc["mode"] not in ("quick", "standard", "full"):

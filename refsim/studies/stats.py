@@ -41,19 +41,21 @@ __all__ = ["ALPHA", "POWER", "decide", "detectable_diff", "detectable_rho", "fmt
            "loglog_slope", "mixed_model", "paired", "partial_spearman", "power_text",
            "reliability", "spearman"]
 
+Values = Sequence[float] | np.ndarray  # a sample: a list of numbers or a 1-D array
+
 ALPHA = 0.05
 POWER = 0.8
 SPEARMAN_VARIANCE = 1.06
 """Var(Fisher z of Spearman's rho) is about 1.06 / (n - 3) (Fieller, Hartley & Pearson 1957)."""
 
 
-def _finite_pairs(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def _finite_pairs(x: Values, y: Values) -> tuple[np.ndarray, np.ndarray]:
     xa, ya = np.asarray(x, np.float64), np.asarray(y, np.float64)
     keep = np.isfinite(xa) & np.isfinite(ya)
     return xa[keep], ya[keep]
 
 
-def spearman(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
+def spearman(x: Values, y: Values) -> dict[str, float]:
     """{"rho", "p", "n"}: Spearman's rank correlation and its two-sided p-value."""
     from scipy import stats
 
@@ -65,7 +67,7 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
     return {"rho": float(res.statistic), "p": float(res.pvalue), "n": n}
 
 
-def paired(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
+def paired(a: Values, b: Values) -> dict[str, float]:
     """Paired comparison of a against b (same seeds): mean of a - b, its standard deviation, the
     count of a < b, the two-sided paired t-test p-value, the 95% t confidence interval of the
     mean difference (ci_low, ci_high; NaN for n < 2 or no spread) and `detectable`, the
@@ -88,8 +90,8 @@ def paired(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
     return out
 
 
-def partial_spearman(x: Sequence[float], y: Sequence[float],
-                     covariates: Sequence[Sequence[float]] = ()) -> dict[str, float]:
+def partial_spearman(x: Values, y: Values,
+                     covariates: Sequence[Values] = ()) -> dict[str, float]:
     """{"rho", "p", "n", "covariates"}: Spearman's correlation of x and y given the covariates
     (each a sequence as long as x), over the points where all are finite (module docstring).
     With no covariates it is Spearman's rho and p."""
@@ -156,7 +158,7 @@ def _cohen_d(n: int, alpha: float, power: float) -> float:
     return float(np.asarray(d).reshape(-1)[0])
 
 
-def reliability(means: Sequence[float], ses: Sequence[float]) -> float:
+def reliability(means: Values, ses: Values) -> float:
     """Share of the variance of `means` that is not measurement noise: 1 - mean(se^2) /
     var(means), clipped to [0, 1] (NaN for fewer than 3 finite pairs or no spread)."""
     m, e = _finite_pairs(means, ses)
@@ -190,7 +192,7 @@ def power_text(detectable: float, small: float, what: str = "|rho|") -> str:
             f" ({'at most' if detectable <= small else 'more than'} the small effect {small:g})")
 
 
-def mixed_model(y: Sequence[float], factors: Mapping[str, Sequence[float]],
+def mixed_model(y: Values, factors: Mapping[str, Values],
                 groups: Sequence[str]) -> dict[str, dict[str, float]]:
     """y ~ factors + a random intercept per group (statsmodels MixedLM, REML), each factor
     standardized to mean 0 and sd 1 first: {factor: {"coef", "ci_low", "ci_high", "p"}} (95%
@@ -229,7 +231,7 @@ def mixed_model(y: Sequence[float], factors: Mapping[str, Sequence[float]],
     return out
 
 
-def loglog_slope(x: Sequence[float], y: Sequence[float]) -> float:
+def loglog_slope(x: Values, y: Values) -> float:
     """Least-squares slope of log(y) against log(x) over the positive finite points."""
     xa, ya = _finite_pairs(x, y)
     keep = (xa > 0) & (ya > 0)
