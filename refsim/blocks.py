@@ -23,6 +23,7 @@ import functools
 import math
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 from numba import njit, prange
@@ -155,7 +156,8 @@ def _up_last(p, y, out, exps, lo, hi, base, nb, length, bs, elem_max, finite_max
                 out[i] = v * up
 
 
-_SENTINEL = {np.uint32: np.uint32(0x7FC0DEAD), np.uint64: np.uint64(0x7FF8DEADDEADDEAD)}
+_SENTINEL: dict[type[np.unsignedinteger[Any]], np.unsignedinteger[Any]] = {
+    np.uint32: np.uint32(0x7FC0DEAD), np.uint64: np.uint64(0x7FF8DEADDEADDEAD)}
 """A NaN pattern no result has (NaN blocks get the canonical NaN): marks lanes for _fix_lanes."""
 
 

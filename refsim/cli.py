@@ -33,9 +33,10 @@ def _train(args: argparse.Namespace) -> int:
     if args.threads != 0:
         import numba
 
-        if not 1 <= args.threads <= numba.config.NUMBA_NUM_THREADS:
-            raise ValueError(f"--threads must be 0 (Numba default) or in [1, "
-                             f"{numba.config.NUMBA_NUM_THREADS}]; "
+        # numba.config sets its settings from the environment at import: no static attributes
+        limit: int = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
+        if not 1 <= args.threads <= limit:
+            raise ValueError(f"--threads must be 0 (Numba default) or in [1, {limit}]; "
                              f"got {args.threads}")
         numba.set_num_threads(args.threads)
     numerics = load_numerics(args.numerics)

@@ -18,7 +18,7 @@ from formats.policy import (
 )
 from refsim import core
 
-CARRIERS: dict[np.dtype, tuple[int, int, type]] = {
+CARRIERS: dict[np.dtype, tuple[int, int, type[np.unsignedinteger[Any]]]] = {
     np.dtype(np.float32): (23, 127, np.uint32),
     np.dtype(np.float64): (52, 1023, np.uint64),
 }

@@ -38,12 +38,14 @@ so a plain sequential fp16 GEMM compiles one kernel, not forty.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from numba import njit, prange
 
 from formats import FloatFormat, Format
+from formats.block_format import BlockFormat
 from formats.policy import OVERFLOWS, ROUNDINGS
 from refsim import core
 from refsim.backends import cpu_tile
@@ -118,16 +120,20 @@ def plan(a3: np.ndarray, b3: np.ndarray | None, acc: AccumSpec, cast: Cast | Non
     for lane in _LANES:
         if not (_rounds_via_odd(acc.fmt, lane) and products_exact(ra, rb, lane)):
             continue
-        if acc.product is not None and not _rounds_via_odd(acc.product.fmt, lane):
-            continue
+        if acc.product is not None:
+            assert isinstance(acc.product.fmt, FloatFormat)  # AccumSpec: float products only
+            if not _rounds_via_odd(acc.product.fmt, lane):
+                continue
         fast = _constants(acc.fmt, acc.rounding, acc.overflow, lane)
         pfast, pmode = fast, NONE
         if acc.product is not None:
+            assert isinstance(acc.product.fmt, FloatFormat)
             pfast = _constants(acc.product.fmt, acc.product.rounding, acc.product.overflow, lane)
             pmode = ROUNDINGS.index(acc.product.rounding)
         ofast = _constants(acc.fmt, "rne", "default", np.dtype(np.float64))
         omode, chunk = NONE, a3.shape[2]
         if outer is not None:
+            assert acc.chunk is not None  # order chunked (outer is set) needs chunk
             ofast = _constants(outer.fmt, outer.rounding, outer.overflow, np.dtype(np.float64))
             omode, chunk = ROUNDINGS.index(outer.rounding), int(acc.chunk)
         key = (ROUNDINGS.index(acc.rounding), pmode, omode, lane.name)
@@ -138,11 +144,12 @@ def plan(a3: np.ndarray, b3: np.ndarray | None, acc: AccumSpec, cast: Cast | Non
 def _cast_fits_float64(cast: Cast) -> bool:
     """The output Cast is applied by refsim.quantize to the float64 results."""
     from refsim.params import carrier_holds
+    assert not isinstance(cast.fmt, BlockFormat)  # GemmSpec.out: element formats only
     return carrier_holds(cast.fmt, np.dtype(np.float64))
 
 
 # ---- kernels -------------------------------------------------------------------------------------
-_KERNELS: dict[tuple[int, int, int, str], object] = {}
+_KERNELS: dict[tuple[int, int, int, str], Callable[..., None]] = {}
 
 
 def run(p: Plan | cpu_tile.TilePlan, a3: np.ndarray, b3: np.ndarray) -> np.ndarray:

@@ -110,6 +110,7 @@ Kernels are compiled per (route constants, lane type) on first use, and cached o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -218,6 +219,7 @@ def plan(acc: AccumSpec, ra: OperandRange, rb: OperandRange, exact_lanes: tuple[
             outer = _outer_mode(acc, lane)
             if outer is None:
                 continue
+            assert acc.chunk is not None  # order chunked needs chunk
             omode, chunk = outer, int(acc.chunk)
         add = t.ADD_FMA
         if rnd == t.RND_NONE:
@@ -236,7 +238,7 @@ def plan(acc: AccumSpec, ra: OperandRange, rb: OperandRange, exact_lanes: tuple[
 
 
 # ---- running -------------------------------------------------------------------------------------
-_KERNELS: dict[tuple, object] = {}
+_KERNELS: dict[tuple, Callable[..., None]] = {}
 
 
 def run(p: TilePlan, a3: np.ndarray, b3: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ refsim.backends.cpu_tile).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,7 +39,7 @@ class OperandRange:
         return cls(nonfinite == 0, int(bits), int(low), int(high))
 
 
-_RANGE_KERNELS: dict[np.dtype, object] = {}
+_RANGE_KERNELS: dict[np.dtype, Callable[[np.ndarray], tuple[int, int, int, int]]] = {}
 
 
 def _make_range_kernel(dtype: np.dtype):

@@ -240,7 +240,9 @@ def target_features() -> frozenset[str]:
     """The CPU features Numba compiles for (NUMBA_CPU_FEATURES, else the host's)."""
     from numba.core import config
     from numba.core.codegen import get_host_cpu_features
-    spec = config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()
+    # numba.core.config sets its settings from the environment at import: no static attributes
+    features: str | None = config.CPU_FEATURES  # type: ignore[attr-defined]
+    spec = features if features is not None else get_host_cpu_features()
     return frozenset(f[1:] for f in spec.split(",") if f.startswith("+"))
 
 
