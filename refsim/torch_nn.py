@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from formats.block_format import BlockFormat
 from refsim.nn.numerics import Numerics, Product, gemm_seed
 from refsim.torch_ops import matmul
 
@@ -39,8 +40,10 @@ def run_product(product: Product, a: torch.Tensor, b: torch.Tensor, seed: int,
     if product.scaling == "none":
         return matmul(a, b, product.gemm, mode=mode, seed=seed).to(a.dtype)
     assert product.gemm.a is not None and product.gemm.b is not None
-    sa = _tensor_scale(a, float(product.gemm.a.fmt.max))
-    sb = _tensor_scale(b, float(product.gemm.b.fmt.max))
+    fa, fb = product.gemm.a.fmt, product.gemm.b.fmt
+    assert not isinstance(fa, BlockFormat) and not isinstance(fb, BlockFormat)  # Product checks
+    sa = _tensor_scale(a, float(fa.max))
+    sb = _tensor_scale(b, float(fb.max))
     y = matmul(a.double() / sa, b.double() / sb, product.gemm, mode=mode, seed=seed).double()
     return (y * (sa * sb)).to(a.dtype)
 
@@ -161,9 +164,9 @@ def convert(model: nn.Module, numerics: Numerics, seed: int = 0, mode: str = "ex
         for child_name, child in list(module.named_children()):
             full = f"{path}.{child_name}" if path else child_name
             if isinstance(child, nn.Linear):
-                new: nn.Module = QLinear(child.in_features, child.out_features,
-                                         child.bias is not None, name=full, context=ctx,
-                                         dtype=child.weight.dtype)
+                new: QLinear | QConv2d = QLinear(child.in_features, child.out_features,
+                                                 child.bias is not None, name=full,
+                                                 context=ctx, dtype=child.weight.dtype)
             elif isinstance(child, nn.Conv2d):
                 if child.groups != 1 or _single(child.dilation, "dilation") != 1:
                     raise NotImplementedError(f"convert: {full} uses groups or dilation")

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import tomllib
 
+from formats.block_format import BlockFormat
 from refsim.accumulate import matmul
 from refsim.specs import AccumSpec, Cast, GemmSpec
 
@@ -86,6 +87,9 @@ class Product:
             if self.gemm.out is not None:
                 raise ValueError("Product.scaling='tensor' needs out=None (the result is "
                                  "rescaled after the accumulator)")
+            if any(isinstance(c.fmt, BlockFormat) for c in (self.gemm.a, self.gemm.b)):
+                raise ValueError("Product.scaling='tensor' needs element formats a and b; a "
+                                 "block format scales its own blocks")
 
     def to_dict(self) -> dict[str, Any]:
         if self.gemm is None:
@@ -127,8 +131,10 @@ def run_product(product: Product, a: np.ndarray, b: np.ndarray, seed: int) -> np
     if product.scaling == "none":
         return np.asarray(matmul(a, b, product.gemm, seed=seed), dtype=a.dtype)
     assert product.gemm.a is not None and product.gemm.b is not None
-    sa = _tensor_scale(a, float(product.gemm.a.fmt.max))
-    sb = _tensor_scale(b, float(product.gemm.b.fmt.max))
+    fa, fb = product.gemm.a.fmt, product.gemm.b.fmt
+    assert not isinstance(fa, BlockFormat) and not isinstance(fb, BlockFormat)  # Product checks
+    sa = _tensor_scale(a, float(fa.max))
+    sb = _tensor_scale(b, float(fb.max))
     with np.errstate(invalid="ignore"):  # a non-finite scale: NaN is the answer, not a warning
         a64 = np.asarray(a, np.float64) / sa
         b64 = np.asarray(b, np.float64) / sb

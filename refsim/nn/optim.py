@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from formats.block_format import BlockFormat
 from refsim.nn.tensor import Tensor
 from refsim.quantize import quantize
 from refsim.specs import Cast
@@ -37,9 +38,13 @@ class Optimizer:
         if storage is not None and not isinstance(storage, Cast):
             raise TypeError(f"optimizer: storage must be a Cast or None; got "
                             f"{type(storage).__name__}")
+        if storage is not None and isinstance(storage.fmt, BlockFormat):
+            raise TypeError(f"optimizer: storage must be a Cast to an element format; got the "
+                            f"block format {storage.fmt.name}")
         self.lr, self.storage, self.seed = lr, storage, seed
         self.steps = 0
         if storage is not None:
+            assert not isinstance(storage.fmt, BlockFormat)  # checked above
             for p in self.params:
                 p.data = quantize(p.data, storage.fmt, "rne", overflow=storage.overflow)
 
@@ -55,6 +60,7 @@ class Optimizer:
         seed = int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0])
         wide = p.data.astype(np.float64) + delta.astype(np.float64)
         s = self.storage
+        assert not isinstance(s.fmt, BlockFormat)  # __init__ checks
         p.data = quantize(wide, s.fmt, s.rounding, overflow=s.overflow, sr_bits=s.sr_bits,
                           seed=seed).astype(np.float32)
 
