@@ -11,6 +11,7 @@ hardware stochastic rounding (PTX cvt.rs) takes.
 from __future__ import annotations
 
 import sys
+from typing import Any, cast
 
 import numpy as np
 
@@ -69,8 +70,9 @@ def quantize(x, fmt: Format | str, rounding: str = "rne", *, overflow: str = "de
     torch = sys.modules.get("torch")  # no tensor can exist unless torch is imported already
     if torch is not None and torch.is_tensor(x):
         from refsim.backends import torch_backend
+        # With a tensor x, rbits and out are tensors too (the signature names NumPy's types).
         return torch_backend.quantize(x, fmt, rounding, overflow=overflow, sr_bits=sr_bits,
-                                      seed=seed, rbits=rbits, out=out)
+                                      seed=seed, rbits=cast(Any, rbits), out=cast(Any, out))
     if cuda.is_device_array(x):  # numba device array or __cuda_array_interface__: on the GPU
         return cuda.quantize(x, fmt, rounding, overflow=overflow, sr_bits=sr_bits, seed=seed,
                              rbits=rbits, out=out)

@@ -33,6 +33,7 @@ simulator; see _register_cuda_overloads):
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import numpy as np
 from numba.core import config
@@ -70,7 +71,7 @@ def is_device_array(x: object) -> bool:
 # ---- lazy set-up -------------------------------------------------------------------------------
 # numba.cuda once imported. The kernels read it as this module global: the simulator swaps the
 # module globals that are numba.cuda for its fake module while a kernel runs.
-cuda = None
+cuda: Any = None  # Any: numba.cuda (or the simulator's module) once _cuda() ran
 
 
 @functools.cache

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from formats import FloatFormat, Format
+from formats import BlockFormat, FloatFormat, Format
 from formats.policy import OVERFLOWS, ROUNDINGS
 from refsim import accum_core as ac
 from refsim.backends.operands import OperandRange
@@ -58,6 +58,8 @@ def _spec_of(spec: Cast | AccumSpec | None) -> tuple[bool, tuple]:
     """(present, rounding spec) of a Cast or AccumSpec; (False, NO_SPEC) for None."""
     if spec is None:
         return False, NO_SPEC
+    # Block-format Casts are applied before the kernels (refsim.blocks), never packed here.
+    assert not isinstance(spec.fmt, BlockFormat), "block Casts are not kernel arguments"
     return True, spec_tuple(spec.fmt, spec.rounding, spec.overflow, spec.sr_bits)
 
 
@@ -157,6 +159,7 @@ def result_format(acc: AccumSpec, cast: Cast | None) -> Format:
     """The format of a reduction's results: the output Cast's, else the outer accumulator's
     (chunked, multiterm), else the accumulator's."""
     if cast is not None:
+        assert not isinstance(cast.fmt, BlockFormat), "GemmSpec refuses a block-format out Cast"
         return cast.fmt
     return acc.outer_spec.fmt if acc.order in ("chunked", "multiterm") else acc.fmt
 

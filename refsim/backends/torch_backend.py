@@ -454,10 +454,6 @@ def _to_carrier(bits: torch.Tensor, itype: torch.dtype) -> torch.Tensor:
     return bits
 
 
-def _fast_applies(fmt: Format, mode: int, ovf: int) -> bool:
-    return isinstance(fmt, FloatFormat) and fmt.signed
-
-
 def _fast_constants(carrier: Carrier, fmt: FloatFormat, params, mode: int, ovf: int,
                     itype: torch.dtype) -> tuple[int, ...]:
     """(d, a_lo, inf, abs_mask, sign_bit, max_bits, ovf_pos, ovf_neg) as the carrier's signed
@@ -630,7 +626,8 @@ def quantize(x: torch.Tensor, fmt: Format | str, rounding: str = "rne", *,
     carrier = Carrier(c_man, c_bias)
     raw = work.detach().contiguous().reshape(-1).view(itype)
     given = None if rbits is None else _given_words(rbits, bits_r)
-    if route != "torch-general" and _fast_applies(fmt_obj, mode, ovf):
+    # _fast_path's branch-free rounding covers signed float formats; the rest take the general one.
+    if route != "torch-general" and isinstance(fmt_obj, FloatFormat) and fmt_obj.signed:
         result = _fast_path(raw, carrier, fmt_obj, params, mode, ovf, bits_r, seed_value, given)
     else:
         result = _to_carrier(quantize_bits(_widen(raw), carrier, fmt_obj, params, mode, ovf,
