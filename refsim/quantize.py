@@ -16,25 +16,7 @@ from typing import Any, cast
 import numpy as np
 
 from formats import Format
-from formats.policy import check_rbits_array, check_rbits_request
-from refsim.backends import cpu, cuda, lane
-from refsim.backends.threads import NS_PER_QUANTIZE, threads_for
-from refsim.params import CARRIERS, check_array, check_out, resolve
-
-_NO_WORDS = np.empty(0, np.uint64)  # the kernels' `given` argument when the stream is used
-
-
-def given_words(rbits: np.ndarray, sr_bits: int) -> np.ndarray:
-    """The random words the kernels read for caller-given bits: R << (64 - sr_bits) with R the
-    low sr_bits bits of each rbits element, flat in C order (uint64).
-
-    The core reads the top sr_bits bits of an element's word (refsim.core.quantize_bits), so R
-    there is the same decision as a stream word whose top sr_bits bits are R.
-    """
-    flat = np.ascontiguousarray(rbits).reshape(-1).astype(np.uint64)
-    if sr_bits == 64:
-        return flat
-    return (flat & np.uint64((1 << sr_bits) - 1)) << np.uint64(64 - sr_bits)
+from refsim.backends import cpu_quantize, cuda
 
 
 def quantize(x, fmt: Format | str, rounding: str = "rne", *, overflow: str = "default",
@@ -89,33 +71,5 @@ def quantize(x, fmt: Format | str, rounding: str = "rne", *, overflow: str = "de
         raise TypeError(
             f"x must be a NumPy float32/float64 array or a float; got {type(x).__name__}"
         )
-    x = check_array(x)
-    given = _NO_WORDS
-    if rbits is not None:
-        sr_bits = check_rbits_request(rounding, sr_bits, seed)
-        if not isinstance(rbits, np.ndarray) or isinstance(rbits, (np.ma.MaskedArray,
-                                                                   np.matrix)):
-            raise TypeError(f"rbits must be a plain NumPy array for a NumPy x; got "
-                            f"{type(rbits).__name__}")
-        check_rbits_array(rbits.dtype, rbits.shape, x.shape, sr_bits)
-    _, params, mode, ovf, bits, seed_value = resolve(fmt, x.dtype, rounding, overflow, sr_bits,
-                                                     0 if seed is None else seed)
-    out = check_out(out, x)
-    if rbits is not None:
-        given = given_words(rbits, bits)
-    c_man, c_bias, utype = CARRIERS[x.dtype]
-    src = np.ascontiguousarray(x).reshape(-1).view(utype)
-    if out is not None and out.flags.c_contiguous and not np.shares_memory(out, x):
-        dst_array = out
-    else:
-        dst_array = np.empty(x.shape, x.dtype)
-    dst = dst_array.reshape(-1).view(utype)
-    fast = lane.fast_constants(params, c_man, c_bias, mode, ovf)
-    with threads_for(src.size * NS_PER_QUANTIZE):
-        cpu.KERNELS[mode](src, dst, c_man, c_bias, params, fast, ovf, bits,
-                          np.uint64(seed_value), given)
-    if out is None:
-        return dst_array
-    if dst_array is not out:
-        out[...] = dst_array
-    return out
+    return cpu_quantize.quantize(x, fmt, rounding, overflow=overflow, sr_bits=sr_bits, seed=seed,
+                                 rbits=rbits, out=out)

@@ -11,7 +11,7 @@ quantize runs in two passes over chunks of CHUNK elements:
    core shared with CUDA. Pass 1 flags the chunks that have such lanes; pass 2 visits only those.
 Random words: element i always takes word i % 4 of Philox block i // 4 (refsim.rng), so the bits
 never depend on the thread count or on the chunking; or, when the caller gives the random bits
-(`given`, non-empty: refsim.quantize.given_words), word given[i].
+(`given`, non-empty: refsim.backends.cpu_quantize.given_words), word given[i].
 
 What keeps pass 1 vectorized, in the widest lanes and with few instructions per lane (check
 with KERNELS[mode].inspect_asm() under a fresh NUMBA_CACHE_DIR: cached code cannot be inspected):

@@ -11,7 +11,7 @@ rounded once on the integer significand and written back as a pattern of the sam
 whole-tensor ops that mirror refsim.core.quantize_bits step for step. bfloat16 input is widened
 to float32 (exact), rounded there, and narrowed back (exact: the format must fit in bfloat16).
 Caller-given random bits (rbits, a torch unsigned integer tensor on x's device) become the words
-R << (64 - sr_bits) that stand in for the stream's W_0, as in refsim.quantize.given_words.
+R << (64 - sr_bits) that stand in for the stream's W_0 (refsim.backends.cpu_quantize.given_words).
 
 torch has no full uint64 arithmetic, so unsigned 64-bit words live in int64 tensors as their
 two's-complement bit patterns: + and * wrap modulo 2^64 as for uint64, a logical right shift is
@@ -28,6 +28,7 @@ import torch
 from formats import FixedFormat, FloatFormat, Format
 from formats.policy import check_rbits_array, check_rbits_request
 from refsim import core
+from refsim.backends import cpu_quantize
 from refsim.params import check_out, float_holds, resolve
 from refsim.rng import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1
 
@@ -562,8 +563,8 @@ def _check_rbits(rbits: object, x: torch.Tensor, sr_bits: int) -> torch.Tensor:
 
 
 def _given_words(rbits: torch.Tensor, sr_bits: int) -> torch.Tensor:
-    """refsim.quantize.given_words in torch: R << (64 - sr_bits), R the low sr_bits bits of
-    each element, flat in C order, as int64 patterns."""
+    """cpu_quantize.given_words in torch: R << (64 - sr_bits), R the low sr_bits bits of each
+    element, flat in C order, as int64 patterns."""
     flat = rbits.detach().contiguous().reshape(-1)
     if flat.dtype == torch.uint64:
         words = flat.view(torch.int64)  # the same 64 bits (a conversion would clamp)
@@ -615,12 +616,10 @@ def quantize(x: torch.Tensor, fmt: Format | str, rounding: str = "rne", *,
     check_out(out, x, kind="tensor")
     work = x.float() if x.dtype == torch.bfloat16 else x
     if route == "numba" or (route == "auto" and x.device.type == "cpu"):
-        from refsim.quantize import quantize as numpy_quantize
-
         array = work.detach().contiguous().numpy()  # shares memory with work: no copy
         r_array = None if rbits is None else rbits.detach().contiguous().numpy()
-        values = torch.from_numpy(numpy_quantize(array, fmt_obj, rounding, overflow=overflow,
-                                                 sr_bits=sr_bits, seed=seed, rbits=r_array))
+        values = torch.from_numpy(cpu_quantize.quantize(
+            array, fmt_obj, rounding, overflow=overflow, sr_bits=sr_bits, seed=seed, rbits=r_array))
         return _finish(values.reshape(x.shape), x, out)
     c_man, c_bias, itype = _CARRIER[work.dtype]
     carrier = Carrier(c_man, c_bias)
