@@ -37,9 +37,13 @@ from formats.registry import Format, get_format
 
 __all__ = [
     "candidates",
+    "float_max",
+    "pow2",
     "quantize_exact",
+    "round_integer",
     "round_value",
     "round_value_rbits",
+    "split_at_quantum",
     "sr_bits_needed",
     "sr_probability",
     "sr_uniform",
@@ -49,7 +53,7 @@ _WORD_BITS = 64  # bits per Philox output word
 
 
 # ---- exact helpers ------------------------------------------------------------------------------
-def _pow2(e: int) -> Fraction:
+def pow2(e: int) -> Fraction:
     """2^e exactly, for any integer e."""
     return Fraction(1 << e) if e >= 0 else Fraction(1, 1 << -e)
 
@@ -61,7 +65,7 @@ def _binade(a: Fraction) -> int:
     (2^(P-Q-1), 2^(P-Q+1)); one exact comparison with 2^(P-Q) decides between P-Q and P-Q-1.
     """
     e = a.numerator.bit_length() - a.denominator.bit_length()
-    if a < _pow2(e):
+    if a < pow2(e):
         e -= 1
     return e
 
@@ -107,7 +111,7 @@ def _float_emin(fmt: FloatFormat) -> int:
     return (1 if fmt.zero else 0) - fmt.bias
 
 
-def _float_max(fmt: FloatFormat) -> Fraction:
+def float_max(fmt: FloatFormat) -> Fraction:
     """Largest finite value, from the encoding rules of each `specials` variant."""
     assert fmt.bias is not None
     m = fmt.man_bits
@@ -121,7 +125,7 @@ def _float_max(fmt: FloatFormat) -> Fraction:
         else:
             top_mantissa -= 1  # only the all-ones magnitude is NaN
     # fnuz and none: the all-ones magnitude is finite
-    return (Fraction(1 << m) + top_mantissa) * _pow2(top_field - fmt.bias - m)
+    return (Fraction(1 << m) + top_mantissa) * pow2(top_field - fmt.bias - m)
 
 
 def _fixed_range(fmt: FixedFormat) -> tuple[int, int]:
@@ -146,10 +150,10 @@ def _quantum_exponent(a: Fraction, fmt: Format) -> int:
     return emin - m if fmt.subnormals else emin
 
 
-def _split(a: Fraction, fmt: Format) -> tuple[int, Fraction, int]:
+def split_at_quantum(a: Fraction, fmt: Format) -> tuple[int, Fraction, int]:
     """(n, f, q): a = (n + f) * 2^q with n = floor(a / 2^q) and 0 <= f < 1."""
     q = _quantum_exponent(a, fmt)
-    k = a / _pow2(q)
+    k = a / pow2(q)
     n = math.floor(k)
     return n, k - n, q
 
@@ -169,8 +173,8 @@ def candidates(x: object, fmt: Format | str) -> tuple[Fraction, Fraction, Fracti
     """
     fmt = get_format(fmt)
     _, a = _finite_magnitude(x)
-    n, f, q = _split(a, fmt)
-    return n * _pow2(q), (n + 1) * _pow2(q), f
+    n, f, q = split_at_quantum(a, fmt)
+    return n * pow2(q), (n + 1) * pow2(q), f
 
 
 def _check_u(u: object, rounding: str) -> Fraction | None:
@@ -214,7 +218,7 @@ def _rounds_up(
     raise AssertionError(f"unhandled rounding {rounding!r}")
 
 
-def _round_integer(
+def round_integer(
     n: int, f: Fraction, negative: bool, rounding: str, sr_bits: int | None, u: Fraction | None
 ) -> int:
     """The chosen magnitude as an integer multiple of the quantum."""
@@ -242,7 +246,7 @@ def _float_overflow(fmt: FloatFormat, negative: bool, rounding: str, overflow: s
     under satfinite)."""
     if (overflow in ("saturate", "satfinite") or fmt.specials == "none"
             or _toward_zero(rounding, negative)):
-        return _signed(negative, _to_float(_float_max(fmt)))
+        return _signed(negative, _to_float(float_max(fmt)))
     if fmt.specials == "ieee":
         return _signed(negative, math.inf)
     return math.nan  # fn, fnuz: no Inf
@@ -267,13 +271,13 @@ def _round_float(
         if not fmt.zero:
             return math.nan
         return _signed(negative and keeps_negative_zero, 0.0)
-    n, f, q = _split(a, fmt)
-    magnitude = _round_integer(n, f, negative, rounding, sr_bits, u) * _pow2(q)
-    if magnitude > _float_max(fmt):
+    n, f, q = split_at_quantum(a, fmt)
+    magnitude = round_integer(n, f, negative, rounding, sr_bits, u) * pow2(q)
+    if magnitude > float_max(fmt):
         return _float_overflow(fmt, negative, rounding, overflow)
     if magnitude == 0:
         if not fmt.zero:
-            magnitude = _pow2(_float_emin(fmt))  # no zero: raise to the smallest value
+            magnitude = pow2(_float_emin(fmt))  # no zero: raise to the smallest value
         else:
             return _signed(negative and keeps_negative_zero, 0.0)
     return _signed(negative, _to_float(magnitude))
@@ -291,8 +295,8 @@ def _round_fixed(
             return math.nan
         k = k_min if negative else k_max
     else:
-        n, f, _ = _split(a, fmt)
-        magnitude = _round_integer(n, f, negative, rounding, sr_bits, u)
+        n, f, _ = split_at_quantum(a, fmt)
+        magnitude = round_integer(n, f, negative, rounding, sr_bits, u)
         k = -magnitude if negative else magnitude
         if not k_min <= k <= k_max:
             if overflow == "wrap":
@@ -300,7 +304,7 @@ def _round_fixed(
             else:  # default, saturate and satfinite: all clamp (Inf too, above)
                 k = min(max(k, k_min), k_max)
     # k == 0 gives +0.0: fixed point has no -0.
-    return _to_float(k * _pow2(-fmt.frac_bits))
+    return _to_float(k * pow2(-fmt.frac_bits))
 
 
 def round_value(
@@ -385,7 +389,7 @@ def sr_bits_needed(x: object, fmt: Format | str, sr_bits: int | None = None) -> 
     kind, _, a = _parse(x)
     if kind != "finite" or a == 0:
         return 0
-    _, f, _ = _split(a, fmt)
+    _, f, _ = split_at_quantum(a, fmt)
     if f == 0:
         return 0
     if sr_bits is not None:
@@ -436,7 +440,7 @@ def _check_dtype_holds(fmt: Format, dtype: np.dtype) -> None:
         smallest = emin - fmt.man_bits if fmt.subnormals else emin
         fits = (
             fmt.man_bits <= info.nmant
-            and _binade(_float_max(fmt)) <= info.maxexp - 1
+            and _binade(float_max(fmt)) <= info.maxexp - 1
             and smallest >= lowest
         )
     if not fits:

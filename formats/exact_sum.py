@@ -29,12 +29,12 @@ from typing import Any
 import numpy as np
 
 from formats.exact import (
-    _float_max,
-    _pow2,
-    _round_integer,
-    _split,
+    float_max,
+    pow2,
     quantize_exact,
+    round_integer,
     round_value,
+    split_at_quantum,
     sr_bits_needed,
 )
 from formats.float_format import FloatFormat
@@ -84,9 +84,9 @@ def _count(x: Value, rnd: Any, u: Fraction | None, result: float, events: dict[s
     exact = Fraction(x)
     if exact == 0 or (exact < 0 and not fmt.signed):
         return
-    n, f, q = _split(abs(exact), fmt)
-    magnitude = _round_integer(n, f, exact < 0, rnd.rounding, rnd.sr_bits, u) * _pow2(q)
-    if magnitude > _float_max(fmt):
+    n, f, q = split_at_quantum(abs(exact), fmt)
+    magnitude = round_integer(n, f, exact < 0, rnd.rounding, rnd.sr_bits, u) * pow2(q)
+    if magnitude > float_max(fmt):
         events["overflow"] += 1
         if math.isfinite(result):
             events["saturation"] += 1

@@ -226,10 +226,10 @@ def test_candidates() -> None:
 
 def test_binade_by_exact_comparison() -> None:
     for e in range(-1100, 1100, 7):
-        p = exact._pow2(e)
+        p = exact.pow2(e)
         assert exact._binade(p) == e
-        assert exact._binade(p * 2 - exact._pow2(e - 60)) == e
-        assert exact._binade(p - exact._pow2(e - 60)) == e - 1
+        assert exact._binade(p * 2 - exact.pow2(e - 60)) == e
+        assert exact._binade(p - exact.pow2(e - 60)) == e - 1
     assert exact._binade(Fraction(1, 3)) == -2
     assert exact._binade(Fraction(2, 3)) == -1
 
@@ -237,7 +237,7 @@ def test_binade_by_exact_comparison() -> None:
 @pytest.mark.parametrize("name", [n for n, f in NAMED.items() if isinstance(f, FloatFormat)])
 def test_limits_rederived_from_fields_agree(name: str) -> None:
     fmt = NAMED[name]
-    assert exact._float_max(fmt) == Fraction(fmt.max)
+    assert exact.float_max(fmt) == Fraction(fmt.max)
     assert exact._float_emin(fmt) == fmt.emin
 
 
@@ -251,7 +251,7 @@ def test_limits_rederived_for_every_small_variant() -> None:
                               zero=zero)
         except ValueError:
             continue
-        assert exact._float_max(fmt) == Fraction(fmt.max), fmt
+        assert exact.float_max(fmt) == Fraction(fmt.max), fmt
         assert exact._float_emin(fmt) == fmt.emin, fmt
         checked += 1
     assert checked > 300
