@@ -13,10 +13,10 @@ import argparse
 
 import numba
 import numpy as np
+from refsim.formats import NAMED, FloatFormat
+from refsim.formats.policy import ROUNDINGS
 
 from bench.timing import median_seconds
-from formats import NAMED, FloatFormat
-from formats.policy import ROUNDINGS
 from refsim import quantize
 from refsim.params import carrier_holds
 

@@ -1,4 +1,4 @@
-"""Philox4x64-10 stream throughput (refsim.rng) against NumPy's Philox, in one process.
+"""Philox4x64-10 stream throughput (refsim.kernels.rng) against NumPy's Philox, in one process.
 
     python -m bench.rng [--log2n 24] [--threads 1 2] [--repeat 7]
 
@@ -17,7 +17,7 @@ import numba
 import numpy as np
 
 from bench.timing import median_seconds
-from refsim import rng
+from refsim.kernels import rng
 
 
 @numba.njit(parallel=True, cache=True)

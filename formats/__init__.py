@@ -1,11 +1,11 @@
 """What a number format is: FloatFormat, FixedFormat, the named registry, encode/decode, and
-`formats.exact`, the executable specification of rounding. Pure Python + NumPy (no Numba)."""
+`refsim.formats.exact`, the executable specification of rounding. Pure Python + NumPy (no Numba)."""
 
-from formats.block_format import NAMED_BLOCKS, BlockFormat, get_block_format
-from formats.fixed_format import FixedFormat
-from formats.float_format import SPECIALS, FloatFormat
-from formats.policy import OVERFLOWS, ROUNDINGS
-from formats.registry import ALIASES, NAMED, Format, get_format
+from refsim.formats.block_format import NAMED_BLOCKS, BlockFormat, get_block_format
+from refsim.formats.fixed_format import FixedFormat
+from refsim.formats.float_format import SPECIALS, FloatFormat
+from refsim.formats.policy import OVERFLOWS, ROUNDINGS
+from refsim.formats.registry import ALIASES, NAMED, Format, get_format
 
 __all__ = [
     "ALIASES",

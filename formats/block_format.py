@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
-
-from formats.fixed_format import FixedFormat
-from formats.float_format import FloatFormat
-from formats.registry import Format, get_format
+from refsim.formats.fixed_format import FixedFormat
+from refsim.formats.float_format import FloatFormat
+from refsim.formats.registry import Format, get_format
 
 POW2_RULES: tuple[str, ...] = ("floor", "ceil", "even", "rceil")
 """Rules of a power-of-two scale 2^e (emax_elem: exponent of the element's largest binade):

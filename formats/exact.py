@@ -22,10 +22,9 @@ import math
 from fractions import Fraction
 
 import numpy as np
-
-from formats.fixed_format import FixedFormat
-from formats.float_format import FloatFormat
-from formats.policy import (
+from refsim.formats.fixed_format import FixedFormat
+from refsim.formats.float_format import FloatFormat
+from refsim.formats.policy import (
     check_overflow,
     check_rbits_array,
     check_rbits_request,
@@ -33,7 +32,7 @@ from formats.policy import (
     check_seed,
     check_sr_bits,
 )
-from formats.registry import Format, get_format
+from refsim.formats.registry import Format, get_format
 
 __all__ = [
     "candidates",

@@ -3,7 +3,7 @@
 Every rule of docs/blocks.md is written here once, over `fractions.Fraction`, sharing no code with
 refsim.blocks: the blocks are walked one by one, the scale is found by exact comparisons with
 powers of two (never from bit patterns), every quotient is exact, and each element is rounded by
-`formats.exact.round_value` (the rounding specification). Slow; for tests and golden vectors.
+`refsim.formats.exact.round_value` (the rounding specification). Slow; for tests and golden vectors.
 
 Usage rules: `quantize_blocks_exact(x, fmt, rounding, axis, sr_bits, seed)` returns (values,
 scales, tensor_scale) like refsim.quantize_blocks with return_codes (values in x's dtype, scales
@@ -17,9 +17,8 @@ import math
 from fractions import Fraction
 
 import numpy as np
-
-from formats.block_format import BlockFormat, get_block_format
-from formats.exact import round_value, sr_bits_needed, sr_uniform
+from refsim.formats.block_format import BlockFormat, get_block_format
+from refsim.formats.exact import round_value, sr_bits_needed, sr_uniform
 
 __all__ = ["block_scale", "quantize_blocks_exact"]
 

@@ -1,9 +1,10 @@
 """The executable specification of accumulation: plain Python loops over exact Fractions.
 
 Each order of docs/accumulation.md is written here once, as the literal sequence of operations,
-with every rounding done by formats.exact.round_value from the exact Fraction value. No code is
-shared with refsim.accum_core (which packs values into 128-bit windows); only the contract is:
-the operation order, the zero-sign rules of IEEE 754 and the random words of each rounding.
+with every rounding done by refsim.formats.exact.round_value from the exact Fraction value. No
+code is shared with refsim.kernels.accum_core (which packs values into 128-bit windows); only the
+contract is: the operation order, the zero-sign rules of IEEE 754 and the random words of each
+rounding.
 
 Usage rules:
   - Specs are taken by duck typing (no refsim import): a rounding `rnd` has attributes fmt,
@@ -16,7 +17,7 @@ Usage rules:
 Random words: rounding `step` of family `tag` for output `index` under `seed` reads
     W_j = np.random.Philox(key=seed, counter=index // 4 + (j << 64) + (step << 128) + (tag << 192))
           .random_raw(4)[index % 4]
-and u = 0.W_0 W_1 ... (as formats.exact.sr_uniform for quantize, with step and tag added).
+and u = 0.W_0 W_1 ... (as refsim.formats.exact.sr_uniform for quantize, with step and tag added).
 """
 
 from __future__ import annotations
@@ -27,8 +28,7 @@ from fractions import Fraction
 from typing import Any
 
 import numpy as np
-
-from formats.exact import (
+from refsim.formats.exact import (
     float_max,
     pow2,
     quantize_exact,
@@ -37,7 +37,7 @@ from formats.exact import (
     split_at_quantum,
     sr_bits_needed,
 )
-from formats.float_format import FloatFormat
+from refsim.formats.float_format import FloatFormat
 
 __all__ = ["COUNT_KEYS", "accum_uniform", "add_round", "dot_exact", "matmul_exact",
            "operand_terms", "reduce_exact", "round_one", "sum_exact"]
@@ -46,7 +46,7 @@ COUNT_KEYS = ("overflow", "underflow", "saturation")
 Events = dict[str, int] | None
 """A dict of event counts (COUNT_KEYS) the accumulator roundings add to, or None."""
 
-# Families of roundings (counter word 3): the same numbers as refsim.accum_core.TAG_*.
+# Families of roundings (counter word 3): the same numbers as refsim.kernels.accum_core.TAG_*.
 TAG_ADD, TAG_PRODUCT, TAG_OUTER, TAG_KAHAN_Y, TAG_KAHAN_D, TAG_KAHAN_C, TAG_OUT = range(1, 8)
 _WORD_BITS = 64
 _UINT64_MAX = (1 << 64) - 1

@@ -6,9 +6,8 @@ from dataclasses import dataclass
 from functools import cache, cached_property
 
 import numpy as np
-
-from formats.float_format import MAX_CODE_BITS_FOR_TABLES
-from formats.names import FIXED_FIELDS
+from refsim.formats.float_format import MAX_CODE_BITS_FOR_TABLES
+from refsim.formats.names import FIXED_FIELDS
 
 
 @dataclass(frozen=True)
@@ -82,11 +81,11 @@ class FixedFormat:
 
     @cached_property
     def name(self) -> str:
-        """The registry name of this format, or its custom spelling (see formats.registry)."""
+        """The registry name of this format, or its custom spelling (refsim.formats.registry)."""
         return _registered_names().get(self) or self.spelling()
 
     def spelling(self) -> str:
-        """The custom spelling [u]int<B> or [u]fx<B>.<F> that formats.registry parses back."""
+        """The custom spelling [u]int<B> or [u]fx<B>.<F> (refsim.formats.registry parses it)."""
         prefix = "" if self.signed else "u"
         if self.frac_bits == 0:
             return f"{prefix}int{self.bits}"
@@ -138,5 +137,5 @@ class FixedFormat:
 
 @cache
 def _registered_names() -> dict[FixedFormat, str]:
-    """Each named fixed-point format (formats.names) mapped to its name."""
+    """Each named fixed-point format (refsim.formats.names) mapped to its name."""
     return {FixedFormat(**fields): name for name, fields in FIXED_FIELDS.items()}  # type: ignore[arg-type]

@@ -2,8 +2,8 @@
 
 A code is laid out as [sign][exp_bits exponent field][man_bits mantissa field]. How a value is
 converted into the format (rounding, overflow, sr_bits) is not part of the format: see
-formats.policy and refsim.quantize. Derived constants are cached properties, checked against the
-spec cards in docs/formats.md by the tests.
+refsim.formats.policy and refsim.quantize. Derived constants are cached properties, checked
+against the spec cards in docs/formats.md by the tests.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from functools import cache, cached_property
 
 import numpy as np
-
-from formats.names import FLOAT_FIELDS
+from refsim.formats.names import FLOAT_FIELDS
 
 SPECIALS: tuple[str, ...] = ("ieee", "fn", "fnuz", "none")
 """ieee: the top exponent field holds Inf (mantissa 0) and NaN; fn: no Inf, only the all-ones
@@ -182,11 +181,11 @@ class FloatFormat:
 
     @cached_property
     def name(self) -> str:
-        """The registry name of this format, or its custom spelling (see formats.registry)."""
+        """The registry name of this format, or its custom spelling (refsim.formats.registry)."""
         return _registered_names().get(self) or self.spelling()
 
     def spelling(self) -> str:
-        """The custom spelling eXmY[bZ][fn|fnuz|fnu|fin] that formats.registry parses back."""
+        """The custom spelling eXmY[bZ][fn|fnuz|fnu|fin] (refsim.formats.registry parses it)."""
         default_bias = (1 << (self.exp_bits - 1)) - (0 if self.specials == "fnuz" else 1)
         text = f"e{self.exp_bits}m{self.man_bits}"
         if self.bias != default_bias:
@@ -380,5 +379,5 @@ def _bit_length(x: np.ndarray) -> np.ndarray:
 
 @cache
 def _registered_names() -> dict[FloatFormat, str]:
-    """Each named float format (formats.names) mapped to its name."""
+    """Each named float format (refsim.formats.names) mapped to its name."""
     return {FloatFormat(**fields): name for name, fields in FLOAT_FIELDS.items()}  # type: ignore[arg-type]

@@ -1,7 +1,7 @@
 """Names of rounding modes and overflow policies, and their validation.
 
-One name per mode, used unchanged by formats.exact, the Numba core, CUDA, torch, the CLI and the
-docs (docs/rounding.md has the one-line definition of each).
+One name per mode, used unchanged by refsim.formats.exact, the Numba core, CUDA, torch, the CLI
+and the docs (docs/rounding.md has the one-line definition of each).
 """
 
 from __future__ import annotations

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import re
 
-from formats.fixed_format import FixedFormat
-from formats.float_format import FloatFormat
-from formats.names import FIXED_FIELDS, FLOAT_FIELDS
+from refsim.formats.fixed_format import FixedFormat
+from refsim.formats.float_format import FloatFormat
+from refsim.formats.names import FIXED_FIELDS, FLOAT_FIELDS
 
 Format = FloatFormat | FixedFormat
 
@@ -22,7 +22,7 @@ NAMED: dict[str, Format] = {
     **{name: FloatFormat(**fields) for name, fields in FLOAT_FIELDS.items()},  # type: ignore[arg-type]
     **{name: FixedFormat(**fields) for name, fields in FIXED_FIELDS.items()},  # type: ignore[arg-type]
 }
-"""Every registered format by name (the table itself is formats.names)."""
+"""Every registered format by name (the table itself is refsim.formats.names)."""
 
 ALIASES: dict[str, str] = {
     "float64": "fp64", "double": "fp64",

@@ -20,10 +20,9 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-from formats.fixed_format import FixedFormat
-from formats.float_format import FloatFormat
-from formats.registry import Format
+from refsim.formats.fixed_format import FixedFormat
+from refsim.formats.float_format import FloatFormat
+from refsim.formats.registry import Format
 
 
 def _positive_grid(fmt: Format) -> np.ndarray:
@@ -75,8 +74,8 @@ def _st() -> Any:
     try:
         from hypothesis import strategies
     except ImportError as exc:  # formats/ works without hypothesis; the strategies need it
-        raise ImportError("formats.testing strategies need hypothesis: pip install hypothesis"
-                          ) from exc
+        raise ImportError("refsim.formats.testing strategies need hypothesis: "
+                          "pip install hypothesis") from exc
     return strategies
 
 
@@ -120,7 +119,7 @@ def _signed(fmt: Format, magnitudes: SearchStrategy[float]) -> SearchStrategy[fl
 def values(fmt: Format | str, *, zero: bool = True) -> SearchStrategy[float]:
     """Exact finite values of fmt, both signs (signed formats), zeros included when `zero`
     and the format has them: quantizing one in any rounding mode must give it back."""
-    from formats.registry import get_format
+    from refsim.formats.registry import get_format
 
     fmt = get_format(fmt)
     st = _st()
@@ -138,7 +137,7 @@ def ties(fmt: Format | str) -> SearchStrategy[float]:
     between max and the next value of an unbounded exponent range: the overflow threshold of
     the nearest modes). Each is exactly representable in float64 when fmt has at most 51
     mantissa bits."""
-    from formats.registry import get_format
+    from refsim.formats.registry import get_format
 
     fmt = get_format(fmt)
     st = _st()
@@ -174,7 +173,7 @@ def _ulp_steps(x: float, steps: int) -> float:
 def near_overflow(fmt: Format | str, ulps: int = 3) -> SearchStrategy[float]:
     """Inputs within `ulps` float64 ulps of max, of the overflow threshold (the midpoint above
     max) and of the first value beyond max, both signs."""
-    from formats.registry import get_format
+    from refsim.formats.registry import get_format
 
     fmt = get_format(fmt)
     st = _st()
@@ -189,7 +188,7 @@ def subnormals(fmt: Format | str) -> SearchStrategy[float]:
     """Inputs of magnitude below the smallest normal of fmt (its subnormal range, or the gap
     below 2^emin of a format without subnormals): values on the grid, ties and arbitrary
     float64 values, both signs."""
-    from formats.registry import get_format
+    from refsim.formats.registry import get_format
 
     fmt = get_format(fmt)
     st = _st()

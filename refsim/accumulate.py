@@ -11,7 +11,7 @@ Usage rules:
   - The result has the inputs' dtype when every value of the result format (out.fmt, else the
     outer or accumulator format) fits it, else float64.
   - Stochastic rounding: the random words of a rounding are a function of (seed, flat output
-    index, step, family) only (refsim.accum_core). matmul's a and b Casts use refsim.quantize
+    index, step, family) only (kernels.accum_core). matmul's a and b Casts use refsim.quantize
     with seed and seed + 1 (mod 2^64) respectively.
   - counts=True: every function also returns the accumulator's event counts, a dict with keys
     COUNT_KEYS (overflow, underflow, saturation) summed over all outputs.
@@ -26,9 +26,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from formats import Format
-from formats.block_format import BlockFormat
-from formats.policy import check_int, check_seed
 from refsim.backends import cpu_exact, cpu_gemm, cuda
 from refsim.backends.kernel_args import (
     COUNT_KEYS,
@@ -41,6 +38,9 @@ from refsim.backends.kernel_args import (
     result_format,
 )
 from refsim.blocks import cast_operand
+from refsim.formats import Format
+from refsim.formats.block_format import BlockFormat
+from refsim.formats.policy import check_int, check_seed
 from refsim.params import check_array
 from refsim.quantize import quantize
 from refsim.specs import AccumSpec, Cast, GemmSpec

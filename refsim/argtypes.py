@@ -1,4 +1,4 @@
-"""argparse types shared by every command line (refsim, refsim study, python -m validation).
+"""argparse types shared by every command line (refsim, refsim study, python -m refsim.validation).
 
 Usage rules: pass them as `type=` to add_argument. A bad value raises ArgumentTypeError, which
 argparse reports as one line, "PROG: error: argument --FLAG: MESSAGE", with exit status 2; the

@@ -9,7 +9,7 @@ Usage rules (semantics: docs/blocks.md):
     rounds it with saturation, then the value is multiplied back by 2^e; for rne along the last
     axis the same steps run in one pass, on bit patterns, with refsim.quantize's lane function).
     Lanes where x * 2^-e or the result would leave the carrier's normal range are rounded by
-    refsim.core from x itself.
+    refsim.kernels.core from x itself.
   - Non-power-of-two scales (NVFP4): exact quotients (refsim.scaling.exact_quotient), one
     rounding each; sr needs sr_bits in 1..16 there.
   - A block holding NaN or +-Inf has a NaN scale and every element of it is NaN (OCP MX v1.0).
@@ -28,14 +28,14 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
-from formats import FixedFormat, Format
-from formats.block_format import BlockFormat, get_block_format
-from formats.policy import ROUNDINGS, check_rounding, check_seed, check_sr_bits
-from refsim import core
-from refsim.backends.lane import F_ENABLED, N_FAST, fast_constants, round_lane, select
+from refsim.formats import FixedFormat, Format
+from refsim.formats.block_format import BlockFormat, get_block_format
+from refsim.formats.policy import ROUNDINGS, check_rounding, check_seed, check_sr_bits
+from refsim.kernels import core
+from refsim.kernels.lane import F_ENABLED, N_FAST, fast_constants, round_lane, select
+from refsim.kernels.rng import stream_word
 from refsim.params import CARRIERS, check_array, check_axis, check_out, format_params
 from refsim.quantize import quantize
-from refsim.rng import stream_word
 from refsim.scaling import check_scaled_sr_bits, exact_quotient, fp32_nearest
 
 __all__ = ["BlockQuantized", "cast_operand", "quantize_blocks"]
@@ -527,7 +527,7 @@ def quantize_blocks(x, fmt: BlockFormat | str, rounding: str = "rne", *, axis: i
 
     Args:
         x: NumPy float32/float64 array (at least 1-D).
-        fmt: a BlockFormat or a name of formats.block_format.NAMED_BLOCKS ("mxfp8_e4m3", ...).
+        fmt: a BlockFormat or a name of refsim.formats.NAMED_BLOCKS ("mxfp8_e4m3", ...).
         rounding: rne, rna, rtz, rup, rdn, rto or sr (the elements; scales follow the rule).
         axis: the axis blocks run along; None takes fmt.axis.
         sr_bits: for sr: None (every discarded bit) or 1..64; with a non-power-of-two scale

@@ -1,5 +1,5 @@
 """The `refsim` command: argparse with one sub-command per task (`train`; `study`, registered by
-refsim.studies.cli; others add theirs with `add_parser`; `validate` is python -m validation).
+refsim.studies.cli; others add theirs with `add_parser`; `validate` is python -m refsim.validation).
 
 Usage rules:
   - Exit status: 0 success; 1 a check found a mismatch (`refsim validate`); USAGE (2) a user's
@@ -101,14 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     # Listed for --help only: main() hands `validate`'s arguments to validation's own parser.
     sub.add_parser("validate", add_help=False,
                    help="the validation suite, golden vectors and their verification "
-                        "(python -m validation; `refsim validate --help` for its options)")
+                        "(python -m refsim.validation; `refsim validate --help` for its options)")
     return parser
 
 
 def _validate(argv: list[str]) -> int:
     # The one place refsim reaches up to validation/: the command line is the top of both.
     # It reports its own errors (one line, USAGE) under this command's name.
-    from validation.__main__ import main as validation_main
+    from refsim.validation.__main__ import main as validation_main
 
     return validation_main(argv, prog="refsim validate")
 

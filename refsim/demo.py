@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from formats import NAMED, FloatFormat
-from formats.policy import ROUNDINGS
 from refsim import quantize
+from refsim.formats import NAMED, FloatFormat
+from refsim.formats.policy import ROUNDINGS
 
 
 def format_table() -> str:

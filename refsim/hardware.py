@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from formats import FloatFormat, get_format
+from refsim.formats import FloatFormat, get_format
 from refsim.specs import AccumSpec, Cast, GemmSpec
 
 __all__ = ["DEVICES", "INPUTS", "Preset", "devices", "gemm_spec"]

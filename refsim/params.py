@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from formats import FixedFormat, FloatFormat, Format, get_format
-from formats.policy import (
+from refsim.formats import FixedFormat, FloatFormat, Format, get_format
+from refsim.formats.policy import (
     OVERFLOWS,
     ROUNDINGS,
     check_int,
@@ -16,7 +16,7 @@ from formats.policy import (
     check_seed,
     check_sr_bits,
 )
-from refsim import core
+from refsim.kernels import core
 
 CARRIERS: dict[np.dtype, tuple[int, int, type[np.unsignedinteger[Any]]]] = {
     np.dtype(np.float32): (23, 127, np.uint32),
@@ -31,7 +31,7 @@ _SPECIALS_CODE = {
 
 
 def format_params(fmt: Format) -> tuple[int, ...]:
-    """The int64 parameter tuple of `fmt` (layout: refsim.core.P_*)."""
+    """The int64 parameter tuple of `fmt` (layout: refsim.kernels.core.P_*)."""
     if isinstance(fmt, FloatFormat):
         max_n = ((1 << fmt.man_bits) - 1) + (1 << fmt.man_bits)
         if fmt.specials == "fn" and fmt.man_bits > 0:

@@ -15,8 +15,8 @@ from typing import Any, cast
 
 import numpy as np
 
-from formats import Format
 from refsim.backends import cpu_quantize, cuda
+from refsim.formats import Format
 
 
 def quantize(x, fmt: Format | str, rounding: str = "rne", *, overflow: str = "default",

@@ -22,8 +22,8 @@ from fractions import Fraction
 
 import numpy as np
 
-from formats import FixedFormat, FloatFormat, Format, get_format
-from formats.policy import check_int, check_rounding, check_seed, check_sr_bits
+from refsim.formats import FixedFormat, FloatFormat, Format, get_format
+from refsim.formats.policy import check_int, check_rounding, check_seed, check_sr_bits
 from refsim.params import carrier_holds, check_array, check_axis
 from refsim.quantize import quantize
 

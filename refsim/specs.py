@@ -12,15 +12,14 @@ Usage rules:
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import tomllib
-
-from formats import FixedFormat, FloatFormat, Format, get_format
-from formats.block_format import NAMED_BLOCKS, BlockFormat, get_block_format, is_block_format
-from formats.policy import check_int, check_overflow, check_rounding, check_sr_bits
-from formats.registry import name_of
+from refsim.formats import FixedFormat, FloatFormat, Format, get_format
+from refsim.formats.block_format import NAMED_BLOCKS, BlockFormat, get_block_format, is_block_format
+from refsim.formats.policy import check_int, check_overflow, check_rounding, check_sr_bits
+from refsim.formats.registry import name_of
 
 __all__ = ["C_ENTRIES", "MULTITERM_ALIGNS", "MULTITERM_MAX_BITS", "MULTITERM_TRUNCATIONS",
            "MULTITERM_VARIANTS", "ORDERS", "SUBNORMAL_INPUTS", "AccumSpec", "Cast", "GemmSpec",
@@ -37,7 +36,7 @@ term."""
 
 MULTITERM_MAX_BITS = 62
 """multiterm: width + group.bit_length() (+ 1 for align='product') may be at most this (the group
-sum is exact in int64; refsim.accum_core proves it)."""
+sum is exact in int64; refsim.kernels.accum_core proves it)."""
 
 MULTITERM_ALIGNS: tuple[str, ...] = ("normalized", "product")
 """normalized: a value's alignment exponent is floor(log2|v|); product: a product's is ea + eb,
@@ -196,7 +195,7 @@ class Cast:
     """One rounding of every element to a format.
 
     Args:
-        fmt: a format object or name; or a block format (formats.block_format: a BlockFormat
+        fmt: a format object or name; or a block format (refsim.formats.block_format: a BlockFormat
             or a name such as "mxfp8_e4m3"), whose elements always saturate (refsim.blocks).
         rounding: rne, rna, rtz, rup, rdn, rto or sr.
         overflow: default, saturate, satfinite (saturate, and +-Inf to +-max too), or wrap

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from formats.block_format import BlockFormat
+from refsim.formats.block_format import BlockFormat
 from refsim.nn.numerics import Numerics, Product, gemm_seed
 from refsim.torch_ops import matmul
 

@@ -12,7 +12,7 @@ Usage rules:
     operands and of the output (sr included); anything else (sr accumulation, wider
     acc-excluded groups) raises NotImplementedError naming it.
   - Seeds as refsim.matmul: a's Cast uses seed, b's seed + 1, the accumulation and output cast
-    seed (the output cast reads the accumulation family TAG_OUT of refsim.accum_core).
+    seed (the output cast reads the accumulation family TAG_OUT of refsim.kernels.accum_core).
 
 How "exact" rounds each partial sum once from the exact value (Boldo and Melquiond, "Emulation of
 FMA and correctly rounded sums: proved algorithms using rounding to odd", IEEE TC 57(4), 2008):
@@ -33,11 +33,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from formats.block_format import BlockFormat
-from formats.policy import check_seed
-from refsim.accum_core import TAG_OUT
 from refsim.backends import torch_backend as tb
 from refsim.backends.kernel_args import batch_shape, result_format
+from refsim.formats.block_format import BlockFormat
+from refsim.formats.policy import check_seed
+from refsim.kernels.accum_core import TAG_OUT
 from refsim.params import carrier_holds, resolve
 from refsim.specs import AccumSpec, Cast, GemmSpec
 
@@ -163,7 +163,7 @@ def _term(a: torch.Tensor, b: torch.Tensor, k: int, acc: AccumSpec) -> torch.Ten
 
 def _reduce_sequential(a: torch.Tensor, b: torch.Tensor, k0: int, k1: int, acc: AccumSpec,
                        init: torch.Tensor | None = None) -> torch.Tensor:
-    """s = round(t_k0); s = round(s + t_k) for k = k0+1 .. k1-1 (refsim.accum_core); from
+    """s = round(t_k0); s = round(s + t_k) for k = k0+1 .. k1-1 (refsim.kernels.accum_core); from
     s = init (exact) for every k when init is given."""
     fmt, rounding, overflow = _acc_params(acc, "accumulator")
     if init is not None:
@@ -179,7 +179,7 @@ def _reduce_sequential(a: torch.Tensor, b: torch.Tensor, k0: int, k1: int, acc: 
 
 def _reduce_pairwise(a: torch.Tensor, b: torch.Tensor, nk: int, acc: AccumSpec,
                      c: torch.Tensor | None = None) -> torch.Tensor:
-    """refsim.accum_core.reduce_pairwise: terms pushed unrounded on a binary counter; the two
+    """kernels.accum_core.reduce_pairwise: terms pushed unrounded on a binary counter; the two
     top entries merge (one rounding) while they hold equally many terms, and at the last term
     everything left merges from the top down. One term alone is round(t_0). With C:
     round(C + root), the root unrounded for one term."""
@@ -201,7 +201,7 @@ def _reduce_pairwise(a: torch.Tensor, b: torch.Tensor, nk: int, acc: AccumSpec,
 
 def _reduce_kahan(a: torch.Tensor, b: torch.Tensor, nk: int, acc: AccumSpec,
                   init: torch.Tensor | None = None) -> torch.Tensor:
-    """refsim.accum_core.reduce_kahan: s = round(t_0), c = +0; then y = round(t_k - c),
+    """refsim.kernels.accum_core.reduce_kahan: s = round(t_0), c = +0; then y = round(t_k - c),
     t = round(s + y), c = round(round(t - s) - y), s = t. With C: s = C, c = +0, every k."""
     fmt, rounding, overflow = _acc_params(acc, "accumulator")
     start = 0 if init is not None else 1
@@ -264,7 +264,7 @@ def _exact(a: torch.Tensor, b: torch.Tensor, spec: GemmSpec, seed: int,
     return result
 
 
-# ---- multiterm (refsim.accum_core.multiterm_group, docs/accumulation.md) -------------------------
+# ---- multiterm (refsim.kernels.accum_core.multiterm_group, docs/accumulation.md) -----------------
 # Every output's group sum is an int64 S with |S| < 2^63 (accum_core's width proof); S * 2^q goes
 # to float64 rounded to odd at 53 bits (_from_units), which the accumulator format (at most 50
 # mantissa bits, smallest quantum at least 2^-1072) then rounds as it would S * 2^q itself.
@@ -378,7 +378,7 @@ def _check_multiterm(acc: AccumSpec) -> None:
 
 def _reduce_multiterm(a: torch.Tensor, b: torch.Tensor, nk: int, acc: AccumSpec,
                       c: torch.Tensor | None) -> torch.Tensor:
-    """refsim.accum_core.reduce_multiterm on every output at once (groups, chunks, C entry)."""
+    """kernels.accum_core.reduce_multiterm on every output at once (groups, chunks, C entry)."""
     fmt, rounding, overflow = _acc_params(acc, "accumulator")
     _check_multiterm(acc)
     ofmt, orounding, ooverflow = _acc_params(acc.outer_spec, "outer accumulator")
@@ -432,7 +432,7 @@ def _reduce_multiterm(a: torch.Tensor, b: torch.Tensor, nk: int, acc: AccumSpec,
 
 
 def _cast_output(values: torch.Tensor, out: Cast, seed: int) -> torch.Tensor:
-    """refsim.accum_core.cast_output: one rounding per output element; SR reads the words of
+    """refsim.kernels.accum_core.cast_output: one rounding per output element; SR reads the words of
     family TAG_OUT, step 0, at the element's flat index."""
     assert not isinstance(out.fmt, BlockFormat)  # GemmSpec.out: element formats only
     if out.rounding != "sr":

@@ -21,7 +21,12 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-export PYTHONPATH=.
+# formats/ and validation/ install as refsim.formats and refsim.validation (pyproject.toml), so
+# the checkout must be installed (editable, without dependencies: the machine has them).
+if ! "$PYTHON" -c "import refsim.formats" 2>/dev/null; then
+    "$PYTHON" -m pip install --quiet --no-deps --no-build-isolation -e . \
+        || "$PYTHON" -m pip install --quiet --no-deps -e .
+fi
 export PYTHONUNBUFFERED=1
 DRY_RUN=${GPU_CHECK_DRY_RUN:-0}
 export GPU_CHECK_DRY_RUN=$DRY_RUN
@@ -64,7 +69,7 @@ from numba import cuda
 
 import refsim
 from refsim.specs import AccumSpec, Cast, GemmSpec
-from validation.bits import mismatch_report
+from refsim.validation.bits import mismatch_report
 
 SEED = 20250101
 DRY = os.environ.get("GPU_CHECK_DRY_RUN") == "1"
@@ -168,7 +173,7 @@ if os.environ.get("GPU_CHECK_DRY_RUN") == "1" or not torch.cuda.is_available():
     raise SystemExit(0)
 
 import refsim
-from validation.bits import mismatch_report
+from refsim.validation.bits import mismatch_report
 
 SEED = 20250101
 n = 1 << 26

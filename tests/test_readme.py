@@ -10,8 +10,8 @@ The convention (README.md's "Quantize" section names it):
   compare bit for bit as float64 (exact for float16/32/64 and integer results): NaN equals NaN,
   -0.0 differs from 0.0, shapes must agree. Anything else compares with ==. Every runnable
   block shows at least one checked value.
-- Every `refsim ...`, `python -m validation ...`, `python -m MODULE` and `make TARGET` line of
-  the other code blocks is parsed by its own argparse parser (or looked up): nothing runs.
+- Every `refsim ...`, `python -m refsim.validation ...`, `python -m MODULE` and `make TARGET`
+  line of the other code blocks is parsed by its own argparse parser (or looked up): nothing runs.
 """
 
 from __future__ import annotations
@@ -28,8 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from validation.bits import same_bits
+from refsim.validation.bits import same_bits
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -223,8 +222,9 @@ def command_lines() -> list[tuple[int, list[str]]]:
 
 def parse_command(argv: list[str]) -> None:
     """Parse one README command line with the parser that would run it; nothing runs."""
+    from refsim.validation.__main__ import _parser as validation_parser
+
     from refsim.cli import build_parser
-    from validation.__main__ import _parser as validation_parser
 
     if argv[0] == "make":
         targets = re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.MULTILINE)
@@ -233,8 +233,8 @@ def parse_command(argv: list[str]) -> None:
         validation_parser("refsim validate").parse_args(argv[2:])
     elif argv[0] == "refsim":
         build_parser().parse_args(argv[1:])
-    elif argv[:3] == ["python", "-m", "validation"]:
-        validation_parser("python -m validation").parse_args(argv[3:])
+    elif argv[:3] == ["python", "-m", "refsim.validation"]:
+        validation_parser("python -m refsim.validation").parse_args(argv[3:])
     elif argv[:2] == ["python", "-m"]:
         assert importlib.util.find_spec(argv[2]) is not None, f"no module {argv[2]}"
     else:

@@ -1,8 +1,8 @@
-"""`python -m validation`: the suite, golden vectors and their verification.
+"""`python -m refsim.validation`: the suite, golden vectors and their verification.
 
-    python -m validation [run] [--peers P ...] [--dtypes float32 float64] [--max-size N]
-    python -m validation golden --format F --rounding R --out DIR [--seed S] [--dtype D]
-    python -m validation verify DIR --candidate module:function
+    python -m refsim.validation [run] [--peers P ...] [--dtypes float32 float64] [--max-size N]
+    python -m refsim.validation golden --format F --rounding R --out DIR [--seed S] [--dtype D]
+    python -m refsim.validation verify DIR --candidate module:function
 
 `main(argv)` is the entry point (the `refsim validate` command calls it with its arguments).
 Exit status: 0 no unexpected mismatch; 1 a mismatch (a failed row, or a candidate that differs
@@ -13,20 +13,18 @@ in one line, never as a traceback. The flag types are refsim.argtypes, shared by
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
-from typing import Any
 
-from validation.golden import verify_golden, write_golden
-from validation.run import format_table, run_suite
-from validation.suites import SUITES
+from refsim.validation.golden import verify_golden, write_golden
+from refsim.validation.run import format_table, run_suite
+from refsim.validation.suites import SUITES
+
+from refsim import argtypes
 
 USAGE = 2
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
-    # Looked up at run time, as validation._refsim does: mypy checks validation/, not refsim/.
-    types: Any = importlib.import_module("refsim.argtypes")
     parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
@@ -38,18 +36,18 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         p.add_argument("--dtypes", nargs="+", default=["float32", "float64"],
                        choices=["float32", "float64"], help="input dtypes")
         p.add_argument("--suites", nargs="+", default=list(SUITES), choices=list(SUITES))
-        p.add_argument("--max-size", type=types.nonnegative_int, default=1 << 13,
+        p.add_argument("--max-size", type=argtypes.nonnegative_int, default=1 << 13,
                        help="inputs per suite at most (sampled; 0: all)")
         p.add_argument("--quiet", action="store_true", help="no progress lines")
     golden = sub.add_parser("golden", help="write golden vectors for a format and rounding")
     golden.add_argument("--format", required=True, help="a format name (e4m3fn, bf16, ...)")
     golden.add_argument("--rounding", required=True, help="rne, rna, rtz, rup, rdn, rto or sr")
-    golden.add_argument("--out", type=types.output_dir, required=True, help="output directory")
+    golden.add_argument("--out", type=argtypes.output_dir, required=True, help="output directory")
     golden.add_argument("--overflow", default="default")
-    golden.add_argument("--sr-bits", type=types.positive_int, default=None)
-    golden.add_argument("--seed", type=types.nonnegative_int, default=0)
+    golden.add_argument("--sr-bits", type=argtypes.positive_int, default=None)
+    golden.add_argument("--seed", type=argtypes.nonnegative_int, default=0)
     golden.add_argument("--dtype", default="float64", choices=["float32", "float64"])
-    golden.add_argument("--size", type=types.positive_int, default=1 << 14,
+    golden.add_argument("--size", type=argtypes.positive_int, default=1 << 14,
                         help="inputs of the random suites")
     verify = sub.add_parser("verify", help="check a function against golden vectors")
     verify.add_argument("dir", help="a directory written by `golden`")
@@ -58,7 +56,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m validation") -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m refsim.validation") -> int:
     """Run the command line; returns the exit status (module docstring). `prog`: the name
     that usage lines and error messages show."""
     args = _parser(prog).parse_args(argv)

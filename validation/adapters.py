@@ -18,9 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from refsim.formats import FloatFormat, get_format
 
-from formats import FloatFormat, get_format
-from validation._refsim import quantize, quantize_blocks, quantize_torch_ops
+from refsim import quantize, quantize_blocks
 
 __all__ = ["KNOWN", "PEER_PACKAGES", "Adapter", "Example", "KnownDifference", "adapters",
            "known_differences", "peer_version", "version_key"]
@@ -338,12 +338,20 @@ def _known(peer: str, fmt: str) -> tuple[Known | None, str]:
 
 
 # ---- peers ---------------------------------------------------------------------------------------
+def _quantize_torch_ops(x, fmt, rounding: str = "rne", **kwargs):
+    """refsim's torch path in torch ops (route "torch", what every device but the CPU runs), on
+    CPU tensors too, which would otherwise take the Numba kernels (they are the reference)."""
+    from refsim.backends import torch_backend  # imports torch: only when a torch adapter runs
+
+    return torch_backend.quantize(x, fmt, rounding, route="torch", **kwargs)
+
+
 def _refsim_torch(device: str) -> list[Adapter]:
     import torch
 
     def make(fmt: str, rounding: str) -> Callable[[np.ndarray], np.ndarray]:
         def run(x: np.ndarray) -> np.ndarray:
-            out = quantize_torch_ops(torch.from_numpy(x).to(device), fmt, rounding, seed=SEED)
+            out = _quantize_torch_ops(torch.from_numpy(x).to(device), fmt, rounding, seed=SEED)
             return np.asarray(out.cpu().numpy())
         return run
 

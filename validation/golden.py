@@ -6,7 +6,7 @@ Usage rules: `write_golden(out_dir, fmt, rounding, ...)` writes
   - manifest.json: the request (format spec card, rounding, overflow, sr_bits, seed, dtype),
     the refsim version, the suites used, the count and the SHA-256 of the two data files.
 `verify_golden(dir, candidate)` runs candidate(inputs) -> outputs (a NumPy array of the inputs'
-dtype) and compares them with the stored outputs bit for bit (validation.report.compare).
+dtype) and compares them with the stored outputs bit for bit (refsim.validation.report.compare).
 A candidate is named on the command line as "module:function"; for stochastic rounding it is
 called as function(inputs, seed=seed).
 """
@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from refsim.formats import FloatFormat, Format, get_format
+from refsim.validation.bits import UNSIGNED
+from refsim.validation.report import Report, compare
+from refsim.validation.suites import SUITES, suite
 
-from formats import FloatFormat, Format, get_format
-from validation._refsim import quantize
-from validation.bits import UNSIGNED
-from validation.report import Report, compare
-from validation.suites import SUITES, suite
+from refsim import quantize
 
 __all__ = ["load_candidate", "spec_card", "verify_golden", "write_golden"]
 

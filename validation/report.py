@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-from formats import Format, get_format
-from validation.bits import UNSIGNED, describe, same_bits
+from refsim.formats import Format, get_format
+from refsim.validation.bits import UNSIGNED, describe, same_bits
 
 __all__ = ["Mismatch", "Report", "compare", "ulp_distance"]
 

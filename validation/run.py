@@ -1,9 +1,10 @@
 """The whole validation suite: every adapter on every input suite, one summary table.
 
-Usage rules: `run_suite()` returns the rows and `main()` (`python -m validation`, and the entry
-the `refsim validate` command calls) prints the table, the details of every failure and of one
-example per known difference, and ends with the line `N passed, M failed`. A row passes when it
-has no mismatch outside its peer's documented differences; the exit status is 1 if any row fails.
+Usage rules: `run_suite()` returns the rows and `main()` (`python -m refsim.validation`, and
+the entry the `refsim validate` command calls) prints the table, the details of every failure
+and of one example per known difference, and ends with the line `N passed, M failed`. A row
+passes when it has no mismatch outside its peer's documented differences; the exit status is 1
+if any row fails.
 Large suites are sampled to `max_size` inputs (deterministically) unless max_size is 0.
 """
 
@@ -12,10 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from validation.adapters import Adapter, adapters
-from validation.report import Report, compare
-from validation.suites import SUITES, suite
+from refsim.validation.adapters import Adapter, adapters
+from refsim.validation.report import Report, compare
+from refsim.validation.suites import SUITES, suite
 
 __all__ = ["Row", "format_table", "run_adapter", "run_suite"]
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-
-from formats import FloatFormat, Format, get_format
-from formats.testing import boundary_values
+from refsim.formats import FloatFormat, Format, get_format
+from refsim.formats.testing import boundary_values
 
 __all__ = ["SUITES", "codes", "log_uniform", "midpoints", "random_bits", "specials", "suite"]
 
@@ -36,7 +35,7 @@ def codes(fmt: Format, dtype: np.dtype, seed: int = 0, size: int = 0) -> np.ndar
 
 def midpoints(fmt: Format, dtype: np.dtype, seed: int = 0, size: int = 0) -> np.ndarray:
     """Every midpoint between neighbours and one dtype-ulp either side, with the values
-    themselves and the specials: formats.testing.boundary_values."""
+    themselves and the specials: refsim.formats.testing.boundary_values."""
     return boundary_values(fmt, dtype)
 
 

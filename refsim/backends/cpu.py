@@ -7,9 +7,9 @@ quantize runs in two passes over chunks of CHUNK elements:
    itself), inputs below the smallest quantum (candidates 0 and that quantum), zeros and
    overflows, which are selects of constants;
 2. every other lane (NaN, Inf, carrier subnormals, wrap-around fixed point, SR lanes that need
-   more random bits than the carrier is wide) goes through refsim.core.quantize_bits, the scalar
+   more random bits than the carrier is wide) goes through kernels.core.quantize_bits, the scalar
    core shared with CUDA. Pass 1 flags the chunks that have such lanes; pass 2 visits only those.
-Random words: element i always takes word i % 4 of Philox block i // 4 (refsim.rng), so the bits
+Random words: element i always takes word i % 4 of Philox block i // 4 (kernels.rng), so the bits
 never depend on the thread count or on the chunking; or, when the caller gives the random bits
 (`given`, non-empty: refsim.backends.cpu_quantize.given_words), word given[i].
 
@@ -42,9 +42,9 @@ from numba.core import types
 from numba.extending import overload
 from numba.np.numpy_support import as_dtype
 
-from refsim import core
-from refsim.backends.lane import CARRIER_OF, F_D_BASE, F_ENABLED, round_lane, select
-from refsim.rng import stream_block
+from refsim.kernels import core
+from refsim.kernels.lane import CARRIER_OF, F_D_BASE, F_ENABLED, round_lane, select
+from refsim.kernels.rng import stream_block
 
 CHUNK = 4096  # elements per parallel work item (a multiple of 4: whole Philox blocks)
 

@@ -1,4 +1,4 @@
-"""The exact core on the CPU: refsim.accum_core's order functions in one parallel kernel per order.
+"""The exact core on the CPU: kernels.accum_core's order functions in one parallel kernel per order.
 
 Usage rules:
   - refsim.accumulate calls `run` for the outputs no fast route computed (every output under
@@ -16,9 +16,9 @@ from numba import njit, prange
 from numba.core import types
 from numba.extending import overload
 
-from refsim import accum_core as ac
 from refsim.backends.kernel_args import events, exact_args
 from refsim.backends.threads import NS_PER_EXACT_MAC, threads_for
+from refsim.kernels import accum_core as ac
 from refsim.specs import ORDERS, AccumSpec, Cast
 
 __all__ = ["run"]

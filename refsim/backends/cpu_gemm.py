@@ -1,7 +1,7 @@
 """The fast path of sequential and chunked accumulation on the CPU, with an exact fix-up.
 
 refsim.accumulate sends a product here when `plan` accepts it; every output it computes is
-bit-identical to refsim.accum_core's (tests/refsim/test_accumulate_fast.py holds it to that).
+bit-identical to kernels.accum_core's (tests/refsim/test_accumulate_fast.py holds it to that).
 `plan` first asks refsim.backends.cpu_tile for a register-tiled route (the common cases, 3-30x
 faster than the rows below); the round-to-odd rows described here take what those decline
 (route "odd-rows": other accumulator formats, rna and rto, product Casts, outer formats other
@@ -21,7 +21,7 @@ How one step s = round(acc + t) is computed in a float lane F (float32 or float6
    rounding to odd", IEEE TC 2008): the odd last bit keeps the ties and the sticky bit.
    `plan` therefore asks man_bits <= F's man_bits - 2 of the accumulator and F-subnormal steps
    at least four times finer than the accumulator's smallest quantum.
-4. round_lane(mode) rounds s's bits to the accumulator (refsim.backends.lane, shared with
+4. round_lane(mode) rounds s's bits to the accumulator (refsim.kernels.lane, shared with
    quantize's fast pass: overflow policy, subnormals, signed zeros included). F adds an exact zero
    as +0 (x + -x, +0 + -0); under rdn the contract wants -0, so the sign is set there.
 Chunked order: each chunk's result is promoted into the outer accumulator in float64 lanes by the
@@ -29,7 +29,7 @@ same three steps (outer formats of at most 51 significand bits).
 
 Rare lanes: a step whose s is Inf or NaN (an overflow of F, an Inf accumulator, a product Cast
 that overflowed) stores NaN; NaN propagates to the end of the row, and refsim.accumulate redoes
-every NaN output with the exact core (refsim.accum_core). Non-finite operands, SR anywhere, event
+every NaN output with the exact core (kernels.accum_core). Non-finite operands, SR anywhere, event
 counts and the other orders never come here.
 
 Kernels are compiled per (accumulator mode, product mode, outer mode, lane type) on first use,
@@ -44,14 +44,14 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
-from formats import FloatFormat, Format
-from formats.block_format import BlockFormat
-from formats.policy import OVERFLOWS, ROUNDINGS
-from refsim import core
 from refsim.backends import cpu_tile
-from refsim.backends.lane import bits_float, fast_constants, float_bits, round_lane, select
 from refsim.backends.operands import OperandRange, lane_limits, products_exact
 from refsim.backends.threads import NS_PER_FAST_MAC, threads_for
+from refsim.formats import FloatFormat, Format
+from refsim.formats.block_format import BlockFormat
+from refsim.formats.policy import OVERFLOWS, ROUNDINGS
+from refsim.kernels import core
+from refsim.kernels.lane import bits_float, fast_constants, float_bits, round_lane, select
 from refsim.params import CARRIERS, format_params
 from refsim.specs import AccumSpec, Cast
 
@@ -198,7 +198,7 @@ def _make_kernel(mode: int, pmode: int, omode: int, lane_name: str):
             out = raw[p, m]
             for k0 in range(0, n_k, chunk):
                 k1 = min(k0 + chunk, n_k)
-                # The first term of a chunk: round(t) (refsim.accum_core.reduce_sequential).
+                # The first term of a chunk: round(t) (refsim.kernels.accum_core.reduce_sequential).
                 av = a[p, m, k0]
                 brow = b[p, k0]
                 for n in range(n_cols):
@@ -233,7 +233,7 @@ def _make_kernel(mode: int, pmode: int, omode: int, lane_name: str):
                 if omode == NONE:
                     for n in range(n_cols):
                         out[n] = np.float64(acc[n])
-                elif k0 == 0:  # o = round_o(s_0) (refsim.accum_core.promote)
+                elif k0 == 0:  # o = round_o(s_0) (refsim.kernels.accum_core.promote)
                     for n in range(n_cols):
                         sb = float_bits(np.float64(acc[n]))
                         r = round_lane(omode, sb, ofast, Z64, Z64)

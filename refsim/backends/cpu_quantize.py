@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from formats import Format
-from formats.policy import check_rbits_array, check_rbits_request
-from refsim.backends import cpu, lane
+from refsim.backends import cpu
 from refsim.backends.threads import NS_PER_QUANTIZE, threads_for
+from refsim.formats import Format
+from refsim.formats.policy import check_rbits_array, check_rbits_request
+from refsim.kernels import lane
 from refsim.params import CARRIERS, check_array, check_out, resolve
 
 _NO_WORDS = np.empty(0, np.uint64)  # the kernels' `given` argument when the stream is used
@@ -21,7 +22,7 @@ def given_words(rbits: np.ndarray, sr_bits: int) -> np.ndarray:
     """The random words the kernels read for caller-given bits: R << (64 - sr_bits) with R the
     low sr_bits bits of each rbits element, flat in C order (uint64).
 
-    The core reads the top sr_bits bits of an element's word (refsim.core.quantize_bits), so R
+    The core reads the top sr_bits bits of an element's word (kernels.core.quantize_bits), so R
     there is the same decision as a stream word whose top sr_bits bits are R.
     """
     flat = np.ascontiguousarray(rbits).reshape(-1).astype(np.uint64)

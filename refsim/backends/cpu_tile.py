@@ -1,12 +1,12 @@
 """Register-tiled GEMM routes on the CPU: the sequential, chunked, Kahan and pairwise sums of
 every output in their declared order, each rounding done by a few lane instructions that provably
-give the exact core's bits (refsim.accum_core; tests/refsim/test_gemm_routes.py holds every route
+give the exact core's bits (kernels.accum_core; tests/refsim/test_gemm_routes.py holds every route
 to that).
 
 refsim.backends.cpu_gemm.plan asks `plan` first; where no route here applies it takes its own
 round-to-odd rows, and where that does not apply either, the exact core runs. The tile itself
 (TM rows by TN outputs in registers, k outermost, K never split: each output is summed in its
-declared order) is refsim.backends.tile; this module chooses the route, packs the operands and
+declared order) is refsim.kernels.tile; this module chooses the route, packs the operands and
 runs it.
 
 Notation: F is the lane's format (float32, or float64), p its precision (24, 53); G is the
@@ -18,7 +18,7 @@ the others). Products t = a*b are exact in F (cpu_gemm checks the operands' sign
 lengths and exponent range, refsim.backends.operands), so the lane's fused multiply-add
 o_F(t + acc) equals a multiply and an add. Step 0 adds t_0 to -0.0 (+0.0 under rdn), which
 gives t_0 itself with its sign in every mode (-0 + +0 = +0 except under rdn, where
-+0 + -0 = -0): the first step is round(t_0), as refsim.accum_core.reduce_sequential defines
++0 + -0 = -0): the first step is round(t_0), as refsim.kernels.accum_core.reduce_sequential defines
 it.
 
 Routes (the name is TilePlan.route; the conditions are those `plan` checks):
@@ -55,7 +55,7 @@ double-rounding (rne; G = fp16, bf16, tf32 or another e8mX with q <= 11 in float
   and a nonzero s is at least 2^Qmin in magnitude: nothing rounds to zero. q <= 11 keeps
   2q + 2 <= 24; products of two e4m3 operands (4 + 4 bits) fit fp16, bf16 and tf32.
   rne_G: fp16 by vcvtps2ph (IEEE conversion, round to nearest even, subnormals, overflow to
-  Inf), e8mX by integer rounding of the float32 pattern (refsim.backends.tile, RND_DROP).
+  Inf), e8mX by integer rounding of the float32 pattern (refsim.kernels.tile, RND_DROP).
 
 directed-nested (rtz, rup, rdn; AVX-512; G = fp16 or e8mX in float32 lanes, fp32 in float64
   lanes): every value of G is a value of F. Step: acc = o_G(o_F(t + acc)) with o in the FMA's
@@ -83,7 +83,7 @@ first chunk's result s_0 is stored (o = o_F(s_0) = s_0, as s_0 is in G, a subset
 later one is added into it by the lane's addition in the outer mode, which is the outer step
 o = o_F(o + s_c) by definition.
 
-Kahan and pairwise orders (any route above): refsim.accum_core.reduce_kahan and
+Kahan and pairwise orders (any route above): refsim.kernels.accum_core.reduce_kahan and
 reduce_pairwise with the same roundings, each a rounding of x + y for two lane values (a
 product, a value already rounded to G, or the negation of one); tile.py computes it as
 R(A(x + y)) with the route's A and R (Kahan's y = round(t_k - c) as the FMA a_k*b_k + (-c)).
@@ -116,13 +116,13 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
-from formats import FloatFormat, Format
-from formats.policy import ROUNDINGS
-from refsim import core
-from refsim.backends import tile as t
 from refsim.backends.operands import OperandRange
 from refsim.backends.threads import NS_PER_TILE_MAC, threads_for
-from refsim.backends.tile import tile
+from refsim.formats import FloatFormat, Format
+from refsim.formats.policy import ROUNDINGS
+from refsim.kernels import core
+from refsim.kernels import tile as t
+from refsim.kernels.tile import tile
 from refsim.specs import AccumSpec
 
 F32, F64, FP16 = FloatFormat(8, 23), FloatFormat(11, 52), FloatFormat(5, 10)

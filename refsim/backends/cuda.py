@@ -5,8 +5,8 @@ Usage rules:
     numba DeviceNDArray, or any object with __cuda_array_interface__ that is not a NumPy array);
     the result is a numba device array. numba.cuda is imported on first use only, so importing
     refsim never needs CUDA. Device arrays must be C-contiguous.
-  - Bits: every element is rounded by the same functions as on the CPU (refsim.core.quantize_bits,
-    refsim.accum_core), and element i's random words are the same stream words (refsim.rng), so
+  - Bits: every element is rounded by the same functions as on the CPU (kernels.core.quantize_bits,
+    kernels.accum_core), and element i's random words are the same stream words (kernels.rng), so
     CUDA results equal CPU results bit for bit, whatever the grid.
   - Tested in CI under the Numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1); the real kernels are
     compiled to PTX where a CUDA toolkit is present. Bit-exactness on a GPU is claimed only from
@@ -22,7 +22,7 @@ simulator; see _register_cuda_overloads):
   - min(int, int), max(int, int): the built-in numba.cuda target of Numba 0.68 cannot compile
     the *args implementations of the builtin min/max overloads (accum_core's chunked and
     multiterm orders call them).
-  - refsim.rng.mulhilo64: the generic overload (32-bit halves) compiles for CUDA and is correct;
+  - kernels.rng.mulhilo64: the generic overload (32-bit halves) compiles for CUDA and is correct;
     the CUDA overload here uses umul64hi (mul.hi.u64) for the high word instead.
   - accum_core.reduce_pairwise allocates its stack with np.empty, which numba.cuda cannot compile
     (no heap): the pairwise kernel calls _order_pairwise, the same steps with thread-local
@@ -38,10 +38,6 @@ from typing import Any
 import numpy as np
 from numba.core import config
 
-from formats.block_format import BlockFormat
-from formats.policy import check_rbits_array, check_rbits_request, check_seed
-from refsim import accum_core as ac
-from refsim import core
 from refsim.backends.kernel_args import (
     batch_shape,
     check_products,
@@ -51,8 +47,12 @@ from refsim.backends.kernel_args import (
     result_dtype,
     result_format,
 )
+from refsim.formats.block_format import BlockFormat
+from refsim.formats.policy import check_rbits_array, check_rbits_request, check_seed
+from refsim.kernels import accum_core as ac
+from refsim.kernels import core
+from refsim.kernels.rng import stream_block
 from refsim.params import CARRIERS, check_out, resolve
-from refsim.rng import stream_block
 from refsim.specs import GemmSpec
 
 __all__ = ["is_device_array", "matmul", "quantize"]
@@ -90,7 +90,7 @@ def _register_cuda_overloads(numba_cuda) -> None:
     from numba.core import types
     from numba.extending import overload
 
-    from refsim import rng
+    from refsim.kernels import rng
 
     # The builtin min/max overloads have *args implementations, which the built-in numba.cuda
     # target of Numba 0.68 cannot compile (TypeError "Signature mismatch"); integers only here.
@@ -312,7 +312,7 @@ def _as_device(x, name: str, numba_cuda):
 
 def _rbits_device(rbits, x, sr_bits: int, numba_cuda):
     """rbits (a NumPy array, copied over, or a C-contiguous device array) checked against x
-    (formats.policy.check_rbits_array), as a flat device array."""
+    (refsim.formats.policy.check_rbits_array), as a flat device array."""
     if isinstance(rbits, np.ndarray):
         check_rbits_array(rbits.dtype, rbits.shape, tuple(x.shape), sr_bits)
         rbits = numba_cuda.to_device(np.ascontiguousarray(rbits))

@@ -1,7 +1,7 @@
 """Specs to kernel arguments: the one step between a GemmSpec and the accumulation kernels.
 
 Usage rules:
-  - Every backend that reduces with refsim.accum_core (the CPU exact core, refsim.backends.cuda)
+  - Every backend that reduces with kernels.accum_core (the CPU exact core, refsim.backends.cuda)
     takes its spec arguments from `exact_args`, its initial values from `initial_values` and its
     counts dict from `events`; every route (the CPU fast routes, torch's exact mode included)
     names its result format and dtype with `result_format` / `result_dtype`, and checks shapes
@@ -18,10 +18,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from formats import BlockFormat, FloatFormat, Format
-from formats.policy import OVERFLOWS, ROUNDINGS
-from refsim import accum_core as ac
 from refsim.backends.operands import OperandRange
+from refsim.formats import BlockFormat, FloatFormat, Format
+from refsim.formats.policy import OVERFLOWS, ROUNDINGS
+from refsim.kernels import accum_core as ac
 from refsim.params import carrier_holds, check_array, format_params
 from refsim.specs import (
     MULTITERM_ALIGNS,
@@ -36,16 +36,16 @@ __all__ = ["COUNT_KEYS", "EXACT_PRODUCT_BITS", "NO_SPEC", "ExactArgs", "batch_sh
            "order_params", "result_dtype", "result_format", "spec_tuple"]
 
 COUNT_KEYS = ("overflow", "underflow", "saturation")
-"""Keys of the counts dict (the order of refsim.accum_core.CNT_*)."""
+"""Keys of the counts dict (the order of refsim.kernels.accum_core.CNT_*)."""
 
 EXACT_PRODUCT_BITS = 64
 """The exact core's products are exact when the operands' significands (trailing zeros removed)
-total at most this many bits (refsim.accum_core.mul_exact)."""
+total at most this many bits (refsim.kernels.accum_core.mul_exact)."""
 
 
 def spec_tuple(fmt: Format, rounding: str, overflow: str, sr_bits: int | None) -> tuple:
     """The rounding spec the scalar cores take: format params, mode, overflow, sr_bits (the
-    refsim.accum_core.S_* layout)."""
+    refsim.kernels.accum_core.S_* layout)."""
     return (*format_params(fmt), ROUNDINGS.index(rounding), OVERFLOWS.index(overflow),
             sr_bits or 0)
 
@@ -64,7 +64,7 @@ def _spec_of(spec: Cast | AccumSpec | None) -> tuple[bool, tuple]:
 
 
 def order_params(acc: AccumSpec) -> tuple:
-    """The int64 tuple of order parameters the kernels take (refsim.accum_core.MT_* layout):
+    """The int64 tuple of order parameters the kernels take (refsim.kernels.accum_core.MT_* layout):
     multiterm's group, width, variant, alignment, truncation, operand flushing and operand
     emin, and where C enters (chunked and multiterm)."""
     flush = acc.subnormals == "flush"
@@ -78,7 +78,7 @@ def order_params(acc: AccumSpec) -> tuple:
 
 
 class ExactArgs(NamedTuple):
-    """The spec arguments of an exact-core kernel (refsim.accum_core.order_* and cast_output),
+    """The spec arguments of an exact-core kernel (kernels.accum_core.order_* and cast_output),
     in the order the kernels take them."""
 
     chunk: np.int64  # chunked/multiterm chunk length (0: none)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from refsim.backends.lane import float_bits, select
+from refsim.kernels.lane import float_bits, select
 from refsim.params import CARRIERS
 
 

@@ -17,7 +17,7 @@ SERIAL_BELOW_NS = 200_000  # one thread below 0.2 ms of estimated work
 NS_PER_QUANTIZE = 1  # per element, fast path
 NS_PER_FAST_MAC = 1  # per multiply-add, refsim.backends.cpu_gemm
 NS_PER_TILE_MAC = 0.05  # per multiply-add, refsim.backends.cpu_tile (padded tiles)
-NS_PER_EXACT_MAC = 60  # per multiply-add, refsim.accum_core
+NS_PER_EXACT_MAC = 60  # per multiply-add, refsim.kernels.accum_core
 
 
 @contextlib.contextmanager

@@ -2,13 +2,13 @@
 
 Usage rules: `quantize(x, ...)` takes a torch float32, float64 or bfloat16 tensor on any device
 (CPU, CUDA) and returns a tensor of the same dtype, shape and device, bit-identical to the Numba
-reference (refsim.core; semantics in docs/rounding.md). refsim.quantize dispatches here for torch
+reference (kernels.core; semantics in docs/rounding.md). refsim.quantize dispatches here for torch
 tensors; torch is imported only then.
 
 How it works. Every element's carrier bit pattern is read as an int64 (a float32 pattern
 zero-extended, a float64 pattern as is), split into (sign, integer significand, exponent),
 rounded once on the integer significand and written back as a pattern of the same carrier, in
-whole-tensor ops that mirror refsim.core.quantize_bits step for step. bfloat16 input is widened
+whole-tensor ops that mirror kernels.core.quantize_bits step for step. bfloat16 input is widened
 to float32 (exact), rounded there, and narrowed back (exact: the format must fit in bfloat16).
 Caller-given random bits (rbits, a torch unsigned integer tensor on x's device) become the words
 R << (64 - sr_bits) that stand in for the stream's W_0 (refsim.backends.cpu_quantize.given_words).
@@ -16,7 +16,7 @@ R << (64 - sr_bits) that stand in for the stream's W_0 (refsim.backends.cpu_quan
 torch has no full uint64 arithmetic, so unsigned 64-bit words live in int64 tensors as their
 two's-complement bit patterns: + and * wrap modulo 2^64 as for uint64, a logical right shift is
 an arithmetic shift followed by a mask (_shr), and an unsigned comparison flips the sign bit of
-both sides first (_ult). The Philox4x64-10 stream of refsim.rng is rebuilt on that basis, its
+both sides first (_ult). The Philox4x64-10 stream of kernels.rng is rebuilt on that basis, its
 64x64 -> 128-bit multiplies from 32-bit halves (_mulhilo).
 """
 
@@ -25,12 +25,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from formats import FixedFormat, FloatFormat, Format
-from formats.policy import check_rbits_array, check_rbits_request
-from refsim import core
 from refsim.backends import cpu_quantize
+from refsim.formats import FixedFormat, FloatFormat, Format
+from refsim.formats.policy import check_rbits_array, check_rbits_request
+from refsim.kernels import core
+from refsim.kernels.rng import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1
 from refsim.params import check_out, float_holds, resolve
-from refsim.rng import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1
 
 __all__ = ["ROUTES", "philox4x64_10", "quantize", "random_words", "use_compiled"]
 
@@ -90,7 +90,7 @@ def philox4x64_10(c0: torch.Tensor, c1: torch.Tensor | int, c2: int, c3: int, k0
     """Philox4x64-10 blocks of counters (c0, c1, c2, c3) under key (k0, k1), as int64 patterns.
 
     c0 (and c1 if a tensor) are int64 tensors of uint64 patterns; the rest are Python ints in
-    0..2^64-1. Same function as refsim.rng.philox4x64_10.
+    0..2^64-1. Same function as refsim.kernels.rng.philox4x64_10.
     """
     x0 = c0
     x1 = c1 if isinstance(c1, torch.Tensor) else torch.full_like(c0, _signed(c1))
@@ -110,25 +110,25 @@ def philox4x64_10(c0: torch.Tensor, c1: torch.Tensor | int, c2: int, c3: int, k0
 def _words_at(index: torch.Tensor, seed: int, j: int, step: int = 0,
               tag: int = 0) -> torch.Tensor:
     """Word W_j of the elements at flat indices `index` (int64 >= 0); step and tag fill counter
-    words 2 and 3 (refsim.accum_core's families; 0 for refsim.quantize)."""
+    words 2 and 3 (refsim.kernels.accum_core's families; 0 for refsim.quantize)."""
     blocks = (index >> 2) + 1
     words = torch.stack(philox4x64_10(blocks, j, step, tag, seed), dim=-1)
     return torch.gather(words, -1, (index & 3).unsqueeze(-1)).squeeze(-1)
 
 
 TORCH_PHILOX_ON_CPU = False
-"""On CPU, random_words reads the same stream from refsim.rng (Numba, about 100x faster than
+"""On CPU, random_words reads the same stream from refsim.kernels.rng (Numba, about 100x faster than
 whole-tensor int64 ops) unless this is True; tests set it to check the torch ops on CPU too."""
 
 
 def random_words(seed: int, n: int, j: int = 0, device: torch.device | str = "cpu",
                  step: int = 0, tag: int = 0) -> torch.Tensor:
-    """Words W_j of elements 0 .. n-1 under `seed` as int64 patterns (refsim.rng.random_words,
+    """Words W_j of elements 0 .. n-1 under `seed` as int64 patterns (kernels.rng.random_words,
     i.e. np.random.Philox(key=seed).random_raw(n) for j = 0); step and tag fill counter words
-    2 and 3. Computed with torch integer ops on the tensor's device; on CPU from refsim.rng."""
+    2 and 3. Computed with torch integer ops on the tensor's device; on CPU from kernels.rng."""
     if torch.device(device).type == "cpu" and not TORCH_PHILOX_ON_CPU:
         if step == 0 and tag == 0:
-            from refsim.rng import random_words as numba_words
+            from refsim.kernels.rng import random_words as numba_words
             raw = numba_words(seed, n, j)
         else:  # NumPy's Philox with counter words 1..3 preset (docs/rng.md)
             counter = (j << 64) + (step << 128) + (tag << 192)
@@ -202,7 +202,7 @@ class Carrier:
 # ---- rounding -----------------------------------------------------------------------------------
 def _sr_up(rem: torch.Tensor, shift: torch.Tensor, sr_bits: int, word0: torch.Tensor,
            seed: int, index: torch.Tensor, step: int = 0, tag: int = 0) -> torch.Tensor:
-    """refsim.core.sr_round_up for every lane (rem > 0, shift >= 1), vectorized; later words are
+    """kernels.core.sr_round_up for every lane (rem > 0, shift >= 1), vectorized; later words are
     drawn only for the lanes whose chunks tie."""
     if sr_bits > 0:
         width = sr_bits
@@ -238,7 +238,7 @@ def _sr_up(rem: torch.Tensor, shift: torch.Tensor, sr_bits: int, word0: torch.Te
 
 
 def _round_magnitude(sig, shift, negative, mode, sr_bits, word0, seed, index, stream=(0, 0)):
-    """refsim.core.round_magnitude on tensors: (n, inexact)."""
+    """refsim.kernels.core.round_magnitude on tensors: (n, inexact)."""
     left = (-shift).clamp(0, 62)
     s = shift.clamp(0, 62)
     exact_n = torch.where(-shift < 63, sig << left, torch.zeros_like(sig))
@@ -274,7 +274,7 @@ def _round_magnitude(sig, shift, negative, mode, sr_bits, word0, seed, index, st
 
 def _round_float(carrier, negative, sig, lsb, top, fmt, params, mode, ovf, sr_bits, word0,
                  seed, index, stream=(0, 0)):
-    """Finite nonzero inputs of a float format: refsim.core.quantize_bits's float branch."""
+    """Finite nonzero inputs of a float format: refsim.kernels.core.quantize_bits's float branch."""
     man, emin, emax = fmt.man_bits, params[core.P_EMIN], params[core.P_EMAX]
     q_small = emin - man if fmt.subnormals else emin
     q = torch.where(top >= emin, top - man, torch.full_like(top, q_small))
@@ -290,7 +290,7 @@ def _round_float(carrier, negative, sig, lsb, top, fmt, params, mode, ovf, sr_bi
     carry = (n >> (man + 1)) != 0
     n = n >> carry.to(torch.int64)
     q = q + carry.to(torch.int64)
-    # refsim.core.exceeds_max: compare binades, then significands at max's quantum.
+    # refsim.kernels.core.exceeds_max: compare binades, then significands at max's quantum.
     length = bit_length(n)
     top_n = q + length - 1
     aligned = n << (man + 1 - length).clamp(min=0)
@@ -304,7 +304,7 @@ def _round_float(carrier, negative, sig, lsb, top, fmt, params, mode, ovf, sr_bi
 
 
 def _zero_bits(carrier, negative, fmt):
-    """refsim.core.zero_result: the format's zero for the sign of each input (NaN without a
+    """refsim.kernels.core.zero_result: the format's zero for the sign of each input (NaN without a
     zero)."""
     if isinstance(fmt, FloatFormat) and not fmt.zero:
         return torch.full_like(negative, carrier.nan, dtype=torch.int64)
@@ -315,7 +315,7 @@ def _zero_bits(carrier, negative, fmt):
 
 
 def _overflow_bits(carrier, negative, fmt, params, mode, ovf):
-    """refsim.core.overflow_result per sign: +-max, +-Inf or NaN."""
+    """refsim.kernels.core.overflow_result per sign: +-max, +-Inf or NaN."""
     values = []
     for neg in (False, True):
         if core.overflow_to_max(mode, neg, ovf, params[core.P_SPECIALS]):
@@ -331,7 +331,7 @@ def _overflow_bits(carrier, negative, fmt, params, mode, ovf):
 
 
 def _fixed_limit(carrier, negative, fmt):
-    """refsim.core._fixed_limit per sign."""
+    """refsim.kernels.core._fixed_limit per sign."""
     k_neg = (1 << (fmt.bits - 1)) if fmt.signed else 0
     pos = carrier.encode_const(False, fmt.k_max, -fmt.frac_bits)
     neg = carrier.encode_const(k_neg != 0, k_neg, -fmt.frac_bits)
@@ -341,7 +341,7 @@ def _fixed_limit(carrier, negative, fmt):
 
 def _round_fixed(carrier, negative, sig, lsb, top, fmt, mode, ovf, sr_bits, word0, seed, index,
                  stream=(0, 0)):
-    """Finite nonzero inputs of a fixed-point format: refsim.core._round_fixed."""
+    """Finite nonzero inputs of a fixed-point format: refsim.kernels.core._round_fixed."""
     width = fmt.bits
     q = -fmt.frac_bits
     shift = q - lsb
@@ -373,10 +373,10 @@ def quantize_bits(bits: torch.Tensor, carrier: Carrier, fmt: Format, params, mod
                   ovf: int, sr_bits: int, seed: int, step: int = 0, tag: int = 0,
                   index: torch.Tensor | None = None,
                   given: torch.Tensor | None = None) -> torch.Tensor:
-    """refsim.core.quantize_bits for a flat int64 tensor of carrier patterns (all lanes).
+    """refsim.kernels.core.quantize_bits for a flat int64 tensor of carrier patterns (all lanes).
 
     step and tag select the random family (counter words 2 and 3): 0, 0 for refsim.quantize,
-    refsim.accum_core's (step, tag) for the roundings of an accumulation. given: caller-given
+    kernels.accum_core's (step, tag) for the roundings of an accumulation. given: caller-given
     words (_given_words) of every element, read instead of the stream (at `index` when given).
     """
     stream = (step, tag)
@@ -483,7 +483,7 @@ def _fast_kernel(raw: torch.Tensor, rand: torch.Tensor, width: int, mode: int, d
 
     SR (docs/rounding.md): with F the `width` = min(d, sr_bits) top discarded bits and R the
     top `width` bits of the element's word W_0 (`rand`, int64 patterns), round up iff
-    R + F >= 2^width: refsim.core.sr_round_up for a fraction of d <= 52 bits (one word).
+    R + F >= 2^width: refsim.kernels.core.sr_round_up for a fraction of d <= 52 bits (one word).
     """
     a = raw & abs_mask
     lane = (a >= a_lo) & (a < inf)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import fnmatch
 import time
+import tomllib
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -41,10 +42,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tomllib
 
-from formats.block_format import BlockFormat
 from refsim.accumulate import matmul
+from refsim.formats.block_format import BlockFormat
 from refsim.specs import AccumSpec, Cast, GemmSpec
 
 __all__ = ["PRESETS", "ROLES", "SCALINGS", "Context", "Numerics", "Product", "gemm_seed",

@@ -21,9 +21,9 @@ import math
 
 import numpy as np
 
+from refsim.kernels.rng import random_words
 from refsim.nn.numerics import Context
 from refsim.nn.tensor import Tensor, unbroadcast
-from refsim.rng import random_words
 
 __all__ = ["avg_pool2d", "causal_mask", "causal_self_attention", "conv2d", "cross_entropy",
            "dropout", "embedding", "gemm", "im2col", "layernorm", "linear", "log_softmax",
@@ -269,7 +269,7 @@ def embedding(indices: np.ndarray, table: Tensor) -> Tensor:
 
 def dropout(x: Tensor, p: float, seed: int) -> Tensor:
     """Zero each element with probability p, scale the rest by 1/(1-p). Element i is dropped
-    iff the top 53 bits of word 0 of the Philox stream (refsim.rng) at (seed, i), read as a
+    iff the top 53 bits of word 0 of the Philox stream (refsim.kernels.rng) at (seed, i), read as a
     fraction in [0, 1), are below p: the mask depends only on seed and position."""
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout: p must be in [0, 1); got {p}")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from formats.block_format import BlockFormat
+from refsim.formats.block_format import BlockFormat
 from refsim.nn.tensor import Tensor
 from refsim.quantize import quantize
 from refsim.specs import Cast

@@ -70,7 +70,7 @@ FULL: dict[str, Any] = {
 
 
 def _fmt(name: str):
-    from formats import FloatFormat, get_format
+    from refsim.formats import FloatFormat, get_format
 
     fmt = get_format(name)
     if not isinstance(fmt, FloatFormat):
@@ -80,7 +80,7 @@ def _fmt(name: str):
 
 def check(p: dict[str, Any]) -> None:
     """Raise ValueError naming the first bad parameter."""
-    from formats.policy import ROUNDINGS
+    from refsim.formats.policy import ROUNDINGS
 
     for key, hi in (("log2_k", 24), ("vrr_log2_k", 24)):
         need(bool(p[key]) and all(isinstance(v, int) and 1 <= v <= hi for v in p[key]), NAME,

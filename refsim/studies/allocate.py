@@ -76,7 +76,7 @@ out for time), 5 seeds, 300 steps, every policy and 4 random draws."""
 
 
 def check(p: dict[str, Any]) -> None:
-    from formats.policy import ROUNDINGS
+    from refsim.formats.policy import ROUNDINGS
 
     check_training(p, NAME)
     need(isinstance(p["exp_bits"], int) and 2 <= p["exp_bits"] <= 8, NAME, "exp_bits",

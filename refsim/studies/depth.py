@@ -56,7 +56,7 @@ FULL: dict[str, Any] = {**QUICK, "layers": 64, "chain_seeds": [0, 1, 2, 3, 4],
 
 
 def check(p: dict[str, Any]) -> None:
-    from formats.policy import ROUNDINGS
+    from refsim.formats.policy import ROUNDINGS
 
     for key in ("layers", "width", "batch", "steps", "low_layers"):
         need(isinstance(p[key], int) and p[key] >= 1, NAME, key, "a positive int", p[key])

@@ -58,7 +58,7 @@ FULL: dict[str, Any] = {**QUICK, "log2_u": list(range(0, 13)), "product_seeds": 
 
 
 def check(p: dict[str, Any]) -> None:
-    from formats.policy import ROUNDINGS
+    from refsim.formats.policy import ROUNDINGS
 
     need(bool(p["log2_u"]) and all(isinstance(v, int) and 0 <= v <= 14 for v in p["log2_u"]),
          NAME, "log2_u", "a non-empty list of ints in [0, 14]", p["log2_u"])

@@ -96,7 +96,7 @@ def parse_assignments(items: Sequence[str] | None) -> dict[str, Any]:
 
 def need_format(study: str, key: str, name: Any) -> None:
     """Raise ValueError naming `key` unless `name` is a format name refsim knows."""
-    from formats import get_format
+    from refsim.formats import get_format
 
     try:
         get_format(name)

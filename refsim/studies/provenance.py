@@ -63,7 +63,7 @@ def collect(command: str | None = None, seconds: float | None = None) -> dict[st
     return {
         "git_commit": commit or None,
         "git_dirty": None if status is None else bool(status),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.system()} {platform.machine()}, {_processor()}, "
                    f"{os.cpu_count()} logical CPUs",
         "python": platform.python_version(), "numpy": numpy.__version__,

@@ -96,7 +96,7 @@ checks these numbers from the models' profiles."""
 
 
 def check(p: dict[str, Any]) -> None:
-    from formats.policy import ROUNDINGS
+    from refsim.formats.policy import ROUNDINGS
 
     check_training(p, NAME)
     for key in ("fmt", "acc", "acc_fmt"):

@@ -4,9 +4,8 @@ names and the to_dict round trip, the named registry."""
 from __future__ import annotations
 
 import pytest
-
-from formats import NAMED_BLOCKS, BlockFormat, FixedFormat, get_block_format, get_format
-from formats.block_format import POW2_RULES, VALUE_RULES, is_block_format
+from refsim.formats import NAMED_BLOCKS, BlockFormat, FixedFormat, get_block_format, get_format
+from refsim.formats.block_format import POW2_RULES, VALUE_RULES, is_block_format
 
 E8M0 = get_format("e8m0fnu")
 

@@ -1,8 +1,9 @@
-"""formats.exact, the executable specification, pinned to known facts and to brute force.
+"""refsim.formats.exact, the executable specification, pinned to known facts and to brute force.
 
 The facts come from docs/references.md (OCP FP8/MX v1.0, IEEE 754, checked with ml_dtypes).
 The brute-force tests find the nearest / toward-zero value by direct comparison with every value
-of the format (fmt.all_values()), independently of the grid and quantum logic in formats.exact.
+of the format (fmt.all_values()), independently of the grid and quantum logic in
+refsim.formats.exact.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from formats import NAMED, FixedFormat, FloatFormat, exact, get_format
-from formats.policy import ROUNDINGS
+from refsim.formats import NAMED, FixedFormat, FloatFormat, exact, get_format
+from refsim.formats.policy import ROUNDINGS
 
 INF = math.inf
 NAN = math.nan
@@ -725,9 +725,9 @@ def test_value_table_helper() -> None:
     assert codes[values.index(0)] == 0
 
 
-# ---- formats.exact_sum on empty input (issue 11) -------------------------------------------------
+# ---- refsim.formats.exact_sum on empty input (issue 11) ----------------------------------------
 def _duck_acc(order: str, rounding: str, chunk: int | None = None):
-    """An accumulator spec as formats.exact_sum reads it (duck-typed, as refsim.specs.AccumSpec)."""
+    """An accumulator spec as exact_sum reads it (duck-typed, as refsim.specs.AccumSpec)."""
     from types import SimpleNamespace
 
     inner = SimpleNamespace(fmt=get_format("bf16"), rounding=rounding, overflow="default",
@@ -743,7 +743,7 @@ def _duck_acc(order: str, rounding: str, chunk: int | None = None):
 def test_sum_exact_of_an_empty_axis_is_plus_zero(order: str, rounding: str) -> None:
     """sum_exact(np.zeros(0), acc) raised "cannot reshape array of size 0": the empty sum is +0
     (under rdn too: no addition happens, so no -0 from one), in the shape without the axis."""
-    from formats.exact_sum import sum_exact
+    from refsim.formats.exact_sum import sum_exact
 
     acc = _duck_acc(order, rounding, chunk=4 if order == "chunked" else None)
     for x, axis, shape in ((np.zeros(0), -1, ()), (np.zeros((3, 0)), -1, (3,)),

@@ -8,9 +8,8 @@ import math
 import ml_dtypes
 import numpy as np
 import pytest
-
-from formats import ALIASES, NAMED, FixedFormat, FloatFormat, get_format
-from formats.registry import name_of
+from refsim.formats import ALIASES, NAMED, FixedFormat, FloatFormat, get_format
+from refsim.formats.registry import name_of
 
 # ---- construction errors name the parameter -----------------------------------------------------
 FLOAT_ERRORS = [

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from formats import NAMED, FixedFormat, FloatFormat, get_format
+from refsim.formats import NAMED, FixedFormat, FloatFormat, get_format
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "formats.md"
 NONE = "—"

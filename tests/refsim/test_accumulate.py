@@ -1,4 +1,4 @@
-"""refsim.sum/dot/matmul against formats.exact_sum (bit for bit), and the known facts of
+"""refsim.sum/dot/matmul against refsim.formats.exact_sum (bit for bit), and the known facts of
 docs/references.md ("Numbers to reproduce")."""
 
 from __future__ import annotations
@@ -8,15 +8,16 @@ import itertools
 import numba
 import numpy as np
 import pytest
+from refsim.formats.exact_sum import dot_exact, matmul_exact, sum_exact
+from refsim.formats.policy import ROUNDINGS
+from refsim.validation.bits import assert_same_bits
 
-from formats.exact_sum import dot_exact, matmul_exact, sum_exact
-from formats.policy import ROUNDINGS
-from refsim import accum_core, quantize
+from refsim import quantize
 from refsim.accumulate import conv2d, dot, matmul
 from refsim.accumulate import sum as rsum
 from refsim.backends import threads
+from refsim.kernels import accum_core
 from refsim.specs import ORDERS, AccumSpec, Cast, GemmSpec
-from validation.bits import assert_same_bits
 
 # Every order; multiterm in both variants (with promotion every 6 terms, and without).
 KERNEL_ORDERS = [*ORDERS, "multiterm-aligned"]
@@ -256,7 +257,8 @@ def test_bad_input_names_shapes_and_types():
 @pytest.mark.parametrize("order", ["sequential", "pairwise", "chunked", "kahan"])
 def test_sum_axis_none_sums_every_element_in_c_order(order):
     """Issue 11: axis=None raised a raw TypeError. As np.sum: every element, C order, one
-    output (index 0), a 0-d result; the twin (formats.exact_sum) takes axis=None the same way."""
+    output (index 0), a 0-d result; the twin (refsim.formats.exact_sum) takes axis=None the
+same way."""
     rng = np.random.default_rng(11)
     x = _terms(rng, (3, 4, 5))
     for rounding in ("rne", "rdn", "sr"):

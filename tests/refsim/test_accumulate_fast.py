@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from refsim.formats import get_format
+from refsim.formats.policy import ROUNDINGS
+from refsim.validation.bits import assert_same_bits
 
-from formats import get_format
-from formats.policy import ROUNDINGS
 from refsim import quantize
 from refsim.accumulate import matmul
-from refsim.backends import cpu_gemm, tile
+from refsim.backends import cpu_gemm
+from refsim.kernels import tile
 from refsim.specs import AccumSpec, Cast, GemmSpec, format_fits
-from validation.bits import assert_same_bits
 
 DETERMINISTIC = [r for r in ROUNDINGS if r != "sr"]
 

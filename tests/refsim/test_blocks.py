@@ -1,4 +1,5 @@
-"""refsim.quantize_blocks against the OCP MX v1.0 facts and the Fraction twin (formats.exact_block).
+"""refsim.quantize_blocks against the OCP MX v1.0 facts and the Fraction twin
+(refsim.formats.exact_block).
 
 The twin walks blocks one by one with exact arithmetic; refsim scales whole arrays with bit
 patterns and refsim.quantize. They must agree bit for bit (NaN as NaN, zeros by sign), in every
@@ -11,10 +12,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from refsim.formats import NAMED_BLOCKS, BlockFormat, FixedFormat, get_format
+from refsim.formats.exact_block import quantize_blocks_exact
+from refsim.formats.policy import ROUNDINGS
 
-from formats import NAMED_BLOCKS, BlockFormat, FixedFormat, get_format
-from formats.exact_block import quantize_blocks_exact
-from formats.policy import ROUNDINGS
 from refsim import AccumSpec, Cast, GemmSpec, conv2d, matmul, quantize_blocks
 
 E8M0 = get_format("e8m0fnu")

@@ -191,7 +191,7 @@ CASE_KEYS = ([key for key, *_ in quantize_cases()] + ["q-inplace"]
 
 
 def _compare(actual: np.ndarray, expected: np.ndarray, key: str) -> None:
-    from validation.bits import assert_same_bits
+    from refsim.validation.bits import assert_same_bits
 
     assert actual.dtype == expected.dtype, (key, actual.dtype, expected.dtype)
     if key.endswith("-counts"):
@@ -269,7 +269,7 @@ def compile_ptx(names: list[str]) -> dict:
 
         dispatcher.get_current_device = lambda: SimpleNamespace(compute_capability=(8, 0))
     from refsim.backends import cuda as backend
-    from refsim.core import N_PARAMS
+    from refsim.kernels.core import N_PARAMS
 
     backend._cuda()
     u64, i64 = types.uint64, types.int64
@@ -342,7 +342,7 @@ def test_gpu_stream_words_match_numpy_philox():
     from numba import cuda as numba_cuda
 
     from refsim.backends.cuda import _cuda
-    from refsim.rng import random_words, stream_word
+    from refsim.kernels.rng import random_words, stream_word
 
     _cuda()  # registers the CUDA overloads (umul64hi) before compiling
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from refsim.formats import FloatFormat, get_format
+from refsim.validation.bits import assert_same_bits
 
-from formats import FloatFormat, get_format
 from refsim.accumulate import matmul
-from refsim.backends import cpu_gemm, cpu_tile, tile
+from refsim.backends import cpu_gemm, cpu_tile
+from refsim.kernels import tile
 from refsim.specs import AccumSpec, Cast, GemmSpec
-from validation.bits import assert_same_bits
 
 DIRECTED = ["rtz", "rup", "rdn"]
 OVERFLOWS = ["default", "saturate"]

@@ -1,6 +1,6 @@
 """refsim.hardware: every row of real-GPU tensor-core output and every test vector of Fasi et al.
 (2021) reproduced bit for bit through the public API, and each block-model feature (alignment,
-truncation, flushing, where C enters) against the Fraction twin formats.exact_sum."""
+truncation, flushing, where C enters) against the Fraction twin refsim.formats.exact_sum."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from refsim.formats import FloatFormat
+from refsim.formats.exact_sum import dot_exact, matmul_exact
+from refsim.formats.testing import values
+from refsim.validation.bits import assert_same_bits
 
-from formats import FloatFormat
-from formats.exact_sum import dot_exact, matmul_exact
-from formats.testing import values
 from refsim import hardware, matmul
 from refsim.accumulate import dot
 from refsim.specs import AccumSpec, GemmSpec
-from validation.bits import assert_same_bits
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "tensor_cores"
 # file -> (device, input format) of the preset that must reproduce it

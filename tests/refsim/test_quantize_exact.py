@@ -1,17 +1,17 @@
-"""refsim.quantize against formats.exact, bit for bit, on every value, tie and tie +- 1 ulp."""
+"""refsim.quantize against refsim.formats.exact, bit for bit: every value, tie, tie +- 1 ulp."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from refsim.formats import NAMED, FloatFormat, get_format
+from refsim.formats.exact import quantize_exact
+from refsim.formats.policy import ROUNDINGS
+from refsim.formats.testing import boundary_values
+from refsim.validation.bits import assert_same_bits
 
-from formats import NAMED, FloatFormat, get_format
-from formats.exact import quantize_exact
-from formats.policy import ROUNDINGS
-from formats.testing import boundary_values
 from refsim import quantize
 from refsim.params import carrier_holds
-from validation.bits import assert_same_bits
 
 SMALL = [name for name, fmt in NAMED.items() if getattr(fmt, "bits", 64) <= 8]
 WIDE16 = [name for name, fmt in NAMED.items() if 8 < fmt.bits <= 16] + ["e5m10b3"]

@@ -1,8 +1,8 @@
 """refsim.quantize against external oracles: ml_dtypes, NumPy float16.
 
 ml_dtypes differs from refsim by design in ways that depend on its version: the table
-validation.adapters.KNOWN says which (docs/validation.md). Every version maps NaN to +-0 in the
-formats with no NaN (FP6/FP4); before 0.7 it also converted float64 through float32 (double
+refsim.validation.adapters.KNOWN says which (docs/validation.md). Every version maps NaN to +-0
+in the formats with no NaN (FP6/FP4); before 0.7 it also converted float64 through float32 (double
 rounding) and sent float32 subnormals above 2^-127 up to 2^-126 in e8m0fnu. Each comparison
 excuses exactly the differences the table gives for the INSTALLED version, so a version that
 fixes one is held to refsim; refsim's own answers are asserted whatever is installed.
@@ -13,12 +13,12 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
+from refsim.formats import get_format
+from refsim.formats.testing import boundary_values
+from refsim.validation.adapters import known_differences, peer_version
+from refsim.validation.bits import assert_same_bits
 
-from formats import get_format
-from formats.testing import boundary_values
 from refsim import quantize
-from validation.adapters import known_differences, peer_version
-from validation.bits import assert_same_bits
 
 ML_DTYPES = {
     "bf16": ml_dtypes.bfloat16,

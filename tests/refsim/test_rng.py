@@ -1,4 +1,4 @@
-"""Philox4x64-10 stream (refsim.rng) against numpy.random.Philox and a pure-Python twin."""
+"""Philox4x64-10 stream (refsim.kernels.rng) against numpy.random.Philox and a pure-Python twin."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from refsim import rng
+from refsim.kernels import rng
 
 MASK64 = (1 << 64) - 1
 MASK256 = (1 << 256) - 1

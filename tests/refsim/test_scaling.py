@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from refsim.formats import get_format
+from refsim.formats.exact import round_value, sr_uniform
 
-from formats import get_format
-from formats.exact import round_value, sr_uniform
 from refsim import DelayedScaling, quantize_affine, quantize_scaled
 from refsim.scaling import current_scale, exact_quotient, fp32_nearest
 
@@ -226,7 +226,7 @@ def test_exact_quotient_rounds_like_the_exact_value(x, d_sig, d_exp, fmt, roundi
 @settings(max_examples=2000, deadline=None)
 @given(st.integers(1, 2**80), st.integers(1, 2**80), st.integers(-300, 300), st.booleans())
 def test_fp32_nearest_equals_the_oracle(num, den, exponent, negative):
-    """Production's one rounding of a Fraction to float32 against formats.exact (independent)."""
+    """Production's one rounding of a Fraction to float32 against the independent oracle."""
     value = Fraction(num, den) * Fraction(2) ** exponent * (-1 if negative else 1)
     assert fp32_nearest(value) == round_value(value, "fp32", "rne")
 

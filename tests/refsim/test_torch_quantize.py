@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from refsim.formats import NAMED, FixedFormat, FloatFormat, get_format
+from refsim.formats.testing import boundary_values
+from refsim.validation.bits import assert_same_bits
 
-from formats import NAMED, FixedFormat, FloatFormat, get_format
-from formats.testing import boundary_values
 from refsim import quantize
 from refsim.backends import torch_backend
-from refsim.rng import random_words
-from validation.bits import assert_same_bits
+from refsim.kernels.rng import random_words
 
 torch = pytest.importorskip("torch", reason="the torch path needs torch (the test extra)")
 
@@ -133,7 +133,7 @@ def test_bfloat16_input_refuses_formats_it_cannot_hold():
 @pytest.mark.parametrize("torch_ops", [True, False])
 def test_philox_stream_equals_numpy(torch_ops, monkeypatch):
     """The torch integer-op Philox (used on every device; on CPU when forced) and the CPU
-    shortcut through refsim.rng give NumPy's stream, accumulation families included."""
+    shortcut through refsim.kernels.rng give NumPy's stream, accumulation families included."""
     monkeypatch.setattr(torch_backend, "TORCH_PHILOX_ON_CPU", torch_ops)
     got = torch_backend.random_words(5, 11, j=2, step=3, tag=7).numpy().view(np.uint64)
     counter = (2 << 64) + (3 << 128) + (7 << 192)

@@ -7,10 +7,10 @@ import textwrap
 
 import numpy as np
 import pytest
+from refsim.validation.__main__ import main
+from refsim.validation.golden import verify_golden, write_golden
 
 from refsim import quantize
-from validation.__main__ import main
-from validation.golden import verify_golden, write_golden
 
 
 def test_golden_round_trip_and_csv(tmp_path):
@@ -77,15 +77,15 @@ def test_golden_bad_numbers_name_the_flag(tmp_path, capsys, args, wanted):
         main(["golden", "--format", "e4m3fn", "--rounding", "rne", "--out", str(tmp_path),
               *args])
     assert stop.value.code == 2
-    assert _error_line(capsys) == f"python -m validation golden: error: {wanted}"
+    assert _error_line(capsys) == f"python -m refsim.validation golden: error: {wanted}"
 
 
 def test_run_bad_max_size_names_the_flag(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["--max-size", "-1"])
     assert stop.value.code == 2
-    assert _error_line(capsys) == ("python -m validation: error: argument --max-size: must be a "
-                                   "non-negative integer; got '-1'")
+    assert _error_line(capsys) == ("python -m refsim.validation: error: argument --max-size: "
+                                   "must be a non-negative integer; got '-1'")
 
 
 @pytest.mark.parametrize("under", [False, True], ids=["file", "under-a-file"])
@@ -97,14 +97,14 @@ def test_golden_out_that_is_a_file_is_a_one_line_error(tmp_path, capsys, under):
               str(blocker / "g" if under else blocker)])
     assert stop.value.code == 2
     line = _error_line(capsys)
-    assert line.startswith("python -m validation golden: error: argument --out: ")
+    assert line.startswith("python -m refsim.validation golden: error: argument --out: ")
     assert line.endswith("not a directory")
 
 
 def test_golden_bad_format_is_status_2_not_1(tmp_path, capsys):
     assert main(["golden", "--format", "e9m9x", "--rounding", "rne", "--out",
                  str(tmp_path)]) == 2
-    assert _error_line(capsys).startswith("python -m validation golden: error: ")
+    assert _error_line(capsys).startswith("python -m refsim.validation golden: error: ")
 
 
 @pytest.fixture
@@ -125,7 +125,7 @@ def golden_dir(tmp_path, monkeypatch):
 ])
 def test_verify_bad_candidate_is_one_line_status_2(golden_dir, capsys, candidate, wanted):
     assert main(["verify", str(golden_dir), "--candidate", candidate]) == 2
-    assert _error_line(capsys) == f"python -m validation verify: error: {wanted}"
+    assert _error_line(capsys) == f"python -m refsim.validation verify: error: {wanted}"
 
 
 @pytest.mark.parametrize("damage", ["no-rounding", "not-json", "a-list", "missing"])
@@ -147,16 +147,17 @@ def test_verify_bad_manifest_is_one_line_status_2(golden_dir, capsys, damage):
         wanted = "does not exist"
     assert main(["verify", str(golden_dir), "--candidate", "kernels:good"]) == 2
     line = _error_line(capsys)
-    assert line.startswith(f"python -m validation verify: error: {path}") and wanted in line
+    assert line.startswith(f"python -m refsim.validation verify: error: {path}") and wanted in line
 
 
 def test_python_m_validation_user_error_prints_no_traceback(tmp_path):
     import subprocess
     import sys
 
-    run = subprocess.run([sys.executable, "-m", "validation", "verify", str(tmp_path / "none"),
-                          "--candidate", "x:y"], capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, "-m", "refsim.validation", "verify",
+                          str(tmp_path / "none"), "--candidate", "x:y"],
+                         capture_output=True, text=True, timeout=300)
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == [
-        f"python -m validation verify: error: golden directory {str(tmp_path / 'none')!r} does "
-        "not exist (or is not a directory)"]
+        f"python -m refsim.validation verify: error: golden directory {str(tmp_path / 'none')!r} "
+        "does not exist (or is not a directory)"]

@@ -1,4 +1,4 @@
-"""`refsim validate` is `python -m validation` under the refsim command."""
+"""`refsim validate` is `python -m refsim.validation` under the refsim command."""
 
 from __future__ import annotations
 

@@ -1,11 +1,10 @@
-"""validation.compare: NaN as NaN, zeros by sign, known differences, ULP histogram, fields."""
+"""refsim.validation.compare: NaN as NaN, zeros by sign, known differences, ULP histogram."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from validation.report import compare, ulp_distance
+from refsim.validation.report import compare, ulp_distance
 
 
 def test_nan_payloads_equal_and_zero_signs_differ():
@@ -64,7 +63,7 @@ def test_ulp_distance_in_dtype_steps_crosses_zero():
 
 
 def test_package_exports_compare():
-    import validation
+    import refsim.validation
 
-    assert validation.compare is compare
-    assert validation.compare(np.zeros(2), np.zeros(2)).ok
+    assert refsim.validation.compare is compare
+    assert refsim.validation.compare(np.zeros(2), np.zeros(2)).ok

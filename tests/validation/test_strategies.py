@@ -1,5 +1,5 @@
-"""formats.testing hypothesis strategies: each draws what it promises, and the worked property
-test of docs/testing.md runs."""
+"""refsim.formats.testing hypothesis strategies: each draws what it promises, and the worked
+property test of docs/testing.md runs."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import math
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from refsim.formats import FixedFormat, FloatFormat, get_format
+from refsim.formats.testing import formats, near_overflow, subnormals, ties, values
 
-from formats import FixedFormat, FloatFormat, get_format
-from formats.testing import formats, near_overflow, subnormals, ties, values
 from refsim import quantize
 
 NAMES = ["e4m3fn", "e5m2", "e2m1fn", "e8m0fnu", "bf16", "fp16", "e4m3fnuz", "int8", "fx8.4"]

@@ -7,11 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from refsim import quantize
-from validation import adapters as adapters_module
-from validation.__main__ import main
-from validation.adapters import (
+from refsim.validation import adapters as adapters_module
+from refsim.validation.__main__ import main
+from refsim.validation.adapters import (
     KNOWN,
     PEER_PACKAGES,
     Adapter,
@@ -21,9 +19,11 @@ from validation.adapters import (
     peer_version,
     version_key,
 )
-from validation.bits import same_bits
-from validation.run import format_table, run_adapter
-from validation.suites import SUITES, suite
+from refsim.validation.bits import same_bits
+from refsim.validation.run import format_table, run_adapter
+from refsim.validation.suites import SUITES, suite
+
+from refsim import quantize
 
 torch = pytest.importorskip("torch", reason="the torch adapters need torch (the test extra)")
 

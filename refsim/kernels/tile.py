@@ -38,7 +38,7 @@ and R rounds the lane value to the accumulator format in `mode`:
   - RND_SINGLE: to float32 and back (float64 lanes; vcvtpd2ps, rounding embedded for rtz,
     rup, rdn).
 The outer addition (omode >= 0) is the lane's own addition, rounding embedded as above.
-`order` KAHAN and PAIRWISE follow refsim.accum_core.reduce_kahan and reduce_pairwise with the
+`order` KAHAN and PAIRWISE follow kernels.accum_core.reduce_kahan and reduce_pairwise with the
 same roundings: every rounding there of a sum x + y of two lane values (a product, or an earlier
 rounded value, or its negation) is R(A(x + y)), A being the lane's addition (rounding embedded)
 or its round-to-odd; the pairwise stack lives in memory (one slot per level and output).
@@ -59,13 +59,13 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from refsim import core
+from refsim.kernels import core
 
 SEQUENTIAL, KAHAN, PAIRWISE = 0, 1, 2  # orders (chunked is SEQUENTIAL with an outer mode)
 ADD_FMA, ADD_ODD = 0, 1
 RND_NONE, RND_HALF, RND_DROP, RND_SINGLE = 0, 1, 2, 3
 NO_OUTER = -1  # omode of a sequential order: the result is always stored
-PAIRWISE_STACK = 64  # levels: enough for 2^63 terms (refsim.accum_core.PAIRWISE_STACK)
+PAIRWISE_STACK = 64  # levels: enough for 2^63 terms (refsim.kernels.accum_core.PAIRWISE_STACK)
 
 LANES = {np.dtype(np.float32): 16, np.dtype(np.float64): 8}  # VL: lanes of one 512-bit register
 
@@ -232,7 +232,7 @@ def _sum(lane: _Lane, x, y, add: int, rnd: int, drop: int, mode: int):
 
 def _literal(t) -> int:
     if not isinstance(t, types.IntegerLiteral):
-        raise TypeError("refsim.backends.tile.tile: the first seven arguments must be constants")
+        raise TypeError("refsim.kernels.tile.tile: the first seven arguments must be constants")
     return int(t.literal_value)
 
 
@@ -374,7 +374,7 @@ class _Tile:
         return self.loop(self.c(0), [start], body)[0]
 
     def kahan(self):
-        """refsim.accum_core.reduce_kahan: s = round(t_0), c = +0; then y = round(t_k - c),
+        """refsim.kernels.accum_core.reduce_kahan: s = round(t_0), c = +0; then y = round(t_k - c),
         t = round(s + y), c = round(round(t - s) - y), s = t; each rounding R(A(.))."""
         b = self.b
         avec, bvec = self.operands(self.c(0))
@@ -407,7 +407,7 @@ class _Tile:
         return self.merge(first, after, (skip, end))
 
     def pairwise(self):
-        """refsim.accum_core.reduce_pairwise: each product pushed unrounded on a stack; after
+        """kernels.accum_core.reduce_pairwise: each product pushed unrounded on a stack; after
         term k the top two entries merge (R(A(x + y))) ctz(k + 1) times, after the last term
         until one is left; one term alone is R(t_0)."""
         b, lane = self.b, self.lane

@@ -6,7 +6,8 @@ compiled for the CPU (called from the njit(parallel) loops of refsim.backends.cp
 a value is read from its carrier's bit pattern as (sign, integer significand, exponent), rounded
 once on the integer significand, and written back as a bit pattern of the same carrier.
 
-Semantics: docs/rounding.md. The executable specification it is tested against: formats.exact.
+Semantics: docs/rounding.md. The executable specification it is tested against:
+refsim.formats.exact.
 
 Integer types: significands and exponents are int64 (significands are below 2^54 for floats);
 random words and carrier bit patterns are uint64. Numba turns a mixed int64/uint64 expression into
@@ -18,12 +19,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from refsim.rng import stream_word
+from refsim.kernels.rng import stream_word
 
-# Rounding modes: the index of each name in formats.policy.ROUNDINGS.
+# Rounding modes: the index of each name in refsim.formats.policy.ROUNDINGS.
 RNE, RNA, RTZ, RUP, RDN, RTO, SR = 0, 1, 2, 3, 4, 5, 6
-ROUNDING_NAMES = ("rne", "rna", "rtz", "rup", "rdn", "rto", "sr")  # == formats.policy.ROUNDINGS
-# Overflow policies: the index in formats.policy.OVERFLOWS.
+ROUNDING_NAMES = ("rne", "rna", "rtz", "rup", "rdn", "rto", "sr")  # == policy.ROUNDINGS
+# Overflow policies: the index in refsim.formats.policy.OVERFLOWS.
 OVF_DEFAULT, OVF_SATURATE, OVF_WRAP, OVF_SATFINITE = 0, 1, 2, 3
 # Format kinds and FloatFormat.specials codes.
 KIND_FLOAT, KIND_FIXED = 0, 1
@@ -104,7 +105,7 @@ def rounds_up(mode, half_cmp, odd, negative):
     """Does a nonzero discarded fraction round the magnitude up, in rne, rna, rtz, rup or rdn?
     half_cmp: -1, 0 or 1 as the fraction is below, at or above one half; odd: the kept
     integer's last bit. rto and sr are decided by the callers (round_magnitude,
-    refsim.accum_core.round_window_ev)."""
+    refsim.kernels.accum_core.round_window_ev)."""
     if mode == RNE:
         return half_cmp > 0 or (half_cmp == 0 and odd)
     if mode == RNA:

@@ -1,7 +1,7 @@
 """The scalar accumulation core: exact add-and-round, and the orders built on it, written once.
 
 Plain `numba.njit` functions of integer scalars (and, for the order loops, the operand arrays),
-like refsim.core, so the same code is called from the CPU kernels of refsim.backends.cpu_exact
+like kernels.core, so the same code is called from the CPU kernels of refsim.backends.cpu_exact
 and from the numba.cuda kernels of refsim.backends.cuda. No NumPy calls except the small stack of
 the pairwise order (which the CUDA kernels pass in as thread-local arrays: pairwise_with_c).
 
@@ -51,14 +51,14 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from refsim import core
-from refsim.rng import philox4x64_10
+from refsim.kernels import core
+from refsim.kernels.rng import philox4x64_10
 
 # Kinds of unpacked values.
 K_FIN, K_INF, K_NAN = 0, 1, 2
 # Kinds of tail below the window.
 TAIL_NONE, TAIL_ADD, TAIL_SUB = 0, 1, 2
-# A rounding spec is the format's params (refsim.core.P_* layout) followed by these three.
+# A rounding spec is the format's params (refsim.kernels.core.P_* layout) followed by these three.
 S_MODE, S_OVF, S_SRB = core.N_PARAMS, core.N_PARAMS + 1, core.N_PARAMS + 2
 N_SPEC = core.N_PARAMS + 3
 # Families of rounding operations (counter word 3 of the random stream).
@@ -217,7 +217,7 @@ def sr_up(rhi, rlo, shift, tail, tt, tl, sr_bits, seed, index, step, tag):
     rem = (rhi, rlo) < 2^shift. sr_bits = r > 0: up iff floor(u 2^r) + floor(f 2^r) >= 2^r (a
     tail exists only when shift >= 73 > r, so floor(f 2^r) comes from rem alone). sr_bits = 0:
     up iff u + f >= 1, i.e. C < F with C the complement of u's bits over f's width, compared 64
-    bits at a time from the top (refsim.core.sr_round_up does the same for one word).
+    bits at a time from the top (refsim.kernels.core.sr_round_up does the same for one word).
     """
     word = accum_word(seed, index, step, tag, 0)
     if sr_bits > 0:

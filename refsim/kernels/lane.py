@@ -18,7 +18,7 @@ from numba.core import types
 from numba.extending import intrinsic, overload
 from numba.np.numpy_support import as_dtype
 
-from refsim import core
+from refsim.kernels import core
 from refsim.params import CARRIERS
 
 # Layout of the fast-path constant tuple; every entry has the carrier's unsigned type.
@@ -128,7 +128,7 @@ def round_lane(mode, x, fast, rand, r_cap):
     """x (carrier bits) rounded to the format of `fast` in `mode` (a literal int); rand and r_cap
     are read by SR only (rand: the element's random bits in the carrier's top bits; r_cap:
     min(sr_bits, W)). Callable from Numba code only."""
-    raise NotImplementedError("refsim.backends.lane.round_lane runs inside Numba code only")
+    raise NotImplementedError("refsim.kernels.lane.round_lane runs inside Numba code only")
 
 
 @overload(round_lane, prefer_literal=True)
