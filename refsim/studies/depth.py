@@ -199,13 +199,17 @@ def _findings(p: dict[str, Any], s: dict[str, Any]) -> list[dict[str, Any]]:
     chain_text = "; ".join(f"{k}: slope {c['slope']:.2f}, rho {c['spearman_rho']:.2f} "
                            f"(p {stats.fmt_p(c['spearman_p'])})" for k, c in chains.items())
     n_seeds = len(s["training"]["seeds"])
+    detectable = stats.detectable_diff(acc["sd_diff"], n_seeds)
+    power = (f"detects a difference of {100 * detectable:.2f} pp with {100 * stats.POWER:.0f}% "
+             f"power at alpha {stats.ALPHA:g}" if math.isfinite(detectable)
+             else "power undefined (fewer than 2 seeds or no spread)")
     evidence = (f"chains to L={p['layers']} ({chain_text}); training ({n_seeds} seeds, "
                 f"{p['train_fmt']} in {p['low_layers']} layers): shallow minus deep test "
                 f"accuracy {100 * acc['mean_diff']:+.2f} pp ({ci}, sd "
                 f"{100 * acc['sd_diff']:.2f}, "
                 f"p {stats.fmt_p(acc['p'])}), test loss {loss['mean_diff']:+.4f} "
                 f"(p {stats.fmt_p(loss['p'])}); "
-                f"equivalence margin +-{100 * m:.1f} pp")
+                f"equivalence margin +-{100 * m:.1f} pp; {power}")
     verdict = None if outcome is None else bool(grows and outcome)
     if not grows:
         verdict = False

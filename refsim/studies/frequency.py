@@ -57,6 +57,9 @@ FULL: dict[str, Any] = {**QUICK, "log2_u": list(range(0, 13)), "product_seeds": 
                         "seeds": [0, 1, 2, 3, 4], "steps": 400}
 
 
+SMALL_RHO = 0.4
+"""The small effect of the verdict's power statement (the sensitivity study's small_rho)."""
+
 def check(p: dict[str, Any]) -> None:
     from refsim.formats.policy import ROUNDINGS
 
@@ -218,13 +221,17 @@ def _findings(p: dict[str, Any], s: dict[str, Any]) -> list[dict[str, Any]]:
     pen = [v["penalty_vs_u"]["rho"] for v in s["products"].values()]
     pen_text = ", ".join(f"{k} rho {v['penalty_vs_u']['rho']:.2f}"
                          for k, v in s["products"].items())
-    supported = bool(math.isfinite(sp["rho"]) and sp["rho"] > 0 and sp["p"] < 0.05)
+    # The paper predicts more damage at higher U (rho > 0); without significance the verdict
+    # depends on power, as in the sensitivity study (stats.decide).
+    detectable = stats.detectable_rho(sp["n"]) if sp["n"] else math.nan
+    supported = stats.decide(sp["rho"], sp["p"], detectable, SMALL_RHO, sign=+1)
     out.append({"id": "frequency", "claim": "matrices whose elements are used less often "
                 "tolerate more low-precision noise", "supported": supported,
                 "evidence": f"training, batch sweep {p['batches']} with fc1 forward in "
                 f"{p['train_fmt']} ({len(p['seeds'])} seeds): Spearman rho of the test-loss "
                 f"increase against U = {sp['rho']:.2f} (p {stats.fmt_p(sp['p'])}, n "
-                f"{sp['n']}); isolated products: reuse penalty against U: {pen_text}"})
+                f"{sp['n']}; {stats.power_text(detectable, SMALL_RHO)}); isolated products: "
+                f"reuse penalty against U: {pen_text}"})
     if pen:
         out.append({"id": "reuse-penalty", "claim": "in an isolated product, a shared "
                     "quantization error does not average over the outputs it feeds (the "
