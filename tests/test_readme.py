@@ -11,7 +11,8 @@ The convention (README.md's "Quantize" section names it):
   -0.0 differs from 0.0, shapes must agree. Anything else compares with ==. Every runnable
   block shows at least one checked value.
 - Every `refsim ...`, `python -m refsim.validation ...`, `python -m MODULE` and `make TARGET`
-  line of the other code blocks is parsed by its own argparse parser (or looked up): nothing runs.
+  line of the shell blocks (no language, sh, bash, shell) is parsed by its own argparse parser
+  (or looked up): nothing runs. ```text blocks (the layout tree) are prose.
 """
 
 from __future__ import annotations
@@ -207,11 +208,14 @@ def test_readme_tested_versions_are_the_pins():
 
 
 # ---- the command lines ------------------------------------------------------------------------
+SHELL = ("", "sh", "bash", "shell")
+
+
 def command_lines() -> list[tuple[int, list[str]]]:
     """(README line, argv) of every command line in the non-Python code blocks."""
     found = []
     for block in BLOCKS:
-        if block in PYTHON:
+        if block.lang not in SHELL:
             continue
         for offset, line in enumerate(block.code.splitlines()):
             argv = shlex.split(line, comments=True)
