@@ -13,11 +13,11 @@ import argparse
 
 import numba
 import numpy as np
-from refsim.formats import NAMED, FloatFormat
-from refsim.formats.policy import ROUNDINGS
 
 from bench.timing import median_seconds
 from refsim import quantize
+from refsim.formats import NAMED, FloatFormat
+from refsim.formats.policy import ROUNDINGS
 from refsim.params import carrier_holds
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
+
 from refsim.formats.fixed_format import FixedFormat
 from refsim.formats.float_format import FloatFormat
 from refsim.formats.registry import Format, get_format

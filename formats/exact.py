@@ -22,6 +22,7 @@ import math
 from fractions import Fraction
 
 import numpy as np
+
 from refsim.formats.fixed_format import FixedFormat
 from refsim.formats.float_format import FloatFormat
 from refsim.formats.policy import (

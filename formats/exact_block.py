@@ -17,6 +17,7 @@ import math
 from fractions import Fraction
 
 import numpy as np
+
 from refsim.formats.block_format import BlockFormat, get_block_format
 from refsim.formats.exact import round_value, sr_bits_needed, sr_uniform
 

@@ -28,6 +28,7 @@ from fractions import Fraction
 from typing import Any
 
 import numpy as np
+
 from refsim.formats.exact import (
     float_max,
     pow2,

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from functools import cache, cached_property
 
 import numpy as np
+
 from refsim.formats.float_format import MAX_CODE_BITS_FOR_TABLES
 from refsim.formats.names import FIXED_FIELDS
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import cache, cached_property
 
 import numpy as np
+
 from refsim.formats.names import FLOAT_FIELDS
 
 SPECIALS: tuple[str, ...] = ("ieee", "fn", "fnuz", "none")

@@ -20,6 +20,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from refsim.formats.fixed_format import FixedFormat
 from refsim.formats.float_format import FloatFormat
 from refsim.formats.registry import Format

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from refsim.validation.bits import same_bits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -226,9 +227,8 @@ def command_lines() -> list[tuple[int, list[str]]]:
 
 def parse_command(argv: list[str]) -> None:
     """Parse one README command line with the parser that would run it; nothing runs."""
-    from refsim.validation.__main__ import _parser as validation_parser
-
     from refsim.cli import build_parser
+    from refsim.validation.__main__ import _parser as validation_parser
 
     if argv[0] == "make":
         targets = re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.MULTILINE)

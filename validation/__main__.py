@@ -15,11 +15,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from refsim import argtypes
 from refsim.validation.golden import verify_golden, write_golden
 from refsim.validation.run import format_table, run_suite
 from refsim.validation.suites import SUITES
-
-from refsim import argtypes
 
 USAGE = 2
 

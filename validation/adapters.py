@@ -18,9 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from refsim.formats import FloatFormat, get_format
 
 from refsim import quantize, quantize_blocks
+from refsim.formats import FloatFormat, get_format
 
 __all__ = ["KNOWN", "PEER_PACKAGES", "Adapter", "Example", "KnownDifference", "adapters",
            "known_differences", "peer_version", "version_key"]

@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from refsim import quantize
 from refsim.formats import FloatFormat, Format, get_format
 from refsim.validation.bits import UNSIGNED
 from refsim.validation.report import Report, compare
 from refsim.validation.suites import SUITES, suite
-
-from refsim import quantize
 
 __all__ = ["load_candidate", "spec_card", "verify_golden", "write_golden"]
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from refsim.formats import Format, get_format
 from refsim.validation.bits import UNSIGNED, describe, same_bits
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from refsim.validation.adapters import Adapter, adapters
 from refsim.validation.report import Report, compare
 from refsim.validation.suites import SUITES, suite

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+
 from refsim.formats import FloatFormat, Format, get_format
 from refsim.formats.testing import boundary_values
 

@@ -4,6 +4,7 @@ names and the to_dict round trip, the named registry."""
 from __future__ import annotations
 
 import pytest
+
 from refsim.formats import NAMED_BLOCKS, BlockFormat, FixedFormat, get_block_format, get_format
 from refsim.formats.block_format import POW2_RULES, VALUE_RULES, is_block_format
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from refsim.formats import NAMED, FixedFormat, FloatFormat, exact, get_format
 from refsim.formats.policy import ROUNDINGS
 

@@ -8,6 +8,7 @@ import math
 import ml_dtypes
 import numpy as np
 import pytest
+
 from refsim.formats import ALIASES, NAMED, FixedFormat, FloatFormat, get_format
 from refsim.formats.registry import name_of
 

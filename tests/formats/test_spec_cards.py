@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from refsim.formats import NAMED, FixedFormat, FloatFormat, get_format
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "formats.md"

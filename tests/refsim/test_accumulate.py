@@ -8,16 +8,16 @@ import itertools
 import numba
 import numpy as np
 import pytest
-from refsim.formats.exact_sum import dot_exact, matmul_exact, sum_exact
-from refsim.formats.policy import ROUNDINGS
-from refsim.validation.bits import assert_same_bits
 
 from refsim import quantize
 from refsim.accumulate import conv2d, dot, matmul
 from refsim.accumulate import sum as rsum
 from refsim.backends import threads
+from refsim.formats.exact_sum import dot_exact, matmul_exact, sum_exact
+from refsim.formats.policy import ROUNDINGS
 from refsim.kernels import accum_core
 from refsim.specs import ORDERS, AccumSpec, Cast, GemmSpec
+from refsim.validation.bits import assert_same_bits
 
 # Every order; multiterm in both variants (with promotion every 6 terms, and without).
 KERNEL_ORDERS = [*ORDERS, "multiterm-aligned"]

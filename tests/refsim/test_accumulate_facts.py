@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from refsim.validation.bits import assert_same_bits
 
 from refsim.accumulate import dot, matmul
 from refsim.accumulate import sum as rsum
 from refsim.specs import AccumSpec, Cast, GemmSpec
+from refsim.validation.bits import assert_same_bits
 
 
 def test_fp16_matmul_256_matches_numpy_float16_sequential():

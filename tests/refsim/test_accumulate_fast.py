@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from refsim.formats import get_format
-from refsim.formats.policy import ROUNDINGS
-from refsim.validation.bits import assert_same_bits
+from route_pairs import routes
 
 from refsim import quantize
-from refsim.accumulate import matmul
 from refsim.backends import cpu_gemm
+from refsim.formats import get_format
+from refsim.formats.policy import ROUNDINGS
 from refsim.kernels import tile
-from refsim.specs import AccumSpec, Cast, GemmSpec, format_fits
+from refsim.specs import AccumSpec, Cast, format_fits
+from refsim.validation.bits import assert_same_bits
 
 DETERMINISTIC = [r for r in ROUNDINGS if r != "sr"]
 
@@ -41,15 +41,6 @@ def _operands(rng, m, n, k, fmt, scale=1.0):
     return a, b
 
 
-def _routes(a, b, acc, cast=None, route="fast"):
-    """refsim.matmul of a (P, M, K) with b (P, N, K) on `route` and on the exact core alone
-    (route="exact"), both flat."""
-    spec = GemmSpec(acc=acc, out=cast)
-    bt = np.swapaxes(b, 1, 2)
-    return (matmul(a, bt, spec, route=route).reshape(-1),
-            matmul(a, bt, spec, route="exact").reshape(-1))
-
-
 def _route(acc_fmt: str, operands: str | None, rounding: str) -> str:
     """The route cpu_gemm.plan takes for the cases below (refsim.backends.cpu_tile's rules)."""
     if acc_fmt == "e5m2fnuz" or rounding in ("rna", "rto"):
@@ -67,7 +58,7 @@ def _compare(a, b, acc, cast=None, *, lane, max_left=0.1, route=None):
     assert route is None or plan.route == route, (str(acc), plan)
     raw = cpu_gemm.run(plan, a, b)
     assert np.isnan(raw).mean() <= max_left, (str(acc), np.isnan(raw).mean())
-    fast, exact = _routes(a, b, acc, cast)
+    fast, exact = routes(a, b, acc, cast)
     assert_same_bits(fast, exact, context=f"{acc} cast={cast}")
 
 
@@ -180,5 +171,5 @@ def test_random_specs_match_exact_core(seed):
     a, b = _operands(rng, 8, 9, int(rng.integers(1, 90)), operands,
                      scale=float(np.exp2(rng.integers(-20, 20))))
     plan = cpu_gemm.plan(a, b, acc, cast, False)
-    fast, exact = _routes(a, b, acc, cast, route="auto")
+    fast, exact = routes(a, b, acc, cast, route="auto")
     assert_same_bits(fast, exact, context=f"{acc} cast={cast} plan={plan}")

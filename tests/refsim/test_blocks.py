@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from refsim import AccumSpec, Cast, GemmSpec, conv2d, matmul, quantize_blocks
 from refsim.formats import NAMED_BLOCKS, BlockFormat, FixedFormat, get_format
 from refsim.formats.exact_block import quantize_blocks_exact
 from refsim.formats.policy import ROUNDINGS
-
-from refsim import AccumSpec, Cast, GemmSpec, conv2d, matmul, quantize_blocks
 
 E8M0 = get_format("e8m0fnu")
 E4M3 = get_format("e4m3fn")

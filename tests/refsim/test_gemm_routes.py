@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from refsim.formats import FloatFormat, get_format
-from refsim.validation.bits import assert_same_bits
+from route_pairs import routes
 
-from refsim.accumulate import matmul
 from refsim.backends import cpu_gemm, cpu_tile
+from refsim.formats import FloatFormat, get_format
 from refsim.kernels import tile
-from refsim.specs import AccumSpec, Cast, GemmSpec
+from refsim.specs import AccumSpec, Cast
+from refsim.validation.bits import assert_same_bits
 
 DIRECTED = ["rtz", "rup", "rdn"]
 OVERFLOWS = ["default", "saturate"]
@@ -97,15 +97,6 @@ def _operands(rng, fmt, bits, lo, hi, *, below_qmin=True, batch=1, m=14, n=70, k
     return a.astype(dtype), b.astype(dtype)
 
 
-def _routes(a, b, acc, cast=None, route="fast"):
-    """refsim.matmul of a (P, M, K) with b (P, N, K) on `route` and on the exact core alone
-    (route="exact"), both flat."""
-    spec = GemmSpec(acc=acc, out=cast)
-    bt = np.swapaxes(b, 1, 2)
-    return (matmul(a, bt, spec, route=route).reshape(-1),
-            matmul(a, bt, spec, route="exact").reshape(-1))
-
-
 def _check(a, b, acc, route, lane, cast=None, max_left=0.2):
     """`route` runs in `lane`, leaves at most max_left of the outputs to the exact core, and
     refsim's result equals the exact core's everywhere."""
@@ -113,7 +104,7 @@ def _check(a, b, acc, route, lane, cast=None, max_left=0.2):
     assert plan is not None and (plan.route, plan.lane) == (route, np.dtype(lane)), (acc, plan)
     raw = cpu_gemm.run(plan, a, b)
     assert np.isnan(raw).mean() <= max_left, (acc, np.isnan(raw).mean())
-    fast, exact = _routes(a, b, acc, cast)
+    fast, exact = routes(a, b, acc, cast)
     assert_same_bits(fast, exact, context=f"{acc} cast={cast} route={route}")
 
 
@@ -341,5 +332,5 @@ def test_random_route_specs(seed):
                      n=int(rng.integers(1, 140)), k=int(rng.integers(1, 90)),
                      batch=int(rng.integers(1, 3)))
     plan = cpu_gemm.plan(a, b, acc, None, False)
-    fast, exact = _routes(a, b, acc, route="auto")
+    fast, exact = routes(a, b, acc, route="auto")
     assert_same_bits(fast, exact, context=f"{acc} plan={plan}")

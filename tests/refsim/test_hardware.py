@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from refsim.formats import FloatFormat
-from refsim.formats.exact_sum import dot_exact, matmul_exact
-from refsim.formats.testing import values
-from refsim.validation.bits import assert_same_bits
 
 from refsim import hardware, matmul
 from refsim.accumulate import dot
+from refsim.formats import FloatFormat
+from refsim.formats.exact_sum import dot_exact, matmul_exact
+from refsim.formats.testing import values
 from refsim.specs import AccumSpec, GemmSpec
+from refsim.validation.bits import assert_same_bits
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "tensor_cores"
 # file -> (device, input format) of the preset that must reproduce it

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from refsim import quantize
 from refsim.formats import FloatFormat
 from refsim.formats.exact import quantize_exact
 from refsim.validation.bits import assert_same_bits
-
-from refsim import quantize
 
 
 @pytest.fixture(scope="module")

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from refsim import quantize
 from refsim.formats import NAMED, FloatFormat, get_format
 from refsim.formats.exact import quantize_exact
 from refsim.formats.policy import ROUNDINGS
 from refsim.formats.testing import boundary_values
-from refsim.validation.bits import assert_same_bits
-
-from refsim import quantize
 from refsim.params import carrier_holds
+from refsim.validation.bits import assert_same_bits
 
 SMALL = [name for name, fmt in NAMED.items() if getattr(fmt, "bits", 64) <= 8]
 WIDE16 = [name for name, fmt in NAMED.items() if 8 < fmt.bits <= 16] + ["e5m10b3"]

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from refsim import quantize
 from refsim.formats import NAMED, FloatFormat, get_format
 from refsim.formats.exact import quantize_exact
 from refsim.formats.policy import ROUNDINGS
-from refsim.validation.bits import assert_same_bits
-
-from refsim import quantize
 from refsim.params import carrier_holds
+from refsim.validation.bits import assert_same_bits
 
 CUSTOM = ["e5m10b3", "e3m0", "e6m5fnuz", "e7m3fn", "e2m2fin", "fx10.4", "ufx7.-1", "int12"]
 FORMAT_NAMES = sorted(name for name in NAMED if name != "fp64") + CUSTOM

@@ -13,12 +13,12 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
+
+from refsim import quantize
 from refsim.formats import get_format
 from refsim.formats.testing import boundary_values
 from refsim.validation.adapters import known_differences, peer_version
 from refsim.validation.bits import assert_same_bits
-
-from refsim import quantize
 
 ML_DTYPES = {
     "bf16": ml_dtypes.bfloat16,

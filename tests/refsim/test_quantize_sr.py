@@ -7,12 +7,12 @@ from fractions import Fraction
 import numba
 import numpy as np
 import pytest
-from refsim.formats import get_format
-from refsim.formats.exact import candidates, sr_probability
-from refsim.validation.bits import assert_same_bits
 
 from refsim import quantize
+from refsim.formats import get_format
+from refsim.formats.exact import candidates, sr_probability
 from refsim.kernels.rng import random_words
+from refsim.validation.bits import assert_same_bits
 
 
 @pytest.mark.parametrize("name", ["e4m3fn", "e5m2", "bf16", "e2m1fn", "int8", "fx8.3"])

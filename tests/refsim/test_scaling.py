@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from refsim.formats import get_format
-from refsim.formats.exact import round_value, sr_uniform
 
 from refsim import DelayedScaling, quantize_affine, quantize_scaled
+from refsim.formats import get_format
+from refsim.formats.exact import round_value, sr_uniform
 from refsim.scaling import current_scale, exact_quotient, fp32_nearest
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from refsim.formats import FloatFormat, get_format
 
+from refsim.formats import FloatFormat, get_format
 from refsim.specs import AccumSpec, Cast, GemmSpec, format_fits
 
 SPECS = [

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from refsim.validation.bits import assert_same_bits
 
 from refsim import AccumSpec, Cast, GemmSpec
 from refsim import matmul as ref_matmul
+from refsim.validation.bits import assert_same_bits
 
 torch = pytest.importorskip("torch", reason="the torch path needs torch (the test extra)")
 from refsim.torch_ops import matmul  # noqa: E402

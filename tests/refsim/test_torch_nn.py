@@ -7,11 +7,11 @@ import os
 
 import numpy as np
 import pytest
-from refsim.validation.bits import assert_same_bits
 
 from refsim.nn import ops
 from refsim.nn.numerics import Context, preset
 from refsim.nn.tensor import Tensor
+from refsim.validation.bits import assert_same_bits
 
 torch = pytest.importorskip("torch", reason="the torch modules need torch (the test extra)")
 from torch import nn  # noqa: E402

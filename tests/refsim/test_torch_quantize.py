@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from refsim.formats import NAMED, FixedFormat, FloatFormat, get_format
-from refsim.formats.testing import boundary_values
-from refsim.validation.bits import assert_same_bits
 
 from refsim import quantize
 from refsim.backends import torch_backend
+from refsim.formats import NAMED, FixedFormat, FloatFormat, get_format
+from refsim.formats.testing import boundary_values
 from refsim.kernels.rng import random_words
+from refsim.validation.bits import assert_same_bits
 
 torch = pytest.importorskip("torch", reason="the torch path needs torch (the test extra)")
 

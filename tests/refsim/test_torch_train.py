@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from refsim.validation.bits import assert_same_bits
 
 from refsim.nn import ops
 from refsim.nn.models import MLP
 from refsim.nn.numerics import Context, preset
 from refsim.nn.optim import SGD
 from refsim.nn.tensor import Tensor, unbroadcast
+from refsim.validation.bits import assert_same_bits
 
 torch = pytest.importorskip("torch", reason="the torch modules need torch (the test extra)")
 from refsim.torch_nn import QLinear, TorchContext  # noqa: E402

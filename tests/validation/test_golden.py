@@ -7,10 +7,10 @@ import textwrap
 
 import numpy as np
 import pytest
-from refsim.validation.__main__ import main
-from refsim.validation.golden import verify_golden, write_golden
 
 from refsim import quantize
+from refsim.validation.__main__ import main
+from refsim.validation.golden import verify_golden, write_golden
 
 
 def test_golden_round_trip_and_csv(tmp_path):

@@ -8,10 +8,10 @@ import math
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from refsim.formats import FixedFormat, FloatFormat, get_format
-from refsim.formats.testing import formats, near_overflow, subnormals, ties, values
 
 from refsim import quantize
+from refsim.formats import FixedFormat, FloatFormat, get_format
+from refsim.formats.testing import formats, near_overflow, subnormals, ties, values
 
 NAMES = ["e4m3fn", "e5m2", "e2m1fn", "e8m0fnu", "bf16", "fp16", "e4m3fnuz", "int8", "fx8.4"]
 

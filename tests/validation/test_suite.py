@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from refsim import quantize
 from refsim.validation import adapters as adapters_module
 from refsim.validation.__main__ import main
 from refsim.validation.adapters import (
@@ -22,8 +24,6 @@ from refsim.validation.adapters import (
 from refsim.validation.bits import same_bits
 from refsim.validation.run import format_table, run_adapter
 from refsim.validation.suites import SUITES, suite
-
-from refsim import quantize
 
 torch = pytest.importorskip("torch", reason="the torch adapters need torch (the test extra)")
 
