@@ -94,15 +94,19 @@ def _constants(fmt: Format, rounding: str, overflow: str, lane: np.dtype) -> tup
 
 
 def plan(a3: np.ndarray, b3: np.ndarray | None, acc: AccumSpec, cast: Cast | None,
-         count_on: bool) -> Plan | cpu_tile.TilePlan | None:
+         count_on: bool, seed: int | None = None) -> Plan | cpu_tile.TilePlan | None:
     """The fast path for a (P, M, K) @ b (P, N, K)^T under acc: a register-tiled route
     (refsim.backends.cpu_tile) where one applies, else this module's round-to-odd rows, else
-    None (then refsim.accumulate runs the exact core on every output)."""
+    None (then refsim.accumulate runs the exact core on every output). seed: the accumulation's
+    seed; without it an sr accumulator gets None."""
     if b3 is None or count_on or a3.shape[2] == 0 or acc.order == "multiterm":
         return None
     outer = acc.outer_spec if acc.order == "chunked" else None
-    specs = [acc.rounding] + [c.rounding for c in (acc.product, outer, cast) if c is not None]
-    if not all(_deterministic(r) for r in specs):
+    specs = [c.rounding for c in (acc.product, outer, cast) if c is not None]
+    # An sr accumulator (seed given, not multiterm) may take cpu_tile's sr-exact-sum, nothing else.
+    sr = not _deterministic(acc.rounding)
+    if not all(_deterministic(r) for r in specs) or (sr and (seed is None
+                                                             or acc.order == "multiterm")):
         return None
     if cast is not None and not _cast_fits_float64(cast):
         return None
@@ -110,8 +114,8 @@ def plan(a3: np.ndarray, b3: np.ndarray | None, acc: AccumSpec, cast: Cast | Non
     if not (ra.finite and rb.finite):
         return None
     exact_lanes = tuple(lane for lane in _LANES if products_exact(ra, rb, lane))
-    tiled = cpu_tile.plan(acc, ra, rb, exact_lanes, a3.shape[2])
-    if tiled is not None:
+    tiled = cpu_tile.plan(acc, ra, rb, exact_lanes, a3.shape[2], seed)
+    if tiled is not None or sr:
         return tiled
     if acc.order not in ("sequential", "chunked"):
         return None

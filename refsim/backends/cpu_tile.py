@@ -78,6 +78,34 @@ tile-odd (rne; G = fp16 or e8mX with q <= 22 in float32 lanes, fp32 in float64 l
   correctly rounded sums: proved algorithms using rounding to odd", IEEE TC 2008), given G's
   smallest quantum at least 4 times F's smallest subnormal (true for every G here).
 
+sr-exact-sum (sr, any sr_bits; sequential order, no product Cast; float64 lanes; G a signed
+  float format with zeros, not fnuz, inside float64's range; the caller's seed): every step's
+  exact sum s = acc + t is a float64 value, so the FMA computes s itself, and s is rounded to G
+  stochastically with integer operations on its bits. Span condition (what `plan` checks, from
+  the operand ranges): acc is a multiple of 2^Qmin with |acc| < 2^(emax+1) (a finite value of
+  G; one that is not has already sent its output to the exact core, below), t a multiple of
+  2^(la+lb) with |t| < 2^(ha+hb+2) (la, ha: the exponents of a's lowest and highest set bits;
+  OperandRange). So s = n 2^L with L = min(Qmin, la+lb) and |n| < 2^(H+1-L), H = max(emax+1,
+  ha+hb+2): H + 1 - L <= 53 makes s exact in float64 (L >= -1074: G and the products lie in
+  float64's range). fp16 with e4m3fn operands: H = 18, L = -24, 43 bits.
+  The rounding of s (s != 0; d = the float64 significand bits of s below G's quantum at s, from
+  s's exponent field as kernels.lane.fast_constants gives it): the discarded fraction f is the
+  low d bits of s's significand over 2^d, and F = f 2^64 is an integer (d <= 52). The exact core
+  (kernels.accum_core.sr_up) rounds up iff C < floor(f 2^r) with C = the top r bits of ~W_0
+  (r = sr_bits, or r = 64 for sr_bits None, where f's at most 52 bits end inside W_0: a tie of
+  all 64 bits rounds down without W_1 deciding anything); with the top-r mask T,
+  C < floor(f 2^r) iff (F & T) > (~W_0 & T). Rounding up adds one quantum 2^d to the pattern
+  (the carry runs into the exponent field), then the d low bits are cleared. W_0 is the word of
+  (seed, output index, step k, TAG_ADD), docs/accumulation.md: per tile and step, one Philox
+  block per 4 consecutive output indices of a row (a row starts its blocks up to 3 words early
+  when its first index is not a multiple of 4), SR_STEPS steps of words at a time in an L1
+  buffer. Rare lanes become NaN, which the exact core redoes: s below G's smallest quantum
+  (d > 52: 0 and 2^Qmin are the candidates) and a rounded magnitude above G's largest value
+  (overflow, whatever the policy). s = 0: the FMA's zero (IEEE: +0 for an exact cancellation,
+  zeros of one sign keep it, and step 0 adds t_0 to -0.0), the contract's under sr
+  (kernels.accum_core.add_round_ev); a nonzero s never rounds to zero (it is a multiple of 2^L,
+  and below 2^Qmin it is a NaN lane).
+
 Chunked order (any route above as the inner sum; outer = F itself, rne, rtz, rup or rdn): the
 first chunk's result s_0 is stored (o = o_F(s_0) = s_0, as s_0 is in G, a subset of F); each
 later one is added into it by the lane's addition in the outer mode, which is the outer step
@@ -122,7 +150,11 @@ from refsim.formats import FloatFormat, Format
 from refsim.formats.policy import ROUNDINGS
 from refsim.kernels import core
 from refsim.kernels import tile as t
-from refsim.kernels.tile import tile
+from refsim.kernels.accum_core import TAG_ADD
+from refsim.kernels.lane import F_D_BASE, F_D_NORMAL, F_E_NORMAL, F_MAX_POS, fast_constants
+from refsim.kernels.rng import fill_blocks, round_keys
+from refsim.kernels.tile import tile, tile_sr
+from refsim.params import format_params
 from refsim.specs import AccumSpec
 
 F32, F64, FP16 = FloatFormat(8, 23), FloatFormat(11, 52), FloatFormat(5, 10)
@@ -140,12 +172,16 @@ _ORDERS = {"sequential": t.SEQUENTIAL, "chunked": t.SEQUENTIAL, "kahan": t.KAHAN
 
 @dataclass(frozen=True)
 class TilePlan:
-    """A register-tiled route: its name, lane type, tile constants and chunk length."""
+    """A register-tiled route: its name, lane type, tile constants and chunk length; for
+    sr-exact-sum also the seed and the rounding constants (e_normal, d_normal, d_base, max_bits,
+    random bits) of kernels.tile.tile_sr."""
 
     route: str
     lane: np.dtype
     key: tuple[int, int, int, int, int, int, int, int, str]
     chunk: int
+    seed: int = 0
+    sr: tuple[int, ...] = ()
 
     @property
     def tm(self) -> int:
@@ -200,12 +236,15 @@ def _outer_mode(acc: AccumSpec, lane: np.dtype) -> int | None:
 
 
 def plan(acc: AccumSpec, ra: OperandRange, rb: OperandRange, exact_lanes: tuple[np.dtype, ...],
-         n_k: int) -> TilePlan | None:
+         n_k: int, seed: int | None = None) -> TilePlan | None:
     """The route for a GEMM under acc whose products are exact in exact_lanes (narrowest first),
-    or None. The caller (cpu_gemm.plan) has checked the rest: no SR anywhere, no counts, no
+    or None. seed: the accumulation's seed (sr-exact-sum needs it; None: no SR route). The
+    caller (cpu_gemm.plan) has checked the rest: no SR but the accumulator's, no counts, no
     initial value C, finite operands, K >= 1."""
     if acc.product is not None or acc.order not in _ORDERS:
         return None
+    if acc.rounding == "sr":
+        return _plan_sr(acc, ra, rb, exact_lanes, seed)
     mode = _mode(acc.rounding)
     if mode is None:
         return None
@@ -237,6 +276,31 @@ def plan(acc: AccumSpec, ra: OperandRange, rb: OperandRange, exact_lanes: tuple[
     return None
 
 
+def _plan_sr(acc: AccumSpec, ra: OperandRange, rb: OperandRange,
+             exact_lanes: tuple[np.dtype, ...], seed: int | None) -> TilePlan | None:
+    """sr-exact-sum (module doc) where its conditions hold, else None."""
+    f64 = np.dtype(np.float64)
+    fmt = acc.fmt
+    if seed is None or acc.order != "sequential" or f64 not in exact_lanes \
+            or not isinstance(fmt, FloatFormat) or not fmt.signed or not fmt.zero \
+            or fmt.specials == "fnuz" or fmt.man_bits > 51:
+        return None
+    qmin = fmt.emin - fmt.man_bits
+    if qmin < -1074 or fmt.emax > 1023:  # G inside float64's range
+        return None
+    low, high = qmin, fmt.emax + 1  # acc: a multiple of 2^low, |acc| < 2^high
+    if ra.bits and rb.bits:
+        low = min(low, ra.low + rb.low)
+        high = max(high, ra.high + rb.high + 2)
+    if high + 1 - low > _PRECISION[f64]:  # |s| < 2^(high + 1): s / 2^low needs <= 53 bits
+        return None
+    fast = fast_constants(format_params(fmt), 52, 1023, core.SR, core.OVF_DEFAULT)
+    sr = (int(fast[F_E_NORMAL]), int(fast[F_D_NORMAL]), int(fast[F_D_BASE]),
+          int(fast[F_MAX_POS]), 64 if acc.sr_bits is None else int(acc.sr_bits))
+    key = (t.SEQUENTIAL, t.ADD_FMA, t.RND_NONE, 0, core.SR, t.NO_OUTER, *TILE, f64.name)
+    return TilePlan("sr-exact-sum", f64, key, 0, int(seed), sr)
+
+
 # ---- running -------------------------------------------------------------------------------------
 _KERNELS: dict[tuple, Callable[..., None]] = {}
 
@@ -256,6 +320,14 @@ def run(p: TilePlan, a3: np.ndarray, b3: np.ndarray) -> np.ndarray:
         a[:, :n_rows] = a3
     bp = _pack(b3, p.lane, tn, panels)
     out = np.empty((n_batch, rows, panels * tn), p.lane)
+    if p.sr:
+        kernel = _KERNELS.get((p.key, p.sr))
+        if kernel is None:
+            kernel = _KERNELS[(p.key, p.sr)] = _make_sr_kernel(p.tm, p.key[7], *p.sr)
+        with threads_for(float(n_batch) * rows * panels * tn * n_k * NS_PER_SR_MAC):
+            kernel(a, bp, out, np.int64(n_rows), np.int64(n_cols),
+                   round_keys(np.uint64(p.seed), np.uint64(0)))
+        return _finish(out, n_rows, n_cols)
     kernel = _KERNELS.get(p.key)
     if kernel is None:
         kernel = _KERNELS[p.key] = _make_kernel(*p.key[:8])
@@ -323,3 +395,61 @@ def _make_kernel(order: int, add: int, rnd: int, drop: int, mode: int, omode: in
                      b_base + k0 * tn, of, o_base, n_cols, min(chunk, n_k - k0), k0 == 0)
 
     return gemm
+
+
+SR_STEPS = 16  # steps per block of random words: 16 * 4 rows * 40 words * 8 bytes = 20 KiB (L1)
+NS_PER_SR_MAC = 2.0  # about one Philox word per multiply-add (threads_for's work estimate)
+
+
+@njit(cache=True)
+def _tile_words(words, keys, p, i0, n0, n_rows, n_cols, tm, tn, w_row, k0, nk):
+    """The random words W_0 of steps k0 .. k0+nk-1 for the outputs (p, i0 + i, n0 + j), i < tm,
+    j < tn: word (step k0 + kk, i, j) at words[(kk * tm + i) * w_row + 4 + j]. One Philox block
+    (counter (index // 4 + 1, 0, step, TAG_ADD)) per 4 consecutive output indices; a row whose
+    first index is not a multiple of 4 starts its blocks up to 3 words early."""
+    for kk in range(nk):
+        for i in range(tm):
+            index = ((p * n_rows) + i0 + i) * n_cols + n0
+            off = index & 3
+            fill_blocks(words, (kk * tm + i) * w_row + 4 - off, (index >> 2) + 1,
+                        (off + tn + 3) >> 2, 0, k0 + kk, TAG_ADD, keys)
+
+
+def _make_sr_kernel(tm: int, nv: int, e_normal: int, d_normal: int, d_base: int, max_bits: int,
+                    r: int):
+    """The sr-exact-sum kernel of one accumulator format and sr_bits (closure cells plain ints,
+    as _make_kernel's)."""
+    emitter = t.SOURCE_HASH
+    steps = SR_STEPS
+
+    @njit(parallel=True, cache=True)
+    def gemm_sr(a, bp, out, n_rows_used, n_cols_used, keys):
+        """out[p, i, j] = the sequential SR sum of a[p, i, :] . bp[p, j // TN, :, j % TN] (step k
+        reads the word of output index (p * n_rows_used + i) * n_cols_used + j), one tile per
+        job, its words generated SR_STEPS steps at a time."""
+        _ = emitter
+        n_batch, n_rows, n_k = a.shape
+        n_panels, tn = bp.shape[1], bp.shape[3]
+        n_cols = out.shape[2]
+        row_blocks = n_rows // tm
+        per_batch = n_panels * row_blocks
+        w_row = tn + 8
+        af, bf, of = a.reshape(-1), bp.reshape(-1), out.reshape(-1)
+        for job in prange(n_batch * per_batch):
+            words = np.empty(steps * tm * w_row, np.uint64)
+            p = job // per_batch
+            rest = job - p * per_batch
+            jb = rest // row_blocks
+            i0 = (rest - jb * row_blocks) * tm
+            a_base = (p * n_rows + i0) * n_k
+            b_base = (p * n_panels + jb) * n_k * tn
+            o_base = (p * n_rows + i0) * n_cols + jb * tn
+            for k0 in range(0, n_k, steps):
+                nk = min(steps, n_k - k0)
+                _tile_words(words, keys, p, i0, jb * tn, n_rows_used, n_cols_used, tm, tn,
+                            w_row, k0, nk)
+                tile_sr(tm, nv, e_normal, d_normal, d_base, max_bits, r, af, a_base + k0, n_k,
+                        bf, b_base + k0 * tn, of, o_base, n_cols, nk, k0 == 0, words, 4, w_row,
+                        tm * w_row)
+
+    return gemm_sr

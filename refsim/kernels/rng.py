@@ -58,10 +58,12 @@ from numba.core import types
 from numba.extending import intrinsic, overload
 
 __all__ = [
+    "fill_blocks",
     "mulhilo64",
     "mulhilo64_portable",
     "philox4x64_10",
     "random_words",
+    "round_keys",
     "stream_block",
     "stream_word",
 ]
@@ -221,6 +223,73 @@ def philox4x64_10(c0, c1, c2, c3, k0, k1):
     k0 += PHILOX_W0
     k1 += PHILOX_W1
     return _philox_round(c0, c1, c2, c3, k0, k1)
+
+
+@numba.njit(**_JIT)
+def round_keys(k0, k1):
+    """The ten round keys of key ``(k0, k1)``: a uint64 array ``[k0_0, k1_0, ..., k0_9, k1_9]``.
+
+    For :func:`fill_blocks`, which reads them instead of recomputing the key schedule per block.
+    """
+    keys = np.empty(20, np.uint64)
+    k0 = np.uint64(k0)
+    k1 = np.uint64(k1)
+    for r in range(10):
+        keys[2 * r] = k0
+        keys[2 * r + 1] = k1
+        k0 += PHILOX_W0
+        k1 += PHILOX_W1
+    return keys
+
+
+@numba.njit(**_JIT)
+def _philox_pair(a0, b0, c1, c2, c3, keys):
+    """Blocks ``(a0, c1, c2, c3)`` and ``(b0, c1, c2, c3)`` under the round keys ``keys``.
+
+    Two independent blocks in one body: their multiply chains interleave (the out-of-order
+    window does not reach far enough into the next block on its own). Measured 10-25% faster per
+    word than one block per call on an AMD EPYC (znver4) VM.
+    """
+    a1, a2, a3 = c1, c2, c3
+    b1, b2, b3 = c1, c2, c3
+    for r in range(10):
+        k0 = keys[2 * r]
+        k1 = keys[2 * r + 1]
+        ha, la = mulhilo64(PHILOX_M0, a0)
+        hb, lb = mulhilo64(PHILOX_M0, b0)
+        ga, ma = mulhilo64(PHILOX_M1, a2)
+        gb, mb = mulhilo64(PHILOX_M1, b2)
+        a0, a1, a2, a3 = ga ^ a1 ^ k0, ma, ha ^ a3 ^ k1, la
+        b0, b1, b2, b3 = gb ^ b1 ^ k0, mb, hb ^ b3 ^ k1, lb
+    return a0, a1, a2, a3, b0, b1, b2, b3
+
+
+@numba.njit(**_JIT)
+def fill_blocks(out, start, first, count, c1, c2, c3, keys):
+    """``out[start + 4*b + l]`` = word ``l`` of the block at counter ``(first + b, c1, c2, c3)``
+    under the round keys ``keys`` (:func:`round_keys`), for ``b`` in ``0 .. count - 1``.
+
+    Raw counters, as :func:`philox4x64_10`: the stream's element block ``i`` is counter word 0
+    ``i + 1``. ``out``: uint64 array with room for ``4 * count`` words from ``start``.
+    """
+    first = np.uint64(first)
+    c1 = np.uint64(c1)
+    c2 = np.uint64(c2)
+    c3 = np.uint64(c3)
+    pos = np.int64(start)
+    b = np.uint64(0)
+    count = np.uint64(count)
+    while b + _ONE < count:
+        w = _philox_pair(first + b, first + b + _ONE, c1, c2, c3, keys)
+        for t in range(8):
+            out[pos + t] = w[t]
+        pos += 8
+        b += _TWO
+    if b < count:
+        c0 = first + b
+        w = _philox_pair(c0, c0, c1, c2, c3, keys)
+        for t in range(4):
+            out[pos + t] = w[t]
 
 
 # --------------------------------------------------------------------------------------------

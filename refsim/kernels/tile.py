@@ -45,6 +45,16 @@ or its round-to-odd; the pairwise stack lives in memory (one slot per level and 
 Why each of these equals the exact core's rounding, and under which conditions, is
 refsim.backends.cpu_tile's docstring; this module only says what the instructions compute.
 
+`tile_sr(tm, nv, e_normal, d_normal, d_base, max_bits, r, a, a_off, a_stride, b, b_off, out,
+o_off, o_stride, nk, first, words, w_off, w_row, w_step)`: the sequential order in float64 lanes
+with stochastic rounding (route sr-exact-sum; the first seven arguments are compile-time ints).
+acc starts at -0.0 when `first`, else from `out` (the words come in blocks of steps: a call
+continues the previous one). Step k: s = fma(a_k, b_k, acc) (rne; the route makes it exact),
+then s rounded to G from its bit pattern u with the random word w of output (i, j) at
+words[w_off + k*w_step + i*w_row + j] (uint64): d = d_normal where u's exponent field
+e >= e_normal, else d_base - e; up iff (top 64 bits of the d discarded bits) & T >
+(~w) & T, T the top r bits; the magnitude plus 2^d if up, its low d bits cleared. NaN where
+d > 52 or the magnitude exceeds max_bits (G's largest value's float64 pattern); a zero s stays.
 The x86 forms with an embedded rounding mode need AVX-512F (`cpu_tile` checks the target
 features before it picks a route that uses them).
 """
@@ -275,15 +285,16 @@ def tile(typingctx, order, add, rnd, drop, mode, omode, tm, nv, a, a_off, a_stri
 class _Tile:
     """The IR of one tile call: operand access, the k loop of each order, the epilogue."""
 
-    def __init__(self, context, builder, signature, args, consts):
+    def __init__(self, context, builder, signature, args, consts, at=8):
+        """at: the position of `a` in args (the constants come before it)."""
         self.order, self.add, self.rnd, self.drop, self.mode, self.omode, self.tm, self.nv = consts
-        a_v, a_off, a_stride, b_v, b_off, o_v, o_off, o_stride, nk, first = args[8:]
+        a_v, a_off, a_stride, b_v, b_off, o_v, o_off, o_stride, nk, first = args[at:at + 10]
         self.b = builder
-        self.lane = _Lane(builder, np.dtype(signature.args[8].dtype.name), AVX512, FMA)
+        self.lane = _Lane(builder, np.dtype(signature.args[at].dtype.name), AVX512, FMA)
         self.intp = a_off.type
         a_data, b_data, self.o_data = (context.make_array(signature.args[i])(context, builder,
                                                                              v).data
-                                       for i, v in ((8, a_v), (11, b_v), (13, o_v)))
+                                       for i, v in ((at, a_v), (at + 3, b_v), (at + 5, o_v)))
         self.a_rows = [builder.gep(a_data, [builder.add(a_off, builder.mul(a_stride,
                                                                            self.c(i)))])
                        for i in range(self.tm)]
@@ -474,3 +485,93 @@ class _Tile:
                         old = b.load(ptrs[i][j], align=align)
                         b.store(lane.add(old, results[i][j], self.omode), ptrs[i][j],
                                 align=align)
+
+
+# ---- stochastic rounding -------------------------------------------------------------------------
+_NAN64 = 0x7FF8 << 48  # a quiet NaN: marks a lane for the exact core
+
+
+@intrinsic(prefer_literal=True)
+def tile_sr(typingctx, tm, nv, e_normal, d_normal, d_base, max_bits, r, a, a_off, a_stride, b,
+            b_off, out, o_off, o_stride, nk, first, words, w_off, w_row, w_step):
+    """The stochastic-rounding tile (module doc); Numba code only, float64 lanes."""
+    consts = [_literal(t) for t in (tm, nv, e_normal, d_normal, d_base, max_bits, r)]
+    sig = types.void(tm, nv, e_normal, d_normal, d_base, max_bits, r, a, a_off, a_stride, b,
+                     b_off, out, o_off, o_stride, nk, first, words, w_off, w_row, w_step)
+
+    def codegen(context, builder, signature, args):
+        _SrTile(context, builder, signature, args, consts).emit()
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+class _SrTile(_Tile):
+    """tile_sr's IR: the sequential loop with the SR step, continued from `out` unless first."""
+
+    def __init__(self, context, builder, signature, args, consts):
+        tm, nv, self.e_normal, self.d_normal, self.d_base, self.max_bits, r = consts
+        super().__init__(context, builder, signature, args,
+                         (SEQUENTIAL, ADD_FMA, RND_NONE, 0, core.RNE, NO_OUTER, tm, nv), at=7)
+        if self.lane.width != 64:
+            raise TypeError("refsim.kernels.tile.tile_sr: float64 lanes only")
+        w_v, self.w_off, self.w_row, self.w_step = args[17:21]
+        self.w_data = context.make_array(signature.args[17])(context, builder, w_v).data
+        self.keep = ((1 << 64) - 1) ^ ((1 << (64 - r)) - 1)  # the top r bits
+
+    def umin(self, x, y):
+        return self.b.select(self.b.icmp_unsigned("<", x, y), x, y)
+
+    def round_sr(self, s, w):
+        """The exact lane value s rounded to G with the random word w (module doc), as a lane
+        value; NaN where the exact core must decide."""
+        b, lane = self.b, self.lane
+        ic = lane.iconst
+        u = lane.bits(s)
+        sign = b.and_(u, ic(1 << 63))
+        a = b.and_(u, ic((1 << 63) - 1))
+        e = b.lshr(a, ic(52))
+        # d: float64 significand bits below G's quantum at s (refsim.kernels.lane's F_D_*).
+        d = b.select(b.icmp_unsigned(">=", e, ic(self.e_normal)), ic(self.d_normal),
+                     b.sub(ic(self.d_base), self.umin(e, ic(self.d_base))))
+        dd = self.umin(d, ic(52))
+        unit = b.shl(ic(1), dd)
+        mask = b.sub(unit, ic(1))
+        # The discarded fraction f as its first 64 bits (all of them: d <= 52); dd = 0 leaves
+        # frac = 0, and the clamp keeps the shift defined.
+        f64 = b.shl(b.and_(a, mask), self.umin(b.sub(ic(64), dd), ic(63)))
+        keep = ic(self.keep)
+        up = b.icmp_unsigned(">", b.and_(f64, keep), b.and_(b.xor(w, ic(-1)), keep))
+        mag = b.and_(b.add(a, b.select(up, unit, ic(0))), b.xor(mask, ic(-1)))
+        bad = b.or_(b.icmp_unsigned(">", d, ic(52)), b.icmp_unsigned(">", mag,
+                                                                      ic(self.max_bits)))
+        res = b.select(bad, ic(_NAN64), b.or_(mag, sign))
+        return lane.value(b.select(b.icmp_unsigned("==", a, ic(0)), u, res))
+
+    def out_ptrs(self):
+        b, lane = self.b, self.lane
+        return self.grid(lambda i, j: b.bitcast(
+            b.gep(self.o_data, [b.add(self.o_off, b.add(b.mul(self.o_stride, self.c(i)),
+                                                         self.c(j * lane.n)))]),
+            lane.vf.as_pointer()))
+
+    def emit(self):
+        b, lane = self.b, self.lane
+        ptrs = self.out_ptrs()
+        start = self.grid(lambda i, j: b.select(self.first, self.init,
+                                                b.load(ptrs[i][j], align=8)))
+
+        def body(k, states):
+            avec, bvec = self.operands(k)
+            (acc,) = states
+            base = b.add(self.w_off, b.mul(k, self.w_step))
+            rows = [b.add(base, b.mul(self.w_row, self.c(i))) for i in range(self.tm)]
+
+            def one(i, j):
+                ptr = b.gep(self.w_data, [b.add(rows[i], self.c(j * lane.n))])
+                w = b.load(b.bitcast(ptr, lane.vi.as_pointer()), align=8)
+                return self.round_sr(lane.fma(avec[i], bvec[j], acc[i][j], core.RNE), w)
+
+            return [self.grid(one)]
+
+        self.store(self.loop(self.c(0), [start], body)[0])

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 from route_pairs import routes
 
+from refsim.accumulate import matmul
 from refsim.backends import cpu_gemm, cpu_tile
 from refsim.formats import FloatFormat, get_format
 from refsim.kernels import tile
-from refsim.specs import AccumSpec, Cast
+from refsim.specs import AccumSpec, Cast, GemmSpec
 from refsim.validation.bits import assert_same_bits
 
 DIRECTED = ["rtz", "rup", "rdn"]
@@ -334,3 +335,105 @@ def test_random_route_specs(seed):
     plan = cpu_gemm.plan(a, b, acc, None, False)
     fast, exact = routes(a, b, acc, route="auto")
     assert_same_bits(fast, exact, context=f"{acc} plan={plan}")
+
+
+# ---- sr-exact-sum: stochastic rounding of the exact lane sum ------------------------------------
+def _check_sr(a, b, acc, seed, max_left=0.2):
+    """sr-exact-sum runs (float64 lanes), leaves at most max_left of the outputs to the exact
+    core (NaN), and every output it computes equals the exact core's under the same seed."""
+    plan = cpu_gemm.plan(a, b, acc, None, False, seed=seed)
+    assert plan is not None and (plan.route, plan.lane) == ("sr-exact-sum",
+                                                            np.dtype(np.float64)), (acc, plan)
+    raw = cpu_gemm.run(plan, a, b).reshape(-1)
+    left = np.isnan(raw)
+    assert left.mean() <= max_left, (acc, left.mean())
+    spec = GemmSpec(acc=acc)
+    exact = matmul(a, np.swapaxes(b, 1, 2), spec, route="exact", seed=seed).reshape(-1)
+    assert_same_bits(raw[~left].astype(exact.dtype), exact[~left],
+                     context=f"{acc} seed={seed} route=sr-exact-sum")
+    return left.mean()
+
+
+SR_CASES = [  # (accumulator, operand bits, exponent range, below G's smallest quantum)
+    ("fp16", 4, -12, 7, False), ("fp16", 6, -14, 7, True), ("e5m2", 3, -8, 7, True),
+    ("e4m3fn", 3, -6, 2, True), ("e5m10", 8, -12, 7, False)]
+
+
+@pytest.mark.parametrize("overflow", OVERFLOWS)
+@pytest.mark.parametrize("sr_bits", [None, 1, 5, 13, 64])
+@pytest.mark.parametrize(("acc_fmt", "bits", "lo", "hi", "below"), SR_CASES)
+def test_sr_exact_sum(acc_fmt, bits, lo, hi, below, sr_bits, overflow):
+    """Every sr_bits, overflow policy and a few seeds over the hard sequences (fractions of
+    exactly one half, sticky bits far below, exact zeros of either sign, G's subnormals and
+    overflow); N not a multiple of 4 (Philox blocks straddle rows), K past one block of words."""
+    rng = np.random.default_rng(bits * 5 - lo)
+    fmt = get_format(acc_fmt)
+    a, b = _operands(rng, fmt, bits, lo, hi, below_qmin=below, batch=2, k=40)
+    for seed in (0, 1, (1 << 64) - 1):
+        _check_sr(a, b, AccumSpec(acc_fmt, "sr", sr_bits=sr_bits, overflow=overflow), seed)
+
+
+def test_sr_words_follow_the_output_index():
+    """One Philox block per 4 consecutive outputs of a step: N = 4, 5, 33 and 64 (rows aligned or
+    not with the blocks), M and K around the tile; results do not depend on the thread count."""
+    import numba
+    rng = np.random.default_rng(21)
+    fmt = get_format("fp16")
+    for m, n, k in [(1, 1, 1), (3, 4, 2), (5, 5, 17), (4, 33, 16), (9, 64, 33)]:
+        a, b = _operands(rng, fmt, 4, -12, 7, m=m, n=n, k=k)
+        _check_sr(a, b, AccumSpec("fp16", "sr"), 7, max_left=1.0)
+    a, b = _operands(rng, fmt, 4, -12, 7, m=64, n=200, k=70)
+    plan = cpu_gemm.plan(a, b, AccumSpec("fp16", "sr", sr_bits=8), None, False, seed=3)
+    previous = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = cpu_tile.run(plan, a, b)
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        assert_same_bits(cpu_tile.run(plan, a, b), one)
+    finally:
+        numba.set_num_threads(previous)
+
+
+def test_sr_exact_sum_conditions():
+    """sr-exact-sum needs the seed, the sequential order, no product Cast, a G with signed zeros
+    and an exact sum in float64 (the span condition); otherwise the exact core runs."""
+    rng = np.random.default_rng(22)
+    fp16 = get_format("fp16")
+    a, b = _operands(rng, fp16, 4, -12, 7)
+    assert cpu_gemm.plan(a, b, AccumSpec("fp16", "sr"), None, False) is None  # no seed
+    refused = [AccumSpec("fp16", "sr", order="chunked", chunk=8, outer="fp32"),
+               AccumSpec("fp16", "sr", order="kahan"), AccumSpec("fp16", "sr", order="pairwise"),
+               AccumSpec("fp16", "sr", product=Cast("fp16")), AccumSpec("bf16", "sr"),
+               AccumSpec("fp32", "sr"), AccumSpec("e4m3fnuz", "sr"),
+               AccumSpec("fp16", "sr", order="multiterm", group=4, width=12)]
+    for acc in refused:
+        assert cpu_gemm.plan(a, b, acc, None, False, seed=1) is None, acc
+    assert cpu_gemm.plan(a, b, AccumSpec("fp16", "rne", product=Cast("fp16", "sr")), None,
+                         False, seed=1) is None
+    # Span: fp16 values from 2^-24 and products up to 2^(7+7+2) need 41 bits; products down to
+    # 2^-38 make it 55 > 53.
+    assert cpu_gemm.plan(a, b, AccumSpec("fp16", "sr"), None, False, seed=1).route \
+        == "sr-exact-sum"
+    a[0, 0, 0] = b[0, 3, 0] = 2.0 ** -19
+    assert cpu_gemm.plan(a, b, AccumSpec("fp16", "sr"), None, False, seed=1) is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(40))
+def test_random_sr_specs(seed):
+    """Random accumulators, sr_bits, overflow policies, operand budgets, shapes and seeds:
+    where sr-exact-sum is planned it equals the exact core."""
+    rng = np.random.default_rng(7000 + seed)
+    acc_fmt = str(rng.choice(["fp16", "e5m2", "e4m3fn", "e5m6", "e6m8", "e3m4"]))
+    fmt = get_format(acc_fmt)
+    sr_bits = None if rng.random() < 0.4 else int(rng.integers(1, 65))
+    acc = AccumSpec(acc_fmt, "sr", sr_bits=sr_bits, overflow=str(rng.choice(OVERFLOWS)))
+    bits = int(rng.integers(1, 9))
+    lo = int(rng.integers(-20, 0))
+    hi = int(rng.integers(max(lo + bits, -6), 12))
+    a, b = _operands(rng, fmt, bits, lo, hi, m=int(rng.integers(1, 12)),
+                     n=int(rng.integers(1, 140)), k=int(rng.integers(1, 90)),
+                     batch=int(rng.integers(1, 3)))
+    stream = int(rng.integers(0, 1 << 63)) * 2 + 1
+    if cpu_gemm.plan(a, b, acc, None, False, seed=stream) is not None:
+        _check_sr(a, b, acc, stream, max_left=1.0)
