@@ -77,14 +77,14 @@ def _run(a3: np.ndarray, b3: np.ndarray | None, acc: AccumSpec, cast: Cast | Non
     values C as flat float64 bits, one per output. route: one of ROUTES.
 
     The fast path (refsim.backends.cpu_gemm) computes what it can; the exact core computes the
-    rest: every output when the fast path does not apply (always with C), else only the outputs
-    it left (NaN).
+    rest: every output when the fast path does not apply, else only the outputs
+    it left (NaN), with their C.
     """
     n_cols = 1 if b3 is None else b3.shape[1]
     shape = (a3.shape[0], a3.shape[1], n_cols)
     fast = None
-    if route != "exact" and c is None:
-        fast = cpu_gemm.plan(a3, b3, acc, cast, count_on)
+    if route != "exact":
+        fast = cpu_gemm.plan(a3, b3, acc, cast, count_on, c)
     if fast is None and route == "fast":
         raise ValueError(f"route='fast': no fast route applies to {acc} with output Cast "
                          f"{cast}{' and counts' if count_on else ''}"
@@ -92,7 +92,7 @@ def _run(a3: np.ndarray, b3: np.ndarray | None, acc: AccumSpec, cast: Cast | Non
                          "operands (docs/accumulation.md lists the conditions)")
     if fast is not None:
         assert b3 is not None
-        raw = cpu_gemm.run(fast, a3, b3)
+        raw = cpu_gemm.run(fast, a3, b3, c)
         todo = np.flatnonzero(np.isnan(raw))
         values = raw
         if cast is not None:
@@ -196,6 +196,8 @@ def matmul(a, b, spec: GemmSpec, c=None, *, seed: int = 0, counts: bool = False,
             output shape (..., M, N); D = A·B + C with C entering the accumulation as spec.acc
             declares (docs/accumulation.md, "The initial value C"), taken exactly (not cast).
         seed: 0..2^64-1; a's Cast uses seed, b's Cast seed + 1, the accumulation seed.
+            spec.transform (docs/transforms.md) first transforms a along its last axis and b
+            along its second-to-last (K must be a multiple of its block).
         counts: also return the accumulator's event counts (as in `sum`).
         route: which kernels compute it, one of ROUTES: "auto" (default), "exact" (the exact
             core alone) or "fast" (a ValueError when no fast route applies); the bits are the
@@ -217,6 +219,9 @@ def matmul(a, b, spec: GemmSpec, c=None, *, seed: int = 0, counts: bool = False,
     seed = check_seed(seed)
     batch = batch_shape(a.shape, b.shape)
     c_bits = None if c is None else initial_values(c, (*batch, a.shape[-2], b.shape[-1]))
+    if spec.transform is not None:  # along K on both operands, before their Casts
+        a = spec.transform.apply(a, axis=-1)
+        b = spec.transform.apply(b, axis=-2)
     if spec.a is not None:  # a block format (MX) has its blocks along K: a's last axis
         a = cast_operand(a, spec.a, seed, axis=-1)
     if spec.b is not None:  # and b's second-to-last
@@ -273,6 +278,11 @@ def conv2d(x, w, spec: GemmSpec, stride: int | tuple[int, int] = 1,
     if not isinstance(spec, GemmSpec):
         raise TypeError(f"spec must be a GemmSpec; got {type(spec).__name__}")
     seed = check_seed(seed)
+    if spec.transform is not None:
+        raise ValueError(f"conv2d: GemmSpec.transform ({spec.transform}) is not supported: the "
+                         "transform acts on im2col rows, where an input element appears many "
+                         "times; call matmul on the im2col matrix (docs/accumulation.md, "
+                         "'conv2d') with the transform instead")
     sh, sw = _pair(stride, "stride", 1)
     ph, pw = _pair(padding, "padding", 0)
     if x.ndim != 4 or w.ndim != 4:
@@ -288,6 +298,12 @@ def conv2d(x, w, spec: GemmSpec, stride: int | tuple[int, int] = 1,
         raise ValueError(f"conv2d: the kernel ({kh}x{kw}) does not fit the padded input "
                          f"({hp}x{wp}); got x of shape {x.shape}, w of shape {w.shape}, "
                          f"padding ({ph}, {pw})")
+    for key in ("a", "b"):  # 2-D tiles run over the last two axes, not the channels
+        fmt = getattr(spec, key).fmt if getattr(spec, key) is not None else None
+        if isinstance(fmt, BlockFormat) and fmt.block_rows > 1:
+            raise ValueError(f"conv2d: spec.{key} is {fmt.name}, a format of 2-D tiles "
+                             f"({fmt.block_rows}x{fmt.block_size}); conv2d blocks its operands "
+                             "along the channels (axis 1): use a 1-D block format there")
     if spec.a is not None:  # a block format has its blocks along the channels C (axis 1)
         x = cast_operand(x, spec.a, seed, axis=1)
     if spec.b is not None:

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
-from refsim.backends import cpu_tile
+from refsim.backends import cpu_multiterm, cpu_tile
 from refsim.backends.operands import OperandRange, lane_limits, products_exact
 from refsim.backends.threads import NS_PER_FAST_MAC, threads_for
 from refsim.formats import FloatFormat, Format
@@ -94,12 +94,14 @@ def _constants(fmt: Format, rounding: str, overflow: str, lane: np.dtype) -> tup
 
 
 def plan(a3: np.ndarray, b3: np.ndarray | None, acc: AccumSpec, cast: Cast | None,
-         count_on: bool, seed: int | None = None) -> Plan | cpu_tile.TilePlan | None:
-    """The fast path for a (P, M, K) @ b (P, N, K)^T under acc: a register-tiled route
-    (refsim.backends.cpu_tile) where one applies, else this module's round-to-odd rows, else
-    None (then refsim.accumulate runs the exact core on every output). seed: the accumulation's
-    seed; without it an sr accumulator gets None."""
-    if b3 is None or count_on or a3.shape[2] == 0 or acc.order == "multiterm":
+         count_on: bool, c: np.ndarray | None = None, seed: int | None = None
+         ) -> Plan | cpu_tile.TilePlan | cpu_multiterm.MultitermPlan | None:
+    """The fast path for a (P, M, K) @ b (P, N, K)^T under acc, with initial values c (flat
+    float64 bits) or None: the multiterm order's lanes (refsim.backends.cpu_multiterm), a
+    register-tiled route (refsim.backends.cpu_tile) where one applies, else this module's
+    round-to-odd rows, else None (then refsim.accumulate runs the exact core on every output).
+    seed: the accumulation's seed; without it an sr accumulator gets None."""
+    if b3 is None or count_on or a3.shape[2] == 0:
         return None
     outer = acc.outer_spec if acc.order == "chunked" else None
     specs = [c.rounding for c in (acc.product, outer, cast) if c is not None]
@@ -112,6 +114,10 @@ def plan(a3: np.ndarray, b3: np.ndarray | None, acc: AccumSpec, cast: Cast | Non
         return None
     ra, rb = OperandRange.of(a3), OperandRange.of(b3)
     if not (ra.finite and rb.finite):
+        return None
+    if acc.order == "multiterm":
+        return cpu_multiterm.plan(acc, ra, rb, c)
+    if c is not None:  # only the multiterm lanes take C so far
         return None
     exact_lanes = tuple(lane for lane in _LANES if products_exact(ra, rb, lane))
     tiled = cpu_tile.plan(acc, ra, rb, exact_lanes, a3.shape[2], seed)
@@ -156,9 +162,13 @@ def _cast_fits_float64(cast: Cast) -> bool:
 _KERNELS: dict[tuple[int, int, int, str], Callable[..., None]] = {}
 
 
-def run(p: Plan | cpu_tile.TilePlan, a3: np.ndarray, b3: np.ndarray) -> np.ndarray:
-    """The raw results (P, M, N) as float64: accumulator (sequential) or outer (chunked) values,
-    NaN where the exact core must redo the output."""
+def run(p: Plan | cpu_tile.TilePlan | cpu_multiterm.MultitermPlan, a3: np.ndarray,
+        b3: np.ndarray, c: np.ndarray | None = None) -> np.ndarray:
+    """The raw results (P, M, N) as float64: accumulator (sequential) or outer (chunked,
+    multiterm) values, NaN where the exact core must redo the output. c: the initial values the
+    plan was made with."""
+    if isinstance(p, cpu_multiterm.MultitermPlan):
+        return cpu_multiterm.run(p, a3, b3, c)
     if isinstance(p, cpu_tile.TilePlan):
         return cpu_tile.run(p, a3, b3)
     a = np.ascontiguousarray(a3, dtype=p.lane)

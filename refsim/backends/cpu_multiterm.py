@@ -1,0 +1,421 @@
+"""The multiterm (tensor-core) order on the CPU in float64 lanes, bit-identical to the exact core.
+
+refsim.backends.cpu_gemm.plan asks `plan` here for AccumSpec(order="multiterm"); where it
+declines (module conditions below), refsim.accumulate runs kernels.accum_core.reduce_multiterm on
+every output. tests/refsim/test_multiterm_route.py holds this route to the exact core bit for bit.
+
+The model (kernels.accum_core, "multiterm"): chunks of `chunk` terms, each a run of groups of
+`group` products; a group's values (its products, and the running sum s under acc-aligned) are
+aligned to E, the largest alignment exponent of its nonzero values, each is truncated to a
+multiple of 2^q, q = E - width + 1 (toward zero, or toward -inf under floor), and the truncated
+values are summed exactly: G = S * 2^q. Then s = round(G) (first group of a chunk, and every
+group under acc-aligned, where s is one of the values) or s = round(s + G) (acc-excluded); each
+chunk's s is promoted into the outer accumulator: o = round_o(s), then o = round_o(o + s).
+
+How the lanes compute it, and why each step is exact (the conditions are those `plan` checks;
+"in range" below means every product, operand, C and accumulator value is zero or has all its
+set bits between 2^-900 and 2^900, so every power of two used is a float64 normal):
+1. t = a*b in float64 is exact: the operands' significands total at most 53 bits and the
+   product is in range (refsim.backends.operands.products_exact).
+2. E: the group's largest alignment exponent. normalized: e(t) = floor(log2|t|), and
+   max_k e(t_k) = floor(log2(max_k |t_k|)) (log2 is monotone), so one float max per product of
+   the precomputed |a| and |b| and one exponent-field read per group. product: e(t) = ea + eb
+   with ea = max(floor(log2|a|), emin of `operands`) per operand, precomputed as the float 2^ea
+   (0 for a zero operand): 2^ea * 2^eb = 2^(ea + eb) is exact (in range), and again one float
+   max per product. A zero product (either factor zero, flushed operands included) gives 0 and
+   does not raise the max, as the exact core skips zeros. Under acc-aligned, s's exponent
+   (floor(log2|s|), raised to the accumulator format's emin under product) joins the max when
+   s is nonzero. With no nonzero value E is clamped to -900: every value is a zero, which
+   scaling and truncation leave a zero of its sign.
+3. T = trunc(t * 2^-q) (floor under floor truncation) is the exact core's truncate_units with
+   the sign attached: t * 2^-q is exact (a power of two times an in-range value: at most
+   2^(width + 1) by the width proof of kernels.accum_core, and when it would fall below float64's
+   normal range it is below 1, so no rounding can carry it to 1 or above), and llvm.trunc /
+   llvm.floor are exact on float64. A value with |t| < 2^q truncates to a zero of t's sign
+   (toward zero) or to -1 when negative under floor, as truncate_units does.
+4. S = sum of the T in float64 is exact: every partial sum is an integer of magnitude at most
+   (group + 1) * 2^(width + 1) < 2^53 (`plan` checks bitlen(group + 1) + width + 1 <= 53).
+   The sign of a zero S: IEEE addition from -0.0 gives -0 when every T is -0, +0 when every T
+   is +0, and +0 otherwise (mixed zeros, or an exact cancellation), which is multiterm_group's
+   rule in every mode but rdn; under rdn the rule asks -0 unless every T is +0, so the kernel
+   ORs the T's sign bits and signs a zero S with that.
+5. G = S * 2^q is exact (in range). round(G) is round_lane (refsim.kernels.lane) of G's float64
+   pattern: the contract's rounding of an exact float64 value to the accumulator format,
+   overflow policy, subnormals and signed zeros included. round(s + G) (acc-excluded): s + G
+   rounded to odd at 53 bits by TwoSum (exact: nothing overflows in range) and one unit toward
+   its error when that is nonzero and the sum's last bit is 0, then round_lane: rounding to odd
+   with at least two more bits than the target, then to the target in any deterministic mode,
+   gives the exact sum's correct rounding (Boldo & Melquiond, "Emulation of FMA and correctly
+   rounded sums: proved algorithms using rounding to odd", IEEE TC 2008), so `plan` asks
+   man_bits <= 50 and a smallest quantum at least 4 times float64's smallest subnormal of the
+   accumulator (cpu_gemm's _rounds_via_odd). An exact zero sum is signed as the exact core's
+   add_round does: IEEE's rule, and under rdn -0 unless both addends are +0.
+6. Promotion into the outer accumulator: o = round_o(s) by round_lane, o = round_o(o + s) by
+   step 5's round-to-odd addition, with the outer spec's constants.
+7. The initial value C (matmul's c=) enters as the exact core's reduce_multiterm says: as the
+   first chunk's running s (c_entry inner: acc-excluded adds it in the first group's
+   round(C + G), acc-aligned aligns and truncates it with the first group: C joins step 2 with
+   floor(log2|C|), raised to the accumulator's emin under product, and step 3 like s), or as the
+   outer accumulator's start (c_entry outer: o = round_o(C + s_0)). C must be in range (any
+   53-bit float64 there: the steps above ask nothing more of s).
+Rare lanes: a non-finite s or o (an overflow to Inf of a rounding) makes every later value of
+that output NaN, and `run` returns NaN for every output that ends non-finite: refsim.accumulate
+redoes exactly those outputs with the exact core (with their C). Operands must be finite.
+
+Eligibility is a whitelist: orders other than multiterm, SR, product Casts, counts, a fixed or
+narrow-exponent accumulator (the round-to-odd condition), operands or C out of range, and any
+AccumSpec field this module does not know (unless it holds its default) go to the exact core.
+
+Like every Numba kernel here, the route assumes the default floating-point environment (round
+to nearest even, no FTZ/DAZ).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+
+from refsim.backends.operands import OperandRange, products_exact
+from refsim.backends.threads import threads_for
+from refsim.formats import FloatFormat, Format
+from refsim.formats.policy import OVERFLOWS, ROUNDINGS
+from refsim.kernels import core
+from refsim.kernels.lane import bits_float, fast_constants, float_bits, round_lane, select
+from refsim.params import CARRIERS, format_params
+from refsim.specs import AccumSpec
+
+__all__ = ["RANGE_BITS", "MultitermPlan", "plan", "run"]
+
+RANGE_BITS = 900
+"""In range: every set bit of every product, operand, C and accumulator value between
+2^-RANGE_BITS and 2^RANGE_BITS (module doc)."""
+NS_PER_MT_MAC = 0.5  # one-thread nanoseconds per multiply-add (refsim.backends.threads)
+TM, TN = 4, 64  # a job: TM rows by TN columns of outputs (the B panel of a group stays in L1)
+
+# The AccumSpec fields whose every value this route handles or declines knowingly; a field not
+# named here (a newer feature) must hold its default, or the spec goes to the exact core.
+_KNOWN_FIELDS = frozenset(("fmt", "rounding", "order", "chunk", "outer", "product", "sr_bits",
+                           "overflow", "group", "width", "variant", "align", "truncation",
+                           "operands", "subnormals", "c_entry"))
+_F64 = np.dtype(np.float64)
+
+
+@dataclass(frozen=True)
+class MultitermPlan:
+    """The multiterm route: kernel key and the runtime constants."""
+
+    key: tuple[int, int, int, int, int]  # (mode, outer mode, acc-aligned, floor, product align)
+    group: int
+    width: int
+    chunk: int
+    acc_emin: int  # the accumulator format's emin (s's exponent floor under align product)
+    operand_emin: int | None  # operands' emin (align product; flush), None: no format given
+    flush: bool
+    c_outer: bool
+    fast: tuple
+    ofast: tuple
+    route = "multiterm-lanes"  # as cpu_tile.TilePlan.route: which fast path ran
+
+
+def _defaults_elsewhere(acc: AccumSpec) -> bool:
+    """Does every AccumSpec field this module does not know hold its default?"""
+    for field in dataclasses.fields(acc):
+        if field.name in _KNOWN_FIELDS:
+            continue
+        if field.default is dataclasses.MISSING or getattr(acc, field.name) != field.default:
+            return False
+    return True
+
+
+def _rounds_via_odd(fmt: Format) -> bool:
+    """Step 5's condition on a format rounded from float64 round-to-odd values, and in range."""
+    if not isinstance(fmt, FloatFormat) or not fmt.signed or not fmt.zero:
+        return False
+    smallest = fmt.emin - (fmt.man_bits if fmt.subnormals else 0)
+    return fmt.man_bits <= 50 and fmt.emax < RANGE_BITS and smallest >= -RANGE_BITS
+
+
+def _in_range(r: OperandRange) -> bool:
+    return r.bits == 0 or (r.low >= -RANGE_BITS and r.high < RANGE_BITS)
+
+
+def _constants(spec: AccumSpec) -> tuple:
+    c_man, c_bias, _ = CARRIERS[_F64]
+    return fast_constants(format_params(spec.fmt), c_man, c_bias, ROUNDINGS.index(spec.rounding),
+                          OVERFLOWS.index(spec.overflow))
+
+
+def plan(acc: AccumSpec, ra: OperandRange, rb: OperandRange, c: np.ndarray | None
+         ) -> MultitermPlan | None:
+    """The route for a multiterm GEMM whose operands have ranges ra and rb (finite: the caller,
+    cpu_gemm.plan, checked that, no counts, no SR in the output Cast, K >= 1), with initial
+    values c (flat float64 bits) or None; None when the module's conditions do not hold."""
+    if acc.order != "multiterm" or not _defaults_elsewhere(acc):
+        return None
+    assert acc.group is not None and acc.width is not None  # order multiterm needs both
+    outer = acc.outer_spec
+    if acc.product is not None or "sr" in (acc.rounding, outer.rounding):
+        return None
+    if not (_defaults_elsewhere(outer) and outer.order == "sequential" and outer.product is None
+            and _rounds_via_odd(acc.fmt) and _rounds_via_odd(outer.fmt)):
+        return None
+    if (acc.group + 1).bit_length() + acc.width + 1 > 53:  # step 4
+        return None
+    if not (products_exact(ra, rb, _F64) and _in_range(ra) and _in_range(rb)):
+        return None
+    if ra.bits and rb.bits and not (ra.low + rb.low >= -RANGE_BITS
+                                    and ra.high + rb.high + 2 < RANGE_BITS):
+        return None
+    if c is not None:
+        rc = OperandRange.of(c.view(np.float64))
+        if not (rc.finite and _in_range(rc)):
+            return None
+    operands = acc.operands
+    if operands is not None and not -RANGE_BITS <= operands.emin < RANGE_BITS:
+        return None
+    product_align = acc.align == "product"
+    key = (ROUNDINGS.index(acc.rounding), ROUNDINGS.index(outer.rounding),
+           int(acc.variant == "acc-aligned"), int(acc.truncation == "floor"), int(product_align))
+    return MultitermPlan(key, acc.group, acc.width, acc.chunk or 0, acc.fmt.emin,
+                         None if operands is None else operands.emin,
+                         acc.subnormals == "flush", acc.c_entry == "outer", _constants(acc),
+                         _constants(outer))
+
+
+# ---- running -------------------------------------------------------------------------------------
+_KERNELS: dict[tuple, Callable[..., None]] = {}
+
+
+def run(p: MultitermPlan, a3: np.ndarray, b3: np.ndarray, c: np.ndarray | None = None
+        ) -> np.ndarray:
+    """The raw results (P, M, N) as float64 for a (P, M, K) and b (P, N, K), with initial values
+    c (flat float64 bits, one per output) or None: NaN where the exact core must redo the
+    output."""
+    n_batch, n_rows, n_k = a3.shape
+    n_cols = b3.shape[1]
+    a = np.ascontiguousarray(a3, dtype=np.float64)
+    bt = np.ascontiguousarray(np.swapaxes(b3, 1, 2), dtype=np.float64)  # (P, K, N)
+    if p.flush:  # kernels.accum_core.flush_operand: the zero of x's sign below 2^emin
+        assert p.operand_emin is not None  # subnormals='flush' needs operands
+        tiny = 2.0 ** p.operand_emin
+        a = np.where(np.abs(a) < tiny, np.copysign(0.0, a), a)
+        bt = np.where(np.abs(bt) < tiny, np.copysign(0.0, bt), bt)
+    if p.key[4]:  # align product: 2^max(floor(log2|x|), emin), 0 for a zero operand
+        pa, pb = _exponent_powers(a, p.operand_emin), _exponent_powers(bt, p.operand_emin)
+    else:
+        pa, pb = np.abs(a), np.abs(bt)
+    has_c = c is not None
+    cv = c.view(np.float64) if c is not None else np.zeros(1)
+    out = np.empty((n_batch, n_rows, n_cols), np.float64)
+    kernel = _KERNELS.get(p.key)
+    if kernel is None:
+        kernel = _KERNELS[p.key] = _make_kernel(*p.key)
+    chunk = p.chunk if p.chunk > 0 else n_k
+    with threads_for(float(n_batch) * n_rows * n_cols * n_k * NS_PER_MT_MAC):
+        kernel(a, pa, bt, pb, cv, has_c, p.c_outer, out, np.int64(p.group), np.int64(p.width),
+               np.int64(chunk), np.int64(p.acc_emin), p.fast, p.ofast)
+    return out
+
+
+def _exponent_powers(x: np.ndarray, emin: int | None) -> np.ndarray:
+    """2^max(floor(log2|x|), emin) per element (exact: in range), 0 where x is a zero."""
+    _, exp = np.frexp(x)  # |x| = m * 2^exp, m in [0.5, 1): floor(log2|x|) = exp - 1
+    e = exp - 1
+    if emin is not None:
+        e = np.maximum(e, emin)
+    return np.where(x == 0, 0.0, np.ldexp(1.0, e))
+
+
+def _llvm_round(name: str, doc: str):
+    """An intrinsic calling llvm.<name>.f64 (vectorizable: vroundpd)."""
+
+    def fn(typingctx, x):
+        if x != types.float64:
+            return None
+
+        def codegen(context, builder, signature, args):
+            f = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.DoubleType(), [ir.DoubleType()]),
+                f"llvm.{name}.f64")
+            return builder.call(f, args)
+
+        return types.float64(x), codegen
+
+    fn.__doc__ = doc
+    return intrinsic(fn)
+
+
+trunc_f64 = _llvm_round("trunc", "x rounded toward zero to an integer (exact), sign kept.")
+floor_f64 = _llvm_round("floor", "x rounded toward -inf to an integer (exact), sign kept.")
+
+_SIGN = np.uint64(1 << 63)
+_ABS = np.uint64((1 << 63) - 1)
+_ONE = np.uint64(1)
+_ZERO = np.uint64(0)
+_ALL = np.uint64((1 << 64) - 1)
+_EXP_MASK = np.uint64(0x7FF)
+_E_LOW = -RANGE_BITS  # E's clamp (step 2)
+
+
+@njit(cache=True, inline="always")
+def _odd_add(x, t, rdn):
+    """x + t rounded to odd at float64's precision (TwoSum), as bits; an exact zero sum signed
+    -0 unless both are +0 when rdn (module doc, step 5)."""
+    s = x + t
+    bb = s - x
+    err = (x - (s - bb)) + (t - bb)
+    sb = float_bits(s)
+    eb = float_bits(err)
+    toward = select(np.uint64(np.uint64(eb ^ sb) & _SIGN) == _ZERO, _ONE, _ALL)
+    fix = (np.uint64(eb & _ABS) != _ZERO) & (np.uint64(sb & _ONE) == _ZERO)
+    sb = np.uint64(sb + select(fix, toward, _ZERO))
+    if rdn:
+        sign = np.uint64(np.uint64(float_bits(x) | float_bits(t)) & _SIGN)
+        sb = select(np.uint64(sb & _ABS) == _ZERO, sign, sb)
+    return sb
+
+
+@njit(cache=True, inline="always")
+def _exponent(v):
+    """floor(log2 v) of a positive float64 normal v (-1023 for +0)."""
+    return np.int64(np.uint64(float_bits(v) >> np.uint64(52)) & _EXP_MASK) - 1023
+
+
+@njit(cache=True, inline="always")
+def _pow2(e):
+    """2^e as a float64 for a normal exponent e."""
+    return bits_float(np.uint64(np.uint64(e + 1023) << np.uint64(52)))
+
+
+def _make_kernel(mode: int, omode: int, aligned: int, floor: int, product_align: int):
+    """The kernel of one key. Closure cells are plain ints, so Numba's on-disk cache finds it
+    again in a new process."""
+    RDN = mode == core.RDN
+    ORDN = omode == core.RDN
+
+    @njit(parallel=True, cache=True)
+    def gemm(a, pa, bt, pb, cv, has_c, c_outer, out, group, width, chunk, acc_emin, fast, ofast):
+        """out[p, i, j] = the multiterm reduction of a[p, i, :] . bt[p, :, j] (module doc), NaN
+        where it ends non-finite."""
+        n_batch, n_rows, n_k = a.shape
+        n_cols = bt.shape[2]
+        row_blocks = -(-n_rows // TM)
+        panels = -(-n_cols // TN)
+        per_batch = row_blocks * panels
+        for job in prange(n_batch * per_batch):  # row blocks fastest: they share a B panel
+            p = job // per_batch
+            rest = job - p * per_batch
+            jb = rest // row_blocks
+            i0 = (rest - jb * row_blocks) * TM
+            j0 = jb * TN
+            h = min(TM, n_rows - i0)
+            w = min(TN, n_cols - j0)
+            mx = np.empty((TM, TN))
+            total = np.empty((TM, TN))
+            scale = np.empty((TM, TN))
+            s = np.empty((TM, TN))
+            o = np.empty((TM, TN))
+            negs = np.zeros((TM, TN), np.uint64)
+            if has_c and c_outer:
+                for ii in range(h):
+                    for j in range(w):
+                        o[ii, j] = cv[(p * n_rows + i0 + ii) * n_cols + j0 + j]
+            first_outer = not (has_c and c_outer)
+            for c0 in range(0, n_k, chunk):
+                c1 = min(c0 + chunk, n_k)
+                have_s = has_c and not c_outer and c0 == 0
+                if have_s:
+                    for ii in range(h):
+                        for j in range(w):
+                            s[ii, j] = cv[(p * n_rows + i0 + ii) * n_cols + j0 + j]
+                for g0 in range(c0, c1, group):
+                    g1 = min(g0 + group, c1)
+                    with_s = aligned != 0 and have_s
+                    # Step 2: the largest alignment exponent, as a float max.
+                    for ii in range(h):
+                        mrow = mx[ii]
+                        for j in range(w):
+                            mrow[j] = 0.0
+                        for k in range(g0, g1):
+                            pav = pa[p, i0 + ii, k]
+                            prow = pb[p, k, j0:j0 + w]
+                            for j in range(w):
+                                mrow[j] = max(mrow[j], pav * prow[j])
+                    for ii in range(h):
+                        for j in range(w):
+                            e = _exponent(mx[ii, j])
+                            if with_s:
+                                sv = s[ii, j]
+                                es = _exponent(abs(sv))
+                                if product_align:
+                                    es = max(es, acc_emin)
+                                e = select(sv != 0.0, max(e, min(es, 2 * RANGE_BITS)), e)
+                            e = max(e, _E_LOW)
+                            q = e - width + 1
+                            scale[ii, j] = _pow2(min(-q, 1023))
+                            mx[ii, j] = _pow2(max(q, -1022))  # 2^q, kept for step 5
+                            start = -0.0
+                            if with_s:
+                                sv = s[ii, j]
+                                start = floor_f64(sv * scale[ii, j]) if floor \
+                                    else trunc_f64(sv * scale[ii, j])
+                            total[ii, j] = start
+                            if RDN:
+                                negs[ii, j] = np.uint64(float_bits(start) & _SIGN)
+                    # Steps 3 and 4: the truncated products, summed.
+                    for ii in range(h):
+                        trow = total[ii]
+                        srow = scale[ii]
+                        nrow = negs[ii]
+                        for k in range(g0, g1):
+                            av = a[p, i0 + ii, k]
+                            brow = bt[p, k, j0:j0 + w]
+                            for j in range(w):
+                                v = av * brow[j] * srow[j]
+                                tv = floor_f64(v) if floor else trunc_f64(v)
+                                trow[j] += tv
+                                if RDN:
+                                    nrow[j] |= float_bits(tv)
+                    # Step 5: the group's rounding.
+                    for ii in range(h):
+                        for j in range(w):
+                            g = total[ii, j] * mx[ii, j]
+                            if RDN:
+                                gb = float_bits(g)
+                                g = bits_float(select(np.uint64(gb & _ABS) == _ZERO,
+                                                      np.uint64(negs[ii, j] & _SIGN), gb))
+                            if have_s and aligned == 0:
+                                sv = s[ii, j]
+                                r = round_lane(mode, _odd_add(sv, g, RDN), fast, _ZERO, _ZERO)
+                            else:
+                                sv = 0.0
+                                r = round_lane(mode, float_bits(g), fast, _ZERO, _ZERO)
+                            ok = np.isfinite(g) and (not have_s or np.isfinite(sv))
+                            s[ii, j] = bits_float(r) if ok else np.nan
+                    have_s = True
+                # Step 6: promotion into the outer accumulator.
+                for ii in range(h):
+                    for j in range(w):
+                        sv = s[ii, j]
+                        if first_outer:
+                            r = round_lane(omode, float_bits(sv), ofast, _ZERO, _ZERO)
+                            ok = np.isfinite(sv)
+                        else:
+                            ov = o[ii, j]
+                            r = round_lane(omode, _odd_add(ov, sv, ORDN), ofast, _ZERO, _ZERO)
+                            ok = np.isfinite(sv) and np.isfinite(ov)
+                        o[ii, j] = bits_float(r) if ok else np.nan
+                first_outer = False
+            for ii in range(h):
+                for j in range(w):
+                    v = o[ii, j]
+                    out[p, i0 + ii, j0 + j] = v if np.isfinite(v) else np.nan
+
+    return gemm
