@@ -7,8 +7,9 @@ powers of two (never from bit patterns), every quotient is exact, and each eleme
 
 Usage rules: `quantize_blocks_exact(x, fmt, rounding, axis, sr_bits, seed)` returns (values,
 scales, tensor_scale) like refsim.quantize_blocks with return_codes (values in x's dtype, scales
-as float64 with the block axis holding one entry per block). Element i takes its stochastic
-rounding number from sr_uniform(seed, i, ...), i its flat C-order index in x.
+as float64 with the block axis, and for 2-D tiles the other of the last two, holding one entry
+per block). Element i takes its stochastic rounding number from sr_uniform(seed, i, ...), i its
+flat C-order index in x (in both candidates of 4over6).
 """
 
 from __future__ import annotations
@@ -68,12 +69,14 @@ def _pow2_exponent(amax: Fraction, fmt: BlockFormat) -> int:
     return min(max(e, scale.emin), scale.emax)
 
 
-def block_scale(amax: Fraction, fmt: BlockFormat, tensor_scale: Fraction) -> Fraction:
-    """The scale of a block with finite absolute maximum amax (times tensor_scale excluded)."""
+def block_scale(amax: Fraction, fmt: BlockFormat, tensor_scale: Fraction,
+                target: Fraction | None = None) -> Fraction:
+    """The scale of a block with finite absolute maximum amax (times tensor_scale excluded);
+    non-power-of-two scales map amax to `target` (None: the element's max)."""
     if fmt.pow2_scale:
         return _pow2(_pow2_exponent(amax, fmt))
-    ideal = amax / (Fraction(fmt.elem_max) * tensor_scale)
-    mode = "rne" if fmt.scale_rule == "nearest" else "rup"
+    ideal = amax / ((Fraction(fmt.elem_max) if target is None else target) * tensor_scale)
+    mode = "rup" if fmt.scale_rule == "rceil" else "rne"  # nearest, and 4over6's candidates
     s = Fraction(round_value(ideal, fmt.scale, mode, "saturate"))
     if s == 0 and amax > 0:
         s = Fraction(fmt.scale.min_subnormal)
@@ -87,49 +90,90 @@ def _tensor_scale(values: list[float], fmt: BlockFormat) -> Fraction:
     amax = max(finite, default=Fraction(0))
     if amax == 0:
         return Fraction(1)
-    s = round_value(amax / (Fraction(fmt.scale.max) * Fraction(fmt.elem_max)), "fp32")
+    scale_max = Fraction(256) if fmt.scale_rule == "4over6" else Fraction(fmt.scale.max)
+    s = round_value(amax / (scale_max * Fraction(fmt.elem_max)), "fp32")
     return Fraction(s) if s != 0 else _pow2(-149)
+
+
+def _tiles(shape: tuple[int, ...], ax: int, fmt: BlockFormat) -> tuple[list[int], dict]:
+    """(scale array shape, {scale index: flat element indices in C order}), walking every
+    element: its block is its index along ax // block_size, and for 2-D tiles its index along
+    the other of the last two axes // block_rows."""
+    ndim = len(shape)
+    cross = None
+    if fmt.block_rows > 1:
+        if ndim < 2 or ax not in (ndim - 1, ndim - 2):
+            raise ValueError("2-D tiles need an axis among the last two of a >= 2-d array")
+        cross = ndim - 2 if ax == ndim - 1 else ndim - 1
+    scale_shape = list(shape)
+    scale_shape[ax] = -(-shape[ax] // fmt.block_size)
+    if cross is not None:
+        scale_shape[cross] = -(-shape[cross] // fmt.block_rows)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for flat, idx in enumerate(np.ndindex(*shape)):
+        key = list(idx)
+        key[ax] //= fmt.block_size
+        if cross is not None:
+            key[cross] //= fmt.block_rows
+        groups.setdefault(tuple(key), []).append(flat)
+    return scale_shape, groups
+
+
+def _quantize_block(flat: list[float], block: list[int], s: Fraction, s_t: Fraction,
+                    fmt: BlockFormat, rounding: str, sr_bits: int | None,
+                    seed: int) -> list[tuple[float, Fraction]]:
+    """Per element of the block: (element value, dequantized value element * s * s_t, exact)."""
+    divisor = s * s_t if s != 0 else Fraction(1)
+    result = []
+    for i in block:
+        # A zero stays a float, so that -0.0 keeps its sign into round_value.
+        q: Fraction | float = Fraction(flat[i]) / divisor if flat[i] != 0 else flat[i]
+        u = None
+        if rounding == "sr":
+            u = sr_uniform(seed, i, sr_bits_needed(q, fmt.element, sr_bits))
+        p = round_value(q, fmt.element, rounding, "saturate", sr_bits, u)
+        result.append((p, Fraction(p) * divisor))
+    return result
+
+
+def _sse(flat: list[float], block: list[int], done: list[tuple[float, Fraction]]) -> Fraction:
+    """The exact sum of squared errors of the dequantized block against the input."""
+    return sum(((v - Fraction(flat[i])) ** 2 for i, (_, v) in zip(block, done, strict=True)),
+               Fraction(0))
 
 
 def quantize_blocks_exact(x: np.ndarray, fmt: BlockFormat | str, rounding: str = "rne",
                           axis: int | None = None, sr_bits: int | None = None,
                           seed: int = 0) -> tuple[np.ndarray, np.ndarray, float]:
-    """Block quantization of x, block by block, element by element (docs/blocks.md)."""
+    """Block quantization of x, tile by tile, element by element (docs/blocks.md)."""
     fmt = get_block_format(fmt)
     x = np.asarray(x)
     ax = (fmt.axis if axis is None else axis) % x.ndim
     carrier = "fp32" if x.dtype == np.float32 else "fp64"
     flat = [float(v) for v in x.ravel()]
     s_t = _tensor_scale(flat, fmt)
-    index = np.moveaxis(np.arange(x.size).reshape(x.shape), ax, -1)
-    rows = index.reshape(-1, x.shape[ax])
-    n_blocks = -(-x.shape[ax] // fmt.block_size)
-    scales = np.empty((rows.shape[0], n_blocks))
+    scale_shape, groups = _tiles(x.shape, ax, fmt)
+    scales = np.empty(scale_shape)
     out = np.empty(x.size, dtype=x.dtype)
-    for r, row in enumerate(rows):
-        for b in range(n_blocks):
-            block = [int(i) for i in row[b * fmt.block_size:(b + 1) * fmt.block_size]]
-            if not all(math.isfinite(flat[i]) for i in block):
-                scales[r, b] = math.nan  # a NaN scale: every element of the block is NaN
-                for i in block:
-                    out[i] = math.nan
-                continue
-            amax = max(abs(Fraction(flat[i])) for i in block)
-            s = block_scale(amax, fmt, s_t)
-            scales[r, b] = float(s)
-            divisor = s * s_t if s != 0 else Fraction(1)
+    for key, block in groups.items():
+        if not all(math.isfinite(flat[i]) for i in block):
+            scales[key] = math.nan  # a NaN scale: every element of the block is NaN
             for i in block:
-                # A zero stays a float, so that -0.0 keeps its sign into round_value.
-                q: Fraction | float = Fraction(flat[i]) / divisor if flat[i] != 0 else flat[i]
-                u = None
-                if rounding == "sr":
-                    u = sr_uniform(seed, i, sr_bits_needed(q, fmt.element, sr_bits))
-                p = round_value(q, fmt.element, rounding, "saturate", sr_bits, u)
-                value = Fraction(p) * divisor
-                sign_negative = math.copysign(1.0, p) < 0
-                rounded = round_value(value, carrier, "rne")
-                out[i] = -abs(rounded) if sign_negative else rounded
-    shape: list[int] = list(np.moveaxis(np.empty(x.shape, dtype=np.int8), ax, -1).shape)
-    shape[-1] = n_blocks
-    scale_array = np.moveaxis(scales.reshape(shape), -1, ax)
-    return out.reshape(x.shape), scale_array, float(s_t)
+                out[i] = math.nan
+            continue
+        amax = max(abs(Fraction(flat[i])) for i in block)
+        s = block_scale(amax, fmt, s_t)
+        done = _quantize_block(flat, block, s, s_t, fmt, rounding, sr_bits, seed)
+        if fmt.scale_rule == "4over6":
+            s_4 = block_scale(amax, fmt, s_t, Fraction(4))
+            done_4 = _quantize_block(flat, block, s_4, s_t, fmt, rounding, sr_bits, seed)
+            sse_6 = _sse(flat, block, done)
+            sse_4 = _sse(flat, block, done_4)
+            if sse_4 < sse_6:  # a tie keeps 6, NVFP4's own choice
+                s, done = s_4, done_4
+        scales[key] = float(s)
+        for i, (p, value) in zip(block, done, strict=True):
+            sign_negative = math.copysign(1.0, p) < 0
+            rounded = round_value(value, carrier, "rne")
+            out[i] = -abs(rounded) if sign_negative else rounded
+    return out.reshape(x.shape), scales, float(s_t)

@@ -29,7 +29,7 @@ import numpy as np
 from numba import njit, prange
 
 from refsim.formats import FixedFormat, Format
-from refsim.formats.block_format import BlockFormat, get_block_format
+from refsim.formats.block_format import FOUR_OVER_SIX_SCALE_MAX, BlockFormat, get_block_format
 from refsim.formats.policy import ROUNDINGS, check_rounding, check_seed, check_sr_bits
 from refsim.kernels import core
 from refsim.kernels.lane import F_ENABLED, N_FAST, fast_constants, round_lane, select
@@ -107,11 +107,12 @@ def _span(item, nb, length, bs):
 
 
 @njit(parallel=True, cache=True)
-def _down_last(x, xb, y, exps, flags, lo, hi, base, nb, length, bs, c_man, c_bias, inf_bits,
-               threshold, elem_emax, s_emin, s_emax, min_normal, pow_down):
-    """Blocks lo..hi-1 along the last axis: exps[item] = e, y[i - base] = x[i] * 2^-e (exact
-    where |y| >= min_normal), flags[item] = the number of lanes below that (for _fix_lanes).
-    pow_down[e - s_emin] = 2^-e in the carrier (a table: no libm call per block)."""
+def _down_last(x, xb, y, exps, flags, lo, hi, base, nb, length, bs, given, c_man, c_bias,
+               inf_bits, threshold, elem_emax, s_emin, s_emax, min_normal, pow_down):
+    """Blocks lo..hi-1 along the last axis: exps[item] = e (given: read, not computed; 2-D
+    tiles), y[i - base] = x[i] * 2^-e (exact where |y| >= min_normal), flags[item] = the number
+    of lanes below that (for _fix_lanes). pow_down[e - s_emin] = 2^-e in the carrier (a table:
+    no libm call per block)."""
     abs_mask = xb.dtype.type(inf_bits | (inf_bits >> 1) | ((1 << c_man) - 1))
     for chunk in prange((hi - lo + _ITEMS - 1) // _ITEMS):
         for item in range(lo + chunk * _ITEMS, min(hi, lo + (chunk + 1) * _ITEMS)):
@@ -120,12 +121,15 @@ def _down_last(x, xb, y, exps, flags, lo, hi, base, nb, length, bs, c_man, c_bia
             ufirst = np.uint64(first)
             ustop = np.uint64(stop)
             ubase = np.uint64(base)
-            amax = xb.dtype.type(0)
-            for i in range(ufirst, ustop):
-                amax = max(amax, xb.dtype.type(xb[i] & abs_mask))
-            e = _block_exponent(amax, c_man, c_bias, inf_bits, threshold, elem_emax, s_emin,
-                                s_emax)
-            exps[item] = e
+            if given:
+                e = exps[item]
+            else:
+                amax = xb.dtype.type(0)
+                for i in range(ufirst, ustop):
+                    amax = max(amax, xb.dtype.type(xb[i] & abs_mask))
+                e = _block_exponent(amax, c_man, c_bias, inf_bits, threshold, elem_emax, s_emin,
+                                    s_emax)
+                exps[item] = e
             down = y.dtype.type(0.0) if e == _NAN_EXP else pow_down[e - s_emin]
             low = 0
             for i in range(ufirst, ustop):
@@ -183,8 +187,8 @@ def _make_one_pass(mode, utype):
     MODE = mode
 
     @njit(parallel=True, cache=True)
-    def one_pass(xb, outb, exps, flags, nb, length, bs, threshold, elem_emax, s_emin, s_emax,
-                 table):
+    def one_pass(xb, outb, exps, flags, nb, length, bs, given, threshold, elem_emax, s_emin,
+                 s_emax, table):
         n_blocks = exps.size
         for chunk in prange((n_blocks + _ITEMS - 1) // _ITEMS):
             # (row, b) of the chunk's first block, then stepped: no division per block.
@@ -199,12 +203,15 @@ def _make_one_pass(mode, utype):
                     row += 1
                 ufirst = np.uint64(first)
                 ustop = np.uint64(stop)
-                amax = U(0)
-                for i in range(ufirst, ustop):
-                    amax = max(amax, U(xb[i] & ABS))
-                e = _block_exponent(amax, c_man, c_bias, INF, threshold, elem_emax, s_emin,
-                                    s_emax)
-                exps[item] = e
+                if given:  # 2-D tiles: the tile's exponent, found beforehand
+                    e = exps[item]
+                else:
+                    amax = U(0)
+                    for i in range(ufirst, ustop):
+                        amax = max(amax, U(xb[i] & ABS))
+                    e = _block_exponent(amax, c_man, c_bias, INF, threshold, elem_emax, s_emin,
+                                        s_emax)
+                    exps[item] = e
                 if e == _NAN_EXP:
                     for i in range(ufirst, ustop):
                         outb[i] = NAN
@@ -270,17 +277,21 @@ def _one_pass(mode: int, utype: type):
 
 
 @njit(parallel=True, cache=True)
-def _down_strided(x, xb, y, exps, flags, nb, inner, length, bs, c_man, c_bias, inf_bits,
+def _down_strided(x, xb, y, exps, flags, nb, inner, length, bs, given, c_man, c_bias, inf_bits,
                   threshold, elem_emax, s_emin, s_emax, min_normal, pow_down):
     """_down_last for blocks along any axis of the (outer, length, inner) view (y: x's size)."""
     abs_mask = xb.dtype.type(inf_bits | (inf_bits >> 1) | ((1 << c_man) - 1))
     for item in prange(exps.size):
         start, count, stride = _locate(item, nb, inner, length, bs)
-        amax = xb.dtype.type(0)
-        for t in range(count):
-            amax = max(amax, xb.dtype.type(xb[start + t * stride] & abs_mask))
-        e = _block_exponent(amax, c_man, c_bias, inf_bits, threshold, elem_emax, s_emin, s_emax)
-        exps[item] = e
+        if given:
+            e = exps[item]
+        else:
+            amax = xb.dtype.type(0)
+            for t in range(count):
+                amax = max(amax, xb.dtype.type(xb[start + t * stride] & abs_mask))
+            e = _block_exponent(amax, c_man, c_bias, inf_bits, threshold, elem_emax, s_emin,
+                                s_emax)
+            exps[item] = e
         down = y.dtype.type(0.0) if e == _NAN_EXP else pow_down[e - s_emin]
         low = 0
         for t in range(count):
@@ -378,10 +389,100 @@ def _threshold(fmt: BlockFormat, c_man: int) -> int:
     return never
 
 
+@njit(parallel=True, cache=True)
+def _block_amax(xb, amax, nb, inner, length, bs, abs_mask):
+    """amax[item] = the largest |x| bit pattern of 1-D block `item` (NaN and Inf are above every
+    finite pattern, so a tile's maximum of these is its own amax pattern)."""
+    for item in prange(amax.size):
+        start, count, stride = _locate(item, nb, inner, length, bs)
+        a = xb.dtype.type(0)
+        for t in range(count):
+            a = max(a, xb.dtype.type(xb[start + t * stride] & abs_mask))
+        amax[item] = a
+
+
+@njit(cache=True)
+def _exponents(amax, exps, c_man, c_bias, inf_bits, threshold, elem_emax, s_emin, s_emax):
+    """exps[i] = _block_exponent of the amax pattern amax[i]."""
+    for i in range(amax.size):
+        exps[i] = _block_exponent(amax[i], c_man, c_bias, inf_bits, threshold, elem_emax,
+                                  s_emin, s_emax)
+
+
+class _Tiles:
+    """The tiles of a block format over an array: maps between per-1-D-block arrays (outer, nb,
+    inner), per-tile arrays (the scale shape: x's shape with the block axis holding one entry
+    per block and, for 2-D tiles, the cross axis one per tile) and per-element arrays.
+
+    A 2-D tile is block_rows consecutive 1-D blocks across the block axis (along `cross`), so
+    every per-tile quantity is a reduction over those blocks; 1-D formats have cross None and
+    tiles that are the blocks themselves."""
+
+    def __init__(self, shape: tuple[int, ...], axis: int, cross: int | None, fmt: BlockFormat):
+        self.shape = shape
+        self.axis = axis
+        self.cross = cross
+        self.rows = fmt.block_rows
+        self.bs = fmt.block_size
+        self.outer, self.length, self.inner, self.nb = _geometry(shape, axis, fmt.block_size)
+        self.block_shape = (*shape[:axis], self.nb, *shape[axis + 1:])
+        tile_shape = list(self.block_shape)
+        if cross is not None:
+            tile_shape[cross] = -(-shape[cross] // self.rows)
+        self.tile_shape = tuple(tile_shape)
+
+    def reduce(self, per_block: np.ndarray) -> np.ndarray:
+        """Per-tile maxima of a per-block (outer, nb, inner) array (any: bool arrays)."""
+        b = per_block.reshape(self.block_shape)
+        if self.cross is None:
+            return b
+        c = self.cross
+        n = self.shape[c]
+        nt = self.tile_shape[c]
+        if nt * self.rows != n:  # an edge tile: pad with zeros (neutral for max of |x|, any)
+            pad = [(0, 0)] * b.ndim
+            pad[c] = (0, nt * self.rows - n)
+            b = np.pad(b, pad)
+        return b.reshape(*b.shape[:c], nt, self.rows, *b.shape[c + 1:]).max(axis=c + 1)
+
+    def to_blocks(self, per_tile: np.ndarray) -> np.ndarray:
+        """A per-tile array repeated onto the (outer, nb, inner) blocks."""
+        b = per_tile
+        if self.cross is not None:
+            c = self.cross
+            b = np.repeat(b, self.rows, axis=c).take(np.arange(self.shape[c]), axis=c)
+        return b.reshape(self.outer, self.nb, self.inner)
+
+    def to_elements(self, per_tile: np.ndarray) -> np.ndarray:
+        """A per-tile array repeated onto x's elements (x's shape)."""
+        return _block_to_elements(self.to_blocks(per_tile), self.bs,
+                                  self.length).reshape(self.shape)
+
+
+def _tile_exponents(flat: np.ndarray, xb: np.ndarray, tiles: _Tiles, consts: tuple) -> np.ndarray:
+    """Per-block exponents (outer * nb * inner, int32) where each block takes its tile's: the
+    exponent of the tile's amax (the largest of its blocks' amax patterns), as the 1-D kernels
+    would find it for a block holding the whole tile."""
+    c_man, c_bias, inf_bits, threshold, elem_emax, s_emin, s_emax = consts[:7]
+    utype = xb.dtype.type
+    abs_mask = utype(inf_bits | (inf_bits >> 1) | ((1 << c_man) - 1))
+    amax = np.empty(tiles.outer * tiles.nb * tiles.inner, xb.dtype)
+    _block_amax(xb, amax, tiles.nb, tiles.inner, tiles.length, tiles.bs, abs_mask)
+    tile_amax = np.ascontiguousarray(tiles.reduce(amax.reshape(tiles.outer, tiles.nb,
+                                                               tiles.inner))).reshape(-1)
+    exps = np.empty(tile_amax.size, np.int32)
+    _exponents(tile_amax, exps, c_man, c_bias, inf_bits, threshold, elem_emax, s_emin, s_emax)
+    return np.ascontiguousarray(tiles.to_blocks(exps.reshape(tiles.tile_shape))).reshape(-1)
+
+
 def _pow2_blocks(x: np.ndarray, fmt: BlockFormat, axis: int, rounding: str,
-                 sr_bits: int | None, seed: int, keep_p: bool, out: np.ndarray | None = None):
+                 sr_bits: int | None, seed: int, keep_p: bool, out: np.ndarray | None = None,
+                 tiles: _Tiles | None = None):
     """(values, exps, p): values in x's dtype, block exponents (outer, nb, inner), and the
     element values p (x's shape; None unless keep_p).
+
+    2-D tiles (tiles.cross set): the tile exponents are found first (_tile_exponents) and
+    given to the same kernels, which then only round.
 
     rne along the last axis (without keep_p) takes the one-pass kernel. Otherwise three steps
     (scale down, refsim.quantize, scale up); blocks along the last axis go tile by tile
@@ -396,7 +497,6 @@ def _pow2_blocks(x: np.ndarray, fmt: BlockFormat, axis: int, rounding: str,
     flat = np.ascontiguousarray(x).reshape(-1)
     xb = flat.view(utype)
     n_items = outer * nb * inner
-    exps = np.empty(n_items, np.int32)
     flags = np.empty(n_items, np.int32)
     inf_bits = (2 * c_bias + 1) << c_man
     min_normal = float(np.ldexp(1.0, 1 - c_bias))
@@ -406,6 +506,9 @@ def _pow2_blocks(x: np.ndarray, fmt: BlockFormat, axis: int, rounding: str,
     pow_up = np.ldexp(1.0, span).astype(x.dtype)
     consts = (c_man, c_bias, inf_bits, _threshold(fmt, c_man), fmt.elem_emax, s_emin, s_emax,
               min_normal, pow_down)
+    given = tiles is not None and tiles.cross is not None
+    exps = _tile_exponents(flat, xb, tiles, consts) if given and tiles is not None \
+        else np.empty(n_items, np.int32)
     elem_max = x.dtype.type(fmt.elem_max)
     finite_max = np.finfo(x.dtype).max  # only an overflow makes p non-finite
     if out is None or not out.flags.c_contiguous or np.shares_memory(out, x):
@@ -420,8 +523,8 @@ def _pow2_blocks(x: np.ndarray, fmt: BlockFormat, axis: int, rounding: str,
         params = format_params(fmt.element)
         table = _shifted_table(fmt.element, mode, c_man, c_bias, s_emin, s_emax)
         if table[:, F_ENABLED].any():
-            _one_pass(mode, utype)(xb, out.view(utype), exps, flags, nb, length, bs, consts[3],
-                                   consts[4], s_emin, s_emax, table)
+            _one_pass(mode, utype)(xb, out.view(utype), exps, flags, nb, length, bs, given,
+                                   consts[3], consts[4], s_emin, s_emax, table)
             if not (flags < 0).any():
                 items = np.flatnonzero(flags)
                 if items.size:
@@ -438,7 +541,7 @@ def _pow2_blocks(x: np.ndarray, fmt: BlockFormat, axis: int, rounding: str,
             hi = min(n_items, lo + per_tile)
             base = _span(lo, nb, length, bs)[0]
             size = _span(hi - 1, nb, length, bs)[1] - base
-            _down_last(flat, xb, y, exps, flags, lo, hi, base, nb, length, bs, *consts)
+            _down_last(flat, xb, y, exps, flags, lo, hi, base, nb, length, bs, given, *consts)
             quantize(y[:size], fmt.element, rounding, sr_bits=sr_bits, seed=seed, out=p[:size])
             if keep_p:
                 p_all = p.copy()
@@ -446,7 +549,7 @@ def _pow2_blocks(x: np.ndarray, fmt: BlockFormat, axis: int, rounding: str,
                      pow_up)
     else:
         y = np.empty_like(flat)
-        _down_strided(flat, xb, y, exps, flags, nb, inner, length, bs, *consts)
+        _down_strided(flat, xb, y, exps, flags, nb, inner, length, bs, given, *consts)
         p = quantize(y, fmt.element, rounding, sr_bits=sr_bits, seed=seed)
         if keep_p:
             p_all = p.copy()
@@ -477,47 +580,105 @@ def _block_to_elements(per_block: np.ndarray, bs: int, length: int) -> np.ndarra
     return np.repeat(per_block, bs, axis=1)[:, :length, :]
 
 
-# ---- non-power-of-two scales (NVFP4) ----------------------------------------------------------
+# ---- non-power-of-two scales (NVFP4, fp32) ------------------------------------------------------
 def _tensor_scale(x: np.ndarray, fmt: BlockFormat) -> float:
-    """fp32 per-tensor scale: amax / (scale max * elem max) to nearest (1 for amax 0)."""
+    """fp32 per-tensor scale: amax / (scale max * elem max) to nearest (1 for amax 0); 4over6
+    takes FOUR_OVER_SIX_SCALE_MAX for the scale max."""
     if not fmt.tensor_scale:
         return 1.0
     finite = np.isfinite(x)
     amax = float(np.abs(x[finite]).max()) if finite.any() else 0.0
     if amax == 0:
         return 1.0
-    scale = fp32_nearest(Fraction(amax) / (Fraction(fmt.scale.max) * Fraction(fmt.elem_max)))
+    scale_max = FOUR_OVER_SIX_SCALE_MAX if fmt.scale_rule == "4over6" else fmt.scale.max
+    scale = fp32_nearest(Fraction(amax) / (Fraction(scale_max) * Fraction(fmt.elem_max)))
     if not np.isfinite(scale):
         raise ValueError(f"the per-tensor scale of amax={amax} is beyond float32 for {fmt.name}")
     return scale or float(np.ldexp(1.0, -149))
 
 
-def _value_blocks(x: np.ndarray, fmt: BlockFormat, axis: int, rounding: str,
+def _value_blocks(x: np.ndarray, fmt: BlockFormat, tiles: _Tiles, rounding: str,
                   sr_bits: int | None, seed: int):
-    """(values, block scales (outer, nb, inner), p, tensor scale) for a non-power-of-two scale."""
-    outer, length, inner, nb = _geometry(x.shape, axis, fmt.block_size)
+    """(values, tile scales (tiles.tile_shape), p, tensor scale) for a non-power-of-two scale."""
+    outer, length, inner, nb = tiles.outer, tiles.length, tiles.inner, tiles.nb
     x64 = np.ascontiguousarray(x, dtype=np.float64)
     x3 = x64.reshape(outer, length, inner)
     pad = nb * fmt.block_size - length
     padded = np.concatenate([x3, np.zeros((outer, pad, inner))], axis=1) if pad else x3
     blocks = padded.reshape(outer, nb, fmt.block_size, inner)
-    bad = ~np.isfinite(blocks).all(axis=2)
-    amax = np.where(np.isfinite(blocks), np.abs(blocks), 0).max(axis=2)
+    finite = np.isfinite(blocks)
+    bad = tiles.reduce(~finite.all(axis=2))
+    amax = tiles.reduce(np.where(finite, np.abs(blocks), 0).max(axis=2))
     s_t = _tensor_scale(x64, fmt)
-    ideal = exact_quotient(amax, fmt.elem_max * s_t)  # elem_max * s_t is exact (<= 28 bits)
-    mode = "rne" if fmt.scale_rule == "nearest" else "rup"
-    s_b = quantize(ideal, fmt.scale, mode, overflow="saturate")
-    s_b = np.where((s_b == 0) & (amax > 0), fmt.scale.min_subnormal, s_b)  # never a zero scale
-    s_b = np.where(bad, np.nan, s_b)
-    divisor = _block_to_elements(np.where(bad | (s_b == 0), 1.0, s_b), fmt.block_size, length)
-    divisor = divisor.reshape(x.shape) * s_t
-    p = quantize(exact_quotient(x64.reshape(x.shape), divisor), fmt.element, rounding,
-                 overflow="saturate", sr_bits=sr_bits, seed=seed)
-    nan = _block_to_elements(bad, fmt.block_size, length).reshape(x.shape)
+    mode = "rup" if fmt.scale_rule == "rceil" else "rne"
+
+    def candidate(target: float):
+        """(tile scales, per-element divisor, elements) with the tiles' max mapped to target."""
+        ideal = exact_quotient(amax, target * s_t)  # target * s_t is exact (<= 28 bits)
+        s_b = quantize(ideal, fmt.scale, mode, overflow="saturate")
+        s_b = np.where((s_b == 0) & (amax > 0), fmt.scale.min_subnormal, s_b)  # never zero
+        divisor = tiles.to_elements(np.where(bad | (s_b == 0), 1.0, s_b)) * s_t
+        p = quantize(exact_quotient(x64, divisor), fmt.element, rounding,
+                     overflow="saturate", sr_bits=sr_bits, seed=seed)
+        return s_b, divisor, p
+
+    s_b, divisor, p = candidate(fmt.elem_max)
+    nan = tiles.to_elements(bad)
+    if fmt.scale_rule == "4over6":
+        s_4, divisor_4, p_4 = candidate(4.0)
+        with np.errstate(all="ignore"):  # NaN tiles: their elements are NaN, whichever wins
+            four = _four_wins(x64, p * divisor, p_4 * divisor_4, nan, tiles) & ~bad
+        s_b = np.where(four, s_4, s_b)
+        chosen = tiles.to_elements(four)
+        p = np.where(chosen, p_4, p)
+        divisor = np.where(chosen, divisor_4, divisor)
     p = np.where(nan, 0.0, p)
     with np.errstate(over="ignore"):
         values = np.where(nan, np.nan, p * divisor).astype(x.dtype)  # one rounding
-    return values, s_b, p, s_t
+    return values, np.where(bad, np.nan, s_b), p, s_t
+
+
+_U = 2.0**-53  # float64's unit roundoff
+
+
+def _four_wins(x: np.ndarray, d6: np.ndarray, d4: np.ndarray, nan: np.ndarray,
+               tiles: _Tiles) -> np.ndarray:
+    """Per tile: is the 4-candidate's sum of squared errors sum (d4 - x)^2 strictly below the
+    6-candidate's, exactly? (d4, d6: the dequantized elements, exact float64 values.)
+
+    The difference of the two sums is S = sum (d6 - d4) * (2x - d4 - d6) over the tile, and 4
+    wins iff S < 0. It is computed in float64 first, with an error bound: each term takes 4
+    roundings (relative error <= 4.01u, u = 2^-53, plus at most 2^-1075 from an underflowing
+    product), the sum n - 1 more (recursive summation, Higham, Accuracy and Stability of
+    Numerical Algorithms, 2nd ed., section 4.2), so |S_computed - S| <= (n + 4) * 1.01u *
+    sum M_i + n * 2^-1074, M_i = (|d4| + |d6|) * (2|x| + |d4| + |d6|); twice that is taken as
+    the bound (covering the bound's own roundings). Where |S_computed| exceeds it the sign is
+    certain (the filter of adaptive predicates, Shewchuk 1997); a tile whose candidates agree
+    on every element has S = 0 exactly (a tie: 6). The rest, near-ties, are summed exactly
+    with Fractions.
+    """
+    ids = tiles.to_elements(np.arange(int(np.prod(tiles.tile_shape))).reshape(
+        tiles.tile_shape)).reshape(-1)
+    live = ~nan.reshape(-1)
+    x, d6, d4 = x.reshape(-1), d6.reshape(-1), d4.reshape(-1)
+    n_tiles = int(np.prod(tiles.tile_shape))
+    diff = d6 - d4
+    terms = diff * ((2 * x - d4) - d6)
+    mags = (np.abs(d4) + np.abs(d6)) * (2 * np.abs(x) + np.abs(d4) + np.abs(d6))
+    per = tiles.rows * tiles.bs  # elements per tile at most
+    sums = np.bincount(ids[live], weights=terms[live], minlength=n_tiles)
+    bound = 2 * (per + 4) * 1.01 * _U * np.bincount(ids[live], weights=mags[live],
+                                                      minlength=n_tiles) + per * 2.0**-1070
+    differs = np.bincount(ids[live], weights=(diff[live] != 0), minlength=n_tiles) > 0
+    sure = np.abs(sums) > bound  # False for NaN (an overflow): summed exactly below
+    four = differs & sure & (sums < 0)
+    for tile in np.flatnonzero(differs & ~sure):
+        lanes = np.flatnonzero((ids == tile) & live)
+        exact = sum((Fraction(float(d6[i])) - Fraction(float(d4[i])))
+                    * (2 * Fraction(float(x[i])) - Fraction(float(d4[i]))
+                       - Fraction(float(d6[i]))) for i in lanes)
+        four[tile] = exact < 0
+    return four.reshape(tiles.tile_shape)
 
 
 def quantize_blocks(x, fmt: BlockFormat | str, rounding: str = "rne", *, axis: int | None = None,
@@ -529,15 +690,18 @@ def quantize_blocks(x, fmt: BlockFormat | str, rounding: str = "rne", *, axis: i
         x: NumPy float32/float64 array (at least 1-D).
         fmt: a BlockFormat or a name of refsim.formats.NAMED_BLOCKS ("mxfp8_e4m3", ...).
         rounding: rne, rna, rtz, rup, rdn, rto or sr (the elements; scales follow the rule).
-        axis: the axis blocks run along; None takes fmt.axis.
+        axis: the axis blocks run along; None takes fmt.axis. With 2-D tiles (fmt.block_rows >
+            1) one of the last two axes; the tiles' other side runs along the other one.
         sr_bits: for sr: None (every discarded bit) or 1..64; with a non-power-of-two scale
-            (nvfp4) 1..16.
+            (nvfp4, fp32) 1..16.
         seed: 0..2^64-1, the stream key (sr only); element i uses flat C-order index i of x.
         return_codes: return a BlockQuantized (values, element codes, scales, scale codes).
         out: optional array of x's dtype and shape for the values (may be x itself).
 
     Returns:
-        The dequantized values (x's dtype and shape; out, if given), or a BlockQuantized.
+        The dequantized values (x's dtype and shape; out, if given), or a BlockQuantized
+        (scales: x's shape with the block axis, and for 2-D tiles the other of the last two,
+        holding one entry per block).
     """
     fmt = get_block_format(fmt)
     x = check_array(x)
@@ -551,8 +715,9 @@ def quantize_blocks(x, fmt: BlockFormat | str, rounding: str = "rne", *, axis: i
     check_scaled_sr_bits(rounding, sr_bits, fmt.pow2_scale)
     _check_fits(fmt, x.dtype)
     out = check_out(out, x)
-    _, length, _, nb = _geometry(x.shape, axis, fmt.block_size)
-    scale_shape = (*x.shape[:axis], nb, *x.shape[axis + 1:])
+    tiles = _Tiles(x.shape, axis, _cross_axis(fmt, x.ndim, axis), fmt)
+    length = tiles.length
+    scale_shape = tiles.tile_shape
     if x.size == 0:  # no element, so no block has a scale: empty results of the right shapes
         values = x.copy() if out is None else out
         if not return_codes:
@@ -561,23 +726,38 @@ def quantize_blocks(x, fmt: BlockFormat | str, rounding: str = "rne", *, axis: i
         return BlockQuantized(values, np.empty(x.shape, np.uint64), scales,
                               np.empty(scale_shape, np.uint64), 1.0)
     if fmt.pow2_scale:
-        values, exps, p = _pow2_blocks(x, fmt, axis, rounding, sr_bits, seed, return_codes, out)
+        values, exps, p = _pow2_blocks(x, fmt, axis, rounding, sr_bits, seed, return_codes, out,
+                                       tiles)
         values = _into(values, out)
         if not return_codes:
             return values
         nan = exps == _NAN_EXP
         scales = np.where(nan, np.nan, np.ldexp(1.0, np.where(nan, 0, exps)))
+        scales = tiles.reduce(scales)  # the blocks of a tile share its scale: any one is it
         tensor_scale = 1.0
         assert p is not None
         p = np.where(_block_to_elements(nan, fmt.block_size, length).reshape(x.shape), 0.0, p)
     else:
-        values, scales, p, tensor_scale = _value_blocks(x, fmt, axis, rounding, sr_bits, seed)
+        values, scales, p, tensor_scale = _value_blocks(x, fmt, tiles, rounding, sr_bits, seed)
         values = _into(values, out)
         if not return_codes:
             return values
     scales = scales.reshape(scale_shape)
     return BlockQuantized(values, fmt.element.encode(np.asarray(p, np.float64)), scales,
                           fmt.scale.encode(scales), tensor_scale)
+
+
+def _cross_axis(fmt: BlockFormat, ndim: int, axis: int) -> int | None:
+    """The axis a 2-D tile's block_rows side runs along (the other of the last two), or None."""
+    if fmt.block_rows == 1:
+        return None
+    if ndim < 2:
+        raise ValueError(f"fmt={fmt.name} has 2-D tiles ({fmt.block_rows}x{fmt.block_size}) over "
+                         f"the last two axes; x must have at least 2 dimensions, got {ndim}")
+    if axis not in (ndim - 1, ndim - 2):
+        raise ValueError(f"fmt={fmt.name} has 2-D tiles ({fmt.block_rows}x{fmt.block_size}) over "
+                         f"the last two axes: axis must be -1 or -2 (of {ndim}); got axis={axis}")
+    return ndim - 2 if axis == ndim - 1 else ndim - 1
 
 
 def _into(values: np.ndarray, out: np.ndarray | None) -> np.ndarray:

@@ -42,9 +42,12 @@ def test_derived_constants():
     ({"scale": "e4m3fn", "scale_rule": "floor"}, r"scale_rule must be one of nearest, rceil"),
     ({"tensor_scale": True}, r"tensor_scale applies to non-power-of-two scale formats"),
     ({"element": "fp64"}, r"cannot serve element fp64"),
-    ({"element": "bf16", "scale": "e4m3fn", "scale_rule": "nearest"},
-     r"element format may have at most 3 mantissa bits"),
-    ({"scale": "fp16", "scale_rule": "nearest"}, r"scale format may have at most 3 mantissa"),
+    ({"element": "fp16", "scale": "e4m3fn", "scale_rule": "nearest"},
+     r"the element may have at most 8 significant bits .*got fp16 with 11"),
+    ({"scale": "fp32", "scale_rule": "nearest", "tensor_scale": True},
+     r"at most 28 significant bits .*got scale=fp32 \(24 bits\) with tensor_scale"),
+    ({"scale": "e4m3fn", "scale_rule": "4over6"}, r"'4over6' needs e2m1 elements"),
+    ({"block_rows": 0}, r"block_rows must be a positive int \(1: 1-D blocks\); got 0"),
 ])
 def test_bad_fields_name_the_parameter(kwargs, match):
     fields = {"element": "e4m3fn", **kwargs}
@@ -55,6 +58,8 @@ def test_bad_fields_name_the_parameter(kwargs, match):
 def test_type_errors_and_unknowns():
     with pytest.raises(TypeError, match="block_size must be an int"):
         BlockFormat("e4m3fn", 2.0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="block_rows must be an int"):
+        BlockFormat("e4m3fn", 16, block_rows=2.0)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="axis must be an int"):
         BlockFormat("e4m3fn", axis="0")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown block format"):
@@ -63,3 +68,18 @@ def test_type_errors_and_unknowns():
         BlockFormat.from_dict({"element": "e4m3fn", "size": 3})
     assert set(POW2_RULES) == {"floor", "ceil", "even", "rceil"} and "nearest" in VALUE_RULES
     assert BlockFormat(FixedFormat(4, 2), 8).elem_emax == 0
+
+
+def test_tiles_and_scale_formats():
+    """2-D tiles: the name spells rows x columns, to_dict adds block_rows only for tiles (1-D
+    dicts stay as they were), with_axis keeps the tile; fp32 scales and 4over6 are accepted."""
+    tile = BlockFormat("e4m3fn", 32, "fp32", "nearest", block_rows=4)
+    assert tile.tile == (4, 32) and tile.name == "block(e4m3fn,4x32,fp32,nearest)"
+    assert tile.to_dict()["block_rows"] == 4 and BlockFormat.from_dict(tile.to_dict()) == tile
+    assert "block_rows" not in NAMED_BLOCKS["nvfp4"].to_dict()
+    assert tile.with_axis(-2).block_rows == 4
+    assert NAMED_BLOCKS["nvfp4_16x16"].with_axis(-2).name == "nvfp4_16x16(axis=-2)"
+    assert NAMED_BLOCKS["deepseek_128x128"].tile == (128, 128)
+    assert NAMED_BLOCKS["deepseek_1x128"].tile == (1, 128)
+    assert BlockFormat("e2m1fn", 16, "e4m3fn", "4over6").tensor_scale is False
+    assert BlockFormat("int8", 32, "fp32", "rceil").elem_max == 127.0
