@@ -6,6 +6,8 @@ from refsim.blocks import quantize_blocks
 from refsim.quantize import quantize
 from refsim.scaling import DelayedScaling, quantize_affine, quantize_scaled
 from refsim.specs import AccumSpec, Cast, GemmSpec
+from refsim.transforms import RandomHadamard
 
-__all__ = ["AccumSpec", "Cast", "DelayedScaling", "GemmSpec", "conv2d", "dot", "hardware",
-           "matmul", "quantize", "quantize_affine", "quantize_blocks", "quantize_scaled", "sum"]
+__all__ = ["AccumSpec", "Cast", "DelayedScaling", "GemmSpec", "RandomHadamard", "conv2d", "dot",
+           "hardware", "matmul", "quantize", "quantize_affine", "quantize_blocks",
+           "quantize_scaled", "sum"]

@@ -20,6 +20,7 @@ from refsim.formats import FixedFormat, FloatFormat, Format, get_format
 from refsim.formats.block_format import NAMED_BLOCKS, BlockFormat, get_block_format, is_block_format
 from refsim.formats.policy import check_int, check_overflow, check_rounding, check_sr_bits
 from refsim.formats.registry import name_of
+from refsim.transforms import RandomHadamard
 
 __all__ = ["C_ENTRIES", "MULTITERM_ALIGNS", "MULTITERM_MAX_BITS", "MULTITERM_TRUNCATIONS",
            "MULTITERM_VARIANTS", "ORDERS", "SUBNORMAL_INPUTS", "AccumSpec", "Cast", "GemmSpec",
@@ -539,19 +540,28 @@ class GemmSpec:
             operands exactly as given.
         acc: the AccumSpec (or a format: rne, sequential).
         out: the Cast applied to each accumulated result; None returns the accumulator's value.
+        transform: None, or a refsim.transforms.RandomHadamard (or its dict) applied along K to
+            both operands before their Casts (docs/transforms.md).
     """
 
     a: Cast | None = None
     b: Cast | None = None
     acc: AccumSpec = None  # type: ignore[assignment]  # required; the default only lets a, b come first
     out: Cast | None = None
+    transform: RandomHadamard | None = None
 
     if TYPE_CHECKING:  # the signature as called (the generated __init__ takes fields as stored)
         def __init__(self, a: Cast | CastLike | None = ..., b: Cast | CastLike | None = ...,
                      acc: AccumSpec | FormatLike | dict[str, Any] | None = ...,
-                     out: Cast | CastLike | None = ...) -> None: ...
+                     out: Cast | CastLike | None = ...,
+                     transform: RandomHadamard | dict[str, Any] | None = ...) -> None: ...
 
     def __post_init__(self) -> None:
+        if isinstance(self.transform, dict):
+            object.__setattr__(self, "transform", RandomHadamard.from_dict(self.transform))
+        elif self.transform is not None and not isinstance(self.transform, RandomHadamard):
+            raise TypeError(f"GemmSpec.transform must be None, a RandomHadamard or its dict; got "
+                            f"{type(self.transform).__name__}")
         if self.acc is None:
             raise ValueError("GemmSpec.acc is required: the accumulator (an AccumSpec or format)")
         object.__setattr__(self, "acc", AccumSpec.of(self.acc, "GemmSpec.acc"))
@@ -566,7 +576,7 @@ class GemmSpec:
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {}
-        for key in ("a", "b", "acc", "out"):
+        for key in ("a", "b", "acc", "out", "transform"):
             value = getattr(self, key)
             if value is not None:
                 data[key] = value.to_dict()
@@ -574,7 +584,7 @@ class GemmSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GemmSpec:
-        data = _check_keys(data, ("a", "b", "acc", "out"), "GemmSpec")
+        data = _check_keys(data, ("a", "b", "acc", "out", "transform"), "GemmSpec")
         return cls(**data)
 
     def to_toml(self) -> str:
@@ -588,5 +598,6 @@ class GemmSpec:
         def cast(value: Cast | None) -> str:
             return "exact" if value is None else str(value)
 
+        transform = "" if self.transform is None else f", transform={self.transform}"
         return (f"GemmSpec(a={cast(self.a)}, b={cast(self.b)}, acc={self.acc}, "
-                f"out={cast(self.out)})")
+                f"out={cast(self.out)}{transform})")

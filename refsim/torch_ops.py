@@ -11,6 +11,8 @@ Usage rules:
     c=, every rounding but sr in the accumulator (and in acc.product), every Cast of the
     operands and of the output (sr included); anything else (sr accumulation, wider
     acc-excluded groups) raises NotImplementedError naming it.
+  - spec.transform (docs/transforms.md) is applied to both operands along K before their Casts,
+    in both modes, by refsim.transforms on the CPU (the same bits as refsim.matmul).
   - Seeds as refsim.matmul: a's Cast uses seed, b's seed + 1, the accumulation and output cast
     seed (the output cast reads the accumulation family TAG_OUT of refsim.kernels.accum_core).
 
@@ -59,6 +61,13 @@ def cast(x: torch.Tensor, c: Cast | None, seed: int, axis: int = -1) -> torch.Te
         values = cast_operand(x.detach().cpu().numpy(), c, seed, axis=axis)
         return torch.from_numpy(np.ascontiguousarray(values)).to(x.device)
     return tb.quantize(x, c.fmt, c.rounding, overflow=c.overflow, sr_bits=c.sr_bits, seed=seed)
+
+
+def _transformed(x: torch.Tensor, spec: GemmSpec, axis: int) -> torch.Tensor:
+    """x transformed by spec.transform along `axis` (refsim.transforms, bit-identical)."""
+    assert spec.transform is not None
+    values = spec.transform.apply(x.detach().cpu().numpy(), axis=axis)
+    return torch.from_numpy(np.ascontiguousarray(values)).to(x.device)
 
 
 def _bit_fields(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -500,6 +509,9 @@ def matmul(a: torch.Tensor, b: torch.Tensor, spec: GemmSpec, c: torch.Tensor | N
             raise ValueError(f"c of shape {tuple(c.shape)} does not broadcast to the output "
                              f"shape {out_shape}") from None
     initial = c
+    if spec.transform is not None:  # along K, before the Casts: the NumPy path, on CPU
+        a = _transformed(a, spec, -1)
+        b = _transformed(b, spec, -2)
     a = cast(a, spec.a, seed, axis=-1)
     b = cast(b, spec.b, (seed + 1) & _UINT64_MAX, axis=-2)
     if mode == "fast":

@@ -382,6 +382,10 @@ def matmul(a, b, spec, c=None, *, seed: int = 0, counts: bool = False):
     if a_shape[:-2] != b_shape[:-2]:
         raise NotImplementedError(f"matmul on CUDA needs equal batch dimensions (no broadcasting"
                                   f" yet); got a of shape {a_shape} and b of shape {b_shape}")
+    if spec.transform is not None:
+        raise NotImplementedError(
+            f"matmul on CUDA: spec.transform ({spec.transform}) runs on the CPU only "
+            "(refsim.transforms): copy the arrays to the host")
     for name, cast in (("a", spec.a), ("b", spec.b)):
         if cast is not None and isinstance(cast.fmt, BlockFormat):
             raise NotImplementedError(

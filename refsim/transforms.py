@@ -1,0 +1,343 @@
+"""Random Hadamard transforms of GEMM operands along K (docs/transforms.md).
+
+Usage rules:
+  - RandomHadamard(block, seed, fmt, rounding, overflow) is a frozen spec; GemmSpec(transform=...)
+    applies it to both operands along K before their Casts (refsim.matmul, refsim.torch_ops).
+  - Each block of `block` consecutive values x along K becomes y = round(c * H (s * x)): H the
+    Sylvester Hadamard matrix (H[j, i] = (-1)^popcount(i & j)), s the seeded sign vector (one
+    vector for every block), c = scale(block), and each y_j is computed exactly and rounded ONCE
+    to `fmt` with `rounding` and `overflow`. An exactly zero sum is +0, whatever the signs of the
+    zero terms (as an MMA whose accumulator starts at +0 gives); a NaN term, or +Inf and -Inf
+    terms, give NaN; otherwise an infinite term gives that infinity.
+  - apply() returns the input's dtype when it holds every value of `fmt`, else float64.
+
+How it is fast and exact: the fast Walsh-Hadamard butterfly in float64 (log2(block) stages of
+u + v, u - v) is exact while every partial sum fits 53 bits: each one is a signed sum of at most
+`block` inputs, so it is a multiple of 2^low (the lowest set bit of any input of the block) of
+magnitude below block * 2^top (2^top above every input), i.e. at most top + log2(block) - low
+bits. Blocks where that exceeds 53 (or that are near float64's range ends) take Python integers.
+Then c * S: for block 16, 64, 256, c is a power of two and the product is exact; for 32 and 128,
+c has 24 bits and Dekker's product (Veltkamp split of S, no FMA needed) gives p + e = c * S
+exactly. Making p's last bit odd when e != 0 is round-to-odd at 53 bits, and rounding that
+once more to a format of at most 51 significand bits (man_bits <= 50) and subnormal quantum
+at least 2^-1072 gives the same bits as rounding c * S directly, in every deterministic mode
+(Boldo and Melquiond, "Emulation of FMA and correctly rounded sums: proved algorithms using
+rounding to odd", IEEE TC 57(4), 2008). So `fmt` must meet those bounds, and sr is refused (it
+would need the discarded fraction, which round-to-odd does not keep).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from refsim.backends.cpu_quantize import quantize
+from refsim.formats import FloatFormat, Format, get_format
+from refsim.formats.policy import check_int, check_overflow, check_rounding, check_seed
+from refsim.formats.registry import name_of
+from refsim.kernels.rng import philox4x64_10
+from refsim.params import carrier_holds, check_array
+
+__all__ = ["BLOCKS", "SIGN_KEY", "RandomHadamard", "scale"]
+
+BLOCKS: tuple[int, ...] = (16, 32, 64, 128, 256)
+"""Block sizes b a RandomHadamard accepts (powers of two; NVFP4 training uses 16)."""
+
+SIGN_KEY = 0x524854
+"""Key word k1 of the sign stream ("RHT" in ASCII). Every other stream of refsim (quantize, the
+accumulation families, block Casts) keys Philox with k1 = 0, so the sign words never coincide
+with them for any seed."""
+
+# 1/sqrt(b): a power of two for b = 16, 64, 256; for 32 and 128 the float32 nearest of
+# sqrt(2)/8 and sqrt(2)/16 (sqrt(2) = 0x1.6a09e667f3bc..., and bit 24 onward, 0x0.00000067f...,
+# is below half an ulp of float32), the constant a float32 `scale` argument of a kernel holds.
+# formats/exact_transform.py derives these independently with integer square roots.
+_SCALES = {16: 2.0**-2, 32: float.fromhex("0x1.6a09e6p-3"), 64: 2.0**-3,
+           128: float.fromhex("0x1.6a09e6p-4"), 256: 2.0**-4}
+_MAN_MAX = 50  # round-to-odd at 53 bits then one rounding: at most 51 significand bits
+_QUANTUM_MIN = -1072  # ... and a quantum at least 4 times float64's smallest subnormal
+_SPLIT = 2.0**27 + 1.0  # Veltkamp: splits a float64 into two halves of at most 26 bits
+_FAST_TOP = 990  # fast blocks: partial sums and Veltkamp's factor * S stay below 2^1018
+_FAST_LOW = -1040  # ... and c * S_lo (c down to 2^-27 quanta) has no bit below 2^-1074
+_MASK52 = np.uint64((1 << 52) - 1)
+_ABS = np.uint64((1 << 63) - 1)
+
+
+def scale(block: int) -> float:
+    """The normalisation c of a block size: 1/sqrt(block), or its float32 nearest (32, 128)."""
+    return _SCALES[_check_block(block)]
+
+
+def _check_block(block: object) -> int:
+    value = check_int(block, "RandomHadamard.block", allowed=f"one of {BLOCKS}")
+    if value not in BLOCKS:
+        raise ValueError(f"RandomHadamard.block must be one of {', '.join(map(str, BLOCKS))} "
+                         f"(a power of two); got {value}")
+    return value
+
+
+@functools.lru_cache(maxsize=64)
+def _signs(seed: int, block: int) -> np.ndarray:
+    """+-1.0 per position: word i of Philox4x64-10 under key (seed, SIGN_KEY), counter
+    (i // 4 + 1, 0, 0, 0), output i % 4; negative when its top bit is set."""
+    out = np.empty(block, np.float64)
+    for n in range(block // 4):
+        words = philox4x64_10(n + 1, 0, 0, 0, np.uint64(seed), np.uint64(SIGN_KEY))
+        for lane, word in enumerate(words):
+            out[4 * n + lane] = -1.0 if int(word) >> 63 else 1.0
+    out.setflags(write=False)
+    return out
+
+
+def _format_data(fmt: FloatFormat) -> str | dict[str, Any]:
+    name = name_of(fmt)
+    try:
+        if get_format(name) == fmt:
+            return name
+    except ValueError:
+        pass
+    return {"kind": "float", **dataclasses.asdict(fmt)}
+
+
+_KEYS = ("kind", "block", "seed", "fmt", "rounding", "overflow")
+
+
+@dataclass(frozen=True)
+class RandomHadamard:
+    """A random Hadamard transform along K, computed in `fmt` (module docstring).
+
+    Args:
+        block: b, values per block along K: 16, 32, 64, 128 or 256; K must be a multiple.
+        seed: 0..2^64-1, the key of the sign vector (one vector of b signs for every block).
+        fmt: the float format each transformed value is rounded to once (object or name), at
+            most 50 mantissa bits and a smallest quantum of at least 2^-1072 (fp32, bf16, ...).
+        rounding: rne, rna, rtz, rup, rdn or rto (not sr).
+        overflow: default, saturate or satfinite (the format's policy, docs/rounding.md).
+    """
+
+    block: int = 16
+    seed: int = 0
+    fmt: FloatFormat = "fp32"  # type: ignore[assignment]  # a name is stored as its FloatFormat
+    rounding: str = "rne"
+    overflow: str = "default"
+
+    if TYPE_CHECKING:  # the signature as called (the generated __init__ takes fields as stored)
+        def __init__(self, block: int = ..., seed: int = ..., fmt: Format | str = ...,
+                     rounding: str = ..., overflow: str = ...) -> None: ...
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "block", _check_block(self.block))
+        try:
+            object.__setattr__(self, "seed", check_seed(self.seed))
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"RandomHadamard.{exc}") from None
+        try:
+            fmt = get_format(self.fmt)  # type: ignore[arg-type]
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"RandomHadamard.fmt: {exc}") from None
+        if not isinstance(fmt, FloatFormat):
+            raise ValueError(f"RandomHadamard.fmt must be a floating-point format; got "
+                             f"{name_of(fmt)}")
+        if fmt.man_bits > _MAN_MAX or fmt.emin - (fmt.man_bits if fmt.subnormals else 0) \
+                < _QUANTUM_MIN or fmt.emax > 1023:
+            raise ValueError(f"RandomHadamard.fmt ({name_of(fmt)}) must have at most {_MAN_MAX} "
+                             f"mantissa bits, a smallest quantum of at least 2^{_QUANTUM_MIN} "
+                             "and emax at most 1023 (values are rounded once through "
+                             "round-to-odd float64; fp32, tf32, bf16, fp16 and fp8 qualify)")
+        object.__setattr__(self, "fmt", fmt)
+        for key, check in (("rounding", check_rounding), ("overflow", check_overflow)):
+            try:
+                check(getattr(self, key))
+            except ValueError as exc:
+                raise ValueError(f"RandomHadamard.{exc}") from None
+        if self.rounding == "sr":
+            raise ValueError("RandomHadamard.rounding must be rne, rna, rtz, rup, rdn or rto; "
+                             "sr is not supported (the transform rounds through round-to-odd, "
+                             "which does not keep the discarded fraction)")
+        if self.overflow == "wrap":
+            raise ValueError("RandomHadamard.overflow must be default, saturate or satfinite "
+                             "(wrap is for fixed-point formats)")
+
+    @property
+    def scale(self) -> float:
+        """The normalisation c (scale(block))."""
+        return _SCALES[self.block]
+
+    def signs(self) -> np.ndarray:
+        """The sign vector s: a read-only float64 array of block values +-1.0."""
+        return _signs(self.seed, self.block)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "hadamard", "block": self.block, "seed": self.seed,
+                "fmt": _format_data(self.fmt), "rounding": self.rounding,
+                "overflow": self.overflow}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RandomHadamard:
+        if not isinstance(data, dict):
+            raise TypeError(f"RandomHadamard must be a dict; got {type(data).__name__}")
+        unknown = sorted(set(data) - set(_KEYS))
+        if unknown:
+            raise ValueError(f"RandomHadamard: unknown keys {', '.join(unknown)} (allowed: "
+                             f"{', '.join(_KEYS)})")
+        fields = dict(data)
+        kind = fields.pop("kind", "hadamard")
+        if kind != "hadamard":
+            raise ValueError(f"RandomHadamard.kind must be 'hadamard'; got {kind!r}")
+        fmt = fields.get("fmt")
+        if isinstance(fmt, dict):
+            table = dict(fmt)
+            if table.pop("kind", "float") != "float":
+                raise ValueError("RandomHadamard.fmt must be a floating-point format")
+            try:
+                fields["fmt"] = FloatFormat(**table)
+            except TypeError as exc:
+                raise ValueError(f"RandomHadamard.fmt: {exc}") from None
+        return cls(**fields)
+
+    def __str__(self) -> str:
+        text = f"{name_of(self.fmt)}/{self.rounding}"
+        if self.overflow != "default":
+            text += f"/{self.overflow}"
+        return f"RandomHadamard({self.block}, seed={self.seed}, {text})"
+
+    def apply(self, x, axis: int = -1) -> np.ndarray:
+        """x transformed along `axis`, each block of `block` values (module docstring).
+
+        Args:
+            x: a NumPy float32/float64 array; its length along axis must be a multiple of block.
+            axis: the axis of K (matmul: a's last, b's second-to-last).
+
+        Returns:
+            An array of x's shape: x's dtype when it holds every value of fmt, else float64.
+        """
+        x = check_array(x, "x")
+        if x.ndim == 0:
+            raise ValueError("x must have at least one dimension (the axis of K)")
+        axis = check_int(axis, "axis")
+        if not -x.ndim <= axis < x.ndim:
+            raise ValueError(f"axis {axis} is out of range for x of shape {x.shape}")
+        k = x.shape[axis]
+        if k % self.block:
+            raise ValueError(f"RandomHadamard: K = {k} (x's axis {axis}) is not a multiple of "
+                             f"the block size b = {self.block}; pad K with zeros to a multiple "
+                             "of b or choose a block size that divides it")
+        moved = np.moveaxis(x, axis, -1)
+        rows = np.ascontiguousarray(moved, dtype=np.float64).reshape(-1, self.block)
+        y = _transform_rows(rows * self.signs(), self.block)
+        y = quantize(y, self.fmt, self.rounding, overflow=self.overflow)
+        dtype = x.dtype if carrier_holds(self.fmt, x.dtype) else np.dtype(np.float64)
+        result = np.moveaxis(y.reshape(moved.shape), -1, axis)
+        return np.ascontiguousarray(result).astype(dtype, copy=False)
+
+
+# ---- the transform of rows of signed values: round-to-odd float64 of c * H x --------------------
+def _butterfly(v: np.ndarray) -> np.ndarray:
+    """H v for each row of v (R, b): the Sylvester-ordered fast Walsh-Hadamard transform."""
+    rows, b = v.shape
+    h = 1
+    while h < b:
+        pairs = v.reshape(rows, b // (2 * h), 2, h)
+        u, w = pairs[:, :, 0, :], pairs[:, :, 1, :]
+        v = np.stack((u + w, u - w), axis=2).reshape(rows, b)
+        h *= 2
+    return v
+
+
+def _bit_range(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of finite v: (top, low) with every nonzero |v| < 2^top and a multiple of 2^low
+    (exponents read from the bit fields; an all-zero row gives top -2000, low +2000)."""
+    bits = v.view(np.uint64) & _ABS
+    field = (bits >> np.uint64(52)).astype(np.int64)
+    sig = bits & _MASK52
+    sig = np.where(field > 0, sig | np.uint64(1 << 52), sig)
+    e0 = np.where(field > 0, field - 1075, -1074)  # |v| = sig * 2^e0
+    nonzero = sig != 0
+    # sig < 2^53 and its lowest set bit are exact float64 values: frexp reads their exponents.
+    lowest = (sig & (~sig + np.uint64(1))).astype(np.float64)
+    low = np.where(nonzero, e0 + np.frexp(lowest)[1] - 1, 2000)
+    top = np.where(nonzero, e0 + np.frexp(sig.astype(np.float64))[1], -2000)
+    return top.max(axis=1), low.min(axis=1)
+
+
+def _odd_last_bit(p: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """Round-to-odd at 53 bits of p + e, where p = fl(p + e) (|e| <= ulp(p) / 2, p finite)."""
+    inexact = e != 0
+    toward_zero = inexact & (np.signbit(e) != np.signbit(p))  # |p + e| < |p|: truncate p
+    t = np.where(toward_zero, np.nextafter(p, np.zeros_like(p)), p)
+    even = (t.view(np.uint64) & np.uint64(1)) == 0
+    away = np.where(np.signbit(t), -np.inf, np.inf)
+    return np.where(inexact & even, np.nextafter(t, away), t)
+
+
+def _transform_rows(v: np.ndarray, block: int) -> np.ndarray:
+    """round_to_odd_float64(c * H v_r) for every row v_r of the signed values v (R, b)."""
+    c = _SCALES[block]
+    log_b = block.bit_length() - 1
+    out = np.empty_like(v)
+    finite = np.isfinite(v).all(axis=1)
+    if not finite.all():  # a non-finite term dominates every output: NaN, or the Inf's sign
+        special = ~finite
+        w = v[special]
+        with np.errstate(invalid="ignore"):  # Inf - Inf is the NaN the definition asks for
+            out[special] = _butterfly(np.where(np.isfinite(w), 0.0, w)) * c
+    top, low = _bit_range(np.where(finite[:, None], v, 0.0))
+    fast = finite & ((top + log_b - low <= 53) & (top + log_b <= _FAST_TOP) & (low >= _FAST_LOW)
+                     | (top == -2000))
+    if fast.any():
+        s = _butterfly(v[fast])
+        s[s == 0] = 0.0  # an exactly zero sum is +0 (the butterfly's zero signs are its own)
+        p = s * c
+        if block in (32, 128):  # c has 24 bits: Dekker's exact product error (Veltkamp split)
+            t = _SPLIT * s
+            s_hi = t - (t - s)
+            s_lo = s - s_hi
+            p = _odd_last_bit(p, (c * s_hi - p) + c * s_lo)
+        out[fast] = p  # power-of-two c: p is exact (low - 4 >= -1074)
+    slow = finite & ~fast
+    for r in np.flatnonzero(slow):
+        out[r] = _transform_row_int(v[r], block)
+    return out
+
+
+def _transform_row_int(v: np.ndarray, block: int) -> np.ndarray:
+    """One finite row the float64 butterfly cannot hold: Python integers, then round-to-odd."""
+    terms = [float(value).as_integer_ratio() for value in v]
+    shift = max(den.bit_length() - 1 for _, den in terms)  # every denominator is a power of 2
+    ints = [num << (shift - (den.bit_length() - 1)) for num, den in terms]
+    h = 1
+    while h < block:
+        for start in range(0, block, 2 * h):
+            for i in range(start, start + h):
+                ints[i], ints[i + h] = ints[i] + ints[i + h], ints[i] - ints[i + h]
+        h *= 2
+    c_num, c_den = _SCALES[block].as_integer_ratio()
+    out = np.zeros(block, np.float64)  # an exactly zero sum is +0
+    for j, total in enumerate(ints):
+        if total != 0:
+            out[j] = _odd_float64(total * c_num, -shift - (c_den.bit_length() - 1))
+    return out
+
+
+def _odd_float64(num: int, exp: int) -> float:
+    """num * 2^exp (num != 0) rounded to odd at float64's precision; beyond float64's range
+    +-max (an overflow of every format RandomHadamard accepts, in every mode)."""
+    magnitude = abs(num)
+    top = exp + magnitude.bit_length() - 1  # 2^top <= |value| < 2^(top + 1)
+    if top > 1023:
+        result = float(np.finfo(np.float64).max)
+    else:
+        quantum = max(top - 52, -1074)
+        drop = quantum - exp
+        if drop > 0:
+            kept = magnitude >> drop
+            if magnitude & ((1 << drop) - 1):
+                kept |= 1
+        else:
+            kept = magnitude << -drop
+        result = float(np.ldexp(float(kept), quantum))  # kept < 2^53: exact
+    return -result if num < 0 else result
