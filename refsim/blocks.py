@@ -10,8 +10,13 @@ Usage rules (semantics: docs/blocks.md):
     axis the same steps run in one pass, on bit patterns, with refsim.quantize's lane function).
     Lanes where x * 2^-e or the result would leave the carrier's normal range are rounded by
     refsim.kernels.core from x itself.
-  - Non-power-of-two scales (NVFP4): exact quotients (refsim.scaling.exact_quotient), one
-    rounding each; sr needs sr_bits in 1..16 there.
+  - Non-power-of-two scales (NVFP4's E4M3, DeepSeek's fp32): exact quotients
+    (refsim.scaling.exact_quotient), one rounding each; sr needs sr_bits in 1..16 there.
+    4over6 quantizes each block twice and keeps the candidate of smaller exact squared error
+    (_four_wins: a float64 sum with a proven bound, Fractions for the near-ties).
+  - 2-D tiles (fmt.block_rows > 1) over the last two axes: a tile is block_rows consecutive 1-D
+    blocks across the block axis (_Tiles); its exponent (or scale) is found from their amax first
+    and given to the same kernels, which then only round.
   - A block holding NaN or +-Inf has a NaN scale and every element of it is NaN (OCP MX v1.0).
   - Stochastic rounding: element i takes the stream of refsim.quantize at its flat C-order index
     in x, whatever the axis or block size.
