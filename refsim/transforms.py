@@ -34,11 +34,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numba import njit, prange
 
 from refsim.backends.cpu_quantize import quantize
 from refsim.formats import FloatFormat, Format, get_format
 from refsim.formats.policy import check_int, check_overflow, check_rounding, check_seed
 from refsim.formats.registry import name_of
+from refsim.kernels.core import bit_length
 from refsim.kernels.rng import philox4x64_10
 from refsim.params import carrier_holds, check_array
 
@@ -64,7 +66,11 @@ _SPLIT = 2.0**27 + 1.0  # Veltkamp: splits a float64 into two halves of at most 
 _FAST_TOP = 990  # fast blocks: partial sums and Veltkamp's factor * S stay below 2^1018
 _FAST_LOW = -1040  # ... and c * S_lo (c down to 2^-27 quanta) has no bit below 2^-1074
 _MASK52 = np.uint64((1 << 52) - 1)
+_IMPLICIT = np.uint64(1 << 52)
 _ABS = np.uint64((1 << 63) - 1)
+_U0 = np.uint64(0)
+_U1 = np.uint64(1)
+_U52 = np.uint64(52)
 
 
 def scale(block: int) -> float:
@@ -236,69 +242,88 @@ class RandomHadamard:
 
 
 # ---- the transform of rows of signed values: round-to-odd float64 of c * H x --------------------
-def _butterfly(v: np.ndarray) -> np.ndarray:
-    """H v for each row of v (R, b): the Sylvester-ordered fast Walsh-Hadamard transform."""
-    rows, b = v.shape
+@njit(cache=True)
+def _butterfly_row(o, r, b):
+    """o[r, :] <- H o[r, :] in place: the Sylvester-ordered fast Walsh-Hadamard transform."""
     h = 1
     while h < b:
-        pairs = v.reshape(rows, b // (2 * h), 2, h)
-        u, w = pairs[:, :, 0, :], pairs[:, :, 1, :]
-        v = np.stack((u + w, u - w), axis=2).reshape(rows, b)
+        for start in range(0, b, 2 * h):
+            for i in range(start, start + h):
+                u = o[r, i]
+                w = o[r, i + h]
+                o[r, i] = u + w
+                o[r, i + h] = u - w
         h *= 2
-    return v
 
 
-def _bit_range(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row of finite v: (top, low) with every nonzero |v| < 2^top and a multiple of 2^low
-    (exponents read from the bit fields; an all-zero row gives top -2000, low +2000)."""
-    bits = v.view(np.uint64) & _ABS
-    field = (bits >> np.uint64(52)).astype(np.int64)
-    sig = bits & _MASK52
-    sig = np.where(field > 0, sig | np.uint64(1 << 52), sig)
-    e0 = np.where(field > 0, field - 1075, -1074)  # |v| = sig * 2^e0
-    nonzero = sig != 0
-    # sig < 2^53 and its lowest set bit are exact float64 values: frexp reads their exponents.
-    lowest = (sig & (~sig + np.uint64(1))).astype(np.float64)
-    low = np.where(nonzero, e0 + np.frexp(lowest)[1] - 1, 2000)
-    top = np.where(nonzero, e0 + np.frexp(sig.astype(np.float64))[1], -2000)
-    return top.max(axis=1), low.min(axis=1)
+@njit(cache=True, parallel=True)
+def _fast_rows(v, v_bits, c, dekker, log_b, out, out_bits, slow):
+    """out[r] = round_to_odd_float64(c * H v[r]) for every row the float64 butterfly holds
+    exactly (module docstring); slow[r] = True for the others (out[r] left unset).
 
-
-def _odd_last_bit(p: np.ndarray, e: np.ndarray) -> np.ndarray:
-    """Round-to-odd at 53 bits of p + e, where p = fl(p + e) (|e| <= ulp(p) / 2, p finite)."""
-    inexact = e != 0
-    toward_zero = inexact & (np.signbit(e) != np.signbit(p))  # |p + e| < |p|: truncate p
-    t = np.where(toward_zero, np.nextafter(p, np.zeros_like(p)), p)
-    even = (t.view(np.uint64) & np.uint64(1)) == 0
-    away = np.where(np.signbit(t), -np.inf, np.inf)
-    return np.where(inexact & even, np.nextafter(t, away), t)
+    v_bits and out_bits are uint64 views of v and out (the bit fields are read and the last bit
+    made odd with integer operations)."""
+    rows, b = v.shape
+    for r in prange(rows):
+        special = False
+        top = np.int64(-2000)  # every nonzero |v| < 2^top ...
+        low = np.int64(2000)  # ... and a multiple of 2^low
+        for i in range(b):
+            word = v_bits[r, i] & _ABS
+            field = np.int64(word >> _U52)
+            if field == 2047:
+                special = True
+                continue
+            sig = word & _MASK52
+            e0 = np.int64(-1074)
+            if field > 0:
+                sig |= _IMPLICIT
+                e0 = field - 1075
+            if sig != _U0:
+                top = max(top, e0 + bit_length(sig))
+                low = min(low, e0 + bit_length(sig & (~sig + _U1)) - 1)
+        slow[r] = False
+        if special:  # a non-finite term dominates every output: NaN, or the Inf's sign
+            for i in range(b):
+                out[r, i] = v[r, i] if not np.isfinite(v[r, i]) else 0.0
+            _butterfly_row(out, r, b)
+            for i in range(b):
+                out[r, i] *= c
+            continue
+        if top != -2000 and (top + log_b - low > 53 or top + log_b > _FAST_TOP
+                             or low < _FAST_LOW):
+            slow[r] = True
+            continue
+        for i in range(b):
+            out[r, i] = v[r, i]
+        _butterfly_row(out, r, b)
+        for i in range(b):
+            s = out[r, i]
+            if s == 0.0:
+                out[r, i] = 0.0  # an exactly zero sum is +0 (the butterfly's signs are its own)
+                continue
+            p = s * c  # exact for a power-of-two c (low - 4 >= -1074)
+            out[r, i] = p
+            if dekker:  # c has 24 bits: Dekker's exact error of p (Veltkamp split of s)
+                t = _SPLIT * s
+                s_hi = t - (t - s)
+                s_lo = s - s_hi
+                e = (c * s_hi - p) + c * s_lo
+                if e != 0.0:  # round to odd: the odd one of the two floats around p + e
+                    bits = out_bits[r, i]
+                    if (e < 0.0) != (p < 0.0):
+                        bits -= _U1  # |p + e| < |p|: one step toward zero first
+                    if bits & _U1 == _U0:
+                        bits += _U1
+                    out_bits[r, i] = bits
 
 
 def _transform_rows(v: np.ndarray, block: int) -> np.ndarray:
     """round_to_odd_float64(c * H v_r) for every row v_r of the signed values v (R, b)."""
-    c = _SCALES[block]
-    log_b = block.bit_length() - 1
     out = np.empty_like(v)
-    finite = np.isfinite(v).all(axis=1)
-    if not finite.all():  # a non-finite term dominates every output: NaN, or the Inf's sign
-        special = ~finite
-        w = v[special]
-        with np.errstate(invalid="ignore"):  # Inf - Inf is the NaN the definition asks for
-            out[special] = _butterfly(np.where(np.isfinite(w), 0.0, w)) * c
-    top, low = _bit_range(np.where(finite[:, None], v, 0.0))
-    fast = finite & ((top + log_b - low <= 53) & (top + log_b <= _FAST_TOP) & (low >= _FAST_LOW)
-                     | (top == -2000))
-    if fast.any():
-        s = _butterfly(v[fast])
-        s[s == 0] = 0.0  # an exactly zero sum is +0 (the butterfly's zero signs are its own)
-        p = s * c
-        if block in (32, 128):  # c has 24 bits: Dekker's exact product error (Veltkamp split)
-            t = _SPLIT * s
-            s_hi = t - (t - s)
-            s_lo = s - s_hi
-            p = _odd_last_bit(p, (c * s_hi - p) + c * s_lo)
-        out[fast] = p  # power-of-two c: p is exact (low - 4 >= -1074)
-    slow = finite & ~fast
+    slow = np.empty(v.shape[0], np.bool_)
+    _fast_rows(v, v.view(np.uint64), _SCALES[block], block in (32, 128),
+               block.bit_length() - 1, out, out.view(np.uint64), slow)
     for r in np.flatnonzero(slow):
         out[r] = _transform_row_int(v[r], block)
     return out
