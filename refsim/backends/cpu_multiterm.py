@@ -91,7 +91,7 @@ from refsim.kernels.lane import bits_float, fast_constants, float_bits, round_la
 from refsim.params import CARRIERS, format_params
 from refsim.specs import AccumSpec
 
-__all__ = ["RANGE_BITS", "MultitermPlan", "plan", "run"]
+__all__ = ["KNOWN_FIELDS", "RANGE_BITS", "MultitermPlan", "plan", "run"]
 
 RANGE_BITS = 900
 """In range: every set bit of every product, operand, C and accumulator value between
@@ -101,7 +101,7 @@ TM, TN = 4, 64  # a job: TM rows by TN columns of outputs (the B panel of a grou
 
 # The AccumSpec fields whose every value this route handles or declines knowingly; a field not
 # named here (a newer feature) must hold its default, or the spec goes to the exact core.
-_KNOWN_FIELDS = frozenset(("fmt", "rounding", "order", "chunk", "outer", "product", "sr_bits",
+KNOWN_FIELDS = frozenset(("fmt", "rounding", "order", "chunk", "outer", "product", "sr_bits",
                            "overflow", "group", "width", "variant", "align", "truncation",
                            "operands", "subnormals", "c_entry"))
 _F64 = np.dtype(np.float64)
@@ -127,7 +127,7 @@ class MultitermPlan:
 def _defaults_elsewhere(acc: AccumSpec) -> bool:
     """Does every AccumSpec field this module does not know hold its default?"""
     for field in dataclasses.fields(acc):
-        if field.name in _KNOWN_FIELDS:
+        if field.name in KNOWN_FIELDS:
             continue
         if field.default is dataclasses.MISSING or getattr(acc, field.name) != field.default:
             return False
@@ -361,14 +361,15 @@ def _make_kernel(mode: int, omode: int, aligned: int, floor: int, product_align:
                             q = e - width + 1
                             scale[ii, j] = _pow2(min(-q, 1023))
                             mx[ii, j] = _pow2(max(q, -1022))  # 2^q, kept for step 5
-                            start = -0.0
+                            start = -0.0  # the identity of IEEE addition (module doc)
                             if with_s:
                                 sv = s[ii, j]
                                 start = floor_f64(sv * scale[ii, j]) if floor \
                                     else trunc_f64(sv * scale[ii, j])
                             total[ii, j] = start
-                            if RDN:
-                                negs[ii, j] = np.uint64(float_bits(start) & _SIGN)
+                            if RDN:  # T(s)'s sign when s is a value of the group
+                                negs[ii, j] = np.uint64(float_bits(start) & _SIGN) if with_s \
+                                    else _ZERO
                     # Steps 3 and 4: the truncated products, summed.
                     for ii in range(h):
                         trow = total[ii]
