@@ -20,12 +20,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from refsim import quantize, quantize_blocks
-from refsim.formats import FloatFormat, get_format
+from refsim.formats import BlockFormat, FloatFormat, get_block_format, get_format
 
 __all__ = ["KNOWN", "PEER_PACKAGES", "Adapter", "Example", "KnownDifference", "adapters",
            "known_differences", "peer_version", "version_key"]
 
 Known = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+NVFP4_SINGLE = BlockFormat("e2m1fn", 16, "e4m3fn", "nearest")
+"""NVFP4 without its tensor scale (torchao's single-level nvfp4_quantize)."""
+NVFP4_SINGLE_NAME = NVFP4_SINGLE.name
 ROUNDINGS_ALL = ("rne", "rna", "rtz", "rup", "rdn", "rto", "sr")
 SEED = 20240601
 
@@ -151,6 +154,42 @@ def _mx_special_blocks(x: np.ndarray, got: np.ndarray, expected: np.ndarray) -> 
     return np.repeat(bad, 32)[:x.size] & np.isnan(expected)
 
 
+def _nvfp4_blocks(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """x padded with zeros to whole blocks of 16 (zeros change no block's amax nor the tensor's)."""
+    return np.concatenate((x, np.zeros(-x.size % 16, x.dtype))), x.size
+
+
+def _nvfp4_format(fmt: str) -> BlockFormat:
+    return NVFP4_SINGLE if fmt == NVFP4_SINGLE.name else get_block_format(fmt)
+
+
+def _nvfp4_special_blocks(fmt: str) -> Known:
+    """Blocks of 16 that hold an Inf or NaN, where refsim gives NaN."""
+    def mask(x: np.ndarray, got: np.ndarray, expected: np.ndarray) -> np.ndarray:
+        padded, n = _nvfp4_blocks(x)
+        bad = ~np.isfinite(padded.reshape(-1, 16)).all(axis=1)
+        return np.repeat(bad, 16)[:n] & np.isnan(expected)
+    return mask
+
+
+def _nvfp4_small_scales(fmt: str) -> Known:
+    """Blocks whose refsim block scale is an E4M3 subnormal (below 2^-6)."""
+    def mask(x: np.ndarray, got: np.ndarray, expected: np.ndarray) -> np.ndarray:
+        padded, n = _nvfp4_blocks(x)
+        with np.errstate(invalid="ignore"):
+            scales = quantize_blocks(padded, _nvfp4_format(fmt), return_codes=True).scales
+            return np.repeat(scales.reshape(-1) < 2.0**-6, 16)[:n]
+    return mask
+
+
+def _nvfp4_zero_tensor(fmt: str) -> Known:
+    """Every element of a tensor whose finite values are all zeros (refsim: zeros)."""
+    def mask(x: np.ndarray, got: np.ndarray, expected: np.ndarray) -> np.ndarray:
+        finite = x[np.isfinite(x)]
+        return np.full(x.shape, not np.any(finite != 0))
+    return mask
+
+
 def _any_format(mask: Known) -> Callable[[str], Known]:
     return lambda fmt: mask
 
@@ -158,7 +197,7 @@ def _any_format(mask: Known) -> Callable[[str], Known]:
 # ---- peer versions -------------------------------------------------------------------------------
 PEER_PACKAGES = {"refsim-torch-cpu": "torch", "refsim-torch-cuda": "torch", "torch-cast": "torch",
                  "ml_dtypes": "ml_dtypes", "gfloat": "gfloat", "qtorch": "qtorch",
-                 "torchao-mx": "torchao"}
+                 "torchao-mx": "torchao", "torchao-nvfp4": "torchao"}
 _PRE_RELEASE = re.compile(r"[-_.]?(a|b|c|rc|alpha|beta|pre|preview|dev)[-_.]?\d*")
 
 
@@ -314,6 +353,24 @@ KNOWN: tuple[KnownDifference, ...] = (
         "a block holding Inf or NaN: Inf elements stay Inf, the others become 0 (refsim: the "
         "whole block is NaN, its scale NaN)", _any_format(_mx_special_blocks),
         Example("mxfp8_e4m3", "float32", (np.inf, 1.0), (np.inf, 0.0), (np.nan, np.nan)),
+        checked=("0.18.0",)),
+    KnownDifference(
+        "torchao-nvfp4", "special-blocks", None,
+        "a block holding Inf or NaN gets a finite (448) or NaN scale and saturated or zero "
+        "elements (refsim: the whole block is NaN, its scale NaN)", _nvfp4_special_blocks,
+        Example("nvfp4", "float32", (np.inf, 1.0), (1.0, 1.0), (np.nan, np.nan)),
+        checked=("0.18.0",)),
+    KnownDifference(
+        "torchao-nvfp4", "e4m3-scale-floor", None,
+        "clamps the E4M3 block scale to at least 2^-6, E4M3's smallest normal (refsim: E4M3 "
+        "subnormal scales down to 2^-9, so small blocks keep a finer grid)", _nvfp4_small_scales,
+        Example(NVFP4_SINGLE_NAME, "float32", (3 * 2.0**-9,), (2.0**-7,), (3 * 2.0**-9,)),
+        checked=("0.18.0",)),
+    KnownDifference(
+        "torchao-nvfp4", "zero-tensor", ("nvfp4",),
+        "a tensor of zeros has tensor scale 0 and NaN elements (refsim: tensor scale 1, zeros "
+        "with their signs)", _nvfp4_zero_tensor,
+        Example("nvfp4", "float32", (0.0, -0.0), (np.nan, np.nan), (0.0, -0.0)),
         checked=("0.18.0",)),
 )
 
@@ -499,6 +556,52 @@ def _torchao_mx() -> list[Adapter]:
     return out
 
 
+def _torchao_nvfp4() -> list[Adapter]:
+    """torchao's NVFP4 conversion (nvfp4_quantize: the codes and E4M3 scales), two-level with
+    the tensor scale torchao computes from the amax refsim defines (over the finite values:
+    per_tensor_amax_to_scale), and single-level. The adapter dequantizes the codes itself,
+    element * scale * tensor scale exact and rounded once to float32 (refsim's convention), so
+    the conversion is compared, not torchao's fp32 dequantize arithmetic."""
+    import torch
+    from torchao.prototype.mx_formats.kernels import f4_unpacked_to_f32, unpack_uint4
+    from torchao.prototype.mx_formats.nvfp4_tensor import (
+        nvfp4_quantize,
+        per_tensor_amax_to_scale,
+    )
+
+    def make(two_level: bool) -> Callable[[np.ndarray], np.ndarray]:
+        def run(x: np.ndarray) -> np.ndarray:
+            padded, n = _nvfp4_blocks(x)
+            finite = padded[np.isfinite(padded)]
+            amax = float(np.abs(finite).max()) if finite.size else 0.0
+            tensor = (per_tensor_amax_to_scale(torch.tensor(amax, dtype=torch.float32))
+                      if two_level else None)
+            with np.errstate(all="ignore"):
+                scales, data = nvfp4_quantize(torch.from_numpy(padded.reshape(1, -1)), 16,
+                                              tensor)
+            elements = f4_unpacked_to_f32(unpack_uint4(data)).double().numpy().reshape(-1, 16)
+            t = 1.0 if tensor is None else float(tensor)
+            values = elements * scales.double().numpy().reshape(-1, 1) * t  # exact in float64
+            with np.errstate(all="ignore"):
+                return np.asarray(values.reshape(-1)[:n].astype(x.dtype))
+        return run
+
+    def reference(fmt: BlockFormat) -> Callable[[np.ndarray], np.ndarray]:
+        def run(x: np.ndarray) -> np.ndarray:
+            padded, n = _nvfp4_blocks(x)
+            with np.errstate(invalid="ignore"):  # signaling NaN inputs
+                return np.asarray(quantize_blocks(padded, fmt))[:n]
+        return run
+
+    out: list[Adapter] = []
+    for name, two_level in (("nvfp4", True), (NVFP4_SINGLE_NAME, False)):
+        known, reason = _known("torchao-nvfp4", name)
+        out.append(Adapter("torchao-nvfp4", name, "rne", make(two_level), dtypes=("float32",),
+                           reference_run=reference(_nvfp4_format(name)), element="e2m1fn",
+                           known=known, known_reason=reason))
+    return out
+
+
 PEERS: dict[str, Callable[[], list[Adapter]]] = {
     "refsim-torch-cpu": lambda: _refsim_torch("cpu"),
     "torch-cast": _torch_casts,
@@ -506,6 +609,7 @@ PEERS: dict[str, Callable[[], list[Adapter]]] = {
     "gfloat": _gfloat,
     "qtorch": _qtorch,
     "torchao-mx": _torchao_mx,
+    "torchao-nvfp4": _torchao_nvfp4,
 }
 
 

@@ -95,6 +95,17 @@ def test_torchao_mx_agrees():
         assert row is not None and row.ok, adapter.name
 
 
+def test_torchao_nvfp4_agrees():
+    """torchao's NVFP4 conversion, two-level and single-level, against refsim.quantize_blocks on
+    every suite: bit-identical outside the documented differences, each of which shows."""
+    found = _installed_peer("torchao", "torchao-nvfp4")
+    assert {a.fmt for a in found} == {"nvfp4", "block(e2m1fn,16,e4m3fn,nearest)"}
+    for adapter in found:
+        row = run_adapter(adapter, "float32", max_size=1024)
+        assert row is not None and row.ok, adapter.name
+        assert row.known > 0, adapter.name  # random bit patterns hit the E4M3 scale floor
+
+
 def test_refsim_torch_adapter_passes_small_sample():
     found, _ = adapters(("refsim-torch-cpu",))
     for adapter in [a for a in found if a.fmt in ("e4m3fn", "int8")]:
