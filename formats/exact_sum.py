@@ -176,10 +176,11 @@ def _sequential(terms: list[Value], k0: int, acc: Any, seed: int, index: int,
 
 
 def _pairwise(terms: list[Value], acc: Any, seed: int, index: int, events: Events,
-              init: float | None = None) -> float:
-    """Recursive halves: left = the largest power of two below n; merges numbered in post-order.
-    With an initial value C: round(C + root) at step n - 1, the root unrounded for one term."""
-    counter = [0]
+              init: float | None = None, step0: int = 0) -> float:
+    """Recursive halves: left = the largest power of two below n; merges numbered in post-order
+    from step0. With an initial value C: round(C + root) at step step0 + n - 1, the root
+    unrounded for one term; one term alone is round(t_0) at step step0."""
+    counter = [step0]
 
     def tree(part: list[Value]) -> Value:
         if len(part) == 1:
@@ -195,11 +196,11 @@ def _pairwise(terms: list[Value], acc: Any, seed: int, index: int, events: Event
         if not terms:
             return round_one(init, acc, seed, index, 0, TAG_ADD, events)
         root = tree(terms)
-        return add_round(init, root, acc, seed, index, len(terms) - 1, TAG_ADD, events)
+        return add_round(init, root, acc, seed, index, step0 + len(terms) - 1, TAG_ADD, events)
     if not terms:
         return round_one(0.0, acc, seed, index, 0, TAG_ADD)
     if len(terms) == 1:
-        return round_one(terms[0], acc, seed, index, 0, TAG_ADD, events)
+        return round_one(terms[0], acc, seed, index, step0, TAG_ADD, events)
     return float(tree(terms))
 
 
@@ -213,8 +214,10 @@ def _promote(total: float | None, s: float, c: int, acc: Any, seed: int, index: 
 
 def _chunked(terms: list[Value], acc: Any, seed: int, index: int, events: Events,
              init: float | None = None) -> float:
-    """Chunks summed sequentially, promoted into the outer sum; C starts the first chunk's sum
-    (c_entry inner) or the outer sum (outer); round_O(C) when there are no terms."""
+    """Chunks summed sequentially (chunk_order 'pairwise': by the pairwise tree, merges at steps
+    k0, k0 + 1, ...), promoted into the outer sum; C starts the first chunk's sum (c_entry
+    inner) or the outer sum (outer); round_O(C) when there are no terms."""
+    tree = getattr(acc, "chunk_order", None) == "pairwise"
     if not terms:
         if init is not None:
             return round_one(init, acc.outer_spec, seed, index, 0, TAG_OUTER, events)
@@ -223,7 +226,11 @@ def _chunked(terms: list[Value], acc: Any, seed: int, index: int, events: Events
     total: float | None = init if outside else None
     for c, k0 in enumerate(range(0, len(terms), acc.chunk)):
         first_init = init if (c == 0 and not outside) else None
-        s = _sequential(terms[k0:k0 + acc.chunk], k0, acc, seed, index, events, first_init)
+        part = terms[k0:k0 + acc.chunk]
+        if tree:
+            s = _pairwise(part, acc, seed, index, events, first_init, k0)
+        else:
+            s = _sequential(part, k0, acc, seed, index, events, first_init)
         total = _promote(total, s, c, acc, seed, index, events)
     assert total is not None
     return total
@@ -355,11 +362,87 @@ def _accumulator_exponent(s: float, acc: Any) -> int | None:
     return max(_floor_log2(abs(Fraction(s))), acc.fmt.emin)
 
 
+def _on_grid(x: Fraction, q: int, floor: bool) -> Fraction:
+    """x rounded to a multiple of 2^q: toward -inf when `floor`, else toward zero."""
+    unit = Fraction(2) ** q
+    units = x / unit
+    whole = math.floor(units) if floor or units >= 0 else -math.floor(-units)
+    return whole * unit
+
+
+def _late_sum(group: list[tuple[Value, int | None]], s: float, acc: Any) -> Value:
+    """The late accumulator (acc.late_bits; docs/accumulation.md) of one group and the running
+    sum s, as an exact value: the products split into acc.interleave subsets by position, each
+    truncated (acc.truncation) to width - 1 fraction bits below its own largest exponent, the
+    subset sums moved (late_truncation) to the group's largest exponent E; s's exponent e_c is
+    max(floor(log2|s|), fmt.emin) (fmt.emin for a zero). e_c <= E: s moved (late_truncation) to
+    the products' grid, or dropped when more than c_cutoff binades below, and added exactly.
+    Else the product sum and s are moved (late_truncation) to late_bits fraction bits below e_c
+    and added, and the sum kept to late_norm_bits fraction bits below its leading bit (not below
+    fmt.emin). Zeros: -0 if every product and s is a zero of sign - or truncates to one, +0
+    if every one is +0, else +0 (-0 under rdn)."""
+    values = [v for v, _ in group] + [s]
+    floats = [v for v in values if isinstance(v, float)]
+    if any(math.isnan(v) for v in floats):
+        return math.nan
+    infinities = {v for v in floats if math.isinf(v)}
+    if len(infinities) == 2:
+        return math.nan
+    if infinities:
+        return infinities.pop()
+    frac = acc.width - 1
+    late_floor = acc.late_truncation == "floor"
+    step = acc.interleave or 1
+    signs: list[tuple[bool, bool]] = []  # (negative, truncated to zero) of every contribution
+    parts: list[tuple[int, Fraction]] = []
+    for j in range(step):
+        subset = group[j::step]
+        exponents = [_floor_log2(abs(Fraction(v))) if e is None else e for v, e in subset
+                     if v != 0]
+        q = max(exponents) - frac if exponents else 0
+        total = Fraction(0)
+        for v, _ in subset:
+            negative, magnitude = _truncated(v, q, acc.truncation == "floor")
+            signs.append((negative, magnitude == 0))
+            total += -magnitude if negative else magnitude
+        if exponents:
+            parts.append((max(exponents), total))
+    emin = acc.fmt.emin
+    e_c = max(_floor_log2(abs(Fraction(s))), emin) if s != 0 else emin
+    s_negative = math.copysign(1.0, s) < 0
+    if parts and e_c <= max(e for e, _ in parts):
+        e_max = max(e for e, _ in parts)
+        product_sum = sum((_on_grid(x, e_max - frac, late_floor) for _, x in parts), Fraction(0))
+        dropped = acc.c_cutoff is not None and e_max - e_c > acc.c_cutoff
+        sc = Fraction(0) if dropped or s == 0 else _on_grid(Fraction(s), e_max - frac, late_floor)
+        signs.append((s_negative if sc == 0 else sc < 0, sc == 0))
+        result = product_sum + sc
+    else:
+        grid = e_c - acc.late_bits
+        moved = sum((_on_grid(x, grid, late_floor) for _, x in parts), Fraction(0))
+        sc = _on_grid(Fraction(s), grid, late_floor)  # exact for s in fmt (late_bits >= man_bits)
+        signs.append((s_negative if sc == 0 else sc < 0, sc == 0))
+        late = moved + sc
+        result = Fraction(0)
+        if late != 0:
+            lead = max(_floor_log2(abs(late)), emin)
+            result = _on_grid(late, lead - acc.late_norm_bits, late_floor)
+    if result != 0:
+        return result
+    if all(zero for _, zero in signs):
+        kinds = {negative for negative, _ in signs}
+        if len(kinds) == 1:
+            return -0.0 if kinds.pop() else 0.0
+    return -0.0 if acc.rounding == "rdn" else 0.0
+
+
 def _multiterm(terms: list[Value], exps: list[int | None], acc: Any, seed: int, index: int,
                events: Events, init: float | None = None) -> float:
     """Chunks of acc.chunk terms (None: one chunk), groups of acc.group terms, group g (terms
     g*group ..) at step g; each chunk's sum promoted into the outer accumulator. C starts the
-    first chunk's running sum (c_entry inner) or the outer sum (outer)."""
+    first chunk's running sum (c_entry inner) or the outer sum (outer). With acc.late_bits every
+    group is _late_sum with the running sum, which starts as +0 (or C)."""
+    late = getattr(acc, "late_bits", None) is not None
     if not terms:
         if init is not None:
             return round_one(init, acc.outer_spec, seed, index, 0, TAG_OUTER, events)
@@ -369,11 +452,16 @@ def _multiterm(terms: list[Value], exps: list[int | None], acc: Any, seed: int, 
     total: float | None = init if outside else None
     for c, c0 in enumerate(range(0, len(terms), chunk)):
         s: float | None = init if (c == 0 and not outside) else None
+        if late and s is None:
+            s = 0.0
         for g0 in range(c0, min(c0 + chunk, len(terms)), acc.group):
             g1 = min(g0 + acc.group, c0 + chunk, len(terms))
             group = list(zip(terms[g0:g1], exps[g0:g1], strict=True))
             step = g0 // acc.group
-            if s is None:
+            if late:
+                assert s is not None
+                s = round_one(_late_sum(group, s, acc), acc, seed, index, step, TAG_ADD, events)
+            elif s is None:
                 s = round_one(_aligned_sum(group, acc), acc, seed, index, step, TAG_ADD, events)
             elif acc.variant == "acc-aligned":
                 joined = [(s, _accumulator_exponent(s, acc)), *group]

@@ -5,8 +5,9 @@ Usage rules:
     c=C) then computes D = A·B + C as that device's tensor core / matrix core does, one
     instruction's block of products at a time, each block's result the next block's C.
   - Every preset is built from general AccumSpec features (order multiterm or chunked: group,
-    width, variant, align, truncation, operands, subnormals, c_entry, outer); there is no
-    per-device code path.
+    width, variant, align, truncation, operands, subnormals, c_entry, outer, chunk_order, and
+    the late accumulator late_bits, late_norm_bits, late_truncation, c_cutoff, interleave);
+    there is no per-device code path.
   - devices() lists every preset with its parameters, its source, and what confirms it: rows of
     real-GPU outputs reproduced bit for bit (tests/data/tensor_cores), or only a published model.
   - Unknown devices, formats or combinations raise ValueError listing what exists.
@@ -20,6 +21,11 @@ below it; the truncated terms are summed exactly and the sum rounded once, towar
 
     AccumSpec(block, "rtz", "multiterm", group=g, width=F + 1, variant="acc-aligned",
               align="product", operands=input format)
+
+AMD CDNA 3 (MI300X; the published model's Algorithms 1 and 2) is the same block with F = 24,
+rounded to nearest, and C joining late (late_bits=32, late_norm_bits=31, late_truncation=
+"floor"; fp8: interleave=2, c_cutoff=25, FNUZ operands); CDNA 2 (MI250X) rounds each product
+and each pairwise sum to fp32 without subnormals (chunked, chunk_order="pairwise").
 """
 
 from __future__ import annotations
@@ -177,20 +183,46 @@ def _rows() -> list[Preset]:
         "without subnormals, toward zero: pass bf16 values); refsim's fp32 without subnormals "
         "rounds a result in [2^-127, 2^-126) to 2^-126 where flush-to-zero gives 0 (the only "
         "difference)"))
+    # CDNA 2 fp16: a block of 4 summed pairwise, fl(C + fl(fl(p1 + p2) + fl(p3 + p4))): chunks
+    # of 4 summed by the pairwise tree (chunk_order), promoted into an outer sum from C.
+    flush16 = Cast(FloatFormat(5, 10, subnormals=False), "rtz")
+    acc = AccumSpec(ftz, "rne", "chunked", chunk=4, chunk_order="pairwise",
+                    product=Cast(ftz, "rne"), outer=AccumSpec(ftz, "rne"), c_entry="outer")
+    rows.append(Preset(
+        "mi250x", "fp16", "fp32", 4, None, GemmSpec(a=flush16, b=flush16, acc=acc),
+        _AMD.format(model="MI250MC"), "published model only (not validated by data)",
+        "pair_wise_sum: fl(C + fl(fl(fl(p1) + fl(p2)) + fl(fl(p3) + fl(p4)))), inputs flushed "
+        "to zero (a cast to fp16 without subnormals, toward zero: pass fp16 values); the same "
+        "flush-to-zero caveat as bf16"))
+    # AMD CDNA 3 (MI300X): Algorithm 1 (fp16, bf16, tf32 as AMD's xf32) and Algorithm 2 (fp8,
+    # the FNUZ formats) of the published model: products truncated toward zero to 24 fraction
+    # bits below their largest exponent; C joins late, rounded down (docs/hardware.md).
+    for input_format, group in (("fp16", 8), ("bf16", 8), ("tf32", 4), ("e4m3", 16),
+                                ("e5m2", 16)):
+        fp8 = input_format in ("e4m3", "e5m2")
+        name = input_format + "fnuz" if fp8 else _INPUT_FORMATS[input_format]
+        acc = AccumSpec("fp32", "rne", "multiterm", group=group, width=25,
+                        variant="acc-aligned", align="product", operands=name,
+                        late_bits=32, late_norm_bits=31, late_truncation="floor",
+                        c_cutoff=25 if fp8 else None, interleave=2 if fp8 else None)
+        cast = Cast(name, _INPUT_ROUNDING.get(input_format, "rne"))
+        algorithm = ("Algorithm 2 (odd_even_grouping): odd- and even-indexed products aligned "
+                     "separately, then moved to the common exponent rounding down; C dropped "
+                     "more than 25 binades below; operands in the FNUZ formats "
+                     f"({name})") if fp8 else "Algorithm 1 (global_alignment, late_partial_sum)"
+        rows.append(Preset(
+            "mi300x", input_format, "fp32", group, 24, GemmSpec(a=cast, b=cast, acc=acc),
+            _AMD.format(model="MI300XMC (= MI300MC, CDNA 3)"),
+            "published model only (not validated by data)",
+            f"{algorithm}; C no larger than the products is rounded down to their grid, a "
+            "larger C takes the product sum rounded down to 32 fraction bits below C's "
+            "exponent and the sum is renormalized and rounded down to 31 fraction bits, then "
+            "one RNE to fp32; products of 2^128 or more (bf16, tf32) are not turned into "
+            "infinities as the model does"))
     return rows
 
 
 _TABLE = _rows()
-# Published models that refsim's features do not express yet (gemm_spec says so).
-_MISSING = {
-    ("mi250x", "fp16"): "CDNA 2 sums a block of 4 pairwise, fl(fl(p1 + p2) + fl(p3 + p4)): "
-                        "chunked order with a pairwise inner sum",
-    ("mi300x", "fp16"): "CDNA 3 (Algorithm 1) truncates products toward zero but C toward -inf, "
-                        "and adds a larger C after a second truncation of the product sum",
-}
-_MISSING[("mi300x", "bf16")] = _MISSING[("mi300x", "tf32")] = _MISSING[("mi300x", "fp16")]
-_MISSING[("mi300x", "e4m3")] = _MISSING[("mi300x", "e5m2")] = (
-    "CDNA 3 fp8 (Algorithm 2) aligns odd- and even-indexed products separately")
 
 
 def devices() -> list[Preset]:
@@ -227,10 +259,6 @@ def gemm_spec(device: str, input_format: str, out: str = "fp32") -> GemmSpec:
     for row in _TABLE:
         if (row.device, row.input, row.out) == (device, input_format, out):
             return row.spec
-    if (device, input_format) in _MISSING:
-        raise NotImplementedError(f"{device} {input_format}: the published model needs a "
-                                  f"feature refsim does not have yet: "
-                                  f"{_MISSING[(device, input_format)]}")
     have = sorted({f"{row.input}/{row.out}" for row in _TABLE if row.device == device})
     raise ValueError(f"no preset for {device} with input {input_format} and out {out}; "
                      f"{device} has (input/out): {', '.join(have) or 'none'}")

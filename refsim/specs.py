@@ -22,7 +22,8 @@ from refsim.formats.policy import check_int, check_overflow, check_rounding, che
 from refsim.formats.registry import name_of
 from refsim.transforms import RandomHadamard
 
-__all__ = ["C_ENTRIES", "MULTITERM_ALIGNS", "MULTITERM_MAX_BITS", "MULTITERM_TRUNCATIONS",
+__all__ = ["CHUNK_ORDERS", "C_ENTRIES", "MULTITERM_ALIGNS", "MULTITERM_MAX_BITS",
+           "MULTITERM_TRUNCATIONS",
            "MULTITERM_VARIANTS", "ORDERS", "SUBNORMAL_INPUTS", "AccumSpec", "Cast", "GemmSpec",
            "format_fits"]
 
@@ -49,6 +50,9 @@ floor (two's complement: a negative value loses up to one unit more)."""
 
 SUBNORMAL_INPUTS: tuple[str, ...] = ("keep", "flush")
 """multiterm: operands subnormal in AccumSpec.operands keep their value or are flushed to zero."""
+
+CHUNK_ORDERS: tuple[str, ...] = ("sequential", "pairwise")
+"""chunked: the order of the terms within one chunk (refsim's pairwise tree, or left to right)."""
 
 C_ENTRIES: tuple[str, ...] = ("inner", "outer")
 """chunked/multiterm: the initial value C (matmul's c=) starts the first chunk's running sum
@@ -270,7 +274,8 @@ class Cast:
 # ---- AccumSpec ----------------------------------------------------------------------------------
 _ACCUM_KEYS = ("fmt", "rounding", "order", "chunk", "outer", "product", "sr_bits", "overflow",
                "group", "width", "variant", "align", "truncation", "operands", "subnormals",
-               "c_entry")
+               "c_entry", "chunk_order", "late_bits", "late_norm_bits", "late_truncation",
+               "c_cutoff", "interleave")
 # Defaults filled in for order multiterm (c_entry: chunked and multiterm) and left out of to_dict.
 _MULTITERM_DEFAULTS = {"align": "normalized", "truncation": "toward-zero", "subnormals": "keep"}
 
@@ -306,6 +311,22 @@ class AccumSpec:
         subnormals: multiterm: 'keep' (default) or 'flush' (needs operands).
         c_entry: chunked/multiterm: where matmul's initial value C enters, 'inner' (default: the
             first chunk's running sum) or 'outer' (the outer accumulator).
+        chunk_order: chunked: 'sequential' (default) or 'pairwise' (each chunk summed by the
+            pairwise tree; AMD CDNA 2).
+        late_bits: multiterm acc-aligned: the accumulator joins *late* (AMD CDNA 3,
+            docs/accumulation.md): the products are aligned among themselves; an accumulator
+            no larger than them joins their grid (truncated by late_truncation); a larger one
+            takes the product sum, rounded (late_truncation) to late_bits fraction bits below
+            the accumulator's exponent, and the sum is then renormalized to late_norm_bits.
+            None: the accumulator joins the alignment as one more term (default).
+        late_norm_bits: with late_bits: fraction bits kept (late_truncation) after the
+            renormalization of a sum with a larger accumulator.
+        late_truncation: with late_bits: 'toward-zero' or 'floor' (None: truncation).
+        c_cutoff: with late_bits: an accumulator more than c_cutoff binades below the products
+            is dropped (adds 0). None: never.
+        interleave: with late_bits: the group's products split into this many interleaved
+            subsets (by position modulo interleave), each aligned and truncated to its own
+            largest exponent; the subset sums are moved to the group's (late_truncation).
     """
 
     fmt: FloatFormat
@@ -324,6 +345,12 @@ class AccumSpec:
     operands: FloatFormat | None = None
     subnormals: str | None = None
     c_entry: str | None = None
+    chunk_order: str | None = None
+    late_bits: int | None = None
+    late_norm_bits: int | None = None
+    late_truncation: str | None = None
+    c_cutoff: int | None = None
+    interleave: int | None = None
 
     if TYPE_CHECKING:  # the signature as called (the generated __init__ takes fields as stored)
         def __init__(self, fmt: FormatLike, rounding: str = ..., order: str = ...,
@@ -332,7 +359,10 @@ class AccumSpec:
                      sr_bits: int | None = ..., overflow: str = ..., group: int | None = ...,
                      width: int | None = ..., variant: str | None = ..., align: str | None = ...,
                      truncation: str | None = ..., operands: FormatLike | None = ...,
-                     subnormals: str | None = ..., c_entry: str | None = ...) -> None: ...
+                     subnormals: str | None = ..., c_entry: str | None = ...,
+                     chunk_order: str | None = ..., late_bits: int | None = ...,
+                     late_norm_bits: int | None = ..., late_truncation: str | None = ...,
+                     c_cutoff: int | None = ..., interleave: int | None = ...) -> None: ...
 
     def __post_init__(self) -> None:
         fmt = _format(self.fmt, "AccumSpec.fmt")
@@ -349,7 +379,8 @@ class AccumSpec:
         if not isinstance(self.order, str) or self.order not in ORDERS:
             raise ValueError(f"AccumSpec.order must be one of {', '.join(ORDERS)}; "
                              f"got {self.order!r}")
-        for key in ("chunk", "group", "width"):  # stored as Python ints (np.int64 accepted)
+        for key in ("chunk", "group", "width", "late_bits", "late_norm_bits",
+                    "interleave"):  # stored as Python ints (np.int64 accepted)
             object.__setattr__(self, key, _check_positive_int(getattr(self, key),
                                                               f"AccumSpec.{key}"))
         blocked = self.order in ("chunked", "multiterm")
@@ -419,18 +450,23 @@ class AccumSpec:
                 if getattr(self, key) is not None:
                     raise ValueError(f"AccumSpec.{key} applies to order='multiterm' only; got "
                                      f"order={self.order!r}")
+        _check_late(self)
         if blocked:
             _check_choice(self, "c_entry", C_ENTRIES)
         elif self.c_entry is not None:
             raise ValueError(f"AccumSpec.c_entry applies to order='chunked' or 'multiterm' only; "
                              f"got order={self.order!r}")
 
-    def _options(self) -> dict[str, str]:
-        """align, truncation, subnormals and c_entry where they differ from their defaults."""
-        options = {key: getattr(self, key) for key, default in _MULTITERM_DEFAULTS.items()
-                   if getattr(self, key) not in (None, default)}
+    def _options(self) -> dict[str, Any]:
+        """align, truncation, subnormals and c_entry where they differ from their defaults,
+        and the late-accumulator and chunk_order fields that are set."""
+        options: dict[str, Any] = {key: getattr(self, key)
+                                   for key, default in _MULTITERM_DEFAULTS.items()
+                                   if getattr(self, key) not in (None, default)}
         if self.c_entry not in (None, "inner"):
             options["c_entry"] = self.c_entry
+        options.update({key: getattr(self, key) for key in _LATE_KEYS
+                        if getattr(self, key) is not None})
         return options
 
     @classmethod
@@ -509,6 +545,61 @@ def _check_choice(spec: AccumSpec, key: str, allowed: tuple[str, ...]) -> None:
         object.__setattr__(spec, key, allowed[0])
     elif not isinstance(value, str) or value not in allowed:
         raise ValueError(f"AccumSpec.{key} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+_LATE_KEYS = ("chunk_order", "late_bits", "late_norm_bits", "late_truncation", "c_cutoff",
+              "interleave")
+
+
+def _check_late(spec: AccumSpec) -> None:
+    """chunk_order (chunked) and the late-accumulator fields (multiterm acc-aligned)."""
+    if spec.chunk_order is not None:
+        if spec.order != "chunked":
+            raise ValueError(f"AccumSpec.chunk_order applies to order='chunked' only; got "
+                             f"order={spec.order!r}")
+        if spec.chunk_order not in CHUNK_ORDERS:
+            raise ValueError(f"AccumSpec.chunk_order must be one of {', '.join(CHUNK_ORDERS)}; "
+                             f"got {spec.chunk_order!r}")
+        if spec.chunk_order == "sequential":  # the default, stored as None
+            object.__setattr__(spec, "chunk_order", None)
+    if spec.c_cutoff is not None:
+        cutoff = check_int(spec.c_cutoff, "AccumSpec.c_cutoff", allowed="an int >= 0 or None")
+        if cutoff < 0:
+            raise ValueError(f"AccumSpec.c_cutoff must be an int >= 0; got {cutoff}")
+        object.__setattr__(spec, "c_cutoff", cutoff)
+    late = ("late_norm_bits", "late_truncation", "c_cutoff", "interleave")
+    if spec.late_bits is None:
+        for key in late:
+            if getattr(spec, key) is not None:
+                raise ValueError(f"AccumSpec.{key} needs late_bits (the late accumulator of "
+                                 "order='multiterm', variant='acc-aligned')")
+        return
+    if spec.order != "multiterm" or spec.variant != "acc-aligned":
+        raise ValueError(f"AccumSpec.late_bits applies to order='multiterm' with "
+                         f"variant='acc-aligned' only; got order={spec.order!r}, "
+                         f"variant={spec.variant!r}")
+    if spec.late_bits < spec.fmt.man_bits:
+        raise ValueError(f"AccumSpec.late_bits ({spec.late_bits}) must be at least fmt's "
+                         f"mantissa bits ({spec.fmt.man_bits}): the accumulator joins exactly")
+    assert spec.group is not None
+    if spec.late_bits + spec.group.bit_length() + 2 > MULTITERM_MAX_BITS:
+        raise ValueError(f"AccumSpec.late_bits ({spec.late_bits}) plus the bit length of group "
+                         f"({spec.group.bit_length()}) plus 2 must be at most "
+                         f"{MULTITERM_MAX_BITS} (the late sum is exact in 64 bits)")
+    if spec.late_norm_bits is None:
+        raise ValueError("AccumSpec.late_bits needs late_norm_bits, the fraction bits kept "
+                         "after the late sum is renormalized (e.g. late_bits - 1)")
+    if spec.late_norm_bits > spec.late_bits:
+        raise ValueError(f"AccumSpec.late_norm_bits ({spec.late_norm_bits}) must be at most "
+                         f"late_bits ({spec.late_bits})")
+    if spec.late_truncation is None:
+        object.__setattr__(spec, "late_truncation", spec.truncation)
+    elif spec.late_truncation not in MULTITERM_TRUNCATIONS:
+        raise ValueError(f"AccumSpec.late_truncation must be one of "
+                         f"{', '.join(MULTITERM_TRUNCATIONS)}; got {spec.late_truncation!r}")
+    if spec.interleave is not None and spec.group % spec.interleave != 0:
+        raise ValueError(f"AccumSpec.interleave ({spec.interleave}) must divide group "
+                         f"({spec.group})")
 
 
 def _check_multiterm_options(spec: AccumSpec) -> None:

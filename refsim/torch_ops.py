@@ -187,17 +187,17 @@ def _reduce_sequential(a: torch.Tensor, b: torch.Tensor, k0: int, k1: int, acc: 
 
 
 def _reduce_pairwise(a: torch.Tensor, b: torch.Tensor, nk: int, acc: AccumSpec,
-                     c: torch.Tensor | None = None) -> torch.Tensor:
-    """kernels.accum_core.reduce_pairwise: terms pushed unrounded on a binary counter; the two
-    top entries merge (one rounding) while they hold equally many terms, and at the last term
-    everything left merges from the top down. One term alone is round(t_0). With C:
-    round(C + root), the root unrounded for one term."""
+                     c: torch.Tensor | None = None, k0: int = 0) -> torch.Tensor:
+    """kernels.accum_core.reduce_pairwise (pairwise_range) on terms k0 .. k0+nk-1: terms pushed
+    unrounded on a binary counter; the two top entries merge (one rounding) while they hold
+    equally many terms, and at the last term everything left merges from the top down. One
+    term alone is round(t_k0). With C: round(C + root), the root unrounded for one term."""
     fmt, rounding, overflow = _acc_params(acc, "accumulator")
     if c is not None and nk == 1:
-        return _add_round(c, _term(a, b, 0, acc), fmt, rounding, overflow)
+        return _add_round(c, _term(a, b, k0, acc), fmt, rounding, overflow)
     stack: list[tuple[torch.Tensor, int]] = []
     for k in range(nk):
-        stack.append((_term(a, b, k, acc), 1))
+        stack.append((_term(a, b, k0 + k, acc), 1))
         while len(stack) >= 2 and (stack[-1][1] == stack[-2][1] or k == nk - 1):
             (left, n_left), (right, n_right) = stack[-2], stack[-1]
             stack[-2:] = [(_add_round(left, right, fmt, rounding, overflow), n_left + n_right)]
@@ -259,7 +259,10 @@ def _exact(a: torch.Tensor, b: torch.Tensor, spec: GemmSpec, seed: int,
         total = c if (c is not None and acc.c_entry == "outer") else None
         for k0 in range(0, k_total, chunk):
             init = c if (c is not None and acc.c_entry != "outer" and k0 == 0) else None
-            s = _reduce_sequential(a, b, k0, min(k0 + chunk, k_total), acc, init)
+            if acc.chunk_order == "pairwise":
+                s = _reduce_pairwise(a, b, min(chunk, k_total - k0), acc, init, k0)
+            else:
+                s = _reduce_sequential(a, b, k0, min(k0 + chunk, k_total), acc, init)
             if total is None:
                 total = tb.quantize(s, ofmt, orounding, overflow=ooverflow)
             else:
@@ -364,6 +367,87 @@ def _aligned(entries: list[tuple[torch.Tensor, torch.Tensor]], acc: AccumSpec) -
     return torch.where(nan | (pos_inf & neg_inf), float("nan"), result)
 
 
+def _move(x: torch.Tensor, shift: torch.Tensor, floor: bool) -> torch.Tensor:
+    """accum_core.move_units: x * 2^-shift on the integer grid (toward -inf when `floor`, else
+    toward zero; shift <= 0 multiplies exactly)."""
+    left = torch.bitwise_left_shift(x, torch.clamp(-shift, 0, 62))
+    right = torch.clamp(shift, 0, 63)
+    if floor:
+        down = torch.bitwise_right_shift(x, right)
+    else:
+        down = torch.bitwise_right_shift(x.abs(), right)
+        down = torch.where(x < 0, -down, down)
+    return torch.where(shift <= 0, left, down)
+
+
+def _late(entries: list[tuple[torch.Tensor, torch.Tensor]], s: torch.Tensor, acc: AccumSpec
+          ) -> torch.Tensor:
+    """accum_core.late_group on tensors: the products of `entries` with the running sum s joining
+    late (acc.late_bits; docs/accumulation.md), as float64 rounded to odd, zeros signed."""
+    values = [v for v, _ in entries] + [s]
+    shape = s.shape
+    nan = torch.zeros(shape, dtype=torch.bool, device=s.device)
+    pos_inf, neg_inf = nan.clone(), nan.clone()
+    for v in values:
+        nan |= torch.isnan(v)
+        pos_inf |= v == float("inf")
+        neg_inf |= v == float("-inf")
+    frac = int(acc.width or 1) - 1
+    late_floor = acc.late_truncation == "floor"
+    stride = int(acc.interleave or 1)
+    emin = acc.fmt.emin
+    n_pos = torch.zeros(shape, dtype=torch.int64, device=s.device)
+    n_neg, n_live = n_pos.clone(), n_pos.clone()
+    parts = []
+    for j in range(stride):
+        e_j = torch.full(shape, _EXP_NONE, dtype=torch.int64, device=s.device)
+        for v, e in entries[j::stride]:
+            e_j = torch.where(torch.isfinite(v) & (v != 0), torch.maximum(e_j, e), e_j)
+        q_j = e_j - frac
+        s_j = torch.zeros_like(e_j)
+        for v, _ in entries[j::stride]:
+            finite = torch.where(torch.isfinite(v), v, 0.0)
+            units = _units(finite, q_j, acc.truncation == "floor")
+            negative = torch.signbit(finite)
+            zero = units == 0
+            n_pos += zero & ~negative
+            n_neg += zero & negative
+            n_live += ~zero
+            s_j += torch.where(negative, -units, units)
+        parts.append((e_j, q_j, s_j))
+    e_top = parts[0][0]
+    for e_j, _, _ in parts[1:]:
+        e_top = torch.maximum(e_top, e_j)
+    s_finite = torch.where(torch.isfinite(s), s, 0.0)
+    e_c = torch.where(s_finite != 0, torch.clamp(_floor_log2(s_finite), min=emin), emin)
+    joins = (e_top > _EXP_NONE) & (e_c <= e_top)
+    grid = torch.where(joins, e_top - frac, e_c - int(acc.late_bits or 0))
+    total = torch.zeros_like(e_top)
+    for e_j, q_j, s_j in parts:
+        total += torch.where(e_j > _EXP_NONE, _move(s_j, grid - q_j, late_floor), 0)
+    sc = _units(s_finite, grid, late_floor)
+    if acc.c_cutoff is not None:
+        sc = torch.where(joins & (e_top - e_c > acc.c_cutoff), 0, sc)
+    s_negative = torch.signbit(s_finite)
+    n_pos += (sc == 0) & ~s_negative
+    n_neg += (sc == 0) & s_negative
+    n_live += sc != 0
+    total += torch.where(s_negative, -sc, sc)
+    lead = grid + tb.bit_length(total.abs()) - 1
+    cut = torch.clamp(lead, min=emin) - int(acc.late_norm_bits or 0)
+    renorm = ~joins & (total != 0) & (cut > grid)
+    total = torch.where(renorm, _move(total, cut - grid, late_floor), total)
+    exp = torch.where(renorm, cut, grid)
+    result = _from_units(total, exp)
+    all_neg = (n_live == 0) & (n_pos == 0)
+    all_pos = (n_live == 0) & (n_neg == 0)
+    zero_negative = all_neg | ~all_pos if acc.rounding == "rdn" else all_neg
+    result = torch.where(total == 0, torch.where(zero_negative, -0.0, 0.0), result)
+    result = torch.where(neg_inf, float("-inf"), result)
+    result = torch.where(pos_inf, float("inf"), result)
+    return torch.where(nan | (pos_inf & neg_inf), float("nan"), result)
+
+
 def _operand_exponent(x: torch.Tensor, emin: int | None) -> torch.Tensor:
     """The exponent of x in the operand format: floor(log2|x|), at least emin."""
     e = _floor_log2(x)
@@ -407,9 +491,13 @@ def _reduce_multiterm(a: torch.Tensor, b: torch.Tensor, nk: int, acc: AccumSpec,
     chunk = int(acc.chunk or nk)
     into_outer = c is not None and acc.c_entry == "outer"
     outer = c if into_outer else None
+    late = acc.late_bits is not None
     for c0 in range(0, nk, chunk):
         c1 = min(c0 + chunk, nk)
         s = c if (c is not None and not into_outer and c0 == 0) else None
+        if late and s is None:  # the late accumulator starts at +0
+            s = torch.zeros((*a.shape[:-2], a.shape[-2], b.shape[-1]), dtype=torch.float64,
+                            device=a.device)
         for g0 in range(c0, c1, group):
             entries = []
             for k in range(g0, min(g0 + group, c1)):
@@ -419,7 +507,12 @@ def _reduce_multiterm(a: torch.Tensor, b: torch.Tensor, nk: int, acc: AccumSpec,
                 else:
                     e = _floor_log2(t)
                 entries.append((t, e.expand(t.shape)))
-            if s is None:
+            if late:
+                assert s is not None
+                shape = torch.broadcast_shapes(s.shape, entries[0][0].shape)
+                s = tb.quantize(_late([(v.expand(shape), e.expand(shape)) for v, e in entries],
+                                      s.expand(shape), acc), fmt, rounding, overflow=overflow)
+            elif s is None:
                 s = tb.quantize(_aligned(entries, acc), fmt, rounding, overflow=overflow)
             elif acc.variant == "acc-aligned":
                 shape = torch.broadcast_shapes(s.shape, entries[0][0].shape)

@@ -174,7 +174,32 @@ def _order_function(order: str):
     compile; _order_pairwise gives accum_core.pairwise_tree thread-local arrays instead."""
     if order == "pairwise":
         return _pairwise_function()
+    if order == "chunked":  # chunk_order='pairwise' needs the stack too
+        return _chunked_function()
     return getattr(ac, "order_" + order)
+
+
+@functools.cache
+def _chunked_function():
+    _cuda()
+    stack = ac.PAIRWISE_STACK
+
+    @cuda.jit(device=True)
+    def _order_chunked(a, b, has_b, p, m, n, has_c, cbits, chunk, spec, ospec, prod_on, pspec,
+                       mt, seed, index):
+        """accum_core.order_chunked with the pairwise chunks' stack in thread-local arrays."""
+        if mt[ac.MT_CHUNK_PAIRWISE] != 0:
+            return ac.chunked_pairwise(cuda.local.array(stack, np.int64),
+                                       cuda.local.array(stack, np.bool_),
+                                       cuda.local.array(stack, np.uint64),
+                                       cuda.local.array(stack, np.int64),
+                                       cuda.local.array(stack, np.int64), a, b, has_b, p, m, n,
+                                       a.shape[2], chunk, has_c, cbits, mt[ac.MT_C_OUTER] != 0,
+                                       spec, ospec, prod_on, pspec, seed, index)
+        return ac.reduce_chunked(a, b, has_b, p, m, n, a.shape[2], chunk, has_c, cbits,
+                                 mt[ac.MT_C_OUTER] != 0, spec, ospec, prod_on, pspec, seed, index)
+
+    return _order_chunked
 
 
 @functools.cache

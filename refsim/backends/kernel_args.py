@@ -66,7 +66,8 @@ def _spec_of(spec: Cast | AccumSpec | None) -> tuple[bool, tuple]:
 def order_params(acc: AccumSpec) -> tuple:
     """The int64 tuple of order parameters the kernels take (refsim.kernels.accum_core.MT_* layout):
     multiterm's group, width, variant, alignment, truncation, operand flushing and operand
-    emin, and where C enters (chunked and multiterm)."""
+    emin, where C enters (chunked and multiterm), the late accumulator (late_bits or 0,
+    late_norm_bits, late_truncation, c_cutoff or -1, interleave or 1) and pairwise chunks."""
     flush = acc.subnormals == "flush"
     emin = ac.NO_EMIN if acc.operands is None else acc.operands.emin
     return tuple(np.int64(v) for v in (
@@ -74,7 +75,11 @@ def order_params(acc: AccumSpec) -> tuple:
         MULTITERM_VARIANTS.index(acc.variant) if acc.variant else 0,
         MULTITERM_ALIGNS.index(acc.align) if acc.align else 0,
         MULTITERM_TRUNCATIONS.index(acc.truncation) if acc.truncation else 0,
-        flush, emin, acc.c_entry == "outer"))
+        flush, emin, acc.c_entry == "outer",
+        acc.late_bits or 0, acc.late_norm_bits or 0,
+        MULTITERM_TRUNCATIONS.index(acc.late_truncation) if acc.late_truncation else 0,
+        -1 if acc.c_cutoff is None else acc.c_cutoff, acc.interleave or 1,
+        acc.chunk_order == "pairwise"))
 
 
 class ExactArgs(NamedTuple):

@@ -65,10 +65,14 @@ N_SPEC = core.N_PARAMS + 3
 TAG_ADD, TAG_PRODUCT, TAG_OUTER, TAG_KAHAN_Y, TAG_KAHAN_D, TAG_KAHAN_C, TAG_OUT = range(1, 8)
 # The int64 tuple `mt` of order parameters every order function takes (MT_* layout): multiterm's
 # group, width, variant (the index in refsim.specs.MULTITERM_VARIANTS), alignment, truncation,
-# input flushing and operand emin, and (chunked and multiterm) where the initial value C enters.
+# input flushing and operand emin, (chunked and multiterm) where the initial value C enters, the
+# late accumulator's late_bits (0: none), late_norm_bits, late truncation, c_cutoff (-1: none)
+# and interleave (1: none), and chunked's pairwise chunks.
 MT_EXCLUDED, MT_ALIGNED = 0, 1
 MT_GROUP, MT_WIDTH, MT_VARIANT, MT_ALIGN, MT_TRUNC, MT_FLUSH, MT_EMIN, MT_C_OUTER = range(8)
-N_MT = 8
+(MT_LATE_BITS, MT_LATE_NORM, MT_LATE_TRUNC, MT_CUTOFF, MT_INTERLEAVE,
+ MT_CHUNK_PAIRWISE) = range(8, 14)
+N_MT = 14
 # Alignment exponents (refsim.specs.MULTITERM_ALIGNS) and truncations (MULTITERM_TRUNCATIONS).
 ALIGN_NORMALIZED, ALIGN_PRODUCT = 0, 1
 TRUNC_ZERO, TRUNC_FLOOR = 0, 1
@@ -518,6 +522,32 @@ def reduce_chunked(a, b, has_b, p, m, n, nk, chunk, has_c, cbits, c_outer, spec,
 
 
 @njit(cache=True)
+def chunked_pairwise(kinds, negs, sigs, exps, sizes, a, b, has_b, p, m, n, nk, chunk, has_c,
+                     cbits, c_outer, spec, ospec, prod_on, pspec, seed, index):
+    """reduce_chunked with every chunk summed by the pairwise tree (pairwise_range, steps from
+    the chunk's first term), on a caller's stack (chunk_order='pairwise')."""
+    if nk <= 0:
+        if has_c:
+            return round_initial(cbits, ospec, seed, index, 0, TAG_OUTER, _CNT0)
+        return core.zero_result(False, C_MAN, C_BIAS, ospec), _CNT0
+    into_outer = has_c and c_outer
+    outer = np.uint64(cbits) if into_outer else _U0
+    first = not into_outer
+    cnt = _CNT0
+    c = np.int64(0)
+    for k0 in range(0, nk, chunk):
+        k1 = min(k0 + chunk, nk)
+        s, inner = pairwise_range(kinds, negs, sigs, exps, sizes, a, b, has_b, p, m, n, k0,
+                                  k1 - k0, has_c and not c_outer and c == 0, cbits, spec,
+                                  prod_on, pspec, seed, index)
+        cnt = (cnt[0] + inner[0], cnt[1] + inner[1], cnt[2] + inner[2])
+        outer, cnt = promote(outer, first, c, s, ospec, seed, index, cnt)
+        first = False
+        c += 1
+    return outer, cnt
+
+
+@njit(cache=True)
 def reduce_pairwise(a, b, has_b, p, m, n, nk, has_c, cbits, spec, prod_on, pspec, seed, index):
     """The fixed tree of docs/accumulation.md: a subtree of n terms is (left) + (right) with the
     left part the largest power of two below n. Computed as a binary counter: each term is pushed
@@ -537,33 +567,45 @@ def pairwise_with_c(kinds, negs, sigs, exps, sizes, a, b, has_b, p, m, n, nk, ha
                     prod_on, pspec, seed, index):
     """reduce_pairwise on a caller's stack of PAIRWISE_STACK entries (NumPy arrays on the CPU,
     thread-local arrays in a CUDA kernel, which cannot allocate)."""
+    return pairwise_range(kinds, negs, sigs, exps, sizes, a, b, has_b, p, m, n, 0, nk, has_c,
+                          cbits, spec, prod_on, pspec, seed, index)
+
+
+@njit(cache=True)
+def pairwise_range(kinds, negs, sigs, exps, sizes, a, b, has_b, p, m, n, k0, nk, has_c, cbits,
+                   spec, prod_on, pspec, seed, index):
+    """pairwise_with_c on the nk terms k0 .. k0+nk-1, every step number raised by k0 (chunked
+    order with chunk_order='pairwise': chunk c's steps are k0 = c*chunk onward)."""
     if nk <= 0:
         if has_c:
             return round_initial(cbits, spec, seed, index, 0, TAG_ADD, _CNT0)
         return core.zero_result(False, C_MAN, C_BIAS, spec), _CNT0
     ck, cn, cs, ce = unpack_f64(np.uint64(cbits))
     if has_c and nk == 1:
-        tk, tn, ts, te = term(a, b, has_b, p, m, n, 0, prod_on, pspec, seed, index)
-        bits, ev = add_round_ev(ck, cn, cs, ce, tk, tn, ts, te, spec, seed, index, 0, TAG_ADD)
+        tk, tn, ts, te = term(a, b, has_b, p, m, n, k0, prod_on, pspec, seed, index)
+        bits, ev = add_round_ev(ck, cn, cs, ce, tk, tn, ts, te, spec, seed, index, k0, TAG_ADD)
         return bits, tally(_CNT0, ev)
-    root, cnt = pairwise_tree(kinds, negs, sigs, exps, sizes, a, b, has_b, p, m, n, nk, spec,
+    root, cnt = pairwise_tree(kinds, negs, sigs, exps, sizes, a, b, has_b, p, m, n, k0, nk, spec,
                               prod_on, pspec, seed, index)
     if not has_c:
         return root, cnt
     rk, rn, rs, re = unpack_f64(root)
-    bits, ev = add_round_ev(ck, cn, cs, ce, rk, rn, rs, re, spec, seed, index, nk - 1, TAG_ADD)
+    bits, ev = add_round_ev(ck, cn, cs, ce, rk, rn, rs, re, spec, seed, index, k0 + nk - 1,
+                            TAG_ADD)
     return bits, tally(cnt, ev)
 
 
 @njit(cache=True)
-def pairwise_tree(kinds, negs, sigs, exps, sizes, a, b, has_b, p, m, n, nk, spec, prod_on, pspec,
-                  seed, index):
-    """The tree of reduce_pairwise (no C) for nk >= 1 on a caller's stack."""
+def pairwise_tree(kinds, negs, sigs, exps, sizes, a, b, has_b, p, m, n, k0, nk, spec, prod_on,
+                  pspec, seed, index):
+    """The tree of reduce_pairwise (no C) over terms k0 .. k0+nk-1 (nk >= 1, steps from k0) on
+    a caller's stack."""
     top = 0
-    merges = np.int64(0)
+    merges = np.int64(k0)
     result = _U0
     cnt = _CNT0
-    for k in range(nk):
+    for kk in range(nk):
+        k = k0 + kk
         tk, tn, ts, te = term(a, b, has_b, p, m, n, k, prod_on, pspec, seed, index)
         kinds[top] = tk
         negs[top] = tn
@@ -571,7 +613,7 @@ def pairwise_tree(kinds, negs, sigs, exps, sizes, a, b, has_b, p, m, n, nk, spec
         exps[top] = te
         sizes[top] = 1
         top += 1
-        while top >= 2 and (sizes[top - 1] == sizes[top - 2] or k == nk - 1):
+        while top >= 2 and (sizes[top - 1] == sizes[top - 2] or kk == nk - 1):
             i = top - 2
             result, ev = add_round_ev(kinds[i], negs[i], sigs[i], exps[i], kinds[i + 1],
                                       negs[i + 1], sigs[i + 1], exps[i + 1], spec, seed, index,
@@ -586,7 +628,7 @@ def pairwise_tree(kinds, negs, sigs, exps, sizes, a, b, has_b, p, m, n, nk, spec
             sizes[i] += sizes[i + 1]
             top -= 1
     if nk == 1:
-        result, ev = round_unpacked_ev(kinds[0], negs[0], sigs[0], exps[0], spec, seed, index, 0,
+        result, ev = round_unpacked_ev(kinds[0], negs[0], sigs[0], exps[0], spec, seed, index, k0,
                                        TAG_ADD)
         cnt = tally(cnt, ev)
     return result, cnt
@@ -805,6 +847,128 @@ def multiterm_group(a, b, has_b, p, m, n, g0, g1, with_acc, acc, spec, prod_on, 
     return K_FIN, False, np.uint64(total), q
 
 
+# The late accumulator (mt[MT_LATE_BITS] = L > 0; docs/accumulation.md): a group's products are
+# split into I = mt[MT_INTERLEAVE] subsets by position (k - g0) mod I; subset j is truncated to
+# F = width - 1 fraction bits below its own largest alignment exponent E_j (S_j units of
+# 2^(E_j - F)); the accumulator s has e_c = max(floor(log2|s|), fmt emin) (emin for a zero).
+#   E = max E_j >= e_c: P = sum of S_j moved to 2^(E - F) (late truncation), plus s on that grid
+#     (or 0 when E - e_c > c_cutoff); the value is exact: (P + sc) * 2^(E - F).
+#   else (or no nonzero product): A = sum of S_j moved to 2^G, G = e_c - L, plus s on that grid
+#     (exact for s in fmt: L >= fmt's mantissa bits); A is cut to N = mt[MT_LATE_NORM] fraction
+#     bits below max(its leading bit, fmt emin) (late truncation).
+# Widths (int64): |S_j| < (group / I) * 2^(F + 3) as in multiterm_group, and moving it to a
+# coarser grid only shrinks it: |P| < group * 2^(F + 3) <= 2^(width + bitlen(group) + 2) and |sc|
+# <= 2^(F + 2), so P + sc fits as in the width proof above. In the second case every S_j * 2^q_j
+# is below group * 2^(E + 2) <= group * 2^(e_c + 1), i.e. below group * 2^(L + 1) units of 2^G,
+# and |s| < 2^(L + 1) units: |A| < 2^(L + bitlen(group) + 2) <= 2^62 (refsim.specs checks
+# late_bits + bitlen(group) + 2 <= 62).
+@njit(cache=True)
+def move_units(x, shift, floor):
+    """x * 2^-shift (x an int64 of units) on the integer grid: toward -inf when `floor`, else
+    toward zero; shift <= 0 multiplies exactly (the caller's width proof bounds it)."""
+    if shift <= 0:
+        return x << np.int64(-shift)
+    if shift >= 63:
+        return np.int64(-1) if (floor and x < 0) else _I0
+    if floor or x >= 0:
+        return x >> np.int64(shift)
+    return -((-x) >> np.int64(shift))
+
+
+@njit(cache=True)
+def _late_subset(a, b, has_b, p, m, n, k0, g1, stride, prod_on, pspec, mt, seed, index, zeros):
+    """One interleaved subset (terms k0, k0 + stride, .. < g1) of a late group: (has a nonzero
+    term, its largest alignment exponent E_j, S_j units of 2^(E_j - width + 1), zero counts)."""
+    e_max = np.int64(-(1 << 40))
+    live = False
+    for k in range(k0, g1, stride):
+        _, _, ts, _, e = mt_term(a, b, has_b, p, m, n, k, prod_on, pspec, mt, seed, index)
+        if ts != _U0:
+            e_max = max(e_max, e)
+            live = True
+    q = e_max - mt[MT_WIDTH] + 1
+    state = (np.int64(0), zeros[0], zeros[1], zeros[2])
+    for k in range(k0, g1, stride):
+        _, tn, ts, te, _ = mt_term(a, b, has_b, p, m, n, k, prod_on, pspec, mt, seed, index)
+        state = _add_truncated(state, tn, ts, te, q, mt[MT_TRUNC] == TRUNC_FLOOR)
+    return live, e_max, state[0], (state[1], state[2], state[3])
+
+
+@njit(cache=True)
+def late_group(a, b, has_b, p, m, n, g0, g1, acc, spec, prod_on, pspec, mt, seed, index):
+    """The group g0 .. g1-1 with the running sum `acc` (float64 bits) joining late (the comment
+    above), as one exact value (kind, negative, sig, exp): specials as multiterm_group; a zero is
+    signed as there, with the accumulator's contribution counted as one more value."""
+    scan = (False, False, False, np.int64(-(1 << 40)))
+    xk, xn, xs, xe = unpack_f64(acc)
+    scan = _scan_one(scan, xk, xn, xs, _I0)
+    for k in range(g0, g1):
+        tk, tn, ts, _, e = mt_term(a, b, has_b, p, m, n, k, prod_on, pspec, mt, seed, index)
+        scan = _scan_one(scan, tk, tn, ts, e)
+    has_nan, pos_inf, neg_inf, _ = scan
+    if has_nan or (pos_inf and neg_inf):
+        return K_NAN, False, _U0, _I0
+    if pos_inf or neg_inf:
+        return K_INF, neg_inf, _U0, _I0
+    late_floor = mt[MT_LATE_TRUNC] == TRUNC_FLOOR
+    frac = mt[MT_WIDTH] - 1
+    emin = spec[core.P_EMIN]
+    stride = mt[MT_INTERLEAVE]
+    # Pass 1: the group's largest exponent over the subsets.
+    e_top = np.int64(-(1 << 40))
+    any_live = False
+    zeros = (0, 0, 0)
+    for j in range(stride):
+        live, e_j, s_j, zeros = _late_subset(a, b, has_b, p, m, n, g0 + j, g1, stride, prod_on,
+                                             pspec, mt, seed, index, zeros)
+        if live:
+            e_top = max(e_top, e_j)
+            any_live = True
+    e_c = max(top_exponent(xs, xe), emin) if xs != _U0 else emin
+    joins = any_live and e_c <= e_top
+    grid = e_top - frac if joins else e_c - mt[MT_LATE_BITS]
+    # Pass 2: the subset sums moved to the common grid (zero counts from pass 1).
+    total = _I0
+    for j in range(stride):
+        live, e_j, s_j, _ = _late_subset(a, b, has_b, p, m, n, g0 + j, g1, stride, prod_on,
+                                         pspec, mt, seed, index, (0, 0, 0))
+        if live:
+            total += move_units(s_j, grid - (e_j - frac), late_floor)
+    n_pos_zero, n_neg_zero, n_nonzero = zeros
+    dropped = joins and mt[MT_CUTOFF] >= 0 and e_top - e_c > mt[MT_CUTOFF]
+    sc = _I0
+    if xs != _U0 and not dropped:
+        units = np.int64(truncate_units(xn, xs, xe, grid, late_floor))
+        sc = -units if xn else units
+    if sc == 0:
+        if xn:
+            n_neg_zero += 1
+        else:
+            n_pos_zero += 1
+    else:
+        n_nonzero += 1
+    total += sc
+    exp = grid
+    if not joins and total != 0:
+        magnitude = np.uint64(-total) if total < 0 else np.uint64(total)
+        lead = top_exponent(magnitude, grid)
+        cut = max(lead, emin) - mt[MT_LATE_NORM]
+        if cut > grid:
+            total = move_units(total, cut - grid, late_floor)
+            exp = cut
+    if total == 0:
+        if n_nonzero == 0 and n_pos_zero == 0:
+            negative = True
+        elif n_nonzero == 0 and n_neg_zero == 0:
+            negative = False
+        else:
+            negative = spec[S_MODE] == core.RDN
+        return K_FIN, negative, _U0, _I0
+    if total < 0:
+        return K_FIN, True, np.uint64(-total), exp
+    return K_FIN, False, np.uint64(total), exp
+
+
 @njit(cache=True)
 def reduce_multiterm(a, b, has_b, p, m, n, nk, chunk, has_c, cbits, spec, ospec, prod_on, pspec,
                      mt, seed, index):
@@ -814,7 +978,8 @@ def reduce_multiterm(a, b, has_b, p, m, n, nk, chunk, has_c, cbits, spec, ospec,
     enters inside):
       no s yet:      s = round(G), G the group's aligned, truncated exact sum (multiterm_group);
       acc-excluded:  s = round(s + G);
-      acc-aligned:   s = round(G'), G' the same sum with s joining the alignment and truncation.
+      acc-aligned:   s = round(G'), G' the same sum with s joining the alignment and truncation;
+      late (mt[MT_LATE_BITS] > 0): s = round(late_group(s)), s starting at +0 (or C).
     Each chunk's s is promoted into the outer accumulator (promote), which starts from C when C
     enters outside (mt[MT_C_OUTER]); with no terms the result is round_o(C), or +0 there."""
     if nk <= 0:
@@ -825,6 +990,7 @@ def reduce_multiterm(a, b, has_b, p, m, n, nk, chunk, has_c, cbits, spec, ospec,
         chunk = nk
     group = mt[MT_GROUP]
     aligned = mt[MT_VARIANT] == MT_ALIGNED
+    late = mt[MT_LATE_BITS] > 0
     c_outer = mt[MT_C_OUTER] != 0
     into_outer = has_c and c_outer
     outer = np.uint64(cbits) if into_outer else _U0
@@ -839,9 +1005,13 @@ def reduce_multiterm(a, b, has_b, p, m, n, nk, chunk, has_c, cbits, spec, ospec,
             g1 = min(g0 + group, c1)
             step = g0 // group
             with_acc = aligned and have_s
-            gk, gn, gs, ge = multiterm_group(a, b, has_b, p, m, n, g0, g1, with_acc, s, spec,
-                                             prod_on, pspec, mt, seed, index)
-            if not have_s or with_acc:
+            if late:
+                gk, gn, gs, ge = late_group(a, b, has_b, p, m, n, g0, g1, s, spec, prod_on, pspec,
+                                            mt, seed, index)
+            else:
+                gk, gn, gs, ge = multiterm_group(a, b, has_b, p, m, n, g0, g1, with_acc, s, spec,
+                                                 prod_on, pspec, mt, seed, index)
+            if late or not have_s or with_acc:
                 s, ev = round_unpacked_ev(gk, gn, gs, ge, spec, seed, index, step, TAG_ADD)
             else:
                 sk, sn, ss, se = unpack_f64(s)
@@ -876,6 +1046,14 @@ def order_pairwise(a, b, has_b, p, m, n, has_c, cbits, chunk, spec, ospec, prod_
 @njit(cache=True)
 def order_chunked(a, b, has_b, p, m, n, has_c, cbits, chunk, spec, ospec, prod_on, pspec, mt,
                   seed, index):
+    if mt[MT_CHUNK_PAIRWISE] != 0:  # the stack is allocated only for pairwise chunks
+        return chunked_pairwise(np.empty(PAIRWISE_STACK, np.int64),
+                                np.empty(PAIRWISE_STACK, np.bool_),
+                                np.empty(PAIRWISE_STACK, np.uint64),
+                                np.empty(PAIRWISE_STACK, np.int64),
+                                np.empty(PAIRWISE_STACK, np.int64), a, b, has_b, p, m, n,
+                                a.shape[2], chunk, has_c, cbits, mt[MT_C_OUTER] != 0, spec, ospec,
+                                prod_on, pspec, seed, index)
     return reduce_chunked(a, b, has_b, p, m, n, a.shape[2], chunk, has_c, cbits,
                           mt[MT_C_OUTER] != 0, spec, ospec, prod_on, pspec, seed, index)
 

@@ -166,7 +166,7 @@ def test_devices_table_and_errors():
     keys = {(row.device, row.input, row.out) for row in rows}
     assert len(keys) == len(rows)
     for device in hardware.DEVICES:
-        assert any(row.device == device for row in rows) or device == "mi300x"
+        assert any(row.device == device for row in rows)
     for row in rows:
         assert row.source and row.validated
         assert hardware.gemm_spec(row.device, row.input, row.out) == row.spec
@@ -182,8 +182,13 @@ def test_devices_table_and_errors():
         hardware.gemm_spec("h100", "fp64")
     with pytest.raises(TypeError, match="device must be a string"):
         hardware.gemm_spec(100, "fp16")
-    with pytest.raises(NotImplementedError, match="mi300x fp16: the published model needs"):
-        hardware.gemm_spec("mi300x", "fp16")
+    with pytest.raises(ValueError, match=r"mi250x has \(input/out\): bf16/fp32, fp16/fp32"):
+        hardware.gemm_spec("mi250x", "tf32")
+    amd = {(row.device, row.input) for row in rows if row.device.startswith("mi")}
+    assert amd == {("mi100", "fp16"), ("mi100", "bf16"), ("mi250x", "fp16"), ("mi250x", "bf16"),
+                   *(("mi300x", f) for f in ("fp16", "bf16", "tf32", "e4m3", "e5m2"))}
+    assert all(row.validated == "published model only (not validated by data)"
+               for row in rows if row.device.startswith("mi"))
 
 
 def test_b200_fp8_adds_c_after_a_truncated_sum():
