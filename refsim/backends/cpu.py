@@ -27,7 +27,7 @@ with KERNELS[mode].inspect_asm() under a fresh NUMBA_CACHE_DIR: cached code cann
 - One rounding formula for every mode, magnitude = (a + increment) & ~mask, instead of
   comparisons of the discarded bits against half.
 - Per-call constants are unpacked into scalars before the loop, and the loop makes no calls:
-  SR's Philox words come from a scalar loop that fills a per-chunk buffer first.
+  SR's Philox words fill a per-chunk buffer first (kernels.rng.fill_blocks_fast).
 
 Caching: a cached kernel's closure must hold plain values only. Numba keys its cache on the
 pickled closure, and a pickled dispatcher carries a fresh UUID in every process, so a dispatcher
@@ -44,28 +44,22 @@ from numba.np.numpy_support import as_dtype
 
 from refsim.kernels import core
 from refsim.kernels.lane import CARRIER_OF, F_D_BASE, F_ENABLED, round_lane, select
-from refsim.kernels.rng import stream_block
+from refsim.kernels.rng import fill_blocks_fast, round_keys, stream_block
 
 CHUNK = 4096  # elements per parallel work item (a multiple of 4: whole Philox blocks)
 
 @njit(cache=True)
-def _fill_random(rand, seed, base, stop, shift):
-    """rand[i - base] = (word W_0 of element i) >> shift for i in [base, stop), base % 4 == 0.
+def _fill_random(rand, seed, base, stop):
+    """rand[i - base] = the top bits (rand's width) of word W_0 of element i, for i in
+    [base, stop), base % 4 == 0.
 
-    Scalar: the 64x64->128-bit multiplies of Philox have no vector form. This loop bounds SR:
-    20 dependent-chain mulx per block of 4 words, 2 to 3 ns per element on one core, against
-    about 1 ns for the rest of SR. A separate Numba function: written into the pass-1 function,
-    Numba's reference counting of the local buffer put an atomic increment and decrement around
-    every Philox call (2x slower).
+    The generator bounds SR (docs/BENCHMARKS.md): kernels.rng.fill_blocks_fast, eight Philox
+    blocks per call in AVX-512 lanes where the CPU has them. A separate Numba function: written
+    into the pass-1 function, Numba's reference counting of the local buffer put an atomic
+    increment and decrement around every Philox call (2x slower).
     """
-    first = np.uint64(base // 4)
-    for j in range(np.uint64((stop - base + 3) // 4)):
-        w0, w1, w2, w3 = stream_block(seed, first + j, 0)
-        k = j * np.uint64(4)
-        rand[k] = w0 >> shift
-        rand[k + np.uint64(1)] = w1 >> shift
-        rand[k + np.uint64(2)] = w2 >> shift
-        rand[k + np.uint64(3)] = w3 >> shift
+    fill_blocks_fast(rand, 0, np.uint64(base // 4) + np.uint64(1), (stop - base + 3) // 4, 0, 0,
+                     0, round_keys(seed, 0))
 
 
 @njit(cache=True)
@@ -115,7 +109,7 @@ def _make_fast_pass(rounding, utype, c_man, c_bias):
             if given.size:
                 _copy_given(rand, given, base, stop, TOP_BITS)
             else:
-                _fill_random(rand, seed, base, stop, TOP_BITS)
+                _fill_random(rand, seed, base, stop)
         # max over the chunk of (0 if a == 0 else a - a_lo), a reduction LLVM vectorizes: some
         # lane is left to pass 2 iff it reaches INF - a_lo (one unsigned compare per lane).
         key_max = ZERO

@@ -152,7 +152,7 @@ from refsim.kernels import core
 from refsim.kernels import tile as t
 from refsim.kernels.accum_core import TAG_ADD
 from refsim.kernels.lane import F_D_BASE, F_D_NORMAL, F_E_NORMAL, F_MAX_POS, fast_constants
-from refsim.kernels.rng import fill_blocks, round_keys
+from refsim.kernels.rng import fill_blocks_fast, round_keys
 from refsim.kernels.tile import tile, tile_sr
 from refsim.params import format_params
 from refsim.specs import AccumSpec
@@ -411,7 +411,7 @@ def _tile_words(words, keys, p, i0, n0, n_rows, n_cols, tm, tn, w_row, k0, nk):
         for i in range(tm):
             index = ((p * n_rows) + i0 + i) * n_cols + n0
             off = index & 3
-            fill_blocks(words, (kk * tm + i) * w_row + 4 - off, (index >> 2) + 1,
+            fill_blocks_fast(words, (kk * tm + i) * w_row + 4 - off, (index >> 2) + 1,
                         (off + tn + 3) >> 2, 0, k0 + kk, TAG_ADD, keys)
 
 

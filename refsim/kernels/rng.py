@@ -44,6 +44,15 @@ chosen by compilation target:
   high word instead.
 
 Both are tested against Python integers.
+
+Block fills (CPU only): :func:`fill_blocks` writes consecutive blocks into an array, two
+interleaved per loop step with the round keys precomputed (:func:`round_keys`);
+:func:`fill_blocks_x8` computes eight blocks per call in 8-lane integer vectors (LLVM IR), the
+64x64-bit high products from four 32x32->64 multiplies each (x86 ``vpmuludq``).  With AVX-512
+that is one register per state word, and the vector form beats the scalar ``mulx`` chain:
+1.8-1.9 against 3.0-3.7 ns per word on one core of an AMD EPYC (znver4) VM, where it is bound
+by the vector multiplies (9 per lane per round).  :data:`fill_blocks_fast` is the vector form
+where the target has AVX-512, else the scalar one; the words are the same.
 """
 
 from __future__ import annotations
@@ -58,7 +67,10 @@ from numba.core import types
 from numba.extending import intrinsic, overload
 
 __all__ = [
+    "VECTOR_BLOCKS",
     "fill_blocks",
+    "fill_blocks_fast",
+    "fill_blocks_x8",
     "mulhilo64",
     "mulhilo64_portable",
     "philox4x64_10",
@@ -66,6 +78,7 @@ __all__ = [
     "round_keys",
     "stream_block",
     "stream_word",
+    "target_features",
 ]
 
 # Philox4x64 constants (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11).
@@ -270,8 +283,10 @@ def fill_blocks(out, start, first, count, c1, c2, c3, keys):
     under the round keys ``keys`` (:func:`round_keys`), for ``b`` in ``0 .. count - 1``.
 
     Raw counters, as :func:`philox4x64_10`: the stream's element block ``i`` is counter word 0
-    ``i + 1``. ``out``: uint64 array with room for ``4 * count`` words from ``start``.
+    ``i + 1``. ``out``: uint64 array (the words), or uint32 (their top 32 bits), with room for
+    ``4 * count`` values from ``start``.
     """
+    top = np.uint64(64 - 8 * out.itemsize)
     first = np.uint64(first)
     c1 = np.uint64(c1)
     c2 = np.uint64(c2)
@@ -282,14 +297,117 @@ def fill_blocks(out, start, first, count, c1, c2, c3, keys):
     while b + _ONE < count:
         w = _philox_pair(first + b, first + b + _ONE, c1, c2, c3, keys)
         for t in range(8):
-            out[pos + t] = w[t]
+            out[pos + t] = w[t] >> top
         pos += 8
         b += _TWO
     if b < count:
         c0 = first + b
         w = _philox_pair(c0, c0, c1, c2, c3, keys)
         for t in range(4):
-            out[pos + t] = w[t]
+            out[pos + t] = w[t] >> top
+
+
+def _mulhi_lanes(builder, x, m):
+    """High words of x * m for a vector x of i64 lanes and a constant m, from 32-bit halves:
+    four 32x32->64 multiplies per lane (x86: vpmuludq). With x = xh 2^32 + xl, m likewise:
+    t = xl*mh + (xl*ml >> 32) and u = xh*ml + (t mod 2^32) stay below 2^64, and the high word is
+    xh*mh + (t >> 32) + (u >> 32)."""
+    vt = x.type
+    n = vt.count
+
+    def const(v):
+        return ir.Constant(vt, [v] * n)
+
+    low, shift = const(0xFFFFFFFF), const(32)
+    xl, xh = builder.and_(x, low), builder.lshr(x, shift)
+    ml, mh = const(int(m) & 0xFFFFFFFF), const(int(m) >> 32)
+    t = builder.add(builder.mul(xl, mh), builder.lshr(builder.mul(xl, ml), shift))
+    u = builder.add(builder.mul(xh, ml), builder.and_(t, low))
+    return builder.add(builder.add(builder.mul(xh, mh), builder.lshr(t, shift)),
+                       builder.lshr(u, shift))
+
+
+@intrinsic
+def _philox_x8(typingctx, out, pos, first, c1, c2, c3, keys):
+    """Blocks at counters (first + l, c1, c2, c3), l = 0..7, under the round keys `keys`, in
+    8-lane vectors; block l's words go to out[pos + 4*l .. pos + 4*l + 3] (uint64 out), or
+    their top 32 bits (uint32 out)."""
+    u64 = types.uint64
+    sig = types.void(out, types.int64, u64, u64, u64, u64, keys)
+
+    def codegen(context, builder, signature, args):
+        out_v, pos, first, c1, c2, c3, keys_v = args
+        data = context.make_array(signature.args[0])(context, builder, out_v).data
+        kdata = context.make_array(signature.args[6])(context, builder, keys_v).data
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        vt = ir.VectorType(i64, 8)
+
+        def splat(x):
+            v = builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(i32, 0))
+            return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined),
+                                          ir.Constant(ir.VectorType(i32, 8), [0] * 8))
+
+        x0 = builder.add(splat(first), ir.Constant(vt, list(range(8))))
+        x1, x2, x3 = splat(c1), splat(c2), splat(c3)
+        m0 = ir.Constant(vt, [int(PHILOX_M0)] * 8)
+        m1 = ir.Constant(vt, [int(PHILOX_M1)] * 8)
+        for r in range(10):
+            k0 = splat(builder.load(builder.gep(kdata, [ir.Constant(i64, 2 * r)])))
+            k1 = splat(builder.load(builder.gep(kdata, [ir.Constant(i64, 2 * r + 1)])))
+            hi0, lo0 = _mulhi_lanes(builder, x0, PHILOX_M0), builder.mul(x0, m0)
+            hi1, lo1 = _mulhi_lanes(builder, x2, PHILOX_M1), builder.mul(x2, m1)
+            x0, x1, x2, x3 = (builder.xor(builder.xor(hi1, x1), k0), lo1,
+                              builder.xor(builder.xor(hi0, x3), k1), lo0)
+        # Lanes to blocks: word w of lane l at 4*l + w (two interleaving shuffles).
+        pairs = [j for i in range(8) for j in (i, i + 8)]
+        a = builder.shuffle_vector(x0, x1, ir.Constant(ir.VectorType(i32, 16), pairs))
+        b = builder.shuffle_vector(x2, x3, ir.Constant(ir.VectorType(i32, 16), pairs))
+        quads = [j for i in range(8) for j in (2 * i, 2 * i + 1, 2 * i + 16, 2 * i + 17)]
+        words = builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(i32, 32), quads))
+        width = signature.args[0].dtype.bitwidth
+        if width != 64:
+            words = builder.trunc(builder.lshr(words, ir.Constant(words.type, [64 - width] * 32)),
+                                  ir.VectorType(ir.IntType(width), 32))
+        ptr = builder.bitcast(builder.gep(data, [pos]), words.type.as_pointer())
+        builder.store(words, ptr, align=width // 8)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@numba.njit(**_JIT)
+def fill_blocks_x8(out, start, first, count, c1, c2, c3, keys):
+    """:func:`fill_blocks` (same arguments, same words) eight blocks at a time in 8-lane integer
+    vectors, the rest one or two at a time. For x86 with AVX-512 (one register per state word):
+    there the 64x64-bit high products from four 32-bit multiplies each, eight lanes wide, beat
+    the scalar ``mulx`` chain (measured 1.3-2x per word on an AMD EPYC znver4 VM)."""
+    first = np.uint64(first)
+    pos = np.int64(start)
+    b = np.uint64(0)
+    count = np.uint64(count)
+    eight = np.uint64(8)
+    while b + eight <= count:
+        _philox_x8(out, pos, first + b, np.uint64(c1), np.uint64(c2), np.uint64(c3), keys)
+        pos += 32
+        b += eight
+    if b < count:
+        fill_blocks(out, pos, first + b, count - b, c1, c2, c3, keys)
+
+
+def target_features() -> frozenset[str]:
+    """The CPU features Numba compiles for (NUMBA_CPU_FEATURES, else the host's)."""
+    from numba.core import config
+    from numba.core.codegen import get_host_cpu_features
+    # numba.core.config sets its settings from the environment at import: no static attributes
+    features: str | None = config.CPU_FEATURES  # type: ignore[attr-defined]
+    spec = features if features is not None else get_host_cpu_features()
+    return frozenset(f[1:] for f in spec.split(",") if f.startswith("+"))
+
+
+VECTOR_BLOCKS = "avx512f" in target_features()  # fill_blocks_fast is fill_blocks_x8
+fill_blocks_fast = fill_blocks_x8 if VECTOR_BLOCKS else fill_blocks
+"""fill_blocks_x8 where the target has AVX-512 (eight 64-bit lanes per register), else
+fill_blocks: the same words either way."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -70,6 +70,7 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from refsim.kernels import core
+from refsim.kernels.rng import target_features
 
 SEQUENTIAL, KAHAN, PAIRWISE = 0, 1, 2  # orders (chunked is SEQUENTIAL with an outer mode)
 ADD_FMA, ADD_ODD = 0, 1
@@ -244,16 +245,6 @@ def _literal(t) -> int:
     if not isinstance(t, types.IntegerLiteral):
         raise TypeError("refsim.kernels.tile.tile: the first seven arguments must be constants")
     return int(t.literal_value)
-
-
-def target_features() -> frozenset[str]:
-    """The CPU features Numba compiles for (NUMBA_CPU_FEATURES, else the host's)."""
-    from numba.core import config
-    from numba.core.codegen import get_host_cpu_features
-    # numba.core.config sets its settings from the environment at import: no static attributes
-    features: str | None = config.CPU_FEATURES  # type: ignore[attr-defined]
-    spec = features if features is not None else get_host_cpu_features()
-    return frozenset(f[1:] for f in spec.split(",") if f.startswith("+"))
 
 
 # Numba's on-disk cache keys a kernel by its own source file and closure cells, not by what an

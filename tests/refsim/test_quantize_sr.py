@@ -1,4 +1,5 @@
-"""Stochastic rounding: neighbours only, exact probabilities, unbiasedness, reproducibility."""
+"""Stochastic rounding: neighbours only, exact probabilities, unbiasedness, reproducibility; the
+block fills that feed it (kernels.rng.fill_blocks*) against NumPy's Philox."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from refsim import quantize
 from refsim.formats import get_format
 from refsim.formats.exact import candidates, sr_probability
+from refsim.kernels import rng
 from refsim.kernels.rng import random_words
 from refsim.validation.bits import assert_same_bits
 
@@ -143,3 +145,33 @@ def test_rbits_follow_the_flat_c_order_of_x_and_rbits():
     # element i is rounded with rbits element i, independently of every other element
     one = quantize(x[2:3, 5:6].copy(), "e5m2", "sr", sr_bits=11, rbits=rbits[2:3, 5:6].copy())
     assert_same_bits(one, base[2:3, 5:6])
+
+
+def _numpy_blocks(seed, c0, c1, c2, c3, count):
+    """Blocks at raw counters (c0 + b, c1, c2, c3), b < count, from numpy.random.Philox (which
+    increments its 256-bit counter before each block; c0 >= 1 keeps the carry out of word 0)."""
+    counter = (c0 - 1) + (c1 << 64) + (c2 << 128) + (c3 << 192)
+    return np.random.Philox(key=seed, counter=counter).random_raw(4 * count)
+
+
+@pytest.mark.parametrize("fill", [rng.fill_blocks, rng.fill_blocks_x8, rng.fill_blocks_fast])
+@pytest.mark.parametrize("dtype", [np.uint64, np.uint32])
+def test_fill_blocks_match_numpy(fill, dtype):
+    """Every count around the 8-block vector width, odd start offsets, all four counter words
+    set, uint32 outputs holding the words' top 32 bits; nothing outside the range written."""
+    seed = 0xFEEDFACECAFEBEEF
+    keys = rng.round_keys(np.uint64(seed), np.uint64(0))
+    shift = np.uint64(64 - 8 * np.dtype(dtype).itemsize)
+    for count in [*range(20), 33]:
+        for start, c0 in ((0, 1), (3, 5 + count), (5, (1 << 63) + 7)):
+            out = np.zeros(4 * count + 9, dtype)
+            fill(out, start, np.uint64(c0), count, 11, 1 << 40, 7, keys)
+            expected = (_numpy_blocks(seed, c0, 11, 1 << 40, 7, count) >> shift).astype(dtype)
+            np.testing.assert_array_equal(out[start:start + 4 * count], expected)
+            assert not out[:start].any() and not out[start + 4 * count:].any()
+    # Raw counters wrap in word 0 (no carry into word 1), as philox4x64_10's do.
+    out = np.zeros(40, np.uint64)
+    fill(out, 0, np.uint64((1 << 64) - 3), 10, 0, 2, 1, keys)
+    words = [rng.philox4x64_10(np.uint64(((1 << 64) - 3 + b) % (1 << 64)), 0, 2, 1, seed, 0)
+             for b in range(10)]
+    np.testing.assert_array_equal(out, np.array(words, np.uint64).reshape(-1))
