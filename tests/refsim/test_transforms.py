@@ -3,6 +3,10 @@ bit; the GemmSpec field through refsim.matmul, torch_ops.matmul, dict/TOML; the 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -283,3 +287,20 @@ def test_sweep_against_the_twin(block):
                 got = RandomHadamard(block, block, fmt, rounding, overflow).apply(x)
                 expected = hadamard_exact(x, block, block, fmt, rounding, overflow)
                 assert same(got, expected), (fmt, rounding, overflow)
+
+
+@pytest.mark.slow  # a subprocess: the CUDA simulator must be chosen before numba.cuda is imported
+def test_cuda_matmul_refuses_a_transform():
+    code = ("import numpy as np, refsim\n"
+            "from numba import cuda\n"
+            "a = cuda.to_device(np.ones((2, 16), np.float32))\n"
+            "b = cuda.to_device(np.ones((16, 2), np.float32))\n"
+            "spec = refsim.GemmSpec(acc='fp32', transform=refsim.RandomHadamard(16))\n"
+            "try:\n"
+            "    refsim.matmul(a, b, spec)\n"
+            "except NotImplementedError as exc:\n"
+            "    print('refused:', exc)\n")
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=600, check=True)
+    assert "refused: matmul on CUDA: spec.transform (RandomHadamard(16" in done.stdout, done
