@@ -1,12 +1,16 @@
 """refsim.nn: training time with every matrix product simulated, and where the time goes.
 
-    python -m bench.nn [--parts mlp cnn transformer] [--threads 2] [--limit 300]
+    python -m bench.nn [--parts mlp cnn transformer ratio] [--threads 2] [--limit 300]
 
 mlp: one epoch of the 64-128-10 MLP on digits (1,437 images, batch 32, SGD) under fp8.
 cnn: one epoch of the CNN (conv 1->8, pool, conv 8->16, pool, fc 64->10) under fp8.
 Both after two warm-up steps on a separate model (compilation), with a profile: seconds per
 product and role, and the split between operand Casts (refsim.quantize), accumulation (the rest
 of refsim.matmul) and everything else (autodiff, NumPy ops, optimizer).
+ratio: one training epoch of the MLP, the CNN and the transformer under the unsimulated `numpy`
+preset and under each of --compare (default fp32 fp8), in this process, one Numba thread and one
+BLAS thread, CPU time, best of --repeat; prints each preset's epoch as a multiple of numpy's (the
+issue-14 target: a step under fp32 and fp8 within 5x of numpy's).
 transformer: the tiny transformer under fp8 trained epoch by epoch on its synthetic task until
 the test sequence accuracy (every answer token right) reaches --target (or --limit seconds
 pass); prints the time to reach it and a profile of the first epoch.
@@ -149,10 +153,56 @@ def transformer(plan_name: str, target: float, limit: float, task: str) -> None:
     _report(trace, profile, first)
 
 
+def _epoch_cpu(config: TrainConfig, plan_name: str) -> float:
+    """CPU seconds of one training epoch under plan_name (after a warm-up epoch)."""
+    config = config.resolved()
+    plan = preset(plan_name)
+    seconds = []
+    for _ in range(2):  # the first epoch compiles; only the second is kept
+        model, split = build(config)
+        ctx = Context(plan.bind(model.gemm_names()), seed=config.seed)
+        opt = make_optimizer(config, model)
+        n = len(split.y_train)
+        order = np.random.default_rng([config.seed, 0]).permutation(n)
+        start = time.process_time()
+        for b in range(0, n, config.batch_size):
+            idx = order[b:b + config.batch_size]
+            mask = None if split.mask_train is None else split.mask_train[idx]
+            opt.zero_grad()
+            forward_loss(model, ctx, split.x_train[idx], split.y_train[idx], mask)[1].backward()
+            opt.step()
+            ctx.step += 1
+        seconds.append(time.process_time() - start)
+    return seconds[-1]
+
+
+def ratio(plans: list[str], repeat: int) -> None:
+    from threadpoolctl import threadpool_limits
+
+    numba.set_num_threads(1)
+    configs = {"MLP 64-128-10": TrainConfig(model="mlp", hidden=(128,)),
+               "CNN": TrainConfig(model="cnn"),
+               "transformer (reversal, length 8)": TrainConfig(
+                   model="transformer", task="reversal", length=8, vocab=10)}
+    print("\n### one training epoch, CPU seconds (best of "
+          f"{repeat}), one thread; each preset as a multiple of numpy's\n")
+    print("| model | numpy | " + " | ".join(plans) + " |")
+    print("|---|---|" + "---|" * len(plans))
+    with threadpool_limits(limits=1, user_api="blas"):
+        for label, config in configs.items():
+            base = min(_epoch_cpu(config, "numpy") for _ in range(repeat))
+            cells = [min(_epoch_cpu(config, p) for _ in range(repeat)) / base for p in plans]
+            print(f"| {label} | {base:.3f} s | " + " | ".join(f"{c:.1f}x" for c in cells)
+                  + " |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", nargs="+", default=["mlp", "cnn", "transformer"],
-                        choices=["mlp", "cnn", "transformer"])
+                        choices=["mlp", "cnn", "transformer", "ratio"])
+    parser.add_argument("--compare", nargs="+", default=["fp32", "fp8"],
+                        help="presets timed against numpy by --parts ratio")
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--numerics", default="fp8")
     parser.add_argument("--threads", type=int, default=None, help="Numba threads (default: all)")
     parser.add_argument("--target", type=float, default=0.99)
@@ -168,6 +218,8 @@ def main() -> None:
         epoch(TrainConfig(model="cnn"), args.numerics)
     if "transformer" in args.parts:
         transformer(args.numerics, args.target, args.limit, args.task)
+    if "ratio" in args.parts:
+        ratio(args.compare, args.repeat)
 
 
 if __name__ == "__main__":

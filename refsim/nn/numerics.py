@@ -6,7 +6,12 @@ Usage rules:
     `backward-weight` computes dB = A^T dC. In a linear or conv layer A holds the activations and
     B the weights; in attention (QK^T, AV) the "weight" is the second activation (K^T, V).
   - A role's `Product` is a GemmSpec plus a scaling rule: "none" (operands go to refsim.matmul as
-    they are) or "tensor" (per-tensor scaling, below).
+    they are), "tensor" (per-tensor scaling, below) or "blocks" (refsim.scaled_matmul: block
+    scales applied at promotion or folded into the elements, tensor scales in the epilogue, as
+    scaled GEMM kernels apply them).
+  - The layer pattern LAST ("@last") names the model's last product (its output layer); the
+    training loop binds it (`Numerics.bind`). `plan.only(roles, rest)` keeps some roles and
+    takes the others from another plan (the recipes study quantizes one role at a time).
   - `Numerics(default, layers)`: `default` gives all three roles; `layers` maps glob patterns
     (fnmatch, case-sensitive) to some roles. For a product, the LAST pattern that matches its
     name and defines the role wins, else the default. `check(names)` raises if a pattern matches
@@ -45,13 +50,17 @@ import numpy as np
 
 from refsim.accumulate import matmul
 from refsim.formats.block_format import BlockFormat
+from refsim.nn.recipes import RECIPES, recipe
+from refsim.scaled_gemm import scaled_matmul
 from refsim.specs import AccumSpec, Cast, GemmSpec
 
-__all__ = ["PRESETS", "ROLES", "SCALINGS", "Context", "Numerics", "Product", "gemm_seed",
-           "load_numerics", "preset", "run_product"]
+__all__ = ["LAST", "PRESETS", "RECIPES", "ROLES", "SCALINGS", "Context", "Numerics", "Product",
+           "gemm_seed", "load_numerics", "preset", "run_product"]
 
 ROLES: tuple[str, ...] = ("forward", "backward-input", "backward-weight")
-SCALINGS: tuple[str, ...] = ("none", "tensor")
+SCALINGS: tuple[str, ...] = ("none", "tensor", "blocks")
+LAST = "@last"
+"""The layer pattern that names a model's last matrix product (its output layer): `bind`."""
 
 
 def _check_role(role: object) -> str:
@@ -67,7 +76,8 @@ class Product:
 
     Args:
         gemm: the GemmSpec given to refsim.matmul; None means np.matmul (the `numpy` preset).
-        scaling: "none" or "tensor" (per-tensor scaling, see the module docstring).
+        scaling: "none", "tensor" (per-tensor scaling) or "blocks" (scaled GEMM; see the
+            module docstring).
     """
 
     gemm: GemmSpec | None
@@ -80,6 +90,11 @@ class Product:
         if self.scaling not in SCALINGS:
             raise ValueError(f"Product.scaling must be one of {', '.join(SCALINGS)}; got "
                              f"{self.scaling!r}")
+        if self.scaling == "blocks" and (self.gemm is None or not any(
+                c is not None and isinstance(c.fmt, BlockFormat)
+                for c in (self.gemm.a, self.gemm.b))):
+            raise ValueError("Product.scaling='blocks' needs a GemmSpec with a block-format "
+                             "Cast a or b (refsim.scaled_matmul applies its scales)")
         if self.scaling == "tensor":
             if self.gemm is None or self.gemm.a is None or self.gemm.b is None:
                 raise ValueError("Product.scaling='tensor' needs a GemmSpec with Casts a and b "
@@ -130,6 +145,8 @@ def run_product(product: Product, a: np.ndarray, b: np.ndarray, seed: int) -> np
         return np.matmul(a, b)
     if product.scaling == "none":
         return np.asarray(matmul(a, b, product.gemm, seed=seed), dtype=a.dtype)
+    if product.scaling == "blocks":
+        return np.asarray(scaled_matmul(a, b, product.gemm, seed=seed), dtype=a.dtype)
     assert product.gemm.a is not None and product.gemm.b is not None
     fa, fb = product.gemm.a.fmt, product.gemm.b.fmt
     assert not isinstance(fa, BlockFormat) and not isinstance(fb, BlockFormat)  # Product checks
@@ -166,7 +183,7 @@ class Numerics:
 
     def __init__(self, default: Mapping[str, Product] | Product,
                  layers: Mapping[str, Mapping[str, Product] | Product] | None = None,
-                 name: str = "custom") -> None:
+                 name: str = "custom", optional: Iterable[str] = ()) -> None:
         if isinstance(default, Product):
             default = dict.fromkeys(ROLES, default)
         self.default = _roles(default, "default", complete=True)
@@ -178,9 +195,13 @@ class Numerics:
                 roles = dict.fromkeys(ROLES, roles)
             self.layers[pattern] = _roles(roles, f"layers[{pattern!r}]", complete=False)
         self.name = name
+        # Patterns that may match no product of a model (a recipe's attention patterns on an
+        # MLP); every other pattern must match one (check).
+        self.optional = frozenset(p for p in optional if p in self.layers)
 
     def product(self, layer: str, role: str) -> Product:
-        """The Product of `role` for the matrix product named `layer`."""
+        """The Product of `role` for the matrix product named `layer` (a LAST pattern counts
+        only once the plan is bound to a model: `bind`)."""
         _check_role(role)
         chosen = self.default[role]
         for pattern, roles in self.layers.items():
@@ -188,10 +209,43 @@ class Numerics:
                 chosen = roles[role]
         return chosen
 
+    def bind(self, names: Iterable[str]) -> Numerics:
+        """This plan for a model whose products are `names` (in model order): the pattern LAST
+        becomes the name of the model's last product, in its place in the pattern order."""
+        names = list(names)
+        if LAST not in self.layers or not names:
+            return self
+        layers: dict[str, dict[str, Product]] = {}
+        for pattern, roles in self.layers.items():
+            key = names[-1] if pattern == LAST else pattern
+            layers[key] = {**layers.pop(key, {}), **roles}  # as with_layers: moves to the end
+        optional = {names[-1] if p == LAST else p for p in self.optional}
+        return Numerics(self.default, layers, self.name, optional)
+
+    def only(self, roles: Iterable[str], rest: Numerics) -> Numerics:
+        """The plan that computes `roles` as this one does (default and layer patterns) and
+        every other role as `rest` (its default and its patterns) does."""
+        keep = [_check_role(role) for role in roles]
+        if not keep:
+            raise ValueError("roles must name at least one role (allowed: "
+                             f"{', '.join(ROLES)})")
+        default = {role: (self.default if role in keep else rest.default)[role]
+                   for role in ROLES}
+        layers: dict[str, dict[str, Product]] = {}
+        for plan, mine in ((rest, False), (self, True)):
+            for pattern, table in plan.layers.items():
+                picked = {r: p for r, p in table.items() if (r in keep) == mine}
+                if picked:
+                    layers.setdefault(pattern, {}).update(picked)
+        return Numerics(default, layers, f"{self.name}[{','.join(keep)}]",
+                        self.optional | rest.optional)
+
     def check(self, names: Iterable[str]) -> None:
         """Raise if a layer pattern matches none of `names` (a model's product names)."""
         names = list(names)
         for pattern in self.layers:
+            if (pattern == LAST and names) or pattern in self.optional:
+                continue
             if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
                 raise ValueError(f"numerics {self.name!r}: layer pattern {pattern!r} matches no "
                                  f"matrix product of the model (its products: "
@@ -206,13 +260,17 @@ class Numerics:
             if isinstance(roles, Product):
                 roles = dict.fromkeys(ROLES, roles)
             merged[pattern] = {**self.layers.get(pattern, {}), **roles}
-        return Numerics(self.default, merged, name or self.name)
+        return Numerics(self.default, merged, name or self.name, self.optional - set(layers))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name,
-                "default": {role: p.to_dict() for role, p in self.default.items()},
-                "layers": {pat: {role: p.to_dict() for role, p in roles.items()}
-                           for pat, roles in self.layers.items()}}
+        data: dict[str, Any] = {
+            "name": self.name,
+            "default": {role: p.to_dict() for role, p in self.default.items()},
+            "layers": {pat: {role: p.to_dict() for role, p in roles.items()}
+                       for pat, roles in self.layers.items()}}
+        if self.optional:
+            data["optional"] = sorted(self.optional)
+        return data
 
     def describe(self, names: Iterable[str]) -> dict[str, dict[str, str]]:
         """{layer: {role: one-line spec}} for the given product names."""
@@ -221,10 +279,28 @@ class Numerics:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], name: str = "custom") -> Numerics:
         """A plan from a dict as TOML gives it (docs/nn.md, "Numerics plans")."""
-        _keys(data, ("name", "preset", "default", "layers"), "numerics plan")
+        _keys(data, ("name", "preset", "default", "layers", "roles", "rest", "optional"),
+              "numerics plan")
         name = data.get("name", name)
         base = data.get("preset")
-        default: dict[str, Product] = dict(preset(base).default) if base is not None else {}
+        if "roles" in data or "rest" in data:  # the plan for some roles, the rest from `rest`
+            roles = data.get("roles")
+            if not isinstance(roles, list) or not roles:
+                raise ValueError(f"numerics plan: roles must be a non-empty list of "
+                                 f"{', '.join(ROLES)}; got {roles!r}")
+            inner = {k: v for k, v in data.items() if k not in ("roles", "rest")}
+            return cls.from_dict(inner, name).only(roles, preset(data.get("rest", "fp32")))
+        default: dict[str, Product] = {}
+        layers: dict[str, dict[str, Product]] = {}
+        optional = data.get("optional", [])
+        if not isinstance(optional, list) or not all(isinstance(p, str) for p in optional):
+            raise ValueError(f"numerics plan: optional must be a list of layer patterns; got "
+                             f"{optional!r}")
+        optional = set(optional)
+        if base is not None:
+            base_plan = preset(base)
+            default, layers = dict(base_plan.default), dict(base_plan.layers)
+            optional |= base_plan.optional
         default.update(_table_roles(data.get("default", {}), "default"))
         missing = [role for role in ROLES if role not in default]
         if missing:
@@ -233,13 +309,15 @@ class Numerics:
         layers_data = data.get("layers", {})
         if not isinstance(layers_data, Mapping):
             raise TypeError("numerics plan: layers must be a table of layer patterns")
-        layers = {pattern: _table_roles(table, f"layers.{pattern!r}")
-                  for pattern, table in layers_data.items()}
-        for pattern, roles in layers.items():
+        for pattern, table in layers_data.items():
+            roles = _table_roles(table, f"layers.{pattern!r}")
             if not roles:
                 raise ValueError(f"numerics plan: layers.{pattern!r} defines no role (allowed: "
                                  f"preset, {', '.join(ROLES)})")
-        return cls(default, layers, name)
+            layers[pattern] = {**layers.pop(pattern, {}), **roles}  # a plan's own patterns win
+            if pattern not in data.get("optional", []):
+                optional.discard(pattern)  # one the plan names itself must match
+        return cls(default, layers, name, optional)
 
     @classmethod
     def from_toml(cls, text: str, name: str = "custom") -> Numerics:
@@ -282,32 +360,37 @@ def _fp8(acc: AccumSpec) -> dict[str, Product]:
             "backward-weight": Product(GemmSpec(a=e4m3, b=e5m2, acc=acc))}
 
 
-def _preset_table() -> dict[str, tuple[str, dict[str, Product]]]:
+def _preset_table() -> dict[str, tuple[str, dict[str, Product], dict[str, dict[str, Product]]]]:
     fp32 = Product(GemmSpec(acc=AccumSpec("fp32")))
     bf16 = Product(GemmSpec(a=Cast("bf16"), b=Cast("bf16"), acc=AccumSpec("fp32"),
                             out=Cast("bf16")))
     int8 = Cast("int8", overflow="saturate")
     int8_product = Product(GemmSpec(a=int8, b=int8, acc=AccumSpec("e11m50")), scaling="tensor")
-    return {
+    table: dict[str, tuple[str, dict[str, Product], dict[str, dict[str, Product]]]] = {
         "fp32": ("float32 operands, exact products, fp32 sequential accumulation (rne)",
-                 dict.fromkeys(ROLES, fp32)),
+                 dict.fromkeys(ROLES, fp32), {}),
         "bf16": ("bf16 operands (rne), fp32 sequential accumulation, bf16 output",
-                 dict.fromkeys(ROLES, bf16)),
+                 dict.fromkeys(ROLES, bf16), {}),
         "fp8": ("e4m3fn forward operands, e5m2 gradients (saturating casts), fp32 accumulation",
-                _fp8(AccumSpec("fp32"))),
+                _fp8(AccumSpec("fp32")), {}),
         "fp8-fp16acc": ("fp8 operands as in fp8, fp16 sequential accumulation",
-                        _fp8(AccumSpec("fp16"))),
+                        _fp8(AccumSpec("fp16")), {}),
         "fp8-chunk128": ("fp8 operands as in fp8, fp16 chunks of 128 promoted into fp32",
-                         _fp8(AccumSpec("fp16", order="chunked", chunk=128, outer="fp32"))),
+                         _fp8(AccumSpec("fp16", order="chunked", chunk=128, outer="fp32")), {}),
         "int8": ("int8 operands with per-tensor scales (rne, saturating), exact integer "
-                 "accumulation (e11m50 accumulator)", dict.fromkeys(ROLES, int8_product)),
+                 "accumulation (e11m50 accumulator)", dict.fromkeys(ROLES, int8_product), {}),
         "numpy": ("NOT simulated: np.matmul in the operands' dtype (gradient checks, baseline)",
-                  dict.fromkeys(ROLES, Product(None))),
+                  dict.fromkeys(ROLES, Product(None)), {}),
     }
+    for name in RECIPES:
+        text, roles, layers = recipe(name)
+        table[name] = (text, {r: Product(*p) for r, p in roles.items()},
+                       {pat: {r: Product(*p) for r, p in rs.items()} for pat, rs in layers.items()})
+    return table
 
 
-PRESETS: dict[str, str] = {name: text for name, (text, _) in _preset_table().items()}
-"""Preset names and one-line descriptions."""
+PRESETS: dict[str, str] = {name: text for name, (text, _, _) in _preset_table().items()}
+"""Preset names and one-line descriptions (the recipes among them: RECIPES)."""
 
 
 def preset(name: object) -> Numerics:
@@ -315,7 +398,8 @@ def preset(name: object) -> Numerics:
     table = _preset_table()
     if not isinstance(name, str) or name not in table:
         raise ValueError(f"unknown numerics preset {name!r} (allowed: {', '.join(table)})")
-    return Numerics(table[name][1], name=name)
+    _, default, layers = table[name]
+    return Numerics(default, layers, name=name, optional=layers)
 
 
 def load_numerics(value: str | Path) -> Numerics:

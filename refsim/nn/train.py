@@ -241,6 +241,7 @@ def train(config: TrainConfig, numerics: Numerics, out_dir: str | Path | None = 
     built, split = build(config)
     model = built if model is None else model
     numerics.check(model.gemm_names())
+    numerics = numerics.bind(model.gemm_names())  # the pattern @last names the output layer
     optimizer = make_optimizer(config, model)
     ctx = Context(numerics, seed=config.seed)
     metrics = None

@@ -32,7 +32,7 @@ from refsim.studies.report import headline, write_report, write_study
 
 __all__ = ["STUDIES", "headline", "run_all", "run_study"]
 
-STUDIES = ("accumulation", "frequency", "depth", "sensitivity", "allocate")
+STUDIES = ("accumulation", "frequency", "depth", "sensitivity", "allocate", "recipes")
 
 
 def _module(name: str):

@@ -239,3 +239,47 @@ def test_shape_mismatches_name_both_shapes():
         a.reshape(5)
     with pytest.raises(TypeError, match="float32 and float64 differ"):
         _ = Tensor(np.zeros(2, np.float32)) * Tensor(np.zeros(2))
+
+
+def test_last_pattern_binds_to_the_models_output_layer():
+    plan = Numerics(FP32, {"@last": {"forward": E2M1}, "fc1": E2M1})
+    with pytest.raises(ValueError, match="matches no matrix product"):
+        plan.check([])  # @last needs a model with products...
+    plan.check(["fc1", "fc2", "fc3"])  # ... and is then always matched
+    bound = plan.bind(["fc1", "fc2", "fc3"])
+    assert bound.product("fc3", "forward") is E2M1
+    assert bound.product("fc3", "backward-input") is FP32
+    assert bound.product("fc2", "forward") is FP32
+    assert plan.product("fc3", "forward") is FP32  # unbound: @last names nothing yet
+    # A pattern for the last layer already present merges, the later roles winning.
+    both = Numerics(FP32, {"fc3": {"backward-weight": E2M1}, "@last": {"forward": E2M1}})
+    merged = both.bind(["fc1", "fc3"])
+    assert merged.product("fc3", "forward") is E2M1
+    assert merged.product("fc3", "backward-weight") is E2M1
+
+
+def test_only_keeps_some_roles_and_takes_the_rest_from_another_plan():
+    bf16 = Product(GemmSpec(a=Cast("bf16"), b=Cast("bf16"), acc=AccumSpec("fp32")))
+    recipe = Numerics(E2M1, {"fc2": bf16})
+    rest = Numerics(FP32, {"fc1": {"backward-input": bf16}})
+    plan = recipe.only(["backward-weight"], rest)
+    assert plan.product("fc1", "backward-weight") is E2M1
+    assert plan.product("fc2", "backward-weight") is bf16  # the recipe's pattern, its role
+    assert plan.product("fc2", "forward") is FP32          # ... but not its other roles
+    assert plan.product("fc1", "backward-input") is bf16   # rest's pattern for rest's role
+    assert plan.product("fc1", "forward") is FP32
+    with pytest.raises(ValueError, match="role must be one of forward"):
+        recipe.only(["sideways"], rest)
+    with pytest.raises(ValueError, match="at least one role"):
+        recipe.only([], rest)
+
+
+def test_plan_dict_with_roles_and_rest():
+    plan = Numerics.from_dict({"preset": "fp8", "roles": ["forward"], "rest": "fp32"})
+    fp8 = get_preset("fp8")
+    fp32 = get_preset("fp32")
+    assert plan.product("x", "forward") == fp8.product("x", "forward")
+    for role in ("backward-input", "backward-weight"):
+        assert plan.product("x", role) == fp32.product("x", role)
+    with pytest.raises(ValueError, match="roles must be a non-empty list"):
+        Numerics.from_dict({"preset": "fp8", "roles": "forward"})

@@ -27,6 +27,8 @@ TINY = {
     "sensitivity": {"models": ["mlp"], "seeds": [0], "steps": 2},
     "allocate": {"models": ["mlp"], "seeds": [0], "steps": 2, "random_draws": 1,
                  "policies": ["factor", "U"]},
+    "recipes": {"models": ["mlp"], "seeds": [0, 1], "steps": 2, "recipes": ["mxfp8"],
+                "roles": False},
 }
 
 PAPER_IDS = {"accumulation", "frequency", "depth", "allocation"}
@@ -56,7 +58,9 @@ def test_quick_tiny_grid(tiny, name):
     assert (out / "results.csv").read_text().count("\n") == len(data["rows"]) + 1
     assert (out / "report.md").read_text().startswith("## ")
     assert data["findings"], "every study states what its numbers support"
-    if name != "accumulation":
+    if name == "recipes":
+        assert {f["id"] for f in data["findings"]} == {"recipe-mxfp8"}
+    elif name != "accumulation":
         assert {f["id"] for f in data["findings"]} & PAPER_IDS
 
 

@@ -1,0 +1,120 @@
+"""refsim.scaled_matmul: block scales at promotion (DeepSeek-V3 FP8), tensor scales in the epilogue
+(NVFP4), against an independent composition of the exact twins (formats.exact_block,
+formats.exact_sum, formats.exact) and against refsim.matmul where the two must agree."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from refsim import hardware, matmul, scaled_matmul
+from refsim.formats import NAMED_BLOCKS
+from refsim.formats.exact import round_value
+from refsim.formats.exact_block import quantize_blocks_exact
+from refsim.formats.exact_sum import dot_exact, matmul_exact
+from refsim.specs import AccumSpec, Cast, GemmSpec
+from refsim.transforms import RandomHadamard
+
+H100 = hardware.gemm_spec("h100", "e4m3").acc.to_dict()
+PROMOTED = AccumSpec.from_dict({**H100, "chunk": 128, "outer": {"fmt": "fp32"}})
+INNER = AccumSpec.from_dict(H100)
+
+
+def _operands(m: int, k: int, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    a = (rng.standard_normal((m, k)) * np.exp2(rng.integers(-4, 5, (m, 1)))).astype(np.float32)
+    b = (rng.standard_normal((k, n)) * np.exp2(rng.integers(-4, 5, (1, n)))).astype(np.float32)
+    return a, b
+
+
+def _twin_operand(x: np.ndarray, fmt, axis: int, seed: int, along: int, across: int):
+    """Element values and per-element scale (Fractions, x's shape) from the exact block twin."""
+    values, scales, ts = quantize_blocks_exact(np.asarray(x, np.float64), fmt, "rne", axis=axis,
+                                               seed=seed)
+    scales = np.asarray(scales, dtype=object)
+    elements = np.empty(x.shape, dtype=object)
+    per = np.empty(x.shape, dtype=object)
+    for i, j in np.ndindex(*x.shape):
+        idx = (i, j // along) if axis == 1 else (i // along, j // across)
+        s = Fraction(float(scales[idx])) * Fraction(ts)
+        per[i, j] = s
+        elements[i, j] = Fraction(float(values[i, j])) / s
+        assert float(elements[i, j]) == elements[i, j], "an element is a value of its format"
+    return elements, per, Fraction(ts)
+
+
+def test_fp32_scales_join_at_promotion_as_the_twins_compose_it():
+    a, b = _operands(2, 256, 3)
+    spec = GemmSpec(a=Cast(NAMED_BLOCKS["deepseek_1x128"]),
+                    b=Cast(NAMED_BLOCKS["deepseek_128x128"]), acc=PROMOTED)
+    got = scaled_matmul(a, b, spec, seed=9)
+    ea, sa, _ = _twin_operand(a, NAMED_BLOCKS["deepseek_1x128"], 1, 9, 128, 1)
+    eb, sb, _ = _twin_operand(b, NAMED_BLOCKS["deepseek_128x128"], 0, 10, 128, 128)
+    fa = np.vectorize(float)(ea)
+    fb = np.vectorize(float)(eb)
+    partials = [matmul_exact(fa[:, c:c + 128], fb[c:c + 128], GemmSpec(acc=INNER))
+                for c in (0, 128)]
+    for i in range(2):
+        for j in range(3):
+            s = [round_value(sa[i, c] * sb[c, j], "fp32") for c in (0, 128)]
+            p = [float(part[i, j]) for part in partials]
+            want = float(dot_exact(np.array(s), np.array(p), AccumSpec("fp32")))
+            assert got[i, j] == want, (i, j)
+    # The products of elements and the promotion differ from multiplying the dequantized
+    # values: refsim.matmul folds the scales into the operands.
+    assert not np.array_equal(got, matmul(a.astype(np.float64), b.astype(np.float64), spec))
+
+
+def test_power_of_two_scales_at_promotion_equal_folding_them():
+    # With an alignment that does not read the operands' format (normalized exponents), a
+    # power-of-two scale commutes with everything. (The H100 model aligns subnormal e4m3
+    # elements at e4m3's emin: a folded, scaled element is no longer subnormal, so there the
+    # two differ, and scaled_matmul's element-wise products are the kernel's.)
+    a, b = _operands(3, 384, 5, seed=1)
+    acc = AccumSpec("fp32", "rtz", order="multiterm", group=32, width=14, chunk=128,
+                    outer="fp32")
+    spec = GemmSpec(a=Cast(NAMED_BLOCKS["deepseek_1x128_ue8m0"]),
+                    b=Cast(NAMED_BLOCKS["deepseek_128x128_ue8m0"]), acc=acc)
+    folded = matmul(a, b, spec, seed=4)
+    np.testing.assert_array_equal(scaled_matmul(a, b, spec, seed=4), folded)
+    c = np.float32(0.375) * np.arange(15, dtype=np.float32).reshape(3, 5)
+    np.testing.assert_array_equal(scaled_matmul(a, b, spec, c, seed=4),
+                                  matmul(a, b, spec, c, seed=4))
+
+
+def test_tensor_scales_enter_in_the_epilogue():
+    a, b = _operands(4, 32, 3, seed=2)
+    nv = Cast(NAMED_BLOCKS["nvfp4"])
+    spec = GemmSpec(a=nv, b=nv, acc=AccumSpec("fp32"))
+    got = scaled_matmul(a, b, spec, seed=3)
+    ea, sa, ta = _twin_operand(a, NAMED_BLOCKS["nvfp4"], 1, 3, 16, 1)
+    eb, sb, tb = _twin_operand(b, NAMED_BLOCKS["nvfp4"], 0, 4, 16, 1)
+    fa = np.vectorize(float)(ea * sa / ta)  # element x block scale: exact (2 + 4 bits)
+    fb = np.vectorize(float)(eb * sb / tb)
+    d = matmul_exact(fa, fb, GemmSpec(acc=AccumSpec("fp32")))
+    alpha = Fraction(round_value(ta * tb, "fp32"))
+    want = np.vectorize(lambda v: round_value(Fraction(float(v)) * alpha, "fp32"))(d)
+    np.testing.assert_array_equal(got, want.astype(np.float64))
+
+
+def test_transform_runs_first():
+    a, b = _operands(2, 32, 4, seed=3)
+    rht = RandomHadamard(16, seed=7)
+    nv = Cast(NAMED_BLOCKS["nvfp4"])
+    with_t = GemmSpec(a=nv, b=nv, acc=AccumSpec("fp32"), transform=rht)
+    without = GemmSpec(a=nv, b=nv, acc=AccumSpec("fp32"))
+    np.testing.assert_array_equal(
+        scaled_matmul(a, b, with_t, seed=1),
+        scaled_matmul(rht.apply(a, axis=-1), rht.apply(b, axis=-2), without, seed=1))
+
+
+def test_refusals_name_the_problem():
+    a, b = _operands(2, 32, 3)
+    with pytest.raises(ValueError, match="must not round with 'sr'"):
+        scaled_matmul(a, b, GemmSpec(acc=AccumSpec("fp16", "sr")))
+    with pytest.raises(ValueError, match="must agree in K"):
+        scaled_matmul(a, b[:16], GemmSpec(acc=AccumSpec("fp32")))
+    with pytest.raises(TypeError, match="GemmSpec"):
+        scaled_matmul(a, b, AccumSpec("fp32"))
