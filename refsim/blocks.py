@@ -606,7 +606,8 @@ def _value_blocks(x: np.ndarray, fmt: BlockFormat, tiles: _Tiles, rounding: str,
                   sr_bits: int | None, seed: int):
     """(values, tile scales (tiles.tile_shape), p, tensor scale) for a non-power-of-two scale."""
     outer, length, inner, nb = tiles.outer, tiles.length, tiles.inner, tiles.nb
-    x64 = np.ascontiguousarray(x, dtype=np.float64)
+    with np.errstate(invalid="ignore"):  # a signaling NaN widens to a NaN: nothing is lost
+        x64 = np.ascontiguousarray(x, dtype=np.float64)
     x3 = x64.reshape(outer, length, inner)
     pad = nb * fmt.block_size - length
     padded = np.concatenate([x3, np.zeros((outer, pad, inner))], axis=1) if pad else x3

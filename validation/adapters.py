@@ -26,7 +26,7 @@ __all__ = ["KNOWN", "PEER_PACKAGES", "Adapter", "Example", "KnownDifference", "a
            "known_differences", "peer_version", "version_key"]
 
 Known = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
-NVFP4_SINGLE = BlockFormat("e2m1fn", 16, "e4m3fn", "nearest")
+NVFP4_SINGLE = BlockFormat(get_format("e2m1fn"), 16, FloatFormat(4, 3, specials="fn"), "nearest")
 """NVFP4 without its tensor scale (torchao's single-level nvfp4_quantize)."""
 NVFP4_SINGLE_NAME = NVFP4_SINGLE.name
 ROUNDINGS_ALL = ("rne", "rna", "rtz", "rup", "rdn", "rto", "sr")

@@ -62,8 +62,9 @@ def tile_data(seed: int, shape: tuple[int, ...], dtype, special: bool) -> np.nda
     x[rng.random(shape) < 0.05] = -0.0
     x[..., :3, :4] = 0.0
     if special:
-        x[..., 4, 5] = np.nan
-        x[..., 5, 6] = -np.inf
+        r, c = shape[-2], shape[-1]  # positions wrap in arrays smaller than 6 x 7
+        x[..., 4 % r, 5 % c] = np.nan
+        x[..., 5 % r, 6 % c] = -np.inf
     return x.astype(dtype)
 
 
@@ -301,3 +302,28 @@ def test_four_over_six_exact_fallback_on_near_ties():
     x = np.stack([base * np.float32(2.0**k) for k in range(-20, 20, 3)])
     check(x, FOUR_SIX, "rne", -1)
     check(x.astype(np.float64), FOUR_SIX, "rtz", -1)
+
+
+# ---- sweeps (slow) -------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("rounding", ["rne", "rtz", "rna"])
+def test_four_over_six_every_pair(rounding):
+    """Every block of two values k/4, |k| <= 28 (the e2m1 grid, its midpoints and quarter points
+    under scales near 1): the choice, its ties and the elements, against the twin."""
+    grid = np.arange(-28, 29) / 4.0
+    x = np.stack(np.meshgrid(grid, grid), axis=-1).reshape(-1, 2).astype(np.float32)
+    check(x, BlockFormat("e2m1fn", 2, "e4m3fn", "4over6"), rounding, -1)
+    check(x.T.copy(), BlockFormat("e2m1fn", 2, "e4m3fn", "4over6", block_rows=3), rounding, -1)
+
+
+@pytest.mark.slow
+@settings(max_examples=400, deadline=None)
+@given(shape=st.lists(st.integers(1, 12), min_size=2, max_size=3), block_size=st.integers(1, 8),
+       rows=st.integers(1, 8), kind=st.sampled_from(list(KINDS)), axis=st.sampled_from([-1, -2]),
+       rounding=st.sampled_from(ROUNDINGS), dtype=st.sampled_from(["f4", "f8"]),
+       seed=st.integers(0, 2**16))
+def test_hypothesis_tiles_sweep(shape, block_size, rows, kind, axis, rounding, dtype, seed):
+    big = shape[-2] >= 3 and shape[-1] >= 4
+    x = tile_data(seed, tuple(shape), np.dtype(dtype), seed % 2 == 1) if big \
+        else np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+    check(x, kind_format(kind, block_size, rows), rounding, axis, seed)
