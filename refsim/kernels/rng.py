@@ -74,6 +74,7 @@ __all__ = [
     "mulhilo64",
     "mulhilo64_portable",
     "philox4x64_10",
+    "philox_x8",
     "random_words",
     "round_keys",
     "stream_block",
@@ -328,9 +329,10 @@ def _mulhi_lanes(builder, x, m):
 
 
 @intrinsic
-def _philox_x8(typingctx, out, pos, first, c1, c2, c3, keys):
-    """Blocks at counters (first + l, c1, c2, c3), l = 0..7, under the round keys `keys`, in
-    8-lane vectors; block l's words go to out[pos + 4*l .. pos + 4*l + 3] (uint64 out), or
+def philox_x8(typingctx, out, pos, first, c1, c2, c3, keys):
+    """Blocks at counters (first + l, c1, c2, c3), l = 0..7, under the round keys `keys`
+    (:func:`round_keys`), in 8-lane vectors (Numba code only; no bounds check: out needs room
+    for 32 values from pos); block l's words go to out[pos + 4*l .. pos + 4*l + 3] (uint64 out), or
     their top 32 bits (uint32 out)."""
     u64 = types.uint64
     sig = types.void(out, types.int64, u64, u64, u64, u64, keys)
@@ -387,7 +389,7 @@ def fill_blocks_x8(out, start, first, count, c1, c2, c3, keys):
     count = np.uint64(count)
     eight = np.uint64(8)
     while b + eight <= count:
-        _philox_x8(out, pos, first + b, np.uint64(c1), np.uint64(c2), np.uint64(c3), keys)
+        philox_x8(out, pos, first + b, np.uint64(c1), np.uint64(c2), np.uint64(c3), keys)
         pos += 32
         b += eight
     if b < count:

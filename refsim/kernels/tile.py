@@ -519,20 +519,23 @@ class _SrTile(_Tile):
         b, lane = self.b, self.lane
         ic = lane.iconst
         u = lane.bits(s)
-        sign = b.and_(u, ic(1 << 63))
         a = b.and_(u, ic((1 << 63) - 1))
+        sign = b.xor(u, a)
         e = b.lshr(a, ic(52))
-        # d: float64 significand bits below G's quantum at s (refsim.kernels.lane's F_D_*).
+        # d: float64 significand bits below G's quantum at s (refsim.kernels.lane's F_D_*);
+        # e < e_normal <= d_base in the second arm.
         d = b.select(b.icmp_unsigned(">=", e, ic(self.e_normal)), ic(self.d_normal),
-                     b.sub(ic(self.d_base), self.umin(e, ic(self.d_base))))
-        dd = self.umin(d, ic(52))
+                     b.sub(ic(self.d_base), e))
+        dd = self.umin(d, ic(52))  # keeps the shifts defined; d > 52 is a NaN lane below
         unit = b.shl(ic(1), dd)
         mask = b.sub(unit, ic(1))
-        # The discarded fraction f as its first 64 bits (all of them: d <= 52); dd = 0 leaves
-        # frac = 0, and the clamp keeps the shift defined.
-        f64 = b.shl(b.and_(a, mask), self.umin(b.sub(ic(64), dd), ic(63)))
-        keep = ic(self.keep)
-        up = b.icmp_unsigned(">", b.and_(f64, keep), b.and_(b.xor(w, ic(-1)), keep))
+        # The discarded fraction f as its first 64 bits (all of them: 1 <= d <= 52, as `plan`
+        # asks man_bits <= 51): a's low dd bits shifted to the top.
+        f64 = b.shl(a, b.sub(ic(64), dd))
+        nw = b.xor(w, ic(-1))
+        if self.keep != (1 << 64) - 1:
+            f64, nw = b.and_(f64, ic(self.keep)), b.and_(nw, ic(self.keep))
+        up = b.icmp_unsigned(">", f64, nw)
         mag = b.and_(b.add(a, b.select(up, unit, ic(0))), b.xor(mask, ic(-1)))
         bad = b.or_(b.icmp_unsigned(">", d, ic(52)), b.icmp_unsigned(">", mag,
                                                                       ic(self.max_bits)))
