@@ -443,16 +443,18 @@ def stream_word(seed, index, j):
     return w3
 
 
+_FILL_ITEM = 1024  # blocks per parallel work item of _fill_words
+
+
 @numba.njit(cache=True, parallel=True)
 def _fill_words(seed, j, out):
     n = out.size
     nfull = n // 4
-    for b in prange(nfull):
-        w0, w1, w2, w3 = stream_block(seed, b, j)
-        out[4 * b] = w0
-        out[4 * b + 1] = w1
-        out[4 * b + 2] = w2
-        out[4 * b + 3] = w3
+    keys = round_keys(seed, _ZERO)
+    for item in prange((nfull + _FILL_ITEM - 1) // _FILL_ITEM):
+        b0 = item * _FILL_ITEM
+        fill_blocks_fast(out, 4 * b0, np.uint64(b0) + _ONE, min(_FILL_ITEM, nfull - b0), j,
+                         _ZERO, _ZERO, keys)
     if n > 4 * nfull:
         tail = stream_block(seed, nfull, j)
         for t in range(n - 4 * nfull):
