@@ -349,7 +349,7 @@ KNOWN: tuple[KnownDifference, ...] = (
                 (float.fromhex("-0x1.cp-7"),)),
         checked=("0.3.0",)),
     KnownDifference(
-        "torchao-mx", "special-blocks", ("mxfp8_e4m3", "mxfp8_e5m2"),
+        "torchao-mx", "special-blocks", ("mxfp8_e4m3", "mxfp8_e5m2", "mxfp8_e4m3_rceil"),
         "a block holding Inf or NaN: Inf elements stay Inf, the others become 0 (refsim: the "
         "whole block is NaN, its scale NaN)", _any_format(_mx_special_blocks),
         Example("mxfp8_e4m3", "float32", (np.inf, 1.0), (np.inf, 0.0), (np.nan, np.nan)),
@@ -524,6 +524,7 @@ def _qtorch() -> list[Adapter]:
 
 def _torchao_mx() -> list[Adapter]:
     import torch
+    from torchao.prototype.mx_formats.config import ScaleCalculationMode
     from torchao.prototype.mx_formats.mx_tensor import to_mx
 
     def blocks(x: np.ndarray) -> tuple[np.ndarray, int]:
@@ -532,10 +533,10 @@ def _torchao_mx() -> list[Adapter]:
         pad = -x.size % 32
         return np.concatenate((x, np.zeros(pad, x.dtype))), x.size
 
-    def make(elem: object) -> Callable[[np.ndarray], np.ndarray]:
+    def make(elem: object, mode: object) -> Callable[[np.ndarray], np.ndarray]:
         def run(x: np.ndarray) -> np.ndarray:
             padded, n = blocks(x)
-            scale, data = to_mx(torch.from_numpy(padded), elem, 32)
+            scale, data = to_mx(torch.from_numpy(padded), elem, 32, mode)
             values = data.float().reshape(-1, 32) * scale.float().reshape(-1, 1)
             return np.asarray(values.reshape(-1).numpy()[:n])
         return run
@@ -547,10 +548,12 @@ def _torchao_mx() -> list[Adapter]:
         return run
 
     out: list[Adapter] = []
-    for name, elem, element in (("mxfp8_e4m3", torch.float8_e4m3fn, "e4m3fn"),
-                                ("mxfp8_e5m2", torch.float8_e5m2, "e5m2")):
+    floor, rceil = ScaleCalculationMode.FLOOR, ScaleCalculationMode.RCEIL
+    for name, elem, element, mode in (("mxfp8_e4m3", torch.float8_e4m3fn, "e4m3fn", floor),
+                                      ("mxfp8_e5m2", torch.float8_e5m2, "e5m2", floor),
+                                      ("mxfp8_e4m3_rceil", torch.float8_e4m3fn, "e4m3fn", rceil)):
         known, reason = _known("torchao-mx", name)
-        out.append(Adapter("torchao-mx", name, "rne", make(elem), dtypes=("float32",),
+        out.append(Adapter("torchao-mx", name, "rne", make(elem, mode), dtypes=("float32",),
                            reference_run=reference(name), element=element, known=known,
                            known_reason=reason))
     return out
