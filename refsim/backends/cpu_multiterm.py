@@ -200,8 +200,11 @@ def run(p: MultitermPlan, a3: np.ndarray, b3: np.ndarray, c: np.ndarray | None =
     output."""
     n_batch, n_rows, n_k = a3.shape
     n_cols = b3.shape[1]
-    a = np.ascontiguousarray(a3, dtype=np.float64)
-    bt = np.ascontiguousarray(np.swapaxes(b3, 1, 2), dtype=np.float64)  # (P, K, N)
+    rows, cols = -(-n_rows // TM) * TM, -(-n_cols // TN) * TN  # whole tiles: zeros around
+    a = np.zeros((n_batch, rows, n_k))
+    a[:, :n_rows] = a3
+    bt = np.zeros((n_batch, n_k, cols))
+    bt[:, :, :n_cols] = np.swapaxes(b3, 1, 2)  # (P, K, N): a step reads TN contiguous values
     if p.flush:  # kernels.accum_core.flush_operand: the zero of x's sign below 2^emin
         assert p.operand_emin is not None  # subnormals='flush' needs operands
         tiny = 2.0 ** p.operand_emin
@@ -212,16 +215,18 @@ def run(p: MultitermPlan, a3: np.ndarray, b3: np.ndarray, c: np.ndarray | None =
     else:
         pa, pb = np.abs(a), np.abs(bt)
     has_c = c is not None
-    cv = c.view(np.float64) if c is not None else np.zeros(1)
-    out = np.empty((n_batch, n_rows, n_cols), np.float64)
+    cv = np.zeros((n_batch, rows, cols) if has_c else (1, 1, 1))
+    if c is not None:
+        cv[:, :n_rows, :n_cols] = c.view(np.float64).reshape(n_batch, n_rows, n_cols)
+    out = np.empty((n_batch, rows, cols))
     kernel = _KERNELS.get(p.key)
     if kernel is None:
         kernel = _KERNELS[p.key] = _make_kernel(*p.key)
     chunk = p.chunk if p.chunk > 0 else n_k
-    with threads_for(float(n_batch) * n_rows * n_cols * n_k * NS_PER_MT_MAC):
+    with threads_for(float(n_batch) * rows * cols * n_k * NS_PER_MT_MAC):
         kernel(a, pa, bt, pb, cv, has_c, p.c_outer, out, np.int64(p.group), np.int64(p.width),
                np.int64(chunk), np.int64(p.acc_emin), p.fast, p.ofast)
-    return out
+    return np.ascontiguousarray(out[:, :n_rows, :n_cols])  # the caller writes into it flat
 
 
 def _exponent_powers(x: np.ndarray, emin: int | None) -> np.ndarray:
@@ -261,6 +266,8 @@ _ONE = np.uint64(1)
 _ZERO = np.uint64(0)
 _ALL = np.uint64((1 << 64) - 1)
 _EXP_MASK = np.uint64(0x7FF)
+_INF = np.uint64(0x7FF << 52)
+_NAN = np.float64(np.nan)
 _E_LOW = -RANGE_BITS  # E's clamp (step 2)
 
 
@@ -280,6 +287,21 @@ def _odd_add(x, t, rdn):
         sign = np.uint64(np.uint64(float_bits(x) | float_bits(t)) & _SIGN)
         sb = select(np.uint64(sb & _ABS) == _ZERO, sign, sb)
     return sb
+
+
+@njit(cache=True, inline="always")
+def _finite(x):
+    """Is the float64 x finite (one integer compare)?"""
+    return np.uint64(float_bits(x) & _ABS) < _INF
+
+
+@njit(cache=True, inline="always")
+def _signed_zero(g, negs, rdn):
+    """G, a zero signed as step 4 says under rdn (negs: the OR of the T's patterns)."""
+    if not rdn:
+        return g
+    gb = float_bits(g)
+    return bits_float(select(np.uint64(gb & _ABS) == _ZERO, np.uint64(negs & _SIGN), gb))
 
 
 @njit(cache=True, inline="always")
@@ -303,20 +325,17 @@ def _make_kernel(mode: int, omode: int, aligned: int, floor: int, product_align:
     @njit(parallel=True, cache=True)
     def gemm(a, pa, bt, pb, cv, has_c, c_outer, out, group, width, chunk, acc_emin, fast, ofast):
         """out[p, i, j] = the multiterm reduction of a[p, i, :] . bt[p, :, j] (module doc), NaN
-        where it ends non-finite."""
+        where it ends non-finite; rows and columns whole tiles."""
         n_batch, n_rows, n_k = a.shape
         n_cols = bt.shape[2]
-        row_blocks = -(-n_rows // TM)
-        panels = -(-n_cols // TN)
-        per_batch = row_blocks * panels
+        row_blocks = n_rows // TM
+        per_batch = row_blocks * (n_cols // TN)
         for job in prange(n_batch * per_batch):  # row blocks fastest: they share a B panel
             p = job // per_batch
             rest = job - p * per_batch
             jb = rest // row_blocks
             i0 = (rest - jb * row_blocks) * TM
             j0 = jb * TN
-            h = min(TM, n_rows - i0)
-            w = min(TN, n_cols - j0)
             mx = np.empty((TM, TN))
             total = np.empty((TM, TN))
             scale = np.empty((TM, TN))
@@ -324,32 +343,32 @@ def _make_kernel(mode: int, omode: int, aligned: int, floor: int, product_align:
             o = np.empty((TM, TN))
             negs = np.zeros((TM, TN), np.uint64)
             if has_c and c_outer:
-                for ii in range(h):
-                    for j in range(w):
-                        o[ii, j] = cv[(p * n_rows + i0 + ii) * n_cols + j0 + j]
+                for ii in range(TM):
+                    for j in range(TN):
+                        o[ii, j] = cv[p, i0 + ii, j0 + j]
             first_outer = not (has_c and c_outer)
             for c0 in range(0, n_k, chunk):
                 c1 = min(c0 + chunk, n_k)
                 have_s = has_c and not c_outer and c0 == 0
                 if have_s:
-                    for ii in range(h):
-                        for j in range(w):
-                            s[ii, j] = cv[(p * n_rows + i0 + ii) * n_cols + j0 + j]
+                    for ii in range(TM):
+                        for j in range(TN):
+                            s[ii, j] = cv[p, i0 + ii, j0 + j]
                 for g0 in range(c0, c1, group):
                     g1 = min(g0 + group, c1)
                     with_s = aligned != 0 and have_s
                     # Step 2: the largest alignment exponent, as a float max.
-                    for ii in range(h):
+                    for ii in range(TM):
                         mrow = mx[ii]
-                        for j in range(w):
+                        for j in range(TN):
                             mrow[j] = 0.0
                         for k in range(g0, g1):
                             pav = pa[p, i0 + ii, k]
-                            prow = pb[p, k, j0:j0 + w]
-                            for j in range(w):
+                            prow = pb[p, k, j0:j0 + TN]
+                            for j in range(TN):
                                 mrow[j] = max(mrow[j], pav * prow[j])
-                    for ii in range(h):
-                        for j in range(w):
+                    for ii in range(TM):
+                        for j in range(TN):
                             e = _exponent(mx[ii, j])
                             if with_s:
                                 sv = s[ii, j]
@@ -357,66 +376,65 @@ def _make_kernel(mode: int, omode: int, aligned: int, floor: int, product_align:
                                 if product_align:
                                     es = max(es, acc_emin)
                                 e = select(sv != 0.0, max(e, min(es, 2 * RANGE_BITS)), e)
-                            e = max(e, _E_LOW)
-                            q = e - width + 1
-                            scale[ii, j] = _pow2(min(-q, 1023))
+                            q = max(e, _E_LOW) - width + 1
+                            sc = _pow2(min(-q, 1023))
+                            scale[ii, j] = sc
                             mx[ii, j] = _pow2(max(q, -1022))  # 2^q, kept for step 5
-                            start = -0.0  # the identity of IEEE addition (module doc)
                             if with_s:
-                                sv = s[ii, j]
-                                start = floor_f64(sv * scale[ii, j]) if floor \
-                                    else trunc_f64(sv * scale[ii, j])
-                            total[ii, j] = start
-                            if RDN:  # T(s)'s sign when s is a value of the group
-                                negs[ii, j] = np.uint64(float_bits(start) & _SIGN) if with_s \
-                                    else _ZERO
+                                v = s[ii, j] * sc
+                                start = floor_f64(v) if floor else trunc_f64(v)
+                                total[ii, j] = start
+                                if RDN:  # T(s)'s sign: s is a value of the group
+                                    negs[ii, j] = np.uint64(float_bits(start) & _SIGN)
+                            else:
+                                total[ii, j] = -0.0  # the identity of IEEE addition
+                                if RDN:
+                                    negs[ii, j] = _ZERO
                     # Steps 3 and 4: the truncated products, summed.
-                    for ii in range(h):
-                        trow = total[ii]
-                        srow = scale[ii]
-                        nrow = negs[ii]
+                    for ii in range(TM):
+                        trow, srow, nrow = total[ii], scale[ii], negs[ii]
                         for k in range(g0, g1):
                             av = a[p, i0 + ii, k]
-                            brow = bt[p, k, j0:j0 + w]
-                            for j in range(w):
+                            brow = bt[p, k, j0:j0 + TN]
+                            for j in range(TN):
                                 v = av * brow[j] * srow[j]
                                 tv = floor_f64(v) if floor else trunc_f64(v)
                                 trow[j] += tv
                                 if RDN:
                                     nrow[j] |= float_bits(tv)
-                    # Step 5: the group's rounding.
-                    for ii in range(h):
-                        for j in range(w):
-                            g = total[ii, j] * mx[ii, j]
-                            if RDN:
-                                gb = float_bits(g)
-                                g = bits_float(select(np.uint64(gb & _ABS) == _ZERO,
-                                                      np.uint64(negs[ii, j] & _SIGN), gb))
-                            if have_s and aligned == 0:
+                    # Step 5: the group's rounding (a non-finite s stays NaN: module doc).
+                    if have_s and aligned == 0:
+                        for ii in range(TM):
+                            for j in range(TN):
+                                g = _signed_zero(total[ii, j] * mx[ii, j], negs[ii, j], RDN)
                                 sv = s[ii, j]
                                 r = round_lane(mode, _odd_add(sv, g, RDN), fast, _ZERO, _ZERO)
-                            else:
-                                sv = 0.0
+                                s[ii, j] = select(_finite(sv) & _finite(g), bits_float(r), _NAN)
+                    else:
+                        for ii in range(TM):
+                            for j in range(TN):
+                                g = _signed_zero(total[ii, j] * mx[ii, j], negs[ii, j], RDN)
                                 r = round_lane(mode, float_bits(g), fast, _ZERO, _ZERO)
-                            ok = np.isfinite(g) and (not have_s or np.isfinite(sv))
-                            s[ii, j] = bits_float(r) if ok else np.nan
+                                ok = _finite(g) & (_finite(s[ii, j]) | (not have_s))
+                                s[ii, j] = select(ok, bits_float(r), _NAN)
                     have_s = True
                 # Step 6: promotion into the outer accumulator.
-                for ii in range(h):
-                    for j in range(w):
-                        sv = s[ii, j]
-                        if first_outer:
+                if first_outer:
+                    for ii in range(TM):
+                        for j in range(TN):
+                            sv = s[ii, j]
                             r = round_lane(omode, float_bits(sv), ofast, _ZERO, _ZERO)
-                            ok = np.isfinite(sv)
-                        else:
-                            ov = o[ii, j]
+                            o[ii, j] = select(_finite(sv), bits_float(r), _NAN)
+                else:
+                    for ii in range(TM):
+                        for j in range(TN):
+                            sv, ov = s[ii, j], o[ii, j]
                             r = round_lane(omode, _odd_add(ov, sv, ORDN), ofast, _ZERO, _ZERO)
-                            ok = np.isfinite(sv) and np.isfinite(ov)
-                        o[ii, j] = bits_float(r) if ok else np.nan
+                            o[ii, j] = select(_finite(sv) & _finite(ov), bits_float(r), _NAN)
                 first_outer = False
-            for ii in range(h):
-                for j in range(w):
+            for ii in range(TM):
+                for j in range(TN):
                     v = o[ii, j]
-                    out[p, i0 + ii, j0 + j] = v if np.isfinite(v) else np.nan
+                    out[p, i0 + ii, j0 + j] = select(_finite(v), v, _NAN)
 
     return gemm

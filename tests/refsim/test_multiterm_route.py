@@ -89,7 +89,8 @@ def _c(rng, shape) -> np.ndarray:
     """Initial values: ordinary, far above and below the products, fp32 subnormals, +-0."""
     c = rng.standard_normal(shape) * np.exp2(rng.integers(-6, 10, shape))
     flat = c.reshape(-1)
-    flat[:6] = [2.0**100, -(2.0**-140), -0.0, 0.0, -1.25 * 2.0**40, 3 * 2.0**-149]
+    special = [2.0**100, -(2.0**-140), -0.0, 0.0, -1.25 * 2.0**40, 3 * 2.0**-149]
+    flat[:6] = special[:flat.size]
     return c.astype(np.float32)
 
 
