@@ -15,7 +15,9 @@ How it is fast and exact: the fast Walsh-Hadamard butterfly in float64 (log2(blo
 u + v, u - v) is exact while every partial sum fits 53 bits: each one is a signed sum of at most
 `block` inputs, so it is a multiple of 2^low (the lowest set bit of any input of the block) of
 magnitude below block * 2^top (2^top above every input), i.e. at most top + log2(block) - low
-bits. Blocks where that exceeds 53 (or that are near float64's range ends) take Python integers.
+bits. For block 16, 64, 256, a block with up to 93 - log2(block) bits splits each x at 2^(top - 40)
+into x_hi + x_lo, two exact butterflies, and TwoSum gives their sum exactly as s + t. The others
+(wider, or near float64's range ends) take Python integers.
 Then c * S: for block 16, 64, 256, c is a power of two and the product is exact; for 32 and 128,
 c has 24 bits and Dekker's product (Veltkamp split of S, no FMA needed) gives p + e = c * S
 exactly. Making p's last bit odd when e != 0 is round-to-odd at 53 bits, and rounding that
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +68,8 @@ _QUANTUM_MIN = -1072  # ... and a quantum at least 4 times float64's smallest su
 _SPLIT = 2.0**27 + 1.0  # Veltkamp: splits a float64 into two halves of at most 26 bits
 _FAST_TOP = 990  # fast blocks: partial sums and Veltkamp's factor * S stay below 2^1018
 _FAST_LOW = -1040  # ... and c * S_lo (c down to 2^-27 quanta) has no bit below 2^-1074
+_HI_BITS = 40  # two-level blocks: x_hi keeps the bits of the top 40 binades
+_SPLIT_SPAN = 93  # ... and x_lo's butterfly is exact while top - low <= 93 - log2(b)
 _MASK52 = np.uint64((1 << 52) - 1)
 _IMPLICIT = np.uint64(1 << 52)
 _ABS = np.uint64((1 << 63) - 1)
@@ -290,9 +295,15 @@ def _fast_rows(v, v_bits, c, dekker, log_b, out, out_bits, slow):
             for i in range(b):
                 out[r, i] *= c
             continue
-        if top != -2000 and (top + log_b - low > 53 or top + log_b > _FAST_TOP
-                             or low < _FAST_LOW):
+        if top != -2000 and (top + log_b > _FAST_TOP or low < _FAST_LOW):
             slow[r] = True
+            continue
+        if top != -2000 and top + log_b - low > 53:
+            # Two exact butterflies: x = x_hi + x_lo, x_hi on the grid 2^(top - 40).
+            if dekker or top - low > _SPLIT_SPAN - log_b:
+                slow[r] = True
+                continue
+            _two_level_row(v, out, out_bits, r, b, c, top - _HI_BITS)
             continue
         for i in range(b):
             out[r, i] = v[r, i]
@@ -316,6 +327,51 @@ def _fast_rows(v, v_bits, c, dekker, log_b, out, out_bits, slow):
                     if bits & _U1 == _U0:
                         bits += _U1
                     out_bits[r, i] = bits
+
+
+@njit(cache=True)
+def _two_level_row(v, out, out_bits, r, b, c, q):
+    """out[r] = c * round_to_odd_float64(H v[r]) for a power-of-two c, the block split at 2^q.
+
+    x_hi = trunc(x / 2^q) * 2^q and x_lo = x - x_hi are exact; H x_hi is a multiple of 2^q below
+    2^(q + 40 + log2 b) (at most 48 bits) and H x_lo a multiple of 2^low below 2^(q + log2 b)
+    (at most 53 bits when top - low <= 93 - log2 b): both butterflies are exact, and TwoSum of
+    the two gives s + t = H x exactly with |t| <= ulp(s) / 2."""
+    lo = np.empty(b, np.float64)
+    unit = math.ldexp(1.0, q)
+    for i in range(b):
+        x = v[r, i]
+        hi = float(math.trunc(x / unit)) * unit  # |x / unit| < 2^40: exact in an int64
+        out[r, i] = hi
+        lo[i] = x - hi
+    _butterfly_row(out, r, b)
+    h = 1
+    while h < b:
+        for start in range(0, b, 2 * h):
+            for i in range(start, start + h):
+                u = lo[i]
+                w = lo[i + h]
+                lo[i] = u + w
+                lo[i + h] = u - w
+        h *= 2
+    for i in range(b):
+        x_hi = out[r, i]
+        x_lo = lo[i]
+        total = x_hi + x_lo
+        if total == 0.0:  # then the exact sum is 0 too (TwoSum's error would be 0): +0
+            out[r, i] = 0.0
+            continue
+        back = total - x_hi
+        err = (x_hi - (total - back)) + (x_lo - back)  # TwoSum (Knuth): exact
+        out[r, i] = total
+        if err != 0.0:  # round to odd, as in _fast_rows
+            bits = out_bits[r, i]
+            if (err < 0.0) != (total < 0.0):
+                bits -= _U1
+            if bits & _U1 == _U0:
+                bits += _U1
+            out_bits[r, i] = bits
+        out[r, i] *= c  # a power of two, no underflow (low - 4 >= -1074): exact
 
 
 def _transform_rows(v: np.ndarray, block: int) -> np.ndarray:

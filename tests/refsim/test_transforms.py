@@ -47,6 +47,9 @@ def special_rows(block: int, dtype) -> np.ndarray:
             tiny * rng.integers(-3, 4, block),  # subnormal inputs and sums
             np.full(block, 30000.0),  # sums beyond fp16's, e4m3's and e2m1's range
             rng.standard_normal(block) * 2.0 ** rng.integers(-60, 60, block),  # wide span
+            (rng.standard_normal(block) * 2.0 ** rng.integers(-18, 18, block)  # two-level
+             ).astype(np.float32),
+            np.concatenate([[3.0, -2.0**-40 - 2.0**-60], np.zeros(block - 2)]),
             np.concatenate([[np.nan], rng.standard_normal(block - 1)]),
             np.concatenate([[np.inf], rng.standard_normal(block - 1)]),
             np.concatenate([[np.inf, -np.inf], np.zeros(block - 2)]),
