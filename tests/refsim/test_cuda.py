@@ -269,6 +269,7 @@ def compile_ptx(names: list[str]) -> dict:
 
         dispatcher.get_current_device = lambda: SimpleNamespace(compute_capability=(8, 0))
     from refsim.backends import cuda as backend
+    from refsim.kernels.accum_core import N_MT
     from refsim.kernels.core import N_PARAMS
 
     backend._cuda()
@@ -289,7 +290,7 @@ def compile_ptx(names: list[str]) -> dict:
             arr = u64[:, :, ::1]
             sig = (arr, arr, types.boolean, u64[::1], types.boolean, u64[::1], i64[:, ::1],
                    types.boolean, i64, spec, spec, types.boolean, spec, types.boolean, spec,
-                   types.UniTuple(i64, 8), u64)
+                   types.UniTuple(i64, N_MT), u64)
         ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(8, 0))
         out[name] = {"bytes": len(ptx), "mul_hi_u64": ptx.count("mul.hi.u64")}
     return out
