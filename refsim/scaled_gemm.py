@@ -58,14 +58,14 @@ class _Operand:
         k_axis = x.ndim - 1 if operand == "a" else x.ndim - 2
         self.k_len: int | None = None
         self.tensor_scale = 1.0
-        if cast is None or not isinstance(cast.fmt, BlockFormat):
-            values = x if cast is None else quantize(
-                x, cast.fmt, cast.rounding, overflow=cast.overflow, sr_bits=cast.sr_bits,
-                seed=seed)
+        fmt = None if cast is None else cast.fmt
+        if not isinstance(fmt, BlockFormat):
+            values = x if cast is None or fmt is None else quantize(
+                x, fmt, cast.rounding, overflow=cast.overflow, sr_bits=cast.sr_bits, seed=seed)
             self.elements = np.asarray(values, np.float64)
             self.scales = np.ones(x.shape, np.float64)
             return
-        fmt = cast.fmt
+        assert cast is not None
         q = quantize_blocks(np.asarray(x, np.float64), fmt, cast.rounding, axis=k_axis,
                             sr_bits=cast.sr_bits, seed=seed, return_codes=True)
         self.elements = np.asarray(fmt.element.decode(q.codes), np.float64)
@@ -152,6 +152,7 @@ def scaled_matmul(a, b, spec: GemmSpec, c=None, *, seed: int = 0) -> np.ndarray:
         fmt = result_format(acc, None)
         d = np.asarray(quantize(d * alpha, fmt, "rne"), np.float64)  # d * alpha exact: 24 x 24
     if spec.out is not None:
+        assert not isinstance(spec.out.fmt, BlockFormat)  # GemmSpec.out: element formats only
         d = np.asarray(quantize(d, spec.out.fmt, spec.out.rounding, overflow=spec.out.overflow,
                                 sr_bits=spec.out.sr_bits, seed=seed), np.float64)
     return d

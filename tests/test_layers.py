@@ -3,8 +3,8 @@
 Every `import` and `from ... import` (module level and inside functions) is read with ast. Three
 rules (README "Layout"): no import cycle between modules; no module takes another module's
 private name (`_x`, imported or reached as `module._x`); production code (refsim/) never imports
-the executable specification (refsim.formats.exact, exact_sum, exact_block), which is what it is
-checked against.
+the executable specification (refsim.formats.exact, exact_sum, exact_block, exact_transform),
+which is what it is checked against.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = {"refsim": "refsim", "formats": "refsim.formats", "validation": "refsim.validation"}
-ORACLE = ("refsim.formats.exact", "refsim.formats.exact_sum", "refsim.formats.exact_block")
+ORACLE = ("refsim.formats.exact", "refsim.formats.exact_sum", "refsim.formats.exact_block",
+          "refsim.formats.exact_transform")
 
 
 def _modules() -> dict[str, Path]:

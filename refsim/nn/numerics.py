@@ -9,6 +9,10 @@ Usage rules:
     they are), "tensor" (per-tensor scaling, below) or "blocks" (refsim.scaled_matmul: block
     scales applied at promotion or folded into the elements, tensor scales in the epilogue, as
     scaled GEMM kernels apply them).
+  - A GemmSpec with a transform (a random Hadamard transform along K) needs K to be a multiple
+    of its block; where it is not (the last, short batch of an epoch in a backward-weight
+    product), both operands are zero-padded along K to the next multiple first, as kernels pad
+    the token dimension. In exact arithmetic the product is unchanged.
   - The layer pattern LAST ("@last") names the model's last product (its output layer); the
     training loop binds it (`Numerics.bind`). `plan.only(roles, rest)` keeps some roles and
     takes the others from another plan (the recipes study quantizes one role at a time).
@@ -139,10 +143,23 @@ def _tensor_scale(x: np.ndarray, fmt_max: float) -> float:
     return 1.0 if amax == 0.0 else amax / fmt_max  # NaN or Inf when x holds one
 
 
+def _pad_for_transform(gemm: GemmSpec, a: np.ndarray, b: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """a and b zero-padded along K to a multiple of the transform's block, as kernels pad the
+    token dimension (module docstring); unchanged without a transform or when K is one."""
+    if gemm.transform is None or a.shape[-1] % gemm.transform.block == 0:
+        return a, b
+    pad = -a.shape[-1] % gemm.transform.block
+    a = np.concatenate([a, np.zeros((*a.shape[:-1], pad), a.dtype)], axis=-1)
+    b = np.concatenate([b, np.zeros((*b.shape[:-2], pad, b.shape[-1]), b.dtype)], axis=-2)
+    return a, b
+
+
 def run_product(product: Product, a: np.ndarray, b: np.ndarray, seed: int) -> np.ndarray:
     """a @ b as `product` declares; the result has a's dtype."""
     if product.gemm is None:
         return np.matmul(a, b)
+    a, b = _pad_for_transform(product.gemm, a, b)
     if product.scaling == "none":
         return np.asarray(matmul(a, b, product.gemm, seed=seed), dtype=a.dtype)
     if product.scaling == "blocks":

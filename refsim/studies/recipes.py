@@ -130,7 +130,7 @@ def analyze(p: dict[str, Any], configs: list[dict[str, Any]],
         return out
 
     per_model: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
-    pooled: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    pooled: dict[str, dict[str, dict[str, float]]] = {}
     for k in MEASURES:
         for recipe in p["recipes"]:
             for roles in _role_sets(p):

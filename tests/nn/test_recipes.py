@@ -80,3 +80,16 @@ def test_recipe_layers_patterns_are_optional_but_a_users_are_not():
     plan.check(["fc1", "fc2"])  # no attention in an MLP: fine for the recipe's own patterns
     with pytest.raises(ValueError, match="matches no matrix product"):
         plan.with_layers({"conv9": preset("fp32").default}).check(["fc1", "fc2"])
+
+
+def test_a_short_batch_is_zero_padded_to_the_transforms_block():
+    # The last batch of an epoch (29 of 1437 digits at batch 32) gives a backward-weight K of 29.
+    product = preset("nvfp4").product("fc1", "backward-weight")
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((8, 29)).astype(np.float32)
+    b = rng.standard_normal((29, 4)).astype(np.float32)
+    ap = np.concatenate([a, np.zeros((8, 3), np.float32)], axis=1)
+    bp = np.concatenate([b, np.zeros((3, 4), np.float32)], axis=0)
+    np.testing.assert_array_equal(run_product(product, a, b, seed=3),
+                                  np.asarray(scaled_matmul(ap, bp, product.gemm, seed=3),
+                                             np.float32))
