@@ -1,15 +1,20 @@
 """Quantize throughput against the memory-bandwidth limit and peer casts, in one process.
 
     python -m bench.quantize [--log2n 24] [--threads 1 2] [--repeat 7] [--formats ...]
+                             [--modes ...] [--ns]
 
 For every named float format (and int8) and every rounding mode: refsim.quantize on 2^log2n
 float32 elements, as a ratio to np.copyto of the same array (the bandwidth limit), next to
 ml_dtypes' astype round trip and torch's .to(float8_e4m3fn) round trip. Times are medians.
+--ns: cells are instead nanoseconds per element of process CPU time (best of --repeat; CPU
+time over all threads, so on one thread it is what the kernel costs whatever else the machine
+runs), the figure to compare across runs on a loaded machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 
 import numba
 import numpy as np
@@ -28,6 +33,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--formats", nargs="+", default=None)
     parser.add_argument("--modes", nargs="+", default=list(ROUNDINGS))
+    parser.add_argument("--ns", action="store_true")
     args = parser.parse_args()
 
     n = 1 << args.log2n
@@ -69,11 +75,29 @@ def main() -> None:
         for name in names:
             cells = []
             for mode in args.modes:
-                s = median_seconds(lambda name=name, mode=mode: quantize(x, name, mode, out=out),
-                                   args.repeat)
-                cells.append(f"{copy_s / s:.2f}")
+                def run(name=name, mode=mode):
+                    quantize(x, name, mode, out=out)
+
+                if args.ns:
+                    cells.append(f"{cpu_seconds(run, args.repeat) / n * 1e9:.2f}")
+                    continue
+                cells.append(f"{copy_s / median_seconds(run, args.repeat):.2f}")
             print(f"| {name} | " + " | ".join(cells) + " |")
-    print("\n(cells: throughput as a fraction of np.copyto; 1.0 = memory-bandwidth bound)")
+    if args.ns:
+        print("\n(cells: ns per element, process CPU time, best of --repeat)")
+    else:
+        print("\n(cells: throughput as a fraction of np.copyto; 1.0 = memory-bandwidth bound)")
+
+
+def cpu_seconds(fn, repeat: int) -> float:
+    """Best process CPU time of `repeat` calls of fn(), after one warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.process_time()
+        fn()
+        best = min(best, time.process_time() - start)
+    return best
 
 
 if __name__ == "__main__":
