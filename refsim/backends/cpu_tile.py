@@ -322,12 +322,15 @@ def run(p: TilePlan, a3: np.ndarray, b3: np.ndarray) -> np.ndarray:
     bp = _pack(b3, p.lane, tn, panels)
     out = np.empty((n_batch, rows, panels * tn), p.lane)
     if p.sr:
-        kernel = _KERNELS.get((p.key, p.sr))
+        kernel = _KERNELS.get(p.key)
         if kernel is None:
-            kernel = _KERNELS[(p.key, p.sr)] = _make_sr_kernel(p.tm, p.key[7], *p.sr)
+            kernel = _KERNELS[p.key] = _make_sr_kernel(p.tm, p.key[7])
+        *fmt_consts, r = p.sr
+        keep = ((1 << 64) - 1) ^ ((1 << (64 - r)) - 1)  # the top r bits of a word
+        consts = np.array([*fmt_consts, keep], np.uint64)
         with threads_for(float(n_batch) * rows * panels * tn * n_k * NS_PER_SR_MAC):
             kernel(a, bp, out, np.int64(n_rows), np.int64(n_cols),
-                   round_keys(np.uint64(p.seed), np.uint64(0)))
+                   round_keys(np.uint64(p.seed), np.uint64(0)), consts)
         return _finish(out, n_rows, n_cols)
     kernel = _KERNELS.get(p.key)
     if kernel is None:
@@ -422,19 +425,21 @@ def _tile_words(words, keys, p, i0, n0, n_rows, n_cols, tm, tn, w_row, k0, nk):
                                  TAG_ADD, keys)
 
 
-def _make_sr_kernel(tm: int, nv: int, e_normal: int, d_normal: int, d_base: int, max_bits: int,
-                    r: int):
-    """The sr-exact-sum kernel of one accumulator format and sr_bits (closure cells plain ints,
-    as _make_kernel's)."""
+def _make_sr_kernel(tm: int, nv: int):
+    """The sr-exact-sum kernel of one tile shape (closure cells plain ints, as _make_kernel's);
+    the accumulator format and sr_bits arrive as run-time constants (kernels.tile.tile_sr)."""
     emitter = t.SOURCE_HASH
     steps = SR_STEPS
 
     @njit(parallel=True, cache=True)
-    def gemm_sr(a, bp, out, n_rows_used, n_cols_used, keys):
+    def gemm_sr(a, bp, out, n_rows_used, n_cols_used, keys, consts):
         """out[p, i, j] = the sequential SR sum of a[p, i, :] . bp[p, j // TN, :, j % TN] (step k
         reads the word of output index (p * n_rows_used + i) * n_cols_used + j), one tile per
-        job, its words generated SR_STEPS steps at a time."""
+        job, its words generated SR_STEPS steps at a time. consts: (e_normal, d_normal, d_base,
+        max_bits, keep) as uint64."""
         _ = emitter
+        e_normal, d_normal, d_base = consts[0], consts[1], consts[2]
+        max_bits, keep = consts[3], consts[4]
         n_batch, n_rows, n_k = a.shape
         n_panels, tn = bp.shape[1], bp.shape[3]
         n_cols = out.shape[2]
@@ -455,8 +460,8 @@ def _make_sr_kernel(tm: int, nv: int, e_normal: int, d_normal: int, d_base: int,
                 nk = min(steps, n_k - k0)
                 _tile_words(words, keys, p, i0, jb * tn, n_rows_used, n_cols_used, tm, tn,
                             w_row, k0, nk)
-                tile_sr(tm, nv, e_normal, d_normal, d_base, max_bits, r, af, a_base + k0, n_k,
-                        bf, b_base + k0 * tn, of, o_base, n_cols, nk, k0 == 0, words, 4, w_row,
-                        tm * w_row)
+                tile_sr(tm, nv, af, a_base + k0, n_k, bf, b_base + k0 * tn, of, o_base, n_cols,
+                        nk, k0 == 0, words, 4, w_row, tm * w_row, e_normal, d_normal, d_base,
+                        max_bits, keep)
 
     return gemm_sr

@@ -45,15 +45,16 @@ or its round-to-odd; the pairwise stack lives in memory (one slot per level and 
 Why each of these equals the exact core's rounding, and under which conditions, is
 refsim.backends.cpu_tile's docstring; this module only says what the instructions compute.
 
-`tile_sr(tm, nv, e_normal, d_normal, d_base, max_bits, r, a, a_off, a_stride, b, b_off, out,
-o_off, o_stride, nk, first, words, w_off, w_row, w_step)`: the sequential order in float64 lanes
-with stochastic rounding (route sr-exact-sum; the first seven arguments are compile-time ints).
+`tile_sr(tm, nv, a, a_off, a_stride, b, b_off, out, o_off, o_stride, nk, first, words, w_off,
+w_row, w_step, e_normal, d_normal, d_base, max_bits, keep)`: the sequential order in float64
+lanes with stochastic rounding (route sr-exact-sum; tm and nv are compile-time ints, the last
+five run-time uint64 values, so one kernel serves every accumulator format and sr_bits).
 acc starts at -0.0 when `first`, else from `out` (the words come in blocks of steps: a call
 continues the previous one). Step k: s = fma(a_k, b_k, acc) (rne; the route makes it exact),
 then s rounded to G from its bit pattern u with the random word w of output (i, j) at
 words[w_off + k*w_step + i*w_row + j] (uint64): d = d_normal where u's exponent field
-e >= e_normal, else d_base - e; up iff (top 64 bits of the d discarded bits) & T >
-(~w) & T, T the top r bits; the magnitude plus 2^d if up, its low d bits cleared. NaN where
+e >= e_normal, else d_base - e; up iff (top 64 bits of the d discarded bits) & keep >
+(~w) & keep, keep = the top r bits; the magnitude plus 2^d if up, its low d bits cleared. NaN where
 d > 52 or the magnitude exceeds max_bits (G's largest value's float64 pattern); a zero s stays.
 The x86 forms with an embedded rounding mode need AVX-512F (`cpu_tile` checks the target
 features before it picks a route that uses them).
@@ -483,12 +484,13 @@ _NAN64 = 0x7FF8 << 48  # a quiet NaN: marks a lane for the exact core
 
 
 @intrinsic(prefer_literal=True)
-def tile_sr(typingctx, tm, nv, e_normal, d_normal, d_base, max_bits, r, a, a_off, a_stride, b,
-            b_off, out, o_off, o_stride, nk, first, words, w_off, w_row, w_step):
+def tile_sr(typingctx, tm, nv, a, a_off, a_stride, b, b_off, out, o_off, o_stride, nk, first,
+            words, w_off, w_row, w_step, e_normal, d_normal, d_base, max_bits, keep):
     """The stochastic-rounding tile (module doc); Numba code only, float64 lanes."""
-    consts = [_literal(t) for t in (tm, nv, e_normal, d_normal, d_base, max_bits, r)]
-    sig = types.void(tm, nv, e_normal, d_normal, d_base, max_bits, r, a, a_off, a_stride, b,
-                     b_off, out, o_off, o_stride, nk, first, words, w_off, w_row, w_step)
+    consts = [_literal(t) for t in (tm, nv)]
+    u64 = types.uint64
+    sig = types.void(tm, nv, a, a_off, a_stride, b, b_off, out, o_off, o_stride, nk, first,
+                     words, w_off, w_row, w_step, u64, u64, u64, u64, u64)
 
     def codegen(context, builder, signature, args):
         _SrTile(context, builder, signature, args, consts).emit()
@@ -501,14 +503,22 @@ class _SrTile(_Tile):
     """tile_sr's IR: the sequential loop with the SR step, continued from `out` unless first."""
 
     def __init__(self, context, builder, signature, args, consts):
-        tm, nv, self.e_normal, self.d_normal, self.d_base, self.max_bits, r = consts
+        tm, nv = consts
         super().__init__(context, builder, signature, args,
-                         (SEQUENTIAL, ADD_FMA, RND_NONE, 0, core.RNE, NO_OUTER, tm, nv), at=7)
+                         (SEQUENTIAL, ADD_FMA, RND_NONE, 0, core.RNE, NO_OUTER, tm, nv), at=2)
         if self.lane.width != 64:
             raise TypeError("refsim.kernels.tile.tile_sr: float64 lanes only")
-        w_v, self.w_off, self.w_row, self.w_step = args[17:21]
-        self.w_data = context.make_array(signature.args[17])(context, builder, w_v).data
-        self.keep = ((1 << 64) - 1) ^ ((1 << (64 - r)) - 1)  # the top r bits
+        w_v, self.w_off, self.w_row, self.w_step = args[12:16]
+        self.w_data = context.make_array(signature.args[12])(context, builder, w_v).data
+        # Run-time constants (one kernel for every format and sr_bits), splat once.
+        self.e_normal, self.d_normal, self.d_base, self.max_bits, self.keep = (
+            self.splat_int(v) for v in args[16:21])
+
+    def splat_int(self, x):
+        b, lane = self.b, self.lane
+        v = b.insert_element(ir.Constant(lane.vi, ir.Undefined), x, ir.Constant(_I32, 0))
+        return b.shuffle_vector(v, ir.Constant(lane.vi, ir.Undefined),
+                                ir.Constant(ir.VectorType(_I32, lane.n), [0] * lane.n))
 
     def umin(self, x, y):
         return self.b.select(self.b.icmp_unsigned("<", x, y), x, y)
@@ -524,21 +534,17 @@ class _SrTile(_Tile):
         e = b.lshr(a, ic(52))
         # d: float64 significand bits below G's quantum at s (refsim.kernels.lane's F_D_*);
         # e < e_normal <= d_base in the second arm.
-        d = b.select(b.icmp_unsigned(">=", e, ic(self.e_normal)), ic(self.d_normal),
-                     b.sub(ic(self.d_base), e))
+        d = b.select(b.icmp_unsigned(">=", e, self.e_normal), self.d_normal,
+                     b.sub(self.d_base, e))
         dd = self.umin(d, ic(52))  # keeps the shifts defined; d > 52 is a NaN lane below
         unit = b.shl(ic(1), dd)
         mask = b.sub(unit, ic(1))
         # The discarded fraction f as its first 64 bits (all of them: 1 <= d <= 52, as `plan`
         # asks man_bits <= 51): a's low dd bits shifted to the top.
         f64 = b.shl(a, b.sub(ic(64), dd))
-        nw = b.xor(w, ic(-1))
-        if self.keep != (1 << 64) - 1:
-            f64, nw = b.and_(f64, ic(self.keep)), b.and_(nw, ic(self.keep))
-        up = b.icmp_unsigned(">", f64, nw)
+        up = b.icmp_unsigned(">", b.and_(f64, self.keep), b.and_(b.xor(w, ic(-1)), self.keep))
         mag = b.and_(b.add(a, b.select(up, unit, ic(0))), b.xor(mask, ic(-1)))
-        bad = b.or_(b.icmp_unsigned(">", d, ic(52)), b.icmp_unsigned(">", mag,
-                                                                      ic(self.max_bits)))
+        bad = b.or_(b.icmp_unsigned(">", d, ic(52)), b.icmp_unsigned(">", mag, self.max_bits))
         res = b.select(bad, ic(_NAN64), b.or_(mag, sign))
         return lane.value(b.select(b.icmp_unsigned("==", a, ic(0)), u, res))
 
