@@ -26,7 +26,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 import refsim
-from refsim import AccumSpec, Cast, GemmSpec
+from refsim import AccumSpec, Cast, GemmSpec, hardware
 from refsim.backends import cpu_exact, cpu_gemm
 
 E4M3 = Cast("e4m3fn")
@@ -49,9 +49,14 @@ ROWS: dict[str, tuple[GemmSpec, bool]] = {
     "e4m3-fp16-rdn": (_fp8(AccumSpec("fp16", "rdn")), True),
     "e4m3-fp16-sr": (_fp8(AccumSpec("fp16", "sr")), False),
     "multiterm": (_fp8(AccumSpec("fp16", order="multiterm", group=32, width=14, chunk=128,
-                                 outer="fp32")), False),
+                                 outer="fp32")), True),
     "pairwise": (_fp8(AccumSpec("fp16", order="pairwise")), True),
     "kahan": (_fp8(AccumSpec("fp16", order="kahan")), True),
+    # Tensor-core presets (refsim.hardware; issue 15), operands Cast to the input format.
+    "h100-e4m3": (hardware.gemm_spec("h100", "e4m3"), True),
+    "h100-fp16": (hardware.gemm_spec("h100", "fp16"), True),
+    "a100-bf16": (hardware.gemm_spec("a100", "bf16"), True),
+    "v100-fp16": (hardware.gemm_spec("v100", "fp16"), True),
 }
 
 

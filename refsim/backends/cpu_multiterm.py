@@ -14,7 +14,9 @@ chunk's s is promoted into the outer accumulator: o = round_o(s), then o = round
 
 How the lanes compute it, and why each step is exact (the conditions are those `plan` checks;
 "in range" below means every product, operand, C and accumulator value is zero or has all its
-set bits between 2^-900 and 2^900, so every power of two used is a float64 normal):
+set bits between 2^-480 and 2^480, and so does every alignment power 2^E: so E lies in
+[-480, 482], q = E - width + 1 in [-531, 482], and every power of two used is a float64
+normal):
 1. t = a*b in float64 is exact: the operands' significands total at most 53 bits and the
    product is in range (refsim.backends.operands.products_exact).
 2. E: the group's largest alignment exponent. normalized: e(t) = floor(log2|t|), and
@@ -25,14 +27,15 @@ set bits between 2^-900 and 2^900, so every power of two used is a float64 norma
    max per product. A zero product (either factor zero, flushed operands included) gives 0 and
    does not raise the max, as the exact core skips zeros. Under acc-aligned, s's exponent
    (floor(log2|s|), raised to the accumulator format's emin under product) joins the max when
-   s is nonzero. With no nonzero value E is clamped to -900: every value is a zero, which
+   s is nonzero. With no nonzero value E is clamped to -480: every value is a zero, which
    scaling and truncation leave a zero of its sign.
 3. T = trunc(t * 2^-q) (floor under floor truncation) is the exact core's truncate_units with
-   the sign attached: t * 2^-q is exact (a power of two times an in-range value: at most
-   2^(width + 1) by the width proof of kernels.accum_core, and when it would fall below float64's
-   normal range it is below 1, so no rounding can carry it to 1 or above), and llvm.trunc /
-   llvm.floor are exact on float64. A value with |t| < 2^q truncates to a zero of t's sign
-   (toward zero) or to -1 when negative under floor, as truncate_units does.
+   the sign attached: t * 2^-q is exact, a power of two times an in-range value, between
+   2^(-480 - 482) and 2^(width + 1) (the width proof of kernels.accum_core), inside float64's
+   normal range, so it never underflows (a negative value that underflowed to -0 would floor
+   to -0, not -1); llvm.trunc and llvm.floor are exact on float64. A value with |t| < 2^q
+   truncates to a zero of t's sign (toward zero) or to -1 when negative under floor, as
+   truncate_units does.
 4. S = sum of the T in float64 is exact: every partial sum is an integer of magnitude at most
    (group + 1) * 2^(width + 1) < 2^53 (`plan` checks bitlen(group + 1) + width + 1 <= 53).
    The sign of a zero S: IEEE addition from -0.0 gives -0 when every T is -0, +0 when every T
@@ -93,9 +96,9 @@ from refsim.specs import AccumSpec
 
 __all__ = ["KNOWN_FIELDS", "RANGE_BITS", "MultitermPlan", "plan", "run"]
 
-RANGE_BITS = 900
-"""In range: every set bit of every product, operand, C and accumulator value between
-2^-RANGE_BITS and 2^RANGE_BITS (module doc)."""
+RANGE_BITS = 480
+"""In range: every set bit of every product, operand, C and accumulator value, and every
+alignment power, between 2^-RANGE_BITS and 2^RANGE_BITS (module doc)."""
 NS_PER_MT_MAC = 0.5  # one-thread nanoseconds per multiply-add (refsim.backends.threads)
 TM, TN = 4, 64  # a job: TM rows by TN columns of outputs (the B panel of a group stays in L1)
 
@@ -178,7 +181,11 @@ def plan(acc: AccumSpec, ra: OperandRange, rb: OperandRange, c: np.ndarray | Non
         if not (rc.finite and _in_range(rc)):
             return None
     operands = acc.operands
-    if operands is not None and not -RANGE_BITS <= operands.emin < RANGE_BITS:
+    emin = -RANGE_BITS if operands is None else operands.emin
+    if not -RANGE_BITS <= emin <= 0:
+        return None
+    if acc.align == "product" and ra.bits and rb.bits \
+            and max(ra.high, emin) + max(rb.high, emin) >= RANGE_BITS:  # 2^(ea + eb) in range
         return None
     product_align = acc.align == "product"
     key = (ROUNDINGS.index(acc.rounding), ROUNDINGS.index(outer.rounding),
