@@ -26,8 +26,9 @@ simulator; see _register_cuda_overloads):
     the CUDA overload here uses umul64hi (mul.hi.u64) for the high word instead.
   - accum_core.reduce_pairwise allocates its stack with np.empty, which numba.cuda cannot compile
     (no heap): the pairwise kernel calls _order_pairwise, the same steps with thread-local
-    arrays. It goes away once accum_core allocates that stack in a target-neutral way
-    (docs/cuda.md). Every other order calls accum_core.order_<order> itself.
+    arrays, and the chunked kernel _order_chunked (chunk_order='pairwise' needs the stack). They
+    go away once accum_core allocates that stack in a target-neutral way (docs/cuda.md). Every
+    other order calls accum_core.order_<order> itself.
 """
 
 from __future__ import annotations
