@@ -78,8 +78,9 @@ tile-odd (rne; G = fp16 or e8mX with q <= 22 in float32 lanes, fp32 in float64 l
   correctly rounded sums: proved algorithms using rounding to odd", IEEE TC 2008), given G's
   smallest quantum at least 4 times F's smallest subnormal (true for every G here).
 
-sr-exact-sum (sr, any sr_bits; sequential order, no product Cast; float64 lanes; G a signed
-  float format with zeros, not fnuz, inside float64's range; the caller's seed): every step's
+sr-exact-sum (sr, any sr_bits; sequential order, or chunked into an fp32 or fp64 outer sum in
+  rne; no product Cast; float64 lanes; G a signed float format with zeros, not fnuz, inside
+  float64's range; the caller's seed): every step's
   exact sum s = acc + t is a float64 value, so the FMA computes s itself, and s is rounded to G
   stochastically with integer operations on its bits. Span condition (what `plan` checks, from
   the operand ranges): acc is a multiple of 2^Qmin with |acc| < 2^(emax+1) (a finite value of
@@ -105,6 +106,13 @@ sr-exact-sum (sr, any sr_bits; sequential order, no product Cast; float64 lanes;
   zeros of one sign keep it, and step 0 adds t_0 to -0.0), the contract's under sr
   (kernels.accum_core.add_round_ev); a nonzero s never rounds to zero (it is a multiple of 2^L,
   and below 2^Qmin it is a NaN lane).
+  Chunked: each chunk is the sequential sum above (steps keep their index k, so chunk c's
+  first step is round(t_k) with k = c * chunk, as reduce_chunked calls reduce_sequential);
+  o = s_0, then o = rne_O(o + s_c). o and s_c are multiples of 2^Qmin (G lies inside O, and
+  O's quantum at any o is at least 2^Qmin or o is exact), |s_c| < 2^(emax+1) and
+  |o| < 2 C 2^(emax+1) for C chunks, so with bitlen(C) + emax + 3 - Qmin <= 53 (`plan`) the
+  float64 sum o + s_c is exact and one rounding to nearest (fptrunc for fp32) is rne_O of the
+  exact value; an overflow leaves the output non-finite, for the exact core.
 
 Chunked order (any route above as the inner sum; outer = F itself, rne, rtz, rup or rdn): the
 first chunk's result s_0 is stored (o = o_F(s_0) = s_0, as s_0 is in G, a subset of F); each
@@ -245,7 +253,7 @@ def plan(acc: AccumSpec, ra: OperandRange, rb: OperandRange, exact_lanes: tuple[
     if acc.product is not None or acc.order not in _ORDERS:
         return None
     if acc.rounding == "sr":
-        return _plan_sr(acc, ra, rb, exact_lanes, seed)
+        return _plan_sr(acc, ra, rb, exact_lanes, seed, n_k)
     mode = _mode(acc.rounding)
     if mode is None:
         return None
@@ -277,12 +285,15 @@ def plan(acc: AccumSpec, ra: OperandRange, rb: OperandRange, exact_lanes: tuple[
     return None
 
 
+_OUTER_F32 = 1  # sr-exact-sum key's omode slot: chunks promoted into fp32 (else fp64, or none)
+
+
 def _plan_sr(acc: AccumSpec, ra: OperandRange, rb: OperandRange,
-             exact_lanes: tuple[np.dtype, ...], seed: int | None) -> TilePlan | None:
+             exact_lanes: tuple[np.dtype, ...], seed: int | None, n_k: int) -> TilePlan | None:
     """sr-exact-sum (module doc) where its conditions hold, else None."""
     f64 = np.dtype(np.float64)
     fmt = acc.fmt
-    if seed is None or acc.order != "sequential" or f64 not in exact_lanes \
+    if seed is None or acc.order not in ("sequential", "chunked") or f64 not in exact_lanes \
             or not isinstance(fmt, FloatFormat) or not fmt.signed or not fmt.zero \
             or fmt.specials == "fnuz" or fmt.man_bits > 51:
         return None
@@ -295,11 +306,25 @@ def _plan_sr(acc: AccumSpec, ra: OperandRange, rb: OperandRange,
         high = max(high, ra.high + rb.high + 2)
     if high + 1 - low > _PRECISION[f64]:  # |s| < 2^(high + 1): s / 2^low needs <= 53 bits
         return None
+    omode, chunk = t.NO_OUTER, n_k
+    if acc.order == "chunked":
+        outer = acc.outer_spec
+        if outer.fmt not in (F32, F64) or outer.rounding != "rne" or outer.order != "sequential" \
+                or outer.product is not None:
+            return None
+        assert acc.chunk is not None  # order chunked needs chunk
+        chunk = min(int(acc.chunk), n_k)
+        # o + s_c exact in float64: both multiples of 2^qmin (G is inside O's range, and O's
+        # quantum at o is at least 2^qmin), |s_c| < 2^(emax+1), |o| < 2 * chunks * 2^(emax+1).
+        chunks = -(-n_k // chunk)
+        if chunks.bit_length() + fmt.emax + 3 - qmin > _PRECISION[f64]:
+            return None
+        omode = _OUTER_F32 if outer.fmt == F32 else 0
     fast = fast_constants(format_params(fmt), 52, 1023, core.SR, core.OVF_DEFAULT)
     sr = (int(fast[F_E_NORMAL]), int(fast[F_D_NORMAL]), int(fast[F_D_BASE]),
           int(fast[F_MAX_POS]), 64 if acc.sr_bits is None else int(acc.sr_bits))
-    key = (t.SEQUENTIAL, t.ADD_FMA, t.RND_NONE, 0, core.SR, t.NO_OUTER, *SR_TILE, f64.name)
-    return TilePlan("sr-exact-sum", f64, key, 0, int(seed), sr)
+    key = (t.SEQUENTIAL, t.ADD_FMA, t.RND_NONE, 0, core.SR, omode, *SR_TILE, f64.name)
+    return TilePlan("sr-exact-sum", f64, key, chunk, int(seed), sr)
 
 
 # ---- running -------------------------------------------------------------------------------------
@@ -324,13 +349,13 @@ def run(p: TilePlan, a3: np.ndarray, b3: np.ndarray) -> np.ndarray:
     if p.sr:
         kernel = _KERNELS.get(p.key)
         if kernel is None:
-            kernel = _KERNELS[p.key] = _make_sr_kernel(p.tm, p.key[7])
+            kernel = _KERNELS[p.key] = _make_sr_kernel(p.tm, p.key[7], p.key[5] == _OUTER_F32)
         *fmt_consts, r = p.sr
         keep = ((1 << 64) - 1) ^ ((1 << (64 - r)) - 1)  # the top r bits of a word
         consts = np.array([*fmt_consts, keep], np.uint64)
         with threads_for(float(n_batch) * rows * panels * tn * n_k * NS_PER_SR_MAC):
             kernel(a, bp, out, np.int64(n_rows), np.int64(n_cols),
-                   round_keys(np.uint64(p.seed), np.uint64(0)), consts)
+                   round_keys(np.uint64(p.seed), np.uint64(0)), consts, np.int64(p.chunk))
         return _finish(out, n_rows, n_cols)
     kernel = _KERNELS.get(p.key)
     if kernel is None:
@@ -425,18 +450,19 @@ def _tile_words(words, keys, p, i0, n0, n_rows, n_cols, tm, tn, w_row, k0, nk):
                                  TAG_ADD, keys)
 
 
-def _make_sr_kernel(tm: int, nv: int):
+def _make_sr_kernel(tm: int, nv: int, to_single: bool):
     """The sr-exact-sum kernel of one tile shape (closure cells plain ints, as _make_kernel's);
     the accumulator format and sr_bits arrive as run-time constants (kernels.tile.tile_sr)."""
     emitter = t.SOURCE_HASH
     steps = SR_STEPS
 
     @njit(parallel=True, cache=True)
-    def gemm_sr(a, bp, out, n_rows_used, n_cols_used, keys, consts):
+    def gemm_sr(a, bp, out, n_rows_used, n_cols_used, keys, consts, chunk):
         """out[p, i, j] = the sequential SR sum of a[p, i, :] . bp[p, j // TN, :, j % TN] (step k
         reads the word of output index (p * n_rows_used + i) * n_cols_used + j), one tile per
         job, its words generated SR_STEPS steps at a time. consts: (e_normal, d_normal, d_base,
-        max_bits, keep) as uint64."""
+        max_bits, keep) as uint64. chunk < K: the chunked order, each chunk's result promoted
+        into an outer sum in fp32 (to_single) or fp64 lanes, rne."""
         _ = emitter
         e_normal, d_normal, d_base = consts[0], consts[1], consts[2]
         max_bits, keep = consts[3], consts[4]
@@ -456,12 +482,37 @@ def _make_sr_kernel(tm: int, nv: int):
             a_base = (p * n_rows + i0) * n_k
             b_base = (p * n_panels + jb) * n_k * tn
             o_base = (p * n_rows + i0) * n_cols + jb * tn
-            for k0 in range(0, n_k, steps):
-                nk = min(steps, n_k - k0)
-                _tile_words(words, keys, p, i0, jb * tn, n_rows_used, n_cols_used, tm, tn,
-                            w_row, k0, nk)
-                tile_sr(tm, nv, af, a_base + k0, n_k, bf, b_base + k0 * tn, of, o_base, n_cols,
-                        nk, k0 == 0, words, 4, w_row, tm * w_row, e_normal, d_normal, d_base,
-                        max_bits, keep)
+            outer = np.empty(tm * tn if chunk < n_k else 0, np.float64)
+            for c0 in range(0, n_k, chunk):
+                c1 = min(c0 + chunk, n_k)
+                for k0 in range(c0, c1, steps):
+                    nk = min(steps, c1 - k0)
+                    _tile_words(words, keys, p, i0, jb * tn, n_rows_used, n_cols_used, tm, tn,
+                                w_row, k0, nk)
+                    tile_sr(tm, nv, af, a_base + k0, n_k, bf, b_base + k0 * tn, of, o_base,
+                            n_cols, nk, k0 == c0, words, 4, w_row, tm * w_row, e_normal,
+                            d_normal, d_base, max_bits, keep)
+                if chunk < n_k:
+                    _promote(outer, of, o_base, n_cols, tm, tn, c0 == 0, to_single)
+            if chunk < n_k:
+                for i in range(tm):
+                    for j in range(tn):
+                        of[o_base + i * n_cols + j] = outer[i * tn + j]
 
     return gemm_sr
+
+
+@njit(cache=True)
+def _promote(outer, of, o_base, n_cols, tm, tn, first, to_single):
+    """The chunked order's promotion of a tile's chunk results s (in `of`) into `outer`:
+    o = s for the first chunk, else o = rne_O(o + s), O = fp32 (to_single) or fp64; o + s is
+    exact in float64 (sr-exact-sum's chunk condition), so one rounding, to nearest even."""
+    for i in range(tm):
+        for j in range(tn):
+            s = of[o_base + i * n_cols + j]
+            if first:
+                outer[i * tn + j] = s
+            elif to_single:
+                outer[i * tn + j] = np.float64(np.float32(outer[i * tn + j] + s))
+            else:
+                outer[i * tn + j] = outer[i * tn + j] + s

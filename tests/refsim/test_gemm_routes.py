@@ -397,13 +397,15 @@ def test_sr_words_follow_the_output_index():
 
 
 def test_sr_exact_sum_conditions():
-    """sr-exact-sum needs the seed, the sequential order, no product Cast, a G with signed zeros
-    and an exact sum in float64 (the span condition); otherwise the exact core runs."""
+    """sr-exact-sum needs the seed, the sequential order (or chunked into fp32 or fp64, rne), no
+    product Cast, a G with signed zeros and an exact sum in float64 (the span condition);
+    otherwise the exact core runs."""
     rng = np.random.default_rng(22)
     fp16 = get_format("fp16")
     a, b = _operands(rng, fp16, 4, -12, 7)
     assert cpu_gemm.plan(a, b, AccumSpec("fp16", "sr"), None, False) is None  # no seed
-    refused = [AccumSpec("fp16", "sr", order="chunked", chunk=8, outer="fp32"),
+    refused = [AccumSpec("fp16", "sr", order="chunked", chunk=8, outer=AccumSpec("fp32", "rtz")),
+               AccumSpec("fp16", "sr", order="chunked", chunk=8, outer="e8m10"),
                AccumSpec("fp16", "sr", order="kahan"), AccumSpec("fp16", "sr", order="pairwise"),
                AccumSpec("fp16", "sr", product=Cast("fp16")), AccumSpec("bf16", "sr"),
                AccumSpec("fp32", "sr"), AccumSpec("e4m3fnuz", "sr"),
@@ -423,13 +425,18 @@ def test_sr_exact_sum_conditions():
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(40))
 def test_random_sr_specs(seed):
-    """Random accumulators, sr_bits, overflow policies, operand budgets, shapes and seeds:
-    where sr-exact-sum is planned it equals the exact core."""
+    """Random accumulators, sr_bits, overflow policies, chunking, operand budgets, shapes and
+    seeds: where sr-exact-sum is planned it equals the exact core."""
     rng = np.random.default_rng(7000 + seed)
     acc_fmt = str(rng.choice(["fp16", "e5m2", "e4m3fn", "e5m6", "e4m6", "e3m4"]))
     fmt = get_format(acc_fmt)
     sr_bits = None if rng.random() < 0.4 else int(rng.integers(1, 65))
-    acc = AccumSpec(acc_fmt, "sr", sr_bits=sr_bits, overflow=str(rng.choice(OVERFLOWS)))
+    kwargs = {}
+    if rng.random() < 0.3:
+        kwargs = {"order": "chunked", "chunk": int(rng.integers(1, 40)),
+                  "outer": str(rng.choice(["fp32", "fp64"]))}
+    acc = AccumSpec(acc_fmt, "sr", sr_bits=sr_bits, overflow=str(rng.choice(OVERFLOWS)),
+                    **kwargs)
     bits = int(rng.integers(1, 9))
     lo = int(rng.integers(-20, 0))
     hi = int(rng.integers(max(lo + bits, -6), 12))
@@ -439,3 +446,16 @@ def test_random_sr_specs(seed):
     stream = int(rng.integers(0, 1 << 63)) * 2 + 1
     if cpu_gemm.plan(a, b, acc, None, False, seed=stream) is not None:
         _check_sr(a, b, acc, stream, max_left=1.0)
+
+
+@pytest.mark.parametrize(("outer", "bits", "lo", "hi"), [("fp32", 4, -12, 7), ("fp64", 6, -14, 7)])
+def test_sr_exact_sum_chunked(outer, bits, lo, hi):
+    """Chunks of the sr sum (steps keep their absolute index k) promoted into an fp32 or fp64
+    outer sum, rne; chunk 1, shorter than a block of words, across blocks, longer than K."""
+    rng = np.random.default_rng(23)
+    fmt = get_format("fp16")
+    a, b = _operands(rng, fmt, bits, lo, hi, below_qmin=True, batch=2, k=41)
+    for chunk, sr_bits in ((1, None), (5, 3), (16, 64), (17, None), (40, 9), (100, None)):
+        acc = AccumSpec("fp16", "sr", "chunked", chunk=chunk, outer=AccumSpec(outer),
+                        sr_bits=sr_bits)
+        _check_sr(a, b, acc, 99, max_left=0.3)
