@@ -201,17 +201,15 @@ def matmul(a, b, spec: GemmSpec, c=None, *, seed: int = 0, counts: bool = False,
         counts: also return the accumulator's event counts (as in `sum`).
         route: which kernels compute it, one of ROUTES: "auto" (default), "exact" (the exact
             core alone) or "fast" (a ValueError when no fast route applies); the bits are the
-            same on every route. On CUDA arrays every route but "fast" runs the CUDA kernel.
+            same on every route. On CUDA arrays the routes are refsim.backends.cuda_tile's
+            (docs/cuda.md).
 
     Returns:
         An array of shape (..., M, N); with counts=True the pair (array, counts dict).
     """
     route = _check_route(route)
     if cuda.is_device_array(a) or cuda.is_device_array(b):  # on the GPU: refsim.backends.cuda
-        if route == "fast":
-            raise ValueError("route='fast': CUDA arrays have no fast route (the CUDA kernel is "
-                             "the exact core)")
-        return cuda.matmul(a, b, spec, c, seed=seed, counts=counts)
+        return cuda.matmul(a, b, spec, c, seed=seed, counts=counts, route=route)
     a = check_array(a, "a")
     b = check_array(b, "b")
     if not isinstance(spec, GemmSpec):

@@ -10,7 +10,9 @@
 #
 # Output: the pytest summary of the real-GPU tests, then one line per large check:
 #   quantize  float32 e4m3fn  sr  n=67108864  bits OK  cuda 1.23 ms  218.2 GB/s
-#   matmul    1024^3  fp32/rne/sequential     bits OK  cuda 850 ms  2.5 GFLOP/s (cpu 12.1 s)
+#   matmul    1024^3  fp32/rne/sequential     bits OK  route lane-native  cuda 85 ms  25 GFLOP/s ...
+#   route     fp16/rne e4m3 (double-rounding)  1024^3 bits OK  route double-rounding  8192^3 cuda
+#             ... ms  ... G multiply-adds/s  ... GFLOP/s   (one line each; issue 14's goal: >= 200)
 # and "ALL BIT-EXACT" (exit 0), or the first mismatch report (exit 1); then, where torch sees
 # the GPU, the torch path on CUDA tensors: bits against the CPU and its share of copy bandwidth;
 # last, torch's own matmul on the GPU against the GPU's refsim.hardware preset (docs/hardware.md).
@@ -68,6 +70,8 @@ import numpy as np
 from numba import cuda
 
 import refsim
+from refsim import hardware
+from refsim.backends.cuda import last_route
 from refsim.specs import AccumSpec, Cast, GemmSpec
 from refsim.validation.bits import mismatch_report
 
@@ -144,14 +148,54 @@ for size, name, spec in specs:
     except NotImplementedError as exc:
         print(f"matmul    {size}^3  {name}: skipped ({exc})")
         continue
+    route = last_route()
     start = time.perf_counter()
     expected = refsim.matmul(a, b, spec, seed=SEED)
     cpu = time.perf_counter() - start
     label = f"matmul    {size}^3  {name}"
     status = check(label, got.copy_to_host(), expected)
     gflops = 2 * size**3 / seconds / 1e9
-    print(f"{label}  {status}  cuda {seconds * 1e3:.0f} ms  {gflops:.2f} GFLOP/s"
+    print(f"{label}  {status}  route {route}  cuda {seconds * 1e3:.0f} ms  {gflops:.2f} GFLOP/s"
           f"  (cpu {cpu:.1f} s, {2 * size**3 / cpu / 1e9:.2f} GFLOP/s)")
+
+# The CUDA fast routes (refsim.backends.cuda_tile, docs/cuda.md): e4m3fn operands, bits checked
+# against the CPU at CHECK^3, then timed at TIME^3 (whole refsim.matmul calls: operand Casts,
+# range scans, the route's kernel and the exact-core pass over its results; best of 2 after a
+# warm-up). Issue 14's goal: >= 200 G multiply-adds/s on an H200 for the fp16 accumulator.
+CHECK, TIME, TIME_MT = (16, 40, 24) if DRY else (1024, 4096, 2048)
+E4M3 = Cast("e4m3fn")
+route_specs = [
+    (TIME, "fp32/rne e4m3 (lane-native)", GemmSpec(a=E4M3, b=E4M3, acc=AccumSpec("fp32")),
+     "lane-native"),
+    (TIME, "fp16/rne e4m3 (double-rounding)", GemmSpec(a=E4M3, b=E4M3, acc=AccumSpec("fp16")),
+     "double-rounding"),
+    (TIME, "bf16/rne e4m3 (double-rounding)", GemmSpec(a=E4M3, b=E4M3, acc=AccumSpec("bf16")),
+     "double-rounding"),
+    (TIME, "fp16 chunk128 + fp32 outer, e4m3", GemmSpec(
+        a=E4M3, b=E4M3, acc=AccumSpec("fp16", "rne", "chunked", chunk=128,
+                                      outer=AccumSpec("fp32"))), "double-rounding"),
+    (TIME_MT, "h200 e4m3 preset (multiterm)", hardware.gemm_spec("h200", "e4m3"),
+     "multiterm-lanes"),
+    (TIME_MT, "h200 fp16 preset (multiterm)", hardware.gemm_spec("h200", "fp16"),
+     "multiterm-lanes"),
+]
+for size, name, spec, want in route_specs:
+    a = rng.standard_normal((CHECK, CHECK)).astype(np.float32) * 8
+    b = rng.standard_normal((CHECK, CHECK)).astype(np.float32) * 8
+    got = refsim.matmul(cuda.to_device(a), cuda.to_device(b), spec, seed=SEED)
+    route = last_route()
+    label = f"route     {name}"
+    status = check(f"{label} {CHECK}^3", got.copy_to_host(), refsim.matmul(a, b, spec, seed=SEED))
+    if route != want:
+        failures.append(f"{label}: route {route}, expected {want}")
+    del got
+    d_a = cuda.to_device(rng.standard_normal((size, size)).astype(np.float32) * 8)
+    d_b = cuda.to_device(rng.standard_normal((size, size)).astype(np.float32) * 8)
+    _, seconds = timed(lambda: refsim.matmul(d_a, d_b, spec, seed=SEED), repeat=2)
+    macs = float(size) ** 3 / seconds / 1e9
+    print(f"{label}  {CHECK}^3 {status}  route {route}  {size}^3 cuda {seconds * 1e3:.1f} ms  "
+          f"{macs:.1f} G multiply-adds/s  {2 * macs:.1f} GFLOP/s")
+    del d_a, d_b
 
 if failures:
     raise SystemExit(f"{len(failures)} check(s) differ between CUDA and CPU")

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 from numba.core import config
 
+from refsim.backends import cuda_tile
 from refsim.backends.kernel_args import (
     batch_shape,
     check_products,
@@ -56,7 +57,7 @@ from refsim.kernels.rng import stream_block
 from refsim.params import CARRIERS, check_out, resolve
 from refsim.specs import GemmSpec
 
-__all__ = ["is_device_array", "matmul", "quantize"]
+__all__ = ["is_device_array", "last_route", "matmul", "quantize"]
 
 THREADS = 256  # threads per block
 MAX_BLOCKS = 4096  # grid-stride loops cover the rest
@@ -245,10 +246,11 @@ def _matmul_kernel(order: str):
     operand = _operand_function()
 
     @cuda.jit
-    def kernel(a, b, has_b, c, has_c, out, counts, count_on, chunk, spec, ospec, prod_on, pspec,
-               cast_on, cspec, mt, seed):
+    def kernel(a, b, has_b, c, has_c, raw, has_raw, out, counts, count_on, chunk, spec, ospec,
+               prod_on, pspec, cast_on, cspec, mt, seed):
         """out[flat] = the reduced, cast value of output (p, m, n), from the initial value c[flat]
-        (float64 bits) when has_c; counts[flat] its events when count_on."""
+        (float64 bits) when has_c; counts[flat] its events when count_on. has_raw: raw[flat]
+        (float64 bits) is a fast route's reduced value, final unless it is a NaN (redone here)."""
         a = operand(a)
         b = operand(b)
         c = operand(c)
@@ -260,6 +262,12 @@ def _matmul_kernel(order: str):
             m = rest // n_cols
             n = rest - m * n_cols
             index = np.int64(flat)
+            if has_raw:
+                bits = np.uint64(raw[flat])
+                # A route's value is finite or a NaN it left to the exact core (cuda_tile).
+                if bits & np.uint64(0x7FF0000000000000) != np.uint64(0x7FF0000000000000):
+                    out[flat] = ac.cast_output(bits, cast_on, cspec, seed, index)
+                    continue
             cbits = np.uint64(c[flat]) if has_c else np.uint64(0)
             bits, cnt = order_fn(a, b, has_b, p, m, n, has_c, cbits, chunk, spec, ospec, prod_on,
                                  pspec, mt, seed, index)
@@ -275,7 +283,7 @@ def _matmul_kernel(order: str):
 
 @functools.cache
 def _helper_kernels():
-    """(widen, narrow, significant_bits): layout and dtype conversions on the device."""
+    """(widen, narrow): layout and dtype conversions on the device."""
     _cuda()
 
     @cuda.jit
@@ -298,24 +306,7 @@ def _helper_kernels():
         for i in range(cuda.grid(1), src.size, cuda.gridsize(1)):
             dst[i] = np.float32(src[i])
 
-    @cuda.jit
-    def significant_bits(bits, result):
-        """result[0] = max significant bits (trailing zeros removed) of finite float64 values."""
-        best = np.int64(0)
-        for i in range(cuda.grid(1), bits.size, cuda.gridsize(1)):
-            x = np.uint64(bits[i])
-            efield = (x >> np.uint64(52)) & np.uint64(0x7FF)
-            sig = x & np.uint64((1 << 52) - 1)
-            if efield != np.uint64(0) and efield != np.uint64(0x7FF):
-                sig |= np.uint64(1 << 52)
-            if efield != np.uint64(0x7FF) and sig != np.uint64(0):
-                lowest = sig & (~sig + np.uint64(1))
-                count = core.bit_length(sig) - core.bit_length(lowest) + 1
-                if count > best:
-                    best = count
-        cuda.atomic.max(result, 0, best)
-
-    return widen, narrow, significant_bits
+    return widen, narrow
 
 
 # ---- host side ---------------------------------------------------------------------------------
@@ -392,11 +383,24 @@ def quantize(x, fmt, rounding: str = "rne", *, overflow: str = "default",
     return out
 
 
-def matmul(a, b, spec, c=None, *, seed: int = 0, counts: bool = False):
+def last_route() -> str:
+    """The route of the latest CUDA matmul in this process: one of cuda_tile.ROUTES, or "exact"
+    (the exact core computed every output); "" before the first."""
+    return _LAST_ROUTE[0]
+
+
+_LAST_ROUTE = [""]
+
+
+def matmul(a, b, spec, c=None, *, seed: int = 0, counts: bool = False, route: str = "auto"):
     """refsim.matmul with a CUDA device array among a and b: the same arguments, bits and counts
     (a NumPy operand is copied to the device); returns a device array (and the counts dict with
     counts=True). Batch dimensions must be equal (no broadcasting on CUDA yet). c, the initial
-    accumulator, may be a NumPy or a device array; it is broadcast on the host."""
+    accumulator, may be a NumPy or a device array; it is broadcast on the host. route: "auto"
+    (a fast route of refsim.backends.cuda_tile where one applies, the exact core for the rest),
+    "exact" (the exact core alone) or "fast" (a ValueError when no fast route applies)."""
+    if route not in ("auto", "exact", "fast"):
+        raise ValueError(f"route must be one of auto, exact, fast; got {route!r}")
     cuda = _cuda()
     a = _as_device(a, "a", cuda)
     b = _as_device(b, "b", cuda)
@@ -433,7 +437,7 @@ def matmul(a, b, spec, c=None, *, seed: int = 0, counts: bool = False):
     m, k = a_shape[-2:]
     n = b_shape[-1]
     count = int(np.prod(batch))
-    widen, narrow, significant_bits = _helper_kernels()
+    widen, narrow = _helper_kernels()
     # Operands as float64 bit patterns, a as (P, M, K) and b transposed to (P, N, K): the CPU
     # kernel's layout.
     a_bits = cuda.device_array((count, m, k), np.float64)
@@ -445,25 +449,40 @@ def matmul(a, b, spec, c=None, *, seed: int = 0, counts: bool = False):
                                    transpose)
     a_bits = a_bits.view(np.uint64)
     b_bits = b_bits.view(np.uint64)
-    widths = []  # kernel_args.max_significant_bits, on the device
+    ranges = []  # refsim.backends.operands.OperandRange, on the device
     for x, x_bits in ((a, a_bits), (b, b_bits)):
-        if np.dtype(x.dtype) == np.float32 or x.size == 0:
-            widths.append(24 if x.size else 0)
-            continue
-        result = cuda.to_device(np.zeros(1, np.int64))
-        blocks, threads = _grid(x.size)
-        significant_bits[blocks, threads](x_bits.reshape(x.size), result)
-        widths.append(int(result.copy_to_host()[0]))
+        result = cuda.to_device(np.array([0, 0, 1 << 20, -(1 << 20)], np.int64))
+        if x.size:
+            blocks, threads = _grid(x.size)
+            cuda_tile.range_kernel()[blocks, threads](x_bits.reshape(x.size), result)
+        ranges.append(cuda_tile.operand_range(result.copy_to_host()))
+    # kernel_args.max_significant_bits: a float32 operand counts as 24 bits
+    widths = [(24 if np.dtype(x.dtype) == np.float32 else r.bits) if x.size else 0
+              for x, r in zip((a, b), ranges, strict=True)]
     check_products(widths[0], widths[1])
     size = count * m * n
     c_bits = cuda.to_device(c_host if c_host is not None else np.zeros(1, np.uint64))
+    fast = None
+    if route != "exact":
+        fast = cuda_tile.plan(acc, spec.out, counts, ranges[0], ranges[1], k, c_host)
+    if fast is None and route == "fast":
+        raise ValueError(f"route='fast': no CUDA fast route applies to {acc} with output Cast "
+                         f"{spec.out}{' and counts' if counts else ''}"
+                         f"{' and an initial value c' if c is not None else ''} on these "
+                         "operands (docs/cuda.md lists the routes)")
+    _LAST_ROUTE[0] = "exact" if fast is None else fast.route
+    raw = c_bits  # a placeholder argument when no route ran
+    if fast is not None:
+        raw = cuda_tile.run(fast, a.reshape(count, m, k), b.reshape(count, k, n),
+                            a_bits.view(np.float64), b_bits.view(np.float64),
+                            c_bits.view(np.float64), c_host is not None, cuda).view(np.uint64)
     out_bits = cuda.device_array(size, np.uint64)
     event_counts = cuda.device_array((size if counts else 0, 3), np.int64)
     if size:
         blocks, threads = _grid(size)
-        kernel[blocks, threads](a_bits, b_bits, True, c_bits, c_host is not None, out_bits,
-                                event_counts, counts, *exact_args(acc, spec.out),
-                                np.uint64(seed))
+        kernel[blocks, threads](a_bits, b_bits, True, c_bits, c_host is not None, raw,
+                                fast is not None, out_bits, event_counts, counts,
+                                *exact_args(acc, spec.out), np.uint64(seed))
     dtypes = [np.dtype(a.dtype), np.dtype(b.dtype)]
     if c is not None:
         dtypes.append(np.dtype(c.dtype))

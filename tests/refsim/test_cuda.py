@@ -92,8 +92,9 @@ def make_inputs() -> dict[str, np.ndarray]:
     a = a.astype(np.float32).astype(np.float64)
     b = b.astype(np.float32).astype(np.float64)
     c = (rng.standard_normal((4, 3)) * np.exp2(rng.integers(-12, 12, (4, 3)))).astype(np.float32)
+    routes = {f"r-{key}": value for key, value in route_inputs().items()}
     return {"x64": x, "x32": x.astype(np.float32), "a": a, "b": b,
-            "a32": a.astype(np.float32), "b32": b.astype(np.float32), "c32": c}
+            "a32": a.astype(np.float32), "b32": b.astype(np.float32), "c32": c, **routes}
 
 
 def initial_value_cases() -> dict:
@@ -107,6 +108,74 @@ def initial_value_cases() -> dict:
             "m-c-a100-fp16": hardware.gemm_spec("a100", "fp16", "fp16"),
             "m-c-chunked-sr": GemmSpec(acc=AccumSpec("bf16", "sr", "chunked", chunk=2,
                                                      c_entry="outer"))}
+
+
+def route_inputs() -> dict[str, np.ndarray]:
+    """Operands for the fast routes (float32, K = 19: two BK slices of the tile kernel).
+    e4m3 pair: row 0 of a with columns 0 and 1 of b are fp16 ties (1 + 2^-10 + 2^-11 rounds up
+    to even, 1 + 2^-11 down), row 1 times column 3 overflows fp16, row 2 is in fp16's subnormal
+    range, row 3 is -0 (column 4 of b is positive: a -0 sum), row 4 cancels to +0 with column
+    2. wide pair (bf16 values, exponents -66..62): row 0 with column 0 overflows fp32, row 1
+    with column 1 lies in fp32's subnormal range, row 2 is -0."""
+    import refsim
+
+    rng = np.random.default_rng(SEED + 2)
+    m, k, n = 6, 19, 5
+    a = refsim.quantize(rng.standard_normal((m, k)).astype(np.float32) * 4, "e4m3fn")
+    b = refsim.quantize(rng.standard_normal((k, n)).astype(np.float32) * 4, "e4m3fn")
+    a[0] = 0.0
+    a[0, :3] = [1.0, 2.0**-5, 2.0**-6]
+    b[:3, 0] = [1.0, 2.0**-5, 2.0**-5]
+    b[:3, 1] = [1.0, 0.0, 2.0**-5]
+    b[:3, 2] = [1.0, -1.0, 0.0]
+    a[1] = 448.0
+    b[3:, 3] = 448.0
+    a[2] = refsim.quantize(a[2] * 2.0**-9, "e4m3fn")
+    a[3] = -0.0
+    b[:, 4] = np.abs(b[:, 4])
+    a[4] = 0.0
+    a[4, :2] = 1.0
+
+    def wide(shape, lo, hi):
+        sig = refsim.quantize(rng.uniform(1, 2, shape).astype(np.float32), "bf16")
+        signs = rng.choice(np.array([-1.0, 1.0], np.float32), shape)
+        return (signs * sig * np.exp2(rng.integers(lo, hi + 1, shape))).astype(np.float32)
+
+    wa, wb = wide((m, k), -66, 62), wide((k, n), -66, 62)
+    wa[0], wb[:, 0] = np.abs(wide((k,), 60, 62)), np.abs(wide((k,), 60, 62))
+    wa[1], wb[:, 1] = wide((k,), -66, -64), wide((k,), -66, -64)
+    wa[2] = -0.0
+    c = (rng.standard_normal((m, n)) * np.exp2(rng.integers(-6, 6, (m, n)))).astype(np.float32)
+    c[0, 0], c[1, 1] = -0.0, 0.0
+    return {"e4m3-a": a, "e4m3-b": b, "wide-a": wa, "wide-b": wb, "c": c}
+
+
+def route_cases() -> dict[str, tuple]:
+    """key -> (GemmSpec, a key, b key, with C, the CUDA route it must take)."""
+    from refsim import hardware
+    from refsim.specs import AccumSpec, GemmSpec
+
+    return {
+        "r-fp32-e4m3": (GemmSpec(acc=AccumSpec("fp32")), "e4m3", False, "lane-native"),
+        "r-fp32-wide": (GemmSpec(acc=AccumSpec("fp32")), "wide", False, "lane-native"),
+        "r-fp64-f32": (GemmSpec(acc=AccumSpec("fp64")), "f32", False, "lane-native"),
+        "r-fp16": (GemmSpec(acc=AccumSpec("fp16")), "e4m3", False, "double-rounding"),
+        "r-bf16": (GemmSpec(acc=AccumSpec("bf16")), "e4m3", False, "double-rounding"),
+        "r-fp16-chunk": (GemmSpec(acc=AccumSpec("fp16", "rne", "chunked", chunk=4,
+                                                outer=AccumSpec("fp32"))),
+                         "e4m3", False, "double-rounding"),
+        "r-h100-e4m3": (hardware.gemm_spec("h100", "e4m3"), "e4m3", True, "multiterm-lanes"),
+        "r-b200-e4m3": (hardware.gemm_spec("b200", "e4m3"), "e4m3", True, "multiterm-lanes"),
+        "r-a100-fp16": (hardware.gemm_spec("a100", "fp16", "fp16"), "e4m3", True,
+                        "multiterm-lanes"),
+        "r-v100-fp16": (hardware.gemm_spec("v100", "fp16"), "e4m3", False, "multiterm-lanes"),
+    }
+
+
+def _route_operands(inputs: dict[str, np.ndarray], which: str) -> tuple[np.ndarray, np.ndarray]:
+    if which == "f32":
+        return inputs["a32"], inputs["b32"]
+    return inputs[f"r-{which}-a"], inputs[f"r-{which}-b"]
 
 
 def run_cases(inputs: dict[str, np.ndarray], cuda) -> dict[str, np.ndarray]:
@@ -143,6 +212,25 @@ def run_cases(inputs: dict[str, np.ndarray], cuda) -> dict[str, np.ndarray]:
         c = inputs["c32"] if i % 2 else cuda.to_device(inputs["c32"])  # NumPy or device C
         results[key] = refsim.matmul(cuda.to_device(inputs["a32"]), inputs["b32"], spec, c,
                                      seed=SEED).copy_to_host()
+    from refsim.backends.cuda import last_route
+
+    for key, (spec, which, with_c, _) in route_cases().items():
+        a, b = _route_operands(inputs, which)
+        c = inputs["r-c"] if with_c else None
+        results[key] = refsim.matmul(cuda.to_device(a), cuda.to_device(b), spec, c,
+                                     seed=SEED).copy_to_host()
+        results[key + "-route"] = np.array(last_route())
+    a, b = _route_operands(inputs, "e4m3")
+    spec = route_cases()["r-fp16"][0]
+    results["r-fp16-exact"] = refsim.matmul(cuda.to_device(a), b, spec, seed=SEED,
+                                            route="exact").copy_to_host()
+    results["r-fp16-exact-route"] = np.array(last_route())
+    try:  # no CUDA route for an sr accumulator: route="fast" says so
+        refsim.matmul(cuda.to_device(a), b, matmul_specs()["m-sequential-sr"], route="fast")
+    except ValueError as exc:
+        assert "no CUDA fast route" in str(exc), exc
+    else:
+        raise AssertionError("route='fast' without a CUDA route was not refused")
     d = cuda.to_device(inputs["x32"])
     refsim.quantize(d, "e4m3fn", "sr", seed=SEED, out=d)
     results["q-inplace"] = d.copy_to_host()
@@ -181,18 +269,29 @@ def cpu_results(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     for key, spec in initial_value_cases().items():
         expected[key] = refsim.matmul(inputs["a32"], inputs["b32"], spec, inputs["c32"],
                                       seed=SEED)
+    for key, (spec, which, with_c, route) in route_cases().items():
+        a, b = _route_operands(inputs, which)
+        c = inputs["r-c"] if with_c else None
+        expected[key] = refsim.matmul(a, b, spec, c, seed=SEED, route="exact")
+        expected[key + "-route"] = np.array(route)
+    expected["r-fp16-exact"] = expected["r-fp16"]
+    expected["r-fp16-exact-route"] = np.array("exact")
     return expected
 
 
 CASE_KEYS = ([key for key, *_ in quantize_cases()] + ["q-inplace"]
              + [key for key, *_ in rbits_cases()]
              + [k for key in matmul_specs() for k in (key, key + "-counts")]
-             + ["m-f32-mixed", "m-batched", *initial_value_cases()])
+             + ["m-f32-mixed", "m-batched", *initial_value_cases()]
+             + [k for key in [*route_cases(), "r-fp16-exact"] for k in (key, key + "-route")])
 
 
 def _compare(actual: np.ndarray, expected: np.ndarray, key: str) -> None:
     from refsim.validation.bits import assert_same_bits
 
+    if key.endswith("-route"):  # the CUDA route that ran (refsim.backends.cuda.last_route)
+        assert str(actual) == str(expected), (key, str(actual), str(expected))
+        return
     assert actual.dtype == expected.dtype, (key, actual.dtype, expected.dtype)
     if key.endswith("-counts"):
         np.testing.assert_array_equal(actual, expected, err_msg=key)
@@ -246,7 +345,8 @@ def test_simulator_matches_cpu(sim_results, key):
 
 
 # ---- PTX of the real kernels --------------------------------------------------------------------
-PTX_FAST = ("quantize-sr-float32", "quantize-float64", "matmul-pairwise", "matmul-chunked")
+PTX_FAST = ("quantize-sr-float32", "quantize-float64", "matmul-pairwise", "matmul-chunked",
+            "route-tile", "route-multiterm")
 PTX_ALL = ("quantize-float32", "quantize-sr-float64", "matmul-sequential", "matmul-kahan",
            "matmul-multiterm")
 
@@ -278,6 +378,11 @@ def compile_ptx(names: list[str]) -> dict:
     out = {}
     for name in names:
         kind, _, rest = name.partition("-")
+        if kind == "route":
+            ptx = _route_ptx(rest)
+            out[name] = {"bytes": len(ptx), "ld_local": ptx.count("ld.local"),
+                         "fma": ptx.count("fma.rn.f32")}
+            continue
         if kind == "quantize":
             sr = rest.startswith("sr-")
             dtype = rest.removeprefix("sr-")
@@ -296,6 +401,31 @@ def compile_ptx(names: list[str]) -> dict:
     return out
 
 
+def _route_ptx(which: str) -> str:
+    """PTX (sm_80) of a fast-route kernel of refsim.backends.cuda_tile: the fp16 double-rounding
+    tile, or the multiterm kernel of the H100 e4m3 preset."""
+    from numba import cuda
+    from numba.core import types
+
+    from refsim import hardware
+    from refsim.backends import cpu_multiterm, cuda_tile
+    from refsim.backends.operands import OperandRange
+
+    f32, f64, i64, b1 = types.float32, types.float64, types.int64, types.boolean
+    if which == "tile":
+        fp16 = cuda_tile._rounder(hardware.gemm_spec("h100", "fp16").a.fmt, np.dtype("float32"))
+        kernel = cuda_tile._tile_kernel("float32", fp16, False, cuda_tile.TILE)
+        sig = (f32[:, :, ::1], f32[:, :, ::1], f64[::1], i64, i64, i64, i64)
+        return cuda.compile_ptx(kernel.py_func, sig, cc=(8, 0))[0]
+    e4m3 = OperandRange(True, 4, -9, 8)
+    mt = cpu_multiterm.plan(hardware.gemm_spec("h100", "e4m3").acc, e4m3, e4m3, None)
+    assert mt is not None
+    fast = types.UniTuple(types.uint64, len(mt.fast))
+    arr = f64[:, :, ::1]
+    sig = (arr, arr, f64[::1], b1, b1, f64[::1], *[i64] * 8, b1, fast, fast)
+    return cuda.compile_ptx(cuda_tile._mt_kernel(mt.key).py_func, sig, cc=(8, 0))[0]
+
+
 def _check_ptx(names: tuple[str, ...]) -> dict:
     stdout = _finish(_child("ptx", *names), "PTX compilation")
     report = json.loads(stdout.strip().splitlines()[-1])
@@ -309,6 +439,10 @@ def test_real_kernels_compile_to_ptx():
     report = _check_ptx(PTX_FAST)
     # Philox on CUDA takes its high words from umul64hi (refsim.backends.cuda's overload).
     assert report["quantize-sr-float32"]["mul_hi_u64"] > 0
+    # The 4 x 4 register tile: its accumulators in registers (no local memory), one FMA per
+    # output and step (the multiply and add contracted; the product is exact).
+    assert report["route-tile"]["ld_local"] == 0, report["route-tile"]
+    assert report["route-tile"]["fma"] >= 16, report["route-tile"]
 
 
 @pytest.mark.slow
