@@ -511,22 +511,23 @@ def test_initial_value_starts_the_running_sum():
 
 
 def test_initial_value_takes_the_exact_core(monkeypatch):
-    """The fast path (cpu_gemm) has no C: a call with c= never plans it."""
+    """Only the multiterm route (refsim.backends.cpu_multiterm) takes C: for the other orders a
+    call with c= is planned with its C, gets no fast route, and the exact core runs."""
     from refsim.backends import cpu_gemm
 
     planned = []
     real_plan = cpu_gemm.plan
 
-    def spy(*args):
-        planned.append(args)
-        return real_plan(*args)
+    def spy(*args, **kwargs):
+        planned.append(real_plan(*args, **kwargs))
+        return planned[-1]
 
     monkeypatch.setattr(cpu_gemm, "plan", spy)
     a = np.full((3, 4), 0.5, np.float32)
     spec = GemmSpec(acc=AccumSpec("fp16"))
-    assert np.all(matmul(a, a.T, spec) == 1.0) and len(planned) == 1
+    assert np.all(matmul(a, a.T, spec) == 1.0) and planned[-1] is not None
     got = matmul(a, a.T, spec, np.float32(0.25) * np.ones((3, 3), np.float32))
-    assert np.all(got == 1.25) and len(planned) == 1
+    assert np.all(got == 1.25) and len(planned) == 2 and planned[-1] is None
 
 
 
