@@ -232,7 +232,7 @@ def _round_to(lane_name: str, d_normal: int, e_sub: int, max_mag: int):
     NAN = U(INF | (1 << (c_man - 1)))
     ONE = np.uint64(1)
 
-    @njit
+    @njit(cache=True)
     def round_to(x):
         u = np.uint64(float_bits(x))
         mag = u & np.uint64(ABS)
@@ -261,7 +261,7 @@ def _finite_raw(lane_name: str):
     W = 8 * lane.itemsize
     ABS, INF = (1 << (W - 1)) - 1, (2 * c_bias + 1) << c_man
 
-    @njit
+    @njit(cache=True)
     def raw(x):
         if np.uint64(float_bits(x)) & np.uint64(ABS) >= np.uint64(INF):
             return np.nan
@@ -372,19 +372,19 @@ def _mt_output(key: tuple[int, int, int, int, int]):
     U0, U1, ALL = np.uint64(0), np.uint64(1), np.uint64((1 << 64) - 1)
     INF = np.uint64(0x7FF << 52)
 
-    @njit(inline="always")
+    @njit(cache=True, inline="always")
     def finite(x):
         return np.uint64(float_bits(x)) & ABS < INF
 
-    @njit(inline="always")
+    @njit(cache=True, inline="always")
     def exponent(v):  # floor(log2 v) of a positive normal v (-1023 for +0)
         return np.int64((np.uint64(float_bits(v)) >> np.uint64(52)) & np.uint64(0x7FF)) - 1023
 
-    @njit(inline="always")
+    @njit(cache=True, inline="always")
     def pow2(e):
         return bits_float(np.uint64(e + 1023) << np.uint64(52))
 
-    @njit(inline="always")
+    @njit(cache=True, inline="always")
     def trunc_f64(v):
         """v rounded toward zero to an integer, sign kept (NVVM has no llvm.trunc.f64): the
         significand bits below 2^0 cleared from the pattern; |v| < 1 gives a zero of v's sign,
@@ -397,14 +397,14 @@ def _mt_output(key: tuple[int, int, int, int, int]):
             return v
         return bits_float(u & ~((U1 << np.uint64(52 - e)) - U1))
 
-    @njit(inline="always")
+    @njit(cache=True, inline="always")
     def floor_f64(v):
         """v rounded toward -inf to an integer: trunc, minus one for a negative non-integer
         (exact: |v| < 2^53 here, module doc; -0 stays -0)."""
         r = trunc_f64(v)
         return r - 1.0 if v < 0.0 and r != v else r
 
-    @njit(inline="always")
+    @njit(cache=True, inline="always")
     def odd_add(x, y, rdn):  # x + y rounded to odd at 53 bits (TwoSum), as bits
         s = x + y
         bb = s - x
@@ -417,7 +417,7 @@ def _mt_output(key: tuple[int, int, int, int, int]):
             sb = (np.uint64(float_bits(x)) | np.uint64(float_bits(y))) & SIGN
         return sb
 
-    @njit(inline="always")
+    @njit(cache=True, inline="always")
     def prepared(x, flush, tiny, emin):
         """(x after flushing, its alignment power: |x|, or 2^max(floor(log2|x|), emin))."""
         if flush and abs(x) < tiny:
@@ -428,7 +428,7 @@ def _mt_output(key: tuple[int, int, int, int, int]):
             return x, 0.0
         return x, pow2(max(exponent(abs(x)), emin))
 
-    @njit
+    @njit(cache=True)
     def output(a, b, p, i, j, n_k, cval, has_c, c_outer, group, width, chunk, acc_emin, emin,
                flush, fast, ofast):
         """The multiterm reduction of a[p, i, :] . b[p, j, :] (float64 values) from C = cval

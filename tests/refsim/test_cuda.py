@@ -9,6 +9,7 @@ PTX compilation runs in a subprocess too, so that this process never imports the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -142,7 +143,7 @@ def route_inputs() -> dict[str, np.ndarray]:
         return (signs * sig * np.exp2(rng.integers(lo, hi + 1, shape))).astype(np.float32)
 
     wa, wb = wide((m, k), -66, 62), wide((k, n), -66, 62)
-    wa[0], wb[:, 0] = np.abs(wide((k,), 60, 62)), np.abs(wide((k,), 60, 62))
+    wa[0], wb[:, 0] = np.abs(wide((k,), 62, 62)), np.abs(wide((k,), 62, 62))
     wa[1], wb[:, 1] = wide((k,), -66, -64), wide((k,), -66, -64)
     wa[2] = -0.0
     c = (rng.standard_normal((m, n)) * np.exp2(rng.integers(-6, 6, (m, n)))).astype(np.float32)
@@ -155,6 +156,7 @@ def route_cases() -> dict[str, tuple]:
     from refsim import hardware
     from refsim.specs import AccumSpec, GemmSpec
 
+    h100 = hardware.gemm_spec("h100", "e4m3")
     return {
         "r-fp32-e4m3": (GemmSpec(acc=AccumSpec("fp32")), "e4m3", False, "lane-native"),
         "r-fp32-wide": (GemmSpec(acc=AccumSpec("fp32")), "wide", False, "lane-native"),
@@ -169,6 +171,10 @@ def route_cases() -> dict[str, tuple]:
         "r-a100-fp16": (hardware.gemm_spec("a100", "fp16", "fp16"), "e4m3", True,
                         "multiterm-lanes"),
         "r-v100-fp16": (hardware.gemm_spec("v100", "fp16"), "e4m3", False, "multiterm-lanes"),
+        # the two's-complement variant (floor) with rdn (the signed-zero rule) and acc-excluded
+        "r-mt-floor-rdn": (dataclasses.replace(h100, acc=dataclasses.replace(
+            h100.acc, truncation="floor", rounding="rdn", variant="acc-excluded")), "e4m3",
+            True, "multiterm-lanes"),
     }
 
 
