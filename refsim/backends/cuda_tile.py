@@ -11,28 +11,41 @@ refsim.backends.cpu_tile.plan and refsim.backends.cpu_multiterm.plan, with them;
 CPU route only where a kernel below computes the same steps, so each CUDA route rests on the
 proof in that CPU module's docstring:
 
-lane-native (cpu_tile's route of that name; here rne only, sequential or chunked with an rne
-  outer accumulator in the lane's format): G is the lane's format (fp32 in float32 lanes, fp64
-  in float64) and the products are exact in it, so a step acc = o_F(acc + a_k*b_k) is the
-  definition of the step. The GPU computes it as a multiply and an add (NVVM may contract them
-  into an FMA: the product is exact, so both give the same bits).
-double-rounding (cpu_tile's route; rne; fp16, bf16, tf32, other e8mX accumulators with
-  q <= 11 in float32 lanes, fp32 in float64 lanes): acc = rne_G(rne_F(acc + t)) equals the
-  exact core's step by Figueroa's theorem as cpu_tile proves it (p >= 2q + 2, every product a
-  value of G extended upward). rne_G is `round_to` below, integer operations on the lane's
-  bit pattern (no float conversion instruction, so no dependence on the GPU's fp16 support):
-  with E the pattern's exponent field (raised to 1 for a lane subnormal, whose quantum is that
-  of E = 1), the quantum of G at the value is 2^d lane units with d = D + max(E_sub - E, 0),
-  D = lane man_bits - G man_bits and E_sub the field of 2^emin(G). Adding 2^(d-1) - 1 plus
-  the kept last bit, then clearing the d low bits, is round-to-nearest-even to a multiple of
-  2^d units; a carry runs into the exponent field and gives the next power of two, which is
-  that rounding's value (d <= the lane's man_bits: the cleared bits lie in the significand
-  field). Rare lanes become NaN and go to the exact core: d above the lane's man_bits (a
-  nonzero value below G's smallest quantum; the route's proof shows none occurs, as every
-  nonzero sum is at least 2^Qmin) and a rounded magnitude above G's largest value (overflow,
-  whatever the policy). Zeros keep their sign; a non-finite lane value stays non-finite.
+The tile routes take cpu_tile's sequential and chunked orders (Kahan and pairwise tiles run
+on the CPU only so far). A step is acc = R(A(acc + t)), t = a_k*b_k exact in the lane F, acc
+starting at -0 (+0 under rdn), as cpu_tile's docstring defines it; A and R are computed here as
+follows.
+  A, rne (lane-native rne, double-rounding): the lane's addition. The GPU computes it as a
+    multiply and an add (NVVM may contract them into an FMA: the product is exact, so both
+    give the same bits).
+  A, directed mode o (lane-native rtz/rup/rdn, directed-nested) or round-to-odd (tile-odd):
+    `_add_rounded`: s = rne_F(acc + t) and its exact error by TwoSum, then s moved one unit
+    toward the error where the mode asks it (its docstring says why that is o_F(acc + t), or
+    the sum rounded to odd, with IEEE's signed zeros). No rounding-mode instructions (libdevice
+    __fadd_rz etc.), so the simulator runs the same code; NVVM contracting the product into
+    these additions changes nothing, the product being exact.
+  R (double-rounding, tile-odd: rne; directed-nested: the mode): `_round_to`, integer
+    operations on the lane's bit pattern (no conversion instruction, so no dependence on the
+    GPU's fp16 support). With E the pattern's exponent field (raised to 1 for a lane
+    subnormal, whose quantum is that of E = 1), G's quantum at the value is 2^d lane units with
+    d = D + max(E_sub - E, 0), D = lane man_bits - G man_bits and E_sub the field of 2^emin(G).
+    The magnitude plus an increment, its d low bits then cleared, is the rounding to a multiple
+    of 2^d units: rne adds 2^(d-1) - 1 plus the kept last bit; rtz adds nothing; rup adds
+    2^d - 1 to a positive value, rdn to a negative one (and nothing to the other sign: that
+    rounds toward zero). A carry runs into the exponent field and gives the next power of two,
+    which is that rounding's value (d <= the lane's man_bits: the cleared bits lie in the
+    significand field). Rare lanes become NaN and go to the exact core: d above the lane's
+    man_bits (a nonzero value below G's smallest quantum) and a rounded magnitude above G's
+    largest value (overflow, whatever the policy). Zeros keep their sign; a non-finite lane
+    value stays non-finite.
   Chunked order: each chunk's result is promoted into the outer value by the lane's own
-  addition (cpu_tile's "Chunked order": o = o_F(o + s_c) by definition).
+    addition in the outer mode (A with that mode: cpu_tile's "Chunked order", o = o_F(o + s_c)
+    by definition).
+Which (A, R) pair is proven for which accumulator and operands is cpu_tile's docstring:
+lane-native (G = F), double-rounding (Figueroa, p >= 2q + 2, products values of G), tile-odd
+(Boldo & Melquiond), directed-nested (o_G(o_F(s)) = o_G(s)). cpu_tile offers the directed
+routes only where the CPU has AVX-512 (its embedded roundings); the CUDA route follows its
+decision, so on other hosts those specs take the exact core on the GPU too.
 multiterm-lanes (cpu_multiterm.plan's route): the steps 1-7 of cpu_multiterm's docstring, one
   thread per output instead of a 4 x 64 tile: products and truncations exact in float64,
   alignment exponents read from the exponent field, truncation (trunc, floor) by clearing
@@ -78,11 +91,12 @@ from refsim.specs import AccumSpec, Cast
 
 __all__ = ["ROUTES", "TILE", "CudaPlan", "plan", "range_kernel", "run"]
 
-ROUTES = ("lane-native", "double-rounding", "multiterm-lanes")
+ROUTES = ("lane-native", "double-rounding", "directed-nested", "tile-odd", "multiterm-lanes")
 TILE = (16, 16, 4, 4, 16)  # (TY, TX, TM, TN, BK): 256 threads, 64 x 64 outputs per block
 MT_THREADS = 128  # threads per block of the multiterm kernel
 _LANES = (np.dtype(np.float32), np.dtype(np.float64))  # narrower first, as cpu_gemm tries them
 _WIDE = 1 << 20  # OperandRange's empty low/high
+ADD_ODD = -2  # a tile step's addition rounded to odd (else: the rounding mode's index)
 
 
 @dataclass(frozen=True)
@@ -95,6 +109,9 @@ class CudaPlan:
     chunk: int = 0
     chunked: bool = False
     rounder: tuple[int, int, int] = (0, 0, 0)  # (D, E_sub, largest magnitude pattern)
+    mode: int = core.RNE  # the accumulator's rounding (round_to's, and the addition's)
+    add: int = core.RNE  # the step's addition: a rounding mode, or ADD_ODD
+    omode: int = core.RNE  # the chunked order's outer addition
     mt: cpu_multiterm.MultitermPlan | None = None
 
 
@@ -199,14 +216,16 @@ def plan(acc: AccumSpec, cast: Cast | None, count_on: bool, ra: OperandRange,
     if tp is None or tp.route not in ROUTES:
         return None
     order, add, rnd, _, mode, omode = tp.key[:6]
-    if order != t.SEQUENTIAL or add != t.ADD_FMA or mode != core.RNE \
-            or omode not in (t.NO_OUTER, core.RNE):
-        return None  # the directed and the Kahan/pairwise tiles run on the CPU only so far
+    if order != t.SEQUENTIAL:
+        return None  # the Kahan and pairwise tiles run on the CPU only so far
     rounder = (0, 0, 0)
     if rnd != t.RND_NONE:
         assert isinstance(acc.fmt, FloatFormat)  # cpu_tile rounds to float formats only
         rounder = _rounder(acc.fmt, tp.lane)
-    return CudaPlan(tp.route, tp.lane, tp.chunk, omode != t.NO_OUTER, rounder)
+    step_add = ADD_ODD if add == t.ADD_ODD else mode
+    chunked = omode != t.NO_OUTER
+    return CudaPlan(tp.route, tp.lane, tp.chunk, chunked, rounder, mode, step_add,
+                    omode if chunked else core.RNE)
 
 
 def _rounder(fmt: FloatFormat, lane: np.dtype) -> tuple[int, int, int]:
@@ -221,8 +240,9 @@ def _rounder(fmt: FloatFormat, lane: np.dtype) -> tuple[int, int, int]:
 
 # ---- device functions ----------------------------------------------------------------------------
 @functools.cache
-def _round_to(lane_name: str, d_normal: int, e_sub: int, max_mag: int):
-    """rne_G of a lane value (module doc, double-rounding); NaN for the rare lanes."""
+def _round_to(lane_name: str, mode: int, d_normal: int, e_sub: int, max_mag: int):
+    """o_G of a lane value in mode rne, rtz, rup or rdn (module doc); NaN for the rare
+    lanes."""
     lane = np.dtype(lane_name)
     c_man, _, utype = CARRIERS[lane]
     U = utype
@@ -231,7 +251,11 @@ def _round_to(lane_name: str, d_normal: int, e_sub: int, max_mag: int):
     INF = (2 * CARRIERS[lane][1] + 1) << c_man
     NAN = U(INF | (1 << (c_man - 1)))
     ONE = np.uint64(1)
+    RNE, RUP, RDN = core.RNE, core.RUP, core.RDN
 
+    # Lazily typed (numba.cuda compiles a CPU dispatcher for the GPU only when it may compile
+    # new signatures). The simulator returns a float32 result to Python as a float, which
+    # would type the next call float64: the tile kernel wraps every call in the lane type.
     @njit(cache=True)
     def round_to(x):
         u = np.uint64(float_bits(x))
@@ -244,13 +268,72 @@ def _round_to(lane_name: str, d_normal: int, e_sub: int, max_mag: int):
         if d > c_man:
             return bits_float(NAN)  # below G's smallest quantum: the exact core decides
         dd = np.uint64(d)
-        inc = (ONE << (dd - ONE)) - ONE + ((mag >> dd) & ONE)
+        negative = (u >> np.uint64(W - 1)) != np.uint64(0)
+        if mode == RNE:
+            inc = (ONE << (dd - ONE)) - ONE + ((mag >> dd) & ONE)
+        elif (mode == RUP and not negative) or (mode == RDN and negative):
+            inc = (ONE << dd) - ONE  # away from zero: any discarded bit carries
+        else:
+            inc = np.uint64(0)  # rtz, and rup/rdn toward zero: truncate the magnitude
         r = (mag + inc) & ~((ONE << dd) - ONE)
         if r > np.uint64(max_mag):
             return bits_float(NAN)  # overflow: the exact core applies the policy
         return bits_float(U(r | (u & np.uint64(SIGN))))
 
     return round_to
+
+
+@functools.cache
+def _add_rounded(lane_name: str, add: int):
+    """x + t (t an exact product, x the accumulator) rounded in mode `add` (rtz, rup, rdn) or
+    to odd (ADD_ODD) at the lane's precision, from the lane's rne sum s and its exact error
+    by TwoSum (Knuth: exact in binary floating point, subnormals included, unless s
+    overflows): an inexact s (err != 0) moves one unit toward err where the mode asks it (rtz:
+    err of the other sign than s; rup: err > 0; rdn: err < 0; odd: s's last bit 0), which
+    gives the neighbour of s on err's side, the exact sum's other candidate. One unit on the
+    pattern: +1 raises the magnitude, -1 lowers it; s != 0 when inexact (a sum that rounds
+    to zero is exact). A non-finite s is returned as it is (the output goes to the exact
+    core); so is a step of one unit past the largest finite value (to Inf). An exact zero sum
+    is IEEE's, the contract's: +0 (rne's) except under rdn, where it is -0 unless both
+    addends are +0 (their sign bits ORed)."""
+    lane = np.dtype(lane_name)
+    c_man, c_bias, _ = CARRIERS[lane]
+    U = CARRIERS[lane][2]
+    W = 8 * lane.itemsize
+    SIGN, ABS = np.uint64(1 << (W - 1)), np.uint64((1 << (W - 1)) - 1)
+    INF = np.uint64((2 * c_bias + 1) << c_man)
+    U0, U1 = np.uint64(0), np.uint64(1)
+    RTZ, RUP, RDN = core.RTZ, core.RUP, core.RDN
+    ODD = add == ADD_ODD
+
+    @njit(cache=True)  # arguments of the lane type (round_to's note)
+    def add_rounded(x, t):
+        s = x + t
+        sb = np.uint64(float_bits(s))
+        if sb & ABS >= INF:
+            return s
+        bb = s - x
+        err = (x - (s - bb)) + (t - bb)
+        eb = np.uint64(float_bits(err))
+        if eb & ABS == U0:  # exact
+            if add == RDN and sb & ABS == U0:
+                return bits_float(U((np.uint64(float_bits(x)) | np.uint64(float_bits(t)))
+                                    & SIGN))
+            return s
+        same = (eb ^ sb) & SIGN == U0  # err has s's sign: the exact sum is farther from 0
+        if ODD:
+            move = sb & U1 == U0
+        elif add == RTZ:
+            move = not same
+        elif add == RUP:
+            move = err > 0.0
+        else:
+            move = err < 0.0
+        if move:
+            sb = sb + U1 if same else sb - U1
+        return bits_float(U(sb))
+
+    return add_rounded
 
 
 @functools.cache
@@ -261,7 +344,7 @@ def _finite_raw(lane_name: str):
     W = 8 * lane.itemsize
     ABS, INF = (1 << (W - 1)) - 1, (2 * c_bias + 1) << c_man
 
-    @njit(cache=True)
+    @njit(cache=True)  # an argument of the lane type (round_to's note)
     def raw(x):
         if np.uint64(float_bits(x)) & np.uint64(ABS) >= np.uint64(INF):
             return np.nan
@@ -272,9 +355,11 @@ def _finite_raw(lane_name: str):
 
 # ---- kernels -------------------------------------------------------------------------------------
 @functools.cache
-def _tile_kernel(lane_name: str, rounder: tuple[int, int, int], chunked: bool,
-                 shape: tuple[int, int, int, int, int]):
-    """The tile kernel of one lane type, rounding and order (module doc)."""
+def _tile_kernel(lane_name: str, rounder: tuple[int, int, int], mode: int, add: int,
+                 chunked: bool, omode: int, shape: tuple[int, int, int, int, int]):
+    """The tile kernel of one lane type, rounding (round_to in `mode` unless rounder is
+    (0, 0, 0)), step addition (a mode or ADD_ODD) and order (chunked: the outer addition in
+    omode), module doc."""
     _numba_cuda()
     lane = np.dtype(lane_name)
     nb_lane = {np.dtype(np.float32): np.float32, np.dtype(np.float64): np.float64}[lane]
@@ -284,9 +369,14 @@ def _tile_kernel(lane_name: str, rounder: tuple[int, int, int], chunked: bool,
     a_loads = -(-bm * bk // threads)
     b_loads = -(-bk * bn // threads)
     rounding = rounder[0] != 0
-    round_to = _round_to(lane_name, *rounder) if rounding else None
+    round_to = _round_to(lane_name, mode, *rounder) if rounding else None
+    plain = add == core.RNE
+    add_step = None if plain else _add_rounded(lane_name, add)
+    outer_plain = omode == core.RNE
+    add_outer = None if outer_plain else _add_rounded(lane_name, omode)
     raw_of = _finite_raw(lane_name)
-    NEG_ZERO = nb_lane(-0.0)
+    # The first step adds t_0 to -0 (+0 under rdn): round(t_0) (cpu_tile's doc).
+    NEG_ZERO = nb_lane(0.0 if mode == core.RDN else -0.0)
     ZERO = nb_lane(0.0)
 
     @cuda.jit
@@ -307,7 +397,7 @@ def _tile_kernel(lane_name: str, rounder: tuple[int, int, int], chunked: bool,
         col0 = cuda.blockIdx.x * bn
         for i in range(tm):
             for j in range(tn):
-                acc[i, j] = NEG_ZERO  # step 0 adds t_0 to -0: round(t_0) (cpu_tile's doc)
+                acc[i, j] = NEG_ZERO
                 outer[i, j] = ZERO
         have_outer = False
         for k0 in range(0, n_k, bk):
@@ -336,17 +426,25 @@ def _tile_kernel(lane_name: str, rounder: tuple[int, int, int], chunked: bool,
                     bv[j] = b_s[kk, tx + tx_n * j]
                 for i in range(tm):
                     for j in range(tn):
-                        s = acc[i, j] + av[i] * bv[j]  # the product is exact (the route's)
+                        # The product is exact (the route's condition).
+                        if plain:
+                            s = acc[i, j] + av[i] * bv[j]
+                        else:
+                            s = nb_lane(add_step(acc[i, j], av[i] * bv[j]))
                         if rounding:
-                            s = round_to(s)
+                            s = nb_lane(round_to(s))
                         acc[i, j] = s
                 if chunked:
                     k = k0 + kk + 1
                     if k == n_k or k - (k // chunk) * chunk == 0:  # a chunk ends: promote
                         for i in range(tm):
                             for j in range(tn):
-                                outer[i, j] = outer[i, j] + acc[i, j] if have_outer \
-                                    else acc[i, j]
+                                if not have_outer:
+                                    outer[i, j] = acc[i, j]
+                                elif outer_plain:
+                                    outer[i, j] = outer[i, j] + acc[i, j]
+                                else:
+                                    outer[i, j] = nb_lane(add_outer(outer[i, j], acc[i, j]))
                                 acc[i, j] = NEG_ZERO
                         have_outer = True
             cuda.syncthreads()
@@ -550,7 +648,7 @@ def run(p: CudaPlan, a, b_t, a_f64, b_f64, c_dev, has_c: bool, numba_cuda: Any):
         return out
     a_l, b_l = _lane_operands(a, b_t, p.lane, numba_cuda)
     ty_n, tx_n, tm, tn, _ = TILE
-    kernel = _tile_kernel(p.lane.name, p.rounder, p.chunked, TILE)
+    kernel = _tile_kernel(p.lane.name, p.rounder, p.mode, p.add, p.chunked, p.omode, TILE)
     grid = (-(-n_cols // (tx_n * tn)), -(-n_rows // (ty_n * tm)), n_batch)
     kernel[grid, (tx_n, ty_n)](a_l, b_l, out, np.int64(n_rows), np.int64(n_cols),
                                np.int64(n_k), np.int64(p.chunk if p.chunked else n_k))

@@ -117,7 +117,9 @@ def route_inputs() -> dict[str, np.ndarray]:
     to even, 1 + 2^-11 down), row 1 times column 3 overflows fp16, row 2 is in fp16's subnormal
     range, row 3 is -0 (column 4 of b is positive: a -0 sum), row 4 cancels to +0 with column
     2. wide pair (bf16 values, exponents -66..62): row 0 with column 0 overflows fp32, row 1
-    with column 1 lies in fp32's subnormal range, row 2 is -0."""
+    with column 1 lies in fp32's subnormal range, row 2 is -0. mid pair (bf16 values,
+    exponents -8..8; products too wide for fp16's double rounding): the same rows for fp16,
+    and a double-rounding trap (row 3, column 2)."""
     import refsim
 
     rng = np.random.default_rng(SEED + 2)
@@ -146,17 +148,31 @@ def route_inputs() -> dict[str, np.ndarray]:
     wa[0], wb[:, 0] = np.abs(wide((k,), 62, 62)), np.abs(wide((k,), 62, 62))
     wa[1], wb[:, 1] = wide((k,), -66, -64), wide((k,), -66, -64)
     wa[2] = -0.0
+    ma, mb = wide((m, k), -8, 8), wide((k, n), -8, 8)  # mid: bf16 values, fp16's range
+    ma[0], mb[:, 0] = np.abs(wide((k,), 7, 8)), np.abs(wide((k,), 7, 8))  # fp16 overflow
+    ma[1], mb[:, 1] = wide((k,), -10, -8), wide((k,), -10, -8)  # fp16 subnormals
+    ma[2] = -0.0
+    # Row 3 with column 2: 16 + (145/128)(113 * 2^-14) = 16 + 2^-7 + 2^-21, just above an fp16
+    # midpoint; rne in float32 would land on it (a double-rounding error without round-to-odd).
+    ma[3] = 0.0
+    ma[3, :2] = [16.0, 145 / 128]
+    mb[:2, 2] = [1.0, 113 * 2.0**-14]
     c = (rng.standard_normal((m, n)) * np.exp2(rng.integers(-6, 6, (m, n)))).astype(np.float32)
     c[0, 0], c[1, 1] = -0.0, 0.0
-    return {"e4m3-a": a, "e4m3-b": b, "wide-a": wa, "wide-b": wb, "c": c}
+    return {"e4m3-a": a, "e4m3-b": b, "wide-a": wa, "wide-b": wb, "mid-a": ma, "mid-b": mb,
+            "c": c}
 
 
 def route_cases() -> dict[str, tuple]:
     """key -> (GemmSpec, a key, b key, with C, the CUDA route it must take)."""
     from refsim import hardware
+    from refsim.kernels import tile
     from refsim.specs import AccumSpec, GemmSpec
 
     h100 = hardware.gemm_spec("h100", "e4m3")
+    # cpu_tile offers the directed routes where the CPU has AVX-512 (its embedded roundings);
+    # the CUDA route follows that decision.
+    directed = tile.AVX512
     return {
         "r-fp32-e4m3": (GemmSpec(acc=AccumSpec("fp32")), "e4m3", False, "lane-native"),
         "r-fp32-wide": (GemmSpec(acc=AccumSpec("fp32")), "wide", False, "lane-native"),
@@ -166,6 +182,20 @@ def route_cases() -> dict[str, tuple]:
         "r-fp16-chunk": (GemmSpec(acc=AccumSpec("fp16", "rne", "chunked", chunk=4,
                                                 outer=AccumSpec("fp32"))),
                          "e4m3", False, "double-rounding"),
+        "r-fp16-odd": (GemmSpec(acc=AccumSpec("fp16")), "mid", False, "tile-odd"),
+        "r-fp32-rtz": (GemmSpec(acc=AccumSpec("fp32", "rtz")), "e4m3", False,
+                       "lane-native" if directed else "exact"),
+        "r-fp32-rdn": (GemmSpec(acc=AccumSpec("fp32", "rdn")), "e4m3", False,
+                       "lane-native" if directed else "exact"),
+        "r-fp32-rup-wide": (GemmSpec(acc=AccumSpec("fp32", "rup")), "wide", False,
+                            "lane-native" if directed else "exact"),
+        "r-fp16-rtz": (GemmSpec(acc=AccumSpec("fp16", "rtz")), "e4m3", False,
+                       "directed-nested" if directed else "exact"),
+        "r-bf16-rdn": (GemmSpec(acc=AccumSpec("bf16", "rdn")), "e4m3", False,
+                       "directed-nested" if directed else "exact"),
+        "r-fp16-rup-chunk": (GemmSpec(acc=AccumSpec("fp16", "rup", "chunked", chunk=4,
+                                                    outer=AccumSpec("fp32", "rdn"))),
+                             "mid", False, "directed-nested" if directed else "exact"),
         "r-h100-e4m3": (hardware.gemm_spec("h100", "e4m3"), "e4m3", True, "multiterm-lanes"),
         "r-b200-e4m3": (hardware.gemm_spec("b200", "e4m3"), "e4m3", True, "multiterm-lanes"),
         "r-a100-fp16": (hardware.gemm_spec("a100", "fp16", "fp16"), "e4m3", True,
@@ -309,7 +339,7 @@ def _compare(actual: np.ndarray, expected: np.ndarray, key: str) -> None:
 def _child(mode: str, *args: str) -> subprocess.Popen:
     """This file run as a script in a child process (started, not waited for)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    if mode == "sim":
+    if mode in ("sim", "sweep"):
         env["NUMBA_ENABLE_CUDASIM"] = "1"
     else:
         env.pop("NUMBA_ENABLE_CUDASIM", None)
@@ -348,6 +378,74 @@ def sim_results(tmp_path_factory):
 def test_simulator_matches_cpu(sim_results, key):
     actual, expected = sim_results
     _compare(actual[key], np.asarray(expected[key]), key)
+
+
+SWEEP_SHAPES = ((1, 1, 1, 1), (2, 67, 33, 70), (1, 5, 40, 129))  # (P, M, K, N): tile edges
+
+
+def sweep_inputs() -> dict[str, np.ndarray]:
+    """Random operands for the slow route sweep: per shape, an e4m3fn pair (about one in eight
+    values zero, either sign) scaled so that fp16 sums overflow now and then, and C."""
+    import refsim
+
+    rng = np.random.default_rng(SEED + 3)
+    out = {}
+    for s, (p, m, k, n) in enumerate(SWEEP_SHAPES):
+        for name, shape in (("a", (p, m, k)), ("b", (p, k, n))):
+            x = rng.standard_normal(shape) * np.exp2(rng.integers(-10, 9, shape))
+            zeros = rng.random(shape) < 0.125
+            x[zeros] = np.copysign(0.0, rng.standard_normal(int(zeros.sum())))
+            out[f"s{s}-{name}"] = refsim.quantize(x.astype(np.float32), "e4m3fn",
+                                                  overflow="saturate")
+        out[f"s{s}-c"] = rng.standard_normal((p, m, n)).astype(np.float32)
+    return out
+
+
+def sweep_cases() -> dict[str, tuple]:
+    """key -> (GemmSpec, with C, route) for the slow sweep."""
+    return {key: (spec, with_c, route) for key, (spec, which, with_c, route)
+            in route_cases().items() if which == "e4m3"}
+
+
+def run_sweep(inputs: dict[str, np.ndarray], cuda) -> dict[str, np.ndarray]:
+    """The CUDA results (and routes) of every sweep case on every shape."""
+    import refsim
+    from refsim.backends.cuda import last_route
+
+    results = {}
+    for key, (spec, with_c, _) in sweep_cases().items():
+        for s in range(len(SWEEP_SHAPES)):
+            c = inputs[f"s{s}-c"] if with_c else None
+            got = refsim.matmul(cuda.to_device(inputs[f"s{s}-a"]),
+                                cuda.to_device(inputs[f"s{s}-b"]), spec, c, seed=SEED)
+            results[f"{key}-s{s}"] = got.copy_to_host()
+            results[f"{key}-s{s}-route"] = np.array(last_route())
+    return results
+
+
+@pytest.mark.slow
+def test_simulator_route_sweep(tmp_path):
+    """Every e4m3 route case on shapes across the tile's edges (64 x 64 outputs, 16-deep K
+    slices, a batch of 2), against the CPU exact core; the route must be the case's."""
+    import refsim
+
+    inputs = sweep_inputs()
+    np.savez(tmp_path / "inputs.npz", **inputs)
+    proc = _child("sweep", str(tmp_path / "inputs.npz"), str(tmp_path / "results.npz"))
+    try:
+        expected = {}
+        for key, (spec, with_c, route) in sweep_cases().items():
+            for s in range(len(SWEEP_SHAPES)):
+                c = inputs[f"s{s}-c"] if with_c else None
+                expected[f"{key}-s{s}"] = refsim.matmul(inputs[f"s{s}-a"], inputs[f"s{s}-b"],
+                                                        spec, c, seed=SEED, route="exact")
+                expected[f"{key}-s{s}-route"] = np.array(route)
+    finally:
+        _finish(proc, "the simulator sweep")
+    with np.load(tmp_path / "results.npz") as data:
+        assert set(data.files) == set(expected)
+        for key in data.files:
+            _compare(data[key], np.asarray(expected[key]), key)
 
 
 # ---- PTX of the real kernels --------------------------------------------------------------------
@@ -420,7 +518,7 @@ def _route_ptx(which: str) -> str:
     f32, f64, i64, b1 = types.float32, types.float64, types.int64, types.boolean
     if which == "tile":
         fp16 = cuda_tile._rounder(hardware.gemm_spec("h100", "fp16").a.fmt, np.dtype("float32"))
-        kernel = cuda_tile._tile_kernel("float32", fp16, False, cuda_tile.TILE)
+        kernel = cuda_tile._tile_kernel("float32", fp16, 0, 0, False, 0, cuda_tile.TILE)  # rne
         sig = (f32[:, :, ::1], f32[:, :, ::1], f64[::1], i64, i64, i64, i64)
         return cuda.compile_ptx(kernel.py_func, sig, cc=(8, 0))[0]
     e4m3 = OperandRange(True, 4, -9, 8)
@@ -508,6 +606,14 @@ def _main(argv: list[str]) -> None:
         with np.load(argv[1]) as data:
             inputs = {key: data[key] for key in data.files}
         np.savez(argv[2], **run_cases(inputs, cuda))
+    elif mode == "sweep":
+        from numba import cuda
+        from numba.core import config
+
+        assert config.ENABLE_CUDASIM, "the simulator run needs NUMBA_ENABLE_CUDASIM=1"
+        with np.load(argv[1]) as data:
+            inputs = {key: data[key] for key in data.files}
+        np.savez(argv[2], **run_sweep(inputs, cuda))
     elif mode == "ptx":
         print(json.dumps(compile_ptx(argv[1:])))
     else:
