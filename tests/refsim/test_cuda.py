@@ -497,9 +497,9 @@ def compile_ptx(names: list[str]) -> dict:
         else:
             kernel = backend._matmul_kernel(rest)
             arr = u64[:, :, ::1]
-            sig = (arr, arr, types.boolean, u64[::1], types.boolean, u64[::1], i64[:, ::1],
-                   types.boolean, i64, spec, spec, types.boolean, spec, types.boolean, spec,
-                   types.UniTuple(i64, N_MT), u64)
+            sig = (arr, arr, types.boolean, u64[::1], types.boolean, u64[::1], types.boolean,
+                   u64[::1], i64[:, ::1], types.boolean, i64, spec, spec, types.boolean, spec,
+                   types.boolean, spec, types.UniTuple(i64, N_MT), u64)
         ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(8, 0))
         out[name] = {"bytes": len(ptx), "mul_hi_u64": ptx.count("mul.hi.u64")}
     return out
