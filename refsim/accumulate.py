@@ -84,7 +84,7 @@ def _run(a3: np.ndarray, b3: np.ndarray | None, acc: AccumSpec, cast: Cast | Non
     shape = (a3.shape[0], a3.shape[1], n_cols)
     fast = None
     if route != "exact":
-        fast = cpu_gemm.plan(a3, b3, acc, cast, count_on, c)
+        fast = cpu_gemm.plan(a3, b3, acc, cast, count_on, c, seed)
     if fast is None and route == "fast":
         raise ValueError(f"route='fast': no fast route applies to {acc} with output Cast "
                          f"{cast}{' and counts' if count_on else ''}"

@@ -103,6 +103,8 @@ def plan(a3: np.ndarray, b3: np.ndarray | None, acc: AccumSpec, cast: Cast | Non
     seed: the accumulation's seed; without it an sr accumulator gets None."""
     if b3 is None or count_on or a3.shape[2] == 0:
         return None
+    if acc.chunk_order not in (None, "sequential"):
+        return None  # a pairwise sum inside each chunk (MI250X fp16): the exact core's
     outer = acc.outer_spec if acc.order == "chunked" else None
     specs = [c.rounding for c in (acc.product, outer, cast) if c is not None]
     # An sr accumulator (seed given, not multiterm) may take cpu_tile's sr-exact-sum, nothing else.

@@ -252,6 +252,8 @@ def plan(acc: AccumSpec, ra: OperandRange, rb: OperandRange, exact_lanes: tuple[
     initial value C, finite operands, K >= 1."""
     if acc.product is not None or acc.order not in _ORDERS:
         return None
+    if acc.chunk_order not in (None, "sequential"):
+        return None  # a pairwise sum inside each chunk (MI250X fp16): not a route here
     if acc.rounding == "sr":
         return _plan_sr(acc, ra, rb, exact_lanes, seed, n_k)
     mode = _mode(acc.rounding)

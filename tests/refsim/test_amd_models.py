@@ -311,3 +311,12 @@ def test_cuda_kernel_matches_the_twin():
         _same(np.array(got[key], np.float32), matmul_exact(a, b, spec, c=c), context=key)
         _same(np.array(got[key + "-noc"], np.float32), matmul_exact(a, b, spec),
               context=key + " without C")
+
+
+def test_mi250x_fp16_pairwise_chunks_on_the_default_route():
+    # The fast routes sum a chunk left to right; a pairwise chunk must go to the exact core.
+    a = np.array([[1.0, 2.0**-12, 2.0**-12, 2.0**-12]], np.float32)
+    spec = hardware.gemm_spec("mi250x", "fp16")
+    want = matmul(a, a.T, spec, route="exact")
+    assert float(want[0, 0]) == 1.0 + 2.0**-23
+    np.testing.assert_array_equal(matmul(a, a.T, spec), want)

@@ -459,3 +459,12 @@ def test_sr_exact_sum_chunked(outer, bits, lo, hi):
         acc = AccumSpec("fp16", "sr", "chunked", chunk=chunk, outer=AccumSpec(outer),
                         sr_bits=sr_bits)
         _check_sr(a, b, acc, 99, max_left=0.3)
+
+
+def test_matmul_takes_the_sr_route_with_its_seed():
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((8, 64)).astype(np.float32)
+    b = rng.standard_normal((64, 16)).astype(np.float32)
+    spec = GemmSpec(a=Cast("e4m3fn"), b=Cast("e4m3fn"), acc=AccumSpec("fp16", "sr"))
+    fast = matmul(a, b, spec, seed=11, route="fast")
+    np.testing.assert_array_equal(fast, matmul(a, b, spec, seed=11, route="exact"))
