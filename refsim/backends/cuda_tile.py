@@ -199,8 +199,8 @@ def plan(acc: AccumSpec, cast: Cast | None, count_on: bool, ra: OperandRange,
     rb (as cast by the spec), K = n_k, initial values c (flat float64 bits) or None; None: the
     exact core computes every output. The gate is refsim.backends.cpu_gemm.plan's (no counts,
     no SR anywhere, finite operands, C only for multiterm), then the CPU route's own planner."""
-    if count_on or n_k == 0:
-        return None
+    if count_on or n_k == 0 or acc.chunk_order not in (None, "sequential"):
+        return None  # (a pairwise sum inside each chunk, MI250X fp16: the exact core's)
     outer = acc.outer_spec if acc.order == "chunked" else None
     if any(x is not None and x.rounding == "sr" for x in (acc, acc.product, outer, cast)):
         return None

@@ -196,6 +196,7 @@ def route_cases() -> dict[str, tuple]:
         "r-fp16-rup-chunk": (GemmSpec(acc=AccumSpec("fp16", "rup", "chunked", chunk=4,
                                                     outer=AccumSpec("fp32", "rdn"))),
                              "mid", False, "directed-nested" if directed else "exact"),
+        "r-mi250x-fp16": (hardware.gemm_spec("mi250x", "fp16"), "e4m3", False, "exact"),
         "r-h100-e4m3": (hardware.gemm_spec("h100", "e4m3"), "e4m3", True, "multiterm-lanes"),
         "r-b200-e4m3": (hardware.gemm_spec("b200", "e4m3"), "e4m3", True, "multiterm-lanes"),
         "r-a100-fp16": (hardware.gemm_spec("a100", "fp16", "fp16"), "e4m3", True,
