@@ -80,8 +80,15 @@ def check(x: np.ndarray, fmt: BlockFormat, rounding: str, axis: int, seed: int =
 
 
 # ---- tiles against the twin --------------------------------------------------------------------
-@pytest.mark.parametrize("kind", list(KINDS))
-@pytest.mark.parametrize("rounding", ROUNDINGS)
+def _kind_rounding_pairs() -> list:
+    """Every (kind, rounding) pair; the fast tier takes every kind under rne and sr and every
+    rounding under two kinds (one power-of-two, one value scale), the rest is slow."""
+    fast_kinds = ("e8m0-floor", "e4m3-nearest-tensor")
+    return [pytest.param(k, r, marks=() if r in ("rne", "sr") or k in fast_kinds
+                         else pytest.mark.slow) for r in ROUNDINGS for k in KINDS]
+
+
+@pytest.mark.parametrize(("kind", "rounding"), _kind_rounding_pairs())
 def test_tiles_against_twin(kind, rounding):
     """Every scale kind x every rounding, tiles along both of the last two axes, with edge
     tiles in both directions (8 x 11 in 3 x 4 tiles), a zero tile, a NaN/Inf tile."""
