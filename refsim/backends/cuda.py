@@ -224,26 +224,11 @@ def _pairwise_function():
 
 
 @functools.cache
-def _operand_function():
-    """An array argument as accum_core's functions take it: itself on the GPU; the simulator
-    wraps a kernel's arrays, and the (CPU-compiled) accum_core functions need the NumPy array."""
-    _cuda()
-    if config.ENABLE_CUDASIM:
-        return lambda x: x._item._ary
-
-    @cuda.jit(device=True)
-    def operand(x):
-        return x
-
-    return operand
-
-
-@functools.cache
 def _matmul_kernel(order: str):
     """The kernel of one order: refsim.backends.cpu_exact's, one thread per output."""
     _cuda()
     order_fn = _order_function(order)
-    operand = _operand_function()
+    operand = cuda_tile.operand_function()
 
     @cuda.jit
     def kernel(a, b, has_b, c, has_c, raw, has_raw, out, counts, count_on, chunk, spec, ospec,

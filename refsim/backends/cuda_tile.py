@@ -89,7 +89,7 @@ from refsim.kernels.lane import bits_float, float_bits, round_lane
 from refsim.params import CARRIERS
 from refsim.specs import AccumSpec, Cast
 
-__all__ = ["ROUTES", "TILE", "CudaPlan", "plan", "range_kernel", "run"]
+__all__ = ["ROUTES", "TILE", "CudaPlan", "operand_function", "plan", "range_kernel", "run"]
 
 ROUTES = ("lane-native", "double-rounding", "directed-nested", "tile-odd", "multiterm-lanes")
 TILE = (16, 16, 4, 4, 16)  # (TY, TX, TM, TN, BK): 256 threads, 64 x 64 outputs per block
@@ -132,9 +132,10 @@ def _numba_cuda():
 
 
 @functools.cache
-def _operand_function():
-    """An array argument as the @njit device functions take it: itself on the GPU; the NumPy
-    array inside the simulator's wrapper (refsim.backends.cuda does the same)."""
+def operand_function():
+    """An array argument as the @njit device functions (cuda_tile's, accum_core's) take it:
+    itself on the GPU; the NumPy array inside the simulator's wrapper, because the simulator
+    wraps a kernel's arrays and the CPU-compiled functions need the NumPy array."""
     from numba.core import config
 
     _numba_cuda()
@@ -599,7 +600,7 @@ def _mt_kernel(key: tuple[int, int, int, int, int]):
     """One thread per output of the multiterm route, grid-stride."""
     _numba_cuda()
     output = _mt_output(key)
-    operand = _operand_function()
+    operand = operand_function()
 
     @cuda.jit
     def gemm(a, b, c, has_c, c_outer, out, n_rows, n_cols, n_k, group, width, chunk, acc_emin,
