@@ -294,6 +294,23 @@ def _floor_log2(x: torch.Tensor) -> torch.Tensor:
     return torch.frexp(x)[1].to(torch.int64) - 1
 
 
+def _sum_units(values, q, floor: bool, n_pos, n_neg, n_live):
+    """The exact sum, in units of 2^q, of the values truncated to multiples of 2^q (toward zero,
+    or floor), non-finite values counted as 0; counts each value's sign when it truncates to
+    zero (n_pos, n_neg) and the live ones (n_live), in place, for the zero-sign rule."""
+    total = torch.zeros_like(q)
+    for v in values:
+        finite = torch.where(torch.isfinite(v), v, 0.0)
+        units = _units(finite, q, floor)
+        negative = torch.signbit(finite)
+        zero = units == 0
+        n_pos += zero & ~negative
+        n_neg += zero & negative
+        n_live += ~zero
+        total += torch.where(negative, -units, units)
+    return total
+
+
 def _units(x: torch.Tensor, q: torch.Tensor, floor: bool) -> torch.Tensor:
     """|T| / 2^q (int64) for T = x truncated to a multiple of 2^q: toward zero, or toward -inf
     when `floor` (a negative x with bits below 2^q loses one unit more); x finite, |x| below
@@ -344,19 +361,10 @@ def _aligned(entries: list[tuple[torch.Tensor, torch.Tensor]], acc: AccumSpec) -
         neg_inf |= v == float("-inf")
         e_max = torch.where(torch.isfinite(v) & (v != 0), torch.maximum(e_max, e), e_max)
     q = e_max - int(acc.width or 1) + 1
-    total = torch.zeros_like(e_max)
     n_pos = torch.zeros_like(e_max)
     n_neg = torch.zeros_like(e_max)
     n_live = torch.zeros_like(e_max)
-    for v in values:
-        finite = torch.where(torch.isfinite(v), v, 0.0)
-        units = _units(finite, q, acc.truncation == "floor")
-        negative = torch.signbit(finite)
-        zero = units == 0
-        n_pos += zero & ~negative
-        n_neg += zero & negative
-        n_live += ~zero
-        total += torch.where(negative, -units, units)
+    total = _sum_units(values, q, acc.truncation == "floor", n_pos, n_neg, n_live)
     result = _from_units(total, q)
     all_neg = (n_live == 0) & (n_pos == 0)
     all_pos = (n_live == 0) & (n_neg == 0)
@@ -404,16 +412,8 @@ def _late(entries: list[tuple[torch.Tensor, torch.Tensor]], s: torch.Tensor, acc
         for v, e in entries[j::stride]:
             e_j = torch.where(torch.isfinite(v) & (v != 0), torch.maximum(e_j, e), e_j)
         q_j = e_j - frac
-        s_j = torch.zeros_like(e_j)
-        for v, _ in entries[j::stride]:
-            finite = torch.where(torch.isfinite(v), v, 0.0)
-            units = _units(finite, q_j, acc.truncation == "floor")
-            negative = torch.signbit(finite)
-            zero = units == 0
-            n_pos += zero & ~negative
-            n_neg += zero & negative
-            n_live += ~zero
-            s_j += torch.where(negative, -units, units)
+        s_j = _sum_units([v for v, _ in entries[j::stride]], q_j, acc.truncation == "floor",
+                         n_pos, n_neg, n_live)
         parts.append((e_j, q_j, s_j))
     e_top = parts[0][0]
     for e_j, _, _ in parts[1:]:
