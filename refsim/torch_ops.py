@@ -294,6 +294,19 @@ def _floor_log2(x: torch.Tensor) -> torch.Tensor:
     return torch.frexp(x)[1].to(torch.int64) - 1
 
 
+def _signed_result(result, total, n_pos, n_neg, n_live, rdn: bool, nan, pos_inf, neg_inf):
+    """The group's value with the zero-sign rule applied to an exactly zero sum (-0 when every
+    term was -0, or under rdn unless every term was +0) and the non-finite inputs on top:
+    NaN for a NaN or both infinities, else the infinity."""
+    all_neg = (n_live == 0) & (n_pos == 0)
+    all_pos = (n_live == 0) & (n_neg == 0)
+    zero_negative = all_neg | ~all_pos if rdn else all_neg
+    result = torch.where(total == 0, torch.where(zero_negative, -0.0, 0.0), result)
+    result = torch.where(neg_inf, float("-inf"), result)
+    result = torch.where(pos_inf, float("inf"), result)
+    return torch.where(nan | (pos_inf & neg_inf), float("nan"), result)
+
+
 def _sum_units(values, q, floor: bool, n_pos, n_neg, n_live):
     """The exact sum, in units of 2^q, of the values truncated to multiples of 2^q (toward zero,
     or floor), non-finite values counted as 0; counts each value's sign when it truncates to
@@ -366,13 +379,8 @@ def _aligned(entries: list[tuple[torch.Tensor, torch.Tensor]], acc: AccumSpec) -
     n_live = torch.zeros_like(e_max)
     total = _sum_units(values, q, acc.truncation == "floor", n_pos, n_neg, n_live)
     result = _from_units(total, q)
-    all_neg = (n_live == 0) & (n_pos == 0)
-    all_pos = (n_live == 0) & (n_neg == 0)
-    zero_negative = all_neg | ~all_pos if acc.rounding == "rdn" else all_neg
-    result = torch.where(total == 0, torch.where(zero_negative, -0.0, 0.0), result)
-    result = torch.where(neg_inf, float("-inf"), result)
-    result = torch.where(pos_inf, float("inf"), result)
-    return torch.where(nan | (pos_inf & neg_inf), float("nan"), result)
+    return _signed_result(result, total, n_pos, n_neg, n_live, acc.rounding == "rdn", nan,
+                          pos_inf, neg_inf)
 
 
 def _move(x: torch.Tensor, shift: torch.Tensor, floor: bool) -> torch.Tensor:
@@ -439,13 +447,8 @@ def _late(entries: list[tuple[torch.Tensor, torch.Tensor]], s: torch.Tensor, acc
     total = torch.where(renorm, _move(total, cut - grid, late_floor), total)
     exp = torch.where(renorm, cut, grid)
     result = _from_units(total, exp)
-    all_neg = (n_live == 0) & (n_pos == 0)
-    all_pos = (n_live == 0) & (n_neg == 0)
-    zero_negative = all_neg | ~all_pos if acc.rounding == "rdn" else all_neg
-    result = torch.where(total == 0, torch.where(zero_negative, -0.0, 0.0), result)
-    result = torch.where(neg_inf, float("-inf"), result)
-    result = torch.where(pos_inf, float("inf"), result)
-    return torch.where(nan | (pos_inf & neg_inf), float("nan"), result)
+    return _signed_result(result, total, n_pos, n_neg, n_live, acc.rounding == "rdn", nan,
+                          pos_inf, neg_inf)
 
 
 def _operand_exponent(x: torch.Tensor, emin: int | None) -> torch.Tensor:
