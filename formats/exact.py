@@ -47,9 +47,10 @@ __all__ = [
     "sr_bits_needed",
     "sr_probability",
     "sr_uniform",
+    "stream_half",
 ]
 
-_WORD_BITS = 64  # bits per Philox output word
+_WORD_BITS = 32  # bits per word of the rounding stream (half a Philox output word)
 
 
 # ---- exact helpers ------------------------------------------------------------------------------
@@ -401,10 +402,11 @@ def sr_bits_needed(x: object, fmt: Format | str, sr_bits: int | None = None) -> 
 
 
 def sr_uniform(seed: int, index: int, nbits: int) -> Fraction:
-    """u = 0.W_0 W_1 ... for element `index` under `seed`, with enough words for nbits bits.
+    """u = 0.H_0 H_1 ... for element `index` under `seed`, with enough words for nbits bits.
 
-    W_j = Philox(key=seed, counter=(index // 4) + (j << 64)).random_raw(4)[index % 4]; at least
-    W_0 is always read, so u is a multiple of 2^-64 (or finer).
+    H_j = half (index % 2), low half first, of the 64-bit word
+    Philox(key=seed, counter=(index // 8) + (j << 64)).random_raw(4)[(index // 2) % 4]; at least
+    H_0 is always read, so u is a multiple of 2^-32 (or finer).
     """
     seed = check_seed(seed)
     if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
@@ -415,10 +417,15 @@ def sr_uniform(seed: int, index: int, nbits: int) -> Fraction:
     n_words = max(1, -(-int(nbits) // _WORD_BITS))
     u = Fraction(0)
     for j in range(n_words):
-        stream = np.random.Philox(key=seed, counter=(index // 4) + (j << 64))
-        word = int(stream.random_raw(4)[index % 4])
-        u += Fraction(word, 1 << (_WORD_BITS * (j + 1)))
+        u += Fraction(stream_half(seed, index, j << 64), 1 << (_WORD_BITS * (j + 1)))
     return u
+
+
+def stream_half(seed: int, index: int, counter: int) -> int:
+    """The 32-bit word of element `index` in the NumPy Philox block at `counter` + index // 8
+    (refsim's stream layout, docs/rng.md): half index % 2 of 64-bit word (index // 2) % 4."""
+    raw = int(np.random.Philox(key=seed, counter=index // 8 + counter).random_raw(4)[(index // 2) % 4])
+    return (raw >> (_WORD_BITS * (index % 2))) & ((1 << _WORD_BITS) - 1)
 
 
 # ---- arrays -------------------------------------------------------------------------------------

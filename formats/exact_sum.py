@@ -14,10 +14,11 @@ Usage rules:
     term or product).
   - Results are float64 arrays; slow (microseconds per operation): for small cases only.
 
-Random words: rounding `step` of family `tag` for output `index` under `seed` reads
-    W_j = np.random.Philox(key=seed, counter=index // 4 + (j << 64) + (step << 128) + (tag << 192))
-          .random_raw(4)[index % 4]
-and u = 0.W_0 W_1 ... (as refsim.formats.exact.sr_uniform for quantize, with step and tag added).
+Random words: rounding `step` of family `tag` for output `index` under `seed` reads the 32-bit
+    H_j = half index % 2 (low half first) of
+          np.random.Philox(key=seed, counter=index // 8 + (j << 64) + (step << 128) + (tag << 192))
+          .random_raw(4)[(index // 2) % 4]
+and u = 0.H_0 H_1 ... (as refsim.formats.exact.sr_uniform for quantize, with step and tag added).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from refsim.formats.exact import (
     round_value,
     split_at_quantum,
     sr_bits_needed,
+    stream_half,
 )
 from refsim.formats.float_format import FloatFormat
 
@@ -49,17 +51,16 @@ Events = dict[str, int] | None
 
 # Families of roundings (counter word 3): the same numbers as refsim.kernels.accum_core.TAG_*.
 TAG_ADD, TAG_PRODUCT, TAG_OUTER, TAG_KAHAN_Y, TAG_KAHAN_D, TAG_KAHAN_C, TAG_OUT = range(1, 8)
-_WORD_BITS = 64
+_WORD_BITS = 32
 _UINT64_MAX = (1 << 64) - 1
 
 
 def accum_uniform(seed: int, index: int, step: int, tag: int, nbits: int) -> Fraction:
-    """u = 0.W_0 W_1 ... with enough words for nbits bits (at least W_0)."""
+    """u = 0.H_0 H_1 ... with enough words for nbits bits (at least H_0)."""
     n_words = max(1, -(-nbits // _WORD_BITS))
     u = Fraction(0)
     for j in range(n_words):
-        counter = index // 4 + (j << 64) + (step << 128) + (tag << 192)
-        word = int(np.random.Philox(key=seed, counter=counter).random_raw(4)[index % 4])
+        word = stream_half(seed, index, (j << 64) + (step << 128) + (tag << 192))
         u += Fraction(word, 1 << (_WORD_BITS * (j + 1)))
     return u
 

@@ -345,8 +345,8 @@ def _fix_lanes(x, xb, outb, exps, items, nb, inner, length, bs, c_man, c_bias, p
                     continue
             elif not (abs(v) < min_normal and x[idx] != 0):
                 continue
-            word0 = stream_word(seed, np.uint64(idx), np.uint64(0)) if mode == core.SR \
-                else np.uint64(0)
+            word0 = stream_word(seed, np.uint64(idx), np.uint64(0)) << np.uint64(32) \
+                if mode == core.SR else np.uint64(0)
             bits = core.quantize_bits(np.uint64(xb[idx]), c_man, c_bias, shifted, mode,
                                       core.OVF_SATURATE, sr_bits, word0, seed, np.int64(idx))
             outb[idx] = outb.dtype.type(bits)

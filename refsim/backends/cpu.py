@@ -9,9 +9,10 @@ quantize runs in two passes over chunks of CHUNK elements:
 2. every other lane (NaN, Inf, carrier subnormals, wrap-around fixed point, SR lanes that need
    more random bits than the carrier is wide) goes through kernels.core.quantize_bits, the scalar
    core shared with CUDA. Pass 1 flags the chunks that have such lanes; pass 2 visits only those.
-Random words: element i always takes word i % 4 of Philox block i // 4 (kernels.rng), so the bits
-never depend on the thread count or on the chunking; or, when the caller gives the random bits
-(`given`, non-empty: refsim.backends.cpu_quantize.given_words), word given[i].
+Random words: element i always takes the 32-bit words H_j of kernels.rng (half i % 2 of word
+(i // 2) % 4 of Philox block i // 8), so the bits never depend on the thread count or on the
+chunking; or, when the caller gives the random bits (`given`, non-empty:
+refsim.backends.cpu_quantize.given_words), word given[i].
 
 What keeps pass 1 vectorized, in the widest lanes and with few instructions per lane (check
 with KERNELS[mode].inspect_asm() under a fresh NUMBA_CACHE_DIR: cached code cannot be inspected):
@@ -44,22 +45,34 @@ from numba.np.numpy_support import as_dtype
 
 from refsim.kernels import core
 from refsim.kernels.lane import CARRIER_OF, F_D_BASE, F_ENABLED, round_lane, select
-from refsim.kernels.rng import fill_blocks_fast, round_keys, stream_block
+from refsim.kernels.rng import block_word, fill_blocks_fast, round_keys, stream_block
 
-CHUNK = 4096  # elements per parallel work item (a multiple of 4: whole Philox blocks)
+CHUNK = 4096  # elements per parallel work item (a multiple of 8: whole Philox blocks)
 
 @njit(cache=True)
 def _fill_random(rand, seed, base, stop):
-    """rand[i - base] = the top bits (rand's width) of word W_0 of element i, for i in
-    [base, stop), base % 4 == 0.
+    """rand[i - base] = the first random bits of element i, for i in [base, stop), base % 8 == 0:
+    H_0 (uint32 rand: float32 carriers), or H_0 H_1 as one 64-bit word (uint64 rand: float64
+    carriers, whose lanes may need up to 64 bits; the same generator cost per element as H_0 for
+    float32, two words of eight per block).
 
     The generator bounds SR (docs/BENCHMARKS.md): kernels.rng.fill_blocks_fast, eight Philox
     blocks per call in AVX-512 lanes where the CPU has them. A separate Numba function: written
     into the pass-1 function, Numba's reference counting of the local buffer put an atomic
     increment and decrement around every Philox call (2x slower).
     """
-    fill_blocks_fast(rand, 0, np.uint64(base // 4) + np.uint64(1), (stop - base + 3) // 4, 0, 0,
-                     0, round_keys(seed, 0))
+    blocks = (stop - base + 7) // 8
+    first = np.uint64(base // 8) + np.uint64(1)
+    keys = round_keys(seed, 0)
+    if rand.itemsize == 4:
+        fill_blocks_fast(rand, 0, first, blocks, 0, 0, 0, keys)
+        return
+    h0 = np.empty(8 * blocks, np.uint32)
+    h1 = np.empty(8 * blocks, np.uint32)
+    fill_blocks_fast(h0, 0, first, blocks, 0, 0, 0, keys)
+    fill_blocks_fast(h1, 0, first, blocks, 1, 0, 0, keys)
+    for k in range(stop - base):
+        rand[k] = (np.uint64(h0[k]) << np.uint64(32)) | np.uint64(h1[k])
 
 
 @njit(cache=True)
@@ -105,7 +118,7 @@ def _make_fast_pass(rounding, utype, c_man, c_bias):
         needing more than W bits to pass 2.
         """
         if rounding == core.SR:
-            rand = np.empty(CHUNK, U)  # the top W bits of each element's W_0 (or given word)
+            rand = np.empty(CHUNK, U)  # the element's first W random bits (or given word)
             if given.size:
                 _copy_given(rand, given, base, stop, TOP_BITS)
             else:
@@ -162,22 +175,26 @@ def _make_kernel(mode):
             if left:
                 block = np.int64(-1)  # SR: the Philox block in `words`
                 words = (np.uint64(0), np.uint64(0), np.uint64(0), np.uint64(0))
+                index = np.int64(0)
                 for i in range(base, stop):
                     bits = src[i]
                     a = U(bits & abs_mask)
                     if use_fast and (a == 0 or U(a - a_lo) < span):
                         continue
                     word = np.uint64(0)
+                    index = np.int64(i)
                     if mode == core.SR:
                         if given.size:
                             word = given[i]
+                            index = np.int64(-1)  # caller-given bits: nothing to draw
                         else:
-                            if i // 4 != block:
-                                block = i // 4
+                            if i // 8 != block:
+                                block = i // 8
                                 words = stream_block(seed, block, 0)
-                            word = words[i % 4]
+                            word = block_word(words[0], words[1], words[2], words[3],
+                                              i) << np.uint64(32)
                     dst[i] = core.quantize_bits(np.uint64(bits), c_man, c_bias, params, mode,
-                                                overflow, sr_bits, word, seed, np.int64(i))
+                                                overflow, sr_bits, word, seed, index)
 
     return quantize_flat
 

@@ -53,7 +53,7 @@ from refsim.formats.block_format import BlockFormat
 from refsim.formats.policy import check_rbits_array, check_rbits_request, check_seed
 from refsim.kernels import accum_core as ac
 from refsim.kernels import core
-from refsim.kernels.rng import stream_block
+from refsim.kernels.rng import block_word, stream_block
 from refsim.params import CARRIERS, check_out, resolve
 from refsim.specs import GemmSpec
 
@@ -144,28 +144,28 @@ def _quantize_kernels(c_man: int, c_bias: int):
 
     @cuda.jit
     def quantize_sr(src, dst, params, mode, overflow, sr_bits, seed):
-        """sr: thread t rounds elements 4t .. 4t+3 with the words of Philox block t (rng)."""
+        """sr: thread t rounds elements 8t .. 8t+7 with the words of Philox block t (rng)."""
         size = src.size
-        for block in range(cuda.grid(1), (size + 3) // 4, cuda.gridsize(1)):
+        for block in range(cuda.grid(1), (size + 7) // 8, cuda.gridsize(1)):
             w0, w1, w2, w3 = stream_block(seed, block, 0)
-            base = 4 * block
-            for lane in range(4):
+            base = 8 * block
+            for lane in range(8):
                 i = base + lane
                 if i < size:
                     # np.uint64: the simulator returns the words as Python ints.
-                    word = np.uint64(w0 if lane == 0 else w1 if lane == 1 else w2 if lane == 2
-                                     else w3)
+                    word = block_word(np.uint64(w0), np.uint64(w1), np.uint64(w2),
+                                      np.uint64(w3), np.uint64(i)) << np.uint64(32)
                     dst[i] = core.quantize_bits(np.uint64(src[i]), c_man, c_bias, params, mode,
                                                 overflow, sr_bits, word, seed, np.int64(i))
 
     @cuda.jit
     def quantize_given(src, dst, params, mode, overflow, sr_bits, seed, rbits, mask, shift):
         """sr with caller-given bits: element i's word is (rbits[i] & mask) << shift, R in the
-        top sr_bits bits (refsim.backends.cpu_quantize.given_words)."""
+        top sr_bits bits (refsim.backends.cpu_quantize.given_words); index -1: nothing drawn."""
         for i in range(cuda.grid(1), src.size, cuda.gridsize(1)):
             word = (np.uint64(rbits[i]) & mask) << shift
             dst[i] = core.quantize_bits(np.uint64(src[i]), c_man, c_bias, params, mode, overflow,
-                                        sr_bits, word, seed, np.int64(i))
+                                        sr_bits, word, seed, np.int64(-1))
 
     return quantize_elements, quantize_sr, quantize_given
 

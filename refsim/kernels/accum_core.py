@@ -34,12 +34,13 @@ correctly rounded from the exact sum, with the rules of docs/rounding.md.
 Random words
 ------------
 The rounding that step `step` of family `tag` performs for output element `index` (flat C-order
-index of the output) under `seed` reads the words
-    W_j = philox4x64_10(counter=(index // 4 + 1, j, step, tag), key=(seed, 0))[index % 4],
-that is np.random.Philox(key=seed, counter=index // 4 + (j << 64) + (step << 128) + (tag << 192))
-.random_raw(4)[index % 4]. tag >= 1, so these never coincide with refsim.quantize's words
-(counter words 2 and 3 zero). The tags are the TAG_* constants; the steps are given by each order
-(docs/accumulation.md).
+index of the output) under `seed` reads the 32-bit words
+    H_j = bits 32*(index % 2) .. +31 of
+          philox4x64_10(counter=(index // 8 + 1, j, step, tag), key=(seed, 0))[(index // 2) % 4],
+that is of np.random.Philox(key=seed, counter=index // 8 + (j << 64) + (step << 128) +
+(tag << 192)).random_raw(4)[(index // 2) % 4], low half first (refsim.kernels.rng's layout).
+tag >= 1, so these never coincide with refsim.quantize's words (counter words 2 and 3 zero). The
+tags are the TAG_* constants; the steps are given by each order (docs/accumulation.md).
 
 Integer types: uint64 for significands, window words and random words; int64 for exponents,
 shifts and counts; every mixed operation is cast explicitly (Numba turns uint64-with-int64 into
@@ -52,7 +53,7 @@ import numpy as np
 from numba import njit
 
 from refsim.kernels import core
-from refsim.kernels.rng import philox4x64_10
+from refsim.kernels.rng import block_word, philox4x64_10
 
 # Kinds of unpacked values.
 K_FIN, K_INF, K_NAN = 0, 1, 2
@@ -88,6 +89,7 @@ PAIRWISE_STACK = 64  # levels of the pairwise stack: enough for 2^63 terms
 _U0 = np.uint64(0)
 _U1 = np.uint64(1)
 _ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
+_LOW32 = np.uint64(0xFFFFFFFF)
 _MANT = np.uint64(0xFFFFFFFFFFFFF)
 _I0 = np.int64(0)
 
@@ -137,18 +139,12 @@ def compare128(ahi, alo, bhi, blo):
 # ---- random words -------------------------------------------------------------------------------
 @njit(cache=True)
 def accum_word(seed, index, step, tag, j):
-    """Word W_j of rounding `step` of family `tag` for output element `index` (module doc)."""
+    """Word H_j (32 bits, as a uint64 below 2^32) of rounding `step` of family `tag` for output
+    element `index` (module doc)."""
     index = np.uint64(index)
-    w0, w1, w2, w3 = philox4x64_10((index >> np.uint64(2)) + _U1, np.uint64(j), np.uint64(step),
+    w0, w1, w2, w3 = philox4x64_10((index >> np.uint64(3)) + _U1, np.uint64(j), np.uint64(step),
                                    np.uint64(tag), np.uint64(seed), _U0)
-    lane = index & np.uint64(3)
-    if lane == _U0:
-        return w0
-    if lane == _U1:
-        return w1
-    if lane == np.uint64(2):
-        return w2
-    return w3
+    return block_word(w0, w1, w2, w3, index)
 
 
 # ---- unpacking and exact products ---------------------------------------------------------------
@@ -220,29 +216,41 @@ def sr_up(rhi, rlo, shift, tail, tt, tl, sr_bits, seed, index, step, tag):
 
     rem = (rhi, rlo) < 2^shift. sr_bits = r > 0: up iff floor(u 2^r) + floor(f 2^r) >= 2^r (a
     tail exists only when shift >= 73 > r, so floor(f 2^r) comes from rem alone). sr_bits = 0:
-    up iff u + f >= 1, i.e. C < F with C the complement of u's bits over f's width, compared 64
-    bits at a time from the top (refsim.kernels.core.sr_round_up does the same for one word).
+    up iff u + f >= 1. Either way up iff C < F with C the complement of u's bits over F's width,
+    compared 32 bits at a time from the top, one word H_j per chunk, drawn only while the chunks
+    tie (refsim.kernels.core.sr_round_up does the same for one 64-bit fraction).
     """
-    word = accum_word(seed, index, step, tag, 0)
     if sr_bits > 0:
         if shift >= sr_bits:
             big_f = bits64(rhi, rlo, shift - sr_bits)
         else:
             big_f = rlo << np.uint64(sr_bits - shift)
-        c = (~word) >> np.uint64(64 - sr_bits)
-        return c < big_f
+        j = np.int64(0)
+        while True:
+            low = sr_bits - 32 * (j + 1)  # lowest bit of this chunk within F's sr_bits bits
+            c_chunk = accum_word(seed, index, step, tag, j) ^ _LOW32
+            if low >= 0:
+                f_chunk = (big_f >> np.uint64(low)) & _LOW32
+            else:
+                take = np.uint64(sr_bits - 32 * j)  # 1..31 bits left
+                c_chunk = c_chunk >> (np.uint64(32) - take)
+                f_chunk = big_f & ((_U1 << take) - _U1)
+            if c_chunk < f_chunk:
+                return True
+            if c_chunk > f_chunk or low <= 0:
+                return False
+            j += 1
     end = -tl if tail != TAIL_NONE else _I0
     j = np.int64(0)
     while True:
-        s = shift - 64 * (j + 1)  # window position of this chunk's lowest bit
-        f_chunk = bits64(rhi, rlo, s) | tail_bits64(tail, tt, tl, s)
-        c_chunk = ~word
+        s = shift - 32 * (j + 1)  # window position of this chunk's lowest bit
+        f_chunk = (bits64(rhi, rlo, s) | tail_bits64(tail, tt, tl, s)) & _LOW32
+        c_chunk = accum_word(seed, index, step, tag, j) ^ _LOW32
         if c_chunk < f_chunk:
             return True
         if c_chunk > f_chunk or s <= end:
             return False
         j += 1
-        word = accum_word(seed, index, step, tag, j)
 
 
 @njit(cache=True)
@@ -1078,7 +1086,8 @@ def cast_output(bits, cast_on, cspec, seed, index):
     if not cast_on:
         return bits
     if cspec[core.P_KIND] == core.KIND_FIXED:
-        word0 = accum_word(seed, index, 0, TAG_OUT, 0) if cspec[S_MODE] == core.SR else _U0
+        word0 = (accum_word(seed, index, 0, TAG_OUT, 0) << np.uint64(32) if cspec[S_MODE] == core.SR
+                 else _U0)
         return core.quantize_bits(bits, C_MAN, C_BIAS, cspec, cspec[S_MODE], cspec[S_OVF],
                                   cspec[S_SRB], word0, seed, index)
     kind, negative, sig, exp = unpack_f64(bits)

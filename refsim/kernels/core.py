@@ -37,6 +37,8 @@ N_PARAMS = 9
 
 _U64_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
 _U1 = np.uint64(1)
+_U32 = np.uint64(32)
+_LOW32 = np.uint64(0xFFFFFFFF)
 
 
 @njit(cache=True)
@@ -67,9 +69,13 @@ def sr_round_up(rem, shift, sr_bits, word0, seed, index):
     rem / 2^shift is the discarded fraction f (rem < 2^shift, rem > 0, shift >= 1). The hardware
     form: add random bits R below the kept bits, keep the carry: up iff R + F >= 2^width, with
     width = sr_bits (F = floor(f * 2^sr_bits)) or width = shift (F = rem, every discarded bit).
-    In complement form, up iff C < F with C = (2^width - 1) - R = the complement of R's bits, which
-    lets a width > 64 be compared 64 bits at a time, most significant first; further words are
-    drawn only while the chunks tie (probability 2^-64 each).
+    In complement form, up iff C < F with C = (2^width - 1) - R = the complement of R's bits,
+    compared 32 bits at a time, most significant first.
+
+    The random bits u = 0.H_0 H_1 ... (docs/rounding.md) arrive from the top of word0: the
+    stream's H_0 << 32 (index >= 0), and H_j for j >= 1 is drawn here only while the chunks tie
+    (probability 2^-32 each). Caller-given bits: index < 0 and word0 = R << (64 - sr_bits) holds
+    all sr_bits <= 64 of them; nothing is drawn.
     """
     if sr_bits > 0:
         width = sr_bits
@@ -84,20 +90,23 @@ def sr_round_up(rem, shift, sr_bits, word0, seed, index):
     j = np.int64(0)
     word = word0
     while True:
-        low = width - 64 * (j + 1)  # lowest bit position of this chunk within the width
+        low = width - 32 * (j + 1)  # lowest bit position of this chunk within the width
+        c_chunk = (~word) >> _U32  # the complement of the chunk's 32 random bits
         if low >= 0:
-            c_chunk = ~word
-            f_chunk = np.uint64(big_f >> np.uint64(low)) if low < 64 else np.uint64(0)
+            f_chunk = (big_f >> np.uint64(low)) & _LOW32 if low < 64 else np.uint64(0)
         else:
-            take = np.uint64(width - 64 * j)  # 1..63 bits left
-            c_chunk = (~word) >> (np.uint64(64) - take)
+            take = np.uint64(width - 32 * j)  # 1..31 bits left
+            c_chunk = c_chunk >> (_U32 - take)
             f_chunk = big_f & ((_U1 << take) - _U1)
         if c_chunk < f_chunk:
             return True
         if c_chunk > f_chunk or low <= 0:
             return False
         j += 1
-        word = stream_word(seed, index, j)
+        if index < 0:
+            word = np.uint64(word0) << _U32  # caller-given: R's bits 32..63 from the top
+        else:
+            word = stream_word(seed, index, j) << _U32
 
 
 @njit(cache=True)
@@ -198,10 +207,10 @@ def quantize_bits(bits, c_man, c_bias, params, mode, overflow, sr_bits, word0, s
     """Round the carrier value with bit pattern `bits` (uint64) to the format `params`.
 
     Returns the result's bit pattern in the same carrier. c_man/c_bias describe the carrier
-    (23/127 for float32, 52/1023 for float64). word0 is the element's first random word
-    (used by 'sr' only); seed and index let the rare deep-underflow case draw more. Caller-given
-    random bits R (sr_bits = r) arrive as word0 = R << (64 - r): with sr_bits set, only the top
-    r bits of word0 are read and no further word is drawn.
+    (23/127 for float32, 52/1023 for float64). word0 holds the element's first random bits from
+    the top (used by 'sr' only): H_0 << 32 for the stream, whose seed and index let a tie draw
+    more (sr_round_up). Caller-given random bits R (sr_bits = r) arrive as word0 = R << (64 - r)
+    with index < 0: only the top r bits of word0 are read and no further word is drawn.
     """
     c_exp_bits = bit_length(c_bias) + 1
     sign_shift = np.uint64(c_man + c_exp_bits)

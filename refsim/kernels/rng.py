@@ -3,18 +3,27 @@
 Stream definition
 -----------------
 The element at flat (C-order) index ``i >= 0`` under seed ``s`` (an unsigned 64-bit integer)
-takes the 64-bit words ``W_0, W_1, ...`` where
+takes the 32-bit words ``H_0, H_1, ...`` where
 
-    W_j = philox4x64_10(counter=(i // 4 + 1, j, 0, 0), key=(s, 0))[i % 4]
+    B_j = philox4x64_10(counter=(i // 8 + 1, j, 0, 0), key=(s, 0))      (four 64-bit words)
+    H_j = bits 32*(i % 2) .. 32*(i % 2) + 31 of B_j[(i // 2) % 4]
 
-i.e. one Philox4x64-10 block yields the words of four consecutive elements.  This is exactly
+i.e. one Philox4x64-10 block, read as eight little-endian 32-bit words, serves eight consecutive
+elements.  This is exactly
 
-    np.random.Philox(key=s, counter=(i // 4) + (j << 64)).random_raw(4)[i % 4]
+    np.random.Philox(key=s, counter=(i // 8) + (j << 64)).random_raw(4)[(i // 2) % 4]
+        >> (32 * (i % 2)) & 0xFFFFFFFF
 
 because ``numpy.random.Philox`` increments its 256-bit counter *before* it computes each block
 (the first block of ``Philox(key=k, counter=c)`` is the raw function at counter ``c + 1``), and
-it splits integer keys/counters into little-endian 64-bit words.  In particular ``W_0`` of
-elements ``0..n-1`` is ``np.random.Philox(key=s).random_raw(n)``.
+it splits integer keys/counters into little-endian 64-bit words.  In particular ``H_0`` of
+elements ``0..n-1`` is ``np.random.Philox(key=s).random_raw((n + 1) // 2)`` split into 32-bit
+halves, low half first (``.astype("<u8").view("<u4")[:n]``).
+
+Why 32-bit words: a rounding reads ``H_0`` and, only while the random bits tie the discarded
+fraction's bits (probability ``2^-32`` per word), further words; 32 bits cover every hardware
+form (PTX ``cvt.rs`` takes 32-bit ``rbits``).  Half a 64-bit word per element halves the cost of
+the generator, which bounds stochastic rounding (docs/rng.md).
 
 Why counter-based
 -----------------
@@ -75,7 +84,9 @@ __all__ = [
     "mulhilo64_portable",
     "philox4x64_10",
     "philox_x8",
+    "block_word",
     "random_words",
+    "raw_words",
     "round_keys",
     "stream_block",
     "stream_word",
@@ -280,14 +291,16 @@ def _philox_pair(a0, b0, c1, c2, c3, keys):
 
 @numba.njit(**_JIT)
 def fill_blocks(out, start, first, count, c1, c2, c3, keys):
-    """``out[start + 4*b + l]`` = word ``l`` of the block at counter ``(first + b, c1, c2, c3)``
-    under the round keys ``keys`` (:func:`round_keys`), for ``b`` in ``0 .. count - 1``.
+    """The blocks at counters ``(first + b, c1, c2, c3)``, ``b`` in ``0 .. count - 1``, under the
+    round keys ``keys`` (:func:`round_keys`), written consecutively into ``out`` from ``start``.
 
     Raw counters, as :func:`philox4x64_10`: the stream's element block ``i`` is counter word 0
-    ``i + 1``. ``out``: uint64 array (the words), or uint32 (their top 32 bits), with room for
-    ``4 * count`` values from ``start``.
+    ``i + 1``. ``out``: uint64 (four 64-bit words per block: ``out[start + 4*b + l]`` is word
+    ``l``) or uint32 (the stream's eight 32-bit words per block, each 64-bit word's low half
+    first: ``out[start + 8*b + 2*l + h]``), with room for ``count`` blocks from ``start``.
     """
-    top = np.uint64(64 - 8 * out.itemsize)
+    halves = out.itemsize == 4
+    per = 8 if halves else 4
     first = np.uint64(first)
     c1 = np.uint64(c1)
     c2 = np.uint64(c2)
@@ -295,17 +308,18 @@ def fill_blocks(out, start, first, count, c1, c2, c3, keys):
     pos = np.int64(start)
     b = np.uint64(0)
     count = np.uint64(count)
-    while b + _ONE < count:
-        w = _philox_pair(first + b, first + b + _ONE, c1, c2, c3, keys)
-        for t in range(8):
-            out[pos + t] = w[t] >> top
-        pos += 8
-        b += _TWO
-    if b < count:
+    while b < count:
         c0 = first + b
-        w = _philox_pair(c0, c0, c1, c2, c3, keys)
-        for t in range(4):
-            out[pos + t] = w[t] >> top
+        w = _philox_pair(c0, c0 + (_ONE if b + _ONE < count else _ZERO), c1, c2, c3, keys)
+        blocks = 2 if b + _ONE < count else 1
+        for t in range(4 * blocks):
+            if halves:
+                out[pos + 2 * t] = w[t] & _LOW32
+                out[pos + 2 * t + 1] = w[t] >> _SHIFT32
+            else:
+                out[pos + t] = w[t]
+        pos += per * blocks
+        b += np.uint64(blocks)
 
 
 def _mulhi_lanes(builder, x, m):
@@ -332,8 +346,8 @@ def _mulhi_lanes(builder, x, m):
 def philox_x8(typingctx, out, pos, first, c1, c2, c3, keys):
     """Blocks at counters (first + l, c1, c2, c3), l = 0..7, under the round keys `keys`
     (:func:`round_keys`), in 8-lane vectors (Numba code only; no bounds check: out needs room
-    for 32 values from pos); block l's words go to out[pos + 4*l .. pos + 4*l + 3] (uint64 out), or
-    their top 32 bits (uint32 out)."""
+    for eight blocks from pos); the layout of :func:`fill_blocks`: block l's words at
+    out[pos + 4*l ...] (uint64 out) or its eight 32-bit words at out[pos + 8*l ...] (uint32)."""
     u64 = types.uint64
     sig = types.void(out, types.int64, u64, u64, u64, u64, keys)
 
@@ -367,9 +381,12 @@ def philox_x8(typingctx, out, pos, first, c1, c2, c3, keys):
         quads = [j for i in range(8) for j in (2 * i, 2 * i + 1, 2 * i + 16, 2 * i + 17)]
         words = builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(i32, 32), quads))
         width = signature.args[0].dtype.bitwidth
-        if width != 64:
-            words = builder.trunc(builder.lshr(words, ir.Constant(words.type, [64 - width] * 32)),
-                                  ir.VectorType(ir.IntType(width), 32))
+        if width == 32:  # the stream's 32-bit words: each 64-bit word's low half first
+            lo = builder.trunc(words, ir.VectorType(i32, 32))
+            hi = builder.trunc(builder.lshr(words, ir.Constant(words.type, [32] * 32)),
+                               ir.VectorType(i32, 32))
+            words = builder.shuffle_vector(lo, hi, ir.Constant(
+                ir.VectorType(i32, 64), [j for i in range(32) for j in (i, i + 32)]))
         ptr = builder.bitcast(builder.gep(data, [pos]), words.type.as_pointer())
         builder.store(words, ptr, align=width // 8)
         return context.get_dummy_value()
@@ -388,9 +405,10 @@ def fill_blocks_x8(out, start, first, count, c1, c2, c3, keys):
     b = np.uint64(0)
     count = np.uint64(count)
     eight = np.uint64(8)
+    step = np.int64(8 * (8 if out.itemsize == 4 else 4))
     while b + eight <= count:
         philox_x8(out, pos, first + b, np.uint64(c1), np.uint64(c2), np.uint64(c3), keys)
-        pos += 32
+        pos += step
         b += eight
     if b < count:
         fill_blocks(out, pos, first + b, count - b, c1, c2, c3, keys)
@@ -419,9 +437,10 @@ fill_blocks: the same words either way."""
 
 @numba.njit(**_JIT)
 def stream_block(seed, block, j):
-    """Words ``W_j`` of the four elements ``4*block .. 4*block + 3`` under ``seed``.
+    """The four 64-bit words of block ``block`` of ``H_j`` under ``seed``: they hold the 32-bit
+    words of the eight elements ``8*block .. 8*block + 7`` (:func:`block_word` picks one).
 
-    ``block >= 0``; one call per four elements is the cheap way to consume the stream.
+    ``block >= 0``; one call per eight elements is the cheap way to consume the stream.
     """
     return philox4x64_10(
         np.uint64(block) + _ONE, np.uint64(j), _ZERO, _ZERO, np.uint64(seed), _ZERO
@@ -429,18 +448,29 @@ def stream_block(seed, block, j):
 
 
 @numba.njit(**_JIT)
-def stream_word(seed, index, j):
-    """Word ``W_j`` of the element at flat index ``index >= 0`` under ``seed``."""
+def block_word(w0, w1, w2, w3, index):
+    """Element ``index``'s 32-bit word (as a uint64 below 2^32) in the block ``(w0, w1, w2, w3)``
+    that covers it: half ``index % 2`` (low half first) of word ``(index // 2) % 4``."""
     index = np.uint64(index)
-    w0, w1, w2, w3 = stream_block(seed, index >> _TWO, j)
-    lane = index & _THREE
+    lane = (index >> _ONE) & _THREE
     if lane == _ZERO:
-        return w0
-    if lane == _ONE:
-        return w1
-    if lane == _TWO:
-        return w2
-    return w3
+        word = w0
+    elif lane == _ONE:
+        word = w1
+    elif lane == _TWO:
+        word = w2
+    else:
+        word = w3
+    return (word >> (_SHIFT32 * (index & _ONE))) & _LOW32
+
+
+@numba.njit(**_JIT)
+def stream_word(seed, index, j):
+    """Word ``H_j`` (32 bits, as a uint64 below 2^32) of the element at flat index ``index >= 0``
+    under ``seed``."""
+    index = np.uint64(index)
+    w0, w1, w2, w3 = stream_block(seed, index >> _THREE, j)
+    return block_word(w0, w1, w2, w3, index)
 
 
 _FILL_ITEM = 1024  # blocks per parallel work item of _fill_words
@@ -448,17 +478,20 @@ _FILL_ITEM = 1024  # blocks per parallel work item of _fill_words
 
 @numba.njit(cache=True, parallel=True)
 def _fill_words(seed, j, out):
+    """out[i] = H_j of element i (uint32 out), or the 64-bit words of the blocks (uint64 out)."""
     n = out.size
-    nfull = n // 4
+    per = 8 if out.itemsize == 4 else 4
+    nfull = n // per
     keys = round_keys(seed, _ZERO)
     for item in prange((nfull + _FILL_ITEM - 1) // _FILL_ITEM):
         b0 = item * _FILL_ITEM
-        fill_blocks_fast(out, 4 * b0, np.uint64(b0) + _ONE, min(_FILL_ITEM, nfull - b0), j,
+        fill_blocks_fast(out, per * b0, np.uint64(b0) + _ONE, min(_FILL_ITEM, nfull - b0), j,
                          _ZERO, _ZERO, keys)
-    if n > 4 * nfull:
-        tail = stream_block(seed, nfull, j)
-        for t in range(n - 4 * nfull):
-            out[4 * nfull + t] = tail[t]
+    if n > per * nfull:
+        tail = np.empty(8, out.dtype)
+        fill_blocks(tail, 0, np.uint64(nfull) + _ONE, 1, j, _ZERO, _ZERO, keys)
+        for t in range(n - per * nfull):
+            out[per * nfull + t] = tail[t]
 
 
 def _as_u64(value: int, name: str) -> np.uint64:
@@ -468,15 +501,29 @@ def _as_u64(value: int, name: str) -> np.uint64:
     return np.uint64(value)
 
 
-def random_words(seed: int, n: int, j: int = 0) -> np.ndarray:
-    """Words ``W_j`` of elements ``0 .. n-1`` under ``seed`` as a ``uint64`` array.
-
-    ``random_words(s, n)`` equals ``np.random.Philox(key=s).random_raw(n)``.  Runs in parallel
-    over blocks on Numba's threads; the result does not depend on the thread count.
-    """
+def _count(n: int) -> int:
     n = int(n)
     if n < 0:
         raise ValueError(f"n must be non-negative, got {n}")
-    out = np.empty(n, dtype=np.uint64)
+    return n
+
+
+def random_words(seed: int, n: int, j: int = 0) -> np.ndarray:
+    """Words ``H_j`` of elements ``0 .. n-1`` under ``seed`` as a ``uint32`` array.
+
+    ``random_words(s, n)`` equals ``np.random.Philox(key=s).random_raw((n + 1) // 2)`` split
+    into 32-bit halves, low half first.  Runs in parallel over blocks on Numba's threads; the
+    result does not depend on the thread count.
+    """
+    out = np.empty(_count(n), dtype=np.uint32)
     _fill_words(_as_u64(seed, "seed"), _as_u64(j, "j"), out)
+    return out
+
+
+def raw_words(seed: int, n: int) -> np.ndarray:
+    """The first ``n`` 64-bit words of the Philox stream under ``seed`` (counter words 1..3 zero),
+    as a ``uint64`` array: ``np.random.Philox(key=s).random_raw(n)``.  Not the rounding stream:
+    for draws that want 64-bit words (refsim.nn's dropout)."""
+    out = np.empty(_count(n), dtype=np.uint64)
+    _fill_words(_as_u64(seed, "seed"), _ZERO, out)
     return out

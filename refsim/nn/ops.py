@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from refsim.kernels.rng import random_words
+from refsim.kernels.rng import raw_words
 from refsim.nn.numerics import Context
 from refsim.nn.tensor import Tensor, unbroadcast
 
@@ -269,13 +269,14 @@ def embedding(indices: np.ndarray, table: Tensor) -> Tensor:
 
 def dropout(x: Tensor, p: float, seed: int) -> Tensor:
     """Zero each element with probability p, scale the rest by 1/(1-p). Element i is dropped
-    iff the top 53 bits of word 0 of the Philox stream (refsim.kernels.rng) at (seed, i), read as a
-    fraction in [0, 1), are below p: the mask depends only on seed and position."""
+    iff the top 53 bits of the 64-bit Philox word i under seed (refsim.kernels.rng.raw_words:
+    np.random.Philox(key=seed).random_raw(n)[i]), read as a fraction in [0, 1), are below p: the
+    mask depends only on seed and position."""
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout: p must be in [0, 1); got {p}")
     if p == 0.0:
         return x
-    u = (random_words(seed, x.data.size) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    u = (raw_words(seed, x.data.size) >> np.uint64(11)).astype(np.float64) * 2.0**-53
     keep = (u >= p).reshape(x.shape)
     scale = 1.0 / (1.0 - p)
     factor = (keep * scale).astype(x.dtype)
