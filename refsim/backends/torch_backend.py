@@ -10,14 +10,19 @@ zero-extended, a float64 pattern as is), split into (sign, integer significand, 
 rounded once on the integer significand and written back as a pattern of the same carrier, in
 whole-tensor ops that mirror kernels.core.quantize_bits step for step. bfloat16 input is widened
 to float32 (exact), rounded there, and narrowed back (exact: the format must fit in bfloat16).
-Caller-given random bits (rbits, a torch unsigned integer tensor on x's device) become the words
-R << (64 - sr_bits) that stand in for the stream's W_0 (refsim.backends.cpu_quantize.given_words).
+Random bits reach the rounding as one top-aligned 64-bit word per element, as in kernels.core:
+the stream's first 32-bit word H_0 (kernels.rng) as H_0 << 32, later words H_j drawn only for the
+lanes whose 32-bit chunks tie; caller-given random bits (rbits, a torch unsigned integer tensor on
+x's device) as R << (64 - sr_bits) (refsim.backends.cpu_quantize.given_words), nothing drawn.
+The fast path (_fast_kernel) reads H_0 itself and leaves the lanes where H_1 decides to the
+general one.
 
 torch has no full uint64 arithmetic, so unsigned 64-bit words live in int64 tensors as their
-two's-complement bit patterns: + and * wrap modulo 2^64 as for uint64, a logical right shift is
-an arithmetic shift followed by a mask (_shr), and an unsigned comparison flips the sign bit of
-both sides first (_ult). The Philox4x64-10 stream of kernels.rng is rebuilt on that basis, its
-64x64 -> 128-bit multiplies from 32-bit halves (_mulhilo).
+two's-complement bit patterns: + and * wrap modulo 2^64 as for uint64, and a logical right shift
+is an arithmetic shift followed by a mask (_shr). The Philox4x64-10 stream of kernels.rng is
+rebuilt on that basis, its 64x64 -> 128-bit multiplies from 32-bit halves (_mulhilo). Random
+words are compared 32 bits at a time, as non-negative int64 values, so no unsigned comparison
+is needed.
 """
 
 from __future__ import annotations
@@ -34,7 +39,6 @@ from refsim.params import check_out, float_holds, resolve
 
 __all__ = ["ROUTES", "philox4x64_10", "quantize", "random_words", "use_compiled"]
 
-_MIN64 = -(1 << 63)
 _M32 = 0xFFFFFFFF
 
 
@@ -54,17 +58,6 @@ def _shr(x: torch.Tensor, s: int) -> torch.Tensor:
     if s == 0:
         return x
     return (x >> s) & ((1 << (64 - s)) - 1)
-
-
-def _shr_t(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """Logical right shift by per-element amounts 0 <= s <= 63."""
-    keep = (torch.ones_like(s) << (64 - s).clamp(max=63)) - 1  # 2^(64-s) - 1; s = 0 below
-    return torch.where(s == 0, x, (x >> s) & keep)
-
-
-def _ult(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a < b for uint64 patterns: flipping the sign bit maps unsigned order onto signed order."""
-    return (a ^ _MIN64) < (b ^ _MIN64)
 
 
 def _mulhilo(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,13 +100,21 @@ def philox4x64_10(c0: torch.Tensor, c1: torch.Tensor | int, c2: int, c3: int, k0
     return x0, x1, x2, x3
 
 
+def _halves(words: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Half index % 2 (low half first) of each 64-bit word: the 32-bit value in an int64."""
+    return torch.where((index & 1) == 1, _shr(words, 32), words & _M32)
+
+
 def _words_at(index: torch.Tensor, seed: int, j: int, step: int = 0,
               tag: int = 0) -> torch.Tensor:
-    """Word W_j of the elements at flat indices `index` (int64 >= 0); step and tag fill counter
-    words 2 and 3 (refsim.kernels.accum_core's families; 0 for refsim.quantize)."""
-    blocks = (index >> 2) + 1
+    """Word H_j of the elements at flat indices `index` (int64 >= 0), 32-bit values in int64:
+    half index % 2 of word (index // 2) % 4 of the block at counter (index // 8 + 1, j, step,
+    tag) (kernels.rng.stream_word; step and tag are refsim.kernels.accum_core's families, 0 for
+    refsim.quantize). One block per element: for the few lanes that need it."""
+    blocks = (index >> 3) + 1
     words = torch.stack(philox4x64_10(blocks, j, step, tag, seed), dim=-1)
-    return torch.gather(words, -1, (index & 3).unsqueeze(-1)).squeeze(-1)
+    word = torch.gather(words, -1, ((index >> 1) & 3).unsqueeze(-1)).squeeze(-1)
+    return _halves(word, index)
 
 
 TORCH_PHILOX_ON_CPU = False
@@ -123,21 +124,28 @@ whole-tensor int64 ops) unless this is True; tests set it to check the torch ops
 
 def random_words(seed: int, n: int, j: int = 0, device: torch.device | str = "cpu",
                  step: int = 0, tag: int = 0) -> torch.Tensor:
-    """Words W_j of elements 0 .. n-1 under `seed` as int64 patterns (kernels.rng.random_words,
-    i.e. np.random.Philox(key=seed).random_raw(n) for j = 0); step and tag fill counter words
-    2 and 3. Computed with torch integer ops on the tensor's device; on CPU from kernels.rng."""
+    """Words H_j of elements 0 .. n-1 under `seed`: an int64 tensor of 32-bit values (0 ..
+    2^32 - 1; torch has no uint32 arithmetic to speak of, and the rounding works in int64).
+
+    The values of kernels.rng.random_words (uint32); for j = 0 and no family,
+    np.random.Philox(key=seed).random_raw((n + 1) // 2) split into 32-bit halves, low half
+    first. step and tag fill counter words 2 and 3 (kernels.accum_core's families). Computed
+    with torch integer ops on the tensor's device, one block per eight elements; on CPU from
+    kernels.rng (or NumPy, for a family).
+    """
     if torch.device(device).type == "cpu" and not TORCH_PHILOX_ON_CPU:
         if step == 0 and tag == 0:
             from refsim.kernels.rng import random_words as numba_words
-            raw = numba_words(seed, n, j)
+            halves = numba_words(seed, n, j)
         else:  # NumPy's Philox with counter words 1..3 preset (docs/rng.md)
             counter = (j << 64) + (step << 128) + (tag << 192)
-            raw = np.random.Philox(key=seed, counter=counter).random_raw(n)
-        return torch.from_numpy(np.ascontiguousarray(raw).view(np.int64))
-    n_blocks = (n + 3) // 4
+            raw = np.random.Philox(key=seed, counter=counter).random_raw((n + 1) // 2)
+            halves = raw.astype("<u8").view("<u4")[:n]
+        return torch.from_numpy(halves.astype(np.int64))
+    n_blocks = (n + 7) // 8
     blocks = torch.arange(1, n_blocks + 1, dtype=torch.int64, device=device)
-    words = torch.stack(philox4x64_10(blocks, j, step, tag, seed), dim=-1)
-    return words.reshape(-1)[:n]
+    words = torch.stack(philox4x64_10(blocks, j, step, tag, seed), dim=-1).reshape(-1)
+    return torch.stack((words & _M32, _shr(words, 32)), dim=-1).reshape(-1)[:n]
 
 
 # ---- carriers -----------------------------------------------------------------------------------
@@ -202,39 +210,47 @@ class Carrier:
 # ---- rounding -----------------------------------------------------------------------------------
 def _sr_up(rem: torch.Tensor, shift: torch.Tensor, sr_bits: int, word0: torch.Tensor,
            seed: int, index: torch.Tensor, step: int = 0, tag: int = 0) -> torch.Tensor:
-    """kernels.core.sr_round_up for every lane (rem > 0, shift >= 1), vectorized; later words are
-    drawn only for the lanes whose chunks tie."""
+    """kernels.core.sr_round_up for every lane (rem > 0, shift >= 1), vectorized.
+
+    word0: each lane's first random bits from the top (H_0 << 32, or caller-given R << (64 -
+    sr_bits) where index < 0). Up iff C < F, C the complement of the random bits over F's width
+    (sr_bits, or every discarded bit), compared 32 bits at a time from the top. Only the lanes
+    whose chunks all tie go on: with the stream's next word H_j << 32 (drawn for those lanes
+    only), or the given word's next 32 bits.
+    """
     if sr_bits > 0:
-        width = sr_bits
-        drop = (shift - width).clamp(min=0)
+        width = torch.full_like(shift, sr_bits)
+        drop = (shift - sr_bits).clamp(min=0)
         big_f = torch.where(drop < 63, rem >> drop.clamp(max=62), torch.zeros_like(rem))
-        big_f = torch.where(shift >= width, big_f, rem << (width - shift).clamp(0, 63))
-        complement = _shr(~word0, 64 - width)
-        return _ult(complement, big_f)
-    # sr_bits=None: width = shift; compare the complement of the random bits with the fraction
-    # rem (< 2^53) 64 bits at a time, most significant chunk first.
+        # shift < sr_bits <= 64: rem << (sr_bits - shift) < 2^64, an int64 pattern (sign bit
+        # included), of which only 32-bit chunks are read below
+        big_f = torch.where(shift >= sr_bits, big_f, rem << (sr_bits - shift).clamp(0, 63))
+    else:
+        width = shift
+        big_f = rem  # < 2^53
     up = torch.zeros_like(rem, dtype=torch.bool)
-    live = torch.ones_like(up)
+    lanes = torch.arange(rem.numel(), device=rem.device)  # the lanes still tied, in `up`
     word = word0
     j = 0
     while True:
-        low = shift - 64 * (j + 1)
-        full = low >= 0
-        f_full = torch.where(low < 63, rem >> low.clamp(0, 62), torch.zeros_like(rem))
-        take = (shift - 64 * j).clamp(1, 63)
-        c_part = _shr_t(~word, 64 - take)
-        f_part = rem & ((torch.ones_like(rem) << take) - 1)
-        c_chunk = torch.where(full, ~word, c_part)
-        f_chunk = torch.where(full, f_full, f_part)
-        below = _ult(c_chunk, f_chunk)
-        up |= live & below
-        live = live & ~below & ~_ult(f_chunk, c_chunk) & (low > 0)
-        if not bool(live.any()):
+        low = width - 32 * (j + 1)  # lowest bit of this chunk within F's width
+        c_chunk = _shr(~word, 32)  # the complement of the chunk's 32 random bits
+        # low >= 0: F's bits low .. low + 31 (low <= 32 when big_f has its sign bit set, so the
+        # arithmetic shift's copies of it are masked off)
+        f_full = torch.where(low < 63, big_f >> low.clamp(0, 62), torch.zeros_like(big_f)) & _M32
+        take = (width - 32 * j).clamp(1, 32)  # low < 0: the 1..31 bits left
+        c_chunk = torch.where(low >= 0, c_chunk, c_chunk >> (32 - take))
+        f_chunk = torch.where(low >= 0, f_full, big_f & ((torch.ones_like(big_f) << take) - 1))
+        up[lanes] = c_chunk < f_chunk  # both in 0 .. 2^32 - 1
+        tied = (c_chunk == f_chunk) & (low > 0)
+        if not bool(tied.any()):
             return up
+        keep = tied.nonzero().squeeze(-1)
+        lanes, width, big_f = lanes[keep], width[keep], big_f[keep]
+        index, word0 = index[keep], word0[keep]
         j += 1
-        lanes = live.nonzero().squeeze(-1)
-        word = torch.zeros_like(word)
-        word[lanes] = _words_at(index[lanes], seed, j, step, tag)
+        drawn = _words_at(index.clamp(min=0), seed, j, step, tag) << 32
+        word = torch.where(index < 0, word0 << 32, drawn)
 
 
 def _round_magnitude(sig, shift, negative, mode, sr_bits, word0, seed, index, stream=(0, 0)):
@@ -390,17 +406,18 @@ def quantize_bits(bits: torch.Tensor, carrier: Carrier, fmt: Format, params, mod
     sig = torch.where(normal, mfield | (1 << carrier.man), mfield)
     lsb = torch.where(normal, efield, torch.ones_like(efield)) - carrier.bias - carrier.man
     top = torch.where(normal, efield - carrier.bias, lsb + bit_length(mfield) - 1)
-    if given is not None and mode == core.SR:
+    # word0: each element's first random bits from the top (kernels.core.quantize_bits); index
+    # < 0 marks caller-given bits, from which nothing is drawn
+    if mode != core.SR:
+        word0 = index = torch.zeros_like(bits)  # not read
+    elif given is not None:
         word0 = given if index is None else given[index]
-        if index is None:
-            index = torch.arange(bits.numel(), dtype=torch.int64, device=bits.device)
+        index = torch.full_like(bits, -1)
     elif index is None:
+        word0 = random_words(seed, bits.numel(), 0, bits.device, step, tag) << 32
         index = torch.arange(bits.numel(), dtype=torch.int64, device=bits.device)
-        word0 = (random_words(seed, bits.numel(), 0, bits.device, step, tag) if mode == core.SR
-                 else torch.zeros_like(bits))
     else:
-        word0 = (_words_at(index, seed, 0, step, tag) if mode == core.SR
-                 else torch.zeros_like(bits))
+        word0 = _words_at(index, seed, 0, step, tag) << 32
     # Specials and zeros get a harmless finite stand-in (1.0) for the arithmetic below; their
     # results are selected afterwards.
     stand_in = is_special | (a == 0)
@@ -471,9 +488,9 @@ def _fast_constants(carrier: Carrier, fmt: FloatFormat, params, mode: int, ovf: 
             sign_bit, max_bits, narrow(over[0]), narrow(over[1]))
 
 
-def _fast_kernel(raw: torch.Tensor, rand: torch.Tensor, width: int, mode: int, d: int,
-                 a_lo: int, inf: int, abs_mask: int, sign_bit: int, max_bits: int, ovf_pos: int,
-                 ovf_neg: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _fast_kernel(raw: torch.Tensor, rand: torch.Tensor, rand_bits: int, width: int, mode: int,
+                 d: int, a_lo: int, inf: int, abs_mask: int, sign_bit: int, max_bits: int,
+                 ovf_pos: int, ovf_neg: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Round the lanes a_lo <= |x| < inf in the carrier's width; returns (result, lane mask).
 
     There the quantum lies a constant d = c_man - man bits above the carrier's last bit, so
@@ -482,8 +499,13 @@ def _fast_kernel(raw: torch.Tensor, rand: torch.Tensor, width: int, mode: int, d
     only (no calls into Numba), so torch.compile can fuse it into one loop.
 
     SR (docs/rounding.md): with F the `width` = min(d, sr_bits) top discarded bits and R the
-    top `width` bits of the element's word W_0 (`rand`, int64 patterns), round up iff
-    R + F >= 2^width: refsim.kernels.core.sr_round_up for a fraction of d <= 52 bits (one word).
+    top `width` random bits of the element, round up iff R + F >= 2^width:
+    refsim.kernels.core.sr_round_up for a fraction of d <= 52 bits. `rand` holds the random
+    bits from the top of a `rand_bits`-bit word (int64 patterns): 64 for caller-given words
+    R << (64 - sr_bits), 32 for the stream's H_0. With H_0 alone and width > 32, R is H_0
+    followed by zeros, which decides exactly unless the top 32 bits tie (H_0 + F's top 32 bits
+    = 2^32 - 1, where H_1 decides): those lanes are left out of the lane mask, for the general
+    path to draw H_1.
     """
     a = raw & abs_mask
     lane = (a >= a_lo) & (a < inf)
@@ -504,7 +526,12 @@ def _fast_kernel(raw: torch.Tensor, rand: torch.Tensor, width: int, mode: int, d
             inc = torch.where(negative, mask, 0).to(raw.dtype)
         else:  # SR
             frac = ((a & mask) >> (d - width)).to(torch.int64)
-            top = (rand >> (64 - width)) & ((1 << width) - 1) if width else torch.zeros_like(rand)
+            if width <= rand_bits:
+                top = ((rand >> (rand_bits - width)) & ((1 << width) - 1) if width
+                       else torch.zeros_like(rand))
+            else:  # rand_bits = 32 < width <= 52: H_1's bits as zeros, their ties left out
+                top = rand << (width - rand_bits)
+                lane = lane & ((rand + (frac >> (width - rand_bits))) != _M32)
             up = top > ((1 << width) - 1) - frac
             inc = torch.where(up, 1 << d, 0).to(raw.dtype)
         magnitude = (a + inc) & ~mask
@@ -533,11 +560,12 @@ def _fast_path(raw: torch.Tensor, carrier: Carrier, fmt: FloatFormat, params, mo
     kernel_mode = core.RTZ if mode == core.RTO and fmt.man_bits == 0 else mode
     d = consts[0]
     width = min(d, sr_bits) if sr_bits else d
+    rand_bits = 64 if given is not None else 32
     if mode == core.SR:
         rand = given if given is not None else random_words(seed, raw.numel(), 0, raw.device)
     else:  # not read
         rand = torch.zeros(1, dtype=torch.int64, device=raw.device).expand(raw.shape)
-    result, lane = _KERNEL(raw, rand, width, kernel_mode, *consts)
+    result, lane = _KERNEL(raw, rand, rand_bits, width, kernel_mode, *consts)
     if not bool(lane.all()):
         rest = (~lane).nonzero().squeeze(-1)
         result[rest] = _to_carrier(quantize_bits(_widen(raw[rest]), carrier, fmt, params, mode,

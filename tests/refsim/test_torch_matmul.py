@@ -7,6 +7,9 @@ import pytest
 
 from refsim import AccumSpec, Cast, GemmSpec
 from refsim import matmul as ref_matmul
+from refsim.formats import FloatFormat
+from refsim.formats.exact_sum import matmul_exact
+from refsim.kernels.accum_core import TAG_OUT, accum_word
 from refsim.validation.bits import assert_same_bits
 
 torch = pytest.importorskip("torch", reason="the torch path needs torch (the test extra)")
@@ -201,3 +204,28 @@ def test_seed_takes_any_integer_and_refuses_bool():
         assert_same_bits(matmul(ta, tb_, spec, seed=plain).numpy(), want)
     with pytest.raises(TypeError, match=r"seed must be an int in 0\.\.2\^64-1; got the bool"):
         matmul(ta, tb_, spec, seed=True)
+
+
+def test_output_cast_ties_of_the_first_word():
+    """The output cast (family TAG_OUT, step 0) with H_0 tied against the top 32 of 49 discarded
+    bits, for sr_bits=None and 40: H_1 of the same family decides, as in the exact twin. For a
+    float output refsim.matmul agrees too. For a fixed-point output refsim.matmul's Numba kernel
+    (accum_core.cast_output -> core.quantize_bits) draws H_1 from refsim.quantize's family
+    instead, so it is compared with the twin only."""
+    seed, n, m32 = 77, 64, 0xFFFFFFFF
+    rng = np.random.default_rng(1)
+    h0 = [int(accum_word(np.uint64(seed), np.int64(i), 0, TAG_OUT, 0)) for i in range(n)]
+    # 3 + g, g = 49 fractional bits: two bits kept (int8, or two significant bits), 49 discarded
+    g = [((m32 ^ h) << 17) | int(rng.integers(0, 1 << 17)) for h in h0]
+    a = (3.0 + np.array(g, dtype=np.float64) / 2.0**49).reshape(n, 1)
+    b = np.ones((1, 1))
+    acc = AccumSpec(FloatFormat(11, 50), "rne")  # holds a * b exactly
+    for fmt in ("int8", FloatFormat(5, 1)):
+        for sr_bits in (None, 40):
+            spec = GemmSpec(acc=acc, out=Cast(fmt, "sr", sr_bits=sr_bits))
+            got = matmul(torch.from_numpy(a), torch.from_numpy(b), spec, seed=seed).numpy()
+            want = np.asarray(matmul_exact(a, b, spec, seed=seed))
+            assert 0.2 < np.mean(want > a) < 0.8  # H_1 decided both ways
+            assert_same_bits(got, want, a, context=str(spec))
+            if isinstance(fmt, FloatFormat):
+                assert_same_bits(got, ref_matmul(a, b, spec, seed=seed), a, context=str(spec))

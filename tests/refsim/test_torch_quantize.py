@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 from refsim import quantize
 from refsim.backends import torch_backend
 from refsim.formats import NAMED, FixedFormat, FloatFormat, get_format
+from refsim.formats.exact import quantize_exact
 from refsim.formats.testing import boundary_values
+from refsim.kernels import core
 from refsim.kernels.rng import random_words
 from refsim.validation.bits import assert_same_bits
 
@@ -130,19 +132,33 @@ def test_bfloat16_input_refuses_formats_it_cannot_hold():
         quantize(torch.zeros(3, dtype=torch.bfloat16), "fp16")
 
 
+def _numpy_halves(seed: int, n: int, counter: int = 0) -> np.ndarray:
+    """H_j of elements 0 .. n-1 from NumPy's Philox (counter words 1..3 preset by `counter`):
+    the 64-bit words split into 32-bit halves, low half first."""
+    raw = np.random.Philox(key=seed, counter=counter).random_raw((n + 1) // 2)
+    return raw.astype("<u8").view("<u4")[:n]
+
+
 @pytest.mark.parametrize("torch_ops", [True, False])
 def test_philox_stream_equals_numpy(torch_ops, monkeypatch):
     """The torch integer-op Philox (used on every device; on CPU when forced) and the CPU
-    shortcut through refsim.kernels.rng give NumPy's stream, accumulation families included."""
+    shortcut through refsim.kernels.rng give the stream's 32-bit words H_j (NumPy's 64-bit
+    words split low half first) as int64 values, accumulation families included."""
     monkeypatch.setattr(torch_backend, "TORCH_PHILOX_ON_CPU", torch_ops)
-    got = torch_backend.random_words(5, 11, j=2, step=3, tag=7).numpy().view(np.uint64)
+    got = torch_backend.random_words(5, 11, j=2, step=3, tag=7)
+    assert got.dtype == torch.int64
     counter = (2 << 64) + (3 << 128) + (7 << 192)
-    assert np.array_equal(got, np.random.Philox(key=5, counter=counter).random_raw(11))
+    assert np.array_equal(got.numpy(), _numpy_halves(5, 11, counter))
     for seed in (0, 1, 2**64 - 1, 0x243F6A8885A308D3):
-        got = torch_backend.random_words(seed, 37).numpy().view(np.uint64)
-        assert np.array_equal(got, np.random.Philox(key=seed).random_raw(37))
-        got1 = torch_backend.random_words(seed, 9, j=1).numpy().view(np.uint64)
+        for n in (0, 1, 8, 37):
+            got = torch_backend.random_words(seed, n).numpy()
+            assert np.array_equal(got, _numpy_halves(seed, n))
+        got1 = torch_backend.random_words(seed, 9, j=1).numpy()
         assert np.array_equal(got1, random_words(seed, 9, 1))
+        index = torch.tensor([0, 1, 7, 8, 9, 36, 1001])
+        for j, step, tag in ((0, 0, 0), (1, 0, 0), (3, 2, 7)):
+            words = torch_backend.random_words(seed, 1002, j, step=step, tag=tag)
+            assert torch.equal(torch_backend._words_at(index, seed, j, step, tag), words[index])
 
 
 def test_layout_out_and_errors():
@@ -287,3 +303,96 @@ def test_rbits_errors_name_the_parameter():
         quantize(x, "e4m3fn", "sr", rbits=good)
     with pytest.raises(ValueError, match="rounding='sr'"):
         quantize(x, "e4m3fn", "rne", rbits=good)
+
+
+# ---- ties of the first 32-bit word: H_1 decides -------------------------------------------------
+_M32 = 0xFFFFFFFF
+
+
+def _tied_inputs(seed: int, n: int = 400) -> np.ndarray:
+    """float64 values in e4m3fn's normal range whose 49 discarded bits start with the complement
+    of the element's H_0 under `seed`: for every sr_bits >= 33 (and None) the first 32-bit chunk
+    ties, and H_1 against the next bits decides (up for about half of them)."""
+    rng = np.random.default_rng(seed)
+    h0 = random_words(seed, n).astype(np.uint64)
+    kept = rng.integers(0, 8, n, dtype=np.uint64) << np.uint64(49)
+    low = rng.integers(0, 1 << 17, n, dtype=np.uint64)
+    mantissa = kept | ((np.uint64(_M32) ^ h0) << np.uint64(17)) | low
+    exponent = rng.integers(1023 - 6, 1023 + 8, n, dtype=np.uint64)  # 2^-6 .. 2^7
+    sign = rng.integers(0, 2, n, dtype=np.uint64) << np.uint64(63)
+    return (sign | (exponent << np.uint64(52)) | mantissa).view(np.float64)
+
+
+@pytest.mark.parametrize("torch_ops", [True, False])
+@pytest.mark.parametrize("route", ["torch", "torch-general"])
+def test_ties_of_the_first_word_draw_the_second(route, torch_ops, monkeypatch):
+    """sr_bits=None and 33..52 with H_0 tied: the fast path leaves those lanes to the general
+    path, which draws H_1 (torch Philox or kernels.rng), as kernels.core and the exact twin do."""
+    _route(monkeypatch, route)
+    monkeypatch.setattr(torch_backend, "TORCH_PHILOX_ON_CPU", torch_ops)
+    seed = 0x9E3779B97F4A7C15
+    x = _tied_inputs(seed)
+    for sr_bits in (None, 33, 40, 64):
+        expected = quantize(x, "e4m3fn", "sr", sr_bits=sr_bits, seed=seed)
+        assert_same_bits(expected, quantize_exact(x, "e4m3fn", "sr", sr_bits=sr_bits, seed=seed))
+        up = np.abs(expected) > np.abs(x)
+        assert 0.2 < up.mean() < 0.8  # H_1 decided both ways: H_0 alone would round all down
+        got = quantize(torch.from_numpy(x), "e4m3fn", "sr", sr_bits=sr_bits, seed=seed)
+        assert_same_bits(got.numpy(), expected, x, context=f"{route} sr_bits={sr_bits}")
+
+
+@pytest.mark.parametrize("route", ["torch", "torch-general"])
+def test_given_64_bit_words_with_tied_top_halves(route, monkeypatch):
+    """Caller-given uint64 rbits at sr_bits=64 whose top 32 bits tie: their low 32 bits decide
+    (kernels.core reads them from word0 << 32; nothing is drawn)."""
+    _route(monkeypatch, route)
+    x = _tied_inputs(7)
+    mantissa = x.view(np.uint64) & np.uint64((1 << 52) - 1)
+    f0 = (mantissa >> np.uint64(17)) & np.uint64(_M32)
+    low = np.random.default_rng(8).integers(0, 1 << 32, x.size, dtype=np.uint64)
+    rbits = ((np.uint64(_M32) ^ f0) << np.uint64(32)) | low
+    expected = quantize(x, "e4m3fn", "sr", sr_bits=64, rbits=rbits)
+    up = np.abs(expected) > np.abs(x)
+    assert 0.2 < up.mean() < 0.8
+    got = quantize(torch.from_numpy(x), "e4m3fn", "sr", sr_bits=64, rbits=torch.from_numpy(rbits))
+    assert_same_bits(got.numpy(), expected, x)
+
+
+def test_sr_up_crafted_words_against_the_core():
+    """torch_backend._sr_up lane by lane against kernels.core.sr_round_up, with word0 crafted so
+    that the first 32-bit chunk ties, over every sr_bits from 33 to 64 and None, shifts up to
+    1100: the stream's H_1 (H_2, ...) at index >= 0, or a caller-given word's next 32 bits
+    (index -1), decide."""
+    rng = np.random.default_rng(31)
+    seed = 12345
+    lanes = []
+    for _ in range(600):
+        sr_bits = int(rng.choice([0, *range(33, 65)]))
+        shift = int(rng.integers(34, 1100)) if rng.random() < 0.5 else int(rng.integers(34, 64))
+        rem = int(rng.integers(1, 1 << min(shift, 53)))
+        width = sr_bits or shift
+        if sr_bits:
+            big_f = rem >> (shift - sr_bits) if shift >= sr_bits else rem << (sr_bits - shift)
+        else:
+            big_f = rem
+        f0 = (big_f >> (width - 32)) & _M32
+        index = int(rng.integers(-1, 3)) if sr_bits else int(rng.integers(0, 3))
+        if index < 0:  # caller-given R << (64 - sr_bits), top 32 bits tied
+            given = ((_M32 ^ f0) << (sr_bits - 32)) | int(rng.integers(0, 1 << (sr_bits - 32)))
+            word0 = given << (64 - sr_bits)
+        else:  # the stream's H_0 << 32, tied; H_1, H_2, ... drawn at index
+            word0 = (_M32 ^ f0) << 32
+        lanes.append((rem, shift, sr_bits, word0, index))
+    ups = 0
+    for sr_bits in sorted({lane[2] for lane in lanes}):
+        group = [lane for lane in lanes if lane[2] == sr_bits]
+        rem, shift, _, word0, index = zip(*group, strict=True)
+        word0_int64 = [w - (1 << 64) if w >> 63 else w for w in word0]  # the same 64 bits
+        got = torch_backend._sr_up(torch.tensor(rem), torch.tensor(shift), sr_bits,
+                                   torch.tensor(word0_int64), seed, torch.tensor(index))
+        want = [bool(core.sr_round_up(np.uint64(r), np.int64(s), np.int64(sr_bits),
+                                      np.uint64(w), np.uint64(seed), np.int64(i)))
+                for r, s, _, w, i in group]
+        assert got.tolist() == want, f"sr_bits={sr_bits}"
+        ups += sum(want)
+    assert 0.1 < ups / len(lanes) < 0.9  # the later words decided both ways
