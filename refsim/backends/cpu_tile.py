@@ -92,17 +92,23 @@ sr-exact-sum (sr, any sr_bits; sequential order, or chunked into an fp32 or fp64
   The rounding of s (s != 0; d = the float64 significand bits of s below G's quantum at s, from
   s's exponent field as kernels.lane.fast_constants gives it): the discarded fraction f is the
   low d bits of s's significand over 2^d, and F = f 2^64 is an integer (d <= 52). The exact core
-  (kernels.accum_core.sr_up) rounds up iff C < floor(f 2^r) with C = the top r bits of ~W_0
-  (r = sr_bits, or r = 64 for sr_bits None, where f's at most 52 bits end inside W_0: a tie of
-  all 64 bits rounds down without W_1 deciding anything); with the top-r mask T,
-  C < floor(f 2^r) iff (F & T) > (~W_0 & T). Rounding up adds one quantum 2^d to the pattern
-  (the carry runs into the exponent field), then the d low bits are cleared. W_0 is the word of
-  (seed, output index, step k, TAG_ADD), docs/accumulation.md: per tile and step, one Philox
-  block per 4 consecutive output indices of a row (a row starts its blocks up to 3 words early
-  when its first index is not a multiple of 4), SR_STEPS steps of words at a time in an L1
-  buffer. Rare lanes become NaN, which the exact core redoes: s below G's smallest quantum
-  (d > 52: 0 and 2^Qmin are the candidates) and a rounded magnitude above G's largest value
-  (overflow, whatever the policy). s = 0: the FMA's zero (IEEE: +0 for an exact cancellation,
+  (kernels.accum_core.sr_up) rounds up iff C < floor(f 2^r), C the top r bits of the complement
+  of the variate u = 0.H_0 H_1 ... (r = sr_bits, or r = 64 for sr_bits None: f's at most 52
+  bits end inside H_0 H_1), compared 32 bits at a time from the top. With T the top r of 64
+  bits, K = T's top 32 bits, L = its low 32 and W = H_0 2^32: (F & K) > (~W & K) is up and <
+  is down; on equality the rest of the compared bits decides, F & L against H_1's: F & L = 0
+  is down (C >= floor(f 2^r)), and a lane with F & L != 0 (r > 32 and d > 32; probability
+  2^-32 per step) is left to the exact core, which draws H_1. Rounding up adds one quantum 2^d
+  to the pattern (the carry runs into the exponent field), then the d low bits are cleared.
+  H_0 is the word of (seed, output index, step k, TAG_ADD), docs/accumulation.md: one Philox
+  block per 8 consecutive output indices, TN/8 blocks per tile row and step (one more where rows
+  start inside a block: a row whose first index is not a multiple of 8 starts its blocks up to 7
+  words early). A row's steps lie one after another, so with AVX-512 the eight-lane generator
+  (rng.philox_x8_wrap) runs across steps: 8 blocks are two steps of a 32-output row (one call
+  per row and step filled only half its lanes). SR_STEPS steps of words at a time, in an L1
+  buffer. Rare lanes become NaN, which the exact core redoes: those ties, s below G's smallest
+  quantum (d > 52: 0 and 2^Qmin are the candidates) and a rounded magnitude above G's largest
+  value (overflow, whatever the policy). s = 0: the FMA's zero (IEEE: +0 for an exact cancellation,
   zeros of one sign keep it, and step 0 adds t_0 to -0.0), the contract's under sr
   (kernels.accum_core.add_round_ev); a nonzero s never rounds to zero (it is a multiple of 2^L,
   and below 2^Qmin it is a NaN lane).
@@ -160,7 +166,7 @@ from refsim.kernels import core
 from refsim.kernels import tile as t
 from refsim.kernels.accum_core import TAG_ADD
 from refsim.kernels.lane import F_D_BASE, F_D_NORMAL, F_E_NORMAL, F_MAX_POS, fast_constants
-from refsim.kernels.rng import VECTOR_BLOCKS, fill_blocks_fast, philox_x8, round_keys
+from refsim.kernels.rng import VECTOR_BLOCKS, fill_blocks, philox_x8_wrap, round_keys
 from refsim.kernels.tile import tile, tile_sr
 from refsim.params import format_params
 from refsim.specs import AccumSpec
@@ -428,28 +434,41 @@ def _make_kernel(order: int, add: int, rnd: int, drop: int, mode: int, omode: in
     return gemm
 
 
-SR_STEPS = 16  # steps per block of random words: 16 * 4 rows * 40 words * 8 bytes = 20 KiB (L1)
-NS_PER_SR_MAC = 2.0  # about one Philox word per multiply-add (threads_for's work estimate)
+SR_STEPS = 16  # steps per block of random words: 16 * 2 rows * 40 words * 4 bytes = 5 KiB (L1)
+NS_PER_SR_MAC = 1.8  # threads_for's estimate: measured 1.8-1.9 ns on one AMD EPYC (znver4) core
+_W_LEAD = 8  # words before a row's first step: where a row's first block starts (index % 8)
 
 
 @njit(cache=True)
-def _tile_words(words, keys, p, i0, n0, n_rows, n_cols, tm, tn, w_row, k0, nk):
-    """The random words W_0 of steps k0 .. k0+nk-1 for the outputs (p, i0 + i, n0 + j), i < tm,
-    j < tn: word (step k0 + kk, i, j) at words[(kk * tm + i) * w_row + 4 + j]. One Philox block
-    (counter (index // 4 + 1, 0, step, TAG_ADD)) per 4 consecutive output indices; a row whose
-    first index is not a multiple of 4 starts its blocks up to 3 words early."""
-    for kk in range(nk):
-        for i in range(tm):
-            index = ((p * n_rows) + i0 + i) * n_cols + n0
-            off = index & 3
-            pos = (kk * tm + i) * w_row + 4 - off
-            if VECTOR_BLOCKS and off == 0 and tn % 32 == 0:  # whole 8-block vectors, no call
-                for g in range(tn // 32):
-                    philox_x8(words, pos + 32 * g, np.uint64((index >> 2) + 1 + 8 * g),
-                              np.uint64(0), np.uint64(k0 + kk), np.uint64(TAG_ADD), keys)
-            else:
-                fill_blocks_fast(words, pos, (index >> 2) + 1, (off + tn + 3) >> 2, 0, k0 + kk,
-                                 TAG_ADD, keys)
+def _tile_words(words, keys, p, i0, n0, n_rows, n_cols, tm, group, w_row, k0, nk):
+    """The random words H_0 of steps k0 .. k0+nk-1 for the outputs (p, i0 + i, n0 + j), i < tm,
+    j < 8 * group - 7 (or 8 * group when n_cols and n0 are multiples of 8): word (step k0 + kk,
+    i, j) at words[_W_LEAD + i * w_row + kk * 8 * group + j]. Each row-step takes `group`
+    consecutive Philox blocks (counter (index // 8 + 1 + b, 0, step, TAG_ADD), index the row's
+    first output index), from the one that covers that index: a row whose first index is not a
+    multiple of 8 starts its blocks up to 7 words early. A row's steps are contiguous, so with
+    AVX-512 eight-lane calls run straight across them (rng.philox_x8_wrap; group >= 4), the last
+    one up to seven blocks past the row's last step: w_row >= nk * 8 * group + 64."""
+    step_words = 8 * group
+    for i in range(tm):
+        index = ((p * n_rows) + i0 + i) * n_cols + n0
+        base = _W_LEAD + i * w_row - (index & 7)
+        first = np.uint64((index >> 3) + 1)
+        if VECTOR_BLOCKS and group >= 4:
+            total = nk * group
+            r, q = 0, 0
+            for b in range(0, total, 8):
+                philox_x8_wrap(words, np.int64(base + 8 * b), first, np.uint64(r),
+                               np.uint64(group), np.uint64(0), np.uint64(k0 + q),
+                               np.uint64(TAG_ADD), keys)
+                r += 8
+                while r >= group:
+                    r -= group
+                    q += 1
+        else:
+            for kk in range(nk):
+                fill_blocks(words, base + kk * step_words, first, group, 0, k0 + kk, TAG_ADD,
+                            keys)
 
 
 def _make_sr_kernel(tm: int, nv: int, to_single: bool):
@@ -473,10 +492,13 @@ def _make_sr_kernel(tm: int, nv: int, to_single: bool):
         n_cols = out.shape[2]
         row_blocks = n_rows // tm
         per_batch = n_panels * row_blocks
-        w_row = tn + 8
+        # Blocks per row-step: tn / 8, one more where rows start inside a block (n0 = jb * tn is
+        # a multiple of 8).
+        group = (tn >> 3) + (0 if n_cols_used % 8 == 0 else 1)
+        w_row = steps * 8 * group + 64
         af, bf, of = a.reshape(-1), bp.reshape(-1), out.reshape(-1)
         for job in prange(n_batch * per_batch):
-            words = np.empty(steps * tm * w_row, np.uint64)
+            words = np.empty(tm * w_row, np.uint32)
             p = job // per_batch
             rest = job - p * per_batch
             jb = rest // row_blocks
@@ -489,10 +511,10 @@ def _make_sr_kernel(tm: int, nv: int, to_single: bool):
                 c1 = min(c0 + chunk, n_k)
                 for k0 in range(c0, c1, steps):
                     nk = min(steps, c1 - k0)
-                    _tile_words(words, keys, p, i0, jb * tn, n_rows_used, n_cols_used, tm, tn,
-                                w_row, k0, nk)
+                    _tile_words(words, keys, p, i0, jb * tn, n_rows_used, n_cols_used, tm,
+                                group, w_row, k0, nk)
                     tile_sr(tm, nv, af, a_base + k0, n_k, bf, b_base + k0 * tn, of, o_base,
-                            n_cols, nk, k0 == c0, words, 4, w_row, tm * w_row, e_normal,
+                            n_cols, nk, k0 == c0, words, _W_LEAD, w_row, 8 * group, e_normal,
                             d_normal, d_base, max_bits, keep)
                 if chunk < n_k:
                     _promote(outer, of, o_base, n_cols, tm, tn, c0 == 0, to_single)

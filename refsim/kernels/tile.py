@@ -51,11 +51,14 @@ lanes with stochastic rounding (route sr-exact-sum; tm and nv are compile-time i
 five run-time uint64 values, so one kernel serves every accumulator format and sr_bits).
 acc starts at -0.0 when `first`, else from `out` (the words come in blocks of steps: a call
 continues the previous one). Step k: s = fma(a_k, b_k, acc) (rne; the route makes it exact),
-then s rounded to G from its bit pattern u with the random word w of output (i, j) at
-words[w_off + k*w_step + i*w_row + j] (uint64): d = d_normal where u's exponent field
-e >= e_normal, else d_base - e; up iff (top 64 bits of the d discarded bits) & keep >
-(~w) & keep, keep = the top r bits; the magnitude plus 2^d if up, its low d bits cleared. NaN where
-d > 52 or the magnitude exceeds max_bits (G's largest value's float64 pattern); a zero s stays.
+then s rounded to G from its bit pattern u with the 32-bit random word w (the top 32 bits of
+the uniform variate) of output (i, j) at words[w_off + k*w_step + i*w_row + j] (uint32):
+d = d_normal where u's exponent field e >= e_normal, else d_base - e; F = the d discarded bits
+at the top of 64 (F = f 2^64), W = w at the top of 64, keep = the top r bits (r = sr_bits,
+or 64), K = the top 32 of keep and L = its low 32; up iff (F & K) > (~W & K); the magnitude
+plus 2^d if up, its low d bits cleared. NaN where d > 52, where the magnitude exceeds max_bits
+(G's largest value's float64 pattern), and where F & K = ~W & K but F & L != 0 (the next
+word decides: the exact core draws it); a zero s stays.
 The x86 forms with an embedded rounding mode need AVX-512F (`cpu_tile` checks the target
 features before it picks a route that uses them).
 """
@@ -499,6 +502,9 @@ def tile_sr(typingctx, tm, nv, a, a_off, a_stride, b, b_off, out, o_off, o_strid
     return sig, codegen
 
 
+_LOW32, _HIGH32 = (1 << 32) - 1, ((1 << 32) - 1) << 32
+
+
 class _SrTile(_Tile):
     """tile_sr's IR: the sequential loop with the SR step, continued from `out` unless first."""
 
@@ -506,13 +512,15 @@ class _SrTile(_Tile):
         tm, nv = consts
         super().__init__(context, builder, signature, args,
                          (SEQUENTIAL, ADD_FMA, RND_NONE, 0, core.RNE, NO_OUTER, tm, nv), at=2)
-        if self.lane.width != 64:
-            raise TypeError("refsim.kernels.tile.tile_sr: float64 lanes only")
+        if self.lane.width != 64 or signature.args[12].dtype != types.uint32:
+            raise TypeError("refsim.kernels.tile.tile_sr: float64 lanes and uint32 words only")
         w_v, self.w_off, self.w_row, self.w_step = args[12:16]
         self.w_data = context.make_array(signature.args[12])(context, builder, w_v).data
         # Run-time constants (one kernel for every format and sr_bits), splat once.
-        self.e_normal, self.d_normal, self.d_base, self.max_bits, self.keep = (
+        self.e_normal, self.d_normal, self.d_base, self.max_bits, keep = (
             self.splat_int(v) for v in args[16:21])
+        self.keep_hi = builder.and_(keep, self.lane.iconst(_HIGH32))  # compared against w
+        self.keep_lo = builder.and_(keep, self.lane.iconst(_LOW32))  # left to the next word
 
     def splat_int(self, x):
         b, lane = self.b, self.lane
@@ -524,8 +532,15 @@ class _SrTile(_Tile):
         return self.b.select(self.b.icmp_unsigned("<", x, y), x, y)
 
     def round_sr(self, s, w):
-        """The exact lane value s rounded to G with the random word w (module doc), as a lane
-        value; NaN where the exact core must decide."""
+        """The exact lane value s rounded to G with the random words w (32 bits, zero-extended;
+        module doc), as a lane value; NaN where the exact core must decide.
+
+        Why one word suffices: the exact core (kernels.accum_core.sr_up) rounds up iff C < F
+        over r' = min(r, d) bits (C: the complement of the variate's bits), comparing 32 bits
+        at a time from the top. F has no bits below its top d, so the top min(r, 32) bits of F
+        and of ~W decide unless they are equal; then C >= F when F's remaining compared bits
+        (F & L) are zero (down, as here), and the next word decides when they are not (NaN).
+        """
         b, lane = self.b, self.lane
         ic = lane.iconst
         u = lane.bits(s)
@@ -542,9 +557,14 @@ class _SrTile(_Tile):
         # The discarded fraction f as its first 64 bits (all of them: 1 <= d <= 52, as `plan`
         # asks man_bits <= 51): a's low dd bits shifted to the top.
         f64 = b.shl(a, b.sub(ic(64), dd))
-        up = b.icmp_unsigned(">", b.and_(f64, self.keep), b.and_(b.xor(w, ic(-1)), self.keep))
+        f_hi = b.and_(f64, self.keep_hi)
+        c_hi = b.and_(b.xor(b.shl(w, ic(32)), ic(-1)), self.keep_hi)
+        up = b.icmp_unsigned(">", f_hi, c_hi)
+        tie = b.and_(b.icmp_unsigned("==", f_hi, c_hi),
+                     b.icmp_unsigned("!=", b.and_(f64, self.keep_lo), ic(0)))
         mag = b.and_(b.add(a, b.select(up, unit, ic(0))), b.xor(mask, ic(-1)))
-        bad = b.or_(b.icmp_unsigned(">", d, ic(52)), b.icmp_unsigned(">", mag, self.max_bits))
+        bad = b.or_(b.or_(b.icmp_unsigned(">", d, ic(52)), b.icmp_unsigned(">", mag,
+                                                                           self.max_bits)), tie)
         res = b.select(bad, ic(_NAN64), b.or_(mag, sign))
         return lane.value(b.select(b.icmp_unsigned("==", a, ic(0)), u, res))
 
@@ -569,7 +589,8 @@ class _SrTile(_Tile):
 
             def one(i, j):
                 ptr = b.gep(self.w_data, [b.add(rows[i], self.c(j * lane.n))])
-                w = b.load(b.bitcast(ptr, lane.vi.as_pointer()), align=8)
+                w = b.zext(b.load(b.bitcast(ptr, ir.VectorType(_I32, lane.n).as_pointer()),
+                                  align=4), lane.vi)
                 return self.round_sr(lane.fma(avec[i], bvec[j], acc[i][j], core.RNE), w)
 
             return [self.grid(one)]

@@ -10,6 +10,7 @@ are not multiples of the tile.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 from route_pairs import routes
@@ -18,6 +19,8 @@ from refsim.accumulate import matmul
 from refsim.backends import cpu_gemm, cpu_tile
 from refsim.formats import FloatFormat, get_format
 from refsim.kernels import tile
+from refsim.kernels.accum_core import TAG_ADD, accum_word
+from refsim.kernels.rng import philox_x8_wrap, round_keys
 from refsim.specs import AccumSpec, Cast, GemmSpec
 from refsim.validation.bits import assert_same_bits
 
@@ -362,12 +365,13 @@ SR_CASES = [  # (accumulator, operand bits, exponent range, below G's smallest q
 
 
 @pytest.mark.parametrize("overflow", OVERFLOWS)
-@pytest.mark.parametrize("sr_bits", [None, 1, 5, 13, 64])
+@pytest.mark.parametrize("sr_bits", [None, 1, 5, 13, 32, 33, 40, 64])
 @pytest.mark.parametrize(("acc_fmt", "bits", "lo", "hi", "below"), SR_CASES)
 def test_sr_exact_sum(acc_fmt, bits, lo, hi, below, sr_bits, overflow):
-    """Every sr_bits, overflow policy and a few seeds over the hard sequences (fractions of
-    exactly one half, sticky bits far below, exact zeros of either sign, G's subnormals and
-    overflow); N not a multiple of 4 (Philox blocks straddle rows), K past one block of words."""
+    """Every sr_bits (one 32-bit word and more), overflow policy and a few seeds over the hard
+    sequences (fractions of exactly one half, sticky bits far below, exact zeros of either sign,
+    G's subnormals and overflow); N not a multiple of 8 (Philox blocks straddle rows), K past
+    one block of words."""
     rng = np.random.default_rng(bits * 5 - lo)
     fmt = get_format(acc_fmt)
     a, b = _operands(rng, fmt, bits, lo, hi, below_qmin=below, batch=2, k=40)
@@ -376,13 +380,15 @@ def test_sr_exact_sum(acc_fmt, bits, lo, hi, below, sr_bits, overflow):
 
 
 def test_sr_words_follow_the_output_index():
-    """One Philox block per 4 consecutive outputs of a step: N = 4, 5, 33 and 64 (rows aligned or
-    not with the blocks), M and K around the tile; results do not depend on the thread count."""
-    import numba
+    """One Philox block per 8 consecutive outputs of a step: N = 4, 5, 8, 9, 33, 40 and 64 (rows
+    aligned or not with the blocks: 4 or 5 blocks per tile row and step, eight-lane calls across
+    steps), M and K around the tile and the 16-step word buffer, batches; results do not depend
+    on the thread count."""
     rng = np.random.default_rng(21)
     fmt = get_format("fp16")
-    for m, n, k in [(1, 1, 1), (3, 4, 2), (5, 5, 17), (4, 33, 16), (9, 64, 33)]:
-        a, b = _operands(rng, fmt, 4, -12, 7, m=m, n=n, k=k)
+    for m, n, k, batch in [(1, 1, 1, 1), (3, 4, 2, 1), (5, 5, 17, 1), (3, 8, 3, 2),
+                           (4, 9, 31, 2), (4, 33, 16, 1), (3, 40, 35, 2), (9, 64, 33, 1)]:
+        a, b = _operands(rng, fmt, 4, -12, 7, m=m, n=n, k=k, batch=batch)
         _check_sr(a, b, AccumSpec("fp16", "sr"), 7, max_left=1.0)
     a, b = _operands(rng, fmt, 4, -12, 7, m=64, n=200, k=70)
     plan = cpu_gemm.plan(a, b, AccumSpec("fp16", "sr", sr_bits=8), None, False, seed=3)
@@ -394,6 +400,63 @@ def test_sr_words_follow_the_output_index():
         assert_same_bits(cpu_tile.run(plan, a, b), one)
     finally:
         numba.set_num_threads(previous)
+
+
+@numba.njit
+def _wrap_blocks(out, first, r0, group, c2, keys):
+    philox_x8_wrap(out, np.int64(8), np.uint64(first), np.uint64(r0), np.uint64(group),
+                   np.uint64(0), np.uint64(c2), np.uint64(TAG_ADD), keys)
+
+
+@pytest.mark.parametrize("group", [4, 5, 8, 9])
+def test_sr_word_blocks_run_across_steps(group):
+    """rng.philox_x8_wrap (sr-exact-sum's generator): lane l = group * w + m - r0 is the block at
+    counter (first + m, 0, step + w, TAG_ADD), its eight 32-bit words those accum_word gives the
+    eight outputs it covers, written after eight untouched words."""
+    seed, first, step = (1 << 64) - 3, 1000, 77
+    keys = round_keys(np.uint64(seed), np.uint64(0))
+    for r0 in range(group):
+        out = np.zeros(8 + 64 + 8, np.uint32)
+        _wrap_blocks(out, first, r0, group, step, keys)
+        want = [int(accum_word(seed, 8 * (first - 1 + (r0 + lane) % group) + e,
+                               step + (r0 + lane) // group, TAG_ADD, 0))
+                for lane in range(8) for e in range(8)]
+        assert out[8:72].tolist() == want, (group, r0)
+        assert not out[:8].any() and not out[72:].any()
+
+
+@pytest.mark.parametrize("n", [21, 24])
+def test_sr_word_ties_go_to_the_exact_core(n):
+    """Sums whose discarded fraction ties the complement of H_0 in its top 32 bits. Output
+    (p, i, j) of fp16 sr gets one term, 1024 + F / 2^36 (sign alternating), at step i * n + j,
+    every other term zero; F's top 32 bits are ~H_0 of that output index and step, its low four
+    0101. Where more random bits count (sr_bits None, 34, 40) the next word decides: the route
+    leaves exactly those lanes to the exact core (NaN); with 32 or 33 bits the remaining compared
+    bits are zero, so the route rounds down itself. The result equals the exact core's."""
+    seed, m, batch = 12345, 2, 2
+    k = m * n
+    a = np.zeros((batch, m, k))
+    b = np.zeros((batch, n, k))
+    for p in range(batch):
+        for i in range(m):
+            for j in range(n):
+                step = i * n + j
+                h0 = int(accum_word(seed, (p * m + i) * n + j, step, TAG_ADD, 0))
+                frac = ((h0 ^ 0xFFFFFFFF) << 4) | 0b0101
+                a[p, i, step] = (-1.0) ** j * (1024.0 + frac * 2.0 ** -36)
+                b[p, j, step] = 1.0
+    for sr_bits, left in ((None, True), (40, True), (34, True), (33, False), (32, False)):
+        acc = AccumSpec("fp16", "sr", sr_bits=sr_bits)
+        plan = cpu_gemm.plan(a, b, acc, None, False, seed=seed)
+        assert plan is not None and plan.route == "sr-exact-sum", (acc, plan)
+        raw = cpu_gemm.run(plan, a, b)
+        assert np.isnan(raw).all() if left else not np.isnan(raw).any(), (acc, raw)
+        if not left:  # the tie with nothing below it rounds toward zero
+            np.testing.assert_array_equal(np.abs(raw), 1024.0)
+        _check_sr(a, b, acc, seed, max_left=1.0)
+        exact = matmul(a, np.swapaxes(b, 1, 2), GemmSpec(acc=acc), route="exact", seed=seed)
+        assert_same_bits(matmul(a, np.swapaxes(b, 1, 2), GemmSpec(acc=acc), seed=seed), exact,
+                         context=f"{acc} ties")
 
 
 def test_sr_exact_sum_conditions():
