@@ -334,19 +334,19 @@ def test_sr_bits_needed() -> None:
 
 def test_sr_uniform_matches_the_documented_stream() -> None:
     seed = 12345
-    words = np.random.Philox(key=seed).random_raw(11)
-    for i in range(11):  # W_0 is the plain stream
-        assert exact.sr_uniform(seed, i, 64) == Fraction(int(words[i]), 2**64)
-        assert exact.sr_uniform(seed, i, 1) == Fraction(int(words[i]), 2**64)
-        assert exact.sr_uniform(seed, i, 0) == Fraction(int(words[i]), 2**64)
-    # W_1 comes from counter (i // 4) + (1 << 64)
-    i = 6
-    w1 = np.random.Philox(key=seed, counter=(i // 4) + (1 << 64)).random_raw(4)[i % 4]
-    u = exact.sr_uniform(seed, i, 65)
-    assert u == Fraction(int(words[i]), 2**64) + Fraction(int(w1), 2**128)
-    assert exact.sr_uniform(seed, i, 128) == u
-    w2 = np.random.Philox(key=seed, counter=(i // 4) + (2 << 64)).random_raw(4)[i % 4]
-    assert exact.sr_uniform(seed, i, 129) == u + Fraction(int(w2), 2**192)
+    halves = np.random.Philox(key=seed).random_raw(8).astype("<u8").view("<u4")
+    for i in range(11):  # H_0 is the plain stream split into 32-bit halves, low half first
+        assert exact.sr_uniform(seed, i, 32) == Fraction(int(halves[i]), 2**32)
+        assert exact.sr_uniform(seed, i, 1) == Fraction(int(halves[i]), 2**32)
+        assert exact.sr_uniform(seed, i, 0) == Fraction(int(halves[i]), 2**32)
+    # H_1 comes from counter (i // 8) + (1 << 64): half i % 2 of word (i // 2) % 4
+    i = 13
+    raw1 = int(np.random.Philox(key=seed, counter=(i // 8) + (1 << 64)).random_raw(4)[2])
+    u = exact.sr_uniform(seed, i, 33)
+    assert u == Fraction(int(halves[i]), 2**32) + Fraction(raw1 >> 32, 2**64)
+    assert exact.sr_uniform(seed, i, 64) == u
+    raw2 = int(np.random.Philox(key=seed, counter=(i // 8) + (2 << 64)).random_raw(4)[2])
+    assert exact.sr_uniform(seed, i, 65) == u + Fraction(raw2 >> 32, 2**96)
     assert 0 <= exact.sr_uniform(2**64 - 1, 2**40, 200) < 1
 
 

@@ -38,7 +38,7 @@ def test_sr_bits_probability_is_exact_by_enumeration(sr_bits):
     pick, from the real stream, elements whose words cover all 2^r top-bit values."""
     r = sr_bits
     words = random_words(123, 4096)
-    tops = (words >> np.uint64(64 - r)).astype(np.int64)
+    tops = (words >> np.uint32(32 - r)).astype(np.int64)
     pick = [int(np.flatnonzero(tops == t)[0]) for t in range(2**r)]
     fmt = get_format("e4m3fn")
     for f_num in range(0, 64):
@@ -111,10 +111,13 @@ def _mixed_inputs(dtype):
 @pytest.mark.parametrize("sr_bits", [1, 7, 23, 32, 40, 64])
 @pytest.mark.parametrize("name", ["e4m3fn", "bf16", "int8"])
 def test_rbits_equal_to_the_streams_top_bits_give_the_stream_result(name, sr_bits, dtype):
-    """By construction: with sr_bits=r the stream's decision reads the top r bits of W_0, so
-    rbits = W_0 >> (64 - r) gives the seeded result bit for bit."""
+    """By construction: with sr_bits=r the stream's decision reads the top r bits of
+    u = 0.H_0 H_1 ..., so rbits = those bits gives the seeded result bit for bit (r > 32 takes
+    H_1's top bits too)."""
     x = _mixed_inputs(dtype)
-    rbits = random_words(77, x.size) >> np.uint64(64 - sr_bits)
+    top64 = (random_words(77, x.size).astype(np.uint64) << np.uint64(32)) | random_words(
+        77, x.size, 1)
+    rbits = top64 >> np.uint64(64 - sr_bits)
     got = quantize(x, name, "sr", sr_bits=sr_bits, rbits=rbits)
     assert_same_bits(got, quantize(x, name, "sr", sr_bits=sr_bits, seed=77), x)
 
@@ -158,17 +161,19 @@ def _numpy_blocks(seed, c0, c1, c2, c3, count):
 @pytest.mark.parametrize("dtype", [np.uint64, np.uint32])
 def test_fill_blocks_match_numpy(fill, dtype):
     """Every count around the 8-block vector width, odd start offsets, all four counter words
-    set, uint32 outputs holding the words' top 32 bits; nothing outside the range written."""
+    set, uint32 outputs holding each word's two halves (low first: the stream's 32-bit words);
+    nothing outside the range written."""
     seed = 0xFEEDFACECAFEBEEF
     keys = rng.round_keys(np.uint64(seed), np.uint64(0))
-    shift = np.uint64(64 - 8 * np.dtype(dtype).itemsize)
+    per = 4 * (8 // np.dtype(dtype).itemsize)  # values per block
     for count in [*range(20), 33]:
         for start, c0 in ((0, 1), (3, 5 + count), (5, (1 << 63) + 7)):
-            out = np.zeros(4 * count + 9, dtype)
+            out = np.zeros(per * count + 9, dtype)
             fill(out, start, np.uint64(c0), count, 11, 1 << 40, 7, keys)
-            expected = (_numpy_blocks(seed, c0, 11, 1 << 40, 7, count) >> shift).astype(dtype)
-            np.testing.assert_array_equal(out[start:start + 4 * count], expected)
-            assert not out[:start].any() and not out[start + 4 * count:].any()
+            raw = _numpy_blocks(seed, c0, 11, 1 << 40, 7, count)
+            expected = raw if dtype == np.uint64 else raw.astype("<u8").view("<u4")
+            np.testing.assert_array_equal(out[start:start + per * count], expected)
+            assert not out[:start].any() and not out[start + per * count:].any()
     # Raw counters wrap in word 0 (no carry into word 1), as philox4x64_10's do.
     out = np.zeros(40, np.uint64)
     fill(out, 0, np.uint64((1 << 64) - 3), 10, 0, 2, 1, keys)

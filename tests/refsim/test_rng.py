@@ -67,9 +67,17 @@ def raw_block(ctr, key) -> list[int]:
 
 
 def numpy_word(seed: int, index: int, j: int) -> int:
-    """The documented stream definition, literally."""
-    bitgen = np.random.Philox(key=seed, counter=(index // 4) + (j << 64))
-    return int(bitgen.random_raw(4)[index % 4])
+    """The documented stream definition, literally: half index % 2 (low half first) of 64-bit
+    word (index // 2) % 4 of the block at counter index // 8 + 1 (NumPy counts from c + 1)."""
+    bitgen = np.random.Philox(key=seed, counter=(index // 8) + (j << 64))
+    raw = int(bitgen.random_raw(4)[(index // 2) % 4])
+    return (raw >> (32 * (index % 2))) & 0xFFFFFFFF
+
+
+def numpy_halves(seed: int, n: int, j: int = 0) -> np.ndarray:
+    """H_j of elements 0 .. n-1: NumPy's first (n + 1) // 2 words split into 32-bit halves."""
+    raw = np.random.Philox(key=seed, counter=j << 64).random_raw((n + 1) // 2)
+    return raw.astype("<u8").view("<u4")[:n]
 
 
 @numba.njit
@@ -199,7 +207,7 @@ def test_mulhilo64(impl):
 # --------------------------------------------------------------------------------------------
 
 SEEDS = [0, 1, U64_MAX, RANDOM_KEY]
-INDICES = [0, 1, 2, 3, 4, 5, 7, 1001, 2**32 + 2, 4 * (2**40) + 3, 2**63 - 1]
+INDICES = [0, 1, 2, 3, 4, 5, 7, 8, 9, 15, 1001, 2**32 + 2, 8 * (2**40) + 7, 2**63 - 1]
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -213,19 +221,29 @@ def test_stream_word_matches_definition(seed, j):
 
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("j", [0, 5])
-def test_stream_block_is_four_words(seed, j):
-    for block in [0, 1, 250, 2**61 - 1]:
+def test_stream_block_holds_eight_words(seed, j):
+    for block in [0, 1, 250, 2**60 - 1]:
         words = [int(w) for w in rng.stream_block(np.uint64(seed), block, np.uint64(j))]
-        assert words == [numpy_word(seed, 4 * block + lane, j) for lane in range(4)]
         assert words == py_philox4x64_10((block + 1, j, 0, 0), (seed, 0))
+        halves = [int(rng.block_word(*(np.uint64(w) for w in words), 8 * block + lane))
+                  for lane in range(8)]
+        assert halves == [numpy_word(seed, 8 * block + lane, j) for lane in range(8)]
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 5, 7, 1001, 4099])
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 5, 7, 8, 9, 15, 17, 1001, 8195])
 def test_random_words_matches_numpy(seed, n):
     got = rng.random_words(seed, n)
-    assert got.dtype == np.uint64
+    assert got.dtype == np.uint32
     assert got.shape == (n,)
+    np.testing.assert_array_equal(got, numpy_halves(seed, n))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("n", [0, 1, 3, 4, 5, 1001, 4099])
+def test_raw_words_are_numpys(seed, n):
+    got = rng.raw_words(seed, n)
+    assert got.dtype == np.uint64
     np.testing.assert_array_equal(got, np.random.Philox(key=seed).random_raw(n))
 
 
@@ -233,8 +251,7 @@ def test_random_words_matches_numpy(seed, n):
 def test_random_words_higher_words(j):
     n = 1027
     got = rng.random_words(RANDOM_KEY, n, j)
-    expected = np.random.Philox(key=RANDOM_KEY, counter=j << 64).random_raw(n)
-    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(got, numpy_halves(RANDOM_KEY, n, j))
     np.testing.assert_array_equal(
         got[[0, 5, 1026]], [numpy_word(RANDOM_KEY, i, j) for i in (0, 5, 1026)]
     )
@@ -281,8 +298,10 @@ def test_determinism_across_calls_and_threads():
 
 
 def _bits(words: np.ndarray) -> np.ndarray:
-    """(n, 64) array of the bits of uint64 words, least significant first."""
-    return ((words[:, None] >> np.arange(64, dtype=np.uint64)) & np.uint64(1)).astype(np.int64)
+    """(n, w) array of the bits of unsigned words (w = their width), least significant first."""
+    width = 8 * words.dtype.itemsize
+    wide = words.astype(np.uint64)
+    return ((wide[:, None] >> np.arange(width, dtype=np.uint64)) & np.uint64(1)).astype(np.int64)
 
 
 def _assert_balanced(bits: np.ndarray, label: str = "", sigmas: float = 5.0):
@@ -297,9 +316,9 @@ def test_bit_balance_per_position(seed):
     words = rng.random_words(seed, 1 << 16)
     bits = _bits(words)
     _assert_balanced(bits)
-    # Each output lane (element index mod 4) on its own.
-    for lane in range(4):
-        _assert_balanced(bits[lane::4], f"lane {lane}")
+    # Each output lane (element index mod 8: a 64-bit word's half of a block) on its own.
+    for lane in range(8):
+        _assert_balanced(bits[lane::8], f"lane {lane}")
 
 
 def test_streams_are_unrelated():
@@ -309,7 +328,7 @@ def test_streams_are_unrelated():
         "seed+1": rng.random_words(8, n),
         "j=1": rng.random_words(7, n, 1),
         "next element": np.roll(base, -1),
-        "next block": np.roll(base, -4),
+        "next block": np.roll(base, -8),
     }
     for name, other in neighbours.items():
         _assert_balanced(_bits(base ^ other), name)
@@ -317,7 +336,7 @@ def test_streams_are_unrelated():
 
 def test_top_byte_uniform():
     words = rng.random_words(2024, 1 << 18)
-    counts = np.bincount((words >> np.uint64(56)).astype(np.int64), minlength=256)
+    counts = np.bincount((words >> np.uint32(24)).astype(np.int64), minlength=256)
     expected = words.size / 256
     chi2 = float(((counts - expected) ** 2 / expected).sum())
     # 255 degrees of freedom: mean 255, sd ~22.6; the bound is ~6.5 sd out.
