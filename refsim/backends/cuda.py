@@ -360,7 +360,7 @@ def quantize(x, fmt, rounding: str = "rne", *, overflow: str = "default",
         given[blocks, threads](*args, rbits, np.uint64((1 << bits) - 1),
                                np.uint64(64 - bits))
     elif mode == core.SR:
-        blocks, threads = _grid((x.size + 3) // 4)
+        blocks, threads = _grid((x.size + 7) // 8)
         sr[blocks, threads](*args)
     else:
         blocks, threads = _grid(x.size)

@@ -53,7 +53,7 @@ import numpy as np
 from numba import njit
 
 from refsim.kernels import core
-from refsim.kernels.rng import block_word, philox4x64_10
+from refsim.kernels.rng import family_word
 
 # Kinds of unpacked values.
 K_FIN, K_INF, K_NAN = 0, 1, 2
@@ -141,10 +141,7 @@ def compare128(ahi, alo, bhi, blo):
 def accum_word(seed, index, step, tag, j):
     """Word H_j (32 bits, as a uint64 below 2^32) of rounding `step` of family `tag` for output
     element `index` (module doc)."""
-    index = np.uint64(index)
-    w0, w1, w2, w3 = philox4x64_10((index >> np.uint64(3)) + _U1, np.uint64(j), np.uint64(step),
-                                   np.uint64(tag), np.uint64(seed), _U0)
-    return block_word(w0, w1, w2, w3, index)
+    return family_word(seed, index, j, step, tag)
 
 
 # ---- unpacking and exact products ---------------------------------------------------------------
@@ -1088,8 +1085,8 @@ def cast_output(bits, cast_on, cspec, seed, index):
     if cspec[core.P_KIND] == core.KIND_FIXED:
         word0 = (accum_word(seed, index, 0, TAG_OUT, 0) << np.uint64(32) if cspec[S_MODE] == core.SR
                  else _U0)
-        return core.quantize_bits(bits, C_MAN, C_BIAS, cspec, cspec[S_MODE], cspec[S_OVF],
-                                  cspec[S_SRB], word0, seed, index)
+        return core.quantize_bits_family(bits, C_MAN, C_BIAS, cspec, cspec[S_MODE], cspec[S_OVF],
+                                         cspec[S_SRB], word0, seed, index, TAG_OUT)
     kind, negative, sig, exp = unpack_f64(bits)
     return round_unpacked(kind, negative, sig, exp, cspec, seed, index, 0, TAG_OUT)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from refsim.kernels.rng import stream_word
+from refsim.kernels.rng import family_word
 
 # Rounding modes: the index of each name in refsim.formats.policy.ROUNDINGS.
 RNE, RNA, RTZ, RUP, RDN, RTO, SR = 0, 1, 2, 3, 4, 5, 6
@@ -36,6 +36,7 @@ P_KIND, P_MAN, P_EMIN, P_EMAX, P_SUBNORMALS, P_ZERO, P_SIGNED, P_SPECIALS, P_MAX
 N_PARAMS = 9
 
 _U64_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
+_U0 = np.uint64(0)
 _U1 = np.uint64(1)
 _U32 = np.uint64(32)
 _LOW32 = np.uint64(0xFFFFFFFF)
@@ -63,7 +64,7 @@ def low_mask(width):
 
 
 @njit(cache=True)
-def sr_round_up(rem, shift, sr_bits, word0, seed, index):
+def sr_round_up(rem, shift, sr_bits, word0, seed, index, tag):
     """Stochastic decision: does the magnitude round up?
 
     rem / 2^shift is the discarded fraction f (rem < 2^shift, rem > 0, shift >= 1). The hardware
@@ -74,8 +75,9 @@ def sr_round_up(rem, shift, sr_bits, word0, seed, index):
 
     The random bits u = 0.H_0 H_1 ... (docs/rounding.md) arrive from the top of word0: the
     stream's H_0 << 32 (index >= 0), and H_j for j >= 1 is drawn here only while the chunks tie
-    (probability 2^-32 each). Caller-given bits: index < 0 and word0 = R << (64 - sr_bits) holds
-    all sr_bits <= 64 of them; nothing is drawn.
+    (probability 2^-32 each), from family (0, tag) of the stream (kernels.rng.family_word: 0 for
+    refsim.quantize, an accumulation tag for an output cast). Caller-given bits: index < 0 and
+    word0 = R << (64 - sr_bits) holds all sr_bits <= 64 of them; nothing is drawn.
     """
     if sr_bits > 0:
         width = sr_bits
@@ -106,7 +108,7 @@ def sr_round_up(rem, shift, sr_bits, word0, seed, index):
         if index < 0:
             word = np.uint64(word0) << _U32  # caller-given: R's bits 32..63 from the top
         else:
-            word = stream_word(seed, index, j) << _U32
+            word = family_word(seed, index, j, _U0, tag) << _U32
 
 
 @njit(cache=True)
@@ -127,8 +129,8 @@ def rounds_up(mode, half_cmp, odd, negative):
 
 
 @njit(cache=True)
-def round_magnitude(sig, shift, negative, mode, sr_bits, word0, seed, index):
-    """Round sig * 2^-shift to an integer n in `mode`; returns (n, inexact)."""
+def round_magnitude(sig, shift, negative, mode, sr_bits, word0, seed, index, tag):
+    """Round sig * 2^-shift to an integer n in `mode`; returns (n, inexact). SR: sr_round_up."""
     if shift <= 0:
         return sig << (-shift) if -shift < 63 else np.int64(0), False
     if shift < 63:
@@ -145,7 +147,7 @@ def round_magnitude(sig, shift, negative, mode, sr_bits, word0, seed, index):
     if mode == RTO:
         n |= 1
     elif mode == SR:
-        up = sr_round_up(rem, shift, sr_bits, word0, seed, index)
+        up = sr_round_up(rem, shift, sr_bits, word0, seed, index, tag)
     else:
         half_cmp = -1 if half < 0 or rem < half else (0 if rem == half else 1)
         up = rounds_up(mode, half_cmp, (n & 1) == 1, negative)
@@ -203,14 +205,16 @@ def carrier_inf(negative, c_man, c_bias):
 
 
 @njit(cache=True)
-def quantize_bits(bits, c_man, c_bias, params, mode, overflow, sr_bits, word0, seed, index):
+def quantize_bits_family(bits, c_man, c_bias, params, mode, overflow, sr_bits, word0, seed, index,
+                         tag):
     """Round the carrier value with bit pattern `bits` (uint64) to the format `params`.
 
     Returns the result's bit pattern in the same carrier. c_man/c_bias describe the carrier
     (23/127 for float32, 52/1023 for float64). word0 holds the element's first random bits from
     the top (used by 'sr' only): H_0 << 32 for the stream, whose seed and index let a tie draw
     more (sr_round_up). Caller-given random bits R (sr_bits = r) arrive as word0 = R << (64 - r)
-    with index < 0: only the top r bits of word0 are read and no further word is drawn.
+    with index < 0: only the top r bits of word0 are read and no further word is drawn. Further
+    words come from the stream's family (0, tag) (kernels.rng.family_word): quantize_bits is tag 0.
     """
     c_exp_bits = bit_length(c_bias) + 1
     sign_shift = np.uint64(c_man + c_exp_bits)
@@ -235,7 +239,7 @@ def quantize_bits(bits, c_man, c_bias, params, mode, overflow, sr_bits, word0, s
         top = efield - c_bias
     if kind == KIND_FIXED:
         return _round_fixed(negative, sig, lsb, top, c_man, c_bias, params, mode, overflow,
-                            sr_bits, word0, seed, index)
+                            sr_bits, word0, seed, index, tag)
     if negative and params[P_SIGNED] == 0:
         return carrier_nan(c_man, c_bias)
     man = params[P_MAN]
@@ -246,7 +250,7 @@ def quantize_bits(bits, c_man, c_bias, params, mode, overflow, sr_bits, word0, s
         q = emin - man
     else:
         q = emin
-    n, _ = round_magnitude(sig, q - lsb, negative, mode, sr_bits, word0, seed, index)
+    n, _ = round_magnitude(sig, q - lsb, negative, mode, sr_bits, word0, seed, index, tag)
     if n == 0:
         if params[P_ZERO] == 0:
             n = np.int64(1)  # no zero: underflow is raised to the smallest value 2^emin
@@ -260,6 +264,13 @@ def quantize_bits(bits, c_man, c_bias, params, mode, overflow, sr_bits, word0, s
     if exceeds_max(n, q, params):
         return overflow_result(negative, c_man, c_bias, params, mode, overflow)
     return encode_carrier(negative, n, q, c_man, c_bias)
+
+
+@njit(cache=True)
+def quantize_bits(bits, c_man, c_bias, params, mode, overflow, sr_bits, word0, seed, index):
+    """quantize_bits_family in refsim.quantize's family of the stream (tag 0)."""
+    return quantize_bits_family(bits, c_man, c_bias, params, mode, overflow, sr_bits, word0, seed,
+                                index, _U0)
 
 
 @njit(cache=True)
@@ -334,7 +345,7 @@ def _fixed_limit(negative, c_man, c_bias, params):
 
 @njit(cache=True)
 def _round_fixed(negative, sig, lsb, top, c_man, c_bias, params, mode, overflow, sr_bits,
-                 word0, seed, index):
+                 word0, seed, index, tag):
     """Fixed point: round to a multiple of 2^-frac_bits, then saturate or wrap."""
     frac = params[P_MAN]
     width = params[P_EMIN]
@@ -346,7 +357,7 @@ def _round_fixed(negative, sig, lsb, top, c_man, c_bias, params, mode, overflow,
     if overflow != OVF_WRAP:
         if huge:
             return _fixed_limit(negative, c_man, c_bias, params)
-        n, _ = round_magnitude(sig, shift, negative, mode, sr_bits, word0, seed, index)
+        n, _ = round_magnitude(sig, shift, negative, mode, sr_bits, word0, seed, index, tag)
         limit = (np.int64(1) << (width - 1)) if (signed and negative) else params[P_MAX_N]
         if negative and not signed:
             limit = np.int64(0)
@@ -357,7 +368,7 @@ def _round_fixed(negative, sig, lsb, top, c_man, c_bias, params, mode, overflow,
     if huge and shift <= 0:
         n_mod = np.uint64(sig) << np.uint64(-shift) if -shift < 64 else np.uint64(0)
     else:
-        n, _ = round_magnitude(sig, shift, negative, mode, sr_bits, word0, seed, index)
+        n, _ = round_magnitude(sig, shift, negative, mode, sr_bits, word0, seed, index, tag)
         n_mod = np.uint64(n)
     k_mod = (np.uint64(0) - n_mod) if negative else n_mod
     k_mod &= low_mask(width)

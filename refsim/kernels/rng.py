@@ -78,6 +78,7 @@ from numba.extending import intrinsic, overload
 __all__ = [
     "VECTOR_BLOCKS",
     "block_word",
+    "family_word",
     "fill_blocks",
     "fill_blocks_fast",
     "fill_blocks_x8",
@@ -512,12 +513,21 @@ def block_word(w0, w1, w2, w3, index):
 
 
 @numba.njit(**_JIT)
+def family_word(seed, index, j, step, tag):
+    """Word ``H_j`` (32 bits, as a uint64 below 2^32) of the element at flat index ``index >= 0``
+    in the family ``(step, tag)``: counter ``(index // 8 + 1, j, step, tag)``. refsim.quantize
+    reads family (0, 0); the accumulation roundings read theirs (kernels.accum_core)."""
+    index = np.uint64(index)
+    w0, w1, w2, w3 = philox4x64_10((index >> _THREE) + _ONE, np.uint64(j), np.uint64(step),
+                                   np.uint64(tag), np.uint64(seed), _ZERO)
+    return block_word(w0, w1, w2, w3, index)
+
+
+@numba.njit(**_JIT)
 def stream_word(seed, index, j):
     """Word ``H_j`` (32 bits, as a uint64 below 2^32) of the element at flat index ``index >= 0``
-    under ``seed``."""
-    index = np.uint64(index)
-    w0, w1, w2, w3 = stream_block(seed, index >> _THREE, j)
-    return block_word(w0, w1, w2, w3, index)
+    under ``seed``: refsim.quantize's family (0, 0)."""
+    return family_word(seed, index, j, _ZERO, _ZERO)
 
 
 _FILL_ITEM = 1024  # blocks per parallel work item of _fill_words

@@ -391,7 +391,7 @@ def test_sr_up_crafted_words_against_the_core():
         got = torch_backend._sr_up(torch.tensor(rem), torch.tensor(shift), sr_bits,
                                    torch.tensor(word0_int64), seed, torch.tensor(index))
         want = [bool(core.sr_round_up(np.uint64(r), np.int64(s), np.int64(sr_bits),
-                                      np.uint64(w), np.uint64(seed), np.int64(i)))
+                                      np.uint64(w), np.uint64(seed), np.int64(i), np.uint64(0)))
                 for r, s, _, w, i in group]
         assert got.tolist() == want, f"sr_bits={sr_bits}"
         ups += sum(want)
