@@ -424,7 +424,8 @@ def sr_uniform(seed: int, index: int, nbits: int) -> Fraction:
 def stream_half(seed: int, index: int, counter: int) -> int:
     """The 32-bit word of element `index` in the NumPy Philox block at `counter` + index // 8
     (refsim's stream layout, docs/rng.md): half index % 2 of 64-bit word (index // 2) % 4."""
-    raw = int(np.random.Philox(key=seed, counter=index // 8 + counter).random_raw(4)[(index // 2) % 4])
+    block = np.random.Philox(key=seed, counter=index // 8 + counter).random_raw(4)
+    raw = int(block[(index // 2) % 4])
     return (raw >> (_WORD_BITS * (index % 2))) & ((1 << _WORD_BITS) - 1)
 
 
