@@ -1,4 +1,4 @@
-"""The exact core on the CPU: kernels.accum_core's order functions in one parallel kernel per order.
+"""The exact core on the CPU: kernels.accum_core's order functions in one parallel kernel.
 
 Usage rules:
   - refsim.accumulate calls `run` for the outputs no fast route computed (every output under
@@ -6,27 +6,31 @@ Usage rules:
     do, so both backends reduce with the same arguments and give the same bits.
   - Parallel over outputs only: each output is one call of accum_core.order_<order>, so a
     result never depends on the number of threads.
-  - One kernel per order, made (and compiled, then cached on disk) on first use of that order.
+  - One kernel for every order: the order is a run-time argument (one branch per output, noise
+    next to the output's K steps; measured equal speed). Measured on an empty cache (2 cores):
+    the merged kernel's own compile takes 12 s where each per-order kernel took 6-7 s, and the
+    first call compiles all five orders' code in 65 s where the five per-order kernels took
+    90 s; it is cached on disk after that. Its inputs arrive read-only (kernel_args.readonly),
+    so a read-only caller (torch's tensors, a broadcast C) shares the one compiled signature
+    instead of compiling the core again.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
-from numba.core import types
-from numba.extending import overload
 
-from refsim.backends.kernel_args import events, exact_args
+from refsim.backends.kernel_args import events, exact_args, readonly
 from refsim.backends.threads import NS_PER_EXACT_MAC, threads_for
 from refsim.kernels import accum_core as ac
 from refsim.specs import ORDERS, AccumSpec, Cast
 
 __all__ = ["run"]
 
+_SEQUENTIAL, _PAIRWISE, _CHUNKED, _KAHAN, _MULTITERM = (
+    ORDERS.index(order) for order in ("sequential", "pairwise", "chunked", "kahan", "multiterm"))
 
-# The closure of _make_kernel holds the order's index only (a plain int): Numba's on-disk cache
-# keys a closure by its pickled cells, and a dispatcher there would differ in every process. The
-# order function itself is chosen at compile time by _order (an overload on the literal index).
+
 @njit(cache=True)
 def _locate(flat, per_batch, n_cols):
     p = flat // per_batch
@@ -45,57 +49,33 @@ def _store(out, counts, count_on, i, flat, bits, cnt, cast_on, cspec, seed):
         counts[i, 2] = cnt[2]
 
 
-_ORDER_FUNCTIONS = tuple(getattr(ac, "order_" + order) for order in ORDERS)
-
-
-def _order(order, a, b, has_b, p, m, n, has_c, cbits, chunk, spec, ospec, prod_on, pspec, mt,
-           seed, index):
-    """accum_core.order_<ORDERS[order]>(a, ...) for a compile-time `order`; Numba code only."""
-    raise NotImplementedError("refsim.backends.cpu_exact._order runs inside Numba kernels only")
-
-
-@overload(_order, prefer_literal=True)
-def _order_overload(order, a, b, has_b, p, m, n, has_c, cbits, chunk, spec, ospec, prod_on, pspec,
-                    mt, seed, index):
-    if not isinstance(order, types.IntegerLiteral):
-        return None
-    function = _ORDER_FUNCTIONS[order.literal_value]
-
-    def impl(order, a, b, has_b, p, m, n, has_c, cbits, chunk, spec, ospec, prod_on, pspec, mt,
-             seed, index):
-        return function(a, b, has_b, p, m, n, has_c, cbits, chunk, spec, ospec, prod_on, pspec,
-                        mt, seed, index)
-
-    return impl
-
-
-def _make_kernel(order: int):
-    @njit(parallel=True, cache=True)
-    def reduce_outputs(a, b, has_b, c, has_c, todo, out, counts, count_on, chunk, spec, ospec,
-                       prod_on, pspec, cast_on, cspec, mt, seed):
-        """The outputs whose flat indices are listed in todo (out[i] is output todo[i]) in the
-        order ORDERS[order], parallel over outputs only; c[flat] holds output flat's initial
-        value C (float64 bits) when has_c."""
-        n_cols = b.shape[1] if has_b else 1
-        for i in prange(todo.shape[0]):
-            flat = todo[i]
-            p, m, n = _locate(flat, a.shape[1] * n_cols, n_cols)
-            cbits = c[flat] if has_c else np.uint64(0)
-            bits, cnt = _order(order, a, b, has_b, p, m, n, has_c, cbits, chunk, spec, ospec,
-                               prod_on, pspec, mt, seed, flat)
-            _store(out, counts, count_on, i, flat, bits, cnt, cast_on, cspec, seed)
-
-    return reduce_outputs
-
-
-_KERNELS: dict[str, object] = {}
-
-
-def _kernel(order: str):
-    """The kernel of `order`, made on first use."""
-    if order not in _KERNELS:
-        _KERNELS[order] = _make_kernel(ORDERS.index(order))
-    return _KERNELS[order]
+@njit(parallel=True, cache=True)
+def _reduce_outputs(order, a, b, has_b, c, has_c, todo, out, counts, count_on, chunk, spec, ospec,
+                    prod_on, pspec, cast_on, cspec, mt, seed):
+    """The outputs whose flat indices are listed in todo (out[i] is output todo[i]) in the order
+    ORDERS[order], parallel over outputs only; c[flat] holds output flat's initial value C
+    (float64 bits) when has_c."""
+    n_cols = b.shape[1] if has_b else 1
+    for i in prange(todo.shape[0]):
+        flat = todo[i]
+        p, m, n = _locate(flat, a.shape[1] * n_cols, n_cols)
+        cbits = c[flat] if has_c else np.uint64(0)
+        if order == _SEQUENTIAL:
+            bits, cnt = ac.order_sequential(a, b, has_b, p, m, n, has_c, cbits, chunk, spec,
+                                            ospec, prod_on, pspec, mt, seed, flat)
+        elif order == _PAIRWISE:
+            bits, cnt = ac.order_pairwise(a, b, has_b, p, m, n, has_c, cbits, chunk, spec, ospec,
+                                          prod_on, pspec, mt, seed, flat)
+        elif order == _CHUNKED:
+            bits, cnt = ac.order_chunked(a, b, has_b, p, m, n, has_c, cbits, chunk, spec, ospec,
+                                         prod_on, pspec, mt, seed, flat)
+        elif order == _KAHAN:
+            bits, cnt = ac.order_kahan(a, b, has_b, p, m, n, has_c, cbits, chunk, spec, ospec,
+                                       prod_on, pspec, mt, seed, flat)
+        else:
+            bits, cnt = ac.order_multiterm(a, b, has_b, p, m, n, has_c, cbits, chunk, spec,
+                                           ospec, prod_on, pspec, mt, seed, flat)
+        _store(out, counts, count_on, i, flat, bits, cnt, cast_on, cspec, seed)
 
 
 def run(a3: np.ndarray, b3: np.ndarray | None, acc: AccumSpec, cast: Cast | None, seed: int,
@@ -116,7 +96,9 @@ def run(a3: np.ndarray, b3: np.ndarray | None, acc: AccumSpec, cast: Cast | None
     counts = np.zeros((todo.size if count_on else 0, 3), np.int64)
     has_c = c is not None
     c_bits = c if c is not None else np.zeros(1, np.uint64)
+    todo = np.ascontiguousarray(todo, dtype=np.int64)
     with threads_for(todo.size * a3.shape[2] * NS_PER_EXACT_MAC):
-        _kernel(acc.order)(a_bits, b_bits, has_b, c_bits, has_c, todo, out, counts, count_on,
-                            *args, np.uint64(seed))
+        _reduce_outputs(np.int64(ORDERS.index(acc.order)), readonly(a_bits), readonly(b_bits),
+                        has_b, readonly(c_bits), has_c, readonly(todo), out, counts, count_on,
+                        *args, np.uint64(seed))
     return out.view(np.float64), events(counts.sum(axis=0))
