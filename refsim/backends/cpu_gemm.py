@@ -33,7 +33,8 @@ every NaN output with the exact core (kernels.accum_core). Non-finite operands, 
 counts and the other orders never come here.
 
 Kernels are compiled per (accumulator mode, product mode, outer mode, lane type) on first use,
-so a plain sequential fp16 GEMM compiles one kernel, not forty.
+so a plain sequential fp16 GEMM compiles one kernel, not forty; their operands arrive read-only
+(kernel_args.readonly), so a read-only caller (torch's tensors) does not compile a second copy.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import numpy as np
 from numba import njit, prange
 
 from refsim.backends import cpu_multiterm, cpu_tile
+from refsim.backends.kernel_args import readonly
 from refsim.backends.operands import OperandRange, lane_limits, products_exact
 from refsim.backends.threads import NS_PER_FAST_MAC, threads_for
 from refsim.formats import FloatFormat, Format
@@ -180,7 +182,7 @@ def run(p: Plan | cpu_tile.TilePlan | cpu_multiterm.MultitermPlan, a3: np.ndarra
     if kernel is None:
         kernel = _KERNELS[p.key] = _make_kernel(*p.key)
     with threads_for(a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2] * NS_PER_FAST_MAC):
-        kernel(a, b, raw, np.int64(p.chunk), p.fast, p.pfast, p.ofast)
+        kernel(readonly(a), readonly(b), raw, np.int64(p.chunk), p.fast, p.pfast, p.ofast)
     return raw
 
 

@@ -158,6 +158,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
+from refsim.backends.kernel_args import readonly
 from refsim.backends.operands import OperandRange
 from refsim.backends.threads import NS_PER_TILE_MAC, threads_for
 from refsim.formats import FloatFormat, Format
@@ -369,7 +370,7 @@ def run(p: TilePlan, a3: np.ndarray, b3: np.ndarray) -> np.ndarray:
     if kernel is None:
         kernel = _KERNELS[p.key] = _make_kernel(*p.key[:8])
     with threads_for(float(n_batch) * rows * panels * tn * n_k * NS_PER_TILE_MAC):
-        kernel(a, bp, out, np.int64(p.chunk))
+        kernel(readonly(a), readonly(bp), out, np.int64(p.chunk))  # one signature (readonly)
     return _finish(out, n_rows, n_cols)
 
 
