@@ -156,3 +156,13 @@ def check_axis(axis: object, ndim: int, name: str = "axis") -> int | None:
         raise ValueError(f"{name} {axis} is out of range for an array of {ndim} dimensions "
                          f"(allowed: {-ndim}..{ndim - 1})")
     return axis % ndim
+
+
+def readonly(x: np.ndarray) -> np.ndarray:
+    """A read-only view of x, for a kernel's input arrays. Numba types the writeable flag into a
+    signature, so a kernel called with writable arrays by one caller and read-only ones by another
+    (torch's tensors, broadcast views) compiled twice; inputs passed through here always read-only
+    compile once. Outputs stay writable."""
+    view = x.view()
+    view.flags.writeable = False
+    return view

@@ -20,9 +20,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from refsim.backends.kernel_args import events, exact_args, readonly
+from refsim.backends.kernel_args import events, exact_args
 from refsim.backends.threads import NS_PER_EXACT_MAC, threads_for
 from refsim.kernels import accum_core as ac
+from refsim.params import readonly
 from refsim.specs import ORDERS, AccumSpec, Cast
 
 __all__ = ["run"]

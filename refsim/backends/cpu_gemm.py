@@ -46,7 +46,6 @@ import numpy as np
 from numba import njit, prange
 
 from refsim.backends import cpu_multiterm, cpu_tile
-from refsim.backends.kernel_args import readonly
 from refsim.backends.operands import OperandRange, lane_limits, products_exact
 from refsim.backends.threads import NS_PER_FAST_MAC, threads_for
 from refsim.formats import FloatFormat, Format
@@ -54,7 +53,7 @@ from refsim.formats.block_format import BlockFormat
 from refsim.formats.policy import OVERFLOWS, ROUNDINGS
 from refsim.kernels import core
 from refsim.kernels.lane import bits_float, fast_constants, float_bits, round_lane, select
-from refsim.params import CARRIERS, format_params
+from refsim.params import CARRIERS, format_params, readonly
 from refsim.specs import AccumSpec, Cast
 
 NONE = -1  # "no product Cast" / "no outer accumulator" in a kernel key

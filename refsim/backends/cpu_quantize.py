@@ -13,7 +13,7 @@ from refsim.backends.threads import NS_PER_QUANTIZE, threads_for
 from refsim.formats import Format
 from refsim.formats.policy import check_rbits_array, check_rbits_request
 from refsim.kernels import lane
-from refsim.params import CARRIERS, check_array, check_out, resolve
+from refsim.params import CARRIERS, check_array, check_out, readonly, resolve
 
 _NO_WORDS = np.empty(0, np.uint64)  # the kernels' `given` argument when the stream is used
 
@@ -58,8 +58,8 @@ def quantize(x: np.ndarray, fmt: Format | str, rounding: str = "rne", *,
     dst = dst_array.reshape(-1).view(utype)
     fast = lane.fast_constants(params, c_man, c_bias, mode, ovf)
     with threads_for(src.size * NS_PER_QUANTIZE):
-        cpu.KERNELS[mode](src, dst, c_man, c_bias, params, fast, ovf, bits,
-                          np.uint64(seed_value), given)
+        cpu.KERNELS[mode](readonly(src), dst, c_man, c_bias, params, fast, ovf, bits,
+                          np.uint64(seed_value), readonly(given))
     if out is None:
         return dst_array
     if dst_array is not out:

@@ -158,7 +158,6 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
-from refsim.backends.kernel_args import readonly
 from refsim.backends.operands import OperandRange
 from refsim.backends.threads import NS_PER_TILE_MAC, threads_for
 from refsim.formats import FloatFormat, Format
@@ -169,7 +168,7 @@ from refsim.kernels.accum_core import TAG_ADD
 from refsim.kernels.lane import F_D_BASE, F_D_NORMAL, F_E_NORMAL, F_MAX_POS, fast_constants
 from refsim.kernels.rng import VECTOR_BLOCKS, fill_blocks, philox_x8_wrap, round_keys
 from refsim.kernels.tile import tile, tile_sr
-from refsim.params import format_params
+from refsim.params import format_params, readonly
 from refsim.specs import AccumSpec
 
 F32, F64, FP16 = FloatFormat(8, 23), FloatFormat(11, 52), FloatFormat(5, 10)
@@ -363,7 +362,7 @@ def run(p: TilePlan, a3: np.ndarray, b3: np.ndarray) -> np.ndarray:
         keep = ((1 << 64) - 1) ^ ((1 << (64 - r)) - 1)  # the top r bits of a word
         consts = np.array([*fmt_consts, keep], np.uint64)
         with threads_for(float(n_batch) * rows * panels * tn * n_k * NS_PER_SR_MAC):
-            kernel(a, bp, out, np.int64(n_rows), np.int64(n_cols),
+            kernel(readonly(a), readonly(bp), out, np.int64(n_rows), np.int64(n_cols),
                    round_keys(np.uint64(p.seed), np.uint64(0)), consts, np.int64(p.chunk))
         return _finish(out, n_rows, n_cols)
     kernel = _KERNELS.get(p.key)

@@ -33,7 +33,7 @@ from refsim.specs import (
 
 __all__ = ["COUNT_KEYS", "EXACT_PRODUCT_BITS", "NO_SPEC", "ExactArgs", "batch_shape",
            "check_products", "events", "exact_args", "initial_values", "max_significant_bits",
-           "order_params", "readonly", "result_dtype", "result_format", "spec_tuple"]
+           "order_params", "result_dtype", "result_format", "spec_tuple"]
 
 COUNT_KEYS = ("overflow", "underflow", "saturation")
 """Keys of the counts dict (the order of refsim.kernels.accum_core.CNT_*)."""
@@ -104,16 +104,6 @@ def exact_args(acc: AccumSpec, cast: Cast | None) -> ExactArgs:
     cast_on, cspec = _spec_of(cast)
     return ExactArgs(np.int64(acc.chunk or 0), spec, ospec, prod_on, pspec, cast_on, cspec,
                      order_params(acc))
-
-
-def readonly(x: np.ndarray) -> np.ndarray:
-    """A read-only view of x, for a kernel's input arrays. Numba types the writeable flag into a
-    signature, so a kernel called with writable arrays by one caller and read-only ones by another
-    (torch's tensors, broadcast views) compiled twice; inputs passed through here always read-only
-    compile once. Outputs stay writable."""
-    view = x.view()
-    view.flags.writeable = False
-    return view
 
 
 def events(totals: np.ndarray | None) -> dict[str, int]:

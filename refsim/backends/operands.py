@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit
 
 from refsim.kernels.lane import float_bits, select
-from refsim.params import CARRIERS
+from refsim.params import CARRIERS, readonly
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class OperandRange:
         kernel = _RANGE_KERNELS.get(flat.dtype)
         if kernel is None:
             kernel = _RANGE_KERNELS[flat.dtype] = _make_range_kernel(flat.dtype)
-        nonfinite, bits, low, high = kernel(flat)
+        nonfinite, bits, low, high = kernel(readonly(flat))  # one compile per dtype
         if bits == 0:
             return cls(nonfinite == 0, 0, 1 << 20, -(1 << 20))
         return cls(nonfinite == 0, int(bits), int(low), int(high))

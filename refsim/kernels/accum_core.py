@@ -1031,8 +1031,8 @@ def reduce_multiterm(a, b, has_b, p, m, n, nk, chunk, has_c, cbits, spec, ospec,
 
 
 # ---- one output element --------------------------------------------------------------------------
-# The order_* functions share one signature, so a kernel can be built per order
-# (refsim.backends.cpu_exact compiles only the orders used). mt: the order parameters (MT_*
+# The order_* functions share one signature, so one kernel dispatches to them at run time
+# (refsim.backends.cpu_exact). mt: the order parameters (MT_*
 # layout); (has_c, cbits): C.
 @njit(cache=True)
 def order_sequential(a, b, has_b, p, m, n, has_c, cbits, chunk, spec, ospec, prod_on, pspec, mt,
