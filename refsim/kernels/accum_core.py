@@ -215,28 +215,17 @@ def sr_up(rhi, rlo, shift, tail, tt, tl, sr_bits, seed, index, step, tag):
     tail exists only when shift >= 73 > r, so floor(f 2^r) comes from rem alone). sr_bits = 0:
     up iff u + f >= 1. Either way up iff C < F with C the complement of u's bits over F's width,
     compared 32 bits at a time from the top, one word H_j per chunk, drawn only while the chunks
-    tie (refsim.kernels.core.sr_round_up does the same for one 64-bit fraction).
+    tie: for sr_bits > 0 by refsim.kernels.core.sr_compare (quantize's comparison, with this
+    rounding's family), for sr_bits = 0 below, where F runs on into the window and the tail.
     """
     if sr_bits > 0:
         if shift >= sr_bits:
             big_f = bits64(rhi, rlo, shift - sr_bits)
         else:
             big_f = rlo << np.uint64(sr_bits - shift)
-        j = np.int64(0)
-        while True:
-            low = sr_bits - 32 * (j + 1)  # lowest bit of this chunk within F's sr_bits bits
-            c_chunk = accum_word(seed, index, step, tag, j) ^ _LOW32
-            if low >= 0:
-                f_chunk = (big_f >> np.uint64(low)) & _LOW32
-            else:
-                take = np.uint64(sr_bits - 32 * j)  # 1..31 bits left
-                c_chunk = c_chunk >> (np.uint64(32) - take)
-                f_chunk = big_f & ((_U1 << take) - _U1)
-            if c_chunk < f_chunk:
-                return True
-            if c_chunk > f_chunk or low <= 0:
-                return False
-            j += 1
+        return core.sr_compare(big_f, np.int64(sr_bits),
+                               accum_word(seed, index, step, tag, 0) << np.uint64(32), seed,
+                               np.int64(index), step, tag)
     end = -tl if tail != TAIL_NONE else _I0
     j = np.int64(0)
     while True:

@@ -89,6 +89,16 @@ def sr_round_up(rem, shift, sr_bits, word0, seed, index, tag):
     else:
         width = shift
         big_f = np.uint64(rem)
+    return sr_compare(big_f, width, word0, seed, index, _U0, tag)
+
+
+@njit(cache=True)
+def sr_compare(big_f, width, word0, seed, index, step, tag):
+    """C < F over `width` bits, 32 at a time from the top: F = big_f (uint64; its bits above 64
+    are zero when width > 64), C the complement of u's first `width` bits. u's bits arrive from
+    the top of word0 (sr_round_up); H_j for j >= 1 is drawn only while the chunks tie, from the
+    stream's family (step, tag) (kernels.rng.family_word), or, with index < 0 (caller-given bits,
+    width <= 64), taken from word0's low half."""
     j = np.int64(0)
     word = word0
     while True:
@@ -108,7 +118,7 @@ def sr_round_up(rem, shift, sr_bits, word0, seed, index, tag):
         if index < 0:
             word = np.uint64(word0) << _U32  # caller-given: R's bits 32..63 from the top
         else:
-            word = family_word(seed, index, j, _U0, tag) << _U32
+            word = family_word(seed, index, j, step, tag) << _U32
 
 
 @njit(cache=True)
