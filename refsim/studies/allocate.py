@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from refsim.studies.architectures import ARCHITECTURES, arch_fields
-from refsim.studies.claims import claim
+from refsim.studies.claims import as_findings, claim, finalize
 from refsim.studies.dose import seed_noise
 from refsim.studies.params import need
 from refsim.studies.report import save_figure
@@ -242,7 +242,7 @@ def analyze(p: dict[str, Any], configs: list[dict[str, Any]],
     summary = {"mean": means, "noise": noise, "comparisons": comparisons,
                "allocations": allocations, "identical": identical,
                "pairs": len(p["architectures"]) * len(p["seeds"])}
-    return rows, summary, []
+    return rows, summary, as_findings(finalize(claims({"params": p, "summary": summary})))
 
 
 def claims(doc: dict[str, Any]) -> list[dict[str, Any]]:

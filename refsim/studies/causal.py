@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from refsim.studies.architectures import arch_fields
-from refsim.studies.claims import claim
+from refsim.studies.claims import as_findings, claim, finalize
 from refsim.studies.dose import damage, dose_spec, seed_noise, threshold_bits
 from refsim.studies.params import need
 from refsim.studies.report import save_figure
@@ -77,7 +77,7 @@ QUICK: dict[str, Any] = {
 FULL: dict[str, Any] = {
     **QUICK, "sweeps": list(SWEEPS), "levels": [16, 64, 256, 1024], "depths": [2, 3, 4, 5, 6],
     "seeds": [0, 1, 2, 3, 4, 5], "noise_seeds": list(range(8)), "doses": [0, 1, 2, 3, 4],
-    "steps": 500,
+    "steps": 400,
 }
 STANDARD: dict[str, Any] = dict(FULL)
 """The published grid. Declared before running: tau 0.5 seed-sd, SESOI 0.25 bits per doubling
@@ -230,7 +230,8 @@ def analyze(p: dict[str, Any], configs: list[dict[str, Any]],
                 "per_seed": seed_slopes, "mean": float(np.mean(finite)) if n else math.nan,
                 "se": float(np.std(finite, ddof=1) / math.sqrt(n)) if n > 1 else math.nan,
                 "n": n, "of_means": _slope(x, [pt["threshold_bits"] for pt in pts])}
-    return rows, {"sweeps": out, "noise": {v: noise[v] for v in sorted(variants)}}, []
+    summary = {"sweeps": out, "noise": {v: noise[v] for v in sorted(variants)}}
+    return rows, summary, as_findings(finalize(claims({"params": p, "summary": summary})))
 
 
 def claims(doc: dict[str, Any]) -> list[dict[str, Any]]:

@@ -33,6 +33,10 @@ Usage rules:
     distribution with df (normal when None). A claim with power_at_sesoi < POWER is listed in
     the report as underpowered.
   - Every field is a plain float, int or string (JSON-safe after report.clean).
+  - `as_findings(claims)` turns finalized claims into a study's findings (refsim.studies.report:
+    id, claim, supported, evidence): supported is True for "supported", False for
+    "contradicted" and "equivalent" (a directional claim with no effect beyond the SESOI is not
+    what the claim says), None for "undecided".
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["CLAIM_KEYS", "VERDICTS", "claim", "finalize", "fisher_z", "power_at"]
+__all__ = ["CLAIM_KEYS", "VERDICTS", "as_findings", "claim", "finalize", "fisher_z", "power_at"]
 
 ALPHA = 0.05
 POWER = 0.8
@@ -156,4 +160,22 @@ def finalize(claims: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 c[f"{key}_holm"] = v
     for c in out:
         c["verdict"] = _verdict(c)
+    return out
+
+
+def as_findings(claims: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Findings (refsim.studies.report) of finalized claims (module docstring)."""
+    out = []
+    for c in claims:
+        lo, hi = c["ci"]
+        out.append({
+            "id": c["claim"], "claim": c["statement"],
+            "supported": {"supported": True, "undecided": None}.get(c["verdict"], False),
+            "evidence": (f"{c['verdict']}: effect {c['effect']:+.3g} {c['units']} (95% CI "
+                         f"[{lo:+.3g}, {hi:+.3g}]), SESOI {c['sesoi']:.3g}, p {c['p']:.2g} "
+                         f"(Holm {c['p_holm']:.2g}), equivalence p {c['p_tost']:.2g} (Holm "
+                         f"{c['p_tost_holm']:.2g}), power at the SESOI "
+                         f"{c['power_at_sesoi']:.2f}, n {c['n']}; {c['design']}; "
+                         f"{c['measure']}"),
+            "power": {"power_at_sesoi": c["power_at_sesoi"], "sesoi": c["sesoi"]}})
     return out

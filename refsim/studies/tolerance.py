@@ -44,7 +44,7 @@ import numpy as np
 
 from refsim.studies import stats
 from refsim.studies.architectures import ARCHITECTURES, arch_fields
-from refsim.studies.claims import claim, fisher_z
+from refsim.studies.claims import as_findings, claim, finalize, fisher_z
 from refsim.studies.dose import damage, dose_spec, monotone, seed_noise, threshold_bits
 from refsim.studies.params import need, need_format
 from refsim.studies.report import save_figure
@@ -67,14 +67,16 @@ QUICK: dict[str, Any] = {
     "sesoi_rho": 0.3, "primary": "test_loss",
 }
 FULL: dict[str, Any] = {
-    **QUICK, "architectures": list(ARCHITECTURES), "noise_seeds": list(range(8)),
-    "doses": [0, 1, 2, 3, 4], "steps": 500, "acc_architectures": ["mlp-down", "mlp-up"],
+    **QUICK, "architectures": [a for a in ARCHITECTURES if a != "transformer-2"],
+    "noise_seeds": list(range(8)), "doses": [0, 1, 2, 3, 4], "steps": 400,
+    "acc_architectures": ["mlp-down"],
 }
 STANDARD: dict[str, Any] = dict(FULL)
-"""The published grid: 7 architectures (>= 130 GEMMs), operands e5m0..e5m4, 2 seeds per dose
-(the dose sweep, not more seeds, makes M* reliable), 8 baseline seeds per architecture, 500
-steps to a plateau. The declarations made before running: tau = 0.5 seed-sd, SESOI |rho| 0.3,
-alpha 0.05 with Holm's correction per family."""
+"""The published grid: 7 architectures (135 GEMMs; transformer-2 adds 39 more at twice the
+cost of the others, left out for time), operands e5m0..e5m4, 2 seeds per dose (the dose sweep,
+not more seeds, makes M* reliable), 8 baseline seeds per architecture, 400 steps to a plateau;
+the accumulator lever on mlp-down. The declarations made before running: tau = 0.5 seed-sd,
+SESOI |rho| 0.3, alpha 0.05 with Holm's correction per family."""
 
 
 def check(p: dict[str, Any]) -> None:
@@ -225,7 +227,7 @@ def analyze(p: dict[str, Any], configs: list[dict[str, Any]],
                                             for a in p["architectures"]},
                                "cross": {k: _cross(p, gemms, k) for k in MEASURES}}
     summary["n_gemms"] = len(gemms)
-    return rows, summary, []
+    return rows, summary, as_findings(finalize(claims({"params": p, "summary": summary})))
 
 
 def _design(gemms: list[dict[str, Any]], key: str):
