@@ -276,7 +276,8 @@ def plot(s: dict[str, Any], out: Path) -> list[str]:
         if factor != "D":
             ax.set_xscale("log", base=2)
         ax.set_xlabel({"K": "K", "F": "uses per element (swept)", "D": "layer"}[factor])
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     axes[0].set_ylabel("threshold bits M* (test loss)")
     fig.suptitle("Causal sweeps: one factor moved")
     return [save_figure(fig, out, "causal.png")]

@@ -340,7 +340,8 @@ def plot(s: dict[str, Any], out: Path) -> list[str]:
                 ax.scatter(xs, [b for _, b in pts], s=10, color=color, label=role, alpha=0.7)
         ax.set_xlabel(label)
     axes[0].set_ylabel("threshold bits M* (test loss)")
-    axes[0].legend(fontsize=7)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=7)
     fig.suptitle("Operand bits each GEMM needs, against its factors")
     return [save_figure(fig, out, "thresholds.png")]
 
