@@ -165,7 +165,8 @@ def test_outputs_end_to_end(tmp_path):
     claims = json.loads((tmp_path / "claims.json").read_text())
     assert isinstance(claims, list) and claims
     ids = {c["claim"] for c in claims}
-    assert {"cross-gemm/k/test_loss", "causal/K/forward", "causal/D/forward",
+    assert {"cross-gemm/k/threshold/test_loss", "cross-gemm/k/area/test_loss",
+            "causal/K/forward/threshold", "causal/D/forward/area",
             "allocation/factor vs U/test_loss"} <= ids
     for c in claims:
         assert set(CLAIM_KEYS) <= set(c)
