@@ -32,7 +32,8 @@ from refsim.studies.report import headline, write_report, write_study
 
 __all__ = ["STUDIES", "headline", "run_all", "run_study"]
 
-STUDIES = ("accumulation", "frequency", "depth", "sensitivity", "allocate", "recipes")
+STUDIES = ("accumulation", "frequency", "depth", "sensitivity", "allocate", "recipes",
+           "accumulators")
 
 
 def _module(name: str):
