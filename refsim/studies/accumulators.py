@@ -118,14 +118,14 @@ STANDARD: dict[str, Any] = {
     "log2_k": list(range(7, 17)),
     "data": list(DATA),
     "scalings": list(SCALINGS),
-    "m": 16, "n": 16, "trials": 12,
+    "m": 16, "n": 16, "trials": 8,
     "hidden": [64, 256, 1024, 4096],
-    "seeds": list(range(10)),
+    "seeds": list(range(8)),
     "steps": 400,
 }
-"""Sized for about 12 minutes on 2 cores (docs/studies.md): 40 synthetic runs (16 x K x 16, 12
-trials, K = 2^7..2^16) and 160 training runs (4 accumulators x 4 widths x 10 seeds x 400
-steps)."""
+"""Sized for about 10 minutes on 2 idle cores (docs/studies.md): 30 synthetic runs (16 x K x 16,
+8 trials, K = 2^7..2^16; about 10 s each) and 128 training runs (4 accumulators x 4 widths x 8
+seeds x 400 steps; about 80 s per seed over the widths and accumulators)."""
 FULL: dict[str, Any] = {**STANDARD, "trials": 24, "hidden": [64, 256, 1024, 4096, 16384],
                         "seeds": list(range(16))}
 
@@ -222,9 +222,10 @@ def operands(data: str, trial: int, m: int, n: int, kmax: int, seed: int
     """Trial `trial`'s float64 A (m x kmax) and B (kmax x n) before rounding (module doc)."""
     code = list(DATA).index(data)
     da, db = DATA[data]
-    a = _draw(da, np.random.default_rng([seed, trial, code, 0]), (m, kmax))
-    b = _draw(db, np.random.default_rng([seed, trial, code, 1]), (n, kmax)).T
-    return a, np.ascontiguousarray(b)
+    # Drawn K-major, so a shorter K's operands are a prefix of a longer K's.
+    a = _draw(da, np.random.default_rng([seed, trial, code, 0]), (kmax, m)).T
+    b = _draw(db, np.random.default_rng([seed, trial, code, 1]), (kmax, n))
+    return np.ascontiguousarray(a), b
 
 
 def to_e4m3(x: np.ndarray, scaling: str) -> np.ndarray:
