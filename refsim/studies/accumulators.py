@@ -619,15 +619,18 @@ def plot(s: dict[str, Any], out: Path) -> list[str]:
     if dmg:
         fig, ax = plt.subplots(figsize=(5, 3.6))
         for a in LOW:
-            pts = [d for d in dmg.values() if d["acc"] == a and math.isfinite(d["z"])]
-            if pts:
-                ax.errorbar([d["hidden"] for d in pts], [d["z"] for d in pts],
-                            yerr=[1.96 * d["z_se"] if math.isfinite(d["z_se"]) else 0.0
-                                  for d in pts], fmt="o-", ms=4, capsize=2, label=a)
+            marks = [x for x in dmg.values() if x["acc"] == a and math.isfinite(x["z"])]
+            if marks:
+                half = [[x["z"] - x["ci_low"] if math.isfinite(x["ci_low"]) else 0.0
+                         for x in marks],
+                        [x["ci_high"] - x["z"] if math.isfinite(x["ci_high"]) else 0.0
+                         for x in marks]]
+                ax.errorbar([x["hidden"] for x in marks], [x["z"] for x in marks], yerr=half,
+                            fmt="o-", ms=4, capsize=2, label=a)
         ax.set_xscale("log")
         ax.axhline(0, color="gray", lw=0.6)
         ax.set_xlabel("K of the output layer (hidden width)")
-        ax.set_ylabel("damage: final test loss, seed sd")
+        ax.set_ylabel("damage: final test loss, seed sd (95% t interval)")
         ax.legend(fontsize=7)
         ax.set_title("Training: damage against the fp32 accumulator", fontsize=9)
         files.append(save_figure(fig, out, "accumulators_training.png"))

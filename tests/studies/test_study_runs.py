@@ -29,6 +29,9 @@ TINY = {
                  "policies": ["factor", "U"]},
     "recipes": {"models": ["mlp"], "seeds": [0, 1], "steps": 2, "recipes": ["mxfp8"],
                 "roles": False},
+    "accumulators": {"log2_k": [7, 8], "compare_k": 256, "m": 2, "n": 2, "trials": 2,
+                     "data": ["uniform"], "claim_data": ["uniform"], "hidden": [8, 16],
+                     "seeds": [0, 1], "steps": 2},
 }
 
 PAPER_IDS = {"accumulation", "frequency", "depth", "allocation"}
@@ -60,7 +63,7 @@ def test_quick_tiny_grid(tiny, name):
     assert data["findings"], "every study states what its numbers support"
     if name == "recipes":
         assert {f["id"] for f in data["findings"]} == {"recipe-mxfp8"}
-    elif name != "accumulation":
+    elif name not in ("accumulation", "accumulators"):
         assert {f["id"] for f in data["findings"]} & PAPER_IDS
 
 
