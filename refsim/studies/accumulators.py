@@ -81,9 +81,13 @@ DATA: dict[str, tuple[str, str]] = {
     "abs-normal": ("|N(0,1)|", "|N(0,1)|"),
     "activation": ("|N(0,1)|", "N(0,1)"),
     "uniform-normal": ("U(0,1)", "N(0,1)"),
+    "shifted-0.1": ("|N(0,1)|", "N(0.1,1)"),
+    "shifted-0.5": ("|N(0,1)|", "N(0.5,1)"),
 }
 """Data kinds: (A's distribution, B's distribution). `activation` is ReLU-like activations
-(half-normal) times zero-mean weights: the products are zero-mean, their sum cancels."""
+(half-normal) times zero-mean weights: the products are zero-mean, their sum cancels. The
+`shifted` kinds give the weights a mean of 0.1 or 0.5 of their sd: partial cancellation, between
+the zero-mean and the one-signed kinds."""
 SCALINGS = ("none", "tensor")
 E4M3 = "e4m3fn"
 E4M3_MAX = 448.0
@@ -123,7 +127,7 @@ STANDARD: dict[str, Any] = {
     "seeds": list(range(8)),
     "steps": 400,
 }
-"""Sized for about 10 minutes on 2 idle cores (docs/studies.md): 30 synthetic runs (16 x K x 16,
+"""Sized for about 10 minutes on 2 idle cores (docs/studies.md): 42 synthetic runs (16 x K x 16,
 8 trials, K = 2^7..2^16; about 10 s each) and 128 training runs (4 accumulators x 4 widths x 8
 seeds x 400 steps; about 80 s per seed over the widths and accumulators)."""
 FULL: dict[str, Any] = {**STANDARD, "trials": 24, "hidden": [64, 256, 1024, 4096, 16384],
@@ -210,11 +214,12 @@ def grid(p: dict[str, Any]) -> list[dict[str, Any]]:
 
 # ---- synthetic GEMMs -----------------------------------------------------------------------------
 def _draw(kind: str, rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
-    if kind == "N(0,1)":
-        return rng.standard_normal(shape)
     if kind == "U(0,1)":
         return rng.random(shape)
-    return np.abs(rng.standard_normal(shape))  # |N(0,1)|
+    if kind == "|N(0,1)|":
+        return np.abs(rng.standard_normal(shape))
+    mean = float(kind[2:kind.index(",")])  # "N(mu,1)"
+    return rng.standard_normal(shape) + mean
 
 
 def operands(data: str, trial: int, m: int, n: int, kmax: int, seed: int
