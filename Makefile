@@ -33,7 +33,8 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 run: $(STAMP)
 	$(PY) -m refsim study all --quick --out reports/latest
 
-# The standard grids (docs/studies.md): about 25-40 minutes on 2 idle cores; resumes from the cache.
+# The decisive studies (docs/studies.md): accumulation, tolerance, causal, allocate in their
+# standard grids; measured time in docs/results/README.md; resumes from the cache.
 study: $(STAMP)
 	$(PY) -m refsim study all --standard --workers 2 --out docs/results --cache reports/cache-standard
 

@@ -48,22 +48,30 @@ class MLP(Module):
 
 
 class CNN(Module):
-    """conv(3x3, pad 1)-relu-maxpool2 twice, then a linear layer: for 1x8x8 digits by default."""
+    """3x3 convs (pad 1, relu), a 2x2 max-pool after each of the first two, then a linear layer:
+    for 1x8x8 digits by default. `channels` lists the convs' output channels (conv1, conv2,
+    ...; the default (8, 16) is two convs)."""
 
     def __init__(self, channels: Sequence[int] = (8, 16), image: int = 8, classes: int = 10,
                  seed: int = 0) -> None:
         if image % 4:
             raise ValueError(f"CNN image size must be a multiple of 4 (two 2x2 pools); got {image}")
+        if len(channels) < 2:
+            raise ValueError(f"CNN channels must list at least two convs; got {channels}")
         rng = np.random.default_rng(seed)
-        c1, c2 = channels
-        self.conv1 = Conv2d("conv1", 1, c1, 3, rng, padding=1)
-        self.conv2 = Conv2d("conv2", c1, c2, 3, rng, padding=1)
-        self.fc = Linear("fc", c2 * (image // 4) ** 2, classes, rng)
+        self.n_convs = len(channels)
+        for i, (c_in, c_out) in enumerate(itertools.pairwise((1, *channels))):
+            # attributes conv1, conv2, ...: parameter names (conv1.weight) as the layer names
+            setattr(self, f"conv{i + 1}", Conv2d(f"conv{i + 1}", c_in, c_out, 3, rng, padding=1))
+        self.fc = Linear("fc", channels[-1] * (image // 4) ** 2, classes, rng)
 
     def __call__(self, x: np.ndarray, ctx: Context) -> Tensor:
         """Logits (N, classes) of images x (N, 1, H, W)."""
-        h = ops.max_pool2d(self.conv1(_input(x), ctx).relu())
-        h = ops.max_pool2d(self.conv2(h, ctx).relu())
+        h = _input(x)
+        for i in range(self.n_convs):
+            h = getattr(self, f"conv{i + 1}")(h, ctx).relu()
+            if i < 2:
+                h = ops.max_pool2d(h)
         return self.fc(h.reshape(h.shape[0], -1), ctx)
 
 

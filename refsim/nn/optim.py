@@ -11,9 +11,14 @@ Usage rules:
     format survive in expectation instead of stagnating.
   - Optimizer state (momentum, Adam moments) is float32.
   - `step()` skips parameters whose grad is None; it raises if no parameter has a gradient.
+  - schedule: "constant" (lr at every step) or "cosine" (lr * (1 + cos(pi * s / total_steps))
+    / 2 at step s = 0, 1, ...: the rate falls to 0 at total_steps, so a run ends on a plateau
+    whose end point does not depend on where a large step happened to land).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -22,14 +27,17 @@ from refsim.nn.tensor import Tensor
 from refsim.quantize import quantize
 from refsim.specs import Cast
 
-__all__ = ["SGD", "Adam", "Optimizer"]
+__all__ = ["SCHEDULES", "SGD", "Adam", "Optimizer"]
+
+SCHEDULES = ("constant", "cosine")
 
 
 class Optimizer:
     """Shared parts: the parameter list, the step counter and the (optional) storage rounding."""
 
     def __init__(self, params: list[Tensor], lr: float, storage: Cast | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, schedule: str = "constant", total_steps: int | None = None
+                 ) -> None:
         self.params = list(params)
         if not self.params:
             raise ValueError("optimizer: the parameter list is empty")
@@ -41,12 +49,27 @@ class Optimizer:
         if storage is not None and isinstance(storage.fmt, BlockFormat):
             raise TypeError(f"optimizer: storage must be a Cast to an element format; got the "
                             f"block format {storage.fmt.name}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"optimizer: schedule must be one of {', '.join(SCHEDULES)}; got "
+                             f"{schedule!r}")
+        if schedule == "cosine" and not (isinstance(total_steps, int) and total_steps >= 1):
+            raise ValueError(f"optimizer: the cosine schedule needs total_steps, a positive int; "
+                             f"got {total_steps!r}")
         self.lr, self.storage, self.seed = lr, storage, seed
+        self.schedule, self.total_steps = schedule, total_steps
         self.steps = 0
         if storage is not None:
             assert not isinstance(storage.fmt, BlockFormat)  # checked above
             for p in self.params:
                 p.data = quantize(p.data, storage.fmt, "rne", overflow=storage.overflow)
+
+    def lr_now(self) -> float:
+        """The learning rate of the current step (module docstring: schedule)."""
+        if self.schedule == "constant":
+            return self.lr
+        assert self.total_steps is not None  # __init__ checks
+        return self.lr * 0.5 * (1.0 + math.cos(math.pi * min(self.steps, self.total_steps)
+                                              / self.total_steps))
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -80,8 +103,9 @@ class SGD(Optimizer):
     """v = momentum v + (g + weight_decay w); w -= lr v (torch's SGD without dampening)."""
 
     def __init__(self, params: list[Tensor], lr: float = 0.1, momentum: float = 0.0,
-                 weight_decay: float = 0.0, storage: Cast | None = None, seed: int = 0) -> None:
-        super().__init__(params, lr, storage, seed)
+                 weight_decay: float = 0.0, storage: Cast | None = None, seed: int = 0,
+                 schedule: str = "constant", total_steps: int | None = None) -> None:
+        super().__init__(params, lr, storage, seed, schedule, total_steps)
         self.momentum, self.weight_decay = momentum, weight_decay
         self.velocity = [np.zeros_like(p.data) for p in self.params]
 
@@ -91,7 +115,7 @@ class SGD(Optimizer):
         if self.momentum:
             self.velocity[i] = np.float32(self.momentum) * self.velocity[i] + g
             g = self.velocity[i]
-        return -np.float32(self.lr) * g
+        return -np.float32(self.lr_now()) * g
 
 
 class Adam(Optimizer):
@@ -100,8 +124,9 @@ class Adam(Optimizer):
 
     def __init__(self, params: list[Tensor], lr: float = 1e-3, betas: tuple[float, float] = (0.9,
                  0.999), eps: float = 1e-8, weight_decay: float = 0.0,
-                 storage: Cast | None = None, seed: int = 0) -> None:
-        super().__init__(params, lr, storage, seed)
+                 storage: Cast | None = None, seed: int = 0, schedule: str = "constant",
+                 total_steps: int | None = None) -> None:
+        super().__init__(params, lr, storage, seed, schedule, total_steps)
         self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
         self.m = [np.zeros_like(p.data) for p in self.params]
         self.v = [np.zeros_like(p.data) for p in self.params]
@@ -115,4 +140,4 @@ class Adam(Optimizer):
         t = self.steps + 1
         m_hat = self.m[i] / np.float32(1 - b1**t)
         v_hat = self.v[i] / np.float32(1 - b2**t)
-        return -np.float32(self.lr) * m_hat / (np.sqrt(v_hat) + np.float32(self.eps))
+        return -np.float32(self.lr_now()) * m_hat / (np.sqrt(v_hat) + np.float32(self.eps))

@@ -43,8 +43,8 @@ from refsim.nn import ops
 from refsim.nn.data import TASKS, Split, digits, sequence_task
 from refsim.nn.layers import Module
 from refsim.nn.models import CNN, MLP, ResNet, Transformer
-from refsim.nn.numerics import Context, Numerics
-from refsim.nn.optim import SGD, Adam, Optimizer
+from refsim.nn.numerics import PRESETS, Context, Numerics, preset
+from refsim.nn.optim import SCHEDULES, SGD, Adam, Optimizer
 from refsim.nn.tensor import Tensor
 from refsim.specs import Cast
 
@@ -68,8 +68,15 @@ class TrainConfig:
         storage: None, or a format name: weights stored in it, updated with SR (optim docs).
         hidden: MLP hidden sizes.
         task, length, vocab, n_train: the transformer's sequence task.
-        d_model, heads, blocks, d_ff, dropout: the transformer's shape.
+        d_model, heads, d_ff, dropout: the transformer's shape; blocks: its blocks, or the
+            ResNet's residual blocks.
+        channels: the CNN's conv channels (one 3x3 conv each; default (8, 16)), or the
+            ResNet's (stem, width) (default (64, 16)); refsim.nn.models.
         max_steps: stop after this many steps (None: run every epoch).
+        lr_schedule: "constant" or "cosine" (to 0 over the run's steps; refsim.nn.optim).
+        eval_preset: a Numerics preset name the test set is evaluated with (e.g. "numpy":
+            fp32 inference, the same for every training plan), or None: the training plan's
+            forward products.
     """
 
     model: str = "mlp"
@@ -92,6 +99,9 @@ class TrainConfig:
     d_ff: int = 64
     dropout: float = 0.0
     max_steps: int | None = None
+    channels: tuple[int, ...] | None = None
+    lr_schedule: str = "constant"
+    eval_preset: str | None = None
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -106,6 +116,25 @@ class TrainConfig:
                 raise ValueError(f"{key} must be a positive int; got {value!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
+        if self.lr_schedule not in SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(SCHEDULES)}; got "
+                             f"{self.lr_schedule!r}")
+        if self.channels is not None and not (
+                len(self.channels) >= 2 and all(isinstance(c, int) and c >= 1
+                                                for c in self.channels)
+                and (self.model != "resnet" or len(self.channels) == 2)):
+            raise ValueError(f"channels must list at least two positive ints (two for the "
+                             f"resnet: stem, width); got {self.channels!r}")
+        if self.eval_preset is not None and self.eval_preset not in PRESETS:
+            raise ValueError(f"eval_preset must be None or one of {', '.join(PRESETS)}; got "
+                             f"{self.eval_preset!r}")
+
+    def total_steps(self, n_train: int) -> int:
+        """Steps the run takes over n_train examples (epochs of ceil(n / batch) steps, capped
+        by max_steps); needs a resolved config."""
+        assert self.batch_size is not None
+        steps = self.epochs * math.ceil(n_train / self.batch_size)
+        return steps if self.max_steps is None else min(steps, self.max_steps)
 
     def resolved(self) -> TrainConfig:
         """The config with the model's defaults filled in."""
@@ -128,25 +157,30 @@ def build(config: TrainConfig) -> tuple[Module, Split]:
     if c.model == "mlp":
         return MLP((64, *c.hidden, 10), seed=c.seed), digits()
     if c.model == "cnn":
-        return CNN(seed=c.seed), digits(images=True)
+        return CNN(channels=c.channels or (8, 16), seed=c.seed), digits(images=True)
     if c.model == "resnet":
-        return ResNet(seed=c.seed), digits(images=True)
+        stem, width = c.channels or (64, 16)
+        return ResNet(stem=stem, width=width, blocks=c.blocks, seed=c.seed), \
+            digits(images=True)
     split = sequence_task(c.task, n_train=c.n_train, length=c.length, vocab=c.vocab, seed=c.seed)
     model = Transformer(c.vocab + 1, split.x_train.shape[1], d=c.d_model, heads=c.heads,
                         n_blocks=c.blocks, d_ff=c.d_ff, dropout=c.dropout, seed=c.seed)
     return model, split
 
 
-def make_optimizer(config: TrainConfig, model: Module) -> Optimizer:
-    """The optimizer `config` names (SGD or Adam, fp32 masters, optional SR weight storage)."""
+def make_optimizer(config: TrainConfig, model: Module, total_steps: int | None = None
+                   ) -> Optimizer:
+    """The optimizer `config` names (SGD or Adam, fp32 masters, optional SR weight storage,
+    its lr schedule over total_steps)."""
     storage = None if config.storage is None else Cast(config.storage, "sr")
     params = model.parameters()
     assert config.lr is not None
     if config.optimizer == "adam":
         return Adam(params, config.lr, weight_decay=config.weight_decay, storage=storage,
-                    seed=config.seed)
+                    seed=config.seed, schedule=config.lr_schedule, total_steps=total_steps)
     return SGD(params, config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-               storage=storage, seed=config.seed)
+               storage=storage, seed=config.seed, schedule=config.lr_schedule,
+               total_steps=total_steps)
 
 
 def _quiet() -> np.errstate:
@@ -186,6 +220,11 @@ def evaluate(model: Module, split: Split, ctx: Context) -> dict[str, float]:
     if split.mask_test is not None:
         out["sequence_accuracy"] = whole / n
     return out
+
+
+def _evaluate_at(model: Module, split: Split, ctx: Context, step: int) -> dict[str, float]:
+    ctx.step = step  # an evaluation context of its own still seeds by the training step
+    return evaluate(model, split, ctx)
 
 
 class _Progress:
@@ -242,8 +281,12 @@ def train(config: TrainConfig, numerics: Numerics, out_dir: str | Path | None = 
     model = built if model is None else model
     numerics.check(model.gemm_names())
     numerics = numerics.bind(model.gemm_names())  # the pattern @last names the output layer
-    optimizer = make_optimizer(config, model)
+    optimizer = make_optimizer(config, model, config.total_steps(len(split.y_train)))
     ctx = Context(numerics, seed=config.seed)
+    eval_ctx = ctx
+    if config.eval_preset is not None:
+        eval_numerics = preset(config.eval_preset).bind(model.gemm_names())
+        eval_ctx = Context(eval_numerics, seed=config.seed)
     metrics = None
     if out_dir is not None:
         out = Path(out_dir)
@@ -284,7 +327,8 @@ def train(config: TrainConfig, numerics: Numerics, out_dir: str | Path | None = 
                 break
             epochs_run += 1
             record = {"kind": "epoch", "epoch": epoch, "train_loss": float(np.mean(losses)),
-                      **evaluate(model, split, ctx), "seconds": time.perf_counter() - start}
+                      **_evaluate_at(model, split, eval_ctx, ctx.step),
+                      "seconds": time.perf_counter() - start}
             if metrics is not None:
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()

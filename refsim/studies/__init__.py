@@ -9,7 +9,11 @@ Usage rules:
     document (refsim.studies.report.SCHEMA), with its provenance (refsim.studies.provenance:
     git commit, date, machine, wall time and `command`).
   - `run_all(out_dir, ...)` runs every study into out_dir/<name>/ (one shared cache,
-    out_dir/cache) and writes the combined out_dir/report.md.
+    out_dir/cache) and writes the combined out_dir/report.md. Studies whose module has
+    `claims(doc)` contribute claims (refsim.studies.claims): run_all corrects them (Holm per
+    family), writes out_dir/claims.json (a list, refsim.studies.claims.CLAIM_KEYS and more) and,
+    when the tolerance study ran, out_dir/tolerance.csv (one row per GEMM). STANDARD_SET is
+    what `refsim study all --standard` (and `make study`) runs.
   - Each study module provides VERSION (bumped when its runs change meaning: it is part of
     the cache key), TITLE, QUICK, FULL, check(params), grid(params), run_one(config),
     analyze(params, configs, results) -> (rows, summary, findings), plot(summary, out_dir)
@@ -30,10 +34,12 @@ from refsim.studies.executor import run_grid
 from refsim.studies.params import apply_overrides, defaults
 from refsim.studies.report import headline, write_report, write_study
 
-__all__ = ["STUDIES", "headline", "run_all", "run_study"]
+__all__ = ["STANDARD_SET", "STUDIES", "collect_claims", "headline", "run_all", "run_study"]
 
-STUDIES = ("accumulation", "frequency", "depth", "sensitivity", "allocate", "recipes",
-           "accumulators")
+STUDIES = ("accumulation", "frequency", "depth", "sensitivity", "tolerance", "causal",
+           "allocate", "recipes", "accumulators")
+STANDARD_SET = ("accumulation", "tolerance", "causal", "allocate")
+"""The studies that decide the paper's claims (docs/studies.md): `study all --standard`."""
 
 
 def _module(name: str):
@@ -79,12 +85,49 @@ def run_study(name: str, out_dir: str | Path, *, quick: bool = False,
     return doc
 
 
+def collect_claims(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The claims of every study in docs that makes any, Holm-corrected per family."""
+    from refsim.studies.claims import finalize
+
+    raw: list[dict[str, Any]] = []
+    for doc in docs:
+        mod = _module(doc["study"])
+        if hasattr(mod, "claims"):
+            raw += mod.claims(doc)
+    return finalize(raw)
+
+
+def write_outputs(out: Path, docs: list[dict[str, Any]], seconds: float,
+                  appendix: str = "") -> Path:
+    """claims.json, tolerance.csv (when the tolerance study ran) and report.md in out."""
+    import csv
+    import json
+
+    from refsim.studies.report import clean
+
+    claims = collect_claims(docs)
+    out.mkdir(parents=True, exist_ok=True)
+    if claims:
+        (out / "claims.json").write_text(json.dumps(clean(claims), indent=1) + "\n")
+    for doc in docs:
+        if doc["study"] == "tolerance":
+            from refsim.studies.tolerance import tolerance_rows
+
+            rows = clean(tolerance_rows(doc))
+            if rows:
+                with (out / "tolerance.csv").open("w", newline="") as fh:
+                    writer = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
+                    writer.writeheader()
+                    writer.writerows(rows)
+    return write_report(out, docs, seconds, appendix=appendix, claims=claims)
+
+
 def run_all(out_dir: str | Path, *, quick: bool = False, studies: tuple[str, ...] = STUDIES,
             progress: TextIO | None = None, **options: Any) -> tuple[list[dict[str, Any]], Path]:
-    """Every study into out_dir/<name>/ and the combined report; (documents, report path)."""
+    """Every study into out_dir/<name>/ and the combined outputs; (documents, report path)."""
     out = Path(out_dir)
     options.setdefault("cache_dir", out / "cache")
     start = time.perf_counter()
     docs = [run_study(name, out / name, quick=quick, progress=progress, **options)
             for name in studies]
-    return docs, write_report(out, docs, time.perf_counter() - start)
+    return docs, write_outputs(out, docs, time.perf_counter() - start)

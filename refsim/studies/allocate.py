@@ -2,6 +2,9 @@
 and random allocations with the same mean bits.
 
 Usage rules:
+  - Architectures: refsim.studies.architectures (each with >= 6 layers), trained with its
+    RECIPE for `steps` steps; every run is paired with the same seed's runs of the other
+    policies and with the fp32 baseline (np.matmul, the "numpy" plan).
   - A layer's factors come from its forward GEMM in refsim.factors.profile: K (reduction
     length), F (usage frequency, the geometric mean of the operands' uses) and D (depth from
     the input). Every role of the layer gets operands e{exp_bits}m{bits} (rounding `rounding`,
@@ -10,22 +13,20 @@ Usage rules:
     to higher/lower F, "D+"/"D-" to deeper/shallower layers, "factor" ranks layers by
     rank(F) - rank(K) (more bits where K is small and F high), "U" gives every layer
     `mean_bits`, and "R0", "R1", ... are random permutations (seeded by the draw and the
-    model, the same for every training seed). Every non-uniform policy hands out the same
-    multiset of widths: linspace(mean_bits - spread, mean_bits + spread, n_layers) rounded
+    architecture, the same for every training seed). Every non-uniform policy hands out the
+    same multiset of widths: linspace(mean_bits - spread, mean_bits + spread, n_layers) rounded
     half to even, whose mean is mean_bits exactly. Ties in a score go to the earlier layer.
-  - Each policy is trained for every seed; the run of the plan `rest` (fp32 or numpy, as in
-    the sensitivity study) with the same seed is the reference. Training parameters:
-    refsim.studies.training.TRAINING.
-  - Comparisons are paired over (model, seed), in units of each model's seed noise (the
-    seed-to-seed standard deviation of the measure, the root of the median variance over the
-    model's policies), so that models with different loss scales weigh alike. Each comparison
-    has its paired t-test and the smallest mean difference the pairs detect with 80% power
-    (refsim.studies.stats.paired), and its verdict comes from refsim.studies.stats.decide with
-    `small_diff` (seed-noise units) as the small effect, on `measure` (default: the final test
-    loss; train_loss_auc is reported too).
-  - Findings: "allocation" (factor beats U and the random draws: supported when both
-    comparisons are; not supported when either is not; else undecided), "allocation-a" (A-
-    beats A+), "allocation-f" (F+ beats F-) and "allocation-d" (D+ and D- do alike).
+  - Identical policies: where two policies give an architecture the same widths (in an MLP
+    whose K falls with depth, A- is D+), the allocation is trained once and every policy that
+    names it reads that run; `identical` lists them per architecture, and a comparison of two
+    policies leaves out the architectures where they coincide (their difference is zero by
+    construction, not evidence), saying so in its `n` and `excluded`.
+  - Comparisons are paired over (architecture, seed), in units of each architecture's seed
+    noise (the seed-to-seed sd of its baseline over the seeds), on both measures (the final
+    test loss with fp32 inference, and the train-loss AUC). Claims (refsim.studies.claims,
+    family "allocation/<measure>"): factor beats U, factor beats the mean of the random draws,
+    A- beats A+, F+ beats F- (lower loss: direction -1, first minus second), and D+ and D- do
+    alike (direction 0); SESOI `sesoi` seed-sd (0.5) for every one, declared before running.
 """
 
 from __future__ import annotations
@@ -36,49 +37,59 @@ from typing import Any
 
 import numpy as np
 
-from refsim.studies import stats
+from refsim.studies.architectures import ARCHITECTURES, arch_fields
+from refsim.studies.claims import as_findings, claim, finalize
+from refsim.studies.dose import seed_noise
 from refsim.studies.params import need
-from refsim.studies.report import said, save_figure
-from refsim.studies.training import (
-    TRAINING,
-    bits_plan,
-    check_training,
-    model_fields,
-    profile_of,
-    train_run,
-)
+from refsim.studies.report import save_figure
+from refsim.studies.training import bits_plan, profile_of, train_run
 
 __all__ = ["FULL", "QUICK", "STANDARD", "TITLE", "VERSION", "allocation", "analyze", "check",
-           "grid", "plot", "run_one", "section"]
+           "claims", "grid", "plot", "run_one", "section"]
 
-VERSION = 3
+VERSION = 4
 TITLE = "Bit-width allocation from the factors, against uniform and random"
 NAME = "allocate"
 POLICIES = ("factor", "A+", "A-", "F+", "F-", "D+", "D-", "U")
-MEASURES = ("test_loss", "train_loss_auc", "test_loss_auc")
+MEASURES = ("test_loss", "train_loss_auc")
+COMPARISONS = (("factor", "U", -1), ("factor", "R", -1), ("A-", "A+", -1), ("F+", "F-", -1),
+               ("D+", "D-", 0))
+STATEMENTS = {
+    "factor vs U": "factor-based allocation beats uniform bits",
+    "factor vs R": "factor-based allocation beats random allocations",
+    "A- vs A+": "fewer bits at long reductions (A-) beats more (A+)",
+    "F+ vs F-": "more bits at frequently used elements (F+) beats fewer (F-)",
+    "D+ vs D-": "more bits at deep layers (D+) and at shallow ones (D-) do alike",
+}
 
 QUICK: dict[str, Any] = {
-    **TRAINING, "models": ["mlp", "cnn"], "mlp_hidden": [64, 32], "seeds": [0, 1, 2],
+    "architectures": ["mlp-down", "cnn-deep"], "seeds": [0, 1, 2], "steps": 60,
     "mean_bits": 2, "spread": 1, "exp_bits": 5, "rounding": "rne",
-    "policies": list(POLICIES), "random_draws": 2, "rest": "fp32", "measure": "test_loss",
-    "small_diff": 0.5,
+    "policies": list(POLICIES), "random_draws": 2, "measure": "test_loss", "sesoi": 0.5,
 }
-FULL: dict[str, Any] = {**QUICK, "models": ["mlp", "cnn", "transformer"],
-                        "seeds": [0, 1, 2, 3, 4], "steps": 300, "random_draws": 4,
-                        "transformer_train": 2048}
-STANDARD: dict[str, Any] = {
-    **FULL, "models": ["mlp", "cnn", "transformer"], "rest": "numpy", "optimizer": "sgd",
-    "lr": 0.05, "mlp_hidden": [256, 128, 64, 32, 16], "transformer_task": "markov",
-    "transformer_length": 8, "transformer_vocab": 16, "transformer_lr": 0.003,
+FULL: dict[str, Any] = {
+    **QUICK, "architectures": ["mlp-down", "mlp-up", "mlp-hourglass", "mlp-deep", "cnn-deep",
+                               "transformer-1"],
+    "seeds": list(range(8)), "steps": 400,
 }
-"""The standard grid (issue 13): the sensitivity study's models and training (the ResNet left
-out for time), 5 seeds, 300 steps, every policy and 4 random draws."""
+STANDARD: dict[str, Any] = dict(FULL)
+"""The published grid: 6 architectures of >= 6 layers, 8 seeds, every policy and 2 random
+draws; SESOI 0.5 seed-sd (declared before running)."""
 
 
 def check(p: dict[str, Any]) -> None:
     from refsim.formats.policy import ROUNDINGS
 
-    check_training(p, NAME)
+    need(bool(p["architectures"]) and all(a in ARCHITECTURES for a in p["architectures"])
+         and len(set(p["architectures"])) == len(p["architectures"]), NAME, "architectures",
+         f"a non-empty list of distinct names of {', '.join(ARCHITECTURES)}",
+         p["architectures"])
+    need(len(p["seeds"]) >= 2 and all(isinstance(s, int) and not isinstance(s, bool)
+                                      and s >= 0 for s in p["seeds"])
+         and len(set(p["seeds"])) == len(p["seeds"]), NAME, "seeds",
+         "at least two distinct ints >= 0", p["seeds"])
+    need(isinstance(p["steps"], int) and p["steps"] >= 1, NAME, "steps", "a positive int",
+         p["steps"])
     need(isinstance(p["exp_bits"], int) and 2 <= p["exp_bits"] <= 8, NAME, "exp_bits",
          "an int in [2, 8]", p["exp_bits"])
     need(isinstance(p["spread"], int) and p["spread"] >= 0, NAME, "spread", "an int >= 0",
@@ -92,11 +103,10 @@ def check(p: dict[str, Any]) -> None:
          "an int >= 0", p["random_draws"])
     need(p["rounding"] in ROUNDINGS, NAME, "rounding", f"one of {', '.join(ROUNDINGS)}",
          p["rounding"])
-    need(p["rest"] in ("fp32", "numpy"), NAME, "rest", "fp32 or numpy", p["rest"])
     need(p["measure"] in MEASURES, NAME, "measure", f"one of {', '.join(MEASURES)}",
          p["measure"])
-    need(isinstance(p["small_diff"], int | float) and p["small_diff"] > 0, NAME, "small_diff",
-         "a positive number", p["small_diff"])
+    need(isinstance(p["sesoi"], int | float) and p["sesoi"] > 0, NAME, "sesoi",
+         "a positive number (seed-noise units)", p["sesoi"])
 
 
 def widths(n: int, mean_bits: int, spread: int) -> list[int]:
@@ -129,28 +139,43 @@ def allocation(policy: str, factors: list[dict[str, Any]], mean_bits: int, sprea
     return {factors[i]["layer"]: values[j] for j, i in enumerate(order)}
 
 
-def layer_factors(p: dict[str, Any], model: str) -> list[dict[str, Any]]:
-    rows = profile_of(model_fields(p, model, 0))
+def layer_factors(p: dict[str, Any], arch: str) -> list[dict[str, Any]]:
+    rows = profile_of(arch_fields(arch, 0, p["steps"]))
     return [{"layer": r.layer, "k": r.k, "f": r.frequency, "d": r.depth_input}
             for r in rows if r.role == "forward"]
 
 
+def plans(p: dict[str, Any], ai: int, arch: str) -> dict[str, dict[str, int]]:
+    """{policy: {layer: bits}} of one architecture, random draws included."""
+    factors = layer_factors(p, arch)
+    out = {pol: allocation(pol, factors, p["mean_bits"], p["spread"]) for pol in p["policies"]}
+    for i in range(p["random_draws"]):
+        out[f"R{i}"] = allocation("R", factors, p["mean_bits"], p["spread"], (7919, ai, i))
+    return out
+
+
+def _groups(pl: dict[str, dict[str, int]]) -> dict[str, list[str]]:
+    """{first policy: every policy with the same widths} (module docstring)."""
+    groups: dict[str, list[str]] = {}
+    for pol, bits in pl.items():
+        first = next((g for g in groups if pl[g] == bits), pol)
+        groups.setdefault(first, []).append(pol)
+    return groups
+
+
 def grid(p: dict[str, Any]) -> list[dict[str, Any]]:
     runs = []
-    for mi, model in enumerate(p["models"]):
-        factors = layer_factors(p, model)
-        plans = {pol: allocation(pol, factors, p["mean_bits"], p["spread"])
-                 for pol in p["policies"]}
-        for i in range(p["random_draws"]):
-            plans[f"R{i}"] = allocation("R", factors, p["mean_bits"], p["spread"],
-                                        (7919, mi, i))
+    for ai, arch in enumerate(p["architectures"]):
+        pl = plans(p, ai, arch)
+        groups = _groups(pl)
         for seed in p["seeds"]:
-            fields = model_fields(p, model, seed)
-            runs.append({"model": model, "policy": "reference", "bits": {}, "train": fields,
-                         "plan": {"preset": p["rest"]}})
-            for pol, bits in plans.items():
-                runs.append({"model": model, "policy": pol, "bits": bits, "train": fields,
-                             "plan": bits_plan(bits, p["exp_bits"], p["rounding"])})
+            fields = arch_fields(arch, seed, p["steps"])
+            runs.append({"arch": arch, "policy": "baseline", "policies": [], "bits": {},
+                         "train": fields, "plan": {"preset": "numpy"}})
+            for first, members in groups.items():
+                runs.append({"arch": arch, "policy": first, "policies": members,
+                             "bits": pl[first], "train": fields,
+                             "plan": bits_plan(pl[first], p["exp_bits"], p["rounding"])})
     return runs
 
 
@@ -160,111 +185,85 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def warm_key(cfg: dict[str, Any]) -> tuple:
     """Runs with one key use the same compiled kernels."""
-    return (cfg["model"], cfg["policy"] == "reference")
+    return (cfg["arch"], cfg["policy"] == "baseline")
 
 
-def _noise(values: dict[str, list[float]]) -> float:
-    var = [float(np.var(v, ddof=1)) for v in
-           ([x for x in vals if math.isfinite(x)] for vals in values.values()) if len(v) > 1]
-    return math.sqrt(float(np.median(var))) if var else math.nan
-
-
-def _compare(p: dict[str, Any], z: dict[tuple[str, str, int], float], randoms: list[str]
-             ) -> dict[str, dict[str, float]]:
-    pairs = [(m, s) for m in p["models"] for s in p["seeds"]]
-
-    def series(policy: str) -> list[float]:
-        if policy == "R":
-            return [float(np.mean([z[(m, r, s)] for r in randoms])) for m, s in pairs]
-        return [z.get((m, policy, s), math.nan) for m, s in pairs]
-
-    names = [*p["policies"], *(["R"] if randoms else [])]
-    out = {}
-    for a, b in (("factor", "U"), ("factor", "R"), ("A-", "A+"), ("F+", "F-"), ("D+", "D-")):
-        if a in names and b in names:
-            out[f"{a} vs {b}"] = stats.paired(series(a), series(b))
-    return out
+def _paired(diffs: list[float]) -> dict[str, float]:
+    d = np.asarray([x for x in diffs if math.isfinite(x)], np.float64)
+    n = len(d)
+    return {"mean_diff": float(d.mean()) if n else math.nan,
+            "sd_diff": float(d.std(ddof=1)) if n > 1 else math.nan,
+            "se": float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan,
+            "n": n, "first_lower": int((d < 0).sum())}
 
 
 def analyze(p: dict[str, Any], configs: list[dict[str, Any]],
             results: list[dict[str, Any]]) -> tuple[list, dict, list]:
     rows = []
     raw: dict[str, dict[tuple[str, str, int], float]] = {k: {} for k in MEASURES}
+    allocations: dict[str, dict[str, dict[str, int]]] = {}
+    identical: dict[str, list[list[str]]] = {}
     for c, r in zip(configs, results, strict=True):
         seed = c["train"]["seed"]
-        for k in MEASURES:
-            raw[k][(c["model"], c["policy"], seed)] = r[k]
-        rows.append({"model": c["model"], "policy": c["policy"], "seed": seed,
-                     "bits": " ".join(f"{k}:{v}" for k, v in c["bits"].items()),
-                     **{k: r[k] for k in MEASURES}, "test_accuracy": r["test_accuracy"]})
+        for pol in c["policies"] or ["baseline"]:
+            for k in MEASURES:
+                raw[k][(c["arch"], pol, seed)] = r[k]
+            rows.append({"arch": c["arch"], "policy": pol, "trained_as": c["policy"],
+                         "seed": seed, "bits": " ".join(f"{a}:{b}" for a, b in c["bits"].items()),
+                         **{k: r[k] for k in MEASURES}, "test_accuracy": r["test_accuracy"],
+                         "seconds": r.get("seconds", math.nan)})
+        if c["policy"] != "baseline" and seed == p["seeds"][0]:
+            for pol in c["policies"]:
+                allocations.setdefault(c["arch"], {})[pol] = c["bits"]
+            if len(c["policies"]) > 1:
+                identical.setdefault(c["arch"], []).append(list(c["policies"]))
+    noise = {k: {a: seed_noise([raw[k].get((a, "baseline", s), math.nan) for s in p["seeds"]])
+                 for a in p["architectures"]} for k in MEASURES}
     randoms = [f"R{i}" for i in range(p["random_draws"])]
-    policies = [*p["policies"], *randoms]
-    noise = {k: {m: _noise({pol: [raw[k].get((m, pol, s), math.nan) for s in p["seeds"]]
-                            for pol in policies}) for m in p["models"]} for k in MEASURES}
-    z = {k: {key: v / noise[k][key[0]] for key, v in raw[k].items()} for k in MEASURES}
-    for row in rows:
-        for k in MEASURES:
-            row[f"z_{k}"] = z[k][(row["model"], row["policy"], row["seed"])]
-    means = {k: {pol: float(np.nanmean([raw[k].get((m, pol, s), math.nan)
-                                        for m in p["models"] for s in p["seeds"]]))
-                 for pol in [*policies, "reference"]} for k in MEASURES}
-    comparisons = {k: _compare(p, z[k], randoms) for k in MEASURES}
-    allocations: dict[str, dict[str, Any]] = {}
-    for c in configs:
-        if c["policy"] != "reference":
-            allocations.setdefault(c["model"], {})[c["policy"]] = c["bits"]
-    seconds: dict[str, list[float]] = {}
-    for c, r in zip(configs, results, strict=True):
-        seconds.setdefault(c["model"], []).append(r.get("seconds", math.nan))
+    comparisons: dict[str, dict[str, Any]] = {k: {} for k in MEASURES}
+    for k in MEASURES:
+        def value(arch: str, pol: str, seed: int, k: str = k) -> float:
+            if pol == "R":
+                return float(np.mean([raw[k][(arch, r, seed)] for r in randoms]))
+            return raw[k][(arch, pol, seed)]
+
+        for a, b, _ in COMPARISONS:
+            if (b == "R" and not randoms) or a not in p["policies"] or \
+                    (b != "R" and b not in p["policies"]):
+                continue
+            excluded = [arch for arch in p["architectures"]
+                        if b != "R" and allocations[arch][a] == allocations[arch][b]]
+            diffs = [(value(arch, a, s) - value(arch, b, s)) / noise[k][arch]
+                     for arch in p["architectures"] if arch not in excluded for s in p["seeds"]]
+            comparisons[k][f"{a} vs {b}"] = {**_paired(diffs), "excluded": excluded}
+    means = {k: {a: {pol: float(np.mean([raw[k][(a, pol, s)] for s in p["seeds"]]))
+                     for pol in [*allocations.get(a, {}), "baseline"]}
+                 for a in p["architectures"]} for k in MEASURES}
     summary = {"mean": means, "noise": noise, "comparisons": comparisons,
-               "allocations": allocations, "pairs": len(p["models"]) * len(p["seeds"]),
-               "measure": p["measure"],
-               "seconds_per_run": {m: float(np.nanmean(v)) for m, v in seconds.items()}}
-    return rows, summary, _findings(p, summary)
+               "allocations": allocations, "identical": identical,
+               "pairs": len(p["architectures"]) * len(p["seeds"])}
+    return rows, summary, as_findings(finalize(claims({"params": p, "summary": summary})))
 
 
-def _cmp(c: dict[str, float]) -> str:
-    return (f"mean difference {c['mean_diff']:+.3f} seed-noise units (sd {c['sd_diff']:.3f}, "
-            f"95% CI [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}], lower in "
-            f"{c['a_lower']}/{c['n']}, p {stats.fmt_p(c['p'])}; detects "
-            f"{c['detectable']:.3g} with {100 * stats.POWER:.0f}% power)")
-
-
-def _findings(p: dict[str, Any], s: dict[str, Any]) -> list[dict[str, Any]]:
-    comps = s["comparisons"][p["measure"]]
-    small = p["small_diff"]
-    setup = (f"{p['measure']}, {len(p['models'])} models x {len(p['seeds'])} seeds, mean "
-             f"{p['mean_bits']} mantissa bits (e{p['exp_bits']}mM), {p['steps']} steps")
-
-    def verdict(c: dict[str, float], sign: int) -> bool | None:
-        return stats.decide(c["mean_diff"], c["p"], c["detectable"], small, sign)
-
-    def power(c: dict[str, float]) -> dict[str, float]:
-        return {"detectable_diff": c["detectable"], "small_diff": small, "n": c["n"]}
-
-    out: list[dict[str, Any]] = []
-    if "factor vs U" in comps and "factor vs R" in comps:
-        u, r = comps["factor vs U"], comps["factor vs R"]
-        vu, vr = verdict(u, -1), verdict(r, -1)
-        both = True if vu is True and vr is True else \
-            False if False in (vu, vr) else None
-        out.append({"id": "allocation", "claim": "allocating bits from the factors (more bits "
-                    "where K is small and usage frequency high) beats uniform and random "
-                    "allocations at the same mean bits", "supported": both,
-                    "evidence": f"factor minus uniform: {_cmp(u)}; factor minus random "
-                    f"({p['random_draws']} draws): {_cmp(r)}; small effect {small:g} seed-noise "
-                    f"units ({setup})", "power": {"U": power(u), "R": power(r)}})
-    for key, fid, sign, claim in (
-            ("A- vs A+", "allocation-a", -1, "fewer bits at long reductions (A-) beats A+"),
-            ("F+ vs F-", "allocation-f", -1, "more bits at frequently used elements (F+) beats "
-             "F-"),
-            ("D+ vs D-", "allocation-d", 0, "more bits at deep layers (D+) and at shallow ones "
-             "(D-) do alike")):
-        if key in comps:
-            c = comps[key]
-            out.append({"id": fid, "claim": claim, "supported": verdict(c, sign),
-                        "evidence": f"{key}: {_cmp(c)}; small effect {small:g} ({setup})",
-                        "power": power(c)})
+def claims(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The allocation claims (module docstring), before Holm's correction."""
+    p, s = doc["params"], doc["summary"]
+    out = []
+    for k in MEASURES:
+        for a, b, direction in COMPARISONS:
+            name = f"{a} vs {b}"
+            if name not in s["comparisons"][k]:
+                continue
+            c = s["comparisons"][k][name]
+            excl = (f"; identical in {', '.join(c['excluded'])}, left out"
+                    if c["excluded"] else "")
+            out.append(claim(
+                f"allocation/{name}/{k}", STATEMENTS[name], effect=c["mean_diff"], se=c["se"],
+                sesoi=p["sesoi"], direction=direction, family=f"allocation/{k}",
+                measure=f"{k}, first minus second, seed-sd units",
+                design=f"paired over architecture x seed ({len(p['architectures'])} "
+                       f"architectures x {len(p['seeds'])} seeds){excl}",
+                n=c["n"], units="seed-sd", df=c["n"] - 1 if c["n"] > 1 else None))
     return out
 
 
@@ -272,55 +271,40 @@ def plot(s: dict[str, Any], out: Path) -> list[str]:
     from refsim.studies.report import pyplot
 
     plt = pyplot()
-    means = {k: v for k, v in s["mean"][s["measure"]].items()
-             if math.isfinite(v) and k != "reference"}
-    if not means:
+    comps = s["comparisons"]["test_loss"]
+    if not comps:
         return []
-    ref = s["mean"][s["measure"]]["reference"]
     fig, ax = plt.subplots(figsize=(7, 3.8))
-    names = list(means)
-    ax.bar(names, [means[n] for n in names],
-           color=["tab:red" if n == "factor" else "tab:gray" if n == "U" or n.startswith("R")
-                  else "tab:blue" for n in names])
-    lo = min(means.values())
-    hi = max(means.values())
-    if math.isfinite(ref):
-        ax.axhline(ref, color="k", ls="--", lw=0.8, label="reference (no low precision)")
-        lo = min(lo, ref)
-    ax.set_ylim(lo - 0.1 * (hi - lo + 1e-9), hi + 0.1 * (hi - lo + 1e-9))
-    ax.set_ylabel(f"{s['measure']} (mean over models and seeds)")
-    ax.set_title("Allocation policies at the same mean bits")
-    ax.legend(fontsize=7)
+    names = list(comps)
+    means = [comps[n]["mean_diff"] for n in names]
+    errs = [1.96 * comps[n]["se"] if math.isfinite(comps[n]["se"]) else 0.0 for n in names]
+    ax.errorbar(range(len(names)), means, yerr=errs, fmt="o", capsize=4)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("test-loss difference (seed-sd units)")
+    ax.set_title("Allocation policies, paired differences with 95% CIs")
     return [save_figure(fig, out, "allocation.png")]
 
 
 def section(doc: dict[str, Any]) -> str:
     s, p = doc["summary"], doc["params"]
     lines = [f"## {TITLE}", "",
-             f"Models {', '.join(p['models'])} (MLP hidden {p['mlp_hidden']}); operands "
-             f"e{p['exp_bits']}mM with mean M = {p['mean_bits']} (spread {p['spread']}), "
-             f"{p['rounding']}, fp32 accumulation; reference: the {p['rest']} plan; "
-             f"{p['steps']} steps ({p['optimizer']}, lr {p['lr']:g}; transformer "
-             f"{p['transformer_optimizer']}, lr {p['transformer_lr']:g}, task "
-             f"{p['transformer_task']}); seeds {p['seeds']}; {p['random_draws']} random draws; "
-             f"{doc['grid']['runs']} runs ({doc['grid']['cached']} cached), "
-             f"{doc['seconds']:.0f} s. Seconds per run: " + ", ".join(
-                 f"{m} {v:.1f}" for m, v in s["seconds_per_run"].items()) + ".", "",
-             "| policy | " + " | ".join(f"mean {k}" for k in MEASURES) + " |",
-             "|---|" + "---|" * len(MEASURES)]
-    lines += [f"| {pol} | " + " | ".join(f"{s['mean'][k][pol]:.4f}" for k in MEASURES) + " |"
-              for pol in s["mean"][MEASURES[0]]]
-    lines += ["", "Seed noise (seed-to-seed sd) per model: " + "; ".join(
-        f"{m}: " + ", ".join(f"{k} {s['noise'][k][m]:.4g}" for k in MEASURES)
-        for m in p["models"]) + ".", "",
-        f"Paired comparisons over model x seed, first minus second, in seed-noise units "
-        f"(decision measure: {p['measure']}):", ""]
+             f"Architectures {', '.join(p['architectures'])}; operands e{p['exp_bits']}mM with "
+             f"mean M = {p['mean_bits']} (spread {p['spread']}), {p['rounding']}, fp32 "
+             f"accumulation; {p['steps']} steps; seeds {p['seeds']}; {p['random_draws']} random "
+             f"draws; {doc['grid']['runs']} runs ({doc['grid']['cached']} cached), "
+             f"{doc['seconds']:.0f} s.", "",
+             "| comparison (first minus second) | measure | mean (seed-sd) | sd | n | first "
+             "lower | left out (identical) |", "|---|---|---|---|---|---|---|"]
     for k in MEASURES:
-        lines += [f"- {k}, {name}: {_cmp(c)}" for name, c in s["comparisons"][k].items()]
-    lines += ["", "Allocations (layer: mantissa bits):", ""]
-    for model, pols in s["allocations"].items():
-        lines += [f"- {model} {pol}: " + ", ".join(f"{k} {v}" for k, v in bits.items())
+        for name, c in s["comparisons"][k].items():
+            lines.append(f"| {name} | {k} | {c['mean_diff']:+.3f} | {c['sd_diff']:.3f} | "
+                         f"{c['n']} | {c['first_lower']} | {', '.join(c['excluded']) or '-'} |")
+    lines += ["", "Identical policies (trained once): " + ("; ".join(
+        f"{a}: " + ", ".join(" = ".join(g) for g in gs) for a, gs in s["identical"].items())
+        or "none") + ".", "", "Allocations (layer: mantissa bits):", ""]
+    for arch, pols in s["allocations"].items():
+        lines += [f"- {arch} {pol}: " + ", ".join(f"{a} {b}" for a, b in bits.items())
                   for pol, bits in pols.items()]
-    lines += [""] + [f"![allocation]({f})" for f in doc["plots"]]
-    lines += ["", said(doc["findings"]), ""]
+    lines += [""] + [f"![allocation]({f})" for f in doc["plots"]] + [""]
     return "\n".join(lines)

@@ -1,9 +1,16 @@
 """The run cache: one JSON file per finished run, named by a hash of the run's full config.
 
 Usage rules:
-  - `run_key(study, version, config)` is the SHA-256 of the canonical JSON (sorted keys) of the
-    study name, the study's code version and the run config, so a run is recomputed whenever
-    any of them changes, and found again after an interruption when none did.
+  - `run_key(study, version, config, code="")` is the SHA-256 of the canonical JSON (sorted
+    keys) of the study name, the study's code version, the run config and `code`, the hash of
+    the code that computes a run (`code_hash()`, which run_grid passes), so a run is
+    recomputed whenever any of them changes, and found again after an interruption when none
+    did.
+  - `code_hash()`: SHA-256 over the source files that compute a run: every module of the
+    installed refsim and refsim.formats packages except the layers above a run (the CLI,
+    the demo, refsim.validation, and the studies' analysis and report modules; the studies'
+    run code, training.py, architectures.py and dose.py, is included, and a study module's
+    own run_one is covered by its VERSION).
   - An entry is {"key", "config", "result", "sha256"}: `result` is the run's dict and `sha256`
     the SHA-256 of the canonical JSON of {"key", "config", "result"} (`checksum`), so an entry
     edited by hand, damaged, or copied under another key's name is caught.
@@ -17,6 +24,7 @@ Usage rules:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -24,7 +32,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Cache", "CacheWarning", "checksum", "run_key"]
+__all__ = ["Cache", "CacheWarning", "checksum", "code_hash", "run_key"]
 
 _ENTRY_KEYS = {"key", "config", "result", "sha256"}
 
@@ -37,10 +45,36 @@ def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-def run_key(study: str, version: int, config: dict[str, Any]) -> str:
+def run_key(study: str, version: int, config: dict[str, Any], code: str = "") -> str:
     """The cache key of one run (64 hex digits)."""
-    text = _canonical({"study": study, "version": version, "config": config})
-    return hashlib.sha256(text.encode()).hexdigest()
+    record: dict[str, Any] = {"study": study, "version": version, "config": config}
+    if code:
+        record["code"] = code
+    return hashlib.sha256(_canonical(record).encode()).hexdigest()
+
+
+RUN_CODE_STUDIES = ("training.py", "architectures.py", "dose.py")
+ABOVE_RUNS = ("cli.py", "demo.py", "__main__.py")
+
+
+@functools.lru_cache(maxsize=1)
+def code_hash() -> str:
+    """SHA-256 (hex) of the code that computes a run (module docstring)."""
+    import refsim
+    import refsim.formats
+
+    h = hashlib.sha256()
+    for pkg in (refsim, refsim.formats):
+        assert pkg.__file__ is not None  # regular packages, not namespace ones
+        root = Path(pkg.__file__).parent
+        for path in sorted(root.rglob("*.py")):
+            rel = path.relative_to(root).as_posix()
+            if rel in ABOVE_RUNS or (rel.startswith("studies/")
+                                     and rel.removeprefix("studies/") not in RUN_CODE_STUDIES):
+                continue
+            h.update(f"{pkg.__name__}/{rel}\0".encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
 
 
 def checksum(key: str, config: Any, result: Any) -> str:

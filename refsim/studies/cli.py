@@ -47,9 +47,8 @@ def _overrides(items: list[str] | None, name: str) -> dict:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from refsim.studies import STUDIES, headline, run_study
+    from refsim.studies import STANDARD_SET, STUDIES, headline, run_study, write_outputs
     from refsim.studies.profiles import write_profiles
-    from refsim.studies.report import write_report
 
     progress = None if args.quiet else sys.stderr
     if args.name == "profile":
@@ -80,11 +79,12 @@ def _study(args: argparse.Namespace) -> int:
     if args.name == "all":
         out = Path(args.out or "reports/latest")
         options.setdefault("cache_dir", out / "cache")
+        names = STANDARD_SET if args.standard else STUDIES
         docs = [run_study(name, out / name, progress=progress,
-                          overrides=overrides.get(name), **options) for name in STUDIES]
+                          overrides=overrides.get(name), **options) for name in names]
         seconds = sum(d["seconds"] for d in docs)
-        path = write_report(out, docs, seconds,
-                            appendix=write_profiles(out / "profiles", docs=docs))
+        path = write_outputs(out, docs, seconds,
+                             appendix=write_profiles(out / "profiles", docs=docs))
     else:
         out = Path(args.out or f"reports/{args.name}")
         docs = [run_study(args.name, out, progress=progress,

@@ -37,7 +37,7 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from refsim.studies.cache import Cache, run_key
+from refsim.studies.cache import Cache, code_hash, run_key
 
 __all__ = ["EXECUTORS", "GridInterrupted", "GridStats", "run_grid"]
 
@@ -125,7 +125,8 @@ def run_grid(fn: Callable[[dict[str, Any]], dict[str, Any]], configs: Sequence[d
     """Results of fn over configs, in order, and the grid's statistics (module docstring)."""
     _check(executor, workers, scheduler)
     start = time.perf_counter()
-    keys = [run_key(study, version, c) for c in configs]
+    code = code_hash()
+    keys = [run_key(study, version, c, code) for c in configs]
     results: list[dict[str, Any] | None] = [cache.get(k) for k in keys]
     todo = [i for i, r in enumerate(results) if r is None]
     pending = list(todo)

@@ -6,7 +6,8 @@ Usage rules:
     (refsim.factors.profile), and returns a markdown section with the tables. With `docs` (the
     documents of a `refsim study all` run) that hold the sensitivity study, the models are
     those it trained and `models`, built as it builds them (its params: MLP widths,
-    transformer task, ...); otherwise each of `models` as `refsim train` builds it by default.
+    transformer task, ...); with the tolerance study, its architectures; otherwise each of
+    `models` as `refsim train` builds it by default.
 """
 
 from __future__ import annotations
@@ -33,6 +34,13 @@ def write_profiles(out_dir: str | Path, models: Sequence[str] = ("mlp", "cnn", "
             fields = {m: {**model_fields(p, m, 0), "batch_size": batch_size}
                       for m in dict.fromkeys([*p["models"], *models])}
             how = "as the sensitivity study trains them"
+        if doc["study"] == "tolerance":
+            from refsim.studies.architectures import arch_fields
+
+            p = doc["params"]
+            fields = {a: {**arch_fields(a, 0, p["steps"]), "batch_size": batch_size}
+                      for a in p["architectures"]}
+            how = "as the tolerance study trains them (refsim.studies.architectures)"
     lines = ["## Factor profiles of the models", "",
              f"The models {how}. One row per GEMM role (refsim.factors.profile on a batch of "
              f"{batch_size}): K is the reduction length, uses_a / uses_b the mean number of "

@@ -148,9 +148,63 @@ CORE_FINDINGS = ("accumulation", "frequency", "depth", "allocation")
 """The ones every `refsim study all` run reports (NOT RUN when their study was left out)."""
 
 
+PAPER_CLAIMS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "K": ("longer reductions (K) tolerate more low-precision noise",
+          ("causal/K/", "cross-gemm/k/")),
+    "frequency": ("less-used elements tolerate more noise", ("causal/F/", "cross-gemm/frequency/")),
+    "depth": ("depth does not change the final outcome", ("causal/D/", "cross-gemm/depth/")),
+    "allocation": ("factor-based bit allocation beats uniform and random; A- >= A+, F+ >= F-, "
+                   "D+ ~ D-", ("allocation/",)),
+}
+"""The paper's four claims (Shen, Lai & Zhang 2024; docs/references.md) and the prefixes of
+the claims.json ids that test each."""
+
+
+def _num(v: Any, spec: str = "+.3g") -> str:
+    return format(v, spec) if isinstance(v, int | float) and math.isfinite(v) else "n/a"
+
+
+def claims_table(claims: Sequence[dict[str, Any]]) -> list[str]:
+    """Markdown rows of every claim: verdict, effect with CI, SESOI, power, p, Holm p, n."""
+    lines = ["| claim | verdict | effect [95% CI] | SESOI | power at SESOI | p | p (Holm) | n "
+             "| units |", "|---|---|---|---|---|---|---|---|---|"]
+    for c in claims:
+        lo, hi = c["ci"]
+        lines.append(f"| {c['claim']} | **{c['verdict']}** | {_num(c['effect'])} "
+                     f"[{_num(lo)}, {_num(hi)}] | {_num(c['sesoi'], '.3g')} | "
+                     f"{_num(c['power_at_sesoi'], '.2f')} | {fmt_p(c['p'])} | "
+                     f"{fmt_p(c['p_holm'])} | {c['n']} | {c['units']} |")
+    return lines
+
+
+def paper_table(claims: Sequence[dict[str, Any]]) -> list[str]:
+    """The README's "What the study finds" table: per paper claim, the verdicts of the
+    claims.json entries that test it (counted), the measure and power noted."""
+    lines = ["| claim (Shen, Lai & Zhang 2024) | verdicts in docs/results/claims.json |",
+             "|---|---|"]
+    for text, prefixes in PAPER_CLAIMS.values():
+        mine = [c for c in claims if c["claim"].startswith(prefixes)]
+        if not mine:
+            lines.append(f"| {text} | not run |")
+            continue
+        cells = "; ".join(f"{c['claim']}: {c['verdict']} ({_num(c['effect'])} "
+                          f"{c['units']}, power {_num(c['power_at_sesoi'], '.2f')})"
+                          for c in mine)
+        lines.append(f"| {text} | {cells} |")
+    return lines
+
+
+def fmt_p(p: Any) -> str:
+    """A p-value: two significant digits, "< 1e-15", or "n/a"."""
+    if not isinstance(p, int | float) or not math.isfinite(p):
+        return "n/a"
+    return "< 1e-15" if p < 1e-15 else f"{p:.2g}"
+
+
 def write_report(out_dir: Path, docs: Sequence[dict[str, Any]], seconds: float,
-                 appendix: str = "") -> Path:
-    """The combined report.md of several studies (each in out_dir/<study>/), then `appendix`."""
+                 appendix: str = "", claims: Sequence[dict[str, Any]] | None = None) -> Path:
+    """The combined report.md of several studies (each in out_dir/<study>/), then `appendix`;
+    with `claims` (refsim.studies.claims, finalized), their verdicts come first."""
     modes = {d.get("mode", "quick" if d["quick"] else "full") for d in docs}
     mode = ("quick mode (small grids: read the numbers as a smoke test of the method)"
             if "quick" in modes else "standard mode (the grids sized to decide, "
@@ -168,18 +222,36 @@ def write_report(out_dir: Path, docs: Sequence[dict[str, Any]], seconds: float,
         dirty = " (with uncommitted changes)" if prov.get("git_dirty") else ""
         lines += [f"Run: `{prov.get('command')}` at commit {prov.get('git_commit')}{dirty}, "
                   f"{prov.get('date')}, on {prov.get('machine')}.", ""]
-    lines += ["## Conclusions", "",
-              "The paper (Shen, Lai & Zhang 2024) reports three findings and an allocation "
-              "claim. For each, this run's verdict: SUPPORTED (the test stated in the study's "
-              "section passed), NOT SUPPORTED (the effect is significant the other way, or "
-              "nothing was found although the grid detects a small effect with 80% power) or "
-              "UNDECIDED (nothing decisive: the smallest effect this grid detects is not "
-              "small). Each line ends with its power statement.", ""]
+    if claims:
+        under = [c["claim"] for c in claims if not (c["power_at_sesoi"] >= 0.8)]
+        lines += ["## Claims and verdicts", "",
+                  "Every claim below was declared with its smallest effect of interest (SESOI) "
+                  "before the run; its verdict is computed (refsim.studies.claims): "
+                  "`supported` (significant in the claimed direction, or for a claim of no "
+                  "effect, equivalent), `contradicted` (significant against it), `equivalent` "
+                  "(a directional claim whose effect lies, significantly, inside +-SESOI: two "
+                  "one-sided tests), `undecided`. p-values are Holm-corrected within each "
+                  "family (the part of the id before the measure). Machine-readable: "
+                  "claims.json.", ""]
+        lines += [*paper_table(claims), "", *claims_table(claims), ""]
+        lines.append("Power at the SESOI is below 0.8 for: " + ", ".join(under) + "."
+                     if under else "Every claim has power >= 0.8 at its SESOI.")
+        lines.append("")
     paper = [f for d in docs for f in d["findings"] if f["id"] in PAPER_FINDINGS]
-    lines += [f"- **{_mark(f['supported'])}** — {f['claim']}: {f['evidence']}"
-              for f in sorted(paper, key=lambda f: PAPER_FINDINGS.index(f["id"]))]
-    lines += [f"- **NOT RUN** — the {i} finding: its study was not part of this run."
-              for i in CORE_FINDINGS if i not in {f["id"] for f in paper}]
+    if paper or not claims:
+        lines += ["## Conclusions of the one-dose studies", "",
+                  "The paper (Shen, Lai & Zhang 2024) reports three findings and an allocation "
+                  "claim. For each, this run's verdict from the one-dose studies (sensitivity, "
+                  "frequency, depth): SUPPORTED (the test stated in the study's section "
+                  "passed), NOT SUPPORTED (the effect is significant the other way, or nothing "
+                  "was found although the grid detects a small effect with 80% power) or "
+                  "UNDECIDED (nothing decisive: the smallest effect this grid detects is not "
+                  "small). Each line ends with its power statement.", ""]
+        lines += [f"- **{_mark(f['supported'])}** — {f['claim']}: {f['evidence']}"
+                  for f in sorted(paper, key=lambda f: PAPER_FINDINGS.index(f["id"]))]
+    if not claims:
+        lines += [f"- **NOT RUN** — the {i} finding: its study was not part of this run."
+                  for i in CORE_FINDINGS if i not in {f["id"] for f in paper}]
     others = [f for d in docs for f in d["findings"] if f["id"] not in PAPER_FINDINGS]
     if others:
         lines += ["", "Checks of the underlying numerics:", ""]

@@ -9,7 +9,8 @@ Usage rules:
   - The areas under the loss curves, normalized by the steps (so they read as mean losses):
     `train_loss_auc` is the mean of every step's training-batch loss (the batches are the same
     for every plan with one seed, so a paired difference compares like with like);
-    `test_loss_auc` weights each epoch's end-of-epoch test loss by the steps of that epoch.
+    `test_loss_auc` weights each epoch's end-of-epoch test loss by the steps of that epoch;
+    `test_curve` lists the epoch-end test losses (the plateau check).
     Both come from the run's metrics.jsonl (refsim.nn.train), written to a temporary folder.
   - A run holds NumPy's BLAS to one thread (threadpoolctl, a scikit-learn dependency): runs
     in parallel do not oversubscribe the cores, and products the plan leaves to np.matmul (the
@@ -114,8 +115,9 @@ def train_config(fields: dict[str, Any]):
     from refsim.nn.train import TrainConfig
 
     data = dict(fields)
-    if "hidden" in data:
-        data["hidden"] = tuple(data["hidden"])
+    for key in ("hidden", "channels"):
+        if key in data:
+            data[key] = tuple(data[key])
     return TrainConfig(**data)
 
 
@@ -148,7 +150,7 @@ def bits_plan(bits: dict[str, int], exp_bits: int, rounding: str = "rne",
                                for role in ROLES} for layer, m in bits.items()}}
 
 
-def _curves(path: Path) -> dict[str, float]:
+def _curves(path: Path) -> dict[str, Any]:
     """train_loss_auc and test_loss_auc of one metrics.jsonl (module docstring); NaN for a run
     that stopped at a non-finite value (refsim.nn.train ends its metrics with a "nonfinite"
     record) or has no finite curve."""
@@ -165,10 +167,11 @@ def _curves(path: Path) -> dict[str, float]:
         else:
             steps.append(math.nan)
     weight = sum(n for n, _ in epochs)
+    curve = [v for _, v in epochs]
     if not steps or not weight or not all(math.isfinite(v) for v in steps):
-        return {"train_loss_auc": math.nan, "test_loss_auc": math.nan}
+        return {"train_loss_auc": math.nan, "test_loss_auc": math.nan, "test_curve": curve}
     return {"train_loss_auc": math.fsum(steps) / len(steps),
-            "test_loss_auc": math.fsum(n * v for n, v in epochs) / weight}
+            "test_loss_auc": math.fsum(n * v for n, v in epochs) / weight, "test_curve": curve}
 
 
 def train_run(config: dict[str, Any]) -> dict[str, Any]:

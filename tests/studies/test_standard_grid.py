@@ -48,17 +48,23 @@ def test_standard_sensitivity_grid_meets_the_issue():
 
 def test_standard_allocation_grid_meets_the_issue():
     p = allocate.STANDARD
-    assert len(p["models"]) >= 3 and len(set(p["seeds"])) >= 5 and p["steps"] >= 300
+    assert len(p["architectures"]) >= 6 and len(set(p["seeds"])) >= 8 and p["sesoi"] == 0.5
     assert set(p["policies"]) == {"factor", "A+", "A-", "F+", "F-", "D+", "D-", "U"}
     assert p["random_draws"] >= 1
     configs = allocate.grid(p)
-    bits = {}
+    bits: dict[str, set] = {}
     for c in configs:
-        if c["policy"] not in ("reference", "U"):
-            bits.setdefault(c["model"], set()).add(
-                (c["policy"], tuple(sorted(c["bits"].values()))))
-    for model, policies in bits.items():  # every policy hands out the same widths
-        assert len({w for _, w in policies}) == 1, model
+        if c["policy"] != "baseline":
+            bits.setdefault(c["arch"], set()).update(
+                (pol, tuple(sorted(c["bits"].values()))) for pol in c["policies"]
+                if pol != "U")
+    assert set(bits) == set(p["architectures"])
+    for arch, policies in bits.items():  # every policy hands out the same widths
+        assert len({w for _, w in policies}) == 1, arch
+        assert len(next(iter(policies))[1]) >= 6, arch  # at least 6 layers
+    trained = [(c["arch"], c["train"]["seed"], tuple(sorted(c["bits"].items())))
+               for c in configs if c["policy"] != "baseline"]
+    assert len(trained) == len(set(trained))  # identical policies are trained once
 
 
 # ---- statistics ---------------------------------------------------------------------------------
@@ -264,9 +270,8 @@ def test_markov_task():
 TINY_SENS = {"models": ["mlp", "resnet", "transformer"], "seeds": [0, 1], "steps": 3,
              "mlp_hidden": [8, 6], "transformer_train": 64, "transformer_length": 4,
              "transformer_vocab": 4, "layers": ["fc1", "stem", "head"]}
-TINY_ALLOC = {"models": ["mlp", "transformer"], "seeds": [0, 1], "steps": 3,
-              "mlp_hidden": [8, 6], "transformer_train": 64, "transformer_length": 4,
-              "transformer_vocab": 4, "random_draws": 1, "policies": ["factor", "U", "A+", "A-"]}
+TINY_ALLOC = {"architectures": ["mlp-down", "transformer-1"], "seeds": [0, 1], "steps": 3,
+              "random_draws": 1, "policies": ["factor", "U", "A+", "A-"]}
 
 
 def test_tiny_standard_grid_end_to_end(tmp_path):
@@ -292,7 +297,8 @@ def test_tiny_standard_grid_end_to_end(tmp_path):
     alloc = run_study("allocate", tmp_path / "a", mode="standard", overrides=TINY_ALLOC,
                       cache_dir=tmp_path / "cache", plots=False)
     assert validate(alloc) == []
-    assert {f["id"] for f in alloc["findings"]} >= {"allocation", "allocation-a"}
+    assert {f["id"] for f in alloc["findings"]} >= {"allocation/factor vs U/test_loss",
+                                                    "allocation/A- vs A+/test_loss"}
     assert all("power" in f for f in alloc["findings"])
 
 

@@ -1,0 +1,304 @@
+"""Causal sweeps: move one factor of one GEMM, hold the others fixed, and measure how the
+bits it needs (the threshold M*) move.
+
+Usage rules:
+  - Every sweep trains an MLP on digits (refsim.studies.architectures.RECIPE) whose shape or
+    batch size sets the factor, and perturbs one GEMM (layer, role) with the operand doses
+    `doses` (refsim.studies.dose), seeds `seeds`; each variant's baseline runs over
+    `noise_seeds` (its own seed noise). SWEEPS lists them; for C = A B (linear layer fcL with
+    d_in, d_out, batch B):
+      K/forward          hidden [W, 64], fc2 forward: K = W; uses B (weights), 64 (inputs)
+      K/backward-input   hidden [64, W], fc2 backward-input (dX = dY W^T): K = W; uses B, 64
+      K/backward-weight  hidden [64, 64], batch W, fc2 backward-weight (dW = X^T dY): K = W;
+                         uses 64 (X), 64 (dY)
+      F/forward-batch    hidden [64, 64], batch W, fc2 forward: K = 64; weights used W times
+      F/forward-width    hidden [64, W], fc2 forward: K = 64; inputs used W times
+      F/backward-input-batch  hidden [64, 64], batch W, fc2 backward-input: K = 64; W^T used
+                         W times
+      D/<role>           hidden [64] * 6, fcW for W = 2..6, every role: K and uses fixed
+    The level W is the factor's value (depth: the layer's position).
+  - Per sweep: each seed's threshold M*_s at each level (refsim.studies.dose.threshold_bits
+    on that seed's damage curve, in that variant's seed-noise units), the seed's least-squares
+    slope of M*_s against log2(level) (bits per doubling; depth: bits per layer), and the mean
+    slope over seeds with its t standard error (seeds are the independent replicates: each
+    seed's slope uses one initialization per level and one batch order).
+  - Claims (refsim.studies.claims, family "causal"): K sweeps, "longer reductions need fewer
+    bits" (slope < 0, SESOI `sesoi_slope` bits per doubling); F sweeps, "more-used elements
+    need more bits" (slope > 0, same SESOI); D sweeps, "depth does not change the bits needed"
+    (slope 0, SESOI `sesoi_depth` bits per layer). Measure: `measure` (default the final test
+    loss with fp32 inference); the train-loss AUC slopes are reported too.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from refsim.studies.architectures import arch_fields
+from refsim.studies.claims import as_findings, claim, finalize
+from refsim.studies.dose import damage, dose_spec, seed_noise, threshold_bits
+from refsim.studies.params import need
+from refsim.studies.report import save_figure
+from refsim.studies.training import low_plan, train_run
+
+__all__ = ["FULL", "QUICK", "STANDARD", "SWEEPS", "TITLE", "VERSION", "analyze", "check",
+           "claims", "grid", "plot", "run_one", "section", "sweeps"]
+
+VERSION = 1
+TITLE = "Causal sweeps: one factor moved, the others held"
+NAME = "causal"
+MEASURES = ("test_loss", "train_loss_auc")
+
+SWEEPS: dict[str, dict[str, Any]] = {
+    "K/forward": {"factor": "K", "layer": "fc2", "role": "forward", "vary": "hidden0"},
+    "K/backward-input": {"factor": "K", "layer": "fc2", "role": "backward-input",
+                         "vary": "hidden1"},
+    "K/backward-weight": {"factor": "K", "layer": "fc2", "role": "backward-weight",
+                          "vary": "batch"},
+    "F/forward-batch": {"factor": "F", "layer": "fc2", "role": "forward", "vary": "batch"},
+    "F/forward-width": {"factor": "F", "layer": "fc2", "role": "forward", "vary": "hidden1"},
+    "F/backward-input-batch": {"factor": "F", "layer": "fc2", "role": "backward-input",
+                               "vary": "batch"},
+    "D/forward": {"factor": "D", "role": "forward", "vary": "depth"},
+    "D/backward-input": {"factor": "D", "role": "backward-input", "vary": "depth"},
+    "D/backward-weight": {"factor": "D", "role": "backward-weight", "vary": "depth"},
+}
+"""Name -> what it moves (module docstring)."""
+
+QUICK: dict[str, Any] = {
+    "sweeps": ["K/forward", "D/forward"], "levels": [16, 256], "depths": [2, 5],
+    "seeds": [0, 1], "noise_seeds": [0, 1, 2], "doses": [0, 2, 4], "exp_bits": 5,
+    "rounding": "rne", "steps": 60, "threshold": 0.5, "sesoi_slope": 0.25,
+    "sesoi_depth": 0.25, "measure": "test_loss", "depth_width": 64, "depth_layers": 6,
+}
+FULL: dict[str, Any] = {
+    **QUICK, "sweeps": list(SWEEPS), "levels": [16, 64, 256, 1024], "depths": [2, 3, 4, 5, 6],
+    "seeds": [0, 1, 2, 3, 4, 5], "noise_seeds": list(range(8)), "doses": [0, 1, 2, 3, 4],
+    "steps": 400,
+}
+STANDARD: dict[str, Any] = dict(FULL)
+"""The published grid. Declared before running: tau 0.5 seed-sd, SESOI 0.25 bits per doubling
+of K or F (1.5 bits over the 64-fold range swept) and 0.25 bits per layer of depth (1 bit over
+the 4 layers swept), alpha 0.05 with Holm's correction over the sweeps."""
+
+BATCH_LEVELS = {16: 8, 64: 32, 256: 128, 1024: 512}
+"""Batch sizes for the batch sweeps, by level index (K/backward-weight, F/*-batch): the width
+levels would make batches of up to 1024 of the 1437 digits; these keep 4 levels 4x apart."""
+
+
+def check(p: dict[str, Any]) -> None:
+    need(bool(p["sweeps"]) and all(s in SWEEPS for s in p["sweeps"]), NAME, "sweeps",
+         f"a non-empty list of {', '.join(SWEEPS)}", p["sweeps"])
+    need(len(p["levels"]) >= 2 and all(v in BATCH_LEVELS for v in p["levels"])
+         and sorted(set(p["levels"])) == list(p["levels"]), NAME, "levels",
+         f"at least two ascending values of {sorted(BATCH_LEVELS)}", p["levels"])
+    need(len(p["depths"]) >= 2 and all(isinstance(d, int) and 2 <= d <= p["depth_layers"]
+                                       for d in p["depths"]), NAME, "depths",
+         f"at least two layer positions in [2, depth_layers = {p['depth_layers']}]",
+         p["depths"])
+    for key in ("seeds", "noise_seeds"):
+        need(bool(p[key]) and all(isinstance(s, int) and s >= 0 for s in p[key])
+             and len(set(p[key])) == len(p[key]), NAME, key,
+             "a non-empty list of distinct ints >= 0", p[key])
+    need(len(p["seeds"]) >= 2, NAME, "seeds", "at least 2 seeds (a slope's standard error)",
+         p["seeds"])
+    need(len(p["noise_seeds"]) >= 2, NAME, "noise_seeds", "at least 2 seeds", p["noise_seeds"])
+    need(len(p["doses"]) >= 2 and sorted(set(p["doses"])) == list(p["doses"]), NAME, "doses",
+         "at least two ascending mantissa widths", p["doses"])
+    for key in ("threshold", "sesoi_slope", "sesoi_depth"):
+        need(isinstance(p[key], int | float) and p[key] > 0, NAME, key, "a positive number",
+             p[key])
+    need(p["measure"] in MEASURES, NAME, "measure", f"one of {', '.join(MEASURES)}",
+         p["measure"])
+
+
+def _variant(p: dict[str, Any], sweep: str, level: int) -> tuple[dict[str, Any], str]:
+    """(TrainConfig overrides, perturbed layer) of one sweep point."""
+    sw = SWEEPS[sweep]
+    if sw["vary"] == "depth":
+        return {"hidden": [p["depth_width"]] * p["depth_layers"]}, f"fc{level}"
+    over: dict[str, Any] = {"hidden": [64, 64]}
+    if sw["vary"] == "hidden0":
+        over["hidden"] = [level, 64]
+    elif sw["vary"] == "hidden1":
+        over["hidden"] = [64, level]
+    else:
+        over["batch_size"] = BATCH_LEVELS[level]
+    return over, sw["layer"]
+
+
+def sweeps(p: dict[str, Any]) -> list[tuple[str, int, dict[str, Any], str, float]]:
+    """(sweep, level, overrides, layer, factor value) of every sweep point."""
+    out = []
+    for sweep in p["sweeps"]:
+        depth = SWEEPS[sweep]["vary"] == "depth"
+        for level in (p["depths"] if depth else p["levels"]):
+            over, layer = _variant(p, sweep, level)
+            value = float(level) if depth else float(over.get("batch_size", level))
+            out.append((sweep, level, over, layer, value))
+    return out
+
+
+def _fields(p: dict[str, Any], over: dict[str, Any], seed: int) -> dict[str, Any]:
+    return arch_fields("mlp-down", seed, p["steps"], over)
+
+
+def grid(p: dict[str, Any]) -> list[dict[str, Any]]:
+    runs: list[dict[str, Any]] = []
+    variants: dict[str, dict[str, Any]] = {}
+    for sweep, level, over, layer, _ in sweeps(p):
+        vkey = repr(sorted(over.items()))
+        variants.setdefault(vkey, over)
+        for m in p["doses"]:
+            spec = dose_spec("operands", m, p)
+            runs.extend({"kind": "point", "sweep": sweep, "level": level, "variant": vkey,
+                         "bits": m, "seed": seed, "train": _fields(p, over, seed),
+                         "plan": low_plan([(layer, SWEEPS[sweep]["role"])], spec, "numpy")}
+                        for seed in p["seeds"])
+    for vkey, over in variants.items():
+        runs.extend({"kind": "baseline", "sweep": "", "level": 0, "variant": vkey, "bits": -1,
+                     "seed": seed, "train": _fields(p, over, seed), "plan": {"preset": "numpy"}}
+                    for seed in p["noise_seeds"])
+    return runs
+
+
+def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
+    return train_run(cfg)
+
+
+def warm_key(cfg: dict[str, Any]) -> tuple:
+    return (cfg["kind"],)
+
+
+def _slope(x: list[float], y: list[float]) -> float:
+    xa, ya = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    keep = np.isfinite(xa) & np.isfinite(ya)
+    if keep.sum() < 2 or np.ptp(xa[keep]) == 0:
+        return math.nan
+    return float(np.polyfit(xa[keep], ya[keep], 1)[0])
+
+
+def analyze(p: dict[str, Any], configs: list[dict[str, Any]],
+            results: list[dict[str, Any]]) -> tuple[list, dict, list]:
+    rows = []
+    base: dict[tuple[str, str, int], float] = {}
+    point: dict[tuple, float] = {}
+    for c, r in zip(configs, results, strict=True):
+        rows.append({"kind": c["kind"], "sweep": c["sweep"], "level": c["level"],
+                     "variant": c["variant"], "bits": c["bits"], "seed": c["seed"],
+                     **{k: r[k] for k in (*MEASURES, "test_accuracy", "seconds")}})
+        for k in MEASURES:
+            if c["kind"] == "baseline":
+                base[(c["variant"], k, c["seed"])] = r[k]
+            else:
+                point[(c["sweep"], c["level"], k, c["bits"], c["seed"])] = r[k]
+    variants = {c["variant"] for c in configs}
+    noise = {v: {k: seed_noise([base.get((v, k, s), math.nan) for s in p["noise_seeds"]])
+                 for k in MEASURES} for v in variants}
+    vkey = {(c["sweep"], c["level"]): c["variant"] for c in configs if c["kind"] == "point"}
+    out: dict[str, Any] = {}
+    for sweep, level, _, _, value in sweeps(p):
+        entry = out.setdefault(sweep, {"levels": [], "values": [], "points": {}})
+        entry["levels"].append(level)
+        entry["values"].append(value)
+        v = vkey[(sweep, level)]
+        for k in MEASURES:
+            per_seed = {s: [damage(point[(sweep, level, k, m, s)], base[(v, k, s)],
+                                   noise[v][k]) for m in p["doses"]] for s in p["seeds"]}
+            mean = [float(np.mean([per_seed[s][i] for s in p["seeds"]]))
+                    for i in range(len(p["doses"]))]
+            entry["points"].setdefault(k, []).append({
+                "level": level, "value": value, "damage": mean,
+                "threshold_bits": threshold_bits(p["doses"], mean, p["threshold"])[0],
+                "seed_thresholds": [threshold_bits(p["doses"], per_seed[s],
+                                                   p["threshold"])[0] for s in p["seeds"]]})
+    for sweep, entry in out.items():
+        depth = SWEEPS[sweep]["factor"] == "D"
+        x = entry["values"] if depth else [math.log2(v) for v in entry["values"]]
+        slopes: dict[str, Any] = {}
+        entry["slopes"] = slopes
+        for k in MEASURES:
+            pts = entry["points"][k]
+            seed_slopes = [_slope(x, [pt["seed_thresholds"][i] for pt in pts])
+                           for i in range(len(p["seeds"]))]
+            finite = [s for s in seed_slopes if math.isfinite(s)]
+            n = len(finite)
+            slopes[k] = {
+                "per_seed": seed_slopes, "mean": float(np.mean(finite)) if n else math.nan,
+                "se": float(np.std(finite, ddof=1) / math.sqrt(n)) if n > 1 else math.nan,
+                "n": n, "of_means": _slope(x, [pt["threshold_bits"] for pt in pts])}
+    summary = {"sweeps": out, "noise": {v: noise[v] for v in sorted(variants)}}
+    return rows, summary, as_findings(finalize(claims({"params": p, "summary": summary})))
+
+
+def claims(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """One claim per sweep (module docstring), before Holm's correction."""
+    p, s = doc["params"], doc["summary"]
+    k = p["measure"]
+    out = []
+    for sweep, entry in s["sweeps"].items():
+        factor = SWEEPS[sweep]["factor"]
+        sl = entry["slopes"][k]
+        direction, sesoi, statement, units = {
+            "K": (-1, p["sesoi_slope"], "a longer reduction (K) needs fewer operand bits",
+                  "bits per doubling of K"),
+            "F": (1, p["sesoi_slope"], "more uses per element need more operand bits",
+                  "bits per doubling of uses"),
+            "D": (0, p["sesoi_depth"], "depth does not change the operand bits needed",
+                  "bits per layer of depth")}[factor]
+        out.append(claim(
+            f"causal/{sweep}", f"{statement} ({sweep.split('/', 1)[1]})", effect=sl["mean"],
+            se=sl["se"], sesoi=sesoi, direction=direction, family="causal",
+            measure=f"threshold bits M* on {k} (tau {p['threshold']:g} seed-sd)",
+            design=f"MLP sweep of {len(entry['levels'])} levels {entry['values']}, "
+                   f"{sl['n']} seeds, slope per seed, t over seeds",
+            n=sl["n"], units=units, df=sl["n"] - 1 if sl["n"] > 1 else None))
+    return out
+
+
+def plot(s: dict[str, Any], out: Path) -> list[str]:
+    from refsim.studies.report import pyplot
+
+    plt = pyplot()
+    if not s["sweeps"]:
+        return []
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), sharey=True)
+    for ax, factor in zip(axes, ("K", "F", "D"), strict=True):
+        for sweep, entry in s["sweeps"].items():
+            if SWEEPS[sweep]["factor"] != factor:
+                continue
+            pts = entry["points"]["test_loss"]
+            ax.plot([pt["value"] for pt in pts], [pt["threshold_bits"] for pt in pts], "o-",
+                    label=sweep.split("/", 1)[1])
+        if factor != "D":
+            ax.set_xscale("log", base=2)
+        ax.set_xlabel({"K": "K", "F": "uses per element (swept)", "D": "layer"}[factor])
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    axes[0].set_ylabel("threshold bits M* (test loss)")
+    fig.suptitle("Causal sweeps: one factor moved")
+    return [save_figure(fig, out, "causal.png")]
+
+
+def section(doc: dict[str, Any]) -> str:
+    s, p = doc["summary"], doc["params"]
+    lines = [f"## {TITLE}", "",
+             f"MLPs on digits, one GEMM perturbed with operands e{p['exp_bits']}m{p['doses']}, "
+             f"seeds {p['seeds']} per dose, baselines over {p['noise_seeds']}, {p['steps']} "
+             f"steps; tau {p['threshold']:g} seed-sd. {doc['grid']['runs']} runs "
+             f"({doc['grid']['cached']} cached), {doc['seconds']:.0f} s.", "",
+             "| sweep | levels | M* per level (test loss) | slope (test loss) | slope "
+             "(train AUC) |", "|---|---|---|---|---|"]
+    for sweep, e in s["sweeps"].items():
+        mstar = ", ".join(f"{pt['threshold_bits']:.2f}" for pt in e["points"]["test_loss"])
+        sl = {k: e["slopes"][k] for k in MEASURES}
+        lines.append(f"| {sweep} | {e['values']} | {mstar} | "
+                     + " | ".join(f"{sl[k]['mean']:+.3f} +- {sl[k]['se']:.3f}" for k in MEASURES)
+                     + " |")
+    lines += ["", "Slopes in bits per doubling of the factor (depth: per layer), mean over "
+              "seeds +- its standard error."]
+    lines += [""] + [f"![causal]({f})" for f in doc["plots"]] + [""]
+    return "\n".join(lines)

@@ -1,0 +1,388 @@
+"""Tolerance: the operand (and accumulator) bits each GEMM needs, from a dose sweep, and how
+the threshold relates to reduction length, usage frequency and depth across GEMMs.
+
+Usage rules:
+  - For every architecture in `architectures` (refsim.studies.architectures) and every row of
+    its factor profile (one (layer, role) GEMM), each dose m in `doses` gives one training run
+    per seed in `seeds` with only that GEMM perturbed (refsim.studies.dose: operands
+    e{exp_bits}m{m}, fp32 accumulation) and every other product in float32 (np.matmul). The
+    architecture's baseline (no GEMM perturbed) runs for every seed in `noise_seeds` (a
+    superset of `seeds`): its seed-to-seed sd is the model's seed noise.
+  - Measures, both role-neutral: `test_loss`, the final test loss with fp32 inference
+    (eval_preset "numpy": a forward perturbation is not carried into the evaluation), and
+    `train_loss_auc`, the mean training loss over every step (same batches in every run of
+    one seed). Runs train with refsim.studies.architectures.RECIPE for `steps` steps (cosine
+    schedule: the baselines end on a plateau, checked and reported: `plateau`).
+  - Per GEMM and measure: damage at each dose (mean over seeds of the paired damage), the
+    threshold M* (`threshold` in seed-noise units; refsim.studies.dose.threshold_bits) of the
+    mean curve, the per-seed thresholds and their standard error (sd / sqrt(seeds)), and
+    whether the mean curve falls monotonically. Reliability of M* across GEMMs:
+    refsim.studies.stats.reliability.
+  - Accumulator lever (`acc_architectures`, `acc_doses`): the same for a sequential
+    e{acc_exp_bits}mM accumulator with float32 operands, reported per GEMM (tolerance.csv)
+    but not tested across GEMMs (too few GEMMs for the power the claims need).
+  - Cross-GEMM claims (refsim.studies.claims, family "cross-gemm/<measure>"), on M*:
+      K: longer reductions need fewer bits (partial Spearman rho(log K, M*) < 0),
+      frequency: more-used elements need more bits (rho(log F, M*) > 0),
+      depth: relative depth has no effect beyond the SESOI (rho = 0),
+    each partial on the other two factors, the role (dummies) and the architecture
+    (dummies: a within-model comparison), as Fisher's z corrected for the reliability of M*
+    (Spearman's attenuation: z / sqrt(R)), SESOI atanh(sesoi_rho). A mixed model (M* on the
+    standardized factors and role dummies, a random intercept per architecture; one value per
+    GEMM, seeds averaged first, so seeds are not pseudo-replicates) is reported beside them.
+  - `tolerance_rows(doc)` gives the rows of docs/results/tolerance.csv (one per GEMM).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from refsim.studies import stats
+from refsim.studies.architectures import ARCHITECTURES, arch_fields
+from refsim.studies.claims import as_findings, claim, finalize, fisher_z
+from refsim.studies.dose import damage, dose_spec, monotone, seed_noise, threshold_bits
+from refsim.studies.params import need, need_format
+from refsim.studies.report import save_figure
+from refsim.studies.training import low_plan, profile_of, train_run
+
+__all__ = ["FULL", "QUICK", "STANDARD", "TITLE", "VERSION", "analyze", "check", "claims",
+           "grid", "plot", "run_one", "section", "tolerance_rows"]
+
+VERSION = 1
+TITLE = "Tolerance: the bits each GEMM needs (dose sweeps)"
+NAME = "tolerance"
+MEASURES = ("test_loss", "train_loss_auc")
+FACTORS = ("k", "frequency", "depth")
+ROLES3 = ("forward", "backward-input", "backward-weight")
+
+QUICK: dict[str, Any] = {
+    "architectures": ["mlp-down", "cnn-deep"], "seeds": [0, 1], "noise_seeds": [0, 1, 2, 3],
+    "doses": [0, 2, 4], "exp_bits": 5, "rounding": "rne", "steps": 60, "threshold": 0.5,
+    "acc_architectures": [], "acc_doses": [4, 7, 10], "acc_exp_bits": 8, "layers": ["*"],
+    "sesoi_rho": 0.3, "primary": "test_loss",
+}
+FULL: dict[str, Any] = {
+    **QUICK, "architectures": [a for a in ARCHITECTURES if a != "transformer-2"],
+    "noise_seeds": list(range(8)), "doses": [0, 1, 2, 3, 4], "steps": 400,
+    "acc_architectures": ["mlp-down"],
+}
+STANDARD: dict[str, Any] = dict(FULL)
+"""The published grid: 7 architectures (135 GEMMs; transformer-2 adds 39 more at twice the
+cost of the others, left out for time), operands e5m0..e5m4, 2 seeds per dose (the dose sweep,
+not more seeds, makes M* reliable), 8 baseline seeds per architecture, 400 steps to a plateau;
+the accumulator lever on mlp-down. The declarations made before running: tau = 0.5 seed-sd,
+SESOI |rho| 0.3, alpha 0.05 with Holm's correction per family."""
+
+
+def check(p: dict[str, Any]) -> None:
+    from refsim.formats.policy import ROUNDINGS
+
+    for key in ("architectures", "acc_architectures"):
+        need(all(a in ARCHITECTURES for a in p[key]) and len(set(p[key])) == len(p[key]),
+             NAME, key, f"a list of distinct names of {', '.join(ARCHITECTURES)}", p[key])
+    need(bool(p["architectures"]), NAME, "architectures", "a non-empty list",
+         p["architectures"])
+    for key in ("seeds", "noise_seeds"):
+        need(bool(p[key]) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                                  for s in p[key]) and len(set(p[key])) == len(p[key]),
+             NAME, key, "a non-empty list of distinct ints >= 0", p[key])
+    need(set(p["seeds"]) <= set(p["noise_seeds"]) and len(p["noise_seeds"]) >= 2, NAME,
+         "noise_seeds", "at least 2 seeds including every one of seeds", p["noise_seeds"])
+    for key in ("doses", "acc_doses"):
+        need(len(p[key]) >= 2 and all(isinstance(m, int) and 0 <= m <= 22 for m in p[key])
+             and sorted(set(p[key])) == list(p[key]), NAME, key,
+             "at least two ascending distinct ints in [0, 22]", p[key])
+    need(isinstance(p["exp_bits"], int) and 2 <= p["exp_bits"] <= 8, NAME, "exp_bits",
+         "an int in [2, 8]", p["exp_bits"])
+    need(isinstance(p["acc_exp_bits"], int) and 5 <= p["acc_exp_bits"] <= 11, NAME,
+         "acc_exp_bits", "an int in [5, 11]", p["acc_exp_bits"])
+    need_format(NAME, "exp_bits", f"e{p['exp_bits']}m{p['doses'][0]}")
+    need(p["rounding"] in ROUNDINGS, NAME, "rounding", f"one of {', '.join(ROUNDINGS)}",
+         p["rounding"])
+    need(isinstance(p["steps"], int) and p["steps"] >= 1, NAME, "steps", "a positive int",
+         p["steps"])
+    need(isinstance(p["threshold"], int | float) and p["threshold"] > 0, NAME, "threshold",
+         "a positive number (seed-noise units)", p["threshold"])
+    need(isinstance(p["sesoi_rho"], int | float) and 0 < p["sesoi_rho"] < 1, NAME,
+         "sesoi_rho", "a number in (0, 1)", p["sesoi_rho"])
+    need(p["primary"] in MEASURES, NAME, "primary", f"one of {', '.join(MEASURES)}",
+         p["primary"])
+    need(bool(p["layers"]) and all(isinstance(x, str) for x in p["layers"]), NAME, "layers",
+         "a non-empty list of layer-name patterns (fnmatch)", p["layers"])
+
+
+def gemm_rows(p: dict[str, Any], arch: str) -> list[dict[str, Any]]:
+    """The factor profile rows of one architecture (those whose layer matches `layers`), with
+    the relative depth (depth_input / the number of products)."""
+    prof = profile_of(arch_fields(arch, 0, p["steps"]))
+    n = max(r.depth_input for r in prof)
+    return [{"arch": arch, "layer": r.layer, "role": r.role, "kind": r.kind, "k": r.k,
+             "frequency": r.frequency, "depth_input": r.depth_input, "depth": r.depth_input / n,
+             "uses_a": r.uses_a, "uses_b": r.uses_b}
+            for r in prof if any(fnmatch.fnmatchcase(r.layer, pat) for pat in p["layers"])]
+
+
+def grid(p: dict[str, Any]) -> list[dict[str, Any]]:
+    runs: list[dict[str, Any]] = []
+    for arch in p["architectures"]:
+        runs.extend({"arch": arch, "lever": "baseline", "layer": "", "role": "", "bits": -1,
+                     "seed": seed, "train": arch_fields(arch, seed, p["steps"]),
+                     "plan": {"preset": "numpy"}} for seed in p["noise_seeds"])
+        levers = [("operands", p["doses"])]
+        if arch in p["acc_architectures"]:
+            levers.append(("accumulator", p["acc_doses"]))
+        for g in gemm_rows(p, arch):
+            for lever, doses in levers:
+                for m in doses:
+                    spec = dose_spec(lever, m, p)
+                    plan = low_plan([(g["layer"], g["role"])], spec, "numpy")
+                    runs.extend({"arch": arch, "lever": lever, "layer": g["layer"],
+                                 "role": g["role"], "bits": m, "seed": seed,
+                                 "train": arch_fields(arch, seed, p["steps"]), "plan": plan}
+                                for seed in p["seeds"])
+    return runs
+
+
+def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
+    return train_run(cfg)
+
+
+def warm_key(cfg: dict[str, Any]) -> tuple:
+    """Runs with one key use the same compiled kernels."""
+    return (cfg["arch"], cfg["lever"])
+
+
+def _curve(p: dict[str, Any], doses: list[int], per_seed: dict[int, dict[int, float]]
+           ) -> dict[str, Any]:
+    """Mean damage per dose, M* of the mean curve, per-seed M* and its standard error."""
+    seeds = p["seeds"]
+    mean = [float(np.mean([per_seed[s][m] for s in seeds])) for m in doses]
+    mstar, cens = threshold_bits(doses, mean, p["threshold"])
+    seed_m = [threshold_bits(doses, [per_seed[s][m] for m in doses], p["threshold"])[0]
+              for s in seeds]
+    finite = [v for v in seed_m if math.isfinite(v)]
+    se = float(np.std(finite, ddof=1) / math.sqrt(len(finite))) if len(finite) > 1 else math.nan
+    return {"damage": mean, "threshold_bits": mstar, "censored": cens, "seed_thresholds": seed_m,
+            "threshold_se": se, "monotone": monotone(doses, mean)}
+
+
+def _plateau(curves: list[list[float]]) -> dict[str, float]:
+    """Change of the baseline's epoch-end test loss over the last quarter of its epochs."""
+    changes = [c[-1] - c[int(0.75 * (len(c) - 1))] for c in curves if len(c) >= 2]
+    return {"mean_change": float(np.mean(changes)) if changes else math.nan,
+            "max_abs_change": float(np.max(np.abs(changes))) if changes else math.nan}
+
+
+def analyze(p: dict[str, Any], configs: list[dict[str, Any]],
+            results: list[dict[str, Any]]) -> tuple[list, dict, list]:
+    rows = []
+    base: dict[tuple[str, str, int], float] = {}
+    treated: dict[tuple, float] = {}
+    curves: dict[str, list[list[float]]] = {}
+    for c, r in zip(configs, results, strict=True):
+        row = {"arch": c["arch"], "lever": c["lever"], "layer": c["layer"], "role": c["role"],
+               "bits": c["bits"], "seed": c["seed"],
+               **{k: r[k] for k in (*MEASURES, "test_accuracy", "seconds")}}
+        rows.append(row)
+        for k in MEASURES:
+            if c["lever"] == "baseline":
+                base[(c["arch"], k, c["seed"])] = r[k]
+            else:
+                treated[(c["arch"], c["lever"], c["layer"], c["role"], k, c["bits"],
+                         c["seed"])] = r[k]
+        if c["lever"] == "baseline" and "test_curve" in r:
+            curves.setdefault(c["arch"], []).append(r["test_curve"])
+    noise = {a: {k: seed_noise([base.get((a, k, s), math.nan) for s in p["noise_seeds"]])
+                 for k in MEASURES} for a in p["architectures"]}
+    for row in rows:
+        for k in MEASURES:
+            row[f"damage_{k}"] = (damage(row[k], base[(row["arch"], k, row["seed"])],
+                                         noise[row["arch"]][k])
+                                  if row["lever"] != "baseline" else 0.0)
+    gemms = []
+    for arch in p["architectures"]:
+        for g in gemm_rows(p, arch):
+            entry = dict(g)
+            levers = [("operands", p["doses"])]
+            if arch in p["acc_architectures"]:
+                levers.append(("accumulator", p["acc_doses"]))
+            for lever, doses in levers:
+                for k in MEASURES:
+                    per_seed = {s: {m: damage(treated[(arch, lever, g["layer"], g["role"], k, m,
+                                                       s)],
+                                              base[(arch, k, s)], noise[arch][k])
+                                    for m in doses} for s in p["seeds"]}
+                    entry[f"{lever}/{k}"] = _curve(p, doses, per_seed)
+            gemms.append(entry)
+    summary: dict[str, Any] = {"noise": noise, "gemms": gemms,
+                               "plateau": {a: _plateau(v) for a, v in curves.items()},
+                               "baseline": {a: {k: float(np.mean([base[(a, k, s)]
+                                                                  for s in p["noise_seeds"]]))
+                                                for k in (*MEASURES,)}
+                                            for a in p["architectures"]},
+                               "cross": {k: _cross(p, gemms, k) for k in MEASURES}}
+    summary["n_gemms"] = len(gemms)
+    return rows, summary, as_findings(finalize(claims({"params": p, "summary": summary})))
+
+
+def _design(gemms: list[dict[str, Any]], key: str):
+    y = np.array([g[key]["threshold_bits"] for g in gemms], np.float64)
+    se = np.array([g[key]["threshold_se"] for g in gemms], np.float64)
+    x = {"k": np.log2([g["k"] for g in gemms]),
+         "frequency": np.log2([g["frequency"] for g in gemms]),
+         "depth": np.array([g["depth"] for g in gemms], np.float64)}
+    roles = [g["role"] for g in gemms]
+    archs = [g["arch"] for g in gemms]
+    dummies = [np.array([r == role for r in roles], np.float64) for role in ROLES3[1:]]
+    dummies += [np.array([a == arch for a in archs], np.float64)
+                for arch in sorted(set(archs))[1:]]
+    return y, se, x, dummies, archs, roles
+
+
+def _cross(p: dict[str, Any], gemms: list[dict[str, Any]], measure: str) -> dict[str, Any]:
+    key = f"operands/{measure}"
+    y, se, x, dummies, archs, roles = _design(gemms, key)
+    rel = stats.reliability(y, se)
+    out: dict[str, Any] = {"n": len(gemms), "reliability": rel,
+                           "censored_low": sum(g[key]["censored"] == "low" for g in gemms),
+                           "censored_high": sum(g[key]["censored"] == "high" for g in gemms),
+                           "factor_rho": {}, "partial": {}, "mixed": {}}
+    for i, a in enumerate(FACTORS):
+        for b in FACTORS[i + 1:]:
+            out["factor_rho"][f"{a}~{b}"] = stats.spearman(x[a], x[b])["rho"]
+    for f in FACTORS:
+        others = [x[o] for o in FACTORS if o != f]
+        out["partial"][f] = stats.partial_spearman(x[f], y, [*others, *[d for d in dummies
+                                                                     if np.ptp(d) > 0]])
+        out["partial"][f]["marginal"] = stats.spearman(x[f], y)["rho"]
+    role_dummies = {f"role={r}": np.array([q == r for q in roles], np.float64)
+                    for r in ROLES3[1:] if r in roles}
+    out["mixed"] = stats.mixed_model(y, {**{f: x[f] for f in FACTORS}, **role_dummies}, archs)
+    return out
+
+
+def claims(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The cross-GEMM claims of this study (module docstring), before Holm's correction."""
+    p, s = doc["params"], doc["summary"]
+    out = []
+    sesoi = math.atanh(p["sesoi_rho"])
+    texts = {"k": (-1, "GEMMs with longer reductions (K) need fewer operand bits"),
+             "frequency": (1, "GEMMs whose elements are used more often need more operand "
+                              "bits"),
+             "depth": (0, "depth has no effect on the operand bits a GEMM needs")}
+    for measure in MEASURES:
+        cross = s["cross"][measure]
+        rel = cross["reliability"]
+        scale = math.sqrt(max(rel, 1e-6)) if math.isfinite(rel) else math.nan
+        for f in FACTORS:
+            part = cross["partial"][f]
+            z, se = fisher_z(part["rho"], part["n"], part["covariates"])
+            direction, statement = texts[f]
+            out.append(claim(
+                f"cross-gemm/{f}/{measure}", statement, effect=z / scale, se=se / scale,
+                sesoi=sesoi, direction=direction, family=f"cross-gemm/{measure}",
+                measure=f"threshold bits M* on {measure} (tau {p['threshold']:g} seed-sd)",
+                design=f"{part['n']} GEMMs of {len(p['architectures'])} architectures, "
+                       f"partial Spearman given the other factors, role and architecture, "
+                       f"corrected for reliability {rel:.2f}",
+                n=part["n"], units="Fisher z of rho (disattenuated)"))
+    return out
+
+
+def tolerance_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per GEMM: factors, thresholds and damage per dose (docs/results/tolerance.csv)."""
+    p = doc["params"]
+    out = []
+    for g in doc["summary"]["gemms"]:
+        row = {"model": g["arch"], "layer": g["layer"], "role": g["role"], "kind": g["kind"],
+               "k": g["k"], "frequency": g["frequency"], "depth": g["depth_input"],
+               "relative_depth": g["depth"]}
+        for k in MEASURES:
+            c = g[f"operands/{k}"]
+            row[f"threshold_bits_{k}"] = c["threshold_bits"]
+            row[f"threshold_censored_{k}"] = c["censored"]
+            row[f"threshold_se_{k}"] = c["threshold_se"]
+            row[f"monotone_{k}"] = c["monotone"]
+            for m, d in zip(p["doses"], c["damage"], strict=True):
+                row[f"damage_{k}_e{p['exp_bits']}m{m}"] = d
+        for k in MEASURES:
+            c = g.get(f"accumulator/{k}")
+            row[f"acc_threshold_bits_{k}"] = c["threshold_bits"] if c else math.nan
+            for m in p["acc_doses"]:
+                row[f"acc_damage_{k}_e{p['acc_exp_bits']}m{m}"] = (
+                    c["damage"][p["acc_doses"].index(m)] if c else math.nan)
+        out.append(row)
+    return out
+
+
+def plot(s: dict[str, Any], out: Path) -> list[str]:
+    from refsim.studies.report import pyplot
+
+    plt = pyplot()
+    gemms = s["gemms"]
+    if not gemms:
+        return []
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), sharey=True)
+    colors = {"forward": "tab:blue", "backward-input": "tab:orange",
+              "backward-weight": "tab:green"}
+    key = "operands/test_loss"
+    for ax, f, label in zip(axes, FACTORS, ("log2 K", "log2 usage frequency",
+                                            "relative depth"), strict=True):
+        for role, color in colors.items():
+            pts = [(g[f], g[key]["threshold_bits"]) for g in gemms if g["role"] == role]
+            if pts:
+                xs = [math.log2(a) if f != "depth" else a for a, _ in pts]
+                ax.scatter(xs, [b for _, b in pts], s=10, color=color, label=role, alpha=0.7)
+        ax.set_xlabel(label)
+    axes[0].set_ylabel("threshold bits M* (test loss)")
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=7)
+    fig.suptitle("Operand bits each GEMM needs, against its factors")
+    return [save_figure(fig, out, "thresholds.png")]
+
+
+def _fmt(v: float, spec: str = ".2f") -> str:
+    return format(v, spec) if isinstance(v, int | float) and math.isfinite(v) else "n/a"
+
+
+def section(doc: dict[str, Any]) -> str:
+    s, p = doc["summary"], doc["params"]
+    lines = [f"## {TITLE}", "",
+             f"{s['n_gemms']} GEMMs of {len(p['architectures'])} architectures "
+             f"({', '.join(p['architectures'])}); operands e{p['exp_bits']}m{p['doses']} "
+             f"({p['rounding']}, saturating, fp32 accumulation), one GEMM at a time, seeds "
+             f"{p['seeds']} per dose, baselines over seeds {p['noise_seeds']}; {p['steps']} "
+             f"steps (Adam, cosine schedule), test loss with fp32 inference. Threshold "
+             f"tau = {p['threshold']:g} seed-sd. {doc['grid']['runs']} runs "
+             f"({doc['grid']['cached']} cached), {doc['seconds']:.0f} s.", "",
+             "| architecture | baseline test loss | seed sd (test loss) | seed sd (train AUC) | "
+             "plateau: test-loss change over the last quarter |", "|---|---|---|---|---|"]
+    for a in p["architectures"]:
+        pl = s["plateau"].get(a, {})
+        lines.append(f"| {a} | {_fmt(s['baseline'][a]['test_loss'], '.4f')} | "
+                     f"{_fmt(s['noise'][a]['test_loss'], '.4f')} | "
+                     f"{_fmt(s['noise'][a]['train_loss_auc'], '.4f')} | "
+                     f"{_fmt(pl.get('mean_change', math.nan), '+.4f')} (max |.| "
+                     f"{_fmt(pl.get('max_abs_change', math.nan), '.4f')}) |")
+    for measure in MEASURES:
+        c = s["cross"][measure]
+        lines += ["", f"**Across GEMMs, M* on {measure}:** reliability {_fmt(c['reliability'])}, "
+                  f"{c['censored_low']} GEMMs tolerate every dose (M* censored low), "
+                  f"{c['censored_high']} need more than the largest. Factor correlations: "
+                  + ", ".join(f"{k} {_fmt(v)}" for k, v in c["factor_rho"].items()) + ".", "",
+                  "| factor | marginal rho | partial rho | p | n | mixed-model coef (bits per sd) "
+                  "| 95% CI |", "|---|---|---|---|---|---|---|"]
+        for f in FACTORS:
+            q, mm = c["partial"][f], c["mixed"].get(f, {})
+            lines.append(f"| {f} | {_fmt(q['marginal'])} | {_fmt(q['rho'])} | "
+                         f"{stats.fmt_p(q['p'])} | {q['n']} | {_fmt(mm.get('coef', math.nan))} "
+                         f"| [{_fmt(mm.get('ci_low', math.nan))}, "
+                         f"{_fmt(mm.get('ci_high', math.nan))}] |")
+    lines += [""] + [f"![thresholds]({f})" for f in doc["plots"]]
+    lines += ["", "Per-GEMM thresholds and damage per dose: tolerance.csv.", ""]
+    return "\n".join(lines)

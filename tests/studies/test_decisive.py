@@ -1,0 +1,208 @@
+"""The redesigned studies (tolerance, causal, allocate) decide: claims and their verdicts against
+hand computations, the threshold bits M* on enumerated curves, the grids' shapes from the
+models' own profiles (each causal sweep moves one factor and holds the others), and the
+combined outputs (claims.json, tolerance.csv, the README's table)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from refsim.studies import allocate, causal, run_study, tolerance, write_outputs
+from refsim.studies.architectures import ARCHITECTURES, arch_fields
+from refsim.studies.claims import CLAIM_KEYS, claim, finalize, fisher_z, power_at
+from refsim.studies.dose import damage, monotone, threshold_bits
+from refsim.studies.report import paper_table
+from refsim.studies.training import profile_of
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# ---- claims ----------------------------------------------------------------------------------
+
+def _c(effect, se, sesoi=0.5, direction=-1, family="f", id="c", df=None):
+    return claim(id, "s", effect=effect, se=se, sesoi=sesoi, direction=direction,
+                 family=family, measure="m", design="d", n=10, units="u", df=df)
+
+
+def test_claim_tests_against_hand_computations():
+    c = _c(-0.3, 0.1, df=9)
+    t = sps.t(9)
+    assert c["p"] == pytest.approx(2 * t.sf(3.0), rel=1e-12)
+    assert c["p_tost"] == pytest.approx(max(t.sf((-0.3 + 0.5) / 0.1),
+                                            t.cdf((-0.3 - 0.5) / 0.1)), rel=1e-12)
+    half = t.ppf(0.975) * 0.1
+    assert c["ci"] == pytest.approx([-0.3 - half, -0.3 + half])
+    crit = t.ppf(0.975)
+    assert c["power_at_sesoi"] == pytest.approx(t.sf(crit - 5) + t.cdf(-crit - 5))
+    assert power_at(0.0, 1.0) == pytest.approx(0.05)  # at no effect: alpha
+    assert set(CLAIM_KEYS) <= set(c)
+
+
+@pytest.mark.parametrize(("effect", "se", "direction", "verdict"), [
+    (-2.0, 0.5, -1, "supported"),       # significant in the claimed direction, beyond SESOI
+    (2.0, 0.5, -1, "contradicted"),     # significant against it
+    (0.0, 0.1, -1, "equivalent"),       # inside +-0.5, significantly
+    (-0.3, 0.05, -1, "equivalent"),     # a real effect, but smaller than the SESOI
+    (-0.4, 0.4, -1, "undecided"),       # neither test decides
+    (0.0, 0.1, 0, "supported"),         # no effect claimed, and none beyond the SESOI
+    (2.0, 0.5, 0, "contradicted"),      # no effect claimed, a large one found
+    (0.6, 0.6, 0, "undecided"),
+])
+def test_verdicts(effect, se, direction, verdict):
+    assert finalize([_c(effect, se, direction=direction)])[0]["verdict"] == verdict
+
+
+def test_holm_within_families_only():
+    from statsmodels.stats.multitest import multipletests
+
+    cs = [_c(-0.25, 0.1, id="a", family="x"), _c(-0.3, 0.1, id="b", family="x"),
+          _c(-0.25, 0.1, id="c", family="y")]
+    out = finalize(cs)
+    want = multipletests([cs[0]["p"], cs[1]["p"]], method="holm")[1]
+    assert [out[0]["p_holm"], out[1]["p_holm"]] == pytest.approx(list(want))
+    assert out[2]["p_holm"] == pytest.approx(cs[2]["p"])  # alone in its family
+    with pytest.raises(ValueError, match="unique"):
+        finalize([cs[0], cs[0]])
+    with pytest.raises(ValueError, match="sesoi"):
+        _c(0.1, 0.1, sesoi=0)
+
+
+def test_fisher_z():
+    z, se = fisher_z(0.3, 100, 2)
+    assert z == pytest.approx(math.atanh(0.3)) and se == pytest.approx(math.sqrt(1.06 / 95))
+
+
+# ---- the threshold -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("damages", "want"), [
+    ([3.0, 1.0, 0.2, 0.1, 0.0], (1.625, "")),       # crosses 0.5 between 1 and 2 bits
+    ([0.4, 0.3, 0.2, 0.1, 0.0], (0.0, "low")),      # tolerates every dose
+    ([9.0, 8.0, 7.0, 6.0, 5.0], (5.0, "high")),     # needs more than the largest
+    ([math.inf, 0.1, 0.0, 0.0, 0.0], (1.0, "")),    # diverged at 0 bits
+    ([2.0, 0.1, 0.9, 0.1, 0.0], (2.5, "")),         # the last crossing counts
+    ([0.5, 0.0, 0.0, 0.0, 0.0], (0.0, "")),         # exactly tau: crossed at 0, not censored
+])
+def test_threshold_bits(damages, want):
+    got = threshold_bits([0, 1, 2, 3, 4], damages, 0.5)
+    assert got[1] == want[1] and got[0] == pytest.approx(want[0])
+    assert math.isnan(threshold_bits([0, 1], [math.nan, 0.0], 0.5)[0])
+
+
+def test_damage_and_monotone():
+    assert damage(1.5, 1.0, 0.25) == 2.0 and damage(math.nan, 1.0, 0.25) == math.inf
+    assert math.isnan(damage(1.0, 1.0, 0.0))
+    assert monotone([0, 1, 2], [3.0, 1.0, 1.0]) and not monotone([0, 1, 2], [3.0, 1.0, 2.0])
+
+
+# ---- the grids ---------------------------------------------------------------------------------
+
+def test_standard_tolerance_grid_meets_the_issue():
+    p = tolerance.STANDARD
+    gemms = [g for a in p["architectures"] for g in tolerance.gemm_rows(p, a)]
+    assert len(gemms) >= 130 and len(p["architectures"]) >= 6
+    assert p["doses"] == [0, 1, 2, 3, 4] and p["exp_bits"] == 5
+    assert len({(g["arch"], g["layer"], g["role"]) for g in gemms}) == len(gemms)
+    # the architectures break the K-depth aliasing: within the MLPs K falls and rises with depth
+    for arch, sign in (("mlp-down", -1), ("mlp-up", 1)):
+        fwd = [g for g in gemms if g["arch"] == arch and g["role"] == "forward"][1:]
+        ks = [g["k"] for g in fwd]
+        assert np.sign(sps.spearmanr(range(len(ks)), ks).statistic) == sign
+
+
+@pytest.mark.parametrize("sweep", list(causal.SWEEPS))
+def test_each_causal_sweep_moves_one_factor(sweep):
+    """From the profile of each sweep point: the swept factor changes, the others do not."""
+    p = {**causal.STANDARD, "sweeps": [sweep]}
+    rows = []
+    for _, _, over, layer, value in causal.sweeps(p):
+        prof = profile_of({**arch_fields("mlp-down", 0, 4, over)})
+        r = prof.row(layer, causal.SWEEPS[sweep]["role"])
+        rows.append((value, r.k, (r.uses_a, r.uses_b), r.depth_input))
+    factor = causal.SWEEPS[sweep]["factor"]
+    ks = [r[1] for r in rows]
+    uses = [r[2] for r in rows]
+    depths = [r[3] for r in rows]
+    if factor == "K":
+        assert ks == [r[0] for r in rows] and len(set(uses)) == 1 and len(set(depths)) == 1
+    elif factor == "F":
+        assert len(set(ks)) == 1 and len(set(uses)) == len(rows) and len(set(depths)) == 1
+        assert all(r[0] in u for r, u in zip(rows, uses, strict=True))  # the swept use count
+    else:
+        assert len(set(ks)) == 1 and len(set(uses)) == 1 and depths == sorted(set(depths))
+
+
+def test_architectures_build():
+    for name in ARCHITECTURES:
+        prof = profile_of(arch_fields(name, 0, 4))
+        assert len({r.layer for r in prof}) >= 3, name
+
+
+# ---- outputs ---------------------------------------------------------------------------------
+
+TINY = {
+    "tolerance": {"architectures": ["mlp-down", "mlp-up"], "seeds": [0, 1],
+                  "noise_seeds": [0, 1, 2], "doses": [0, 4], "steps": 3,
+                  "layers": ["fc1", "fc2", "fc6"]},
+    "causal": {"sweeps": ["K/forward", "D/forward"], "levels": [16, 64], "depths": [2, 3],
+               "seeds": [0, 1], "noise_seeds": [0, 1], "doses": [0, 4], "steps": 3},
+    "allocate": {"architectures": ["mlp-down"], "seeds": [0, 1], "steps": 3,
+                 "random_draws": 1},
+}
+
+
+def test_outputs_end_to_end(tmp_path):
+    docs = [run_study(name, tmp_path / name, mode="quick", overrides=over, plots=False,
+                      cache_dir=tmp_path / "cache") for name, over in TINY.items()]
+    write_outputs(tmp_path, docs, 1.0)
+    claims = json.loads((tmp_path / "claims.json").read_text())
+    assert isinstance(claims, list) and claims
+    ids = {c["claim"] for c in claims}
+    assert {"cross-gemm/k/test_loss", "causal/K/forward", "causal/D/forward",
+            "allocation/factor vs U/test_loss"} <= ids
+    for c in claims:
+        assert set(CLAIM_KEYS) <= set(c)
+        assert c["verdict"] in ("supported", "contradicted", "equivalent", "undecided")
+    with (tmp_path / "tolerance.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == sum(len(tolerance.gemm_rows({**tolerance.QUICK, **TINY["tolerance"]},
+                                                    a)) for a in ("mlp-down", "mlp-up"))
+    for key in ("model", "layer", "role", "k", "frequency", "depth",
+                "threshold_bits_test_loss", "damage_test_loss_e5m0", "damage_test_loss_e5m4"):
+        assert key in rows[0]
+    report = (tmp_path / "report.md").read_text()
+    assert "## Claims and verdicts" in report
+    assert "\n".join(paper_table(claims)) in report
+    # every run of one GEMM pairs with the baseline of its seed: same training fields
+    tol = docs[0]
+    assert {r["lever"] for r in tol["rows"]} == {"baseline", "operands"}
+
+
+def test_allocation_identical_policies_trained_once():
+    p = {**allocate.QUICK, "architectures": ["mlp-deep"]}
+    pl = allocate.plans(p, 0, "mlp-deep")
+    groups = allocate._groups(pl)
+    assert sum(len(g) for g in groups.values()) == len(pl)
+    for members in groups.values():
+        assert all(pl[m] == pl[members[0]] for m in members)
+    # every layer of mlp-deep reduces over K = 64: K's ranks tie, the earlier layer first, so
+    # A+ is D+ and A- is D- there, and each pair is trained once
+    assert pl["A+"] == pl["D+"] and pl["A-"] == pl["D-"]
+    assert any({"A+", "D+"} <= set(g) for g in groups.values())
+
+
+def test_readme_table_comes_from_claims_json():
+    path = ROOT / "docs" / "results" / "claims.json"
+    if not path.is_file():
+        pytest.skip("docs/results/claims.json is written by `make study`; not present yet")
+    table = "\n".join(paper_table(json.loads(path.read_text())))
+    readme = (ROOT / "README.md").read_text()
+    assert table in readme, "README's table must be paper_table(docs/results/claims.json)"
+    assert re.search(r"\| claim \(Shen, Lai & Zhang 2024\) \|", readme)
