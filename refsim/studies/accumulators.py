@@ -32,13 +32,15 @@ Usage rules:
     forward product has K = H; every product of every role runs through one accumulator's
     GemmSpec with per-tensor scaling (refsim.nn.numerics "tensor": e4m3 operands, amax / 448).
     The run of the `fp32` accumulator with the same seed is its pair. After `steps` SGD steps
-    the final test loss and accuracy are evaluated in fp32 (np.matmul in float32, the `numpy`
-    preset), so inference is the same for every accumulator. Damage at (accumulator, H) = the
+    (`lr`, `lr_schedule`: cosine to 0 by default, so the runs end on a plateau) the final test
+    loss and accuracy are evaluated in fp32 (TrainConfig.eval_preset "numpy": np.matmul in
+    float32), so inference is the same for every accumulator. Damage at (accumulator, H) = the
     mean paired difference of that test loss over the seeds in units of the fp32 runs'
     seed-to-seed standard deviation at that H (seed sd), its standard error sd(diff) / sqrt(n)
     / seed sd (the seed sd taken as known), t with n - 1 degrees of freedom.
-  - Claims (`claims(doc)`, refsim.studies.claims.claim, family "accumulators"), their SESOIs
-    declared in the parameters before any run:
+  - Claims (`claims(doc)`, refsim.studies.claims.claim, family "accumulators", ids
+    "accumulators/..."; the findings are refsim.studies.claims.as_findings of them, Holm within
+    the study), their SESOIs declared in the parameters before any run:
       slope-<acc>-<data>: the error grows with K: the mean over trials of the least-squares
         slope of log2(max rel) on log2 K (bits per doubling of K; an error of 0 is floored at
         2^-60), direction +1, SESOI `sesoi_slope` = 0.1 bits per doubling (a 1.9x change of
@@ -113,7 +115,7 @@ QUICK: dict[str, Any] = {
     "claim_measure": "frob_rel",
     "hidden": [64, 1024],
     "seeds": [0, 1, 2],
-    "steps": 60, "lr": 0.05, "batch_size": 32,
+    "steps": 60, "lr": 0.05, "lr_schedule": "cosine", "batch_size": 32,
     "sesoi_slope": 0.1, "sesoi_log2_error": 1.0, "sesoi_seed_sd": 0.5,
     "seed": 0,
 }
@@ -136,6 +138,8 @@ FULL: dict[str, Any] = {**STANDARD, "trials": 24, "hidden": [64, 256, 1024, 4096
 
 def check(p: dict[str, Any]) -> None:
     """Raise ValueError naming the first bad parameter."""
+    from refsim.nn.optim import SCHEDULES
+
     lk = p["log2_k"]
     need(isinstance(lk, list) and len(lk) >= 2 and all(isinstance(v, int) and 1 <= v <= 20
                                                        for v in lk)
@@ -174,6 +178,8 @@ def check(p: dict[str, Any]) -> None:
          "a list of at least two distinct ints >= 0", p["seeds"])
     need(isinstance(p["lr"], int | float) and p["lr"] > 0, NAME, "lr", "a positive number",
          p["lr"])
+    need(p["lr_schedule"] in SCHEDULES, NAME, "lr_schedule", f"one of {', '.join(SCHEDULES)}",
+         p["lr_schedule"])
     for key in ("sesoi_slope", "sesoi_log2_error", "sesoi_seed_sd"):
         need(isinstance(p[key], int | float) and p[key] > 0, NAME, key, "a positive number",
              p[key])
@@ -206,7 +212,7 @@ def grid(p: dict[str, Any]) -> list[dict[str, Any]]:
              "promote_every": p["promote_every"], "seed": p["seed"]}
             for d in p["data"] for s in p["scalings"] for a in LOW]
     runs += [{"part": "train", "acc": a, "hidden": h, "seed": s, "steps": p["steps"],
-              "lr": p["lr"], "batch_size": p["batch_size"],
+              "lr": p["lr"], "lr_schedule": p["lr_schedule"], "batch_size": p["batch_size"],
               "promote_every": p["promote_every"]}
              for h in reversed(p["hidden"]) for s in p["seeds"] for a in ACCUMULATORS]
     return runs
@@ -312,28 +318,24 @@ def _train(cfg: dict[str, Any]) -> dict[str, Any]:
 
     from threadpoolctl import threadpool_limits
 
-    from refsim.nn.numerics import Context, Numerics, preset
-    from refsim.nn.train import TrainConfig, build, evaluate, train
+    from refsim.nn.numerics import Numerics
+    from refsim.nn.train import TrainConfig, train
 
     train_images = 1437  # refsim.nn.data.digits' training split
     epochs = math.ceil(cfg["steps"] * cfg["batch_size"] / train_images)
     tc = TrainConfig(model="mlp", hidden=(cfg["hidden"],), seed=cfg["seed"], epochs=epochs,
                      max_steps=cfg["steps"], optimizer="sgd", lr=cfg["lr"],
-                     batch_size=cfg["batch_size"])
-    model, split = build(tc.resolved())
+                     batch_size=cfg["batch_size"], lr_schedule=cfg["lr_schedule"],
+                     eval_preset="numpy")
     plan = Numerics.from_dict(plan_dict(cfg["acc"], cfg["promote_every"]))
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with threadpool_limits(limits=1, user_api="blas"):
-        summary = train(tc, plan, model=model)
-        fp32 = evaluate(model, split, Context(preset("numpy")))
-    out = {"test_loss": fp32["test_loss"], "test_accuracy": fp32["test_accuracy"],
-           "test_loss_in_plan": summary["test_loss"],
-           "test_accuracy_in_plan": summary["test_accuracy"],
+        summary = train(tc, plan)
+    out = {"test_loss": summary["test_loss"], "test_accuracy": summary["test_accuracy"],
            "final_train_loss": summary["final_train_loss"], "steps": summary["steps"],
            "diverged": summary["nonfinite"] is not None,
-           "seconds": time.perf_counter() - start}
-    for key in ("test_loss", "test_accuracy", "test_loss_in_plan", "test_accuracy_in_plan",
-                "final_train_loss"):
+           "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu}
+    for key in ("test_loss", "test_accuracy", "final_train_loss"):
         if out[key] is None or out["diverged"] or not math.isfinite(out[key]):
             out[key] = math.nan
     return out
@@ -504,8 +506,10 @@ def analyze(p: dict[str, Any], configs: list[dict[str, Any]],
     srows, synth = _synthetic_summary(p, configs, results)
     trows, training = _train_summary(p, configs, results)
     summary = {"synthetic": synth, "training": training}
-    doc = {"params": p, "summary": summary}
-    return srows + trows, summary, _findings(_claim_inputs(doc))
+    from refsim.studies.claims import as_findings, finalize
+
+    return srows + trows, summary, as_findings(finalize(claims({"params": p,
+                                                                 "summary": summary})))
 
 
 # ---- claims ----------------------------------------------------------------------------------
@@ -522,8 +526,9 @@ def _claim_inputs(doc: dict[str, Any]) -> list[dict[str, Any]]:
         for a in LOW:
             c = curves[f"{d}/{sc}/{a}"]["slope"][cm]
             out.append(dict(
-                id=f"slope-{a}-{d}", statement=f"the {a} accumulator's {what} grows with K "
-                f"({where}, {span})", effect=c["slope"], se=c["se"],
+                id=f"{FAMILY}/slope-{a}-{d}",
+                statement=f"the {a} accumulator's {what} grows with K ({where}, {span})",
+                effect=c["slope"], se=c["se"],
                 sesoi=p["sesoi_slope"], direction=1, family=FAMILY,
                 measure=f"log2 {what} of a trial's GEMM",
                 design=f"least-squares slope on log2 K per trial, {c['n']} trials of "
@@ -533,7 +538,7 @@ def _claim_inputs(doc: dict[str, Any]) -> list[dict[str, Any]]:
             k = compare[f"{d}/{sc}/{a}"]["k"]
             c = compare[f"{d}/{sc}/{a}"][cm]
             out.append(dict(
-                id=f"below-h100-{a}-{d}", statement=f"at K = {k} the {a} accumulator's "
+                id=f"{FAMILY}/below-h100-{a}-{d}", statement=f"at K = {k} the {a} accumulator's "
                 f"{what} is below the H100 FP8 preset's ({where})",
                 effect=c["log2_ratio"], se=c["se"], sesoi=p["sesoi_log2_error"], direction=1,
                 family=FAMILY, measure=f"log2 {what} of a trial's GEMM",
@@ -545,10 +550,10 @@ def _claim_inputs(doc: dict[str, Any]) -> list[dict[str, Any]]:
         d = s["training"]["damage"][f"{a}/{hmax}"]
         costs = a == "h100"
         out.append(dict(
-            id=f"train-{a}", statement=(f"the {a} accumulator costs accuracy at K = {hmax}"
-                                        if costs else f"the {a} accumulator costs no accuracy "
-                                        f"at K = {hmax}") + " (MLP on digits, every product "
-            "e4m3 with per-tensor scaling)", effect=d["z"], se=d["z_se"],
+            id=f"{FAMILY}/train-{a}",
+            statement=(f"the {a} accumulator costs {'' if costs else 'no '}accuracy at K = "
+                       f"{hmax} (MLP on digits, every product e4m3 with per-tensor scaling)"),
+            effect=d["z"], se=d["z_se"],
             sesoi=p["sesoi_seed_sd"], direction=1 if costs else 0, family=FAMILY,
             measure="final test loss evaluated in fp32",
             design=f"paired with the fp32-accumulator run of the same seed, {d['n']} seeds, "
@@ -562,33 +567,6 @@ def claims(doc: dict[str, Any]) -> list[dict[str, Any]]:
     from refsim.studies.claims import claim
 
     return [claim(c.pop("id"), c.pop("statement"), **c) for c in _claim_inputs(doc)]
-
-
-def _findings(inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Findings for the report's closing sentence: the claims with an uncorrected 95% t
-    interval (the Holm-corrected verdicts are in claims.json)."""
-    from scipy import stats
-
-    out = []
-    for c in inputs:
-        e, se, df, sesoi = c["effect"], c["se"], c["df"], c["sesoi"]
-        if not (math.isfinite(e) and math.isfinite(se) and se > 0):
-            out.append({"id": c["id"], "claim": c["statement"], "supported": None,
-                        "evidence": "undefined (no spread)"})
-            continue
-        h = float(stats.t(df).ppf(0.975)) * se if df else 1.96 * se
-        lo, hi = e - h, e + h
-        if c["direction"] == 0:
-            verdict = True if -sesoi < lo and hi < sesoi else False if lo > 0 or hi < 0 \
-                else None
-        else:
-            sig = lo > 0 if c["direction"] > 0 else hi < 0
-            against = hi < 0 if c["direction"] > 0 else lo > 0
-            verdict = True if sig else False if against else None
-        out.append({"id": c["id"], "claim": c["statement"], "supported": verdict,
-                    "evidence": f"{e:+.3g} {c['units']}, 95% CI [{lo:+.3g}, {hi:+.3g}], "
-                    f"SESOI {sesoi:g}"})
-    return out
 
 
 # ---- plots and the report section --------------------------------------------------------------
