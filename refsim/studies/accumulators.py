@@ -130,8 +130,8 @@ STANDARD: dict[str, Any] = {
     "steps": 400,
 }
 """Sized for about 10 minutes on 2 idle cores (docs/studies.md): 42 synthetic runs (16 x K x 16,
-8 trials, K = 2^7..2^16; about 10 s each) and 128 training runs (4 accumulators x 4 widths x 8
-seeds x 400 steps; about 80 s per seed over the widths and accumulators)."""
+8 trials, K = 2^7..2^16; about 6-10 s each) and 128 training runs (4 accumulators x 4 widths x 8
+seeds x 400 steps; about 65 s per seed over the widths and accumulators)."""
 FULL: dict[str, Any] = {**STANDARD, "trials": 24, "hidden": [64, 256, 1024, 4096, 16384],
                         "seeds": list(range(16))}
 
