@@ -639,7 +639,8 @@ def section(doc: dict[str, Any]) -> str:
              f"{p['trials']} trials, data {', '.join(p['data'])}, scaling "
              f"{', '.join(p['scalings'])}; error against the exact product (integer "
              f"arithmetic). Training: MLP (64, H, 10) on digits, H in {p['hidden']}, "
-             f"{len(p['seeds'])} seeds, {p['steps']} SGD steps (lr {p['lr']:g}), every product "
+             f"{len(p['seeds'])} seeds, {p['steps']} SGD steps (lr {p['lr']:g}, "
+             f"{p['lr_schedule']}), every product "
              "through the accumulator with per-tensor scaling, final test loss evaluated in "
              f"fp32. {doc['grid']['runs']} runs ({doc['grid']['cached']} cached), "
              f"{doc['seconds']:.0f} s.", ""]
