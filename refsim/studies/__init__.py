@@ -53,7 +53,8 @@ def run_study(name: str, out_dir: str | Path, *, quick: bool = False,
               workers: int = 1, scheduler: str | None = None,
               cache_dir: str | Path | None = None, use_cache: bool = True, plots: bool = True,
               progress: TextIO | None = None, mode: str | None = None,
-              command: str | None = None) -> dict[str, Any]:
+              command: str | None = None, outputs: str | Path | None = None
+              ) -> dict[str, Any]:
     """Run one study and write its outputs (module docstring); returns its document."""
     from refsim.studies.provenance import collect
 
@@ -79,7 +80,8 @@ def run_study(name: str, out_dir: str | Path, *, quick: bool = False,
            "summary": summary, "findings": findings, "plots": plot_files, "section": "",
            "seconds": 0.0}
     doc["seconds"] = time.perf_counter() - start
-    doc["provenance"] = collect(command, doc["seconds"])
+    doc["provenance"] = collect(command, doc["seconds"],
+                                outputs=out if outputs is None else outputs)
     doc["section"] = mod.section(doc)
     write_study(out, doc)
     return doc
@@ -127,6 +129,7 @@ def run_all(out_dir: str | Path, *, quick: bool = False, studies: tuple[str, ...
     """Every study into out_dir/<name>/ and the combined outputs; (documents, report path)."""
     out = Path(out_dir)
     options.setdefault("cache_dir", out / "cache")
+    options.setdefault("outputs", out)
     start = time.perf_counter()
     docs = [run_study(name, out / name, quick=quick, progress=progress, **options)
             for name in studies]

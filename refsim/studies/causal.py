@@ -18,15 +18,19 @@ Usage rules:
       D/<role>           hidden [64] * 6, fcW for W = 2..6, every role: K and uses fixed
     The level W is the factor's value (depth: the layer's position).
   - Per sweep: each seed's threshold M*_s at each level (refsim.studies.dose.threshold_bits
-    on that seed's damage curve, in that variant's seed-noise units), the seed's least-squares
-    slope of M*_s against log2(level) (bits per doubling; depth: bits per layer), and the mean
-    slope over seeds with its t standard error (seeds are the independent replicates: each
-    seed's slope uses one initialization per level and one batch order).
-  - Claims (refsim.studies.claims, family "causal"): K sweeps, "longer reductions need fewer
-    bits" (slope < 0, SESOI `sesoi_slope` bits per doubling); F sweeps, "more-used elements
-    need more bits" (slope > 0, same SESOI); D sweeps, "depth does not change the bits needed"
-    (slope 0, SESOI `sesoi_depth` bits per layer). Measure: `measure` (default the final test
-    loss with fp32 inference); the train-loss AUC slopes are reported too.
+    on that seed's damage curve, in that variant's seed-noise units), and the least-squares
+    slope of M*_s against log2(level) (bits per doubling; depth: bits per layer) over every
+    (level, seed) point, with its standard error from the residuals (levels x seeds - 2
+    degrees of freedom). Each point is an independent pair of training runs: a seed shares
+    nothing across levels (each level is another model), so the points are not repeated
+    measures. The per-seed slopes are reported beside it.
+  - Outcomes (refsim.studies.tolerance.OUTCOMES): M* and the dose-response area, each
+    per seed; the slopes below are computed for both.
+  - Claims (refsim.studies.claims, family "causal/<outcome>"): K sweeps, "longer reductions need
+    fewer bits" (slope < 0, SESOI `sesoi_slope` bits per doubling); F sweeps, "more-used
+    elements need more bits" (slope > 0, same SESOI); D sweeps, "depth does not change the bits
+    needed" (slope 0, SESOI `sesoi_depth` bits per layer). Measure: `measure` (default the final
+    test loss with fp32 inference); the train-loss AUC slopes are reported too.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from refsim.studies.claims import as_findings, claim, finalize
 from refsim.studies.dose import damage, dose_spec, seed_noise, threshold_bits
 from refsim.studies.params import need
 from refsim.studies.report import save_figure
+from refsim.studies.tolerance import OUTCOMES, dose_area
 from refsim.studies.training import low_plan, train_run
 
 __all__ = ["FULL", "QUICK", "STANDARD", "SWEEPS", "TITLE", "VERSION", "analyze", "check",
@@ -51,6 +56,10 @@ VERSION = 1
 TITLE = "Causal sweeps: one factor moved, the others held"
 NAME = "causal"
 MEASURES = ("test_loss", "train_loss_auc")
+POINT_FIELDS = {"threshold": ("threshold_bits", "seed_thresholds"),
+                "area": ("area", "seed_areas")}
+"""Per outcome (refsim.studies.tolerance.OUTCOMES): a sweep point's field of the mean curve
+and of the per-seed values."""
 
 SWEEPS: dict[str, dict[str, Any]] = {
     "K/forward": {"factor": "K", "layer": "fc2", "role": "forward", "vary": "hidden0"},
@@ -71,18 +80,20 @@ SWEEPS: dict[str, dict[str, Any]] = {
 QUICK: dict[str, Any] = {
     "sweeps": ["K/forward", "D/forward"], "levels": [16, 256], "depths": [2, 5],
     "seeds": [0, 1], "noise_seeds": [0, 1, 2], "doses": [0, 2, 4], "exp_bits": 5,
-    "rounding": "rne", "steps": 60, "threshold": 0.5, "sesoi_slope": 0.25,
-    "sesoi_depth": 0.25, "measure": "test_loss", "depth_width": 64, "depth_layers": 6,
+    "rounding": "rne", "steps": 60, "threshold": 1.0, "sesoi_slope": 0.25,
+    "sesoi_depth": 0.25, "sesoi_area": 0.25, "measure": "test_loss", "depth_width": 64,
+    "depth_layers": 6,
 }
 FULL: dict[str, Any] = {
     **QUICK, "sweeps": list(SWEEPS), "levels": [16, 64, 256, 1024], "depths": [2, 3, 4, 5, 6],
-    "seeds": [0, 1, 2, 3, 4, 5], "noise_seeds": list(range(8)), "doses": [0, 1, 2, 3, 4],
-    "steps": 400,
+    "seeds": [0, 1, 2, 3], "noise_seeds": list(range(8)), "doses": [0, 1, 2, 3, 4],
+    "steps": 500,
 }
 STANDARD: dict[str, Any] = dict(FULL)
-"""The published grid. Declared before running: tau 0.5 seed-sd, SESOI 0.25 bits per doubling
+"""The published grid. Declared before running: tau 1 seed-sd, SESOI 0.25 bits per doubling
 of K or F (1.5 bits over the 64-fold range swept) and 0.25 bits per layer of depth (1 bit over
-the 4 layers swept), alpha 0.05 with Holm's correction over the sweeps."""
+the 4 layers swept); for the dose-response area 0.25 seed-sd per doubling or per layer; alpha
+0.05 with Holm's correction over the sweeps (per outcome)."""
 
 BATCH_LEVELS = {16: 8, 64: 32, 256: 128, 1024: 512}
 """Batch sizes for the batch sweeps, by level index (K/backward-weight, F/*-batch): the width
@@ -108,7 +119,7 @@ def check(p: dict[str, Any]) -> None:
     need(len(p["noise_seeds"]) >= 2, NAME, "noise_seeds", "at least 2 seeds", p["noise_seeds"])
     need(len(p["doses"]) >= 2 and sorted(set(p["doses"])) == list(p["doses"]), NAME, "doses",
          "at least two ascending mantissa widths", p["doses"])
-    for key in ("threshold", "sesoi_slope", "sesoi_depth"):
+    for key in ("threshold", "sesoi_slope", "sesoi_depth", "sesoi_area"):
         need(isinstance(p[key], int | float) and p[key] > 0, NAME, key, "a positive number",
              p[key])
     need(p["measure"] in MEASURES, NAME, "measure", f"one of {', '.join(MEASURES)}",
@@ -181,6 +192,19 @@ def _slope(x: list[float], y: list[float]) -> float:
     return float(np.polyfit(xa[keep], ya[keep], 1)[0])
 
 
+def _ols(x: list[float], y: list[float]) -> tuple[float, float, int]:
+    """(slope, its standard error, points) of y on x by least squares over the finite points."""
+    xa, ya = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    keep = np.isfinite(xa) & np.isfinite(ya)
+    xa, ya, n = xa[keep], ya[keep], int(keep.sum())
+    if n < 3 or np.ptp(xa) == 0:
+        return math.nan, math.nan, n
+    sxx = float(np.sum((xa - xa.mean()) ** 2))
+    slope = float(np.sum((xa - xa.mean()) * (ya - ya.mean())) / sxx)
+    resid = ya - ya.mean() - slope * (xa - xa.mean())
+    return slope, math.sqrt(float(np.sum(resid ** 2)) / (n - 2) / sxx), n
+
+
 def analyze(p: dict[str, Any], configs: list[dict[str, Any]],
             results: list[dict[str, Any]]) -> tuple[list, dict, list]:
     rows = []
@@ -214,48 +238,60 @@ def analyze(p: dict[str, Any], configs: list[dict[str, Any]],
                 "level": level, "value": value, "damage": mean,
                 "threshold_bits": threshold_bits(p["doses"], mean, p["threshold"])[0],
                 "seed_thresholds": [threshold_bits(p["doses"], per_seed[s],
-                                                   p["threshold"])[0] for s in p["seeds"]]})
+                                                   p["threshold"])[0] for s in p["seeds"]],
+                "area": dose_area(mean),
+                "seed_areas": [dose_area(per_seed[s]) for s in p["seeds"]]})
     for sweep, entry in out.items():
         depth = SWEEPS[sweep]["factor"] == "D"
         x = entry["values"] if depth else [math.log2(v) for v in entry["values"]]
         slopes: dict[str, Any] = {}
         entry["slopes"] = slopes
-        for k in MEASURES:
-            pts = entry["points"][k]
-            seed_slopes = [_slope(x, [pt["seed_thresholds"][i] for pt in pts])
-                           for i in range(len(p["seeds"]))]
-            finite = [s for s in seed_slopes if math.isfinite(s)]
-            n = len(finite)
-            slopes[k] = {
-                "per_seed": seed_slopes, "mean": float(np.mean(finite)) if n else math.nan,
-                "se": float(np.std(finite, ddof=1) / math.sqrt(n)) if n > 1 else math.nan,
-                "n": n, "of_means": _slope(x, [pt["threshold_bits"] for pt in pts])}
+        for outcome, (field, seed_field) in POINT_FIELDS.items():
+            for k in MEASURES:
+                pts = entry["points"][k]
+                seed_slopes = [_slope(x, [pt[seed_field][i] for pt in pts])
+                               for i in range(len(p["seeds"]))]
+                xs = [xv for xv, pt in zip(x, pts, strict=True) for _ in pt[seed_field]]
+                ys = [t for pt in pts for t in pt[seed_field]]
+                slope, se, n = _ols(xs, ys)
+                slopes[f"{outcome}/{k}"] = {
+                    "per_seed": seed_slopes, "mean": slope, "se": se, "n": n,
+                    "of_means": _slope(x, [pt[field] for pt in pts])}
     summary = {"sweeps": out, "noise": {v: noise[v] for v in sorted(variants)}}
     return rows, summary, as_findings(finalize(claims({"params": p, "summary": summary})))
 
 
 def claims(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """One claim per sweep (module docstring), before Holm's correction."""
+    """One claim per sweep and outcome (module docstring), before Holm's correction."""
     p, s = doc["params"], doc["summary"]
     k = p["measure"]
     out = []
-    for sweep, entry in s["sweeps"].items():
-        factor = SWEEPS[sweep]["factor"]
-        sl = entry["slopes"][k]
-        direction, sesoi, statement, units = {
-            "K": (-1, p["sesoi_slope"], "a longer reduction (K) needs fewer operand bits",
-                  "bits per doubling of K"),
-            "F": (1, p["sesoi_slope"], "more uses per element need more operand bits",
-                  "bits per doubling of uses"),
-            "D": (0, p["sesoi_depth"], "depth does not change the operand bits needed",
-                  "bits per layer of depth")}[factor]
-        out.append(claim(
-            f"causal/{sweep}", f"{statement} ({sweep.split('/', 1)[1]})", effect=sl["mean"],
-            se=sl["se"], sesoi=sesoi, direction=direction, family="causal",
-            measure=f"threshold bits M* on {k} (tau {p['threshold']:g} seed-sd)",
-            design=f"MLP sweep of {len(entry['levels'])} levels {entry['values']}, "
-                   f"{sl['n']} seeds, slope per seed, t over seeds",
-            n=sl["n"], units=units, df=sl["n"] - 1 if sl["n"] > 1 else None))
+    for outcome in OUTCOMES:
+        for sweep, entry in s["sweeps"].items():
+            factor = SWEEPS[sweep]["factor"]
+            sl = entry["slopes"][f"{outcome}/{k}"]
+            unit = "bits" if outcome == "threshold" else "seed-sd of area"
+            sesoi = {"threshold": {"K": p["sesoi_slope"], "F": p["sesoi_slope"],
+                                   "D": p["sesoi_depth"]},
+                     "area": {"K": p["sesoi_area"], "F": p["sesoi_area"],
+                              "D": p["sesoi_area"]}}[outcome][factor]
+            direction, statement, units = {
+                "K": (-1, "a longer reduction (K) needs fewer operand bits",
+                      f"{unit} per doubling of K"),
+                "F": (1, "more uses per element need more operand bits",
+                      f"{unit} per doubling of uses"),
+                "D": (0, "depth does not change the operand bits needed",
+                      f"{unit} per layer of depth")}[factor]
+            what = ("threshold bits M*" if outcome == "threshold" else
+                    "dose-response area (mean damage over the doses)")
+            out.append(claim(
+                f"causal/{sweep}/{outcome}", f"{statement} ({sweep.split('/', 1)[1]})",
+                effect=sl["mean"], se=sl["se"], sesoi=sesoi, direction=direction,
+                family=f"causal/{outcome}",
+                measure=f"{what} on {k} (tau {p['threshold']:g} seed-sd)",
+                design=f"MLP sweep of {len(entry['levels'])} levels {entry['values']} x "
+                       f"{len(p['seeds'])} seeds, least squares over the (level, seed) points",
+                n=sl["n"], units=units, df=sl["n"] - 2 if sl["n"] > 2 else None))
     return out
 
 
@@ -294,11 +330,20 @@ def section(doc: dict[str, Any]) -> str:
              "(train AUC) |", "|---|---|---|---|---|"]
     for sweep, e in s["sweeps"].items():
         mstar = ", ".join(f"{pt['threshold_bits']:.2f}" for pt in e["points"]["test_loss"])
-        sl = {k: e["slopes"][k] for k in MEASURES}
+        sl = {k: e["slopes"][f"threshold/{k}"] for k in MEASURES}
         lines.append(f"| {sweep} | {e['values']} | {mstar} | "
                      + " | ".join(f"{sl[k]['mean']:+.3f} +- {sl[k]['se']:.3f}" for k in MEASURES)
                      + " |")
-    lines += ["", "Slopes in bits per doubling of the factor (depth: per layer), mean over "
-              "seeds +- its standard error."]
+    lines += ["", "Slopes of M* in bits per doubling of the factor (depth: per layer), least "
+              "squares over every (level, seed) point, +- its standard error. The "
+              "dose-response area's slopes (seed-sd per doubling or per layer):", "",
+              "| sweep | area per level (test loss) | slope (test loss) | slope (train AUC) |",
+              "|---|---|---|---|"]
+    for sweep, e in s["sweeps"].items():
+        area = ", ".join(f"{pt['area']:.2f}" for pt in e["points"]["test_loss"])
+        sl = {k: e["slopes"][f"area/{k}"] for k in MEASURES}
+        lines.append(f"| {sweep} | {area} | "
+                     + " | ".join(f"{sl[k]['mean']:+.3f} +- {sl[k]['se']:.3f}" for k in MEASURES)
+                     + " |")
     lines += [""] + [f"![causal]({f})" for f in doc["plots"]] + [""]
     return "\n".join(lines)

@@ -80,7 +80,7 @@ def _study(args: argparse.Namespace) -> int:
         out = Path(args.out or "reports/latest")
         options.setdefault("cache_dir", out / "cache")
         names = STANDARD_SET if args.standard else STUDIES
-        docs = [run_study(name, out / name, progress=progress,
+        docs = [run_study(name, out / name, progress=progress, outputs=out,
                           overrides=overrides.get(name), **options) for name in names]
         seconds = sum(d["seconds"] for d in docs)
         path = write_outputs(out, docs, seconds,

@@ -9,12 +9,13 @@ Usage rules:
   - Damage: a run's measure minus its same-seed baseline's, divided by the seed noise (the
     seed-to-seed standard deviation of the baseline's measure over `noise_seeds`). A run that
     diverged (a non-finite measure) has damage +inf: worse than any finite one.
-  - `threshold_bits(doses, damage, tau)` is M*, the fewest mantissa bits at which the damage
-    falls below tau and stays below at every larger dose tested, interpolated linearly between
-    the last dose at or above tau and the next one (damage is assumed to fall with bits;
-    `monotone` says whether the tested points do). Censored ends: below tau already at the
-    smallest dose gives M* = doses[0] (censored "low": the GEMM tolerates every dose tested);
-    at or above tau at the largest gives M* = doses[-1] + 1 (censored "high").
+  - `threshold_bits(doses, damage, tau)` is M*, where the damage curve first falls below tau
+    going from fewer to more bits: linear interpolation between the first dose below tau and
+    the dose before it (damage is assumed to fall with bits; `monotone` says whether the
+    tested points do; the first crossing, not the last, so that a noise spike at a large dose
+    cannot move M* to the top). Censored ends: below tau already at the smallest dose gives
+    M* = doses[0] (censored "low": the GEMM tolerates every dose tested); at or above tau at
+    every dose gives M* = doses[-1] + 1 (censored "high").
   - Lower M* means more tolerant: the GEMM loses more precision before training suffers.
 """
 
@@ -65,13 +66,13 @@ def threshold_bits(doses: Sequence[int], damages: Sequence[float], tau: float
     pairs = sorted(zip(doses, damages, strict=True))
     if not pairs or any(math.isnan(d) for _, d in pairs):
         return math.nan, ""
-    above = [i for i, (_, d) in enumerate(pairs) if d >= tau]
-    if not above:
-        return float(pairs[0][0]), "low"
-    j = above[-1]
-    if j == len(pairs) - 1:
+    below = [i for i, (_, d) in enumerate(pairs) if d < tau]
+    if not below:
         return float(pairs[-1][0] + 1), "high"
-    (m0, d0), (m1, d1) = pairs[j], pairs[j + 1]
+    j = below[0]
+    if j == 0:
+        return float(pairs[0][0]), "low"
+    (m0, d0), (m1, d1) = pairs[j - 1], pairs[j]
     frac = 1.0 if math.isinf(d0) else (d0 - tau) / (d0 - d1)
     return float(m0 + frac * (m1 - m0)), ""
 

@@ -52,14 +52,25 @@ def command_line(argv: list[str] | None = None) -> str:
     return shlex.join(argv)
 
 
-def collect(command: str | None = None, seconds: float | None = None) -> dict[str, Any]:
-    """The provenance record (module docstring)."""
+def collect(command: str | None = None, seconds: float | None = None,
+            outputs: str | Path | None = None) -> dict[str, Any]:
+    """The provenance record (module docstring). `outputs`: the folder the run writes its
+    results into; changes under it do not count as uncommitted code (a run that rewrites a
+    committed docs/results/ is still a run of a clean commit)."""
     import numba
     import numpy
     import scipy
 
     commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    spec = ["--", "."]
+    if outputs is not None:
+        root = Path(__file__).resolve().parents[2]
+        try:
+            rel = Path(outputs).resolve().relative_to(root)
+            spec.append(f":(exclude){rel.as_posix()}")
+        except ValueError:
+            pass  # outside the repository: nothing to exclude
+    status = _git("status", "--porcelain", "--untracked-files=no", *spec)
     return {
         "git_commit": commit or None,
         "git_dirty": None if status is None else bool(status),

@@ -90,9 +90,10 @@ STANDARD: dict[str, Any] = {
     "transformer_task": "markov", "transformer_length": 8, "transformer_vocab": 16,
     "transformer_lr": 0.003, "acc_fmt": "e8m3",
 }
-"""The standard grid (issue 13): >= 40 GEMMs over four models, K and usage frequency each over
-more than two decades, 5 seeds, 300 steps, both levers. tests/studies/test_standard_grid.py
-checks these numbers from the models' profiles."""
+"""The one-dose standard grid (docs/studies.md, "The decisive design", says what replaced it):
+>= 40 GEMMs over four models, K and usage frequency each over more than two decades, 5 seeds,
+300 steps, both levers. tests/studies/test_standard_grid.py checks these numbers from the
+models' profiles."""
 
 
 def check(p: dict[str, Any]) -> None:

@@ -21,7 +21,12 @@ Usage rules:
   - Accumulator lever (`acc_architectures`, `acc_doses`): the same for a sequential
     e{acc_exp_bits}mM accumulator with float32 operands, reported per GEMM (tolerance.csv)
     but not tested across GEMMs (too few GEMMs for the power the claims need).
-  - Cross-GEMM claims (refsim.studies.claims, family "cross-gemm/<measure>"), on M*:
+  - Tolerance outcomes (OUTCOMES): M*, and the area under the dose-response curve (the mean
+    damage over the doses, `dose_area`: continuous where M* is censored,
+    e.g. for a GEMM that tolerates every dose, and +inf-free: a diverged run counts as
+    DIVERGED_DAMAGE).
+  - Cross-GEMM claims (refsim.studies.claims, family "cross-gemm/<outcome>/<measure>"), on
+    each outcome (the signs below are M*'s; the area's are the same: more damage, more bits):
       K: longer reductions need fewer bits (partial Spearman rho(log K, M*) < 0),
       frequency: more-used elements need more bits (rho(log F, M*) > 0),
       depth: relative depth has no effect beyond the SESOI (rho = 0),
@@ -51,32 +56,39 @@ from refsim.studies.report import save_figure
 from refsim.studies.training import low_plan, profile_of, train_run
 
 __all__ = ["FULL", "QUICK", "STANDARD", "TITLE", "VERSION", "analyze", "check", "claims",
-           "grid", "plot", "run_one", "section", "tolerance_rows"]
+           "dose_area", "grid", "plot", "run_one", "section", "tolerance_rows"]
 
 VERSION = 1
 TITLE = "Tolerance: the bits each GEMM needs (dose sweeps)"
 NAME = "tolerance"
 MEASURES = ("test_loss", "train_loss_auc")
+OUTCOMES = {"threshold": ("threshold_bits", "threshold_se"), "area": ("area", "area_se")}
+"""The two tolerance outcomes of a GEMM: its threshold M* (bits), and the area under its
+dose-response curve (dose_area: mean damage over the doses, seed-sd)."""
+DIVERGED_DAMAGE = 1e3
+"""A diverged run's damage in dose_area (seed-sd): above any finite damage seen, finite so
+that means and ranks stay defined."""
 FACTORS = ("k", "frequency", "depth")
 ROLES3 = ("forward", "backward-input", "backward-weight")
 
 QUICK: dict[str, Any] = {
     "architectures": ["mlp-down", "cnn-deep"], "seeds": [0, 1], "noise_seeds": [0, 1, 2, 3],
-    "doses": [0, 2, 4], "exp_bits": 5, "rounding": "rne", "steps": 60, "threshold": 0.5,
+    "doses": [0, 2, 4], "exp_bits": 5, "rounding": "rne", "steps": 60, "threshold": 1.0,
     "acc_architectures": [], "acc_doses": [4, 7, 10], "acc_exp_bits": 8, "layers": ["*"],
     "sesoi_rho": 0.3, "primary": "test_loss",
 }
 FULL: dict[str, Any] = {
     **QUICK, "architectures": [a for a in ARCHITECTURES if a != "transformer-2"],
-    "noise_seeds": list(range(8)), "doses": [0, 1, 2, 3, 4], "steps": 400,
+    "noise_seeds": list(range(8)), "doses": [0, 1, 2, 3, 4], "steps": 500,
     "acc_architectures": ["mlp-down"],
 }
 STANDARD: dict[str, Any] = dict(FULL)
 """The published grid: 7 architectures (135 GEMMs; transformer-2 adds 39 more at twice the
 cost of the others, left out for time), operands e5m0..e5m4, 2 seeds per dose (the dose sweep,
-not more seeds, makes M* reliable), 8 baseline seeds per architecture, 400 steps to a plateau;
-the accumulator lever on mlp-down. The declarations made before running: tau = 0.5 seed-sd,
-SESOI |rho| 0.3, alpha 0.05 with Holm's correction per family."""
+not more seeds, makes M* reliable), 8 baseline seeds per architecture, 500 steps to a plateau;
+the accumulator lever on mlp-down. The declarations made before running: tau = 1 seed-sd (a
+pilot put the paired noise of one run near 0.5-1 seed-sd, so a mean of two crosses 1 by chance
+rarely), SESOI |rho| 0.3, alpha 0.05 with Holm's correction per family."""
 
 
 def check(p: dict[str, Any]) -> None:
@@ -165,10 +177,21 @@ def _curve(p: dict[str, Any], doses: list[int], per_seed: dict[int, dict[int, fl
     mstar, cens = threshold_bits(doses, mean, p["threshold"])
     seed_m = [threshold_bits(doses, [per_seed[s][m] for m in doses], p["threshold"])[0]
               for s in seeds]
-    finite = [v for v in seed_m if math.isfinite(v)]
-    se = float(np.std(finite, ddof=1) / math.sqrt(len(finite))) if len(finite) > 1 else math.nan
+    seed_a = [dose_area([per_seed[s][m] for m in doses]) for s in seeds]
     return {"damage": mean, "threshold_bits": mstar, "censored": cens, "seed_thresholds": seed_m,
-            "threshold_se": se, "monotone": monotone(doses, mean)}
+            "threshold_se": _se(seed_m), "monotone": monotone(doses, mean),
+            "area": dose_area(mean), "seed_areas": seed_a, "area_se": _se(seed_a)}
+
+
+def dose_area(damages: list[float]) -> float:
+    """Mean damage over the doses, +inf (a diverged run) counted as DIVERGED_DAMAGE."""
+    d = [DIVERGED_DAMAGE if math.isinf(x) and x > 0 else x for x in damages]
+    return float(np.mean(d)) if d else math.nan
+
+
+def _se(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.std(finite, ddof=1) / math.sqrt(len(finite))) if len(finite) > 1 else math.nan
 
 
 def _plateau(curves: list[list[float]]) -> dict[str, float]:
@@ -225,14 +248,16 @@ def analyze(p: dict[str, Any], configs: list[dict[str, Any]],
                                                                   for s in p["noise_seeds"]]))
                                                 for k in (*MEASURES,)}
                                             for a in p["architectures"]},
-                               "cross": {k: _cross(p, gemms, k) for k in MEASURES}}
+                               "cross": {f"{o}/{k}": _cross(p, gemms, k, o)
+                                         for o in OUTCOMES for k in MEASURES}}
     summary["n_gemms"] = len(gemms)
     return rows, summary, as_findings(finalize(claims({"params": p, "summary": summary})))
 
 
-def _design(gemms: list[dict[str, Any]], key: str):
-    y = np.array([g[key]["threshold_bits"] for g in gemms], np.float64)
-    se = np.array([g[key]["threshold_se"] for g in gemms], np.float64)
+def _design(gemms: list[dict[str, Any]], key: str, outcome: str):
+    field, se_field = OUTCOMES[outcome]
+    y = np.array([g[key][field] for g in gemms], np.float64)
+    se = np.array([g[key][se_field] for g in gemms], np.float64)
     x = {"k": np.log2([g["k"] for g in gemms]),
          "frequency": np.log2([g["frequency"] for g in gemms]),
          "depth": np.array([g["depth"] for g in gemms], np.float64)}
@@ -244,9 +269,10 @@ def _design(gemms: list[dict[str, Any]], key: str):
     return y, se, x, dummies, archs, roles
 
 
-def _cross(p: dict[str, Any], gemms: list[dict[str, Any]], measure: str) -> dict[str, Any]:
+def _cross(p: dict[str, Any], gemms: list[dict[str, Any]], measure: str, outcome: str
+           ) -> dict[str, Any]:
     key = f"operands/{measure}"
-    y, se, x, dummies, archs, roles = _design(gemms, key)
+    y, se, x, dummies, archs, roles = _design(gemms, key, outcome)
     rel = stats.reliability(y, se)
     out: dict[str, Any] = {"n": len(gemms), "reliability": rel,
                            "censored_low": sum(g[key]["censored"] == "low" for g in gemms),
@@ -275,22 +301,26 @@ def claims(doc: dict[str, Any]) -> list[dict[str, Any]]:
              "frequency": (1, "GEMMs whose elements are used more often need more operand "
                               "bits"),
              "depth": (0, "depth has no effect on the operand bits a GEMM needs")}
-    for measure in MEASURES:
-        cross = s["cross"][measure]
-        rel = cross["reliability"]
-        scale = math.sqrt(max(rel, 1e-6)) if math.isfinite(rel) else math.nan
-        for f in FACTORS:
-            part = cross["partial"][f]
-            z, se = fisher_z(part["rho"], part["n"], part["covariates"])
-            direction, statement = texts[f]
-            out.append(claim(
-                f"cross-gemm/{f}/{measure}", statement, effect=z / scale, se=se / scale,
-                sesoi=sesoi, direction=direction, family=f"cross-gemm/{measure}",
-                measure=f"threshold bits M* on {measure} (tau {p['threshold']:g} seed-sd)",
-                design=f"{part['n']} GEMMs of {len(p['architectures'])} architectures, "
-                       f"partial Spearman given the other factors, role and architecture, "
-                       f"corrected for reliability {rel:.2f}",
-                n=part["n"], units="Fisher z of rho (disattenuated)"))
+    for outcome in OUTCOMES:
+        for measure in MEASURES:
+            cross = s["cross"][f"{outcome}/{measure}"]
+            rel = cross["reliability"]
+            scale = math.sqrt(max(rel, 1e-6)) if math.isfinite(rel) else math.nan
+            what = ("threshold bits M*" if outcome == "threshold" else
+                    "dose-response area (mean damage over the doses)")
+            for f in FACTORS:
+                part = cross["partial"][f]
+                z, se = fisher_z(part["rho"], part["n"], part["covariates"])
+                direction, statement = texts[f]
+                out.append(claim(
+                    f"cross-gemm/{f}/{outcome}/{measure}", statement, effect=z / scale,
+                    se=se / scale, sesoi=sesoi, direction=direction,
+                    family=f"cross-gemm/{outcome}/{measure}",
+                    measure=f"{what} on {measure} (tau {p['threshold']:g} seed-sd)",
+                    design=f"{part['n']} GEMMs of {len(p['architectures'])} architectures, "
+                           f"partial Spearman given the other factors, role and architecture, "
+                           f"corrected for reliability {rel:.2f}",
+                    n=part["n"], units="Fisher z of rho (disattenuated)"))
     return out
 
 
@@ -308,6 +338,7 @@ def tolerance_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
             row[f"threshold_censored_{k}"] = c["censored"]
             row[f"threshold_se_{k}"] = c["threshold_se"]
             row[f"monotone_{k}"] = c["monotone"]
+            row[f"area_{k}"] = c["area"]
             for m, d in zip(p["doses"], c["damage"], strict=True):
                 row[f"damage_{k}_e{p['exp_bits']}m{m}"] = d
         for k in MEASURES:
@@ -369,9 +400,11 @@ def section(doc: dict[str, Any]) -> str:
                      f"{_fmt(s['noise'][a]['train_loss_auc'], '.4f')} | "
                      f"{_fmt(pl.get('mean_change', math.nan), '+.4f')} (max |.| "
                      f"{_fmt(pl.get('max_abs_change', math.nan), '.4f')}) |")
-    for measure in MEASURES:
-        c = s["cross"][measure]
-        lines += ["", f"**Across GEMMs, M* on {measure}:** reliability {_fmt(c['reliability'])}, "
+    for key, c in s["cross"].items():
+        outcome, measure = key.split("/")
+        name = "M*" if outcome == "threshold" else "the dose-response area"
+        lines += ["", f"**Across GEMMs, {name} on {measure}:** reliability "
+                  f"{_fmt(c['reliability'])}, "
                   f"{c['censored_low']} GEMMs tolerate every dose (M* censored low), "
                   f"{c['censored_high']} need more than the largest. Factor correlations: "
                   + ", ".join(f"{k} {_fmt(v)}" for k, v in c["factor_rho"].items()) + ".", "",

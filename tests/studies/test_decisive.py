@@ -87,7 +87,7 @@ def test_fisher_z():
     ([0.4, 0.3, 0.2, 0.1, 0.0], (0.0, "low")),      # tolerates every dose
     ([9.0, 8.0, 7.0, 6.0, 5.0], (5.0, "high")),     # needs more than the largest
     ([math.inf, 0.1, 0.0, 0.0, 0.0], (1.0, "")),    # diverged at 0 bits
-    ([2.0, 0.1, 0.9, 0.1, 0.0], (2.5, "")),         # the last crossing counts
+    ([2.0, 0.1, 0.9, 0.1, 0.0], (1.5 / 1.9, "")),   # the first crossing counts
     ([0.5, 0.0, 0.0, 0.0, 0.0], (0.0, "")),         # exactly tau: crossed at 0, not censored
 ])
 def test_threshold_bits(damages, want):
@@ -165,7 +165,8 @@ def test_outputs_end_to_end(tmp_path):
     claims = json.loads((tmp_path / "claims.json").read_text())
     assert isinstance(claims, list) and claims
     ids = {c["claim"] for c in claims}
-    assert {"cross-gemm/k/test_loss", "causal/K/forward", "causal/D/forward",
+    assert {"cross-gemm/k/threshold/test_loss", "cross-gemm/k/area/test_loss",
+            "causal/K/forward/threshold", "causal/D/forward/area",
             "allocation/factor vs U/test_loss"} <= ids
     for c in claims:
         assert set(CLAIM_KEYS) <= set(c)

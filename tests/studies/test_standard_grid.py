@@ -1,8 +1,8 @@
-"""The standard grid (issue 13): its shape meets the issue's numbers (computed from the models'
-factor profiles), the statistics behind every verdict (partial correlation, power, the verdict
-rule) agree with hand computations and decide synthetic data with a known effect the right
-way, the new model's gradients are right, and a tiny standard-shaped grid runs end to end (also
-on a Dask LocalCluster with two worker processes, with the serial run's numbers)."""
+"""The standard grids: their shapes meet the numbers docs/studies.md promises (computed from the
+models' factor profiles), the statistics behind every verdict (partial correlation, power, the
+verdict rule) agree with hand computations and decide synthetic data with a known effect the
+right way, the new model's gradients are right, and a tiny standard-shaped grid runs end to end
+(also on a Dask LocalCluster with two worker processes, with the serial run's numbers)."""
 
 from __future__ import annotations
 
