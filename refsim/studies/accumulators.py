@@ -124,14 +124,15 @@ STANDARD: dict[str, Any] = {
     "log2_k": list(range(7, 17)),
     "data": list(DATA),
     "scalings": list(SCALINGS),
-    "m": 16, "n": 16, "trials": 8,
+    "m": 16, "n": 16, "trials": 6,
     "hidden": [64, 256, 1024, 4096],
     "seeds": list(range(8)),
     "steps": 400,
 }
-"""Sized for about 10 minutes on 2 idle cores (docs/studies.md): 42 synthetic runs (16 x K x 16,
-8 trials, K = 2^7..2^16; about 6-10 s each) and 128 training runs (4 accumulators x 4 widths x 8
-seeds x 400 steps; about 65 s per seed over the widths and accumulators)."""
+"""Sized for about 7-13 minutes on 2 cores (docs/studies.md): 42 synthetic runs (16 x K x 16,
+6 trials, K = 2^7..2^16; 5-8 s each) and 128 training runs (4 accumulators x 4 widths x 8 seeds
+x 400 steps; 65-165 CPU seconds per seed over the widths and accumulators, the low end measured
+on a lightly loaded machine, the high end under heavy load)."""
 FULL: dict[str, Any] = {**STANDARD, "trials": 24, "hidden": [64, 256, 1024, 4096, 16384],
                         "seeds": list(range(16))}
 
