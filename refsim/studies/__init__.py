@@ -37,7 +37,7 @@ from refsim.studies.report import headline, write_report, write_study
 __all__ = ["STANDARD_SET", "STUDIES", "collect_claims", "headline", "run_all", "run_study"]
 
 STUDIES = ("accumulation", "frequency", "depth", "sensitivity", "tolerance", "causal",
-           "allocate", "recipes")
+           "allocate", "recipes", "accumulators")
 STANDARD_SET = ("accumulation", "tolerance", "causal", "allocate")
 """The studies that decide the paper's claims (docs/studies.md): `study all --standard`."""
 

@@ -33,10 +33,14 @@ TINY = {
                  "random_draws": 1, "policies": ["factor", "U"]},
     "recipes": {"models": ["mlp"], "seeds": [0, 1], "steps": 2, "recipes": ["mxfp8"],
                 "roles": False},
+    "accumulators": {"log2_k": [7, 8], "compare_k": 256, "m": 2, "n": 2, "trials": 2,
+                     "data": ["uniform"], "claim_data": ["uniform"], "hidden": [8, 16],
+                     "seeds": [0, 1], "steps": 2},
 }
 
 PAPER_IDS = {"accumulation", "frequency", "depth", "allocation"}
-CLAIM_PREFIXES = ("cross-gemm/", "causal/", "allocation/")  # refsim.studies.claims ids
+# refsim.studies.claims ids
+CLAIM_PREFIXES = ("cross-gemm/", "causal/", "allocation/", "accumulators/")
 
 
 @pytest.fixture(scope="module")
