@@ -38,7 +38,7 @@ __all__ = ["STANDARD_SET", "STUDIES", "collect_claims", "headline", "run_all", "
 
 STUDIES = ("accumulation", "frequency", "depth", "sensitivity", "tolerance", "causal",
            "allocate", "recipes", "accumulators")
-STANDARD_SET = ("accumulation", "tolerance", "causal", "allocate")
+STANDARD_SET = ("accumulation", "tolerance", "causal", "allocate", "accumulators")
 """The studies that decide the paper's claims (docs/studies.md): `study all --standard`."""
 
 
