@@ -91,11 +91,11 @@ def train(model: str, numerics_name: str, steps: int, *, size: str = "full",
             loss.backward()
             opt.step()
             run.seconds.append(time.perf_counter() - start)
-            run.losses.append(float(loss))
+            run.losses.append(float(loss.detach()))
             if em is not None:
                 em.next_step()
             if on_step is not None:
-                on_step(step, float(loss))
+                on_step(step, run.losses[-1])
     if plan is not None:
         run.products = len(em.products)
         run.native = sum(r.native for r in em.products)

@@ -71,6 +71,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from refsim.accumulate import matmul as refsim_matmul
+from refsim.backends.threads import NS_PER_FAST_MAC, NS_PER_QUANTIZE, threads_for
 from refsim.nn.numerics import ROLES, Numerics, Product, gemm_seed, preset
 from refsim.nn.numerics import run_product as numpy_product
 from refsim.scaled_gemm import scaled_matmul
@@ -419,10 +420,15 @@ class Emulation(TorchDispatchMode):
             pad = -k % product.gemm.transform.block  # zeros along K (module docstring)
             a = F.pad(a, (0, pad))
             b = F.pad(b, (0, 0, 0, pad))
-        if self.mode == "exact":
-            out = self._exact(product, a, b, c, seed)
-        else:
-            out = self._fast(product, a, b, c, seed)
+        # Small products on one thread: a parallel launch costs more than their work
+        # (refsim.backends.threads); the bits do not depend on it.
+        work = (a.numel() * b.shape[-1] * NS_PER_FAST_MAC
+                + (a.numel() + b.numel()) * NS_PER_QUANTIZE)
+        with threads_for(work):
+            if self.mode == "exact":
+                out = self._exact(product, a, b, c, seed)
+            else:
+                out = self._fast(product, a, b, c, seed)
         rec = ProductRecord(op, name, role, tuple(a.shape), tuple(b.shape), k, product, False,
                             seed, self.step, self.mode)
         if self.record:
