@@ -27,7 +27,7 @@ from torch import nn
 from examples.models import NUMERICS, gpt, gpt_batch, numerics, resnet18, resnet_batch
 from refsim.torch_nn import emulate
 
-__all__ = ["SIZES", "Run", "build", "train"]
+__all__ = ["SIZES", "Run", "build", "set_threads", "train"]
 
 SIZES: dict[str, dict[str, dict[str, int]]] = {
     # the models as the issue asks for them, and as small as the fast test tier runs them
@@ -103,6 +103,14 @@ def train(model: str, numerics_name: str, steps: int, *, size: str = "full",
     return run
 
 
+def set_threads(n: int) -> None:
+    """The same thread count for torch (intra-op) and Numba (refsim's kernels)."""
+    import numba
+
+    torch.set_num_threads(n)
+    numba.set_num_threads(n)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m examples.train", description=__doc__)
     parser.add_argument("--model", choices=("gpt", "resnet"), default="gpt")
@@ -111,7 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=("exact", "fast"), default="exact")
     parser.add_argument("--size", choices=tuple(SIZES), default="full")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch and Numba threads (default 1: on a shared machine more "
+                             "threads than idle cores make torch many times slower)")
     args = parser.parse_args(argv)
+    set_threads(args.threads)
     run = train(args.model, args.numerics, args.steps, size=args.size, mode=args.mode,
                 seed=args.seed, on_step=lambda i, loss: print(f"step {i} loss {loss:.4f}",
                                                               file=sys.stderr))
