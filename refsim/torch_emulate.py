@@ -27,10 +27,13 @@ Usage rules:
     product when torch computed the transposed one. A backward product of a node emulate() did
     not see forward (a custom autograd.Function, checkpointing) gets `default_role`.
   - bias / alpha / beta: with alpha = beta = 1 (nn.Linear's addmm, a conv's bias) the added
-    tensor is refsim.matmul's initial accumulator C (D = A B + C, C entering as spec.acc
-    declares); otherwise the product is computed alone and alpha * P + beta * input is taken in
-    torch in the result dtype (outside the spec; beta = 0 ignores input, as torch does). With
-    per-tensor scaling (the int8 preset) the bias is added after the rescale, in torch.
+    tensor C enters in the epilogue by default (bias="epilogue": P + C in the result dtype, one
+    rounding after the product, as cuBLASLt's bias epilogue and refsim.nn add it), or as
+    refsim.matmul's initial accumulator (bias="accumulator": D = A B + C, C entering as spec.acc
+    declares; refsim's fast routes take C only for multiterm specs, others run on its exact
+    core, about 50x slower). Otherwise alpha * P + beta * input is taken in torch in the result
+    dtype (beta = 0 ignores input, as torch does). With per-tensor scaling (the int8 preset)
+    an accumulator C is added after the rescale, in torch.
   - Seeds: the product of (name, role) at `em.step` gets refsim.nn.gemm_seed(seed, step, name,
     role); the n-th repeat of a (name, role) in one step uses the name `name#n` (n >= 1). The
     training loop advances `em.step` (`em.next_step()`).
@@ -72,6 +75,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from refsim.accumulate import matmul as refsim_matmul
 from refsim.backends.threads import NS_PER_FAST_MAC, NS_PER_QUANTIZE, threads_for
+from refsim.formats.block_format import BlockFormat
 from refsim.nn.numerics import ROLES, Numerics, Product, gemm_seed, preset
 from refsim.nn.numerics import run_product as numpy_product
 from refsim.scaled_gemm import scaled_matmul
@@ -79,12 +83,19 @@ from refsim.specs import GemmSpec
 from refsim.torch_emulate_conv import conv_backward, conv_forward, conv_transpose_forward
 from refsim.torch_ops import matmul as torch_matmul
 
-__all__ = ["MODES", "UNSUPPORTED", "Emulation", "ProductRecord", "emulate"]
+__all__ = ["BIASES", "MODES", "UNSUPPORTED", "Emulation", "ProductRecord", "emulate"]
 
 MODES = ("exact", "fast")
 UNSUPPORTED = ("raise", "native")
+BIASES = ("epilogue", "accumulator")
 _LAYERS = (nn.Linear, nn.Bilinear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d,
            nn.ConvTranspose2d, nn.ConvTranspose3d)
+# The order torch 2.13's backward formulas compute the two gradients in (observed; used only
+# when storage and shapes leave the role open, as in x @ x^T).
+_ORDER = {"MmBackward0": ("backward-weight", "backward-input"),
+          "BmmBackward0": ("backward-weight", "backward-input"),
+          "AddmmBackward0": ("backward-input", "backward-weight"),
+          "BaddbmmBackward0": ("backward-input", "backward-weight")}
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 aten = torch.ops.aten
@@ -157,6 +168,12 @@ def _plan(numerics: object) -> Numerics:
                     f"preset name; got {type(numerics).__name__}")
 
 
+def _tensor_scale(x: torch.Tensor, fmt_max: float) -> float:
+    """refsim.nn's per-tensor scale amax / max(format) (1 for an all-zero tensor)."""
+    amax = float(x.detach().abs().max()) if x.numel() else 0.0
+    return 1.0 if amax == 0.0 or not math.isfinite(amax) else amax / fmt_max
+
+
 def _storage(t: torch.Tensor) -> int:
     return t.untyped_storage().data_ptr()
 
@@ -179,9 +196,11 @@ class Emulation(TorchDispatchMode):
     """The context emulate() returns; `products` lists what it intercepted."""
 
     def __init__(self, numerics: object, mode: str = "exact", record: bool = False,
-                 unsupported: str = "raise", seed: int = 0, default_role: str = "forward"
-                 ) -> None:
+                 unsupported: str = "raise", seed: int = 0, default_role: str = "forward",
+                 bias: str = "epilogue") -> None:
         super().__init__()
+        if bias not in BIASES:
+            raise ValueError(f"emulate: bias must be one of {', '.join(BIASES)}; got {bias!r}")
         if mode not in MODES:
             raise ValueError(f"emulate: mode must be one of {', '.join(MODES)}; got {mode!r}")
         if unsupported not in UNSUPPORTED:
@@ -198,6 +217,7 @@ class Emulation(TorchDispatchMode):
         self.unsupported = unsupported
         self.seed = int(seed)
         self.default_role = default_role
+        self.bias = bias
         self.step = 0
         self.products: list[ProductRecord] = []
         self._stack: list[_Frame] = []
@@ -210,6 +230,8 @@ class Emulation(TorchDispatchMode):
         self._suffix: str | None = None
         self._pending: list[tuple[torch.Tensor, dict[str, Any]]] = []
         self._last = ("", "forward")
+        self._node: Any = None
+        self._node_count = 0
         self._hooks: list[Any] = []
         self._attention_mode = _AttentionMode(self)
         self._handlers: dict[Any, Callable[..., Any]] = {}
@@ -335,7 +357,7 @@ class Emulation(TorchDispatchMode):
         """Tag the autograd nodes of the products computed since the last op (they exist only
         once the op returned) with the products' names, for their backward products."""
         for out, info in self._pending:
-            node = out.grad_fn
+            node: Any = out.grad_fn  # its metadata is a dict (typed as a method)
             if node is not None:
                 node.metadata["refsim"] = info
         self._pending.clear()
@@ -357,17 +379,20 @@ class Emulation(TorchDispatchMode):
         self._last = (name, role)
         return out.mT.contiguous() if swap else out
 
-    def _tag(self, out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Remember a forward product's output, to name its autograd node (_flush)."""
+    def _tag(self, out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, a_pos: int = 0
+             ) -> torch.Tensor:
+        """Remember a forward product's output, to name its autograd node (_flush); a_pos: the
+        op's argument index of A (B follows it)."""
         name, role = self._last
         if role == "forward" and torch._C._current_autograd_node() is None:
             self._pending.append((out, {"name": name, "a": _storage(a), "b": _storage(b),
                                         "a_shape": tuple(a.shape[-2:]),
-                                        "b_shape": tuple(b.shape[-2:])}))
+                                        "b_shape": tuple(b.shape[-2:]), "a_pos": a_pos,
+                                        "b_pos": a_pos + 1}))
         return out
 
     def _current_name(self, op: str) -> str:
-        node = torch._C._current_autograd_node()
+        node: Any = torch._C._current_autograd_node()
         if node is not None:
             info = node.metadata.get("refsim")
             return info["name"] if info else ""
@@ -375,12 +400,14 @@ class Emulation(TorchDispatchMode):
 
     def _context(self, op: str, a: torch.Tensor, b: torch.Tensor) -> tuple[str, str, bool]:
         """(role, name, swap) of a product from mm-like ops (module docstring, Roles)."""
-        node = torch._C._current_autograd_node()
+        node: Any = torch._C._current_autograd_node()
         if node is None:
             return "forward", self._name(op), False
         info = node.metadata.get("refsim")
         if not info:
             return self.default_role, "", False
+        if info.get("a") is None:
+            return self.default_role, info["name"], False
         sa, sb = _storage(a), _storage(b)
         uses_a = info["a"] in (sa, sb)
         uses_b = info["b"] in (sa, sb)
@@ -388,8 +415,8 @@ class Emulation(TorchDispatchMode):
             return "backward-input", info["name"], info["b"] == sa and info["b"] != sb
         if uses_a and not uses_b:   # dB = A^T dC: A belongs first
             return "backward-weight", info["name"], info["a"] == sb and info["a"] != sa
-        # Both or neither operand shares storage with A or B (q, k, v split from one
-        # tensor): the output's shape tells, when it matches one candidate only.
+        # Both or neither operand shares storage with A or B (x @ x^T): the output's shape
+        # tells when it matches one candidate only, else the order torch computes them in.
         m, kk = info["a_shape"]
         n = info["b_shape"][1]
         shape = (a.shape[-2], b.shape[-1])
@@ -400,7 +427,26 @@ class Emulation(TorchDispatchMode):
                    if shape == want]
         if len(matches) == 1:
             return matches[0][0], info["name"], matches[0][1]
+        role = self._by_order(node, info)
+        for r, sw in matches:
+            if r == role:
+                return role, info["name"], sw
         return self.default_role, info["name"], False
+
+    def _by_order(self, node: Any, info: dict[str, Any]) -> str | None:
+        """The role of the current product from the order torch's backward formula computes
+        the gradients in (_ORDER) and which inputs need one."""
+        if node is not self._node:
+            self._node, self._node_count = node, 0
+        index = self._node_count
+        self._node_count += 1
+        order = _ORDER.get(node.name())
+        if order is None:
+            return None
+        nexts = node.next_functions
+        pos = {"backward-input": info["a_pos"], "backward-weight": info["b_pos"]}
+        todo = [r for r in order if pos[r] < len(nexts) and nexts[pos[r]][0] is not None]
+        return todo[index] if index < len(todo) else None
 
     def _compute(self, op: str, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | None,
                  role: str, name: str) -> torch.Tensor:
@@ -461,10 +507,15 @@ class Emulation(TorchDispatchMode):
 
     def _fast(self, product: Product, a: torch.Tensor, b: torch.Tensor,
               c: torch.Tensor | None, seed: int) -> torch.Tensor:
-        if product.scaling == "tensor":
-            from refsim.torch_nn import run_product
-
-            out = run_product(product, a.detach(), b.detach(), seed, mode="fast")
+        if product.scaling == "tensor":  # refsim.nn's per-tensor rule, the product in fp32
+            gemm = product.gemm
+            assert gemm is not None and gemm.a is not None and gemm.b is not None
+            fa, fb = gemm.a.fmt, gemm.b.fmt
+            assert not isinstance(fa, BlockFormat) and not isinstance(fb, BlockFormat)
+            sa = _tensor_scale(a, float(fa.max))
+            sb = _tensor_scale(b, float(fb.max))
+            y = torch_matmul(a.double() / sa, b.double() / sb, gemm, mode="fast", seed=seed)
+            out = (y.double() * (sa * sb)).to(a.dtype)
             return out if c is None else out + c
         assert product.gemm is not None
         return torch_matmul(a.detach(), b.detach(), product.gemm,
@@ -488,8 +539,7 @@ class Emulation(TorchDispatchMode):
                  beta: Any, alpha: Any) -> torch.Tensor:
         """beta * inp + alpha * (a @ b): inp as C when both are 1 (module docstring)."""
         if alpha == 1 and beta == 1:
-            c = inp.expand(*a.shape[:-2], a.shape[-2], b.shape[-1])
-            return self._gemm(op, a, b, c)
+            return self._biased(op, a, b, inp)
         out = self._gemm(op, a, b, None)
         if alpha != 1:
             out = out * alpha
@@ -497,11 +547,19 @@ class Emulation(TorchDispatchMode):
             out = out + (inp if beta == 1 else inp * beta)
         return out
 
+    def _biased(self, op: str, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
+                role: str | None = None, name: str | None = None) -> torch.Tensor:
+        """a @ b + c, c in the accumulator or in the epilogue (module docstring)."""
+        if self.bias == "accumulator":
+            c = c.expand(*a.shape[:-2], a.shape[-2], b.shape[-1])
+            return self._gemm(op, a, b, c, role, name)
+        return self._gemm(op, a, b, None, role, name) + c
+
     def _addmm(self, func, args, kwargs):
         inp, a, b = args[:3]
         out = self._combine(func.overloadpacket.__name__, inp, a, b, kwargs.get("beta", 1),
                             kwargs.get("alpha", 1))
-        return self._finish(self._tag(out, a, b), kwargs)
+        return self._finish(self._tag(out, a, b, 1), kwargs)
 
     def _addbmm(self, func, args, kwargs):
         inp, b1, b2 = args[:3]
@@ -509,7 +567,7 @@ class Emulation(TorchDispatchMode):
         a = b1.permute(1, 0, 2).reshape(m, n * k)  # the sum over the batch: one K of n*k terms
         b = b2.reshape(n * k, b2.shape[-1])
         out = self._combine("addbmm", inp, a, b, kwargs.get("beta", 1), kwargs.get("alpha", 1))
-        return self._finish(self._tag(out, a, b), kwargs)
+        return self._finish(self._tag(out, a, b, 1), kwargs)
 
     def _mv(self, func, args, kwargs):
         a, v = args[0], args[1]
@@ -520,7 +578,7 @@ class Emulation(TorchDispatchMode):
         inp, a, v = args[:3]
         out = self._combine("addmv", inp.unsqueeze(-1), a, v.unsqueeze(-1),
                             kwargs.get("beta", 1), kwargs.get("alpha", 1))[..., 0].clone()
-        return self._finish(self._tag(out, a, v.unsqueeze(-1)), kwargs)
+        return self._finish(self._tag(out, a, v.unsqueeze(-1), 1), kwargs)
 
     def _dot(self, func, args, kwargs):
         x, y = args[0], args[1]
@@ -531,7 +589,7 @@ class Emulation(TorchDispatchMode):
         inp, x, y = args[:3]
         out = self._combine("addr", inp, x.unsqueeze(-1), y.unsqueeze(0), kwargs.get("beta", 1),
                             kwargs.get("alpha", 1))
-        return self._finish(self._tag(out, x.unsqueeze(-1), y.unsqueeze(0)), kwargs)
+        return self._finish(self._tag(out, x.unsqueeze(-1), y.unsqueeze(0), 1), kwargs)
 
     def _inplace(self, func, args, kwargs):
         plain = getattr(aten, func.overloadpacket.__name__.rstrip("_")).default
@@ -543,8 +601,8 @@ class Emulation(TorchDispatchMode):
         def gemm(role: str, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | None
                  ) -> torch.Tensor:
             if c is not None:
-                c = c.expand(*a.shape[:-2], a.shape[-2], b.shape[-1])
-            return self._gemm(op, a, b, c, role=role, name=layer)
+                return self._biased(op, a, b, c, role, layer)
+            return self._gemm(op, a, b, None, role=role, name=layer)
         return gemm
 
     def _convolution(self, func, args, kwargs):
@@ -558,13 +616,13 @@ class Emulation(TorchDispatchMode):
             out = conv_forward(x, w, bias, stride, [(p, p) for p in padding], dilation, groups,
                                gemm)
         if torch._C._current_autograd_node() is None:
-            self._pending.append((out, {"name": name, "a": -1, "b": -1}))
+            self._pending.append((out, {"name": name}))
         return out
 
     def _convolution_backward(self, func, args, kwargs):
         (gy, x, w, _bias_sizes, stride, padding, dilation, transposed, output_padding, groups,
          mask) = args[:11]
-        node = torch._C._current_autograd_node()
+        node: Any = torch._C._current_autograd_node()
         info = node.metadata.get("refsim") if node is not None else None
         name = info["name"] if info else ""
         return conv_backward(gy, x, w, stride, padding, dilation, transposed, output_padding,
@@ -607,8 +665,8 @@ class Emulation(TorchDispatchMode):
 
 
 def emulate(numerics: object, mode: str = "exact", record: bool = False,
-            unsupported: str = "raise", seed: int = 0, default_role: str = "forward"
-            ) -> Emulation:
+            unsupported: str = "raise", seed: int = 0, default_role: str = "forward",
+            bias: str = "epilogue") -> Emulation:
     """A context manager under which every matrix product of torch runs under `numerics`.
 
     Args:
@@ -621,8 +679,11 @@ def emulate(numerics: object, mode: str = "exact", record: bool = False,
             listed as native).
         seed: the run seed of the products' seeds (refsim.nn.gemm_seed).
         default_role: the role of a backward product whose forward emulate() did not see.
+        bias: where an added tensor (nn.Linear's and a conv's bias, addmm's input) enters:
+            "epilogue" (added to the product's result in the result dtype, one rounding) or
+            "accumulator" (refsim.matmul's initial accumulator C).
 
     Returns:
         The Emulation (use it in a with statement; `em.products`, `em.step`).
     """
-    return Emulation(numerics, mode, record, unsupported, seed, default_role)
+    return Emulation(numerics, mode, record, unsupported, seed, default_role, bias)

@@ -46,7 +46,7 @@ def _im2col(x: torch.Tensor, kernel: Sequence[int], stride: Sequence[int],
         x = x.unfold(2 + i, dilation[i] * (kernel[i] - 1) + 1, stride[i])
         if dilation[i] > 1:
             x = x[..., ::dilation[i]]
-    n, c = x.shape[:2]
+    n = x.shape[0]
     out = list(x.shape[2:2 + d])
     x = x.permute(0, *range(2, 2 + d), 1, *range(2 + d, 2 + 2 * d))  # N, *out, C, *kernel
     count = 1
@@ -87,7 +87,7 @@ def conv_forward(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
                  dilation: Sequence[int], groups: int, gemm: Gemm, role: str = "forward"
                  ) -> torch.Tensor:
     """Convolution (cross-correlation) of x (N, C, *S) with w (O, C/G, *k): rows @ W^T, the bias
-    as the products' initial accumulator C."""
+    as C (the gemm decides where it enters)."""
     kernel = list(w.shape[2:])
     rows, out = _im2col(x, kernel, stride, pads, dilation)
     o = w.shape[0]
