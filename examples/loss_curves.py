@@ -42,7 +42,8 @@ def plot(results: dict[str, dict[str, dict]], png: Path) -> None:
         ax.set_xlabel("step")
         ax.set_ylabel("training loss")
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_lines():
+            ax.legend()
     fig.suptitle("refsim.torch_nn.emulate: every matrix product (forward and backward) "
                  "emulated, against native fp32", fontsize=11)
     fig.tight_layout()

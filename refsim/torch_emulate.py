@@ -58,6 +58,7 @@ Usage rules:
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -123,6 +124,7 @@ class ProductRecord:
         native: True when the product ran in native torch (unsupported="native", or a plan
             role without a GemmSpec).
         seed: the product's seed; step: em.step when it ran; mode: "exact" or "fast".
+        seconds: process CPU time of the product (operand Casts, refsim, conversions).
         a, b, c, out: with record=True, copies of the operands, the initial accumulator and
             the result as refsim computed it (before the op's dtype conversion).
     """
@@ -138,6 +140,7 @@ class ProductRecord:
     seed: int
     step: int
     mode: str
+    seconds: float = 0.0
     a: torch.Tensor | None = field(default=None, repr=False)
     b: torch.Tensor | None = field(default=None, repr=False)
     c: torch.Tensor | None = field(default=None, repr=False)
@@ -470,13 +473,14 @@ class Emulation(TorchDispatchMode):
         # (refsim.backends.threads); the bits do not depend on it.
         work = (a.numel() * b.shape[-1] * NS_PER_FAST_MAC
                 + (a.numel() + b.numel()) * NS_PER_QUANTIZE)
+        start = time.process_time()
         with threads_for(work):
             if self.mode == "exact":
                 out = self._exact(product, a, b, c, seed)
             else:
                 out = self._fast(product, a, b, c, seed)
         rec = ProductRecord(op, name, role, tuple(a.shape), tuple(b.shape), k, product, False,
-                            seed, self.step, self.mode)
+                            seed, self.step, self.mode, time.process_time() - start)
         if self.record:
             rec.a, rec.b = a.clone(), b.clone()
             rec.c = None if c is None else c.clone()
