@@ -294,7 +294,15 @@ class Emulation(TorchDispatchMode):
         if self._stack and self._stack[-1].module is module:
             self._stack.pop()
 
+    def _sync_step(self) -> None:
+        """Forget the repeat and op counts of the previous step."""
+        if self._seen_step != self.step:
+            self._seen.clear()
+            self._free.clear()
+            self._seen_step = self.step
+
     def _name(self, op: str) -> str:
+        self._sync_step()
         frame = self._stack[-1] if self._stack else None
         if self._suffix is not None:
             return f"{frame.path}.{self._suffix}" if frame and frame.path else self._suffix
@@ -307,10 +315,7 @@ class Emulation(TorchDispatchMode):
         return f"{frame.path}.{base}" if frame is not None and frame.path else base
 
     def _seed(self, name: str, role: str) -> int:
-        if self._seen_step != self.step:
-            self._seen.clear()
-            self._free.clear()
-            self._seen_step = self.step
+        self._sync_step()
         n = self._seen.get((name, role), 0)
         self._seen[(name, role)] = n + 1
         return gemm_seed(self.seed, self.step, name if n == 0 else f"{name}#{n}", role)

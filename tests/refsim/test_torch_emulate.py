@@ -281,18 +281,19 @@ def test_plan_patterns_and_last_reach_named_products():
 
 def test_seeds_follow_the_step_and_repeats():
     lin = nn.Linear(4, 4)
+    x = torch.ones(2, 4)
     with emulate(FP8_SR) as em:
-        lin(torch.ones(2, 4))
-        lin(torch.ones(2, 4))
+        lin(x)
+        lin(x)
         em.next_step()
-        lin(torch.ones(2, 4))
-    seeds = [r.seed for r in em.products]
-    # outside a container the module is the outermost one: its path is "", so the name is the
-    # op's; the second call in one step is a repeat
-    assert seeds[0] == gemm_seed(0, 0, em.products[0].layer, "forward")
-    assert seeds[1] == gemm_seed(0, 0, em.products[0].layer + "#1", "forward")
-    assert seeds[2] == seeds[0] != seeds[1] or seeds[2] == gemm_seed(0, 1, em.products[2].layer,
-                                                                     "forward")
+        lin(x)
+        x @ x.T  # outside every module: named by op, counted per step
+        x @ x.T
+    # the outermost module has the path "": its product is named by its op
+    assert [r.layer for r in em.products] == ["addmm0"] * 3 + ["mm0", "mm1"]
+    assert [r.seed for r in em.products[:3]] == [
+        gemm_seed(0, 0, "addmm0", "forward"), gemm_seed(0, 0, "addmm0#1", "forward"),
+        gemm_seed(0, 1, "addmm0", "forward")]
 
 
 def test_unsupported_ops_raise_or_run_natively():
