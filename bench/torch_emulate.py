@@ -10,8 +10,8 @@ batch 16 of 16x16 images). Native fp32 and every emulated step run in this proce
 torch and Numba thread count; each figure is the process CPU time of one step (median of
 --repeat after one warm-up step), so other jobs on a shared machine do not count. For each
 emulated step the products' own CPU time (operand Casts, refsim's kernels, conversions:
-ProductRecord.seconds) is split from the rest (the dispatch mode, im2col copies, torch's own
-work).
+ProductRecord.seconds, the calling thread's CPU time: all of it on one thread) is split from the
+rest (the dispatch mode, im2col copies, torch's own work).
 
 Specs: fp8-fp32acc: e4m3fn operands (rne), fp32 sequential accumulation (issue goal <= 3x);
 h100-fp8: refsim.hardware.gemm_spec("h100", "e4m3"), the tensor-core model (goal <= 40x);

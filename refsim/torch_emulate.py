@@ -82,6 +82,7 @@ from refsim.nn.numerics import run_product as numpy_product
 from refsim.scaled_gemm import scaled_matmul
 from refsim.specs import GemmSpec
 from refsim.torch_emulate_conv import conv_backward, conv_forward, conv_transpose_forward
+from refsim.torch_ops import cast as cast_tensor
 from refsim.torch_ops import matmul as torch_matmul
 
 __all__ = ["BIASES", "MODES", "UNSUPPORTED", "Emulation", "ProductRecord", "emulate"]
@@ -124,7 +125,8 @@ class ProductRecord:
         native: True when the product ran in native torch (unsupported="native", or a plan
             role without a GemmSpec).
         seed: the product's seed; step: em.step when it ran; mode: "exact" or "fast".
-        seconds: process CPU time of the product (operand Casts, refsim, conversions).
+        seconds: CPU time of the calling thread in the product (operand Casts, refsim,
+            conversions; with more than one thread the workers are not counted).
         a, b, c, out: with record=True, copies of the operands, the initial accumulator and
             the result as refsim computed it (before the op's dtype conversion).
     """
@@ -478,14 +480,14 @@ class Emulation(TorchDispatchMode):
         # (refsim.backends.threads); the bits do not depend on it.
         work = (a.numel() * b.shape[-1] * NS_PER_FAST_MAC
                 + (a.numel() + b.numel()) * NS_PER_QUANTIZE)
-        start = time.process_time()
+        start = time.thread_time()
         with threads_for(work):
             if self.mode == "exact":
                 out = self._exact(product, a, b, c, seed)
             else:
                 out = self._fast(product, a, b, c, seed)
         rec = ProductRecord(op, name, role, tuple(a.shape), tuple(b.shape), k, product, False,
-                            seed, self.step, self.mode, time.process_time() - start)
+                            seed, self.step, self.mode, time.thread_time() - start)
         if self.record:
             rec.a, rec.b = a.clone(), b.clone()
             rec.c = None if c is None else c.clone()
@@ -617,13 +619,25 @@ class Emulation(TorchDispatchMode):
     def _convolution(self, func, args, kwargs):
         x, w, bias, stride, padding, dilation, transposed, output_padding, groups = args[:9]
         name = self._current_name("convolution")
-        gemm = self._conv_gemm("convolution", name)
-        if transposed:
-            out = conv_transpose_forward(x, w, bias, stride, padding, output_padding, dilation,
-                                         groups, gemm)
+        direct = self._direct(name, "forward")
+        if direct is not None:  # fast mode, element casts: torch's convolution on cast operands
+            seed, start = self._seed(name, "forward"), time.thread_time()
+            xa, wb = self._cast_pair(direct, x, w, seed)
+            out = self._finish_direct(direct, aten.convolution.default(
+                xa, wb, None, stride, padding, dilation, transposed, output_padding, groups),
+                x.dtype)
+            self._record_direct("convolution", name, "forward", direct, seed, start, x, w,
+                                out.shape, transposed, groups)
+            if bias is not None:
+                out = out + bias.reshape(1, -1, *[1] * (x.dim() - 2))
         else:
-            out = conv_forward(x, w, bias, stride, [(p, p) for p in padding], dilation, groups,
-                               gemm)
+            gemm = self._conv_gemm("convolution", name)
+            if transposed:
+                out = conv_transpose_forward(x, w, bias, stride, padding, output_padding,
+                                             dilation, groups, gemm)
+            else:
+                out = conv_forward(x, w, bias, stride, [(p, p) for p in padding], dilation,
+                                   groups, gemm)
         if torch._C._current_autograd_node() is None:
             self._pending.append((out, {"name": name}))
         return out
@@ -634,8 +648,81 @@ class Emulation(TorchDispatchMode):
         node: Any = torch._C._current_autograd_node()
         info = node.metadata.get("refsim") if node is not None else None
         name = info["name"] if info else ""
-        return conv_backward(gy, x, w, stride, padding, dilation, transposed, output_padding,
-                             groups, mask, self._conv_gemm("convolution_backward", name))
+        grads: list[torch.Tensor | None] = [None, None, None]
+        rest = list(mask)
+        for i, role in ((0, "backward-input"), (1, "backward-weight")):
+            direct = self._direct(name, role) if mask[i] else None
+            if direct is None:
+                continue
+            # the role's operands: (gradient, weights) for the input gradient, (input,
+            # gradient) for the weight gradient, as the im2col products take them
+            first, second = (gy, w) if i == 0 else (x, gy)
+            seed, start = self._seed(name, role), time.thread_time()
+            fa, fb = self._cast_pair(direct, first, second, seed)
+            cgy, cx, cw = (fa, x, fb) if i == 0 else (fb, fa, w)
+            only = [i == 0, i == 1, False]
+            got = aten.convolution_backward.default(cgy, cx, cw, None, stride, padding,
+                                                    dilation, transposed, output_padding,
+                                                    groups, only)[i]
+            grads[i] = self._finish_direct(direct, got, (x if i == 0 else w).dtype)
+            self._record_direct("convolution_backward", name, role, direct, seed, start, x, w,
+                                gy.shape, transposed, groups)
+            rest[i] = False
+        if any(rest):
+            got3 = conv_backward(gy, x, w, stride, padding, dilation, transposed, output_padding,
+                                 groups, rest, self._conv_gemm("convolution_backward", name))
+            grads = [g if g is not None else r for g, r in zip(grads, got3, strict=True)]
+        return tuple(grads)
+
+    def _direct(self, name: str, role: str) -> Product | None:
+        """The role's Product when fast mode may run a convolution as torch's own on cast
+        operands: element-format casts that round each element by itself (no sr, no blocks,
+        no transform, no scaling), so casting the input equals casting its im2col copies; not
+        with record=True (the records keep the im2col operands)."""
+        if self.mode != "fast" or self.record:
+            return None
+        product = self._active.product(name, role)
+        gemm = product.gemm
+        if gemm is None or product.scaling != "none" or gemm.transform is not None:
+            return None
+        for c in (gemm.a, gemm.b):
+            if c is not None and (isinstance(c.fmt, BlockFormat) or c.rounding == "sr"):
+                return None
+        return product
+
+    def _cast_pair(self, product: Product, first: torch.Tensor, second: torch.Tensor,
+                   seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """first and second cast by the product's Casts a (seed) and b (seed + 1)."""
+        gemm = product.gemm
+        assert gemm is not None
+        wide = torch.float64 if first.dtype == torch.float64 else torch.float32
+        return (cast_tensor(first.to(wide), gemm.a, seed),
+                cast_tensor(second.to(wide), gemm.b, (seed + 1) & ((1 << 64) - 1)))
+
+    def _record_direct(self, op: str, name: str, role: str, product: Product, seed: int,
+                       start: float, x: torch.Tensor, w: torch.Tensor, y_shape: Sequence[int],
+                       transposed: bool, groups: int) -> None:
+        """The record of a convolution product run by torch (shapes of its im2col view)."""
+        kp = math.prod(w.shape[2:])
+        cin, cout = (w.shape[1], w.shape[0] // groups) if not transposed else \
+            (w.shape[0] // groups, w.shape[1])
+        py = y_shape[0] * math.prod(y_shape[2:])
+        px = x.shape[0] * math.prod(x.shape[2:])
+        a, b = {"forward": ((py, cin * kp), (cin * kp, cout)),
+                "backward-input": ((px, cout * kp), (cout * kp, cin)),
+                "backward-weight": ((cin * kp, py), (py, cout))}[role]
+        lead = (groups,) if groups > 1 else ()
+        self.products.append(ProductRecord(op, name, role, (*lead, *a), (*lead, *b), a[1],
+                                           product, False, seed, self.step, self.mode,
+                                           time.thread_time() - start))
+
+    def _finish_direct(self, product: Product, y: torch.Tensor, dtype: torch.dtype
+                       ) -> torch.Tensor:
+        gemm = product.gemm
+        assert gemm is not None
+        if gemm.out is not None:
+            y = cast_tensor(y.float(), gemm.out, 0)
+        return y.to(dtype)
 
     # ---- attention ----------------------------------------------------------------------------
     def _attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

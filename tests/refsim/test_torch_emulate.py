@@ -181,6 +181,34 @@ def test_convolutions_equal_torch_on_exact_sums(case):
     assert [r.role for r in em.products] == ["forward", "backward-input", "backward-weight"]
 
 
+@pytest.mark.parametrize("case", CONVS[::2], ids=[str(c) for c in CONVS[::2]])
+def test_fast_convolutions_run_by_torch_equal_exact_on_exact_sums(case):
+    """Fast mode with element Casts runs torch's convolution on the cast input and weights
+    (casting x equals casting its im2col copies): on exact sums it equals exact mode (im2col
+    products through refsim), gradients included, and records the same products."""
+    d, transposed, stride, padding, dilation, groups, out_pad = case
+    gen = torch.Generator().manual_seed(d)
+    x = (_int_tensor(gen, 2, 4, *[7, 6, 5][:d]) / 2).requires_grad_()
+    shape = (4, 6 // groups) if transposed else (6, 4 // groups)
+    w = _int_tensor(gen, *shape, *[3] * d).requires_grad_()
+    f = ((F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d) if transposed else
+         (F.conv1d, F.conv2d, F.conv3d))[d - 1]
+    kw = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
+    if transposed:
+        kw["output_padding"] = out_pad
+    spec = GemmSpec(a=Cast("e4m3fn"), b=Cast("e5m2"), acc=AccumSpec("fp32"))
+    results, records = [], []
+    for mode, record in (("exact", True), ("fast", False)):
+        with emulate(spec, mode=mode, record=record) as em:
+            y = f(x, w, **kw)
+            g = _int_tensor(torch.Generator().manual_seed(9), *y.shape)
+            results.append((y, *torch.autograd.grad(y, (x, w), g)))
+        records.append([(r.role, r.a_shape, r.b_shape, r.k, r.seed) for r in em.products])
+    for e, a in zip(*results, strict=True):
+        assert_same_bits(a.detach().numpy(), e.detach().numpy(), context=str(case))
+    assert records[0] == records[1]
+
+
 def test_conv2d_equals_refsim_conv2d():
     """Under a spec without SR or blocks, emulate's im2col product reduces in refsim.conv2d's
     order, (c, kh, kw) with c slowest: the same bits."""
