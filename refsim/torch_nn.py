@@ -15,6 +15,9 @@ Usage rules:
     (layer names: the modules' dotted paths), keeping their parameters, and returns the context.
   - Elementwise work (bias, activations, losses) stays ordinary torch: only matrix products are
     simulated, as in refsim.nn.
+  - `emulate(spec_or_plan_or_preset, ...)` (refsim.torch_emulate, re-exported here) needs no
+    conversion: a context under which every product of any torch model, forward and backward,
+    runs under the plan.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from refsim.formats.block_format import BlockFormat
 from refsim.nn.numerics import Numerics, Product, gemm_seed
 from refsim.torch_ops import matmul
 
-__all__ = ["QConv2d", "QLinear", "TorchContext", "convert", "qgemm", "run_product"]
+__all__ = ["Emulation", "ProductRecord", "QConv2d", "QLinear", "TorchContext", "convert",
+           "emulate", "qgemm", "run_product"]
 
 
 def run_product(product: Product, a: torch.Tensor, b: torch.Tensor, seed: int,
@@ -188,3 +192,6 @@ def convert(model: nn.Module, numerics: Numerics, seed: int = 0, mode: str = "ex
             names.append(full)
     numerics.check(names)
     return ctx
+
+
+from refsim.torch_emulate import Emulation, ProductRecord, emulate  # noqa: E402 (re-export)
