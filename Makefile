@@ -9,7 +9,7 @@ CONSTRAINTS := constraints.txt
 EXTRAS := test,plots,dev
 LATEST := .venv-latest
 LATEST_PY := $(LATEST)/bin/python
-LINT_PATHS := formats refsim validation tests bench scripts
+LINT_PATHS := formats refsim validation tests bench scripts examples
 FAST_TIER := -m "not slow" -q -n 2 --dist loadfile --durations=15
 # torch is pinned to 2.13.0 in BOTH venvs: it is the CPU build lying on disk; any newer torch
 # (or a range admitting one) makes pip download a CUDA build of several GB. pyproject.toml pins
