@@ -22,10 +22,10 @@ Usage rules:
 
 from __future__ import annotations
 
-
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +34,7 @@ from refsim.formats import FloatFormat, get_format
 from refsim.formats.registry import name_of
 from refsim.specs import AccumSpec, Cast, GemmSpec
 
-__all__ = ["Characterization", "Feature", "NoModelError", "Probe", "characterize"]
+__all__ = ["Characterization", "Feature", "NoModelError", "Probe", "characterize", "spec_equal_on"]
 
 Mma = Callable[[np.ndarray, np.ndarray, np.ndarray], object]
 _BIG_CHUNK = 1 << 40  # "one chunk for any K": C added once after the whole sum
@@ -169,13 +169,16 @@ class _Craft:
         # The "big" products 2^top: as large as the operands and the output allow, so that a
         # term 62 binades below them is still a visible output value.
         self.top = max(0, min(fout.emax - 2, 2 * self.hi - 2, 40))
-        self.bottom = max(self.top - 62, fout.emin, 2 * self.lo)  # the tiny term's exponent
+        # the tiny term's exponent: with normal operands, and deeper with subnormal ones
+        self.bottom = max(self.top - 62, fout.emin, 2 * fin.emin)
+        self.deep = max(self.top - 62, fout.emin, 2 * self.lo)
 
     def pow2(self, e: int) -> tuple[float, float] | None:
         """a, b values of fin (subnormals allowed) with a * b = 2^e (None if out of reach)."""
-        for ea in sorted(range(self.lo, self.hi + 1), key=lambda x: abs(2 * x - e)):
-            if self.lo <= e - ea <= self.hi:
-                return 2.0 ** ea, 2.0 ** (e - ea)
+        for lo in (self.fin.emin, self.lo):  # normal operands first (a unit may flush others)
+            for ea in sorted(range(lo, self.hi + 1), key=lambda x: abs(2 * x - e)):
+                if lo <= e - ea <= self.hi:
+                    return 2.0 ** ea, 2.0 ** (e - ea)
         return None
 
     def scaled(self, x: float, y: float, e: int) -> tuple[float, float] | None:
@@ -206,8 +209,15 @@ def _survives(probe: Probe, t: float) -> bool | None:
     return None
 
 
+def _deal_text(group: int, run: int | None, chunk: int | None) -> str:
+    if run is None:
+        return "no"
+    return f"chunks of {chunk} dealt to {(chunk or group) // group} groups in runs of {run}"
+
+
 # ---- candidates ----------------------------------------------------------------------------------
-def _ieee_candidates(fin: FloatFormat, fout: FloatFormat, cast: Cast) -> list[tuple[dict, GemmSpec]]:
+def _ieee_candidates(fin: FloatFormat, fout: FloatFormat, cast: Cast
+                     ) -> list[tuple[dict, GemmSpec]]:
     """Sequential FMA chains and their kin: products exact or rounded, rne or rtz, C first or
     added after the sum."""
     out = []
@@ -223,6 +233,33 @@ def _ieee_candidates(fin: FloatFormat, fout: FloatFormat, cast: Cast) -> list[tu
                     "block rounding": rounding,
                     "where C joins": "added after the sum" if c_after else "first",
                     "group size": "1"}
+        out.append((features, GemmSpec(a=cast, b=cast, acc=acc)))
+    # AMD CDNA 2 style: chunks of products rounded to fout (flushing subnormals or not), summed
+    # in order or by the pairwise tree, promoted into a sum that starts from C
+    for chunk, order, flush in itertools.product((2, 4, 8), ("sequential", "pairwise"),
+                                                 (False, True)):
+        acc_fmt = FloatFormat(fout.exp_bits, fout.man_bits, subnormals=not flush)
+        operand = cast if not flush else Cast(FloatFormat(fin.exp_bits, fin.man_bits,
+                                                          subnormals=False), "rtz")
+        acc = AccumSpec(acc_fmt, "rne", "chunked", chunk=chunk, chunk_order=order,
+                        product=Cast(acc_fmt, "rne"), outer=AccumSpec(acc_fmt, "rne"),
+                        c_entry="outer")
+        features = {"order": f"chunks of {chunk} rounded products summed "
+                    f"{'by a pairwise tree' if order == 'pairwise' else 'in order'}",
+                    "products": "rounded to the output format", "block rounding": "rne",
+                    "where C joins": "added after each chunk (the running sum starts at C)",
+                    "group size": str(chunk),
+                    "subnormal inputs": "flush" if flush else "keep",
+                    "subnormal outputs": "flush" if flush else "keep"}
+        out.append((features, GemmSpec(a=operand, b=operand, acc=acc)))
+    # exact blocks of 2 (AMD CDNA 1 bf16): no truncation window is visible with two positions
+    for variant in ("acc-excluded", "acc-aligned"):
+        acc = AccumSpec(fout, "rne", "multiterm", group=2, width=60, variant=variant)
+        features = {"order": "multiterm blocks of 2, summed exactly", "products": "exact",
+                    "group size": "2", "block rounding": "rne",
+                    "where C joins": {"acc-excluded": "added to the block's exact sum, one "
+                                      "rounding", "acc-aligned": "aligned with the products"}[
+                                          variant]}
         out.append((features, GemmSpec(a=cast, b=cast, acc=acc)))
     return out
 
@@ -245,24 +282,26 @@ def _block_candidates(fin: FloatFormat, fout: FloatFormat, cast: Cast, group: in
     width = frac_bits + 1
     for (bname, bfmt), rounding, align, truncation, c_place, subnormals in itertools.product(
             _block_formats(fout, frac_bits), ("rtz", "rne"), ("product", "normalized"),
-            ("toward-zero", "floor"), ("aligned", "excluded", "after", "late"),
+            ("toward-zero", "floor"), ("aligned", "excluded", "after", "late", "late-odd-even"),
             ("keep", "flush")):
         extra = 1 if align == "product" else 0
         if width + group.bit_length() + extra > 62:
             continue
-        common = dict(group=group, width=width, align=align, truncation=truncation,
+        common: dict[str, Any] = dict(group=group, width=width, align=align, truncation=truncation,
                       operands=fin, subnormals=subnormals)
         try:
             if c_place == "after":
                 acc = AccumSpec(bfmt, rounding, "multiterm", chunk=chunk or group,
                                 outer=AccumSpec(fout, "rne"), c_entry="outer",
                                 variant="acc-aligned", group_run=run, **common)
-            elif c_place == "late":
+            elif c_place.startswith("late"):
                 if bfmt != fout or rounding != "rne" or run is not None:
                     continue
+                odd_even = c_place == "late-odd-even"  # AMD CDNA 3 fp8: halves, C cutoff
                 acc = AccumSpec(bfmt, rounding, "multiterm", variant="acc-aligned",
                                 late_bits=fout.man_bits + 9, late_norm_bits=fout.man_bits + 8,
-                                late_truncation="floor", **common)
+                                late_truncation="floor", interleave=2 if odd_even else None,
+                                c_cutoff=frac_bits + 1 if odd_even else None, **common)
             else:
                 variant = "acc-aligned" if c_place == "aligned" else "acc-excluded"
                 if run is not None:
@@ -274,8 +313,7 @@ def _block_candidates(fin: FloatFormat, fout: FloatFormat, cast: Cast, group: in
             continue
         features = {"order": "multiterm blocks (aligned, truncated, one rounding per block)",
                     "products": "exact", "group size": str(group),
-                    "interleaved groups": "no" if run is None else
-                    f"chunks of {chunk} dealt to {chunk // group} groups in runs of {run}",
+                    "interleaved groups": _deal_text(group, run, chunk),
                     "fraction bits kept (F)": str(frac_bits),
                     "product exponent alignment": {"product": "unnormalized (ea + eb)",
                                                    "normalized": "normalized"}[align],
@@ -284,7 +322,10 @@ def _block_candidates(fin: FloatFormat, fout: FloatFormat, cast: Cast, group: in
                     "where C joins": {"aligned": "aligned with the products",
                                       "excluded": "added to the block's exact sum, one rounding",
                                       "after": "added after the block sum (out-format RNE)",
-                                      "late": "late, with its own width (AMD CDNA 3)"}[c_place],
+                                      "late": "late, with its own width (AMD CDNA 3)",
+                                      "late-odd-even": "late, with its own width, dropped more "
+                                      f"than {frac_bits + 1} binades below; odd and even products "
+                                      "aligned apart (AMD CDNA 3 fp8)"}[c_place],
                     "subnormal inputs": subnormals}
         out.append((features, GemmSpec(a=cast, b=cast, acc=acc)))
     return out
@@ -298,16 +339,21 @@ def _structure(box: _Box, craft: _Craft, probes: list[Probe]) -> tuple[dict, lis
     big = craft.pow2(top)
     assert big is not None
     neg = (-big[0], big[1])
-    tiny = craft.pow2(craft.bottom)
-    t = 2.0 ** craft.bottom
     k = craft.k
-    member = [craft.vector(f"group: 2^{top}@0, -2^{top}@1, 2^{craft.bottom}@{r}",
-                           {0: big, 1: neg, r: tiny}) for r in range(2, k)]
-    box.run(member)
-    probes += member
-    dies = [_survives(p, t) is False for p in member]
+    for bottom in dict.fromkeys((craft.bottom, craft.deep)):
+        tiny = craft.pow2(bottom)
+        t = 2.0 ** bottom
+        member = [craft.vector(f"group: 2^{top}@0, -2^{top}@1, 2^{bottom}@{r}",
+                               {0: big, 1: neg, r: tiny}) for r in range(2, k)]
+        box.run(member)
+        probes += member
+        dies = [_survives(p, t) is False for p in member]
+        if any(dies) and not all(dies):  # all dying: the unit flushes the tiny operands
+            break
+    else:
+        dies = [False]
     evidence = []
-    if tiny is None or not any(dies):  # no truncating block seen (or a group of 2 or less)
+    if not any(dies):  # no truncating block seen (or a group of 2 or less)
         info = {"group": 1, "run": None, "chunk": None, "F": None}
         evidence.append(Feature("group size", "1 (a term 2^-62 below big - big always "
                                 "survives: no truncation window seen)",
@@ -344,8 +390,7 @@ def _structure(box: _Box, craft: _Craft, probes: list[Probe]) -> tuple[dict, lis
     evidence.append(Feature("group size", str(group),
                             note=f"positions sharing position 0's group (a tiny term there dies "
                             f"beside big - big): {in_group}"))
-    evidence.append(Feature("interleaved groups", "no" if run is None else
-                            f"chunks of {chunk} dealt to {chunk // group} groups in runs of {run}",
+    evidence.append(Feature("interleaved groups", _deal_text(group, run, chunk),
                             note="from the same vectors"))
     if frac is not None:
         evidence.append(Feature("fraction bits kept (F)", str(frac),
@@ -445,7 +490,9 @@ def _random_values(fin: FloatFormat, rng: np.random.Generator, n: int) -> np.nda
     subnormals."""
     from refsim.quantize import quantize
     exps = rng.integers(-6, 6, n)
-    x = rng.choice([-1.0, 1.0], n) * (1 + rng.random(n)) * np.exp2(exps)
+    bits = min(fin.man_bits, 30)  # refsim's products are exact in 64 bits: at most 31 + 31
+    x = rng.choice([-1.0, 1.0], n) * (1 + rng.integers(0, 2 ** bits, n) / 2.0 ** bits) \
+        * np.exp2(exps)
     x[rng.random(n) < 0.1] = 0.0
     if fin.subnormals:
         sub = rng.random(n) < 0.05
@@ -516,7 +563,7 @@ def characterize(mma: Mma, input_format: str, out: str = "fp32", *, k: int = 64,
     box = _Box(mma, fin, fout)
     craft = _Craft(fin, fout, k)
     probes: list[Probe] = []
-    cast = Cast(fin, "rne", overflow="saturate")
+    cast = Cast(fin)  # mma takes values of fin: how the device converts is not measured
     info, structure = _structure(box, craft, probes)
     battery = _battery(craft, fout, info, rng)
     box.run(battery)
@@ -530,6 +577,10 @@ def characterize(mma: Mma, input_format: str, out: str = "fp32", *, k: int = 64,
         cands = _block_candidates(fin, fout, cast, info["group"], info["run"], info["chunk"],
                                   info["F"])
     alive, failed = _eliminate(cands, probes)
+    if not alive and not failed:
+        raise NoModelError(f"mma fits no model refsim can express: the block structure read off "
+                           f"(group {info['group']}, F {info['F']}) admits no AccumSpec",
+                           "group size", probes[:1])
     if not alive:
         # the candidate that lasted longest names the feature that failed
         best = max(failed, key=lambda i: failed[i][0])
@@ -592,6 +643,4 @@ def spec_equal_on(spec: GemmSpec, other: GemmSpec, probes: list[Probe]) -> bool:
     """Do two specs give the same bits on every probe?"""
     return bool(_same(_simulate(spec, probes), _simulate(other, probes)).all())
 
-
-__all__ += ["spec_equal_on"]
 

@@ -38,10 +38,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from refsim.characterize import Characterization, NoModelError, characterize
 from refsim.formats import FloatFormat, get_format
 from refsim.specs import AccumSpec, Cast, GemmSpec
 
-__all__ = ["ALIASES", "DEVICES", "INPUTS", "Preset", "devices", "gemm_spec"]
+__all__ = ["ALIASES", "DEVICES", "INPUTS", "Characterization", "NoModelError", "Preset",
+           "characterize", "devices", "gemm_spec"]
 
 ALIASES: dict[str, str] = {"ada": "l40s", "a2": "a100", "rtx-pro-6000": "b200"}
 """Device names that stand for another preset (devices() says on what evidence)."""
