@@ -141,15 +141,20 @@ class _Box:
 
 
 def _simulate(spec: GemmSpec, probes: list[Probe]) -> np.ndarray:
-    """What spec gives on each probe (float64), one batched refsim.matmul."""
-    k = max(p.a.size for p in probes)
-    a = np.zeros((len(probes), 1, k))
-    b = np.zeros((len(probes), k, 1))
+    """What spec gives on each probe (float64): one batched refsim.matmul per K (padding with
+    zeros would add blocks, and a block re-truncates its C)."""
+    out = np.empty(len(probes))
+    by_k: dict[int, list[int]] = {}
     for i, p in enumerate(probes):
-        a[i, 0, :p.a.size] = p.a
-        b[i, :p.b.size, 0] = p.b
-    c = np.array([p.c for p in probes]).reshape(-1, 1, 1)
-    return np.asarray(matmul(a, b, spec, c=c), np.float64).reshape(-1)
+        by_k.setdefault(p.a.size, []).append(i)
+    for k, index in by_k.items():
+        a = np.stack([probes[i].a for i in index]).reshape(len(index), 1, k)
+        b = np.stack([probes[i].b for i in index]).reshape(len(index), k, 1)
+        c = np.array([probes[i].c for i in index]).reshape(-1, 1, 1)
+        # the exact core: the fast multiterm route's per-call setup (exponent tables) costs
+        # more than these few hundred short rows
+        out[index] = np.asarray(matmul(a, b, spec, c=c, route="exact"), np.float64).reshape(-1)
+    return out
 
 
 def _same(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -417,6 +422,9 @@ def _battery(craft: _Craft, fout: FloatFormat, info: dict, rng: np.random.Genera
         return craft.scaled(x, y, base - j)
 
     def add(name, terms, c=0.0, kk=None):
+        # one block (K = group) unless said: later blocks would truncate the first block's
+        # result to F bits again and hide its precision
+        kk = kk if kk is not None else (n if g > 1 else k)
         if all(v is not None for v in terms.values()) and np.isfinite(c):
             probes.append(craft.vector(name, terms, _to_out(c, fout), kk))
 
@@ -479,9 +487,11 @@ def _battery(craft: _Craft, fout: FloatFormat, info: dict, rng: np.random.Genera
     return probes
 
 
-def _to_out(c: float, fout: FloatFormat) -> float:
-    """c as a value of the output format (round to nearest through refsim.quantize)."""
+def _to_out(c, fout: FloatFormat):
+    """c (a float or an array) as values of the output format (round to nearest)."""
     from refsim.quantize import quantize
+    if isinstance(c, np.ndarray):
+        return np.asarray(quantize(c, fout), np.float64)
     return float(quantize(np.array([c]), fout)[0])
 
 
@@ -503,18 +513,23 @@ def _random_values(fin: FloatFormat, rng: np.random.Generator, n: int) -> np.nda
 def _eliminate(cands: list[tuple[dict, GemmSpec]], probes: list[Probe]
                ) -> tuple[list[tuple[dict, GemmSpec]], dict[int, tuple[int, float]]]:
     """Candidates that agree with mma on every probe; for the others, the first probe where
-    they differ and their value there."""
+    they differ and their value there. The short crafted vectors go first: most candidates
+    fail on them, and only the survivors are run on the long random ones."""
     got = np.array([p.got for p in probes])
+    short = [i for i, p in enumerate(probes) if not p.name.startswith("random")]
+    stages = [np.array(short, np.int64), np.arange(len(probes))]
     alive, failed = [], {}
     for i, (features, spec) in enumerate(cands):
-        try:
-            sim = _simulate(spec, probes)
-        except (ValueError, NotImplementedError, OverflowError):
-            failed[i] = (-1, float("nan"))
-            continue
-        bad = np.flatnonzero(~_same(sim, got))
-        if bad.size:
-            failed[i] = (int(bad[0]), float(sim[bad[0]]))
+        for index in stages:
+            try:
+                sim = _simulate(spec, [probes[j] for j in index])
+            except (ValueError, NotImplementedError, OverflowError):
+                failed[i] = (-1, float("nan"))
+                break
+            bad = np.flatnonzero(~_same(sim, got[index]))
+            if bad.size:
+                failed[i] = (int(index[bad[0]]), float(sim[bad[0]]))
+                break
         else:
             alive.append((features, spec))
     return alive, failed
@@ -526,8 +541,7 @@ def _random_check(box: _Box, spec: GemmSpec, fin: FloatFormat, fout: FloatFormat
     side = max(1, int(np.sqrt(rows)))
     a = np.stack([_random_values(fin, rng, k) for _ in range(side)])
     b = np.stack([_random_values(fin, rng, side) for _ in range(k)])
-    c = np.array([[_to_out(float(v), fout) for v in row]
-                  for row in rng.standard_normal((side, side))])
+    c = _to_out(rng.standard_normal((side, side)), fout)
     d = box.call(a, b, c)
     sim = np.asarray(matmul(a, b, spec, c=c), np.float64)
     return side * side, int((~_same(sim, d)).sum())
