@@ -384,7 +384,12 @@ if not DRY and not torch.cuda.is_available():
 from refsim import hardware
 
 where = "cpu" if DRY else "cuda"
-gpu = "DRY" if DRY else torch.cuda.get_device_name().split()[-1].replace("/", "_")
+if DRY:
+    gpu = "DRY"
+else:  # the upstream's folder names (H100, B200, ...), else the device name without spaces
+    full = torch.cuda.get_device_name()
+    gpu = next((tag for tag in ("H200", "H100", "B200", "B300", "A100", "V100", "L40S")
+                if tag in full.upper()), "".join(ch for ch in full if ch.isalnum()))
 root = Path(os.environ.get("OUT", "gpu_check_out")) / "characterize" / gpu
 K, ROWS = (16, 400) if DRY else (64, 2500)
 print(f"{'DRY RUN: torch on the CPU' if DRY else torch.cuda.get_device_name()}: dumps in {root}")
