@@ -165,3 +165,25 @@ def test_arguments_are_checked():
         hardware.characterize(lambda a, b, c: a @ b + c, "int8")
     with pytest.raises(ValueError, match="mma returned shape"):
         hardware.characterize(lambda a, b, c: np.zeros(3), "fp16")
+
+
+def test_command_line(tmp_path, monkeypatch, capsys):
+    from refsim.cli import main
+
+    (tmp_path / "black_box.py").write_text(
+        "from refsim import hardware, matmul\n"
+        "spec = hardware.gemm_spec('v100', 'fp16', 'fp16')\n"
+        "def mma(a, b, c):\n"
+        "    return matmul(a, b, spec, c=c)\n"
+        "def broken(a, b, c):\n"
+        "    return a @ b + c + 1e-3\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["characterize", "--device-module", "black_box:mma", "--input", "fp16",
+                 "--out", "fp16", "--random-rows", "400", "--toml"]) == 0
+    out = capsys.readouterr().out
+    assert "group size: 4" in out and 'rounding = "rne"' in out
+    assert main(["characterize", "--device-module", "black_box:broken", "--input", "fp16",
+                 "--random-rows", "100"]) == 1
+    assert capsys.readouterr().out.startswith("no model: ")
+    assert main(["characterize", "--device-module", "black_box", "--input", "fp16"]) == 2
+    assert "MODULE:FUNCTION" in capsys.readouterr().err
