@@ -348,6 +348,8 @@ def _structure(box: _Box, craft: _Craft, probes: list[Probe]) -> tuple[dict, lis
     for bottom in dict.fromkeys((craft.bottom, craft.deep)):
         tiny = craft.pow2(bottom)
         t = 2.0 ** bottom
+        if tiny is None:
+            continue
         member = [craft.vector(f"group: 2^{top}@0, -2^{top}@1, 2^{bottom}@{r}",
                                {0: big, 1: neg, r: tiny}) for r in range(2, k)]
         box.run(member)
