@@ -24,6 +24,8 @@ Usage rules:
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from refsim.backends import cpu_exact, cpu_gemm, cuda
@@ -115,9 +117,10 @@ def _run(a3: np.ndarray, b3: np.ndarray | None, acc: AccumSpec, cast: Cast | Non
     it left (NaN), with their C.
     """
     positions = dealt_positions(a3.shape[-1], acc)
-    if positions is not None:  # interleaved groups: lay them out consecutively
-        a3 = _dealt(a3, positions)
+    if positions is not None:  # interleaved groups: lay them out consecutively, then the
+        a3 = _dealt(a3, positions)  # kernels see plain consecutive groups
         b3 = None if b3 is None else _dealt(b3, positions)
+        acc = dataclasses.replace(acc, group_run=None)
     n_cols = 1 if b3 is None else b3.shape[1]
     shape = (a3.shape[0], a3.shape[1], n_cols)
     fast = None
