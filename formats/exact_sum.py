@@ -455,10 +455,17 @@ def _multiterm(terms: list[Value], exps: list[int | None], acc: Any, seed: int, 
         s: float | None = init if (c == 0 and not outside) else None
         if late and s is None:
             s = 0.0
-        for g0 in range(c0, min(c0 + chunk, len(terms)), acc.group):
-            g1 = min(g0 + acc.group, c0 + chunk, len(terms))
-            group = list(zip(terms[g0:g1], exps[g0:g1], strict=True))
-            step = g0 // acc.group
+        # Group j of the chunk holds the positions p with (p // run) % groups == j (run =
+        # group_run; None: consecutive groups); a group with no position is skipped.
+        run = getattr(acc, "group_run", None) or acc.group
+        groups = chunk // acc.group if acc.chunk else -(-len(terms) // acc.group)
+        for j in range(groups):
+            members = [k for k in range(c0, min(c0 + chunk, len(terms)))
+                       if ((k - c0) // run) % groups == j]
+            if not members:
+                continue
+            group = [(terms[k], exps[k]) for k in members]
+            step = c0 // acc.group + j
             if late:
                 assert s is not None
                 s = round_one(_late_sum(group, s, acc), acc, seed, index, step, TAG_ADD, events)

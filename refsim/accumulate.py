@@ -24,6 +24,8 @@ Usage rules:
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from refsim.backends import cpu_exact, cpu_gemm, cuda
@@ -45,7 +47,7 @@ from refsim.params import check_array
 from refsim.quantize import quantize
 from refsim.specs import AccumSpec, Cast, GemmSpec
 
-__all__ = ["COUNT_KEYS", "ROUTES", "conv2d", "dot", "matmul", "sum"]
+__all__ = ["COUNT_KEYS", "ROUTES", "conv2d", "dealt_positions", "dot", "matmul", "sum"]
 
 _UINT64_MAX = (1 << 64) - 1
 
@@ -69,6 +71,40 @@ def _check_products(a: np.ndarray, b: np.ndarray, a_name: str, b_name: str) -> N
     check_products(max_significant_bits(a), max_significant_bits(b), a_name, b_name)
 
 
+def dealt_positions(k: int, acc: AccumSpec) -> np.ndarray | None:
+    """Where each position of a K-long reduction goes under acc.group_run (interleaved groups):
+    an int64 index array into the K positions, -1 for a zero pad, laid out so that the kernels'
+    consecutive groups are the dealt ones; None when acc deals nothing (consecutive groups).
+
+    Each chunk's position p goes to group (p // group_run) % (chunk // group); a group's
+    positions keep their order and groups that get no position (a partial last chunk) are left
+    out, so only the last group of a partial chunk is shorter than group."""
+    run = acc.group_run
+    if run is None or k == 0:
+        return None
+    assert acc.chunk is not None and acc.group is not None
+    chunk, group = acc.chunk, acc.group
+    parts: list[np.ndarray] = []
+    for c0 in range(0, k, chunk):
+        here = np.arange(c0, min(c0 + chunk, k), dtype=np.int64)
+        owner = ((here - c0) // run) % (chunk // group)
+        groups = [here[owner == j] for j in range(chunk // group)]
+        groups = [g for g in groups if g.size]
+        for j, members in enumerate(groups):
+            parts.append(members)
+            if j < len(groups) - 1 or c0 + chunk < k:  # pad all but the very last group
+                parts.append(np.full(group - members.size, -1, np.int64))
+    return np.concatenate(parts)
+
+
+def _dealt(x3: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """x3 (P, R, K) with its last axis laid out as dealt_positions says (pads are +0)."""
+    out = np.zeros((*x3.shape[:-1], positions.size), x3.dtype)
+    keep = positions >= 0
+    out[..., keep] = x3[..., positions[keep]]
+    return out
+
+
 def _run(a3: np.ndarray, b3: np.ndarray | None, acc: AccumSpec, cast: Cast | None,
          seed: int, count_on: bool = False, c: np.ndarray | None = None, route: str = "auto"
          ) -> tuple[np.ndarray, dict[str, int]]:
@@ -80,6 +116,11 @@ def _run(a3: np.ndarray, b3: np.ndarray | None, acc: AccumSpec, cast: Cast | Non
     rest: every output when the fast path does not apply, else only the outputs
     it left (NaN), with their C.
     """
+    positions = dealt_positions(a3.shape[-1], acc)
+    if positions is not None:  # interleaved groups: lay them out consecutively, then the
+        a3 = _dealt(a3, positions)  # kernels see plain consecutive groups
+        b3 = None if b3 is None else _dealt(b3, positions)
+        acc = dataclasses.replace(acc, group_run=None)
     n_cols = 1 if b3 is None else b3.shape[1]
     shape = (a3.shape[0], a3.shape[1], n_cols)
     fast = None

@@ -90,11 +90,54 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train)
 
 
+def _characterize(args: argparse.Namespace) -> int:
+    import importlib
+
+    from refsim.characterize import NoModelError, characterize
+
+    module_name, _, attr = args.device_module.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"--device-module must be MODULE:FUNCTION (e.g. mymod:mma); got "
+                         f"{args.device_module!r}")
+    sys.path.insert(0, ".")  # a module beside the user, as python -m would find it
+    try:
+        mma = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"--device-module {args.device_module}: {exc}") from None
+    finally:
+        sys.path.pop(0)
+    try:
+        found = characterize(mma, args.input, args.out, random_rows=args.random_rows)
+    except NoModelError as exc:
+        print(f"no model: {exc}")
+        return 1
+    print(found.report())
+    if args.toml:
+        print("\n# the spec as TOML (refsim.GemmSpec.from_toml)\n" + found.spec.to_toml(), end="")
+    return 0
+
+
+def _add_characterize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("characterize", help="read a black-box matrix unit's arithmetic off "
+                       "crafted vectors: the GemmSpec that reproduces it (docs/hardware.md)")
+    p.add_argument("--device-module", required=True, metavar="MODULE:FUNCTION",
+                   help="a function mma(a, b, c) -> D on float64 arrays (a (M, K), b (K, N), "
+                        "c (M, N)), e.g. mymod:mma for mymod.py in the current folder")
+    p.add_argument("--input", required=True, help="the operands' format (fp16, bf16, tf32, "
+                   "e4m3, e5m2, fp32, fp64, ...)")
+    p.add_argument("--out", default="fp32", help="the output (and C) format (default fp32)")
+    p.add_argument("--random-rows", type=positive_int, default=10_000,
+                   help="random rows checked at the end (default 10000)")
+    p.add_argument("--toml", action="store_true", help="also print the spec as TOML")
+    p.set_defaults(func=_characterize)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="refsim", description="refsim: a bit-exact reference "
                                      "simulator for low-precision deep-learning numerics")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
+    _add_characterize(sub)
     from refsim.studies.cli import add_study_parser
 
     add_study_parser(sub)

@@ -275,7 +275,7 @@ class Cast:
 _ACCUM_KEYS = ("fmt", "rounding", "order", "chunk", "outer", "product", "sr_bits", "overflow",
                "group", "width", "variant", "align", "truncation", "operands", "subnormals",
                "c_entry", "chunk_order", "late_bits", "late_norm_bits", "late_truncation",
-               "c_cutoff", "interleave")
+               "c_cutoff", "interleave", "group_run")
 # Defaults filled in for order multiterm (c_entry: chunked and multiterm) and left out of to_dict.
 _MULTITERM_DEFAULTS = {"align": "normalized", "truncation": "toward-zero", "subnormals": "keep"}
 
@@ -327,6 +327,12 @@ class AccumSpec:
         interleave: with late_bits: the group's products split into this many interleaved
             subsets (by position modulo interleave), each aligned and truncated to its own
             largest exponent; the subset sums are moved to the group's (late_truncation).
+        group_run: multiterm with chunk: interleaved groups. A chunk's positions are dealt to
+            its chunk // group groups round robin in runs of group_run consecutive positions
+            (position p of the chunk goes to group (p // group_run) % (chunk // group)); the
+            groups then run in order. None: consecutive groups (runs of group). A partial last
+            chunk is dealt as if padded with zeros; its groups that get no position are
+            skipped. (Hopper's FP8 MMA with an fp16 output: docs/hardware.md.)
     """
 
     fmt: FloatFormat
@@ -351,6 +357,7 @@ class AccumSpec:
     late_truncation: str | None = None
     c_cutoff: int | None = None
     interleave: int | None = None
+    group_run: int | None = None
 
     if TYPE_CHECKING:  # the signature as called (the generated __init__ takes fields as stored)
         def __init__(self, fmt: FormatLike, rounding: str = ..., order: str = ...,
@@ -362,7 +369,8 @@ class AccumSpec:
                      subnormals: str | None = ..., c_entry: str | None = ...,
                      chunk_order: str | None = ..., late_bits: int | None = ...,
                      late_norm_bits: int | None = ..., late_truncation: str | None = ...,
-                     c_cutoff: int | None = ..., interleave: int | None = ...) -> None: ...
+                     c_cutoff: int | None = ..., interleave: int | None = ...,
+                     group_run: int | None = ...) -> None: ...
 
     def __post_init__(self) -> None:
         fmt = _format(self.fmt, "AccumSpec.fmt")
@@ -380,7 +388,7 @@ class AccumSpec:
             raise ValueError(f"AccumSpec.order must be one of {', '.join(ORDERS)}; "
                              f"got {self.order!r}")
         for key in ("chunk", "group", "width", "late_bits", "late_norm_bits",
-                    "interleave"):  # stored as Python ints (np.int64 accepted)
+                    "interleave", "group_run"):  # stored as Python ints (np.int64 accepted)
             object.__setattr__(self, key, _check_positive_int(getattr(self, key),
                                                               f"AccumSpec.{key}"))
         blocked = self.order in ("chunked", "multiterm")
@@ -442,9 +450,18 @@ class AccumSpec:
             if self.chunk is not None and self.chunk % self.group != 0:
                 raise ValueError(f"AccumSpec.chunk ({self.chunk}) must be a multiple of group "
                                  f"({self.group}) for order='multiterm'")
-        elif any(value is not None for value in multi):
-            raise ValueError(f"AccumSpec.group, width and variant apply to order='multiterm' "
-                             f"only; got order={self.order!r}")
+            if self.group_run is not None:
+                if self.chunk is None:
+                    raise ValueError("AccumSpec.group_run deals a chunk's positions to its "
+                                     "groups: it needs chunk (a multiple of group)")
+                if self.group % self.group_run != 0:
+                    raise ValueError(f"AccumSpec.group_run ({self.group_run}) must divide group "
+                                     f"({self.group})")
+                if self.group_run == self.group:  # consecutive groups: the default
+                    object.__setattr__(self, "group_run", None)
+        elif any(value is not None for value in (*multi, self.group_run)):
+            raise ValueError(f"AccumSpec.group, width, variant and group_run apply to "
+                             f"order='multiterm' only; got order={self.order!r}")
         else:
             for key in ("align", "truncation", "operands", "subnormals"):
                 if getattr(self, key) is not None:
@@ -548,7 +565,7 @@ def _check_choice(spec: AccumSpec, key: str, allowed: tuple[str, ...]) -> None:
 
 
 _LATE_KEYS = ("chunk_order", "late_bits", "late_norm_bits", "late_truncation", "c_cutoff",
-              "interleave")
+              "interleave", "group_run")
 
 
 def _check_late(spec: AccumSpec) -> None:

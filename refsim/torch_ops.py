@@ -459,6 +459,10 @@ def _operand_exponent(x: torch.Tensor, emin: int | None) -> torch.Tensor:
 
 def _check_multiterm(acc: AccumSpec) -> None:
     fmt = acc.fmt
+    if acc.group_run is not None:
+        raise NotImplementedError(f"torch matmul mode='exact': multiterm group_run "
+                                  f"({acc.group_run}, interleaved groups) runs in refsim.matmul "
+                                  "only")
     if fmt.emin - (fmt.man_bits if fmt.subnormals else 0) < -1072:
         raise NotImplementedError(f"torch matmul mode='exact': multiterm needs an accumulator "
                                   f"whose smallest quantum is at least 2^-1072; {fmt.name} has "

@@ -3,8 +3,9 @@
 #
 # Needs: an NVIDIA GPU with its driver, Python with numpy, numba (with numba-cuda or Numba's
 # built-in CUDA target and a CUDA toolkit) and pytest. No installation: run from the repository
-# root as `bash scripts/gpu_check.sh` (PYTHON=... picks the interpreter). About 3-7 minutes;
-# every step is bounded (150 + 300 + 30 + 120 s) so that the whole stays under 10 minutes. The CPU
+# root as `bash scripts/gpu_check.sh` (PYTHON=... picks the interpreter). About 4-8 minutes;
+# every step is bounded (150 + 300 + 30 + 120 + 120 s; GPU_CHECK_CHARACTERIZE=0 leaves the last
+# out, keeping the bound under 10 minutes). The CPU
 # reference runs on all cores (NUMBA_NUM_THREADS); it takes most of the time at 1024^3 (one spec
 # only there).
 #
@@ -15,7 +16,8 @@
 #             ... ms  ... G multiply-adds/s  ... GFLOP/s   (one line each; issue 14's goal: >= 200)
 # and "ALL BIT-EXACT" (exit 0), or the first mismatch report (exit 1); then, where torch sees
 # the GPU, the torch path on CUDA tensors: bits against the CPU and its share of copy bandwidth;
-# last, torch's own matmul on the GPU against the GPU's refsim.hardware preset (docs/hardware.md).
+# then torch's own matmul on the GPU against the GPU's refsim.hardware preset (docs/hardware.md);
+# last, refsim.hardware.characterize on torch's GPU products, with dumps in the upstream layout.
 #
 # GPU_CHECK_DRY_RUN=1: the same script on tiny shapes in the Numba CUDA simulator, without the
 # pytest step (checks the script itself on a machine without a GPU; proves nothing about GPUs).
@@ -351,3 +353,137 @@ for fmt in ("fp16", "bf16", "e4m3"):
 print("TENSOR-CORE PRESETS: ALL MATCH" if total == 0 else
       f"TENSOR-CORE PRESETS: {total} (format, K) case(s) with mismatches (see above)")
 EOF
+
+echo "== characterize: torch.matmul and torch._scaled_mm on this GPU (docs/hardware.md)"
+# refsim.hardware.characterize on torch's GPU matrix products: fp16, bf16 (torch.addmm with an
+# fp32 output where torch has out_dtype, else torch.mm then + C in fp32), tf32 (fp32 tensors with
+# allow_tf32), e4m3 and e5m2 (torch._scaled_mm, scales 1, fp32 output, use_fast_accum=True, then
+# + C in fp32), and the block-scaled MXFP8 where the GPU and torch have it (e4m3 with e8m0
+# scales of 1 per 32; NVFP4 is named, not run: see the end). Prints each report (or why
+# no model fits) and writes every vector the GPU ran in the upstream layout of
+# MATLAB-tensor-core's model_validation/: $OUT/characterize/<GPU>/<kind>_K<k>/a_<GPU>_<kind>.txt
+# (K float32 words in hex per row), b_..., c_<GPU>_fp32.txt and d_<GPU>_fp32.txt (32-bit binary
+# strings). OUT defaults to ./gpu_check_out.
+if [ "${GPU_CHECK_CHARACTERIZE:-1}" != 0 ]; then
+timeout 120 "$PYTHON" - <<'EOF'
+import os
+from pathlib import Path
+
+import numpy as np
+
+try:
+    import torch
+except ImportError:
+    print("torch is not installed: characterize not run")
+    raise SystemExit(0) from None
+DRY = os.environ.get("GPU_CHECK_DRY_RUN") == "1"
+if not DRY and not torch.cuda.is_available():
+    print("no torch CUDA device: characterize not run")
+    raise SystemExit(0)
+
+from refsim import hardware
+
+where = "cpu" if DRY else "cuda"
+if DRY:
+    gpu = "DRY"
+else:  # the upstream's folder names (H100, B200, ...), else the device name without spaces
+    full = torch.cuda.get_device_name()
+    gpu = next((tag for tag in ("H200", "H100", "B200", "B300", "A100", "V100", "L40S")
+                if tag in full.upper()), "".join(ch for ch in full if ch.isalnum()))
+root = Path(os.environ.get("OUT", "gpu_check_out")) / "characterize" / gpu
+K, ROWS = (16, 400) if DRY else (64, 2500)
+print(f"{'DRY RUN: torch on the CPU' if DRY else torch.cuda.get_device_name()}: dumps in {root}")
+if not DRY:
+    torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
+    torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+
+
+def tensor(x, dtype):
+    return torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(where).to(dtype)
+
+
+def plain(dtype, tf32=False):
+    def mma(a, b, c):
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        ta, tb, tc = tensor(a, dtype), tensor(b, dtype), tensor(c, torch.float32)
+        try:
+            d = torch.addmm(tc, ta, tb, out_dtype=torch.float32)
+        except (TypeError, RuntimeError):
+            d = (ta @ tb).float() + tc
+        return d.double().cpu().numpy()
+    return mma
+
+
+def scaled(dtype, block=None):
+    """torch._scaled_mm with unit scales: per tensor, or per block (MXFP8 32, NVFP4 16)."""
+    def mma(a, b, c):
+        m, k = a.shape
+        n = b.shape[1]
+        if block is None:
+            one = torch.tensor(1.0, device=where)
+            sa = sb = one
+            ta, tb = tensor(a, dtype), tensor(b.T, dtype).t()
+        else:
+            def ones(rows):  # unit scales, padded to the (128, 4) tiles of the swizzled layout
+                shape = (-(-rows // 128) * 128, -(-(k // block) // 4) * 4)
+                kind = torch.float8_e8m0fnu if block == 32 else torch.float8_e4m3fn
+                return torch.ones(shape, device=where).to(kind)
+            sa, sb = ones(m), ones(n)
+            ta, tb = tensor(a, dtype), tensor(b.T, dtype).t()
+        d = torch._scaled_mm(ta, tb, scale_a=sa, scale_b=sb, out_dtype=torch.float32,
+                             use_fast_accum=True)
+        return (d + tensor(c, torch.float32)).double().cpu().numpy()
+    return mma
+
+
+def recorded(mma, calls):
+    def wrapper(a, b, c):
+        d = np.asarray(mma(a, b, c), np.float64)
+        calls.append((a, b[:, 0], c[:, 0], d[:, 0]))
+        return d
+    return wrapper
+
+
+def dump(kind, calls):
+    rows = {}
+    for a, b, c, d in calls:
+        for i in range(a.shape[0]):
+            rows.setdefault(a.shape[1], []).append((a[i], b, c[i], d[i]))
+    for k, got in rows.items():
+        folder = root / f"{kind}_K{k}"
+        folder.mkdir(parents=True, exist_ok=True)
+        def words(x):
+            return " ".join(f"{w:08x}" for w in np.asarray(x, np.float32).view(np.uint32))
+        def bits(x):
+            return f"{int(np.float32(x).view(np.uint32)):032b}"
+        (folder / f"a_{gpu}_{kind}.txt").write_text("".join(words(r[0]) + "\n" for r in got))
+        (folder / f"b_{gpu}_{kind}.txt").write_text("".join(words(r[1]) + "\n" for r in got))
+        (folder / f"c_{gpu}_fp32.txt").write_text("".join(bits(r[2]) + "\n" for r in got))
+        (folder / f"d_{gpu}_fp32.txt").write_text("".join(bits(r[3]) + "\n" for r in got))
+
+
+KINDS = [("fp16", "fp16", plain(torch.float16)), ("bf16", "bf16", plain(torch.bfloat16)),
+         ("tf32", "tf32", plain(torch.float32, tf32=True))]
+if hasattr(torch, "_scaled_mm"):
+    KINDS += [("E4M3", "e4m3", scaled(torch.float8_e4m3fn)),
+              ("E5M2", "e5m2", scaled(torch.float8_e5m2))]
+    if hasattr(torch, "float8_e8m0fnu"):
+        KINDS += [("MXFP8", "e4m3", scaled(torch.float8_e4m3fn, block=32))]
+for kind, fmt, mma in KINDS:
+    calls = []
+    try:
+        found = hardware.characterize(recorded(mma, calls), fmt, "fp32", k=K, random_rows=ROWS)
+        print(f"--- {kind}\n{found.report()}")
+    except hardware.NoModelError as exc:
+        print(f"--- {kind}: no model refsim can express: {exc}")
+    except Exception as exc:  # the GPU or torch lacks this kind: say so and go on
+        print(f"--- {kind}: skipped ({type(exc).__name__}: {str(exc)[:160]})")
+    if calls:
+        dump(kind, calls)
+# NVFP4 (e2m1 operands packed two per byte, e4m3 scales per 16): characterize's structure
+# probes need a cancelling pair 62 binades above a tiny term, beyond e2m1's range (its values
+# span 2^-1 .. 6) even with scales of 1, so it is named and not run.
+if hasattr(torch, "float4_e2m1fn_x2"):
+    print("--- NVFP4: not characterized (e2m1 spans 2^-1 .. 6: the structure probes need more)")
+EOF
+fi

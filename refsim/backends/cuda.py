@@ -397,6 +397,10 @@ def matmul(a, b, spec, c=None, *, seed: int = 0, counts: bool = False, route: st
     if a_shape[:-2] != b_shape[:-2]:
         raise NotImplementedError(f"matmul on CUDA needs equal batch dimensions (no broadcasting"
                                   f" yet); got a of shape {a_shape} and b of shape {b_shape}")
+    if spec.acc.group_run is not None:
+        raise NotImplementedError(
+            f"matmul on CUDA: spec.acc.group_run ({spec.acc.group_run}, interleaved groups) runs "
+            "on the CPU only (refsim.accumulate.dealt_positions): copy the arrays to the host")
     if spec.transform is not None:
         raise NotImplementedError(
             f"matmul on CUDA: spec.transform ({spec.transform}) runs on the CPU only "
