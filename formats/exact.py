@@ -118,14 +118,20 @@ def float_max(fmt: FloatFormat) -> Fraction:
     m = fmt.man_bits
     top_field = (1 << fmt.exp_bits) - 1
     top_mantissa = (1 << m) - 1
+    # How many of the top magnitude codes are specials: fn one (NaN), ext one signed (Inf; NaN
+    # is the sign-only code) and two unsigned (Inf, then NaN); fnuz and none: none.
+    taken = {"fn": 1, "ext": 1 if fmt.signed else 2}.get(fmt.specials, 0)
     if fmt.specials == "ieee":
         top_field -= 1  # the all-ones field is Inf/NaN
-    elif fmt.specials == "fn":
-        if m == 0:
-            top_field -= 1  # the all-ones field is the single NaN code
-        else:
-            top_mantissa -= 1  # only the all-ones magnitude is NaN
-    # fnuz and none: the all-ones magnitude is finite
+    elif taken:
+        # Step down `taken` codes from the all-ones magnitude, borrowing from the field.
+        while taken:
+            if top_mantissa == 0:
+                top_field -= 1
+                top_mantissa = (1 << m) - 1
+            else:
+                top_mantissa -= 1
+            taken -= 1
     return (Fraction(1 << m) + top_mantissa) * pow2(top_field - fmt.bias - m)
 
 
@@ -220,12 +226,31 @@ def _rounds_up(
 
 
 def round_integer(
-    n: int, f: Fraction, negative: bool, rounding: str, sr_bits: int | None, u: Fraction | None
+    n: int, f: Fraction, negative: bool, rounding: str, sr_bits: int | None, u: Fraction | None,
+    odd: bool | None = None,
 ) -> int:
-    """The chosen magnitude as an integer multiple of the quantum."""
+    """The chosen magnitude as an integer multiple of the quantum.
+
+    odd: whether the code of n * 2^q is odd, for rne's ties and rto; None means n's last bit
+    (a P3109 format of precision 1 passes its exponent field's, _p3109_code_odd).
+    """
+    if odd is None:
+        odd = n % 2 == 1
     if rounding == "rto":
-        return n | 1 if f > 0 else n
+        return n + 1 if f > 0 and not odd else n
+    if rounding == "rne" and f == Fraction(1, 2):
+        return n + 1 if odd else n
     return n + 1 if _rounds_up(n, f, negative, rounding, sr_bits, u) else n
+
+
+def _p3109_code_odd(n: int, q: int, fmt: FloatFormat) -> bool | None:
+    """P3109's CodeIsEven, negated, for precision 1 (no mantissa bits): the candidate n * 2^q
+    is 0 (even) or 2^q, whose code is its exponent field q + bias. None for other formats (n's
+    last bit decides)."""
+    if not fmt.p3109 or fmt.man_bits != 0:
+        return None
+    assert fmt.bias is not None
+    return n != 0 and (q + fmt.bias) % 2 == 1
 
 
 def _toward_zero(rounding: str, negative: bool) -> bool:
@@ -245,12 +270,28 @@ def _signed(negative: bool, magnitude: float) -> float:
 def _float_overflow(fmt: FloatFormat, negative: bool, rounding: str, overflow: str) -> float:
     """The value of an overflow (|v| > max, or an infinite input in a format without Inf or
     under satfinite)."""
+    if fmt.p3109:
+        return _p3109_overflow(fmt, negative, rounding, overflow)
     if (overflow in ("saturate", "satfinite") or fmt.specials == "none"
             or _toward_zero(rounding, negative)):
         return _signed(negative, _to_float(float_max(fmt)))
-    if fmt.specials == "ieee":
+    if fmt.specials in ("ieee", "ext"):
         return _signed(negative, math.inf)
     return math.nan  # fn, fnuz: no Inf
+
+
+def _p3109_overflow(fmt: FloatFormat, negative: bool, rounding: str, overflow: str) -> float:
+    """P3109's Saturate for a finite |v| > max (negative values of unsigned formats are not
+    sent here: they are 0). overflow default is OvfInf, saturate SatPropagate, satfinite
+    SatFinite. The finite domain has no Inf: every overflow is +-max. OvfInf keeps +-max for
+    the modes that round toward zero for the sign and, unsigned, for round-to-odd."""
+    top = _signed(negative, _to_float(float_max(fmt)))
+    if fmt.specials != "ext" or overflow in ("saturate", "satfinite"):
+        return top
+    if rounding in ("rtz",) or (rounding == "rup" and negative) or (
+            rounding == "rdn" and not negative) or (rounding == "rto" and not fmt.signed):
+        return top
+    return _signed(negative, math.inf)
 
 
 def _round_float(
@@ -260,20 +301,25 @@ def _round_float(
     if kind == "nan":
         return math.nan
     if not fmt.signed and negative and (kind == "inf" or a != 0):
-        return math.nan  # unsigned: a negative nonzero input has no value
-    # Only signed formats with a zero and no fnuz rule keep -0.
-    keeps_negative_zero = fmt.signed and fmt.specials != "fnuz"
+        # unsigned: a negative nonzero input has no value; P3109 saturates it to M_lo = 0
+        return 0.0 if fmt.p3109 else math.nan
+    # Only signed formats with a zero and no fnuz/ext rule keep -0.
+    keeps_negative_zero = fmt.signed and fmt.specials not in ("fnuz", "ext")
     if kind == "inf":
-        if fmt.specials == "ieee" and overflow != "satfinite":
+        if fmt.specials in ("ieee", "ext") and overflow != "satfinite":
             return _signed(negative, math.inf)  # exact: no rounding, no overflow
-        # satfinite sends +-Inf to +-max even where the format has an Inf (PTX cvt .satfinite)
+        # satfinite sends +-Inf to +-max even where the format has an Inf (PTX cvt .satfinite);
+        # a P3109 finite-domain format takes +-Inf to +-max under every saturation mode
+        if fmt.p3109:
+            return _signed(negative, _to_float(float_max(fmt)))
         return _float_overflow(fmt, negative, rounding, overflow)
     if a == 0:
         if not fmt.zero:
             return math.nan
         return _signed(negative and keeps_negative_zero, 0.0)
     n, f, q = split_at_quantum(a, fmt)
-    magnitude = round_integer(n, f, negative, rounding, sr_bits, u) * pow2(q)
+    odd = _p3109_code_odd(n, q, fmt)
+    magnitude = round_integer(n, f, negative, rounding, sr_bits, u, odd) * pow2(q)
     if magnitude > float_max(fmt):
         return _float_overflow(fmt, negative, rounding, overflow)
     if magnitude == 0:

@@ -294,7 +294,15 @@ def _round_float(carrier, negative, sig, lsb, top, fmt, params, mode, ovf, sr_bi
     man, emin, emax = fmt.man_bits, params[core.P_EMIN], params[core.P_EMAX]
     q_small = emin - man if fmt.subnormals else emin
     q = torch.where(top >= emin, top - man, torch.full_like(top, q_small))
+    # refsim.kernels.core.quantize_bits_family's bump: P3109 precision 1 breaks rne's ties and
+    # rto by the parity of 2^q's code (its exponent field q - emin + 1)
+    bump = torch.zeros_like(sig)
+    if (man == 0 and params[core.P_SPECIALS] >= core.SPECIALS_P3109_FINITE
+            and mode in (core.RNE, core.RTO)):
+        bump = ((top >= emin) & ((q - emin) % 2 == 1)).to(torch.int64)
+        sig = sig + (bump << (q - lsb).clamp(0, 62))
     n, _ = _round_magnitude(sig, q - lsb, negative, mode, sr_bits, word0, seed, index, stream)
+    n = n - bump
     zero = n == 0
     if fmt.zero:
         zero_bits = _zero_bits(carrier, negative, fmt)
@@ -315,8 +323,14 @@ def _round_float(carrier, negative, sig, lsb, top, fmt, params, mode, ovf, sr_bi
     result = torch.where(zero, zero_bits, result)
     result = torch.where(exceeds, _overflow_bits(carrier, negative, fmt, params, mode, ovf), result)
     if not fmt.signed:
-        result = torch.where(negative, torch.full_like(result, carrier.nan), result)
+        result = torch.where(negative, torch.full_like(result, _unsigned_negative(carrier, fmt)),
+                             result)
     return result
+
+
+def _unsigned_negative(carrier, fmt) -> int:
+    """refsim.kernels.core.unsigned_negative: NaN, or +0 in a P3109 format."""
+    return 0 if fmt.p3109 else carrier.nan
 
 
 def _zero_bits(carrier, negative, fmt):
@@ -324,7 +338,7 @@ def _zero_bits(carrier, negative, fmt):
     zero)."""
     if isinstance(fmt, FloatFormat) and not fmt.zero:
         return torch.full_like(negative, carrier.nan, dtype=torch.int64)
-    keeps_sign = isinstance(fmt, FloatFormat) and fmt.signed and fmt.specials != "fnuz"
+    keeps_sign = isinstance(fmt, FloatFormat) and fmt.has_negative_zero
     if not keeps_sign:
         return torch.zeros_like(negative, dtype=torch.int64)
     return negative.to(torch.int64) * _signed(carrier.sign)
@@ -337,7 +351,7 @@ def _overflow_bits(carrier, negative, fmt, params, mode, ovf):
         if core.overflow_to_max(mode, neg, ovf, params[core.P_SPECIALS]):
             bits = carrier.encode_const(neg, params[core.P_MAX_N],
                                         params[core.P_EMAX] - fmt.man_bits)
-        elif fmt.specials == "ieee":
+        elif fmt.has_inf:
             bits = _signed(int(core.carrier_inf(neg, carrier.man, carrier.bias)))
         else:
             bits = carrier.nan
@@ -434,14 +448,16 @@ def quantize_bits(bits: torch.Tensor, carrier: Carrier, fmt: Format, params, mod
     else:
         result = _round_float(carrier, negative, sig, lsb, top, fmt, params, mode, ovf, sr_bits,
                               word0, seed, index, stream)
-        if fmt.specials == "ieee" and ovf != core.OVF_SATFINITE:
+        if fmt.has_inf and ovf != core.OVF_SATFINITE:
             infinite = torch.where(negative, torch.full_like(bits, _signed(carrier.inf
                                                                           | carrier.sign)),
                                    torch.full_like(bits, carrier.inf))
-        else:
+        else:  # an overflow (P3109's finite domain: +-max in every mode)
             infinite = _overflow_bits(carrier, negative, fmt, params, mode, ovf)
         if not fmt.signed:
-            infinite = torch.where(negative, torch.full_like(bits, carrier.nan), infinite)
+            infinite = torch.where(negative, torch.full_like(bits, _unsigned_negative(carrier,
+                                                                                      fmt)),
+                                   infinite)
     result = torch.where(a == 0, _zero_bits(carrier, negative, fmt), result)
     result = torch.where(is_special, infinite, result)
     return torch.where(is_nan, bits, result)
@@ -653,8 +669,10 @@ def quantize(x: torch.Tensor, fmt: Format | str, rounding: str = "rne", *,
     carrier = Carrier(c_man, c_bias)
     raw = work.detach().contiguous().reshape(-1).view(itype)
     given = None if rbits is None else _given_words(rbits, bits_r)
-    # _fast_path's branch-free rounding covers signed float formats; the rest take the general one.
-    if route != "torch-general" and isinstance(fmt_obj, FloatFormat) and fmt_obj.signed:
+    # _fast_path's branch-free rounding covers signed float formats (but P3109's precision 1,
+    # whose rne and rto go by the code's parity); the rest take the general one.
+    if (route != "torch-general" and isinstance(fmt_obj, FloatFormat) and fmt_obj.signed
+            and not (fmt_obj.p3109 and fmt_obj.man_bits == 0)):
         result = _fast_path(raw, carrier, fmt_obj, params, mode, ovf, bits_r, seed_value, given)
     else:
         result = _to_carrier(quantize_bits(_widen(raw), carrier, fmt_obj, params, mode, ovf,

@@ -26,9 +26,12 @@ RNE, RNA, RTZ, RUP, RDN, RTO, SR = 0, 1, 2, 3, 4, 5, 6
 ROUNDING_NAMES = ("rne", "rna", "rtz", "rup", "rdn", "rto", "sr")  # == policy.ROUNDINGS
 # Overflow policies: the index in refsim.formats.policy.OVERFLOWS.
 OVF_DEFAULT, OVF_SATURATE, OVF_WRAP, OVF_SATFINITE = 0, 1, 2, 3
-# Format kinds and FloatFormat.specials codes.
+# Format kinds and FloatFormat.specials codes (refsim.params.format_params). The P3109 codes are
+# the formats with p3109=True, converted by P3109's rules: finite domain (fnuz or unsigned fn),
+# extended domain signed and unsigned (ext).
 KIND_FLOAT, KIND_FIXED = 0, 1
-SPECIALS_IEEE, SPECIALS_FN, SPECIALS_FNUZ, SPECIALS_NONE = 0, 1, 2, 3
+SPECIALS_IEEE, SPECIALS_FN, SPECIALS_FNUZ, SPECIALS_NONE, SPECIALS_EXT = 0, 1, 2, 3, 4
+SPECIALS_P3109_FINITE, SPECIALS_P3109_EXT, SPECIALS_P3109_EXT_U = 5, 6, 7
 
 # Layout of the int64 parameter tuple of a format (refsim.params builds it).
 P_KIND, P_MAN, P_EMIN, P_EMAX, P_SUBNORMALS, P_ZERO, P_SIGNED, P_SPECIALS, P_MAX_N = range(9)
@@ -165,11 +168,31 @@ def round_magnitude(sig, shift, negative, mode, sr_bits, word0, seed, index, tag
 
 
 @njit(cache=True)
+def has_inf(specials):
+    """Does a format of this specials code hold +-Inf?"""
+    return (specials == SPECIALS_IEEE or specials == SPECIALS_EXT or specials == SPECIALS_P3109_EXT
+            or specials == SPECIALS_P3109_EXT_U)
+
+
+@njit(cache=True)
+def keeps_negative_zero(specials):
+    """Does a signed float format of this specials code have -0?"""
+    return specials == SPECIALS_IEEE or specials == SPECIALS_FN or specials == SPECIALS_NONE
+
+
+@njit(cache=True)
 def overflow_to_max(mode, negative, overflow, specials):
-    """True when an overflow gives +-max, False when it gives +-Inf (ieee) or NaN (fn/fnuz)."""
-    if overflow == OVF_SATURATE or overflow == OVF_SATFINITE or specials == SPECIALS_NONE:
+    """True when an overflow gives +-max, False when it gives +-Inf (ieee, ext) or NaN (fn/fnuz).
+
+    P3109 (Saturate, docs/rounding.md): the finite domain always saturates; the extended domain
+    keeps +-max for rtz, rup/rdn toward zero, and rto only when unsigned.
+    """
+    if (overflow == OVF_SATURATE or overflow == OVF_SATFINITE or specials == SPECIALS_NONE
+            or specials == SPECIALS_P3109_FINITE):
         return True
-    if mode == RTZ or mode == RTO:
+    if mode == RTO:
+        return specials != SPECIALS_P3109_EXT
+    if mode == RTZ:
         return True
     if mode == RUP:
         return negative
@@ -251,7 +274,7 @@ def quantize_bits_family(bits, c_man, c_bias, params, mode, overflow, sr_bits, w
         return _round_fixed(negative, sig, lsb, top, c_man, c_bias, params, mode, overflow,
                             sr_bits, word0, seed, index, tag)
     if negative and params[P_SIGNED] == 0:
-        return carrier_nan(c_man, c_bias)
+        return unsigned_negative(c_man, c_bias, params)
     man = params[P_MAN]
     emin = params[P_EMIN]
     if top >= emin:
@@ -260,7 +283,16 @@ def quantize_bits_family(bits, c_man, c_bias, params, mode, overflow, sr_bits, w
         q = emin - man
     else:
         q = emin
+    # P3109 precision 1: rne's ties and rto go by the parity of the code of 2^q, its exponent
+    # field q - emin + 1, not by n = 1. Where that code is even, round sig + 2^shift instead
+    # (n + 1 = 2 is even, so the rule is the same) and take the 1 back.
+    bump = (man == 0 and top >= emin and params[P_SPECIALS] >= SPECIALS_P3109_FINITE
+            and (mode == RNE or mode == RTO) and (q - emin) % 2 == 1)
+    if bump:
+        sig += np.int64(1) << (q - lsb)
     n, _ = round_magnitude(sig, q - lsb, negative, mode, sr_bits, word0, seed, index, tag)
+    if bump:
+        n -= 1
     if n == 0:
         if params[P_ZERO] == 0:
             n = np.int64(1)  # no zero: underflow is raised to the smallest value 2^emin
@@ -303,8 +335,17 @@ def zero_result(negative, c_man, c_bias, params):
     if params[P_KIND] == KIND_FLOAT and params[P_ZERO] == 0:
         return carrier_nan(c_man, c_bias)
     keeps_sign = (params[P_KIND] == KIND_FLOAT and params[P_SIGNED] != 0
-                  and params[P_SPECIALS] != SPECIALS_FNUZ)
+                  and keeps_negative_zero(params[P_SPECIALS]))
     return encode_carrier(negative and keeps_sign, np.int64(0), np.int64(0), c_man, c_bias)
+
+
+@njit(cache=True)
+def unsigned_negative(c_man, c_bias, params):
+    """A negative nonzero input (-Inf included) of an unsigned float format: NaN, or +0 in a
+    P3109 format (Saturate clamps to M_lo = 0)."""
+    if params[P_SPECIALS] >= SPECIALS_P3109_FINITE:
+        return encode_carrier(False, np.int64(0), np.int64(0), c_man, c_bias)
+    return carrier_nan(c_man, c_bias)
 
 
 @njit(cache=True)
@@ -320,21 +361,22 @@ def overflow_result(negative, c_man, c_bias, params, mode, overflow):
     formats and NaN in the others."""
     if overflow_to_max(mode, negative, overflow, params[P_SPECIALS]):
         return _max_bits(negative, c_man, c_bias, params)
-    if params[P_SPECIALS] == SPECIALS_IEEE:
+    if has_inf(params[P_SPECIALS]):
         return carrier_inf(negative, c_man, c_bias)
     return carrier_nan(c_man, c_bias)
 
 
 @njit(cache=True)
 def infinity_result(negative, c_man, c_bias, params, mode, overflow):
-    """An infinite input: exact in ieee formats (+-max under satfinite), an overflow elsewhere."""
+    """An infinite input: exact in ieee and ext formats (+-max under satfinite), an overflow
+    elsewhere (P3109's finite domain: +-max whatever the mode)."""
     if params[P_KIND] == KIND_FIXED:
         if overflow == OVF_WRAP:
             return carrier_nan(c_man, c_bias)
         return _fixed_limit(negative, c_man, c_bias, params)
     if negative and params[P_SIGNED] == 0:
-        return carrier_nan(c_man, c_bias)
-    if params[P_SPECIALS] == SPECIALS_IEEE:
+        return unsigned_negative(c_man, c_bias, params)
+    if has_inf(params[P_SPECIALS]):
         if overflow == OVF_SATFINITE:
             return _max_bits(negative, c_man, c_bias, params)
         return carrier_inf(negative, c_man, c_bias)
