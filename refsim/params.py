@@ -152,6 +152,12 @@ def resolve(fmt: Format | str, dtype: np.dtype, rounding: str, overflow: str,
             bits or 0, seed_value)
 
 
+def kernel_sr_bits(sr_bits: int, variant: int) -> int:
+    """The sr_bits argument of the quantize kernels: N | variant << core.SR_VARIANT_SHIFT (the
+    variant: the index in refsim.formats.policy.SR_VARIANTS; 0 leaves sr_bits as it is)."""
+    return sr_bits | (variant << core.SR_VARIANT_SHIFT)
+
+
 def check_axis(axis: object, ndim: int, name: str = "axis") -> int | None:
     """axis as a non-negative int below ndim, or None; a ValueError/TypeError naming `name`."""
     if axis is None:

@@ -244,8 +244,9 @@ def _rto_overflow_inf(x: np.ndarray, got: np.ndarray, expected: np.ndarray) -> n
 
 def _ieee_top(fmt: str) -> tuple[float, float]:
     """(2^(emax+1), 2^(emax+2)) of an ieee format: the binade just above max, and the next."""
-    emax = get_format(fmt).emax
-    return 2.0 ** (emax + 1), 2.0 ** (emax + 2)
+    f = get_format(fmt)
+    assert isinstance(f, FloatFormat)
+    return 2.0 ** (f.emax + 1), 2.0 ** (f.emax + 2)
 
 
 def _binade_above_max_to_zero(fmt: str) -> Known:
@@ -873,20 +874,27 @@ def _sr_reference(fmt: str, variant: str, nbits: int, overflow: str
     """refsim's counterpart of a P3109 stochastic variant with random integer R of nbits bits:
     StochasticFastest (P3109's StochasticA) is sr with sr_bits=nbits and rbits=R, round up iff
     floor(f 2^N) + R >= 2^N; StochasticFast (B) is sr with sr_bits=nbits+1 and rbits=2R+1,
-    round up iff floor(f 2^(N+1)) + 2R + 1 >= 2^(N+1) (docs/rounding.md)."""
+    round up iff floor(f 2^(N+1)) + 2R + 1 >= 2^(N+1); Stochastic (C) and StochasticOdd are
+    sr_variant="half-even" and "half-odd" (docs/formats.md, "IEEE P3109 formats")."""
     def run(x: np.ndarray) -> np.ndarray:
         r = _random_bits(x.size, nbits).reshape(x.shape)
-        if variant == "fastest":
-            return np.asarray(quantize(x, fmt, "sr", overflow=overflow, sr_bits=nbits, rbits=r))
-        return np.asarray(quantize(x, fmt, "sr", overflow=overflow, sr_bits=nbits + 1,
-                                   rbits=(r << 1) | 1))
+        if variant == "fast":
+            return np.asarray(quantize(x, fmt, "sr", overflow=overflow, sr_bits=nbits + 1,
+                                       rbits=(r << 1) | 1))
+        return np.asarray(quantize(x, fmt, "sr", overflow=overflow, sr_bits=nbits, rbits=r,
+                                   sr_variant=SR_VARIANT_OF[variant]))
     return run
+
+
+SR_VARIANT_OF = {"fastest": "floor", "stochastic": "half-even", "stochasticodd": "half-odd"}
+"""The refsim sr_variant of gfloat's StochasticFastest, Stochastic and StochasticOdd (its
+StochasticFast goes through the rbits mapping: sr_bits=N+1, rbits=2R+1)."""
 
 
 def _gfloat_p3109(names: tuple[str, ...] | None = None) -> list[Adapter]:
     """gfloat's round_ndarray on every P3109 format of refsim.formats.P3109 (or `names`): the
     five deterministic modes with sat off (refsim overflow="default", P3109 OvfInf) and on
-    ("satfinite", SatFinite), and StochasticFastest / StochasticFast with srnumbits in
+    ("satfinite", SatFinite), and its four stochastic modes with srnumbits in
     GFLOAT_P3109_SR_BITS."""
     import gfloat
     from gfloat.formats import format_info_p3109
@@ -895,7 +903,8 @@ def _gfloat_p3109(names: tuple[str, ...] | None = None) -> list[Adapter]:
     mode = gfloat.RoundMode
     modes = {"rne": mode.TiesToEven, "rna": mode.TiesToAway, "rtz": mode.TowardZero,
              "rup": mode.TowardPositive, "rdn": mode.TowardNegative}
-    sr_modes = {"fastest": mode.StochasticFastest, "fast": mode.StochasticFast}
+    sr_modes = {"fastest": mode.StochasticFastest, "fast": mode.StochasticFast,
+                "stochastic": mode.Stochastic, "stochasticodd": mode.StochasticOdd}
 
     def make(info: object, rnd: object, sat: bool, nbits: int = 0
              ) -> Callable[[np.ndarray], np.ndarray]:
@@ -922,10 +931,13 @@ def _gfloat_p3109(names: tuple[str, ...] | None = None) -> list[Adapter]:
                                overflow=overflow, known=known, known_reason=reason)
                        for rounding, rnd in modes.items())
             for variant, rnd in sr_modes.items():
+                # only StochasticFastest/Fast sum in floating point (sr-float-sum)
+                float_sum = variant in ("fastest", "fast")
                 out.extend(Adapter(
                     "gfloat-p3109", name, "sr", make(info, rnd, sat, nbits),
-                    overflow=overflow, variant=f"{variant}{nbits}", known=sr_known,
-                    known_reason=sr_reason,
+                    overflow=overflow, variant=f"{variant}{nbits}",
+                    known=sr_known if float_sum else known,
+                    known_reason=sr_reason if float_sum else reason,
                     reference_run=_sr_reference(name, variant, nbits, overflow))
                     for nbits in GFLOAT_P3109_SR_BITS)
     return out
@@ -950,7 +962,7 @@ def _pychop() -> list[Adapter]:
                 return np.asarray(chop(x.copy())).astype(x.dtype)
         return run
 
-    out = []
+    out: list[Adapter] = []
     for fmt, (e, m, _) in PYCHOP_FORMATS.items():
         known, reason = _known("pychop", fmt)
         out.extend(Adapter("pychop", fmt, rounding, make(e, m, rmode), known=known,
@@ -971,7 +983,7 @@ def _pychop_faultchop() -> list[Adapter]:
                 return np.asarray(chop(x.copy())).astype(x.dtype)
         return run
 
-    out = []
+    out: list[Adapter] = []
     for fmt, (_, _, prec) in PYCHOP_FORMATS.items():
         known, reason = _known("pychop-faultchop", fmt)
         out.extend(Adapter("pychop-faultchop", fmt, rounding, make(prec, rmode), known=known,
@@ -990,8 +1002,8 @@ ones): the formats of the pychop-p3109 adapters."""
 
 def _pychop_p3109() -> list[Adapter]:
     """pychop's p3109_quantize on GFLOAT_P3109_SAMPLE: six deterministic modes with saturation
-    off and on (refsim "default" and "satfinite"), and stochastic_a / stochastic_b (P3109's
-    StochasticA/B) with srnumbits in GFLOAT_P3109_SR_BITS."""
+    off and on (refsim "default" and "satfinite"), and stochastic_a / _b / _c (P3109's
+    StochasticA/B/C) with srnumbits in GFLOAT_P3109_SR_BITS."""
     from pychop.p3109 import P3109Format, p3109_quantize
 
     modes = {"rne": "nearest_even", "rna": "nearest_away", "rtz": "toward_zero",
@@ -1021,7 +1033,8 @@ def _pychop_p3109() -> list[Adapter]:
             out.extend(Adapter("pychop-p3109", name, rounding, make(spec, mode, sat),
                                overflow=overflow, known=known, known_reason=reason)
                        for rounding, mode in modes.items())
-            for variant, mode in (("fastest", "stochastic_a"), ("fast", "stochastic_b")):
+            for variant, mode in (("fastest", "stochastic_a"), ("fast", "stochastic_b"),
+                                  ("stochastic", "stochastic_c")):
                 out.extend(Adapter(
                     "pychop-p3109", name, "sr", make(spec, mode, sat, nbits),
                     overflow=overflow, variant=f"{variant}{nbits}", known=known,

@@ -33,6 +33,12 @@ KIND_FLOAT, KIND_FIXED = 0, 1
 SPECIALS_IEEE, SPECIALS_FN, SPECIALS_FNUZ, SPECIALS_NONE, SPECIALS_EXT = 0, 1, 2, 3, 4
 SPECIALS_P3109_FINITE, SPECIALS_P3109_EXT, SPECIALS_P3109_EXT_U = 5, 6, 7
 
+# SR variants (refsim.formats.policy.SR_VARIANTS): the quantize kernels take sr_bits = N |
+# variant << SR_VARIANT_SHIFT (refsim.params.kernel_sr_bits); sr_round_up alone reads the variant.
+SR_FLOOR, SR_HALF_UP, SR_HALF_EVEN, SR_HALF_ODD = 0, 1, 2, 3
+SR_VARIANT_SHIFT = 8
+SR_BITS_MASK = (1 << SR_VARIANT_SHIFT) - 1
+
 # Layout of the int64 parameter tuple of a format (refsim.params builds it).
 P_KIND, P_MAN, P_EMIN, P_EMAX, P_SUBNORMALS, P_ZERO, P_SIGNED, P_SPECIALS, P_MAX_N = range(9)
 # For fixed point: P_MAN holds frac_bits, P_EMIN the code width in bits.
@@ -83,16 +89,37 @@ def sr_round_up(rem, shift, sr_bits, word0, seed, index, tag):
     word0 = R << (64 - sr_bits) holds all sr_bits <= 64 of them; nothing is drawn.
     """
     if sr_bits > 0:
-        width = sr_bits
+        width = sr_bits & SR_BITS_MASK
+        variant = sr_bits >> SR_VARIANT_SHIFT
         if shift >= width:
             drop = shift - width
             big_f = np.uint64(rem >> drop) if drop < 63 else np.uint64(0)
+            if variant != SR_FLOOR and drop > 0 and sr_fraction_up(rem, drop, big_f, variant):
+                if big_f == low_mask(width):
+                    return True  # F = 2^width: F + R >= 2^width whatever R
+                big_f += _U1
         else:
             big_f = np.uint64(rem) << np.uint64(width - shift)
     else:
         width = shift
         big_f = np.uint64(rem)
     return sr_compare(big_f, width, word0, seed, index, _U0, tag)
+
+
+@njit(cache=True)
+def sr_fraction_up(rem, drop, big_f, variant):
+    """Does F = floor(rem / 2^drop) (drop >= 1; rem < 2^63) round up in the SR variant (half up,
+    half to even, half to odd: refsim.formats.policy.SR_VARIANTS)?"""
+    if drop >= 64:
+        return False  # rem < 2^63 <= 2^(drop - 1): below one half
+    half = _U1 << np.uint64(drop - 1)
+    dropped = np.uint64(rem) & ((half << _U1) - _U1)
+    if dropped != half:
+        return dropped > half
+    if variant == SR_HALF_UP:
+        return True
+    odd = (big_f & _U1) == _U1
+    return odd if variant == SR_HALF_EVEN else not odd
 
 
 @njit(cache=True)

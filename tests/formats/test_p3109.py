@@ -208,6 +208,51 @@ def test_stochastic_with_caller_bits_every_format(name):
         _check_sr(name, np.float64, sr_bits)
 
 
+SR_VARIANTS = ("floor", "half-up", "half-even", "half-odd")
+
+
+def test_sr_variants_on_a_tie_of_the_fraction():
+    """x = 1 + 1/32 in p3109_k8p4se: f = 1/4 of the quantum 1/8, so with sr_bits=1 the fraction
+    f 2^1 = 1/2 is a tie: F = 0 (floor, half-even) or 1 (half-up, half-odd); with R = 1 the
+    magnitude rounds up iff F + R >= 2."""
+    x = np.array([1.03125, -1.03125])
+    r = np.array([1, 1], np.uint8)
+    got = {v: refsim.quantize(x, "p3109_k8p4se", "sr", sr_bits=1, rbits=r, sr_variant=v).tolist()
+           for v in SR_VARIANTS}
+    assert got == {"floor": [1.0, -1.0], "half-up": [1.125, -1.125],
+                   "half-even": [1.0, -1.0], "half-odd": [1.125, -1.125]}
+
+
+def test_sr_variant_needs_sr_and_sr_bits():
+    x = np.array([1.0])
+    with pytest.raises(ValueError, match="sr_variant='half-even' needs rounding='sr' and sr_bits"):
+        refsim.quantize(x, "e4m3fn", "sr", sr_variant="half-even")
+    with pytest.raises(ValueError, match="sr_variant must be one of floor, half-up"):
+        refsim.quantize(x, "e4m3fn", "sr", sr_bits=3, sr_variant="C")
+
+
+def _check_sr_variants(name: str, sr_bits: int) -> None:
+    fmt = get_format(name)
+    x, rbits = _sr_cases(name, np.float64)
+    for variant in SR_VARIANTS[1:]:
+        got = refsim.quantize(x, fmt, "sr", sr_bits=sr_bits, rbits=rbits, sr_variant=variant)
+        want = np.array([round_value_rbits(float(v), fmt, int(r) % (1 << sr_bits), sr_bits,
+                                           sr_variant=variant)
+                         for v, r in zip(x, rbits, strict=True)])
+        assert_same(got, want, x, f"{name} sr_bits={sr_bits} {variant}")
+
+
+def test_sr_variants_match_the_exact_twin():
+    _check_sr_variants("p3109_k8p1ue", 2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(P3109))
+def test_sr_variants_every_format(name):
+    for sr_bits in (1, 4, 9):
+        _check_sr_variants(name, sr_bits)
+
+
 @pytest.mark.parametrize("route", ["torch", "torch-general"])
 def test_torch_routes_match_numpy(route):
     torch = pytest.importorskip("torch", reason="the torch backend needs torch")
@@ -227,6 +272,12 @@ def test_torch_routes_match_numpy(route):
                  route=route).numpy()
         assert_same(got, refsim.quantize(x, fmt, "sr", sr_bits=5, rbits=rbits), x,
                     f"{route} {name} sr")
+        for variant in SR_VARIANTS[1:]:
+            got = tq(torch.from_numpy(x), fmt, "sr", sr_bits=3, sr_variant=variant,
+                     rbits=torch.from_numpy(rbits.astype(np.int32)).to(torch.uint16),
+                     route=route).numpy()
+            assert_same(got, refsim.quantize(x, fmt, "sr", sr_bits=3, rbits=rbits,
+                                             sr_variant=variant), x, f"{route} {name} {variant}")
 
 
 _CUDA_CHILD = """
@@ -241,8 +292,10 @@ for key in data.files:
         _, name, mode, overflow = key.split("|")
         x = data[key]
         kwargs = {"overflow": overflow}
-        if mode == "sr":
-            kwargs.update(sr_bits=5, rbits=cuda.to_device(data["r-" + key[2:]]))
+        if mode.startswith("sr"):
+            kwargs.update(sr_bits=5, rbits=cuda.to_device(data["r-" + key[2:]]),
+                          sr_variant=mode[3:] or "floor")
+            mode = "sr"
         out[key] = refsim.quantize(cuda.to_device(x), name, mode, **kwargs).copy_to_host()
 np.savez(sys.argv[2], **out)
 """
@@ -259,14 +312,15 @@ def test_cuda_simulator_matches_numpy(tmp_path):
         x = boundary_values(fmt, np.float64)
         x = x[rng.choice(x.size, 48, replace=False)]
         for mode, overflow in (("rne", "default"), ("rto", "default"), ("rdn", "satfinite"),
-                               ("sr", "default")):
+                               ("sr", "default"), ("sr-half-even", "default")):
             key = f"x-|{name}|{mode}|{overflow}"
             cases[key] = x
             kwargs: dict = {"overflow": overflow}
-            if mode == "sr":
+            if mode.startswith("sr"):
                 r = rng.integers(0, 32, x.size).astype(np.uint8)
                 cases["r-" + key[2:]] = r
-                kwargs.update(sr_bits=5, rbits=r)
+                kwargs.update(sr_bits=5, rbits=r, sr_variant=mode[3:] or "floor")
+                mode = "sr"
             expected[key] = refsim.quantize(x, name, mode, **kwargs)
     np.savez(tmp_path / "in.npz", **cases)
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONPATH=str(ROOT))

@@ -48,10 +48,10 @@ def check(found: list[Adapter], dtypes: tuple[str, ...], max_size: int) -> int:
 
 def test_gfloat_p3109_adapters_cover_every_format_and_mode():
     found = installed("gfloat", "gfloat-p3109")
-    assert len(found) == 120 * 2 * (5 + 4)
+    assert len(found) == 120 * 2 * (5 + 8)
     assert {a.name for a in found if a.fmt == "p3109_k8p4se" and a.rounding == "sr"} == {
         f"gfloat-p3109 p3109_k8p4se/sr{o}/{v}{n}" for o in ("", "/satfinite")
-        for v in ("fastest", "fast") for n in (2, 8)}
+        for v in ("fastest", "fast", "stochastic", "stochasticodd") for n in (2, 8)}
     assert set(GFLOAT_P3109_SAMPLE) <= {a.fmt for a in found}
 
 
