@@ -221,7 +221,8 @@ def _unsigned_negative_nan(x: np.ndarray, got: np.ndarray, expected: np.ndarray)
 
 def _tiny_to_nan(x: np.ndarray, got: np.ndarray, expected: np.ndarray) -> np.ndarray:
     """float64 inputs below 2^-1000 (far below the format's range) give NaN."""
-    return (np.abs(x.astype(np.float64)) < 2.0**-1000) & np.isnan(got) & ~np.isnan(x)
+    with np.errstate(invalid="ignore"):  # float32 signaling NaNs
+        return (np.abs(x.astype(np.float64)) < 2.0**-1000) & np.isnan(got) & ~np.isnan(x)
 
 
 def _float_sum_rounds_up(fmt: str) -> Known:
@@ -313,8 +314,8 @@ def _grid_fraction(fmt: str, x: np.ndarray) -> np.ndarray:
     """The discarded fraction f of |x| on fmt's grid (float64; exact for finite x)."""
     f = get_format(fmt)
     assert isinstance(f, FloatFormat)
-    a = np.abs(x.astype(np.float64))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        a = np.abs(x.astype(np.float64))
         e = np.frexp(a)[1] - 1
         q = np.exp2(np.maximum(e, f.emin) - f.man_bits)
         k = a / q
