@@ -39,6 +39,7 @@ from refsim.formats.registry import Format, get_format
 __all__ = [
     "candidates",
     "float_max",
+    "p3109_code_odd",
     "pow2",
     "quantize_exact",
     "round_integer",
@@ -248,7 +249,7 @@ def round_integer(
     """The chosen magnitude as an integer multiple of the quantum.
 
     odd: whether the code of n * 2^q is odd, for rne's ties and rto; None means n's last bit
-    (a P3109 format of precision 1 passes its exponent field's, _p3109_code_odd). sr_variant:
+    (a P3109 format of precision 1 passes its exponent field's, p3109_code_odd). sr_variant:
     how sr with sr_bits makes f an integer (refsim.formats.policy.SR_VARIANTS).
     """
     if odd is None:
@@ -260,7 +261,7 @@ def round_integer(
     return n + 1 if _rounds_up(n, f, negative, rounding, sr_bits, u, sr_variant) else n
 
 
-def _p3109_code_odd(n: int, q: int, fmt: FloatFormat) -> bool | None:
+def p3109_code_odd(n: int, q: int, fmt: FloatFormat) -> bool | None:
     """P3109's CodeIsEven, negated, for precision 1 (no mantissa bits): the candidate n * 2^q
     is 0 (even) or 2^q, whose code is its exponent field q + bias. None for other formats (n's
     last bit decides)."""
@@ -335,7 +336,7 @@ def _round_float(
             return math.nan
         return _signed(negative and keeps_negative_zero, 0.0)
     n, f, q = split_at_quantum(a, fmt)
-    odd = _p3109_code_odd(n, q, fmt)
+    odd = p3109_code_odd(n, q, fmt)
     magnitude = round_integer(n, f, negative, rounding, sr_bits, u, odd, sr_variant) * pow2(q)
     if magnitude > float_max(fmt):
         return _float_overflow(fmt, negative, rounding, overflow)

@@ -367,6 +367,18 @@ def zero_result(negative, c_man, c_bias, params):
 
 
 @njit(cache=True)
+def code_is_odd(n, q, top, params):
+    """Is the code of the candidate n * 2^q odd (rne's ties, rto)? n's last bit, but in a P3109
+    format of precision 1 (n = 1 from the smallest normal binade up, top >= emin) the exponent
+    field q - emin + 1 of 2^q: P3109's CodeIsEven. quantize_bits_family's bump is the same rule
+    for round_magnitude."""
+    if (params[P_MAN] == 0 and params[P_SPECIALS] >= SPECIALS_P3109_FINITE
+            and top >= params[P_EMIN]):
+        return (q - params[P_EMIN]) % 2 == 0
+    return (n & 1) == 1
+
+
+@njit(cache=True)
 def unsigned_negative(c_man, c_bias, params):
     """A negative nonzero input (-Inf included) of an unsigned float format: NaN, or +0 in a
     P3109 format (Saturate clamps to M_lo = 0)."""

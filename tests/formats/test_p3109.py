@@ -332,3 +332,24 @@ def test_cuda_simulator_matches_numpy(tmp_path):
     assert set(got.files) == set(expected)
     for key, want in expected.items():
         assert_same(got[key], want, cases[key], f"cuda {key}")
+
+
+def test_accumulation_into_p3109_formats_matches_the_exact_twin():
+    """An accumulator and an output Cast in P3109 formats (the exact core's own rounding):
+    precision 1's code-parity ties and rto, unsigned negatives to 0, the finite domain's
+    saturation, against formats.exact_sum."""
+    from refsim import AccumSpec, Cast, GemmSpec, matmul
+    from refsim.formats.exact_sum import matmul_exact
+
+    rng = np.random.default_rng(11)
+    a = np.ldexp(rng.integers(-6, 7, (3, 24)).astype(np.float64), rng.integers(-3, 4, (3, 24)))
+    b = np.ldexp(rng.integers(-6, 7, (24, 4)).astype(np.float64), rng.integers(-3, 4, (24, 4)))
+    for acc_fmt, out_fmt, mode in (("p3109_k8p1se", "p3109_k8p1ue", "rne"),
+                                   ("p3109_k8p1se", "p3109_k8p3uf", "rto"),
+                                   ("p3109_k8p3sf", "p3109_k8p1se", "rto"),
+                                   ("p3109_k6p3sf", "p3109_k8p4ue", "rna")):
+        for out in (Cast(out_fmt, mode), None):
+            spec = GemmSpec(acc=AccumSpec(acc_fmt, mode), out=out)
+            got, want = matmul(a, b, spec).ravel(), matmul_exact(a, b, spec).ravel()
+            assert_same(got, want, np.arange(got.size, dtype=np.float64),
+                        f"{acc_fmt} {out} {mode} (output indices)")
