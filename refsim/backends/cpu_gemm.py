@@ -88,7 +88,7 @@ def _deterministic(rounding: str) -> bool:
     return rounding != "sr"
 
 
-def _p3109(fmt: Format) -> bool:
+def _p3109(fmt: object) -> bool:
     """IEEE P3109 formats (and the ext encoding) take the exact core: the routes here were
     written for refsim's own rules (precision 1's code-parity ties, unsigned negatives to 0 and
     the extended domain's zero are the exact core's, kernels.core)."""
