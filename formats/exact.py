@@ -32,12 +32,14 @@ from refsim.formats.policy import (
     check_rounding,
     check_seed,
     check_sr_bits,
+    check_sr_variant,
 )
 from refsim.formats.registry import Format, get_format
 
 __all__ = [
     "candidates",
     "float_max",
+    "p3109_code_odd",
     "pow2",
     "quantize_exact",
     "round_integer",
@@ -118,14 +120,20 @@ def float_max(fmt: FloatFormat) -> Fraction:
     m = fmt.man_bits
     top_field = (1 << fmt.exp_bits) - 1
     top_mantissa = (1 << m) - 1
+    # How many of the top magnitude codes are specials: fn one (NaN), ext one signed (Inf; NaN
+    # is the sign-only code) and two unsigned (Inf, then NaN); fnuz and none: none.
+    taken = {"fn": 1, "ext": 1 if fmt.signed else 2}.get(fmt.specials, 0)
     if fmt.specials == "ieee":
         top_field -= 1  # the all-ones field is Inf/NaN
-    elif fmt.specials == "fn":
-        if m == 0:
-            top_field -= 1  # the all-ones field is the single NaN code
-        else:
-            top_mantissa -= 1  # only the all-ones magnitude is NaN
-    # fnuz and none: the all-ones magnitude is finite
+    elif taken:
+        # Step down `taken` codes from the all-ones magnitude, borrowing from the field.
+        while taken:
+            if top_mantissa == 0:
+                top_field -= 1
+                top_mantissa = (1 << m) - 1
+            else:
+                top_mantissa -= 1
+            taken -= 1
     return (Fraction(1 << m) + top_mantissa) * pow2(top_field - fmt.bias - m)
 
 
@@ -193,8 +201,23 @@ def _check_u(u: object, rounding: str) -> Fraction | None:
     return u
 
 
+def _sr_fraction(scaled: Fraction, sr_variant: str) -> int:
+    """F, the integer the random bits are added to, from f * 2^N: floor, or to nearest with
+    ties up, to even or to odd (refsim.formats.policy.SR_VARIANTS)."""
+    low = math.floor(scaled)
+    rest = scaled - low
+    if sr_variant == "floor" or rest < Fraction(1, 2):
+        return low
+    if rest > Fraction(1, 2) or sr_variant == "half-up":
+        return low + 1
+    if sr_variant == "half-even":
+        return low + (low % 2)
+    return low + (1 - low % 2)  # half-odd
+
+
 def _rounds_up(
-    n: int, f: Fraction, negative: bool, rounding: str, sr_bits: int | None, u: Fraction | None
+    n: int, f: Fraction, negative: bool, rounding: str, sr_bits: int | None, u: Fraction | None,
+    sr_variant: str = "floor",
 ) -> bool:
     """Whether the magnitude goes to (n + 1) * 2^q (the mode table; rto is handled apart)."""
     if f == 0:
@@ -215,17 +238,37 @@ def _rounds_up(
         if sr_bits is None:
             return u + f >= 1
         scale = 1 << sr_bits
-        return math.floor(u * scale) + math.floor(f * scale) >= scale
+        return math.floor(u * scale) + _sr_fraction(f * scale, sr_variant) >= scale
     raise AssertionError(f"unhandled rounding {rounding!r}")
 
 
 def round_integer(
-    n: int, f: Fraction, negative: bool, rounding: str, sr_bits: int | None, u: Fraction | None
+    n: int, f: Fraction, negative: bool, rounding: str, sr_bits: int | None, u: Fraction | None,
+    odd: bool | None = None, sr_variant: str = "floor",
 ) -> int:
-    """The chosen magnitude as an integer multiple of the quantum."""
+    """The chosen magnitude as an integer multiple of the quantum.
+
+    odd: whether the code of n * 2^q is odd, for rne's ties and rto; None means n's last bit
+    (a P3109 format of precision 1 passes its exponent field's, p3109_code_odd). sr_variant:
+    how sr with sr_bits makes f an integer (refsim.formats.policy.SR_VARIANTS).
+    """
+    if odd is None:
+        odd = n % 2 == 1
     if rounding == "rto":
-        return n | 1 if f > 0 else n
-    return n + 1 if _rounds_up(n, f, negative, rounding, sr_bits, u) else n
+        return n + 1 if f > 0 and not odd else n
+    if rounding == "rne" and f == Fraction(1, 2):
+        return n + 1 if odd else n
+    return n + 1 if _rounds_up(n, f, negative, rounding, sr_bits, u, sr_variant) else n
+
+
+def p3109_code_odd(n: int, q: int, fmt: FloatFormat) -> bool | None:
+    """P3109's CodeIsEven, negated, for precision 1 (no mantissa bits): the candidate n * 2^q
+    is 0 (even) or 2^q, whose code is its exponent field q + bias. None for other formats (n's
+    last bit decides)."""
+    if not fmt.p3109 or fmt.man_bits != 0:
+        return None
+    assert fmt.bias is not None
+    return n != 0 and (q + fmt.bias) % 2 == 1
 
 
 def _toward_zero(rounding: str, negative: bool) -> bool:
@@ -245,35 +288,56 @@ def _signed(negative: bool, magnitude: float) -> float:
 def _float_overflow(fmt: FloatFormat, negative: bool, rounding: str, overflow: str) -> float:
     """The value of an overflow (|v| > max, or an infinite input in a format without Inf or
     under satfinite)."""
+    if fmt.p3109:
+        return _p3109_overflow(fmt, negative, rounding, overflow)
     if (overflow in ("saturate", "satfinite") or fmt.specials == "none"
             or _toward_zero(rounding, negative)):
         return _signed(negative, _to_float(float_max(fmt)))
-    if fmt.specials == "ieee":
+    if fmt.specials in ("ieee", "ext"):
         return _signed(negative, math.inf)
     return math.nan  # fn, fnuz: no Inf
 
 
+def _p3109_overflow(fmt: FloatFormat, negative: bool, rounding: str, overflow: str) -> float:
+    """P3109's Saturate for a finite |v| > max (negative values of unsigned formats are not
+    sent here: they are 0). overflow default is OvfInf, saturate SatPropagate, satfinite
+    SatFinite. The finite domain has no Inf: every overflow is +-max. OvfInf keeps +-max for
+    the modes that round toward zero for the sign and, unsigned, for round-to-odd."""
+    top = _signed(negative, _to_float(float_max(fmt)))
+    if fmt.specials != "ext" or overflow in ("saturate", "satfinite"):
+        return top
+    if rounding in ("rtz",) or (rounding == "rup" and negative) or (
+            rounding == "rdn" and not negative) or (rounding == "rto" and not fmt.signed):
+        return top
+    return _signed(negative, math.inf)
+
+
 def _round_float(
     kind: str, negative: bool, a: Fraction, fmt: FloatFormat, rounding: str, overflow: str,
-    sr_bits: int | None, u: Fraction | None,
+    sr_bits: int | None, u: Fraction | None, sr_variant: str = "floor",
 ) -> float:
     if kind == "nan":
         return math.nan
     if not fmt.signed and negative and (kind == "inf" or a != 0):
-        return math.nan  # unsigned: a negative nonzero input has no value
-    # Only signed formats with a zero and no fnuz rule keep -0.
-    keeps_negative_zero = fmt.signed and fmt.specials != "fnuz"
+        # unsigned: a negative nonzero input has no value; P3109 saturates it to M_lo = 0
+        return 0.0 if fmt.p3109 else math.nan
+    # Only signed formats with a zero and no fnuz/ext rule keep -0.
+    keeps_negative_zero = fmt.signed and fmt.specials not in ("fnuz", "ext")
     if kind == "inf":
-        if fmt.specials == "ieee" and overflow != "satfinite":
+        if fmt.specials in ("ieee", "ext") and overflow != "satfinite":
             return _signed(negative, math.inf)  # exact: no rounding, no overflow
-        # satfinite sends +-Inf to +-max even where the format has an Inf (PTX cvt .satfinite)
+        # satfinite sends +-Inf to +-max even where the format has an Inf (PTX cvt .satfinite);
+        # a P3109 finite-domain format takes +-Inf to +-max under every saturation mode
+        if fmt.p3109:
+            return _signed(negative, _to_float(float_max(fmt)))
         return _float_overflow(fmt, negative, rounding, overflow)
     if a == 0:
         if not fmt.zero:
             return math.nan
         return _signed(negative and keeps_negative_zero, 0.0)
     n, f, q = split_at_quantum(a, fmt)
-    magnitude = round_integer(n, f, negative, rounding, sr_bits, u) * pow2(q)
+    odd = p3109_code_odd(n, q, fmt)
+    magnitude = round_integer(n, f, negative, rounding, sr_bits, u, odd, sr_variant) * pow2(q)
     if magnitude > float_max(fmt):
         return _float_overflow(fmt, negative, rounding, overflow)
     if magnitude == 0:
@@ -286,7 +350,7 @@ def _round_float(
 
 def _round_fixed(
     kind: str, negative: bool, a: Fraction, fmt: FixedFormat, rounding: str, overflow: str,
-    sr_bits: int | None, u: Fraction | None,
+    sr_bits: int | None, u: Fraction | None, sr_variant: str = "floor",
 ) -> float:
     k_min, k_max = _fixed_range(fmt)
     if kind == "nan":
@@ -297,7 +361,7 @@ def _round_fixed(
         k = k_min if negative else k_max
     else:
         n, f, _ = split_at_quantum(a, fmt)
-        magnitude = round_integer(n, f, negative, rounding, sr_bits, u)
+        magnitude = round_integer(n, f, negative, rounding, sr_bits, u, None, sr_variant)
         k = -magnitude if negative else magnitude
         if not k_min <= k <= k_max:
             if overflow == "wrap":
@@ -315,6 +379,7 @@ def round_value(
     overflow: str = "default",
     sr_bits: int | None = None,
     u: Fraction | None = None,
+    sr_variant: str = "floor",
 ) -> float:
     """x rounded once, from its exact value, to `fmt` (docs/rounding.md).
 
@@ -326,6 +391,7 @@ def round_value(
         overflow: default, saturate, satfinite, or wrap (fixed point only).
         sr_bits: None (sr reads every discarded bit) or 1..64 random bits (sr only).
         u: the element's uniform number in [0, 1) as a Fraction; required for sr, else None.
+        sr_variant: with sr and sr_bits, how f becomes an integer (policy.SR_VARIANTS).
 
     Returns:
         The format's value as a Python float; nan for NaN results.
@@ -339,14 +405,16 @@ def round_value(
             f"overflow='wrap' applies only to fixed-point formats; {fmt.name} is a float format"
         )
     u = _check_u(u, rounding)
+    check_sr_variant(sr_variant, rounding, sr_bits)
     kind, negative, a = _parse(x)
     if isinstance(fmt, FixedFormat):
-        return _round_fixed(kind, negative, a, fmt, rounding, overflow, sr_bits, u)
-    return _round_float(kind, negative, a, fmt, rounding, overflow, sr_bits, u)
+        return _round_fixed(kind, negative, a, fmt, rounding, overflow, sr_bits, u, sr_variant)
+    return _round_float(kind, negative, a, fmt, rounding, overflow, sr_bits, u, sr_variant)
 
 
 def round_value_rbits(
-    x: object, fmt: Format | str, rbits: int, sr_bits: int, overflow: str = "default"
+    x: object, fmt: Format | str, rbits: int, sr_bits: int, overflow: str = "default",
+    sr_variant: str = "floor",
 ) -> float:
     """x rounded by sr with the caller-given random integer R = rbits (docs/rounding.md).
 
@@ -365,7 +433,8 @@ def round_value_rbits(
         raise TypeError(f"rbits must be an int in 0..2^{bits}-1; got {type(rbits).__name__}")
     if not 0 <= int(rbits) < 1 << bits:
         raise ValueError(f"rbits must be an int in 0..2^{bits}-1; got {int(rbits)}")
-    return round_value(x, fmt, "sr", overflow, bits, Fraction(int(rbits), 1 << bits))
+    return round_value(x, fmt, "sr", overflow, bits, Fraction(int(rbits), 1 << bits),
+                       sr_variant)
 
 
 # ---- stochastic rounding ------------------------------------------------------------------------
@@ -466,6 +535,7 @@ def quantize_exact(
     sr_bits: int | None = None,
     seed: int | None = None,
     rbits: np.ndarray | None = None,
+    sr_variant: str = "floor",
 ) -> np.ndarray:
     """round_value over `values` in flat C order; sr takes u = sr_uniform(seed, i, ...), or with
     rbits, R = (rbits element i in flat C order) & (2^sr_bits - 1): the low sr_bits bits.
@@ -501,10 +571,11 @@ def quantize_exact(
         if rbits is not None:
             assert sr_bits is not None
             r_value = int(rbits.flat[i]) % (1 << sr_bits)  # the low sr_bits bits
-            out.flat[i] = round_value_rbits(x_value, fmt, r_value, sr_bits, overflow)
+            out.flat[i] = round_value_rbits(x_value, fmt, r_value, sr_bits, overflow,
+                                            sr_variant)
             continue
         u = None
         if rounding == "sr":
             u = sr_uniform(seed, i, sr_bits_needed(x_value, fmt, sr_bits))
-        out.flat[i] = round_value(x_value, fmt, rounding, overflow, sr_bits, u)
+        out.flat[i] = round_value(x_value, fmt, rounding, overflow, sr_bits, u, sr_variant)
     return out

@@ -32,6 +32,7 @@ import numpy as np
 
 from refsim.formats.exact import (
     float_max,
+    p3109_code_odd,
     pow2,
     quantize_exact,
     round_integer,
@@ -87,7 +88,8 @@ def _count(x: Value, rnd: Any, u: Fraction | None, result: float, events: dict[s
     if exact == 0 or (exact < 0 and not fmt.signed):
         return
     n, f, q = split_at_quantum(abs(exact), fmt)
-    magnitude = round_integer(n, f, exact < 0, rnd.rounding, rnd.sr_bits, u) * pow2(q)
+    magnitude = round_integer(n, f, exact < 0, rnd.rounding, rnd.sr_bits, u,
+                              p3109_code_odd(n, q, fmt)) * pow2(q)
     if magnitude > float_max(fmt):
         events["overflow"] += 1
         if math.isfinite(result):

@@ -15,10 +15,18 @@ import numpy as np
 
 from refsim.formats.names import FLOAT_FIELDS
 
-SPECIALS: tuple[str, ...] = ("ieee", "fn", "fnuz", "none")
+SPECIALS: tuple[str, ...] = ("ieee", "fn", "fnuz", "none", "ext")
 """ieee: the top exponent field holds Inf (mantissa 0) and NaN; fn: no Inf, only the all-ones
 magnitude code is NaN; fnuz: no Inf, no -0, NaN is the sign-only code; none: every code is
-finite."""
+finite; ext: IEEE P3109's extended domain: no -0, one NaN (the sign-only code when signed, the
+all-ones code when unsigned) and +-Inf at the largest magnitude code below it (0x7F/0xFF signed,
+0xFE unsigned, for 8 bits)."""
+
+P3109_SPECIALS: dict[tuple[bool, bool], str] = {
+    (True, False): "fnuz", (True, True): "ext", (False, False): "fn", (False, True): "ext",
+}
+"""The specials of a P3109 format by (signed, extended): the finite domain is fnuz (signed) or
+fn (unsigned), the extended domain is ext."""
 
 MAX_CODE_BITS_FOR_TABLES = 24
 """all_values()/codes() refuse formats wider than this: the table would not fit in memory."""
@@ -41,6 +49,11 @@ class FloatFormat:
         signed: whether codes carry a sign bit.
         zero: whether the format has a zero. zero=False (OCP E8M0) makes exponent field 0 an
             ordinary binade; it requires subnormals=False.
+        p3109: convert by IEEE P3109's rules instead of refsim's own (docs/rounding.md, "P3109
+            formats"): a finite-domain format saturates every overflow and +-Inf, an unsigned
+            one sends negative values to 0, precision 1 breaks ties by the code's parity. Set
+            by the p3109_k<K>p<P><s|u><e|f> names; needs subnormals, a zero and the P3109
+            specials (fnuz or ext signed, fn or ext unsigned).
     """
 
     exp_bits: int
@@ -50,6 +63,7 @@ class FloatFormat:
     specials: str = "ieee"
     signed: bool = True
     zero: bool = True
+    p3109: bool = False
 
     def __post_init__(self) -> None:
         for field_name in ("exp_bits", "man_bits"):
@@ -64,7 +78,7 @@ class FloatFormat:
             raise ValueError(
                 f"specials must be one of {', '.join(SPECIALS)}; got {self.specials!r}"
             )
-        for field_name in ("subnormals", "signed", "zero"):
+        for field_name in ("subnormals", "signed", "zero", "p3109"):
             if not isinstance(getattr(self, field_name), bool):
                 raise TypeError(f"{field_name} must be a bool; got {getattr(self, field_name)!r}")
         if self.bits > 64:
@@ -78,10 +92,16 @@ class FloatFormat:
             raise ValueError("specials='ieee' needs exp_bits >= 2: the top field holds Inf/NaN")
         if not self.zero and self.subnormals:
             raise ValueError("zero=False needs subnormals=False: field 0 is then a normal binade")
+        if self.p3109 and (not self.subnormals or not self.zero or self.specials not in (
+                ("fnuz", "ext") if self.signed else ("fn", "ext"))):
+            raise ValueError(
+                "p3109=True needs subnormals=True, zero=True and specials 'fnuz' or 'ext' (signed)"
+                f" or 'fn' or 'ext' (unsigned); got subnormals={self.subnormals}, zero={self.zero},"
+                f" specials={self.specials!r}, signed={self.signed}")
         bias = self.bias
         if bias is None:
             default = 1 << (self.exp_bits - 1)
-            bias = default if self.specials == "fnuz" else default - 1
+            bias = default if self.specials in ("fnuz", "ext") else default - 1
         elif isinstance(bias, bool) or not isinstance(bias, (int, np.integer)):
             raise TypeError(f"bias must be an int or None; got {bias!r}")
         object.__setattr__(self, "bias", int(bias))
@@ -135,21 +155,26 @@ class FloatFormat:
         return (1 if self.zero else 0) - self.exponent_bias
 
     @cached_property
+    def max_code(self) -> int:
+        """The code of the largest finite value: the magnitude codes above it are specials."""
+        specials_on_top = {"ieee": 1 << self.man_bits, "fn": 1, "fnuz": 0, "none": 0,
+                           "ext": 1 if self.signed else 2}[self.specials]
+        return self.magnitude_mask - specials_on_top
+
+    @cached_property
     def emax(self) -> int:
         """Exponent of the largest binade that holds a finite value (unbiased)."""
-        top_field = (1 << self.exp_bits) - 1
-        if self.specials == "ieee" or (self.specials == "fn" and self.man_bits == 0):
-            top_field -= 1  # the top field holds only specials
-        return top_field - self.exponent_bias
+        return (self.max_code >> self.man_bits) - self.exponent_bias
+
+    @cached_property
+    def max_significand(self) -> int:
+        """max = max_significand * 2^(emax - man_bits), an integer of man_bits + 1 bits."""
+        return (1 << self.man_bits) | (self.max_code & ((1 << self.man_bits) - 1))
 
     @cached_property
     def max(self) -> float:
         """Largest finite value."""
-        top_mantissa = (1 << self.man_bits) - 1
-        if self.specials == "fn" and self.man_bits > 0:
-            top_mantissa -= 1  # the all-ones mantissa of the top field is NaN
-        significand = float((1 << self.man_bits) + top_mantissa)
-        return float(np.ldexp(significand, self.emax - self.man_bits))
+        return float(np.ldexp(float(self.max_significand), self.emax - self.man_bits))
 
     @cached_property
     def min_normal(self) -> float:
@@ -170,7 +195,7 @@ class FloatFormat:
 
     @property
     def has_inf(self) -> bool:
-        return self.specials == "ieee"
+        return self.specials in ("ieee", "ext")
 
     @property
     def has_nan(self) -> bool:
@@ -178,26 +203,41 @@ class FloatFormat:
 
     @property
     def has_negative_zero(self) -> bool:
-        return self.signed and self.zero and self.specials != "fnuz"
+        return self.signed and self.zero and self.specials not in ("fnuz", "ext")
 
     @cached_property
     def name(self) -> str:
         """The registry name of this format, or its custom spelling (refsim.formats.registry)."""
         return _registered_names().get(self) or self.spelling()
 
+    def p3109_name(self) -> str | None:
+        """The IEEE P3109 name p3109_k<K>p<P><s|u><e|f> of a p3109 format with P3109's bias
+        2^(exp_bits-1), else None."""
+        if not self.p3109 or self.bias != 1 << (self.exp_bits - 1):
+            return None
+        return (f"p3109_k{self.bits}p{self.man_bits + 1}{'s' if self.signed else 'u'}"
+                f"{'e' if self.specials == 'ext' else 'f'}")
+
     def spelling(self) -> str:
-        """The custom spelling eXmY[bZ][fn|fnuz|fnu|fin] (refsim.formats.registry parses it)."""
-        default_bias = (1 << (self.exp_bits - 1)) - (0 if self.specials == "fnuz" else 1)
+        """The custom spelling eXmY[bZ][fn|fnuz|fnu|fin|ext|extu], or the P3109 name
+        (refsim.formats.registry parses both)."""
+        if (p3109 := self.p3109_name()) is not None:
+            return p3109
+        default_bias = (1 << (self.exp_bits - 1)) - (0 if self.specials in ("fnuz", "ext") else 1)
         text = f"e{self.exp_bits}m{self.man_bits}"
         if self.bias != default_bias:
             text += f"b{self.bias}"
-        suffix = {"ieee": "", "fn": "fn", "fnuz": "fnuz", "none": "fin"}[self.specials]
-        if not self.signed and suffix == "fn":
-            suffix = "fnu"
+        suffix = {"ieee": "", "fn": "fn", "fnuz": "fnuz", "none": "fin", "ext": "ext"}[
+            self.specials]
+        if not self.signed and suffix in ("fn", "ext"):
+            suffix += "u"
         text += suffix
         # Fields the spelling cannot express are written out: distinct formats never share a name.
-        if not self.subnormals or not self.zero or (not self.signed and self.specials != "fn"):
+        if (not self.subnormals or not self.zero
+                or (not self.signed and self.specials not in ("fn", "ext"))):
             text += f"(subnormals={self.subnormals},zero={self.zero},signed={self.signed})"
+        if self.p3109:
+            text += "(p3109=True)"
         return text
 
     def __str__(self) -> str:
@@ -216,11 +256,15 @@ class FloatFormat:
             return self.magnitude_mask
         if self.specials == "fnuz":
             return self.sign_mask
+        if self.specials == "ext":
+            return self.sign_mask if self.signed else self.magnitude_mask
         return None
 
     @cached_property
     def inf_code(self) -> int | None:
         """The +Inf code, or None."""
+        if self.specials == "ext":
+            return self.max_code + 1
         if self.specials != "ieee":
             return None
         return ((1 << self.exp_bits) - 1) << self.man_bits
@@ -277,10 +321,9 @@ class FloatFormat:
             sig = mfield + (1 << self.man_bits)
             exp = efield - self.exponent_bias - self.man_bits
         top = efield == (1 << self.exp_bits) - 1
-        if self.specials == "ieee" or (self.specials == "fn" and self.man_bits == 0):
-            # The top field holds only Inf/NaN (replaced below); 2^(top - bias) may exceed
-            # float64 (fp64: 2^1024), so keep ldexp in range there.
-            exp = np.where(top, 0, exp)
+        # Codes above max hold only Inf/NaN (replaced below); 2^(top - bias) may exceed float64
+        # (fp64: 2^1024), so keep ldexp in range there.
+        exp = np.where(magnitude > np.uint64(self.max_code), 0, exp)
         # ldexp scales an exact integer by a power of two: no rounding happens.
         values = np.ldexp(sig.astype(np.float64), exp.astype(np.int32))
         values = np.where(negative, -values, values)
@@ -291,6 +334,10 @@ class FloatFormat:
             values = np.where(magnitude == np.uint64(self.magnitude_mask), np.nan, values)
         elif self.specials == "fnuz":
             values = np.where(c == np.uint64(self.sign_mask), np.nan, values)
+        elif self.specials == "ext":
+            values = np.where(magnitude == np.uint64(self.inf_code or 0),
+                              np.where(negative, -np.inf, np.inf), values)
+            values = np.where(c == np.uint64(self.nan_code or 0), np.nan, values)
         return values
 
     def encode(self, values: np.ndarray | float) -> np.ndarray:
@@ -357,10 +404,10 @@ class FloatFormat:
             self.man_bits
         )
         magnitude |= np.where(finite_nonzero, mfield, 0).astype(np.uint64)
-        if self.specials == "ieee":
+        if self.has_inf:
             magnitude = np.where(is_inf, np.uint64(self.inf_code or 0), magnitude)
         sign = np.where(negative, np.uint64(self.sign_mask), np.uint64(0))
-        if self.specials == "fnuz":
+        if self.specials in ("fnuz", "ext"):
             # -0 has no code of its own (its code is NaN): it encodes as +0. So does NaN's sign.
             sign = np.where(is_zero | is_nan, np.uint64(0), sign)
         nan_code = np.uint64(self.nan_code if self.nan_code is not None else 0)
@@ -382,3 +429,22 @@ def _bit_length(x: np.ndarray) -> np.ndarray:
 def _registered_names() -> dict[FloatFormat, str]:
     """Each named float format (refsim.formats.names) mapped to its name."""
     return {FloatFormat(**fields): name for name, fields in FLOAT_FIELDS.items()}  # type: ignore[arg-type]
+
+
+def p3109_format(k: int, p: int, signed: bool = True, extended: bool = True) -> FloatFormat:
+    """The IEEE P3109 format K<k> P<p>: k bits, precision p (the implicit bit included), signed
+    or unsigned, extended (+-Inf) or finite domain, bias 2^(k-p-1) signed and 2^(k-p) unsigned.
+
+    Valid p: 1..k-1 signed, 1..k unsigned; k >= 3.
+    """
+    for name, value in (("k", k), ("p", p)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name} must be an int; got {value!r}")
+    top = k - 1 if signed else k
+    if k < 3 or not 1 <= p <= top:
+        kind = "signed" if signed else "unsigned"
+        raise ValueError(f"a P3109 format needs k >= 3 and p in 1..{top} ({kind}); got k={k},"
+                         f" p={p}")
+    exp_bits = k - p + (0 if signed else 1)
+    return FloatFormat(exp_bits, p - 1, bias=1 << (exp_bits - 1),
+                       specials=P3109_SPECIALS[(signed, extended)], signed=signed, p3109=True)

@@ -28,6 +28,10 @@ FLOAT_FIELDS: dict[str, dict[str, object]] = {
 }
 """Floating-point names (ml_dtypes/LLVM spelling): keyword arguments of FloatFormat."""
 
+P3109_KS: tuple[int, ...] = (3, 4, 5, 6, 7, 8)
+"""Widths K whose every IEEE P3109 format (each valid precision, signedness and domain) has its
+name in refsim.formats.registry.P3109: p3109_k<K>p<P><s|u><e|f>."""
+
 FIXED_FIELDS: dict[str, dict[str, object]] = {
     "int32": {"bits": 32},
     "int16": {"bits": 16},

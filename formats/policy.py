@@ -76,6 +76,27 @@ def check_sr_bits(sr_bits: object, rounding: str) -> int | None:
     return bits
 
 
+SR_VARIANTS: tuple[str, ...] = ("floor", "half-up", "half-even", "half-odd")
+"""How rounding='sr' with sr_bits=N turns the discarded fraction f into the N-bit integer F that
+the random integer R is added to (up iff F + R >= 2^N): floor(f 2^N) (refsim's default, the
+hardware rule; IEEE P3109's StochasticA, gfloat's StochasticFastest), f 2^N rounded half up
+(StochasticB, gfloat's StochasticFast), half to even (StochasticC, gfloat's Stochastic), half to
+odd (gfloat's StochasticOdd). A rounded F may reach 2^N: then the magnitude rounds up."""
+
+
+def check_sr_variant(sr_variant: object, rounding: str, sr_bits: int | None) -> int:
+    """The index of sr_variant in SR_VARIANTS; anything but 'floor' needs rounding='sr' and
+    sr_bits (the fraction is rounded to sr_bits bits)."""
+    if not isinstance(sr_variant, str) or sr_variant not in SR_VARIANTS:
+        raise ValueError(f"sr_variant must be one of {', '.join(SR_VARIANTS)}; got "
+                         f"{sr_variant!r}")
+    if sr_variant != "floor" and (rounding != "sr" or sr_bits is None):
+        raise ValueError(f"sr_variant={sr_variant!r} needs rounding='sr' and sr_bits (the "
+                         f"fraction is rounded to sr_bits bits); got rounding={rounding!r}, "
+                         f"sr_bits={sr_bits!r}")
+    return SR_VARIANTS.index(sr_variant)
+
+
 def check_seed(seed: object) -> int:
     """Validate a seed: an integer (Python or NumPy) in 0..2^64-1."""
     return check_int(seed, "seed", 0, UINT64_MAX, allowed="an int in 0..2^64-1")

@@ -8,7 +8,9 @@ strategies draw from the same ideas, for property tests of any quantizer (docs/t
     near_overflow(fmt)  inputs within a few float64 ulps of max, of the overflow threshold, and
                         of the first value beyond
     subnormals(fmt)     inputs below the smallest normal, on and off the grid
-    formats(max_bits)   FloatFormat and FixedFormat objects of at most max_bits bits
+    formats(max_bits)   FloatFormat and FixedFormat objects of at most max_bits bits (IEEE
+                        P3109 formats among them)
+    p3109_formats(max_k) the IEEE P3109 formats (refsim.formats.P3109) of at most max_k bits
 
 Every strategy draws Python floats that are exact float64 values. hypothesis is an optional
 dependency of formats/: it is imported when a strategy is built, not when this module is.
@@ -226,12 +228,12 @@ def formats(max_bits: int = 16, *, fixed: bool = True) -> SearchStrategy[Format]
     def float_formats(draw: Any) -> FloatFormat:
         exp_bits = draw(st.integers(1, min(10, max_bits - 1)))  # e11 "none" leaves float64
         man_bits = draw(st.integers(0, min(52, max_bits - 1 - exp_bits)))
-        specials = draw(st.sampled_from(["ieee", "fn", "fnuz", "none"]))
+        specials = draw(st.sampled_from(["ieee", "fn", "fnuz", "none", "ext"]))
         if specials == "ieee" and exp_bits < 2:
             specials = "none"
         subnormals = draw(st.booleans())
         shift = draw(st.sampled_from([0, 0, -1, 1, 3]))
-        default = (1 << (exp_bits - 1)) - (0 if specials == "fnuz" else 1)
+        default = (1 << (exp_bits - 1)) - (0 if specials in ("fnuz", "ext") else 1)
         # Some combinations leave no finite binade or fall outside float64: try the drawn
         # bias, then the default one, then an all-finite format (always valid).
         for bias, kind in ((default + shift, specials), (None, specials), (None, "none")):
@@ -241,6 +243,8 @@ def formats(max_bits: int = 16, *, fixed: bool = True) -> SearchStrategy[Format]
         return FloatFormat(exp_bits, man_bits, specials="none")
 
     out = float_formats()
+    if max_bits >= 3:
+        out = st.one_of(out, p3109_formats(min(max_bits, 8)))
     if fixed:
         fixed_formats = st.builds(
             lambda bits, frac, signed: FixedFormat(bits, frac, signed=signed),
@@ -249,5 +253,15 @@ def formats(max_bits: int = 16, *, fixed: bool = True) -> SearchStrategy[Format]
     return out
 
 
+def p3109_formats(max_k: int = 8) -> SearchStrategy[FloatFormat]:
+    """The IEEE P3109 formats of refsim.formats.P3109 (K 3..8, every precision, signedness and
+    domain, converted by P3109's rules) of at most max_k bits (3 <= max_k <= 8)."""
+    from refsim.formats.registry import P3109
+
+    if not 3 <= max_k <= 8:
+        raise ValueError(f"max_k must be in 3..8; got {max_k}")
+    return _st().sampled_from([f for f in P3109.values() if f.bits <= max_k])
+
+
 __all__ = ["FixedFormat", "FloatFormat", "boundary_values", "formats", "near_overflow",
-           "subnormals", "ties", "values"]
+           "p3109_formats", "subnormals", "ties", "values"]

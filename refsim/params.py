@@ -26,18 +26,25 @@ CARRIERS: dict[np.dtype, tuple[int, int, type[np.unsignedinteger[Any]]]] = {
 
 _SPECIALS_CODE = {
     "ieee": core.SPECIALS_IEEE, "fn": core.SPECIALS_FN, "fnuz": core.SPECIALS_FNUZ,
-    "none": core.SPECIALS_NONE,
+    "none": core.SPECIALS_NONE, "ext": core.SPECIALS_EXT,
 }
+
+
+def specials_code(fmt: FloatFormat) -> int:
+    """The kernels' specials code of `fmt` (refsim.kernels.core.SPECIALS_*): its specials, or
+    for a p3109 format its P3109 domain (finite, extended signed, extended unsigned)."""
+    if not fmt.p3109:
+        return _SPECIALS_CODE[fmt.specials]
+    if fmt.specials != "ext":
+        return core.SPECIALS_P3109_FINITE
+    return core.SPECIALS_P3109_EXT if fmt.signed else core.SPECIALS_P3109_EXT_U
 
 
 def format_params(fmt: Format) -> tuple[int, ...]:
     """The int64 parameter tuple of `fmt` (layout: refsim.kernels.core.P_*)."""
     if isinstance(fmt, FloatFormat):
-        max_n = ((1 << fmt.man_bits) - 1) + (1 << fmt.man_bits)
-        if fmt.specials == "fn" and fmt.man_bits > 0:
-            max_n -= 1
         return (core.KIND_FLOAT, fmt.man_bits, fmt.emin, fmt.emax, int(fmt.subnormals),
-                int(fmt.zero), int(fmt.signed), _SPECIALS_CODE[fmt.specials], max_n)
+                int(fmt.zero), int(fmt.signed), specials_code(fmt), fmt.max_significand)
     return (core.KIND_FIXED, fmt.frac_bits, fmt.bits, 0, 0, 1, int(fmt.signed), core.SPECIALS_NONE,
             fmt.k_max)
 
@@ -143,6 +150,12 @@ def resolve(fmt: Format | str, dtype: np.dtype, rounding: str, overflow: str,
         )
     return (fmt, format_params(fmt), ROUNDINGS.index(rounding), OVERFLOWS.index(overflow),
             bits or 0, seed_value)
+
+
+def kernel_sr_bits(sr_bits: int, variant: int) -> int:
+    """The sr_bits argument of the quantize kernels: N | variant << core.SR_VARIANT_SHIFT (the
+    variant: the index in refsim.formats.policy.SR_VARIANTS; 0 leaves sr_bits as it is)."""
+    return sr_bits | (variant << core.SR_VARIANT_SHIFT)
 
 
 def check_axis(axis: object, ndim: int, name: str = "axis") -> int | None:

@@ -21,7 +21,8 @@ from refsim.formats import Format
 
 def quantize(x, fmt: Format | str, rounding: str = "rne", *, overflow: str = "default",
              sr_bits: int | None = None, seed: int | None = None,
-             rbits: np.ndarray | None = None, out: np.ndarray | None = None):
+             rbits: np.ndarray | None = None, out: np.ndarray | None = None,
+             sr_variant: str = "floor"):
     """Round `x` to `fmt`.
 
     Args:
@@ -44,6 +45,10 @@ def quantize(x, fmt: Format | str, rounding: str = "rne", *, overflow: str = "de
         out: optional writeable array of x's shape and dtype to write into (may be x
             itself); for a scalar x, a 0-d array of float64 (Python float) or of the scalar's
             dtype.
+        sr_variant: with rounding="sr" and sr_bits=N, how the discarded fraction f becomes the
+            N-bit integer F the random bits are added to: "floor" (default; IEEE P3109's
+            StochasticA), "half-up" (StochasticB), "half-even" (StochasticC), "half-odd"
+            (refsim.formats.policy.SR_VARIANTS; docs/formats.md, "IEEE P3109 formats").
 
     Returns:
         An array of x's dtype and shape (out, if given); a float for a Python float input (a
@@ -54,16 +59,17 @@ def quantize(x, fmt: Format | str, rounding: str = "rne", *, overflow: str = "de
         from refsim.backends import torch_backend
         # With a tensor x, rbits and out are tensors too (the signature names NumPy's types).
         return torch_backend.quantize(x, fmt, rounding, overflow=overflow, sr_bits=sr_bits,
-                                      seed=seed, rbits=cast(Any, rbits), out=cast(Any, out))
+                                      seed=seed, rbits=cast(Any, rbits), out=cast(Any, out),
+                                      sr_variant=sr_variant)
     if cuda.is_device_array(x):  # numba device array or __cuda_array_interface__: on the GPU
         return cuda.quantize(x, fmt, rounding, overflow=overflow, sr_bits=sr_bits, seed=seed,
-                             rbits=rbits, out=out)
+                             rbits=rbits, out=out, sr_variant=sr_variant)
     if isinstance(x, (float, np.floating)):  # np.float64 is a float subclass: test both at once
         # out, when given, must be a 0-d array of the scalar's dtype (checked by the array call).
         if isinstance(rbits, np.unsignedinteger):
             rbits = np.asarray(rbits)  # a NumPy scalar's bits for a scalar x
         result = quantize(np.asarray(x), fmt, rounding, overflow=overflow, sr_bits=sr_bits,
-                          seed=seed, rbits=rbits, out=out)
+                          seed=seed, rbits=rbits, out=out, sr_variant=sr_variant)
         if out is not None:
             return result
         return result[()] if isinstance(x, np.floating) else float(result[()])
@@ -72,4 +78,4 @@ def quantize(x, fmt: Format | str, rounding: str = "rne", *, overflow: str = "de
             f"x must be a NumPy float32/float64 array or a float; got {type(x).__name__}"
         )
     return cpu_quantize.quantize(x, fmt, rounding, overflow=overflow, sr_bits=sr_bits, seed=seed,
-                                 rbits=rbits, out=out)
+                                 rbits=rbits, out=out, sr_variant=sr_variant)

@@ -31,7 +31,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     for p in (parser, run):
         p.add_argument("--peers", nargs="+", default=None,
                        help="peers to run (default: all): refsim-torch-cpu, torch-cast, "
-                            "ml_dtypes, gfloat, qtorch, torchao-mx, torchao-nvfp4")
+                            "ml_dtypes, gfloat, gfloat-p3109, qtorch, torchao-mx, "
+                            "torchao-nvfp4, pychop, pychop-faultchop, pychop-p3109")
         p.add_argument("--dtypes", nargs="+", default=["float32", "float64"],
                        choices=["float32", "float64"], help="input dtypes")
         p.add_argument("--suites", nargs="+", default=list(SUITES), choices=list(SUITES))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from refsim import quantize, quantize_blocks
-from refsim.formats import BlockFormat, FloatFormat, get_block_format, get_format
+from refsim.formats import P3109, BlockFormat, FloatFormat, get_block_format, get_format
 
 __all__ = ["KNOWN", "PEER_PACKAGES", "Adapter", "Example", "KnownDifference", "adapters",
            "known_differences", "peer_version", "version_key"]
@@ -53,6 +53,7 @@ class Adapter:
     seed: int = 0
     reference_run: Callable[[np.ndarray], np.ndarray] | None = None
     element: str | None = None  # a block format's element: the format of the input suites
+    variant: str = ""  # tells apart adapters of one request (a peer's SR flavour)
 
     @property
     def suite_format(self) -> str:
@@ -60,7 +61,9 @@ class Adapter:
 
     @property
     def name(self) -> str:
-        return f"{self.peer} {self.fmt}/{self.rounding}"
+        extra = "".join(f"/{t}" for t in (self.overflow, self.variant)
+                        if t and t != "default")
+        return f"{self.peer} {self.fmt}/{self.rounding}{extra}"
 
     def reference(self, x: np.ndarray) -> np.ndarray:
         """refsim.quantize of the same request (the golden reference), or reference_run."""
@@ -194,10 +197,154 @@ def _any_format(mask: Known) -> Callable[[str], Known]:
     return lambda fmt: mask
 
 
+def _finite_domain_nan(fmt: str) -> Known:
+    """A finite-domain P3109 format: the peer gives NaN where P3109's Saturate gives +-max
+    (a finite overflow in a nearest mode, or +-Inf in any mode, without saturation)."""
+    top = get_format(fmt).max
+
+    def mask(x: np.ndarray, got: np.ndarray, expected: np.ndarray) -> np.ndarray:
+        return ~np.isnan(x) & np.isnan(got) & (np.abs(expected) == top)
+    return mask
+
+
+def _unsigned_negative_value(x: np.ndarray, got: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """An unsigned format: the peer gives a negative value (or -Inf), which the format does not
+    hold, where P3109's Saturate gives M_lo = 0."""
+    return np.signbit(x) & ~np.isnan(x) & (got < 0) & (expected == 0)
+
+
+def _unsigned_negative_nan(x: np.ndarray, got: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """An unsigned format: the peer gives NaN for a negative input where P3109's Saturate gives
+    M_lo = 0."""
+    return np.signbit(x) & ~np.isnan(x) & np.isnan(got) & (expected == 0)
+
+
+def _tiny_to_nan(x: np.ndarray, got: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """float64 inputs below 2^-1000 (far below the format's range) give NaN."""
+    with np.errstate(invalid="ignore"):  # float32 signaling NaNs
+        return (np.abs(x.astype(np.float64)) < 2.0**-1000) & np.isnan(got) & ~np.isnan(x)
+
+
+def _float_sum_rounds_up(fmt: str) -> Known:
+    """The peer adds the random bits to the discarded fraction f in float64 (f + R/2^N >= 1):
+    where f has bits below 2^-52 (an input less than two quanta above a multiple of the
+    quantum, with 53 significant bits) the sum rounds to 1 and the magnitude goes one step up
+    (exact: floor(f 2^N) + R >= 2^N)."""
+    def mask(x: np.ndarray, got: np.ndarray, expected: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore", over="ignore"):
+            f = _grid_fraction(fmt, x)
+            fine = np.isfinite(f) & (np.mod(f * 2.0**52, 1.0) != 0)
+            return fine & np.isfinite(got) & (np.abs(got) > np.abs(expected))
+    return mask
+
+
+def _rto_overflow_inf(x: np.ndarray, got: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """A finite overflow gives +Inf where refsim (P3109 Saturate) gives max."""
+    return np.isfinite(x) & np.isinf(got) & np.isfinite(expected) & (expected > 0)
+
+
+def _ieee_top(fmt: str) -> tuple[float, float]:
+    """(2^(emax+1), 2^(emax+2)) of an ieee format: the binade just above max, and the next."""
+    f = get_format(fmt)
+    assert isinstance(f, FloatFormat)
+    return 2.0 ** (f.emax + 1), 2.0 ** (f.emax + 2)
+
+
+def _binade_above_max_to_zero(fmt: str) -> Known:
+    """Finite magnitudes above max give 0 (fp16 70000 -> 0: [2^(emax+1), 2^(emax+2)) in every
+    mode, and a rounding past max that leaves the carrier): the peer's exponent wraps there
+    (refsim: an overflow)."""
+    top = get_format(fmt).max
+
+    def mask(x: np.ndarray, got: np.ndarray, expected: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore"):
+            return np.isfinite(x) & (np.abs(x) > top) & (got == 0)
+    return mask
+
+
+def _subnormal_underflow(fmt: str) -> Known:
+    """Below the smallest normal the peer is one (rto: two) subnormal steps off, or gives 0
+    where the mode
+    gives a nonzero value: low bits are lost in the subnormal range."""
+    f = get_format(fmt)
+    assert isinstance(f, FloatFormat)
+
+    def mask(x: np.ndarray, got: np.ndarray, expected: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore", over="ignore"):
+            step = np.abs(got.astype(np.float64) - expected.astype(np.float64))
+            return (np.abs(x) < f.min_normal) & ((step <= 2 * f.min_subnormal)
+                                                 | ((got == 0) & (expected != 0)))
+    return mask
+
+
+def _rounds_past_max(fmt: str) -> Known:
+    """Rounding up past max gives +-2^(emax+1), which the format does not hold (refsim: Inf,
+    or max where the mode rounds toward zero)."""
+    low, _ = _ieee_top(fmt)
+
+    def mask(x: np.ndarray, got: np.ndarray, expected: np.ndarray) -> np.ndarray:
+        return np.abs(got.astype(np.float64)) == low  # 2^128 for bf16: compare in float64
+    return mask
+
+
+def _directed_inf(fmt: str) -> Known:
+    """A finite overflow in a mode that rounds toward zero for the sign gives +-Inf (refsim and
+    IEEE 754: +-max)."""
+    top = get_format(fmt).max
+
+    def mask(x: np.ndarray, got: np.ndarray, expected: np.ndarray) -> np.ndarray:
+        return np.isfinite(x) & np.isinf(got) & (np.abs(expected) == top)
+    return mask
+
+
+def _below_power_of_two(fmt: str) -> Known:
+    """|x| just below a power of two, where the peer's floor(log2 |x|) in floating point rounds
+    up to the next binade: the result is rounded at twice the quantum."""
+    def mask(x: np.ndarray, got: np.ndarray, expected: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            a = np.abs(x)
+            log = np.log2(a)  # in x's dtype, as the peer computes it
+            near = (np.isfinite(log) & (log == np.round(log))
+                    & (np.exp2(np.round(log).astype(np.float64)) != a.astype(np.float64)))
+            return near & (np.abs(got) < np.abs(expected))
+    return mask
+
+
+def _grid_fraction(fmt: str, x: np.ndarray) -> np.ndarray:
+    """The discarded fraction f of |x| on fmt's grid (float64; exact for finite x)."""
+    f = get_format(fmt)
+    assert isinstance(f, FloatFormat)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        a = np.abs(x.astype(np.float64))
+        e = np.frexp(a)[1] - 1
+        q = np.exp2(np.maximum(e, f.emin) - f.man_bits)
+        k = a / q
+        return k - np.floor(k)
+
+
+def _near_tie(fmt: str) -> Known:
+    """ties away: a fraction within 1e-6 of one half counts as a tie (rounds away), and a
+    negative tie goes toward zero (refsim: exact halves only, away from zero for both signs)."""
+    def mask(x: np.ndarray, got: np.ndarray, expected: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore"):
+            return np.isfinite(x) & (np.abs(_grid_fraction(fmt, x) - 0.5) <= 1e-6)
+    return mask
+
+
+def _odd_on_exact(fmt: str) -> Known:
+    """round to odd sets the last bit of values the format holds exactly (refsim and Boldo &
+    Melquiond: an exact value is left alone)."""
+    def mask(x: np.ndarray, got: np.ndarray, expected: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore"):
+            return np.isfinite(x) & (_grid_fraction(fmt, x) == 0) & (expected == x)
+    return mask
+
+
 # ---- peer versions -------------------------------------------------------------------------------
 PEER_PACKAGES = {"refsim-torch-cpu": "torch", "refsim-torch-cuda": "torch", "torch-cast": "torch",
-                 "ml_dtypes": "ml_dtypes", "gfloat": "gfloat", "qtorch": "qtorch",
-                 "torchao-mx": "torchao", "torchao-nvfp4": "torchao"}
+                 "ml_dtypes": "ml_dtypes", "gfloat": "gfloat", "gfloat-p3109": "gfloat",
+                 "qtorch": "qtorch", "torchao-mx": "torchao", "torchao-nvfp4": "torchao",
+                 "pychop": "pychop", "pychop-faultchop": "pychop", "pychop-p3109": "pychop"}
 _PRE_RELEASE = re.compile(r"[-_.]?(a|b|c|rc|alpha|beta|pre|preview|dev)[-_.]?\d*")
 
 
@@ -240,6 +387,8 @@ class Example:
     peer: tuple[float, ...]
     refsim: tuple[float, ...]
     rounding: str = "rne"
+    overflow: str = "default"
+    variant: str = ""  # the adapter's variant (a stochastic flavour and its srnumbits)
 
 
 @dataclass(frozen=True)
@@ -280,6 +429,9 @@ class KnownDifference:
         return self.formats is None or fmt in self.formats
 
 
+P3109_FINITE = tuple(n for n, f in P3109.items() if f.specials != "ext")
+P3109_UNSIGNED = tuple(n for n, f in P3109.items() if not f.signed)
+P3109_UNSIGNED_EXTENDED = tuple(n for n in P3109_UNSIGNED if P3109[n].specials == "ext")
 _TINY = 1.1 * 2.0**-127  # a float32 subnormal between E8M0's two smallest values, nearer 2^-127
 KNOWN: tuple[KnownDifference, ...] = (
     KnownDifference(
@@ -372,6 +524,107 @@ KNOWN: tuple[KnownDifference, ...] = (
         "with their signs)", _nvfp4_zero_tensor,
         Example("nvfp4", "float32", (0.0, -0.0), (np.nan, np.nan), (0.0, -0.0)),
         checked=("0.18.0",)),
+    # IEEE P3109 (docs/validation.md, "P3109"): refsim follows the draft's Saturate, in which a
+    # finite-domain format has no overflow to NaN and an unsigned one clamps negatives to 0.
+    KnownDifference(
+        "gfloat-p3109", "finite-domain-nan", P3109_FINITE,
+        "a finite-domain format without sat gives NaN for a nearest-mode overflow and for +-Inf "
+        "in every mode (P3109 Saturate: +-max, as there is no Inf)", _finite_domain_nan,
+        Example("p3109_k8p4sf", "float64", (300.0, -np.inf), (np.nan, np.nan), (240.0, -240.0)),
+        checked=("0.5.2",)),
+    KnownDifference(
+        "gfloat-p3109", "unsigned-negative", P3109_UNSIGNED,
+        "an unsigned format gives negative values (-x rounded, -Inf), which it does not hold "
+        "(P3109 Saturate: M_lo = 0)", _any_format(_unsigned_negative_value),
+        Example("p3109_k8p4ue", "float64", (-1.25, -np.inf), (-1.25, -np.inf), (0.0, 0.0)),
+        checked=("0.5.2",)),
+    KnownDifference(
+        "gfloat-p3109", "sr-float-sum", None,
+        "StochasticFastest/StochasticFast add the random bits to the fraction in float64, which "
+        "rounds up when the fraction has bits below 2^-52 (exact rule: floor(f 2^N) + R >= 2^N)",
+        _float_sum_rounds_up,
+        Example("p3109_k3p1ue", "float64", (float.fromhex("0x1.fffffffffffffp-6"),), (0.125,),
+                (0.0,), rounding="sr", variant="fastest2"),  # f = 1/4 - 2^-54, R = 3
+        checked=("0.5.2",)),
+    KnownDifference(
+        "pychop-p3109", "finite-domain-nan", P3109_FINITE,
+        "a finite-domain format without saturation gives NaN for a nearest-mode overflow and "
+        "for +-Inf (P3109 Saturate: +-max)", _finite_domain_nan,
+        Example("p3109_k8p4sf", "float64", (300.0, -np.inf), (np.nan, np.nan), (240.0, -240.0)),
+        checked=("0.6.2",)),
+    KnownDifference(
+        "pychop-p3109", "unsigned-negative", P3109_UNSIGNED,
+        "an unsigned format gives NaN for negative inputs in the modes that round away from "
+        "the finite range (P3109 Saturate: M_lo = 0)", _any_format(_unsigned_negative_nan),
+        Example("p3109_k8p4ue", "float64", (-1.25, -np.inf), (np.nan, np.nan), (0.0, 0.0)),
+        checked=("0.6.2",)),
+    KnownDifference(
+        "pychop-p3109", "unsigned-rto-overflow-inf", P3109_UNSIGNED_EXTENDED,
+        "round to odd overflows to +Inf in an unsigned extended format (P3109 Saturate, "
+        "OvfInf: ToOdd keeps M_hi in unsigned formats)", _any_format(_rto_overflow_inf),
+        Example("p3109_k8p4ue", "float64", (1e9,), (np.inf,), (53248.0,), rounding="rto"),
+        checked=("0.6.2",)),
+    *(KnownDifference(
+        peer, "binade-above-max-to-zero", None,
+        "magnitudes in [2^(emax+1), 2^(emax+2)) give 0 (refsim: an overflow, Inf in rne)",
+        _binade_above_max_to_zero,
+        Example("fp16", "float64", (70000.0, -100000.0), (0.0, 0.0), (np.inf, -np.inf)),
+        checked=("0.6.2",)) for peer in ("pychop",)),
+    *(KnownDifference(
+        peer, "rounds-past-max", None,
+        "rounding up past max gives +-2^(emax+1), which the format does not hold (refsim: Inf)",
+        _rounds_past_max,
+        Example("fp16", "float64", (65520.0,), (65536.0,), (np.inf,)),
+        checked=("0.6.2",)) for peer in ("pychop",)),
+    KnownDifference(
+        "pychop", "directed-overflow-inf", None,
+        "a finite overflow in a mode that rounds toward zero for its sign gives +-Inf (IEEE "
+        "754 and refsim: +-max)", _directed_inf,
+        Example("fp16", "float64", (1e6, -1e6), (np.inf, -np.inf), (65504.0, -65504.0),
+                rounding="rtz"),
+        checked=("0.6.2",)),
+    KnownDifference(
+        "pychop", "log2-binade", None,
+        "takes the binade from floor(log2 |x|) in floating point, which rounds up just below a "
+        "power of two: the result is rounded at twice the quantum",
+        _below_power_of_two,
+        Example("fp16", "float32", (float.fromhex("0x1.fffffep+9"),),
+                (float.fromhex("0x1.ff8p+9"),), (float.fromhex("0x1.ffcp+9"),), rounding="rtz"),
+        checked=("0.6.2",)),
+    KnownDifference(
+        "pychop", "rna-near-ties", None,
+        "ties away treats a fraction within 1e-6 of one half as a tie and sends negative ties "
+        "toward zero (refsim: exact halves, away from zero)", _near_tie,
+        Example("fp16", "float64", (1 + 2.0**-11 - 2.0**-40, -(1 + 2.0**-11)),
+                (1 + 2.0**-10, -1.0), (1.0, -(1 + 2.0**-10)), rounding="rna"),
+        checked=("0.6.2",)),
+    KnownDifference(
+        "pychop", "rto-moves-exact", None,
+        "round to odd changes values the format holds exactly (refsim: exact values stay)",
+        _odd_on_exact,
+        Example("fp16", "float64", (1.5, 3.0), (1.5 + 2.0**-10, 3.0 + 2.0**-9), (1.5, 3.0),
+                rounding="rto"),
+        checked=("0.6.2",)),
+    *(KnownDifference(
+        peer, "subnormal-underflow", None,
+        "in the subnormal range results are a subnormal step or two off, or 0 where they should be "
+        "nonzero (low bits lost)", _subnormal_underflow,
+        Example("fp16", "float64", (float.fromhex(x),), (float.fromhex(p),), (float.fromhex(r),)),
+        checked=("0.6.2",))
+      for peer, x, p, r in (("pychop", "-0x1.ff7ffffffffffp-16", "-0x1p-15", "-0x1.ffp-16"),
+                            ("pychop-faultchop", "-0x1.0000000000001p-25", "0x0p+0", "-0x1p-24"))),
+    KnownDifference(
+        "pychop-faultchop", "tiny-to-nan", None,
+        "float64 inputs below about 2^-1000 give NaN (refsim: 0, or the smallest subnormal "
+        "where the mode rounds away from zero)", _any_format(_tiny_to_nan),
+        Example("fp16", "float64", (float.fromhex("0x1.3b4be2ceb43e3p-1022"),), (np.nan,),
+                (0.0,)),
+        checked=("0.6.2",)),
+    *(KnownDifference(
+        peer, "unsigned-zero", None,
+        "gives +0 for -0 and for negative underflow (refsim: -0)", _any_format(_unsigned_zero),
+        Example("fp16", "float64", (-0.0,), (0.0,), (-0.0,)),
+        checked=("0.6.2",)) for peer in ("pychop", "pychop-faultchop")),
 )
 
 
@@ -384,9 +637,10 @@ def known_differences(peer: str, fmt: str | None = None,
             and (version is None or d.applies_to(version))]
 
 
-def _known(peer: str, fmt: str) -> tuple[Known | None, str]:
-    """The adapter's mask and reason from the differences of the installed peer version."""
-    found = known_differences(peer, fmt)
+def _known(peer: str, fmt: str, skip: tuple[str, ...] = ()) -> tuple[Known | None, str]:
+    """The adapter's mask and reason from the differences of the installed peer version (but
+    the keys in `skip`: differences of the peer's other modes)."""
+    found = [d for d in known_differences(peer, fmt) if d.key not in skip]
     if not found:
         return None, ""
     package = PEER_PACKAGES[peer]
@@ -605,6 +859,192 @@ def _torchao_nvfp4() -> list[Adapter]:
     return out
 
 
+GFLOAT_P3109_SR_BITS = (2, 8)
+"""srnumbits of the gfloat-p3109 and pychop-p3109 stochastic adapters."""
+
+
+def _random_bits(size: int, nbits: int) -> np.ndarray:
+    """The caller-given random integers of the stochastic P3109 adapters: uint16 in
+    0..2^nbits-1, one per element, the first `size` of one sequence per nbits."""
+    rng = np.random.default_rng([SEED, nbits])
+    return rng.integers(0, 1 << nbits, size).astype(np.uint16)
+
+
+def _sr_reference(fmt: str, variant: str, nbits: int, overflow: str
+                  ) -> Callable[[np.ndarray], np.ndarray]:
+    """refsim's counterpart of a P3109 stochastic variant with random integer R of nbits bits:
+    StochasticFastest (P3109's StochasticA) is sr with sr_bits=nbits and rbits=R, round up iff
+    floor(f 2^N) + R >= 2^N; StochasticFast (B) is sr with sr_bits=nbits+1 and rbits=2R+1,
+    round up iff floor(f 2^(N+1)) + 2R + 1 >= 2^(N+1); Stochastic (C) and StochasticOdd are
+    sr_variant="half-even" and "half-odd" (docs/formats.md, "IEEE P3109 formats")."""
+    def run(x: np.ndarray) -> np.ndarray:
+        r = _random_bits(x.size, nbits).reshape(x.shape)
+        if variant == "fast":
+            return np.asarray(quantize(x, fmt, "sr", overflow=overflow, sr_bits=nbits + 1,
+                                       rbits=(r << 1) | 1))
+        return np.asarray(quantize(x, fmt, "sr", overflow=overflow, sr_bits=nbits, rbits=r,
+                                   sr_variant=SR_VARIANT_OF[variant]))
+    return run
+
+
+SR_VARIANT_OF = {"fastest": "floor", "stochastic": "half-even", "stochasticodd": "half-odd"}
+"""The refsim sr_variant of gfloat's StochasticFastest, Stochastic and StochasticOdd (its
+StochasticFast goes through the rbits mapping: sr_bits=N+1, rbits=2R+1)."""
+
+
+def _gfloat_p3109(names: tuple[str, ...] | None = None) -> list[Adapter]:
+    """gfloat's round_ndarray on every P3109 format of refsim.formats.P3109 (or `names`): the
+    five deterministic modes with sat off (refsim overflow="default", P3109 OvfInf) and on
+    ("satfinite", SatFinite), and its four stochastic modes with srnumbits in
+    GFLOAT_P3109_SR_BITS."""
+    import gfloat
+    from gfloat.formats import format_info_p3109
+    from gfloat.types import Domain, Signedness
+
+    mode = gfloat.RoundMode
+    modes = {"rne": mode.TiesToEven, "rna": mode.TiesToAway, "rtz": mode.TowardZero,
+             "rup": mode.TowardPositive, "rdn": mode.TowardNegative}
+    sr_modes = {"fastest": mode.StochasticFastest, "fast": mode.StochasticFast,
+                "stochastic": mode.Stochastic, "stochasticodd": mode.StochasticOdd}
+
+    def make(info: object, rnd: object, sat: bool, nbits: int = 0
+             ) -> Callable[[np.ndarray], np.ndarray]:
+        def run(x: np.ndarray) -> np.ndarray:
+            with np.errstate(over="ignore", invalid="ignore"):
+                values = x.astype(np.float64)
+                srbits = _random_bits(x.size, nbits).astype(np.int64) if nbits else None
+                rounded = gfloat.round_ndarray(info, values, rnd, sat, srbits=srbits,
+                                               srnumbits=nbits)
+                return np.asarray(rounded).astype(x.dtype)
+        return run
+
+    out: list[Adapter] = []
+    for name in names or tuple(P3109):
+        fmt = get_format(name)
+        assert isinstance(fmt, FloatFormat)
+        info = format_info_p3109(fmt.bits, fmt.man_bits + 1,
+                                 Signedness.Signed if fmt.signed else Signedness.Unsigned,
+                                 Domain.Extended if fmt.specials == "ext" else Domain.Finite)
+        known, reason = _known("gfloat-p3109", name, skip=("sr-float-sum",))
+        sr_known, sr_reason = _known("gfloat-p3109", name)
+        for sat, overflow in ((False, "default"), (True, "satfinite")):
+            out.extend(Adapter("gfloat-p3109", name, rounding, make(info, rnd, sat),
+                               overflow=overflow, known=known, known_reason=reason)
+                       for rounding, rnd in modes.items())
+            for variant, rnd in sr_modes.items():
+                # only StochasticFastest/Fast sum in floating point (sr-float-sum)
+                float_sum = variant in ("fastest", "fast")
+                out.extend(Adapter(
+                    "gfloat-p3109", name, "sr", make(info, rnd, sat, nbits),
+                    overflow=overflow, variant=f"{variant}{nbits}",
+                    known=sr_known if float_sum else known,
+                    known_reason=sr_reason if float_sum else reason,
+                    reference_run=_sr_reference(name, variant, nbits, overflow))
+                    for nbits in GFLOAT_P3109_SR_BITS)
+    return out
+
+
+PYCHOP_FORMATS = {"fp16": (5, 10, "h"), "bf16": (8, 7, "b"), "e5m2": (5, 2, "q52"),
+                  "e4m3": (4, 3, "q43")}
+"""refsim name -> (exponent bits, trailing significand bits, FaultChop prec) of the pychop
+setups: IEEE-style formats with Inf and NaN (pychop's e4m3 has max 240: refsim's e4m3)."""
+_PYCHOP_MODES = {"rne": 1, "rup": 2, "rdn": 3, "rtz": 4, "rna": 8, "rto": 9}
+
+
+def _pychop() -> list[Adapter]:
+    """pychop's Chop (its fastest NumPy path), subnormals on, every deterministic mode."""
+    from pychop import Chop
+
+    def make(e: int, m: int, rmode: int) -> Callable[[np.ndarray], np.ndarray]:
+        chop = Chop(e, m, rmode=rmode, subnormal=True)
+
+        def run(x: np.ndarray) -> np.ndarray:
+            with np.errstate(all="ignore"):
+                return np.asarray(chop(x.copy())).astype(x.dtype)
+        return run
+
+    out: list[Adapter] = []
+    for fmt, (e, m, _) in PYCHOP_FORMATS.items():
+        known, reason = _known("pychop", fmt)
+        out.extend(Adapter("pychop", fmt, rounding, make(e, m, rmode), known=known,
+                           known_reason=reason) for rounding, rmode in _PYCHOP_MODES.items())
+    return out
+
+
+def _pychop_faultchop() -> list[Adapter]:
+    """pychop's FaultChop (the classic chop interface, no faults), subnormals on, the four
+    IEEE modes."""
+    from pychop import FaultChop
+
+    def make(prec: str, rmode: int) -> Callable[[np.ndarray], np.ndarray]:
+        chop = FaultChop(prec, subnormal=True, rmode=rmode)
+
+        def run(x: np.ndarray) -> np.ndarray:
+            with np.errstate(all="ignore"):
+                return np.asarray(chop(x.copy())).astype(x.dtype)
+        return run
+
+    out: list[Adapter] = []
+    for fmt, (_, _, prec) in PYCHOP_FORMATS.items():
+        known, reason = _known("pychop-faultchop", fmt)
+        out.extend(Adapter("pychop-faultchop", fmt, rounding, make(prec, rmode), known=known,
+                           known_reason=reason)
+                   for rounding, rmode in _PYCHOP_MODES.items() if rmode <= 4)
+    return out
+
+
+GFLOAT_P3109_SAMPLE = ("p3109_k3p2sf", "p3109_k4p2sf", "p3109_k6p3sf", "p3109_k6p4sf",
+                       "p3109_k8p1se", "p3109_k8p1ue", "p3109_k8p3se", "p3109_k8p3sf",
+                       "p3109_k8p3ue", "p3109_k8p3uf", "p3109_k8p4se", "p3109_k8p4sf",
+                       "p3109_k8p4ue", "p3109_k8p4uf", "p3109_k8p7sf", "p3109_k8p8uf")
+"""The P3109 formats of gfloat 0.5.2's sample_formats (p3109_binary8_formats and the tiny
+ones): the formats of the pychop-p3109 adapters."""
+
+
+def _pychop_p3109() -> list[Adapter]:
+    """pychop's p3109_quantize on GFLOAT_P3109_SAMPLE: six deterministic modes with saturation
+    off and on (refsim "default" and "satfinite"), and stochastic_a / _b / _c (P3109's
+    StochasticA/B/C) with srnumbits in GFLOAT_P3109_SR_BITS."""
+    from pychop.p3109 import P3109Format, p3109_quantize
+
+    modes = {"rne": "nearest_even", "rna": "nearest_away", "rtz": "toward_zero",
+             "rup": "toward_positive", "rdn": "toward_negative", "rto": "to_odd"}
+
+    def make(spec: object, rounding: str, sat: bool, nbits: int = 0
+             ) -> Callable[[np.ndarray], np.ndarray]:
+        def run(x: np.ndarray) -> np.ndarray:
+            kwargs = {}
+            if nbits:
+                kwargs = {"srbits": _random_bits(x.size, nbits).astype(np.int64),
+                          "srnumbits": nbits}
+            with np.errstate(all="ignore"):
+                out = p3109_quantize(x.astype(np.float64), spec, rounding=rounding,
+                                     saturate=sat, **kwargs)
+            return np.asarray(out).astype(x.dtype)
+        return run
+
+    out: list[Adapter] = []
+    for name in GFLOAT_P3109_SAMPLE:
+        fmt = get_format(name)
+        assert isinstance(fmt, FloatFormat)
+        spec = P3109Format(fmt.bits, fmt.man_bits + 1, fmt.signed,
+                           "extended" if fmt.specials == "ext" else "finite")
+        known, reason = _known("pychop-p3109", name)
+        for sat, overflow in ((False, "default"), (True, "satfinite")):
+            out.extend(Adapter("pychop-p3109", name, rounding, make(spec, mode, sat),
+                               overflow=overflow, known=known, known_reason=reason)
+                       for rounding, mode in modes.items())
+            for variant, mode in (("fastest", "stochastic_a"), ("fast", "stochastic_b"),
+                                  ("stochastic", "stochastic_c")):
+                out.extend(Adapter(
+                    "pychop-p3109", name, "sr", make(spec, mode, sat, nbits),
+                    overflow=overflow, variant=f"{variant}{nbits}", known=known,
+                    known_reason=reason,
+                    reference_run=_sr_reference(name, variant, nbits, overflow))
+                    for nbits in GFLOAT_P3109_SR_BITS)
+    return out
+
+
 PEERS: dict[str, Callable[[], list[Adapter]]] = {
     "refsim-torch-cpu": lambda: _refsim_torch("cpu"),
     "torch-cast": _torch_casts,
@@ -613,6 +1053,10 @@ PEERS: dict[str, Callable[[], list[Adapter]]] = {
     "qtorch": _qtorch,
     "torchao-mx": _torchao_mx,
     "torchao-nvfp4": _torchao_nvfp4,
+    "gfloat-p3109": _gfloat_p3109,
+    "pychop": _pychop,
+    "pychop-faultchop": _pychop_faultchop,
+    "pychop-p3109": _pychop_p3109,
 }
 
 

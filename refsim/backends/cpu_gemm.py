@@ -88,6 +88,13 @@ def _deterministic(rounding: str) -> bool:
     return rounding != "sr"
 
 
+def _p3109(fmt: object) -> bool:
+    """IEEE P3109 formats (and the ext encoding) take the exact core: the routes here were
+    written for refsim's own rules (precision 1's code-parity ties, unsigned negatives to 0 and
+    the extended domain's zero are the exact core's, kernels.core)."""
+    return isinstance(fmt, FloatFormat) and (fmt.p3109 or fmt.specials == "ext")
+
+
 def _constants(fmt: Format, rounding: str, overflow: str, lane: np.dtype) -> tuple:
     c_man, c_bias, _ = CARRIERS[lane]
     return fast_constants(format_params(fmt), c_man, c_bias, ROUNDINGS.index(rounding),
@@ -107,6 +114,8 @@ def plan(a3: np.ndarray, b3: np.ndarray | None, acc: AccumSpec, cast: Cast | Non
     if acc.chunk_order not in (None, "sequential"):
         return None  # a pairwise sum inside each chunk (MI250X fp16): the exact core's
     outer = acc.outer_spec if acc.order == "chunked" else None
+    if any(_p3109(s.fmt) for s in (acc, acc.product, acc.outer_spec, cast) if s is not None):
+        return None
     specs = [c.rounding for c in (acc.product, outer, cast) if c is not None]
     # An sr accumulator (seed given, not multiterm) may take cpu_tile's sr-exact-sum, nothing else.
     sr = not _deterministic(acc.rounding)

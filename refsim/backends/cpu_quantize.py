@@ -11,9 +11,9 @@ import numpy as np
 from refsim.backends import cpu
 from refsim.backends.threads import NS_PER_QUANTIZE, threads_for
 from refsim.formats import Format
-from refsim.formats.policy import check_rbits_array, check_rbits_request
+from refsim.formats.policy import check_rbits_array, check_rbits_request, check_sr_variant
 from refsim.kernels import lane
-from refsim.params import CARRIERS, check_array, check_out, readonly, resolve
+from refsim.params import CARRIERS, check_array, check_out, kernel_sr_bits, readonly, resolve
 
 _NO_WORDS = np.empty(0, np.uint64)  # the kernels' `given` argument when the stream is used
 
@@ -33,7 +33,8 @@ def given_words(rbits: np.ndarray, sr_bits: int) -> np.ndarray:
 
 def quantize(x: np.ndarray, fmt: Format | str, rounding: str = "rne", *,
              overflow: str = "default", sr_bits: int | None = None, seed: int | None = None,
-             rbits: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
+             rbits: np.ndarray | None = None, out: np.ndarray | None = None,
+             sr_variant: str = "floor") -> np.ndarray:
     """refsim.quantize for a NumPy float32/float64 array (the arguments are refsim.quantize's)."""
     x = check_array(x)
     given = _NO_WORDS
@@ -46,6 +47,7 @@ def quantize(x: np.ndarray, fmt: Format | str, rounding: str = "rne", *,
         check_rbits_array(rbits.dtype, rbits.shape, x.shape, sr_bits)
     _, params, mode, ovf, bits, seed_value = resolve(fmt, x.dtype, rounding, overflow, sr_bits,
                                                      0 if seed is None else seed)
+    variant = check_sr_variant(sr_variant, rounding, sr_bits)
     out = check_out(out, x)
     if rbits is not None:
         given = given_words(rbits, bits)
@@ -57,9 +59,11 @@ def quantize(x: np.ndarray, fmt: Format | str, rounding: str = "rne", *,
         dst_array = np.empty(x.shape, x.dtype)
     dst = dst_array.reshape(-1).view(utype)
     fast = lane.fast_constants(params, c_man, c_bias, mode, ovf)
+    if variant:  # the lanes add the random bits to floor(f 2^N): the variants take the core
+        fast = tuple(type(v)(0) for v in fast)
     with threads_for(src.size * NS_PER_QUANTIZE):
-        cpu.KERNELS[mode](readonly(src), dst, c_man, c_bias, params, fast, ovf, bits,
-                          np.uint64(seed_value), readonly(given))
+        cpu.KERNELS[mode](readonly(src), dst, c_man, c_bias, params, fast, ovf,
+                          kernel_sr_bits(bits, variant), np.uint64(seed_value), readonly(given))
     if out is None:
         return dst_array
     if dst_array is not out:

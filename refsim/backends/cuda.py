@@ -50,11 +50,16 @@ from refsim.backends.kernel_args import (
     result_format,
 )
 from refsim.formats.block_format import BlockFormat
-from refsim.formats.policy import check_rbits_array, check_rbits_request, check_seed
+from refsim.formats.policy import (
+    check_rbits_array,
+    check_rbits_request,
+    check_seed,
+    check_sr_variant,
+)
 from refsim.kernels import accum_core as ac
 from refsim.kernels import core
 from refsim.kernels.rng import block_word, stream_block
-from refsim.params import CARRIERS, check_out, resolve
+from refsim.params import CARRIERS, check_out, kernel_sr_bits, resolve
 from refsim.specs import GemmSpec
 
 __all__ = ["is_device_array", "last_route", "matmul", "quantize"]
@@ -332,7 +337,8 @@ def _rbits_device(rbits, x, sr_bits: int, numba_cuda):
 
 
 def quantize(x, fmt, rounding: str = "rne", *, overflow: str = "default",
-             sr_bits: int | None = None, seed: int | None = None, rbits=None, out=None):
+             sr_bits: int | None = None, seed: int | None = None, rbits=None, out=None,
+             sr_variant: str = "floor"):
     """refsim.quantize for a CUDA device array x: the same arguments and bits; returns a device
     array (out, if given: a C-contiguous device array of x's shape and dtype, may be x).
     rbits: a device array or a NumPy array (copied over), as refsim.quantize's."""
@@ -344,6 +350,7 @@ def quantize(x, fmt, rounding: str = "rne", *, overflow: str = "default",
         rbits = _rbits_device(rbits, x, sr_bits, cuda)
     _, params, mode, ovf, bits, seed_value = resolve(fmt, dtype, rounding, overflow, sr_bits,
                                                      0 if seed is None else seed)
+    variant = check_sr_variant(sr_variant, rounding, sr_bits)
     if out is None:
         out = cuda.device_array(x.shape, dtype)
     else:
@@ -354,7 +361,7 @@ def quantize(x, fmt, rounding: str = "rne", *, overflow: str = "default",
     src = x.reshape(x.size).view(utype)
     dst = out.reshape(x.size).view(utype)
     elements, sr, given = _quantize_kernels(c_man, c_bias)
-    args = (src, dst, params, mode, ovf, bits, np.uint64(seed_value))
+    args = (src, dst, params, mode, ovf, kernel_sr_bits(bits, variant), np.uint64(seed_value))
     if rbits is not None:
         blocks, threads = _grid(x.size)
         given[blocks, threads](*args, rbits, np.uint64((1 << bits) - 1),

@@ -32,10 +32,10 @@ import torch
 
 from refsim.backends import cpu_quantize
 from refsim.formats import FixedFormat, FloatFormat, Format
-from refsim.formats.policy import check_rbits_array, check_rbits_request
+from refsim.formats.policy import check_rbits_array, check_rbits_request, check_sr_variant
 from refsim.kernels import core
 from refsim.kernels.rng import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1
-from refsim.params import check_out, float_holds, resolve
+from refsim.params import check_out, float_holds, kernel_sr_bits, resolve
 
 __all__ = ["ROUTES", "philox4x64_10", "quantize", "random_words", "use_compiled"]
 
@@ -218,18 +218,40 @@ def _sr_up(rem: torch.Tensor, shift: torch.Tensor, sr_bits: int, word0: torch.Te
     whose chunks all tie go on: with the stream's next word H_j << 32 (drawn for those lanes
     only), or the given word's next 32 bits.
     """
+    carry = None
     if sr_bits > 0:
+        variant, sr_bits = sr_bits >> core.SR_VARIANT_SHIFT, sr_bits & core.SR_BITS_MASK
         width = torch.full_like(shift, sr_bits)
         drop = (shift - sr_bits).clamp(min=0)
         big_f = torch.where(drop < 63, rem >> drop.clamp(max=62), torch.zeros_like(rem))
+        if variant != core.SR_FLOOR:
+            # kernels.core.sr_fraction_up: F rounded half up / to even / to odd (rem < 2^53)
+            half = torch.ones_like(rem) << (drop - 1).clamp(0, 62)
+            dropped = rem & ((half << 1) - 1)
+            odd = (big_f & 1) == 1
+            tie_up = {core.SR_HALF_UP: torch.ones_like(odd), core.SR_HALF_EVEN: odd,
+                      core.SR_HALF_ODD: ~odd}[variant]
+            round_f = (drop > 0) & (drop < 63) & ((dropped > half) | ((dropped == half)
+                                                                       & tie_up))
+            big_f = big_f + round_f.to(torch.int64)
+            # F reached 2^sr_bits: up whatever R (rem < 2^53, so only for sr_bits <= 53)
+            carry = (shift >= sr_bits) & ((big_f >> min(sr_bits, 62)) != 0)
         # shift < sr_bits <= 64: rem << (sr_bits - shift) < 2^64, an int64 pattern (sign bit
         # included), of which only 32-bit chunks are read below
         big_f = torch.where(shift >= sr_bits, big_f, rem << (sr_bits - shift).clamp(0, 63))
     else:
         width = shift
         big_f = rem  # < 2^53
-    up = torch.zeros_like(rem, dtype=torch.bool)
-    lanes = torch.arange(rem.numel(), device=rem.device)  # the lanes still tied, in `up`
+    up = _sr_compare(big_f, width, word0, seed, index, step, tag)
+    return up if carry is None else up | carry
+
+
+def _sr_compare(big_f: torch.Tensor, width: torch.Tensor, word0: torch.Tensor, seed: int,
+                index: torch.Tensor, step: int, tag: int) -> torch.Tensor:
+    """C < F over each lane's `width` bits, 32 at a time from the top (kernels.core.sr_compare):
+    the loop of _sr_up."""
+    up = torch.zeros_like(big_f, dtype=torch.bool)
+    lanes = torch.arange(big_f.numel(), device=big_f.device)  # the lanes still tied, in `up`
     word = word0
     j = 0
     while True:
@@ -294,7 +316,15 @@ def _round_float(carrier, negative, sig, lsb, top, fmt, params, mode, ovf, sr_bi
     man, emin, emax = fmt.man_bits, params[core.P_EMIN], params[core.P_EMAX]
     q_small = emin - man if fmt.subnormals else emin
     q = torch.where(top >= emin, top - man, torch.full_like(top, q_small))
+    # refsim.kernels.core.quantize_bits_family's bump: P3109 precision 1 breaks rne's ties and
+    # rto by the parity of 2^q's code (its exponent field q - emin + 1)
+    bump = torch.zeros_like(sig)
+    if (man == 0 and params[core.P_SPECIALS] >= core.SPECIALS_P3109_FINITE
+            and mode in (core.RNE, core.RTO)):
+        bump = ((top >= emin) & ((q - emin) % 2 == 1)).to(torch.int64)
+        sig = sig + (bump << (q - lsb).clamp(0, 62))
     n, _ = _round_magnitude(sig, q - lsb, negative, mode, sr_bits, word0, seed, index, stream)
+    n = n - bump
     zero = n == 0
     if fmt.zero:
         zero_bits = _zero_bits(carrier, negative, fmt)
@@ -315,8 +345,14 @@ def _round_float(carrier, negative, sig, lsb, top, fmt, params, mode, ovf, sr_bi
     result = torch.where(zero, zero_bits, result)
     result = torch.where(exceeds, _overflow_bits(carrier, negative, fmt, params, mode, ovf), result)
     if not fmt.signed:
-        result = torch.where(negative, torch.full_like(result, carrier.nan), result)
+        result = torch.where(negative, torch.full_like(result, _unsigned_negative(carrier, fmt)),
+                             result)
     return result
+
+
+def _unsigned_negative(carrier, fmt) -> int:
+    """refsim.kernels.core.unsigned_negative: NaN, or +0 in a P3109 format."""
+    return 0 if fmt.p3109 else carrier.nan
 
 
 def _zero_bits(carrier, negative, fmt):
@@ -324,7 +360,7 @@ def _zero_bits(carrier, negative, fmt):
     zero)."""
     if isinstance(fmt, FloatFormat) and not fmt.zero:
         return torch.full_like(negative, carrier.nan, dtype=torch.int64)
-    keeps_sign = isinstance(fmt, FloatFormat) and fmt.signed and fmt.specials != "fnuz"
+    keeps_sign = isinstance(fmt, FloatFormat) and fmt.has_negative_zero
     if not keeps_sign:
         return torch.zeros_like(negative, dtype=torch.int64)
     return negative.to(torch.int64) * _signed(carrier.sign)
@@ -337,7 +373,7 @@ def _overflow_bits(carrier, negative, fmt, params, mode, ovf):
         if core.overflow_to_max(mode, neg, ovf, params[core.P_SPECIALS]):
             bits = carrier.encode_const(neg, params[core.P_MAX_N],
                                         params[core.P_EMAX] - fmt.man_bits)
-        elif fmt.specials == "ieee":
+        elif fmt.has_inf:
             bits = _signed(int(core.carrier_inf(neg, carrier.man, carrier.bias)))
         else:
             bits = carrier.nan
@@ -434,14 +470,16 @@ def quantize_bits(bits: torch.Tensor, carrier: Carrier, fmt: Format, params, mod
     else:
         result = _round_float(carrier, negative, sig, lsb, top, fmt, params, mode, ovf, sr_bits,
                               word0, seed, index, stream)
-        if fmt.specials == "ieee" and ovf != core.OVF_SATFINITE:
+        if fmt.has_inf and ovf != core.OVF_SATFINITE:
             infinite = torch.where(negative, torch.full_like(bits, _signed(carrier.inf
                                                                           | carrier.sign)),
                                    torch.full_like(bits, carrier.inf))
-        else:
+        else:  # an overflow (P3109's finite domain: +-max in every mode)
             infinite = _overflow_bits(carrier, negative, fmt, params, mode, ovf)
         if not fmt.signed:
-            infinite = torch.where(negative, torch.full_like(bits, carrier.nan), infinite)
+            infinite = torch.where(negative, torch.full_like(bits, _unsigned_negative(carrier,
+                                                                                      fmt)),
+                                   infinite)
     result = torch.where(a == 0, _zero_bits(carrier, negative, fmt), result)
     result = torch.where(is_special, infinite, result)
     return torch.where(is_nan, bits, result)
@@ -607,12 +645,13 @@ def _given_words(rbits: torch.Tensor, sr_bits: int) -> torch.Tensor:
 def quantize(x: torch.Tensor, fmt: Format | str, rounding: str = "rne", *,
              overflow: str = "default", sr_bits: int | None = None, seed: int | None = None,
              rbits: torch.Tensor | None = None, out: torch.Tensor | None = None,
-             route: str = "auto") -> torch.Tensor:
+             route: str = "auto", sr_variant: str = "floor") -> torch.Tensor:
     """Round every element of the torch tensor `x` to `fmt`, bit-identical to refsim.quantize.
 
     Args:
         x: float32, float64 or bfloat16 tensor, any shape, strides and device.
-        fmt, rounding, overflow, sr_bits, seed: as refsim.quantize (docs/rounding.md).
+        fmt, rounding, overflow, sr_bits, seed, sr_variant: as refsim.quantize
+            (docs/rounding.md).
         rbits: as refsim.quantize: a torch uint8/16/32/64 tensor of x's shape on x's device;
             element i's random bits are the low sr_bits bits of its element i in flat C order.
         out: optional tensor of x's dtype, shape and device to write into (may be x).
@@ -641,24 +680,30 @@ def quantize(x: torch.Tensor, fmt: Format | str, rounding: str = "rne", *,
         raise ValueError(f"fmt={fmt_obj.name} does not fit in bfloat16: the result keeps the "
                          f"input's dtype, and bfloat16 cannot hold every {fmt_obj.name} value "
                          "(use float32 or float64 input)")
+    variant = check_sr_variant(sr_variant, rounding, sr_bits)
     check_out(out, x, kind="tensor")
     work = x.float() if x.dtype == torch.bfloat16 else x
     if route == "numba" or (route == "auto" and x.device.type == "cpu"):
         array = work.detach().contiguous().numpy()  # shares memory with work: no copy
         r_array = None if rbits is None else rbits.detach().contiguous().numpy()
         values = torch.from_numpy(cpu_quantize.quantize(
-            array, fmt_obj, rounding, overflow=overflow, sr_bits=sr_bits, seed=seed, rbits=r_array))
+            array, fmt_obj, rounding, overflow=overflow, sr_bits=sr_bits, seed=seed, rbits=r_array,
+            sr_variant=sr_variant))
         return _finish(values.reshape(x.shape), x, out)
     c_man, c_bias, itype = _CARRIER[work.dtype]
     carrier = Carrier(c_man, c_bias)
     raw = work.detach().contiguous().reshape(-1).view(itype)
     given = None if rbits is None else _given_words(rbits, bits_r)
-    # _fast_path's branch-free rounding covers signed float formats; the rest take the general one.
-    if route != "torch-general" and isinstance(fmt_obj, FloatFormat) and fmt_obj.signed:
+    # _fast_path's branch-free rounding covers signed float formats (but P3109's precision 1,
+    # whose rne and rto go by the code's parity); the rest take the general one.
+    # The SR variants round the fraction first: only the general path does (kernel_sr_bits).
+    if (route != "torch-general" and isinstance(fmt_obj, FloatFormat) and fmt_obj.signed
+            and not (fmt_obj.p3109 and fmt_obj.man_bits == 0) and not variant):
         result = _fast_path(raw, carrier, fmt_obj, params, mode, ovf, bits_r, seed_value, given)
     else:
         result = _to_carrier(quantize_bits(_widen(raw), carrier, fmt_obj, params, mode, ovf,
-                                           bits_r, seed_value, given=given), itype)
+                                           kernel_sr_bits(bits_r, variant), seed_value,
+                                           given=given), itype)
     return _finish(result.view(work.dtype).reshape(x.shape), x, out)
 
 

@@ -250,7 +250,7 @@ def round_window_ev(negative, hi, lo, e, tail, tt, tl, spec, seed, index, step, 
     """
     mode = spec[S_MODE]
     if negative and spec[core.P_SIGNED] == 0:
-        return core.carrier_nan(C_MAN, C_BIAS), EV_NONE
+        return core.unsigned_negative(C_MAN, C_BIAS, spec), EV_NONE
     man = spec[core.P_MAN]
     emin = spec[core.P_EMIN]
     top = e + bitlen128(hi, lo) - 1
@@ -276,12 +276,13 @@ def round_window_ev(negative, hi, lo, e, tail, tt, tl, spec, seed, index, step, 
             if half_cmp == 0 and tail != TAIL_NONE:
                 half_cmp = 1  # rem = half plus a nonzero tail
             up = False
+            odd = core.code_is_odd(n, q, top, spec)  # n's last bit (P3109 precision 1: 2^q's)
             if mode == core.RTO:
-                n |= 1
+                up = not odd
             elif mode == core.SR:
                 up = sr_up(rhi, rlo, shift, tail, tt, tl, spec[S_SRB], seed, index, step, tag)
             else:
-                up = core.rounds_up(mode, half_cmp, (n & 1) == 1, negative)
+                up = core.rounds_up(mode, half_cmp, odd, negative)
             if up:
                 n += 1
     if n == 0:

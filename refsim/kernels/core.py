@@ -26,9 +26,18 @@ RNE, RNA, RTZ, RUP, RDN, RTO, SR = 0, 1, 2, 3, 4, 5, 6
 ROUNDING_NAMES = ("rne", "rna", "rtz", "rup", "rdn", "rto", "sr")  # == policy.ROUNDINGS
 # Overflow policies: the index in refsim.formats.policy.OVERFLOWS.
 OVF_DEFAULT, OVF_SATURATE, OVF_WRAP, OVF_SATFINITE = 0, 1, 2, 3
-# Format kinds and FloatFormat.specials codes.
+# Format kinds and FloatFormat.specials codes (refsim.params.format_params). The P3109 codes are
+# the formats with p3109=True, converted by P3109's rules: finite domain (fnuz or unsigned fn),
+# extended domain signed and unsigned (ext).
 KIND_FLOAT, KIND_FIXED = 0, 1
-SPECIALS_IEEE, SPECIALS_FN, SPECIALS_FNUZ, SPECIALS_NONE = 0, 1, 2, 3
+SPECIALS_IEEE, SPECIALS_FN, SPECIALS_FNUZ, SPECIALS_NONE, SPECIALS_EXT = 0, 1, 2, 3, 4
+SPECIALS_P3109_FINITE, SPECIALS_P3109_EXT, SPECIALS_P3109_EXT_U = 5, 6, 7
+
+# SR variants (refsim.formats.policy.SR_VARIANTS): the quantize kernels take sr_bits = N |
+# variant << SR_VARIANT_SHIFT (refsim.params.kernel_sr_bits); sr_round_up alone reads the variant.
+SR_FLOOR, SR_HALF_UP, SR_HALF_EVEN, SR_HALF_ODD = 0, 1, 2, 3
+SR_VARIANT_SHIFT = 8
+SR_BITS_MASK = (1 << SR_VARIANT_SHIFT) - 1
 
 # Layout of the int64 parameter tuple of a format (refsim.params builds it).
 P_KIND, P_MAN, P_EMIN, P_EMAX, P_SUBNORMALS, P_ZERO, P_SIGNED, P_SPECIALS, P_MAX_N = range(9)
@@ -80,16 +89,37 @@ def sr_round_up(rem, shift, sr_bits, word0, seed, index, tag):
     word0 = R << (64 - sr_bits) holds all sr_bits <= 64 of them; nothing is drawn.
     """
     if sr_bits > 0:
-        width = sr_bits
+        width = sr_bits & SR_BITS_MASK
+        variant = sr_bits >> SR_VARIANT_SHIFT
         if shift >= width:
             drop = shift - width
             big_f = np.uint64(rem >> drop) if drop < 63 else np.uint64(0)
+            if variant != SR_FLOOR and drop > 0 and sr_fraction_up(rem, drop, big_f, variant):
+                if big_f == low_mask(width):
+                    return True  # F = 2^width: F + R >= 2^width whatever R
+                big_f += _U1
         else:
             big_f = np.uint64(rem) << np.uint64(width - shift)
     else:
         width = shift
         big_f = np.uint64(rem)
     return sr_compare(big_f, width, word0, seed, index, _U0, tag)
+
+
+@njit(cache=True)
+def sr_fraction_up(rem, drop, big_f, variant):
+    """Does F = floor(rem / 2^drop) (drop >= 1; rem < 2^63) round up in the SR variant (half up,
+    half to even, half to odd: refsim.formats.policy.SR_VARIANTS)?"""
+    if drop >= 64:
+        return False  # rem < 2^63 <= 2^(drop - 1): below one half
+    half = _U1 << np.uint64(drop - 1)
+    dropped = np.uint64(rem) & ((half << _U1) - _U1)
+    if dropped != half:
+        return dropped > half
+    if variant == SR_HALF_UP:
+        return True
+    odd = (big_f & _U1) == _U1
+    return odd if variant == SR_HALF_EVEN else not odd
 
 
 @njit(cache=True)
@@ -165,11 +195,31 @@ def round_magnitude(sig, shift, negative, mode, sr_bits, word0, seed, index, tag
 
 
 @njit(cache=True)
+def has_inf(specials):
+    """Does a format of this specials code hold +-Inf?"""
+    return (specials == SPECIALS_IEEE or specials == SPECIALS_EXT or specials == SPECIALS_P3109_EXT
+            or specials == SPECIALS_P3109_EXT_U)
+
+
+@njit(cache=True)
+def keeps_negative_zero(specials):
+    """Does a signed float format of this specials code have -0?"""
+    return specials == SPECIALS_IEEE or specials == SPECIALS_FN or specials == SPECIALS_NONE
+
+
+@njit(cache=True)
 def overflow_to_max(mode, negative, overflow, specials):
-    """True when an overflow gives +-max, False when it gives +-Inf (ieee) or NaN (fn/fnuz)."""
-    if overflow == OVF_SATURATE or overflow == OVF_SATFINITE or specials == SPECIALS_NONE:
+    """True when an overflow gives +-max, False when it gives +-Inf (ieee, ext) or NaN (fn/fnuz).
+
+    P3109 (Saturate, docs/rounding.md): the finite domain always saturates; the extended domain
+    keeps +-max for rtz, rup/rdn toward zero, and rto only when unsigned.
+    """
+    if (overflow == OVF_SATURATE or overflow == OVF_SATFINITE or specials == SPECIALS_NONE
+            or specials == SPECIALS_P3109_FINITE):
         return True
-    if mode == RTZ or mode == RTO:
+    if mode == RTO:
+        return specials != SPECIALS_P3109_EXT
+    if mode == RTZ:
         return True
     if mode == RUP:
         return negative
@@ -251,7 +301,7 @@ def quantize_bits_family(bits, c_man, c_bias, params, mode, overflow, sr_bits, w
         return _round_fixed(negative, sig, lsb, top, c_man, c_bias, params, mode, overflow,
                             sr_bits, word0, seed, index, tag)
     if negative and params[P_SIGNED] == 0:
-        return carrier_nan(c_man, c_bias)
+        return unsigned_negative(c_man, c_bias, params)
     man = params[P_MAN]
     emin = params[P_EMIN]
     if top >= emin:
@@ -260,7 +310,16 @@ def quantize_bits_family(bits, c_man, c_bias, params, mode, overflow, sr_bits, w
         q = emin - man
     else:
         q = emin
+    # P3109 precision 1: rne's ties and rto go by the parity of the code of 2^q, its exponent
+    # field q - emin + 1, not by n = 1. Where that code is even, round sig + 2^shift instead
+    # (n + 1 = 2 is even, so the rule is the same) and take the 1 back.
+    bump = (man == 0 and top >= emin and params[P_SPECIALS] >= SPECIALS_P3109_FINITE
+            and (mode == RNE or mode == RTO) and (q - emin) % 2 == 1)
+    if bump:
+        sig += np.int64(1) << (q - lsb)
     n, _ = round_magnitude(sig, q - lsb, negative, mode, sr_bits, word0, seed, index, tag)
+    if bump:
+        n -= 1
     if n == 0:
         if params[P_ZERO] == 0:
             n = np.int64(1)  # no zero: underflow is raised to the smallest value 2^emin
@@ -303,8 +362,29 @@ def zero_result(negative, c_man, c_bias, params):
     if params[P_KIND] == KIND_FLOAT and params[P_ZERO] == 0:
         return carrier_nan(c_man, c_bias)
     keeps_sign = (params[P_KIND] == KIND_FLOAT and params[P_SIGNED] != 0
-                  and params[P_SPECIALS] != SPECIALS_FNUZ)
+                  and keeps_negative_zero(params[P_SPECIALS]))
     return encode_carrier(negative and keeps_sign, np.int64(0), np.int64(0), c_man, c_bias)
+
+
+@njit(cache=True)
+def code_is_odd(n, q, top, params):
+    """Is the code of the candidate n * 2^q odd (rne's ties, rto)? n's last bit, but in a P3109
+    format of precision 1 (n = 1 from the smallest normal binade up, top >= emin) the exponent
+    field q - emin + 1 of 2^q: P3109's CodeIsEven. quantize_bits_family's bump is the same rule
+    for round_magnitude."""
+    if (params[P_MAN] == 0 and params[P_SPECIALS] >= SPECIALS_P3109_FINITE
+            and top >= params[P_EMIN]):
+        return (q - params[P_EMIN]) % 2 == 0
+    return (n & 1) == 1
+
+
+@njit(cache=True)
+def unsigned_negative(c_man, c_bias, params):
+    """A negative nonzero input (-Inf included) of an unsigned float format: NaN, or +0 in a
+    P3109 format (Saturate clamps to M_lo = 0)."""
+    if params[P_SPECIALS] >= SPECIALS_P3109_FINITE:
+        return encode_carrier(False, np.int64(0), np.int64(0), c_man, c_bias)
+    return carrier_nan(c_man, c_bias)
 
 
 @njit(cache=True)
@@ -320,21 +400,22 @@ def overflow_result(negative, c_man, c_bias, params, mode, overflow):
     formats and NaN in the others."""
     if overflow_to_max(mode, negative, overflow, params[P_SPECIALS]):
         return _max_bits(negative, c_man, c_bias, params)
-    if params[P_SPECIALS] == SPECIALS_IEEE:
+    if has_inf(params[P_SPECIALS]):
         return carrier_inf(negative, c_man, c_bias)
     return carrier_nan(c_man, c_bias)
 
 
 @njit(cache=True)
 def infinity_result(negative, c_man, c_bias, params, mode, overflow):
-    """An infinite input: exact in ieee formats (+-max under satfinite), an overflow elsewhere."""
+    """An infinite input: exact in ieee and ext formats (+-max under satfinite), an overflow
+    elsewhere (P3109's finite domain: +-max whatever the mode)."""
     if params[P_KIND] == KIND_FIXED:
         if overflow == OVF_WRAP:
             return carrier_nan(c_man, c_bias)
         return _fixed_limit(negative, c_man, c_bias, params)
     if negative and params[P_SIGNED] == 0:
-        return carrier_nan(c_man, c_bias)
-    if params[P_SPECIALS] == SPECIALS_IEEE:
+        return unsigned_negative(c_man, c_bias, params)
+    if has_inf(params[P_SPECIALS]):
         if overflow == OVF_SATFINITE:
             return _max_bits(negative, c_man, c_bias, params)
         return carrier_inf(negative, c_man, c_bias)

@@ -62,13 +62,18 @@ def fast_constants(params, c_man, c_bias, mode, overflow):
     def overflow_bits(negative):
         if core.overflow_to_max(mode, negative, overflow, params[core.P_SPECIALS]):
             return enc(negative, np.int64(max_n), np.int64(emax - man), c_man, c_bias)
-        if params[core.P_SPECIALS] == core.SPECIALS_IEEE:
+        if core.has_inf(params[core.P_SPECIALS]):
             return core.carrier_inf(negative, c_man, c_bias)
         return nan
 
+    if (man == 0 and params[core.P_SPECIALS] >= core.SPECIALS_P3109_FINITE
+            and mode in (core.RNE, core.RTO)):
+        # P3109 precision 1 breaks rne's ties and rto by the code's parity (kernels.core's
+        # bump): the lanes' n-parity tricks do not apply, the general path rounds every lane.
+        return tuple(utype(0) for _ in range(N_FAST))
     has_zero = params[core.P_ZERO] != 0
     signed = params[core.P_SIGNED] != 0
-    keeps_sign = signed and params[core.P_SPECIALS] != core.SPECIALS_FNUZ
+    keeps_sign = signed and core.keeps_negative_zero(params[core.P_SPECIALS])
     m_sub = man if params[core.P_SUBNORMALS] != 0 else 0
     qmin = enc(False, np.int64(1), np.int64(emin - m_sub), c_man, c_bias)
     if has_zero:
@@ -79,7 +84,8 @@ def fast_constants(params, c_man, c_bias, mode, overflow):
         under_pos, under_neg = qmin, enc(True, np.int64(1), np.int64(emin - m_sub), c_man, c_bias)
     max_neg, ovf_neg = max_pos, overflow_bits(True)
     if not signed:  # a negative nonzero input gives NaN: every negative magnitude "overflows"
-        max_neg, ovf_neg, under_neg = 0, nan, nan
+        unsigned_neg = core.unsigned_negative(c_man, c_bias, params)  # NaN, P3109: +0
+        max_neg, ovf_neg, under_neg = 0, unsigned_neg, unsigned_neg
     # Clamped at 0: a format whose emin lies below the carrier's normal range (no subnormals)
     # has its normal quantum at every carrier-normal input.
     values = (1, max(emin + c_bias, 0), c_man - man, max(c_man - m_sub + emin + c_bias, 0),

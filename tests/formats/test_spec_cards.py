@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from refsim.formats import NAMED, FixedFormat, FloatFormat, get_format
+from refsim.formats import NAMED, P3109, FixedFormat, FloatFormat, get_format
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "formats.md"
 NONE = "—"
@@ -49,7 +49,13 @@ def parse_doc() -> tuple[list[list[str]], dict[str, dict[str, str]]]:
 
 
 OVERVIEW, CARDS = parse_doc()
-FLOAT_NAMES = [n for n, f in NAMED.items() if isinstance(f, FloatFormat)]
+# The P3109 formats of gfloat 0.5.2's sample have cards too (docs/formats.md, "IEEE P3109").
+P3109_CARDS = ("p3109_k3p2sf", "p3109_k4p2sf", "p3109_k6p3sf", "p3109_k6p4sf", "p3109_k8p1se",
+               "p3109_k8p1ue", "p3109_k8p3se", "p3109_k8p3sf", "p3109_k8p3ue", "p3109_k8p3uf",
+               "p3109_k8p4se", "p3109_k8p4sf", "p3109_k8p4ue", "p3109_k8p4uf", "p3109_k8p7sf",
+               "p3109_k8p8uf")
+CARDED = {**NAMED, **{n: P3109[n] for n in P3109_CARDS}}
+FLOAT_NAMES = [n for n, f in CARDED.items() if isinstance(f, FloatFormat)]
 FIXED_NAMES = [n for n, f in NAMED.items() if isinstance(f, FixedFormat)]
 
 
@@ -80,7 +86,7 @@ def decode_one(fmt: FloatFormat | FixedFormat, code: int) -> float:
 
 
 def test_every_named_format_has_a_card_and_an_overview_row() -> None:
-    assert set(CARDS) == set(NAMED)
+    assert set(CARDS) == set(CARDED)
     assert [row[0] for row in OVERVIEW] == list(NAMED)
 
 
@@ -103,7 +109,7 @@ def test_overview_row(row: list[str]) -> None:
 @pytest.mark.parametrize("name", FLOAT_NAMES)
 def test_float_card(name: str) -> None:
     card = CARDS[name]
-    fmt = NAMED[name]
+    fmt = CARDED[name]
     assert isinstance(fmt, FloatFormat)
     assert int(card["bits"]) == fmt.bits
     assert int(card["exponent bits"]) == fmt.exp_bits
@@ -113,6 +119,7 @@ def test_float_card(name: str) -> None:
     assert yes_no(card["signed"]) == fmt.signed
     assert yes_no(card["subnormals"]) == fmt.subnormals
     assert yes_no(card["zero"]) == fmt.zero
+    assert yes_no(card.get("p3109", "no")) == fmt.p3109
     assert number(card["max"]) == number(card["max (hex)"]) == fmt.max
     for field, value in (("min normal", fmt.min_normal), ("min subnormal", fmt.min_subnormal)):
         decimal, hexa = card[field].split(" = ")
@@ -131,13 +138,17 @@ def test_float_card(name: str) -> None:
 @pytest.mark.parametrize("name", FLOAT_NAMES)
 def test_float_card_codes(name: str) -> None:
     card = CARDS[name]
-    fmt = NAMED[name]
+    fmt = CARDED[name]
     assert isinstance(fmt, FloatFormat)
     inf = code_set(card["Inf code"])
     if inf:
-        assert inf == [(fmt.inf_code, fmt.inf_code)]
+        # +Inf, then -Inf where the card lists it (P3109 cards list both; an unsigned format
+        # has no -Inf)
+        assert inf[0] == (fmt.inf_code, fmt.inf_code)
         assert decode_one(fmt, fmt.inf_code) == math.inf
-        assert decode_one(fmt, fmt.inf_code | fmt.sign_mask) == -math.inf
+        if fmt.signed:
+            assert decode_one(fmt, fmt.inf_code | fmt.sign_mask) == -math.inf
+        assert inf[1:] in ([], [(fmt.inf_code | fmt.sign_mask,) * 2])
     else:
         assert fmt.inf_code is None and not fmt.has_inf
     nan = code_set(card["NaN code"])
@@ -164,7 +175,8 @@ def test_float_card_codes(name: str) -> None:
             listed_zero[lo] = True
         if fmt.subnormals or not fmt.zero:
             assert np.array_equal(values == 0, listed_zero)
-        assert np.count_nonzero(np.isinf(values)) == 2 * len(inf)
+        infinities = 2 if fmt.signed else 1
+        assert np.count_nonzero(np.isinf(values)) == (infinities if inf else 0)
     else:
         # Too many codes to walk: each range's ends and middle are NaN, the codes beside it not.
         for lo, hi in nan_ranges:
@@ -210,3 +222,6 @@ def test_custom_spellings_section_examples() -> None:
     assert (fx.quantum, fx.min, fx.max) == (1 / 16, -8.0, 7.9375)
     for alias in ("half", "float", "double", "e8m0", "float8_e4m3fn", "bfloat16", "float4_e2m1fn"):
         assert get_format(alias).name in CARDS
+    assert get_format("e4m3ext") == FloatFormat(4, 3, specials="ext")
+    assert get_format("e5m3extu").signed is False
+    assert get_format("p3109_k8p4se").name in CARDS

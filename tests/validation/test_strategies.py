@@ -11,9 +11,17 @@ from hypothesis import strategies as st
 
 from refsim import quantize
 from refsim.formats import FixedFormat, FloatFormat, get_format
-from refsim.formats.testing import formats, near_overflow, subnormals, ties, values
+from refsim.formats.testing import (
+    formats,
+    near_overflow,
+    p3109_formats,
+    subnormals,
+    ties,
+    values,
+)
 
-NAMES = ["e4m3fn", "e5m2", "e2m1fn", "e8m0fnu", "bf16", "fp16", "e4m3fnuz", "int8", "fx8.4"]
+NAMES = ["e4m3fn", "e5m2", "e2m1fn", "e8m0fnu", "bf16", "fp16", "e4m3fnuz", "int8", "fx8.4",
+         "p3109_k8p1se", "p3109_k8p4ue", "p3109_k3p2sf"]
 
 
 @settings(max_examples=60, deadline=None)
@@ -59,6 +67,19 @@ def test_formats_strategy_and_composition(data):
     assert isinstance(fmt, (FloatFormat, FixedFormat)) and fmt.bits <= 12
     x = data.draw(values(fmt))
     assert quantize(np.array([x]), fmt)[0] == x
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), fmt=p3109_formats(6),
+       rounding=st.sampled_from(["rne", "rna", "rtz", "rup", "rdn", "rto"]))
+def test_p3109_values_are_fixed_points_and_ties_split(data, fmt, rounding):
+    assert fmt.p3109 and fmt.bits <= 6
+    x = data.draw(values(fmt))
+    assert quantize(np.array([x]), fmt, rounding)[0] == x
+    t = data.draw(ties(fmt))
+    if abs(t) < fmt.max:
+        lo, hi = quantize(np.array([t, t]), fmt, "rtz")[0], quantize(np.array([t]), fmt, "rna")[0]
+        assert abs(t) - abs(lo) == abs(hi) - abs(t) > 0
 
 
 # The worked example of docs/testing.md.

@@ -207,7 +207,8 @@ def test_known_difference_holds_exactly_for_its_versions(difference):
     found, skipped = adapters((difference.peer,))
     if difference.peer in skipped:
         pytest.skip(f"{difference.peer} not installed: {skipped[difference.peer]}")
-    [adapter] = [a for a in found if a.fmt == ex.fmt and a.rounding == ex.rounding]
+    [adapter] = [a for a in found if a.fmt == ex.fmt and a.rounding == ex.rounding
+                 and a.overflow == ex.overflow and a.variant == ex.variant]
     expected = adapter.reference(x)
     assert same_bits(expected, refsim_value).all(), (difference.key, expected)
     got = adapter.run(x)
