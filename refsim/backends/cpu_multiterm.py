@@ -68,6 +68,11 @@ redoes exactly those outputs with the exact core (with their C). Operands must b
 Eligibility is a whitelist: orders other than multiterm, SR, product Casts, counts, a fixed or
 narrow-exponent accumulator (the round-to-odd condition), operands or C out of range, and any
 AccumSpec field this module does not know (unless it holds its default) go to the exact core.
+Shapes: outputs run in tiles of TM x TN (4 x 64), so `run` swaps the operands of a product
+thinner in N than in M (D^T = B^T A^T, term for term: a matrix-vector product pads one row to 4,
+not one column to 64), and cpu_gemm.plan leaves to the exact core a product that `suits` finds
+too thin both ways (more than MAX_PADDING padded outputs per output, or padded copies beyond
+MAX_COPIES times the exact core's; bench/thin_shapes.py).
 
 Like every Numba kernel here, the route assumes the default floating-point environment (round
 to nearest even, no FTZ/DAZ).
@@ -93,11 +98,19 @@ from refsim.kernels.lane import bits_float, fast_constants, float_bits, round_la
 from refsim.params import CARRIERS, format_params
 from refsim.specs import AccumSpec
 
-__all__ = ["KNOWN_FIELDS", "RANGE_BITS", "MultitermPlan", "plan", "run"]
+__all__ = ["COPY_FLOOR", "KNOWN_FIELDS", "MAX_COPIES", "MAX_PADDING", "RANGE_BITS",
+           "MultitermPlan", "plan", "run", "suits", "tiling"]
 
 RANGE_BITS = 480
 """In range: every set bit of every product, operand, C and accumulator value, and every
 alignment power, between 2^-RANGE_BITS and 2^RANGE_BITS (module doc)."""
+MAX_PADDING = 16
+"""suits: at most this many padded outputs computed per output (a padded multiply-add here costs
+about 1/40 of one in the exact core, bench/thin_shapes.py)."""
+MAX_COPIES = 4
+COPY_FLOOR = 1 << 26
+"""suits: the padded copies (bytes) at most MAX_COPIES times the exact core's float64 copies of a
+and b, or under COPY_FLOOR bytes."""
 NS_PER_MT_MAC = 0.5  # one-thread nanoseconds per multiply-add (refsim.backends.threads)
 TM, TN = 4, 64  # a job: TM rows by TN columns of outputs (the B panel of a group stays in L1)
 
@@ -204,7 +217,12 @@ def run(p: MultitermPlan, a3: np.ndarray, b3: np.ndarray, c: np.ndarray | None =
     output."""
     n_batch, n_rows, n_k = a3.shape
     n_cols = b3.shape[1]
-    rows, cols = -(-n_rows // TM) * TM, -(-n_cols // TN) * TN  # whole tiles: zeros around
+    swap, rows, cols = tiling(n_rows, n_cols)
+    if swap:  # D^T = B^T A^T: a thin D runs its long side along TN
+        c_t = None if c is None else np.ascontiguousarray(
+            c.reshape(n_batch, n_rows, n_cols).transpose(0, 2, 1)).reshape(-1)
+        return np.ascontiguousarray(np.swapaxes(run(p, b3, a3, c_t), 1, 2))
+    # whole tiles (rows x cols): zeros around
     a = np.zeros((n_batch, rows, n_k))
     a[:, :n_rows] = a3
     bt = np.zeros((n_batch, n_k, cols))
@@ -216,8 +234,8 @@ def run(p: MultitermPlan, a3: np.ndarray, b3: np.ndarray, c: np.ndarray | None =
         bt = np.where(np.abs(bt) < tiny, np.copysign(0.0, bt), bt)
     if p.key[4]:  # align product: 2^max(floor(log2|x|), emin), 0 for a zero operand
         pa, pb = _exponent_powers(a, p.operand_emin), _exponent_powers(bt, p.operand_emin)
-    else:
-        pa, pb = np.abs(a), np.abs(bt)
+    else:  # the kernel takes |pa * pb|: the operands themselves, no copies
+        pa, pb = a, bt
     has_c = c is not None
     cv = np.zeros((n_batch, rows, cols) if has_c else (1, 1, 1))
     if c is not None:
@@ -231,13 +249,39 @@ def run(p: MultitermPlan, a3: np.ndarray, b3: np.ndarray, c: np.ndarray | None =
     return np.ascontiguousarray(out[:, :n_rows, :n_cols])  # the caller writes into it flat
 
 
+def tiling(n_rows: int, n_cols: int) -> tuple[bool, int, int]:
+    """How run lays out a (P, n_rows, K) x (P, n_cols, K) product in TM x TN tiles: whether it
+    swaps the operands (the reduction is symmetric in a and b: D^T = B^T A^T term by term),
+    then the padded rows and columns. A matrix-vector shape (N = 1) swapped pads 1 row to TM,
+    not 1 column to TN (64x the memory and the work)."""
+    def padded(r: int, c: int) -> tuple[int, int]:
+        return -(-r // TM) * TM, -(-c // TN) * TN
+    plain, swapped = padded(n_rows, n_cols), padded(n_cols, n_rows)
+    swap = swapped[0] * swapped[1] < plain[0] * plain[1]
+    return (swap, *(swapped if swap else plain))
+
+
+def suits(n_batch: int, n_rows: int, n_cols: int, n_k: int, product_align: bool) -> bool:
+    """Does run suit this shape better than the exact core: at most MAX_PADDING padded outputs
+    per output (the work), and padded float64 copies at most MAX_COPIES times the exact core's
+    float64 copies of a and b, or under COPY_FLOOR bytes (the memory)?"""
+    _, rows, cols = tiling(n_rows, n_cols)
+    if rows * cols > MAX_PADDING * n_rows * n_cols:
+        return False
+    copies = 8 * n_batch * n_k * (rows + cols) * (2 if product_align else 1)  # + the powers
+    return copies <= max(COPY_FLOOR, MAX_COPIES * 8 * n_batch * n_k * (n_rows + n_cols))
+
+
 def _exponent_powers(x: np.ndarray, emin: int | None) -> np.ndarray:
-    """2^max(floor(log2|x|), emin) per element (exact: in range), 0 where x is a zero."""
-    _, exp = np.frexp(x)  # |x| = m * 2^exp, m in [0.5, 1): floor(log2|x|) = exp - 1
-    e = exp - 1
+    """2^max(floor(log2|x|), emin) per element (exact: in range), 0 where x is a zero. x's values
+    are float64 normals or zeros (in range), so 2^floor(log2|x|) is x's pattern with the sign and
+    the significand cleared; one array and a mask, no temporaries of x's size in float64."""
+    p = np.empty(x.shape, np.float64)
+    np.bitwise_and(x.view(np.uint64), np.uint64(0x7FF << 52), out=p.view(np.uint64))
     if emin is not None:
-        e = np.maximum(e, emin)
-    return np.where(x == 0, 0.0, np.ldexp(1.0, e))
+        np.maximum(p, 2.0 ** emin, out=p, where=p != 0.0)
+    return p
+
 
 
 def _llvm_round(name: str, doc: str):
@@ -465,7 +509,7 @@ def _gemm(a, pa, bt, pb, cv, out, switches, group, width, chunk, acc_emin, fast,
                         pav = pa[p, i0 + ii, k]
                         prow = pb[p, k, j0:j0 + TN]
                         for j in range(TN):
-                            mrow[j] = max(mrow[j], pav * prow[j])
+                            mrow[j] = max(mrow[j], abs(pav * prow[j]))
                 for ii in range(TM):
                     for j in range(TN):
                         e = _exponent(mx[ii, j])
