@@ -153,6 +153,10 @@ class RandomHadamard:
         if not isinstance(fmt, FloatFormat):
             raise ValueError(f"RandomHadamard.fmt must be a floating-point format; got "
                              f"{name_of(fmt)}")
+        if not (fmt.signed and fmt.zero):  # H (s * x) holds values of both signs, and zeros
+            raise ValueError(f"RandomHadamard.fmt must be a signed format with a zero (the "
+                             f"transformed values take both signs); got {name_of(fmt)}, which "
+                             f"has {'no sign' if not fmt.signed else 'no zero'}")
         if fmt.man_bits > _MAN_MAX or fmt.emin - (fmt.man_bits if fmt.subnormals else 0) \
                 < _QUANTUM_MIN or fmt.emax > 1023:
             raise ValueError(f"RandomHadamard.fmt ({name_of(fmt)}) must have at most {_MAN_MAX} "
