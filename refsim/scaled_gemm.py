@@ -62,7 +62,7 @@ from refsim.params import check_array, check_seed
 from refsim.quantize import quantize
 from refsim.specs import AccumSpec, Cast, GemmSpec
 
-__all__ = ["scaled_matmul"]
+__all__ = ["check_scaled_spec", "scaled_matmul"]
 
 _UINT64_MAX = (1 << 64) - 1
 
@@ -106,7 +106,9 @@ def _expand(scales: np.ndarray, shape: tuple[int, ...], extents: dict[int, int])
     return out
 
 
-def _check_spec(spec: GemmSpec) -> None:
+def check_scaled_spec(spec: GemmSpec) -> None:
+    """A TypeError or ValueError unless scaled_matmul accepts `spec` (a GemmSpec with no 'sr'
+    accumulator): refsim.nn checks plans with it when they load."""
     if not isinstance(spec, GemmSpec):
         raise TypeError(f"spec must be a GemmSpec; got {type(spec).__name__}")
     accs = [spec.acc, spec.acc.outer_spec]
@@ -140,7 +142,7 @@ def scaled_matmul(a, b, spec: GemmSpec, c=None, *, seed: int = 0) -> np.ndarray:
     Returns:
         float64 array (..., M, N) holding values of the result format.
     """
-    _check_spec(spec)
+    check_scaled_spec(spec)
     a = check_array(a, "a")
     b = check_array(b, "b")
     seed = check_seed(seed)
