@@ -21,7 +21,8 @@ from refsim.formats import Format
 
 def quantize(x, fmt: Format | str, rounding: str = "rne", *, overflow: str = "default",
              sr_bits: int | None = None, seed: int | None = None,
-             rbits: np.ndarray | None = None, out: np.ndarray | None = None):
+             rbits: np.ndarray | None = None, out: np.ndarray | None = None,
+             route: str = "auto"):
     """Round `x` to `fmt`.
 
     Args:
@@ -44,6 +45,9 @@ def quantize(x, fmt: Format | str, rounding: str = "rne", *, overflow: str = "de
         out: optional writeable array of x's shape and dtype to write into (may be x
             itself); for a scalar x, a 0-d array of float64 (Python float) or of the scalar's
             dtype.
+        route: which kernels round a torch tensor, one of refsim.backends.torch_backend.ROUTES
+            ("auto", "numba", "torch", "torch-general"; the same bits on every route); any
+            other x takes "auto" only.
 
     Returns:
         An array of x's dtype and shape (out, if given); a float for a Python float input (a
@@ -54,7 +58,11 @@ def quantize(x, fmt: Format | str, rounding: str = "rne", *, overflow: str = "de
         from refsim.backends import torch_backend
         # With a tensor x, rbits and out are tensors too (the signature names NumPy's types).
         return torch_backend.quantize(x, fmt, rounding, overflow=overflow, sr_bits=sr_bits,
-                                      seed=seed, rbits=cast(Any, rbits), out=cast(Any, out))
+                                      seed=seed, rbits=cast(Any, rbits), out=cast(Any, out),
+                                      route=route)
+    if route != "auto":
+        raise ValueError(f"route applies to torch tensors only (a NumPy array or a device "
+                         f"array takes 'auto'); got {route!r}")
     if cuda.is_device_array(x):  # numba device array or __cuda_array_interface__: on the GPU
         return cuda.quantize(x, fmt, rounding, overflow=overflow, sr_bits=sr_bits, seed=seed,
                              rbits=rbits, out=out)

@@ -34,7 +34,7 @@ import dataclasses
 import functools
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from numba import njit, prange
@@ -46,6 +46,7 @@ from refsim.formats.registry import name_of
 from refsim.kernels.core import bit_length
 from refsim.kernels.rng import philox4x64_10
 from refsim.params import carrier_holds, check_array
+from refsim.specs import Transform, register_transform
 
 __all__ = ["BLOCKS", "SIGN_KEY", "RandomHadamard", "scale"]
 
@@ -117,8 +118,9 @@ def _format_data(fmt: FloatFormat) -> str | dict[str, Any]:
 _KEYS = ("kind", "block", "seed", "fmt", "rounding", "overflow")
 
 
+@register_transform
 @dataclass(frozen=True)
-class RandomHadamard:
+class RandomHadamard(Transform):
     """A random Hadamard transform along K, computed in `fmt` (module docstring).
 
     Args:
@@ -130,6 +132,7 @@ class RandomHadamard:
         overflow: default, saturate or satfinite (the format's policy, docs/rounding.md).
     """
 
+    kind: ClassVar[str] = "hadamard"
     block: int = 16
     seed: int = 0
     fmt: FloatFormat = "fp32"  # type: ignore[assignment]  # a name is stored as its FloatFormat
