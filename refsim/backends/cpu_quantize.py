@@ -58,7 +58,7 @@ def quantize(x: np.ndarray, fmt: Format | str, rounding: str = "rne", *,
     dst = dst_array.reshape(-1).view(utype)
     fast = lane.fast_constants(params, c_man, c_bias, mode, ovf)
     with threads_for(src.size * NS_PER_QUANTIZE):
-        cpu.KERNELS[mode](readonly(src), dst, c_man, c_bias, params, fast, ovf, bits,
+        cpu.quantize_flat(mode, readonly(src), dst, c_man, c_bias, params, fast, ovf, bits,
                           np.uint64(seed_value), readonly(given))
     if out is None:
         return dst_array
