@@ -4,9 +4,10 @@
 
 Each case runs in its own subprocess whose NUMBA_CACHE_DIR is a new empty folder, so every
 kernel it needs is compiled then and there (nothing is warmed at install time): it times
-`import refsim` and then the first call, wall time, and reports which Numba dispatchers
-compiled and how many signatures each. A second call in the same process is timed too (the
-warm cost, for scale). Timings on a shared machine are noisy: repeat, and read the best.
+`import refsim` and then the first call, wall time and the process's CPU time (compiling is one
+thread: on a loaded machine the CPU time is the steadier figure), and reports which Numba
+dispatchers compiled and how many signatures each. A second call in the same process is timed
+too (the warm cost, for scale). Timings on a shared machine are noisy: repeat, and read the best.
 """
 
 from __future__ import annotations
@@ -44,9 +45,9 @@ t0 = time.perf_counter()
 import refsim
 t1 = time.perf_counter()
 {setup}
-t2 = time.perf_counter()
+t2, c2 = time.perf_counter(), time.process_time()
 {call}
-t3 = time.perf_counter()
+t3, c3 = time.perf_counter(), time.process_time()
 {call}
 t4 = time.perf_counter()
 from numba.core.registry import CPUDispatcher
@@ -56,8 +57,8 @@ for obj in gc.get_objects():
     if isinstance(obj, CPUDispatcher) and obj.signatures:
         name = obj.py_func.__module__ + "." + obj.py_func.__qualname__
         compiled[name] = compiled.get(name, 0) + len(obj.signatures)
-print(json.dumps({{"import": t1 - t0, "first": t3 - t2, "second": t4 - t3,
-                  "compiled": compiled}}))
+print(json.dumps({{"import": t1 - t0, "first": t3 - t2, "first_cpu": c3 - c2,
+                  "second": t4 - t3, "compiled": compiled}}))
 """
 
 
@@ -78,12 +79,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--verbose", action="store_true", help="list the compiled dispatchers")
     args = parser.parse_args()
-    print(f"{'case':>18} {'import s':>9} {'first call s':>13} {'second s':>9} {'kernels':>8}")
+    print(f"{'case':>18} {'import s':>9} {'first call s':>13} {'its CPU s':>10} {'second s':>9} "
+          f"{'kernels':>8}")
     for name in args.cases:
         for _ in range(args.repeat):
             r = run_case(name)
-            print(f"{name:>18} {r['import']:>9.2f} {r['first']:>13.2f} {r['second']:>9.4f} "
-                  f"{sum(r['compiled'].values()):>8}", flush=True)
+            print(f"{name:>18} {r['import']:>9.2f} {r['first']:>13.2f} {r['first_cpu']:>10.2f} "
+                  f"{r['second']:>9.4f} {sum(r['compiled'].values()):>8}", flush=True)
             if args.verbose:
                 for fn, n in sorted(r["compiled"].items()):
                     print(f"{'':>20}{fn} x{n}")
