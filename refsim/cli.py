@@ -42,13 +42,13 @@ def _train(args: argparse.Namespace) -> int:
     if args.task is not None and args.model != "transformer":
         raise ValueError(f"--task applies to --model transformer only ({args.model} trains on "
                          f"the bundled digits); got --task {args.task}")
-    if args.out is not None:  # before any work: a run never writes over another
-        prepare_out_dir(args.out, args.overwrite)
     numerics = load_numerics(args.numerics)
     config = TrainConfig(model=args.model, epochs=args.epochs, seed=args.seed,
                          batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                          storage=args.storage, task=args.task or "copy",
                          max_steps=args.max_steps)
+    if args.out is not None:  # after the checks, before any work: a run never writes over another
+        prepare_out_dir(args.out, args.overwrite)
     summary = train(config, numerics, out_dir=args.out,
                     progress=None if args.quiet else sys.stderr, overwrite=True)
     stopped = summary["nonfinite"]
