@@ -1,4 +1,4 @@
-"""Simulated matmul throughput against float32 BLAS in the same process: the rows of issue 14.
+"""Simulated matmul throughput against float32 BLAS in the same process, row by row.
 
     python -m bench.matmul [--n 512] [--slow-n 256] [--threads 1 2] [--repeat 5] [--rows ...]
 
@@ -36,8 +36,8 @@ def _fp8(acc: AccumSpec) -> GemmSpec:
     return GemmSpec(a=E4M3, b=E4M3, acc=acc, out=Cast("fp32"))
 
 
-# name -> (spec, measured at --n; False: at --slow-n, as issue 14 sets the sr row and the rows
-# that ran on the exact core)
+# name -> (spec, measured at --n; False: at --slow-n, as docs/BENCHMARKS.md sets the sr row and
+# the rows that ran on the exact core)
 ROWS: dict[str, tuple[GemmSpec, bool]] = {
     "e4m3-fp32": (_fp8(AccumSpec("fp32")), True),
     "e4m3-fp16": (_fp8(AccumSpec("fp16")), True),
@@ -52,7 +52,7 @@ ROWS: dict[str, tuple[GemmSpec, bool]] = {
                                  outer="fp32")), True),
     "pairwise": (_fp8(AccumSpec("fp16", order="pairwise")), True),
     "kahan": (_fp8(AccumSpec("fp16", order="kahan")), True),
-    # Tensor-core presets (refsim.hardware; issue 15), operands Cast to the input format.
+    # Tensor-core presets (refsim.hardware, docs/hardware.md), operands Cast to the input format.
     "h100-e4m3": (hardware.gemm_spec("h100", "e4m3"), True),
     "h100-fp16": (hardware.gemm_spec("h100", "fp16"), True),
     "a100-bf16": (hardware.gemm_spec("a100", "bf16"), True),

@@ -10,7 +10,7 @@ of refsim.matmul) and everything else (autodiff, NumPy ops, optimizer).
 ratio: one training epoch of the MLP, the CNN and the transformer under the unsimulated `numpy`
 preset and under each of --compare (default fp32 fp8), in this process, one Numba thread and one
 BLAS thread, CPU time, best of --repeat; prints each preset's epoch as a multiple of numpy's (the
-issue-14 target: a step under fp32 and fp8 within 5x of numpy's).
+target: a step under fp32 and fp8 within 5x of numpy's; docs/BENCHMARKS.md).
 transformer: the tiny transformer under fp8 trained epoch by epoch on its synthetic task until
 the test sequence accuracy (every answer token right) reaches --target (or --limit seconds
 pass); prints the time to reach it and a profile of the first epoch.

@@ -28,7 +28,7 @@ INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process killed by Ctrl-C
 
 def _train(args: argparse.Namespace) -> int:
     from refsim.nn.numerics import load_numerics
-    from refsim.nn.train import TrainConfig, print_summary, train
+    from refsim.nn.train import TrainConfig, prepare_out_dir, print_summary, train
 
     if args.threads != 0:
         import numba
@@ -39,12 +39,18 @@ def _train(args: argparse.Namespace) -> int:
             raise ValueError(f"--threads must be 0 (Numba default) or in [1, {limit}]; "
                              f"got {args.threads}")
         numba.set_num_threads(args.threads)
+    if args.task is not None and args.model != "transformer":
+        raise ValueError(f"--task applies to --model transformer only ({args.model} trains on "
+                         f"the bundled digits); got --task {args.task}")
     numerics = load_numerics(args.numerics)
     config = TrainConfig(model=args.model, epochs=args.epochs, seed=args.seed,
                          batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-                         storage=args.storage, task=args.task, max_steps=args.max_steps)
+                         storage=args.storage, task=args.task or "copy",
+                         max_steps=args.max_steps)
+    if args.out is not None:  # after the checks, before any work: a run never writes over another
+        prepare_out_dir(args.out, args.overwrite)
     summary = train(config, numerics, out_dir=args.out,
-                    progress=None if args.quiet else sys.stderr)
+                    progress=None if args.quiet else sys.stderr, overwrite=True)
     stopped = summary["nonfinite"]
     if stopped is None:
         print_summary(summary)
@@ -74,13 +80,18 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=positive_int, default=10)
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--out", type=output_dir, default=None,
-                   help="directory for metrics.jsonl and summary.json")
+                   help="directory for metrics.jsonl and summary.json: new or empty, unless "
+                   "--overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="let --out hold an earlier run: its metrics.jsonl and summary.json are "
+                   "deleted first")
     p.add_argument("--batch-size", type=positive_int, default=None)
     p.add_argument("--lr", type=positive_float, default=None)
     p.add_argument("--optimizer", choices=("sgd", "adam"), default=None)
     p.add_argument("--storage", default=None,
                    help="store weights in this format, updated with stochastic rounding")
-    p.add_argument("--task", choices=TASKS, default="copy", help="transformer task")
+    p.add_argument("--task", choices=TASKS, default=None,
+                   help="the transformer's task (default copy; --model transformer only)")
     p.add_argument("--max-steps", type=positive_int, default=None)
     p.add_argument("--threads", type=nonnegative_int, default=1,
                    help="Numba threads (default 1: these products are small, and on a busy "

@@ -49,6 +49,18 @@ def format_params(fmt: Format) -> tuple[int, ...]:
             fmt.k_max)
 
 
+def type_name(x: object) -> str:
+    """What x is, for an error message: its type with its module (numpy.float32, a NumPy scalar,
+    is not an array of dtype float32), and the dtype of an array or tensor."""
+    kind = type(x)
+    module = kind.__module__
+    qualified = kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+    if isinstance(x, np.generic):
+        return f"the NumPy scalar {qualified}"
+    dtype = getattr(x, "dtype", None)
+    return qualified if dtype is None else f"{qualified} of dtype {dtype}"
+
+
 def check_array(x: object, name: str = "x") -> np.ndarray:
     """x itself if it is a NumPy float32/float64 array, else an error naming `name`.
 
@@ -63,7 +75,8 @@ def check_array(x: object, name: str = "x") -> np.ndarray:
         raise TypeError(f"{name} must be a plain NumPy array; got np.matrix (pass "
                         f"np.asarray({name}))")
     if not isinstance(x, np.ndarray):
-        raise TypeError(f"{name} must be a NumPy float32/float64 array; got {type(x).__name__}")
+        hint = f" (wrap a scalar: np.asarray({name}))" if isinstance(x, np.generic | float) else ""
+        raise TypeError(f"{name} must be a NumPy float32/float64 array; got {type_name(x)}{hint}")
     if x.dtype not in CARRIERS:
         raise TypeError(f"{name} must have dtype float32 or float64; got {x.dtype} (nothing is "
                         "cast implicitly)")

@@ -22,7 +22,7 @@ from refsim.formats import Format
 def quantize(x, fmt: Format | str, rounding: str = "rne", *, overflow: str = "default",
              sr_bits: int | None = None, seed: int | None = None,
              rbits: np.ndarray | None = None, out: np.ndarray | None = None,
-             sr_variant: str = "floor"):
+             sr_variant: str = "floor", route: str = "auto"):
     """Round `x` to `fmt`.
 
     Args:
@@ -49,6 +49,9 @@ def quantize(x, fmt: Format | str, rounding: str = "rne", *, overflow: str = "de
             N-bit integer F the random bits are added to: "floor" (default; IEEE P3109's
             StochasticA), "half-up" (StochasticB), "half-even" (StochasticC), "half-odd"
             (refsim.formats.policy.SR_VARIANTS; docs/formats.md, "IEEE P3109 formats").
+        route: which kernels round a torch tensor, one of refsim.backends.torch_backend.ROUTES
+            ("auto", "numba", "torch", "torch-general"; the same bits on every route); any
+            other x takes "auto" only.
 
     Returns:
         An array of x's dtype and shape (out, if given); a float for a Python float input (a
@@ -60,7 +63,10 @@ def quantize(x, fmt: Format | str, rounding: str = "rne", *, overflow: str = "de
         # With a tensor x, rbits and out are tensors too (the signature names NumPy's types).
         return torch_backend.quantize(x, fmt, rounding, overflow=overflow, sr_bits=sr_bits,
                                       seed=seed, rbits=cast(Any, rbits), out=cast(Any, out),
-                                      sr_variant=sr_variant)
+                                      sr_variant=sr_variant, route=route)
+    if route != "auto":
+        raise ValueError(f"route applies to torch tensors only (a NumPy array or a device "
+                         f"array takes 'auto'); got {route!r}")
     if cuda.is_device_array(x):  # numba device array or __cuda_array_interface__: on the GPU
         return cuda.quantize(x, fmt, rounding, overflow=overflow, sr_bits=sr_bits, seed=seed,
                              rbits=rbits, out=out, sr_variant=sr_variant)

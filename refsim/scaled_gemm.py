@@ -25,11 +25,21 @@ Semantics of scaled_matmul(a, b, spec, c): D (..., M, N)
     two block scales to the outer format O = spec.acc.outer_spec.fmt, rne) and
     D = O-sequential sum over j of S_j * P_j with each step one fused multiply-add
     (acc = round_O(acc + S_j * P_j), the exact product, one rounding: nvcc contracts the
-    promotion's `acc += s * p` to an FMA), starting from C (or -0/+0 as refsim.matmul starts).
+    promotion's `acc += s * p` to an FMA), starting from C when there is no tensor scale (else
+    from -0/+0 as refsim.matmul starts).
   - Otherwise the block scales are folded into the values (element x scale) and the product is
-    refsim.matmul's.
+    refsim.matmul's (with C as its initial value when there is no tensor scale).
+  - Where C enters: D = A·B + C with C unscaled, as cuBLAS's alpha·(A·B) + beta·C with beta = 1.
+    Without a tensor scale (alpha = 1) C is the initial value of the accumulation as in
+    refsim.matmul (the fold path: as spec.acc's c_entry says; the promotion path: the outer
+    accumulator's start, since the chunk sums are in element units). With one, the epilogue
+    computes round_R(alpha * P + C), one rounding of the exact value (an FMA) to the result
+    format R, where P is the accumulated A·B.
   - spec.transform (a random Hadamard transform along K) runs first, as in refsim.matmul.
-  - spec.out then rounds each result.
+  - spec.out then rounds each result exactly as refsim.matmul's output Cast does (its own
+    random words, family OUT, keyed by seed and the flat output index).
+  - Inputs are checked as refsim.matmul checks them, before any work: arrays, K, batch
+    dimensions, C's type, dtype and shape. K = 0 gives round(C) (or +0) as matmul does.
 Stochastic rounding of the accumulation is not taken here (its stream is defined per output and
 step of one matmul call; a chunked re-run would key it differently): ValueError.
 """
@@ -39,13 +49,20 @@ from __future__ import annotations
 import numpy as np
 
 from refsim.accumulate import matmul
+from refsim.backends.kernel_args import (
+    EXACT_PRODUCT_BITS,
+    batch_shape,
+    initial_values,
+    max_significant_bits,
+    result_format,
+)
 from refsim.blocks import quantize_blocks
 from refsim.formats.block_format import BlockFormat
 from refsim.params import check_array, check_seed
 from refsim.quantize import quantize
 from refsim.specs import AccumSpec, Cast, GemmSpec
 
-__all__ = ["scaled_matmul"]
+__all__ = ["check_scaled_spec", "scaled_matmul"]
 
 _UINT64_MAX = (1 << 64) - 1
 
@@ -89,7 +106,9 @@ def _expand(scales: np.ndarray, shape: tuple[int, ...], extents: dict[int, int])
     return out
 
 
-def _check_spec(spec: GemmSpec) -> None:
+def check_scaled_spec(spec: GemmSpec) -> None:
+    """A TypeError or ValueError unless scaled_matmul accepts `spec` (a GemmSpec with no 'sr'
+    accumulator): refsim.nn checks plans with it when they load."""
     if not isinstance(spec, GemmSpec):
         raise TypeError(f"spec must be a GemmSpec; got {type(spec).__name__}")
     accs = [spec.acc, spec.acc.outer_spec]
@@ -115,19 +134,21 @@ def scaled_matmul(a, b, spec: GemmSpec, c=None, *, seed: int = 0) -> np.ndarray:
     Args:
         a: (..., M, K) float32/float64 array; b: (..., K, N); batch dimensions broadcast.
         spec: a GemmSpec whose Casts a and b are block formats (or element formats / None).
-        c: None or the initial accumulator (broadcast to (..., M, N)).
-        seed: 0..2^64-1; the Casts use seed (a) and seed + 1 (b), as refsim.matmul.
+        c: None or the initial value C, a float32/float64 array that broadcasts to (..., M, N);
+            it joins unscaled (module docstring, "Where C enters").
+        seed: 0..2^64-1; the Casts use seed (a) and seed + 1 (b), the output Cast seed, as
+            refsim.matmul.
 
     Returns:
         float64 array (..., M, N) holding values of the result format.
     """
-    _check_spec(spec)
+    check_scaled_spec(spec)
     a = check_array(a, "a")
     b = check_array(b, "b")
     seed = check_seed(seed)
-    if a.ndim < 2 or b.ndim < 2 or a.shape[-1] != b.shape[-2]:
-        raise ValueError(f"a (..., M, K) and b (..., K, N) must agree in K; got shapes "
-                         f"{a.shape} and {b.shape}")
+    out_shape = (*batch_shape(a.shape, b.shape), a.shape[-2], b.shape[-1])
+    if c is not None:  # matmul's entry check: the type, the dtype and the shape, before any work
+        initial_values(c, out_shape)
     if spec.transform is not None:  # along K on both operands, before their Casts (matmul's)
         a = spec.transform.apply(a, axis=-1)
         b = spec.transform.apply(b, axis=-2)
@@ -135,27 +156,46 @@ def scaled_matmul(a, b, spec: GemmSpec, c=None, *, seed: int = 0) -> np.ndarray:
     qb = _Operand(b, spec.b, (seed + 1) & _UINT64_MAX, "b")
     k = a.shape[-1]
     acc = spec.acc
+    alpha = float(np.float32(qa.tensor_scale * qb.tensor_scale))  # ta, tb are fp32 values: the
+    # product is exact in float64 and np.float32 rounds it to nearest even, once (cuBLAS's alpha)
+    c_in = c if alpha == 1.0 else None  # with an epilogue, C joins there (after alpha)
     lengths = {q.k_len for q in (qa, qb) if q.k_len is not None}
-    promote = (acc.order in ("chunked", "multiterm") and acc.chunk is not None
+    promote = (k > 0 and acc.order in ("chunked", "multiterm") and acc.chunk is not None
                and len(lengths) == 1 and acc.chunk == lengths.pop())
     if promote:
-        d = _promoted(qa, qb, acc, c, k)
+        d = _promoted(qa, qb, acc, c_in, k)
     else:
+        out = spec.out if alpha == 1.0 else None  # matmul's own output rounding, same stream
         d = np.asarray(matmul(qa.elements * qa.scales, qb.elements * qb.scales,
-                              GemmSpec(acc=acc), c=c), np.float64)
-    alpha = qa.tensor_scale * qb.tensor_scale
-    if alpha != 1.0:  # the epilogue: alpha = fl32(ta * tb), then one rounding of alpha * D
-        from refsim.backends.kernel_args import result_format
+                              GemmSpec(acc=acc, out=out), c=c_in, seed=seed), np.float64)
+        if alpha == 1.0:
+            return d
+    if alpha == 1.0 and spec.out is None:
+        return d
+    return _epilogue(d, alpha, c if alpha != 1.0 else None, result_format(acc, None),
+                     spec.out, seed)
 
-        alpha = float(np.float32(alpha))  # ta, tb are fp32 values: the product is exact in
-        # float64 and np.float32 rounds it to nearest even, once
-        fmt = result_format(acc, None)
-        d = np.asarray(quantize(d * alpha, fmt, "rne"), np.float64)  # d * alpha exact: 24 x 24
-    if spec.out is not None:
-        assert not isinstance(spec.out.fmt, BlockFormat)  # GemmSpec.out: element formats only
-        d = np.asarray(quantize(d, spec.out.fmt, spec.out.rounding, overflow=spec.out.overflow,
-                                sr_bits=spec.out.sr_bits, seed=seed), np.float64)
-    return d
+
+def _epilogue(d: np.ndarray, alpha: float, c, fmt, out: Cast | None, seed: int) -> np.ndarray:
+    """round_fmt(alpha * D + C) (one rounding of the exact value: cuBLAS's epilogue with beta = 1),
+    then the output Cast, as refsim.matmul rounds its output: one (X, 1) x (1, 1) matmul whose
+    single product is alpha * D (exact), with C as its initial value and spec.out as its output
+    Cast under the same seed. Output i keeps its flat index, so its words are matmul's (family
+    OUT, step 0, docs/accumulation.md). With alpha == 1 and no C the accumulation is the identity
+    (fmt holds D)."""
+    shape = d.shape
+    col = np.ascontiguousarray(d).reshape(-1, 1)
+    bits = max_significant_bits(col) + max_significant_bits(np.array([alpha]))
+    if bits > EXACT_PRODUCT_BITS:
+        raise ValueError(f"scaled_matmul: alpha * D needs {bits} significant bits, more than the "
+                         f"{EXACT_PRODUCT_BITS} of an exact product; the tensor-scale epilogue "
+                         f"supports result formats of at most {EXACT_PRODUCT_BITS - 24} bits of "
+                         f"precision (got {fmt})")
+    scale = np.array([[alpha]], np.float64)
+    c_col = None if c is None else np.ascontiguousarray(
+        np.broadcast_to(c, shape), np.float64).reshape(-1, 1)
+    r = matmul(col, scale, GemmSpec(acc=AccumSpec(fmt, "rne"), out=out), c=c_col, seed=seed)
+    return np.asarray(r, np.float64).reshape(shape)
 
 
 def _promoted(qa: _Operand, qb: _Operand, acc: AccumSpec, c, k: int) -> np.ndarray:

@@ -14,18 +14,17 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from refsim.formats import FixedFormat, FloatFormat, Format, get_format
 from refsim.formats.block_format import NAMED_BLOCKS, BlockFormat, get_block_format, is_block_format
 from refsim.formats.policy import check_int, check_overflow, check_rounding, check_sr_bits
 from refsim.formats.registry import name_of
-from refsim.transforms import RandomHadamard
 
 __all__ = ["CHUNK_ORDERS", "C_ENTRIES", "MULTITERM_ALIGNS", "MULTITERM_MAX_BITS",
            "MULTITERM_TRUNCATIONS",
-           "MULTITERM_VARIANTS", "ORDERS", "SUBNORMAL_INPUTS", "AccumSpec", "Cast", "GemmSpec",
-           "format_fits"]
+           "MULTITERM_VARIANTS", "ORDERS", "SUBNORMAL_INPUTS", "TRANSFORM_KINDS", "AccumSpec",
+           "Cast", "GemmSpec", "Transform", "format_fits", "register_transform"]
 
 ORDERS: tuple[str, ...] = ("sequential", "pairwise", "chunked", "kahan", "multiterm")
 """sequential: k = 0, 1, 2, ...; pairwise: a fixed binary tree; chunked: `chunk` terms per inner
@@ -638,6 +637,48 @@ def _check_multiterm_options(spec: AccumSpec) -> None:
                          "exponents; it cannot be combined with a product Cast")
 
 
+# ---- transforms of the operands ------------------------------------------------------------------
+class Transform:
+    """What GemmSpec.transform holds: a transform of both operands along K (refsim.transforms
+    defines them, e.g. RandomHadamard, and registers each kind with register_transform; this
+    module describes GemmSpec and needs none of their code)."""
+
+    kind: ClassVar[str]  # the "kind" of its dict
+    block: int  # K must be a multiple of it
+
+    def apply(self, x: Any, axis: int = -1) -> Any:
+        """x transformed along `axis`."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Transform:
+        raise NotImplementedError
+
+
+TRANSFORM_KINDS: dict[str, type[Transform]] = {}
+"""Transform kind -> its class, filled by register_transform (refsim.transforms, which the
+package imports with refsim)."""
+DEFAULT_TRANSFORM_KIND = "hadamard"  # a transform dict without "kind"
+
+
+def register_transform(cls: type[Transform]) -> type[Transform]:
+    """Class decorator: GemmSpec.from_dict then reads dicts of kind cls.kind as cls."""
+    TRANSFORM_KINDS[cls.kind] = cls
+    return cls
+
+
+def _transform_of(data: dict[str, Any]) -> Transform:
+    kind = data.get("kind", DEFAULT_TRANSFORM_KIND)
+    if kind not in TRANSFORM_KINDS:
+        raise ValueError(f"GemmSpec.transform: kind must be one of "
+                         f"{', '.join(map(repr, TRANSFORM_KINDS)) or '(none registered)'}; "
+                         f"got {kind!r}")
+    return TRANSFORM_KINDS[kind].from_dict(data)
+
+
 # ---- GemmSpec -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class GemmSpec:
@@ -656,18 +697,18 @@ class GemmSpec:
     b: Cast | None = None
     acc: AccumSpec = None  # type: ignore[assignment]  # required; the default only lets a, b come first
     out: Cast | None = None
-    transform: RandomHadamard | None = None
+    transform: Transform | None = None
 
     if TYPE_CHECKING:  # the signature as called (the generated __init__ takes fields as stored)
         def __init__(self, a: Cast | CastLike | None = ..., b: Cast | CastLike | None = ...,
                      acc: AccumSpec | FormatLike | dict[str, Any] | None = ...,
                      out: Cast | CastLike | None = ...,
-                     transform: RandomHadamard | dict[str, Any] | None = ...) -> None: ...
+                     transform: Transform | dict[str, Any] | None = ...) -> None: ...
 
     def __post_init__(self) -> None:
         if isinstance(self.transform, dict):
-            object.__setattr__(self, "transform", RandomHadamard.from_dict(self.transform))
-        elif self.transform is not None and not isinstance(self.transform, RandomHadamard):
+            object.__setattr__(self, "transform", _transform_of(self.transform))
+        elif self.transform is not None and not isinstance(self.transform, Transform):
             raise TypeError(f"GemmSpec.transform must be None, a RandomHadamard or its dict; got "
                             f"{type(self.transform).__name__}")
         if self.acc is None:

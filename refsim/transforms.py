@@ -34,7 +34,7 @@ import dataclasses
 import functools
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from numba import njit, prange
@@ -46,6 +46,7 @@ from refsim.formats.registry import name_of
 from refsim.kernels.core import bit_length
 from refsim.kernels.rng import philox4x64_10
 from refsim.params import carrier_holds, check_array
+from refsim.specs import Transform, register_transform
 
 __all__ = ["BLOCKS", "SIGN_KEY", "RandomHadamard", "scale"]
 
@@ -117,8 +118,9 @@ def _format_data(fmt: FloatFormat) -> str | dict[str, Any]:
 _KEYS = ("kind", "block", "seed", "fmt", "rounding", "overflow")
 
 
+@register_transform
 @dataclass(frozen=True)
-class RandomHadamard:
+class RandomHadamard(Transform):
     """A random Hadamard transform along K, computed in `fmt` (module docstring).
 
     Args:
@@ -130,6 +132,7 @@ class RandomHadamard:
         overflow: default, saturate or satfinite (the format's policy, docs/rounding.md).
     """
 
+    kind: ClassVar[str] = "hadamard"
     block: int = 16
     seed: int = 0
     fmt: FloatFormat = "fp32"  # type: ignore[assignment]  # a name is stored as its FloatFormat
@@ -153,6 +156,10 @@ class RandomHadamard:
         if not isinstance(fmt, FloatFormat):
             raise ValueError(f"RandomHadamard.fmt must be a floating-point format; got "
                              f"{name_of(fmt)}")
+        if not (fmt.signed and fmt.zero):  # H (s * x) holds values of both signs, and zeros
+            raise ValueError(f"RandomHadamard.fmt must be a signed format with a zero (the "
+                             f"transformed values take both signs); got {name_of(fmt)}, which "
+                             f"has {'no sign' if not fmt.signed else 'no zero'}")
         if fmt.man_bits > _MAN_MAX or fmt.emin - (fmt.man_bits if fmt.subnormals else 0) \
                 < _QUANTUM_MIN or fmt.emax > 1023:
             raise ValueError(f"RandomHadamard.fmt ({name_of(fmt)}) must have at most {_MAN_MAX} "

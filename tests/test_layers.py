@@ -1,10 +1,16 @@
 """The shape of the code: imports among refsim/, formats/ and validation/ point one way.
 
-Every `import` and `from ... import` (module level and inside functions) is read with ast. Three
-rules (README "Layout"): no import cycle between modules; no module takes another module's
-private name (`_x`, imported or reached as `module._x`); production code (refsim/) never imports
-the executable specification (refsim.formats.exact, exact_sum, exact_block, exact_transform),
-which is what it is checked against.
+Every `import` and `from ... import` (module level and inside functions) is read with ast. The
+rules (README "Layout", DESIGN.md): no import cycle between modules; no module takes another
+module's private name (`_x`, imported or reached as `module._x`); production code (refsim/) never
+imports the executable specification (refsim.formats.exact, exact_sum, exact_block,
+exact_transform), which is what it is checked against; every import points down the LAYERS
+(formats <- kernels <- params/specs <- backends <- public API <- nn <- factors/studies <-
+validation <- cli): the scalar kernels take numbers (no params table), a spec module needs no
+API module (specs does not import transforms); and validation reaches refsim through its public
+API only (no kernels, backends or params).
+
+Run as a script (`python tests/test_layers.py`) it prints every finding and exits 1 if any.
 """
 
 from __future__ import annotations
@@ -159,3 +165,96 @@ def test_production_never_imports_the_executable_specification():
     uses = [f"{module} <- {target}" for module in production
             for target, _ in _imports(module) if _owner(target) in ORACLE]
     assert uses == []
+
+
+# ---- layers --------------------------------------------------------------------------------------
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("refsim.formats",),
+    ("refsim.kernels",),  # the scalar kernels: numbers in, numbers out
+    ("refsim.params", "refsim.specs", "refsim.argtypes"),  # descriptions, and their translation
+    ("refsim.backends",),
+    ("refsim.quantize", "refsim.accumulate", "refsim.blocks", "refsim.scaling",
+     "refsim.transforms", "refsim.scaled_gemm", "refsim.hardware", "refsim.torch_ops",
+     "refsim.demo", "refsim"),  # the public API (and the package that re-exports it)
+    ("refsim.nn",),
+    ("refsim.torch_nn", "refsim.factors"),
+    ("refsim.studies",),
+    ("refsim.validation",),
+    ("refsim.cli", "refsim.__main__"),
+)
+"""Layers, lowest first: a module imports from its own layer or those below."""
+PUBLIC_ONLY = {"refsim.validation": ("refsim.kernels", "refsim.backends", "refsim.params")}
+"""Modules (by prefix) that reach refsim through its public API only: the prefixes they must
+not import."""
+
+
+def _layer(module: str) -> int | None:
+    """The index in LAYERS of the longest prefix that names `module` (None: none does)."""
+    best, found = -1, None
+    for i, prefixes in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best:
+                best, found = len(prefix), i
+    return found
+
+
+def _upward(edges: dict[str, set[str]]) -> list[str]:
+    """Every import that points up the LAYERS or past PUBLIC_ONLY, as 'module -> target'."""
+    found = []
+    for module, targets in sorted(edges.items()):
+        for target in sorted(targets):
+            own, other = _layer(module), _layer(target)
+            if own is None or other is None:
+                found.append(f"{module} -> {target} (not in LAYERS)")
+            elif other > own:
+                found.append(f"{module} -> {target} (layer {own} imports layer {other})")
+            for prefix, banned in PUBLIC_ONLY.items():
+                if module.startswith(prefix) and target.startswith(banned):
+                    found.append(f"{module} -> {target} (not the public API)")
+    return found
+
+
+def test_the_layer_check_catches_each_kind():
+    """The three seams this check was written for, as they once stood."""
+    assert _upward({"refsim.kernels.lane": {"refsim.params"}}) == [
+        "refsim.kernels.lane -> refsim.params (layer 1 imports layer 2)"]
+    assert _upward({"refsim.specs": {"refsim.transforms"}}) == [
+        "refsim.specs -> refsim.transforms (layer 2 imports layer 4)"]
+    assert _upward({"refsim.validation.adapters": {"refsim.backends.torch_backend"}}) == [
+        "refsim.validation.adapters -> refsim.backends.torch_backend (not the public API)"]
+    assert _upward({"refsim.nn.train": {"refsim.specs", "refsim.accumulate"}}) == []
+
+
+def test_every_module_has_a_layer():
+    assert [m for m in MODULES if _layer(m) is None] == []
+
+
+def test_imports_point_down_the_layers():
+    assert _upward(_edges()) == []
+
+
+def test_kernels_carriers_agree_with_params():
+    """kernels.lane holds the two carriers as numbers; params.CARRIERS maps dtypes onto them."""
+    from refsim.kernels.lane import CARRIER_OF, UTYPE_OF
+    from refsim.params import CARRIERS
+
+    for c_man, c_bias, utype in CARRIERS.values():
+        assert UTYPE_OF[c_man] is utype and CARRIER_OF[utype] == (c_man, c_bias)
+    assert len(UTYPE_OF) == len(CARRIER_OF) == len(CARRIERS)
+
+
+if __name__ == "__main__":
+    import sys
+
+    findings = [f"cycle: {' <-> '.join(c)}" for c in _cycles(_edges())]
+    findings += [f"layer: {hit}" for hit in _upward(_edges())]
+    production = [m for m in MODULES if m.startswith("refsim.")
+                  and not m.startswith(("refsim.formats", "refsim.validation"))]
+    findings += [f"oracle in production: {m} <- {t}" for m in production
+                 for t, _ in _imports(m) if _owner(t) in ORACLE]
+    findings += [f"private: {m} <- {t}.{n}" for m in MODULES for t, n in _imports(m)
+                 if n and n.startswith("_") and not n.startswith("__")
+                 and _owner(t) not in (None, m)]
+    findings += [f"private: {hit}" for m in MODULES for hit in _private_attributes(m)]
+    print("\n".join(findings) or "layers: no finding")
+    sys.exit(1 if findings else 0)

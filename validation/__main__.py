@@ -7,7 +7,8 @@
 `main(argv)` is the entry point (the `refsim validate` command calls it with its arguments).
 Exit status: 0 no unexpected mismatch; 1 a mismatch (a failed row, or a candidate that differs
 from its golden vectors); 2 a user's mistake (a bad flag, path, candidate or manifest), reported
-in one line, never as a traceback. The flag types are refsim.argtypes, shared by every command.
+in one line, never as a traceback; 3 (CANDIDATE_RAISED) `verify`'s candidate raised: one line
+names the exception and its message. The flag types are refsim.argtypes, shared by every command.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import argparse
 import sys
 
 from refsim import argtypes
-from refsim.validation.golden import verify_golden, write_golden
+from refsim.validation.golden import CandidateError, verify_golden, write_golden
 from refsim.validation.run import format_table, run_suite
 from refsim.validation.suites import SUITES
 
 USAGE = 2
+CANDIDATE_RAISED = 3
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
@@ -47,6 +49,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     golden.add_argument("--sr-bits", type=argtypes.positive_int, default=None)
     golden.add_argument("--seed", type=argtypes.nonnegative_int, default=0)
     golden.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+    golden.add_argument("--suites", nargs="+", choices=list(SUITES), default=list(SUITES),
+                        help="the input suites (default all; formats over 24 bits, such as fp32, "
+                        "sample --size codes for 'codes' and 'midpoints')")
     golden.add_argument("--size", type=argtypes.positive_int, default=1 << 14,
                         help="inputs of the random suites")
     verify = sub.add_parser("verify", help="check a function against golden vectors")
@@ -62,6 +67,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m refsim.validation
     args = _parser(prog).parse_args(argv)
     try:
         return _run(args)
+    except CandidateError as exc:
+        print(f"{prog} verify: {exc}", file=sys.stderr)
+        return CANDIDATE_RAISED
     except (ValueError, TypeError, OSError) as exc:
         print(f"{prog}{' ' + args.command if args.command else ''}: error: {exc}",
               file=sys.stderr)
@@ -72,7 +80,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "golden":
         path = write_golden(args.out, args.format, args.rounding, overflow=args.overflow,
                             sr_bits=args.sr_bits, seed=args.seed, dtype=args.dtype,
-                            size=args.size)
+                            suites=tuple(args.suites), size=args.size)
         print(f"wrote {path.parent}/golden.npz, golden.csv and {path.name}")
         return 0
     if args.command == "verify":

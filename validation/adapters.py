@@ -652,9 +652,7 @@ def _known(peer: str, fmt: str, skip: tuple[str, ...] = ()) -> tuple[Known | Non
 def _quantize_torch_ops(x, fmt, rounding: str = "rne", **kwargs):
     """refsim's torch path in torch ops (route "torch", what every device but the CPU runs), on
     CPU tensors too, which would otherwise take the Numba kernels (they are the reference)."""
-    from refsim.backends import torch_backend  # imports torch: only when a torch adapter runs
-
-    return torch_backend.quantize(x, fmt, rounding, route="torch", **kwargs)
+    return quantize(x, fmt, rounding, route="torch", **kwargs)  # the public API, its route
 
 
 def _refsim_torch(device: str) -> list[Adapter]:

@@ -6,7 +6,8 @@ Usage rules: `write_golden(out_dir, fmt, rounding, ...)` writes
   - manifest.json: the request (format spec card, rounding, overflow, sr_bits, seed, dtype),
     the refsim version, the suites used, the count and the SHA-256 of the two data files.
 `verify_golden(dir, candidate)` runs candidate(inputs) -> outputs (a NumPy array of the inputs'
-dtype) and compares them with the stored outputs bit for bit (refsim.validation.report.compare).
+dtype) and compares them with the stored outputs bit for bit (refsim.validation.report.compare);
+a candidate that raises gives CandidateError.
 A candidate is named on the command line as "module:function"; for stochastic rounding it is
 called as function(inputs, seed=seed).
 """
@@ -29,7 +30,12 @@ from refsim.validation.bits import UNSIGNED
 from refsim.validation.report import Report, compare
 from refsim.validation.suites import SUITES, suite
 
-__all__ = ["load_candidate", "spec_card", "verify_golden", "write_golden"]
+__all__ = ["CandidateError", "load_candidate", "spec_card", "verify_golden", "write_golden"]
+
+
+class CandidateError(Exception):
+    """verify_golden: the candidate raised (the message names it, the exception and its
+    message; the candidate's exception is the __cause__)."""
 
 
 def _version() -> str:
@@ -61,13 +67,17 @@ def write_golden(out_dir: str | Path, fmt: Format | str, rounding: str, *,
                  overflow: str = "default", sr_bits: int | None = None, seed: int = 0,
                  dtype: str = "float64", suites: tuple[str, ...] = tuple(SUITES),
                  size: int = 1 << 14) -> Path:
-    """Write golden vectors into out_dir (created if needed); returns the manifest's path."""
+    """Write golden vectors into out_dir (created if needed); returns the manifest's path.
+    Every argument is checked, and the outputs computed, before out_dir is created or written:
+    a bad request leaves no folder behind."""
     fmt_obj = get_format(fmt)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if not suites:
+        raise ValueError("suites must name at least one suite")
     inputs = np.concatenate([suite(name, fmt_obj, dtype, seed=seed, size=size) for name in suites])
     outputs = np.asarray(quantize(inputs, fmt_obj, rounding, overflow=overflow, sr_bits=sr_bits,
                                   seed=seed))
+    out.mkdir(parents=True, exist_ok=True)
     np.savez(out / "golden.npz", inputs=inputs, outputs=outputs)
     utype = UNSIGNED[inputs.dtype]
     digits = inputs.dtype.itemsize * 2
@@ -149,10 +159,14 @@ def verify_golden(golden_dir: str | Path, candidate: Callable[..., Any] | str) -
             raise ValueError(f"{path / 'golden.npz'} lacks the array(s) {', '.join(missing)}")
         inputs = data["inputs"]
         outputs = data["outputs"]
-    if manifest["rounding"] == "sr":
-        got = func(inputs.copy(), seed=manifest["seed"])
-    else:
-        got = func(inputs.copy())
+    name = candidate if isinstance(candidate, str) else getattr(func, "__qualname__", repr(func))
+    try:
+        if manifest["rounding"] == "sr":
+            got = func(inputs.copy(), seed=manifest["seed"])
+        else:
+            got = func(inputs.copy())
+    except Exception as exc:  # whatever the candidate raises is its failure, not the caller's
+        raise CandidateError(f"the candidate {name} raised {type(exc).__name__}: {exc}") from exc
     got = np.asarray(got)
     if got.dtype != outputs.dtype or got.shape != outputs.shape:
         raise ValueError(f"the candidate returned {got.dtype}{got.shape}; the golden outputs are "

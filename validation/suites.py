@@ -12,9 +12,11 @@ from collections.abc import Callable
 import numpy as np
 
 from refsim.formats import FloatFormat, Format, get_format
+from refsim.formats.float_format import MAX_CODE_BITS_FOR_TABLES
 from refsim.formats.testing import boundary_values
 
-__all__ = ["SUITES", "codes", "log_uniform", "midpoints", "random_bits", "specials", "suite"]
+__all__ = ["SUITES", "WIDE", "codes", "log_uniform", "midpoints", "random_bits", "specials",
+           "suite"]
 
 
 def _exact_in(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -24,20 +26,63 @@ def _exact_in(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return cast[keep]
 
 
-def codes(fmt: Format, dtype: np.dtype, seed: int = 0, size: int = 0) -> np.ndarray:
-    """Every finite value of the format (both zeros where it has them), or a sample of `size`
-    of them for formats over 16 bits."""
+WIDE = MAX_CODE_BITS_FOR_TABLES
+"""Formats of more bits than this (fp32, int32, fp64) cannot be tabulated: codes and midpoints
+sample `size` random codes instead of walking every one."""
+
+
+def _sampled_pairs(fmt: Format, seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positive neighbours (v, w) of a wide format, v < w consecutive values, for `size` random
+    magnitudes (float64; the pair at max's top is (max, max + one quantum))."""
+    rng = np.random.default_rng([seed, fmt.bits])
+    if isinstance(fmt, FloatFormat):
+        top = fmt.magnitude_mask
+        mags = rng.integers(0, top, size, dtype=np.uint64, endpoint=True)
+        with np.errstate(over="ignore", invalid="ignore"):
+            v = fmt.decode(mags)
+            w = fmt.decode(np.minimum(mags + np.uint64(1), np.uint64(top)))
+        ulp_max = float(fmt.max) - float(np.nextafter(float(fmt.max), 0.0)) \
+            if fmt.man_bits >= 52 else 2.0 ** (fmt.emax - fmt.man_bits)
+        v = np.append(v, float(fmt.max))
+        w = np.append(w, float(fmt.max) + ulp_max)
+    else:
+        ks = rng.integers(max(fmt.k_min, 0), fmt.k_max, size, endpoint=False)
+        v = ks.astype(np.float64) * fmt.quantum
+        w = (ks + 1).astype(np.float64) * fmt.quantum
+    keep = np.isfinite(v) & np.isfinite(w) & (w > v)
+    return v[keep], w[keep]
+
+
+def codes(fmt: Format, dtype: np.dtype, seed: int = 0, size: int = 1 << 14) -> np.ndarray:
+    """Every finite value of the format (both zeros where it has them); for formats over 16 bits
+    the values of the boundary grid (up to 20 bits), or `size` random codes' values (wider)."""
+    if fmt.bits > 20:
+        v, _ = _sampled_pairs(fmt, seed, size)
+        return _exact_in(np.concatenate((v, -v, [0.0, -0.0])), np.dtype(dtype))
     if fmt.bits > 16:
-        grid = boundary_values(fmt, np.float64) if fmt.bits <= 20 else np.zeros(0)
-        return _exact_in(grid, np.dtype(dtype))
+        return _exact_in(boundary_values(fmt, np.float64), np.dtype(dtype))
     values = fmt.all_values().astype(np.float64)
     return _exact_in(values[np.isfinite(values)], np.dtype(dtype))
 
 
-def midpoints(fmt: Format, dtype: np.dtype, seed: int = 0, size: int = 0) -> np.ndarray:
+def midpoints(fmt: Format, dtype: np.dtype, seed: int = 0, size: int = 1 << 14) -> np.ndarray:
     """Every midpoint between neighbours and one dtype-ulp either side, with the values
-    themselves and the specials: refsim.formats.testing.boundary_values."""
-    return boundary_values(fmt, dtype)
+    themselves and the specials: refsim.formats.testing.boundary_values. Formats over WIDE bits:
+    the same around `size` random codes (midpoints the dtype cannot hold are left out)."""
+    if fmt.bits <= WIDE:
+        return boundary_values(fmt, dtype)
+    dtype = np.dtype(dtype)
+    v, w = _sampled_pairs(fmt, seed, size)
+    mids = v + (w - v) / 2  # exact where the format has fewer than 53 significant bits
+    exact = (mids > v) & (mids < w)
+    points = _exact_in(np.concatenate((v, mids[exact])), dtype)
+    with np.errstate(over="ignore"):
+        up = np.nextafter(points, np.array(np.inf, dtype))
+        down = np.nextafter(points, np.array(0, dtype))
+    finfo = np.finfo(dtype)
+    positive = np.concatenate((points, up, down,
+                               np.array([finfo.max, finfo.smallest_subnormal, np.inf], dtype)))
+    return np.unique(np.concatenate((positive, -positive, np.array([np.nan], dtype))))
 
 
 def random_bits(fmt: Format, dtype: np.dtype, seed: int = 0, size: int = 1 << 14) -> np.ndarray:

@@ -9,13 +9,16 @@ quantize runs in two passes over chunks of CHUNK elements:
 2. every other lane (NaN, Inf, carrier subnormals, wrap-around fixed point, SR lanes that need
    more random bits than the carrier is wide) goes through kernels.core.quantize_bits, the scalar
    core shared with CUDA. Pass 1 flags the chunks that have such lanes; pass 2 visits only those.
+   The passes are two kernels (PASSES[mode]), so a call that leaves nothing to pass 2 never
+   compiles it (the scalar core is half of a cold first call's compile time).
 Random words: element i always takes the 32-bit words H_j of kernels.rng (half i % 2 of word
 (i // 2) % 4 of Philox block i // 8), so the bits never depend on the thread count or on the
 chunking; or, when the caller gives the random bits (`given`, non-empty:
 refsim.backends.cpu_quantize.given_words), word given[i].
 
 What keeps pass 1 vectorized, in the widest lanes and with few instructions per lane (check
-with KERNELS[mode].inspect_asm() under a fresh NUMBA_CACHE_DIR: cached code cannot be inspected):
+with PASSES[mode][0].inspect_asm() under a fresh NUMBA_CACHE_DIR: cached code cannot be
+inspected):
 - Unsigned array indices. Numba wraps negative signed indices around, after which LLVM cannot
   prove the addresses consecutive: every load and store becomes a gather or a scatter (3x slower).
 - Arithmetic in the carrier's own width: uint32 lanes for float32, twice as many per vector as
@@ -109,6 +112,10 @@ def _make_fast_pass(rounding, utype, c_man, c_bias):
     ABS = U((1 << (W - 1)) - 1)
     INF = U((2 * c_bias + 1) << c_man)  # the smallest magnitude pattern that is not finite
     TOP_BITS = np.uint64(64 - W)  # SR uses at most W random bits: a word's top W bits
+    # A plain bool closure constant: Numba prunes `if IS_SR:` before typing, so a deterministic
+    # mode compiles none of the generator (`rounding == core.SR` is an attribute lookup that
+    # the pruner cannot resolve: 8 s of a cold first call went to compiling _fill_random).
+    IS_SR = rounding == core.SR
 
     def fast_pass(mode, src, dst, base, stop, fast, a_lo, r_cap, seed, given):
         """a_lo: pass 1 takes the lanes whose |x| has the bit pattern a == 0 or a_lo <= a < INF.
@@ -117,7 +124,7 @@ def _make_fast_pass(rounding, utype, c_man, c_bias):
         sr_bits bits, which is the same as sr_bits=None. The kernel's a_lo leaves the lanes
         needing more than W bits to pass 2.
         """
-        if rounding == core.SR:
+        if IS_SR:
             rand = np.empty(CHUNK, U)  # the element's first W random bits (or given word)
             if given.size:
                 _copy_given(rand, given, base, stop, TOP_BITS)
@@ -129,7 +136,7 @@ def _make_fast_pass(rounding, utype, c_man, c_bias):
         first = np.uint64(base)
         for i in range(first, np.uint64(stop)):
             x = src[i]
-            if rounding == core.SR:
+            if IS_SR:
                 word = rand[i - first]
             else:
                 word = ZERO
@@ -141,63 +148,104 @@ def _make_fast_pass(rounding, utype, c_man, c_bias):
     return fast_pass
 
 
-def _make_kernel(mode):
+def _make_kernels(mode):
+    """The two passes of one rounding mode: (fast_flat, rest_flat). Separate kernels, so that a
+    call whose lanes all take pass 1 (the common case) never compiles pass 2, the scalar core with
+    every format kind and rounding step in it (about half of a cold first call's compile time)."""
+    IS_SR = mode == core.SR  # a closure constant Numba prunes on (_make_fast_pass's IS_SR)
+
     @njit(parallel=True, cache=True)
-    def quantize_flat(src, dst, c_man, c_bias, params, fast, overflow, sr_bits, seed, given):
-        """dst[i] = round(src[i]) for 1-D carrier bit arrays (uint32 or uint64), C order; SR
-        reads word given[i] when `given` (uint64) is not empty, else the stream under seed."""
+    def fast_flat(src, dst, fast, a_lo, r_cap, seed, given, left):
+        """Pass 1 over 1-D carrier bit arrays (uint32 or uint64), C order: dst[i] = round(src[i])
+        for the lanes it takes; left[c] = whether chunk c has a lane for pass 2 (a_lo, r_cap:
+        lane_bounds)."""
+        size = src.size
+        n_chunks = (size + CHUNK - 1) // CHUNK
+        for chunk in prange(n_chunks):
+            base = chunk * CHUNK
+            stop = min(base + CHUNK, size)
+            left[chunk] = _fast_pass(mode, src, dst, base, stop, fast, a_lo, r_cap, seed, given)
+
+    @njit(parallel=True, cache=True)
+    def rest_flat(src, dst, c_man, c_bias, params, overflow, sr_bits, seed, given, a_lo,
+                  use_fast, left):
+        """Pass 2: dst[i] = round(src[i]) through the scalar core for the chunks c with left[c],
+        every lane pass 1 did not take (every lane when not use_fast); SR reads word given[i]
+        when `given` (uint64) is not empty, else the stream under seed."""
         U = src.dtype.type
         width = src.itemsize * 8
         abs_mask = U(U(U(1) << U(width - 1)) - U(1))
         inf = U(U(2 * c_bias + 1) << U(c_man))
+        span = U(inf - a_lo)
         size = src.size
         n_chunks = (size + CHUNK - 1) // CHUNK
-        use_fast = fast[F_ENABLED] != 0
-        # Pass 1 takes the lanes with |x|'s pattern a == 0 or a_lo <= a < inf: e >= 1 (carrier
-        # normals), and for SR without 1 <= sr_bits <= width also d <= width below the normal
-        # range (d = d_base - e), so that `width` random bits are enough.
-        e_lo = 1
-        r_cap = width
-        if mode == core.SR:
-            if 1 <= sr_bits <= width:
-                r_cap = sr_bits
-            else:
-                e_lo = max(e_lo, np.int64(fast[F_D_BASE]) - width)
-        a_lo = U(U(e_lo) << U(c_man))
-        span = U(inf - a_lo)
         for chunk in prange(n_chunks):
+            if not left[chunk]:
+                continue
             base = chunk * CHUNK
             stop = min(base + CHUNK, size)
-            if use_fast:
-                left = _fast_pass(mode, src, dst, base, stop, fast, a_lo, U(r_cap), seed, given)
-            else:
-                left = True
-            if left:
-                block = np.int64(-1)  # SR: the Philox block in `words`
-                words = (np.uint64(0), np.uint64(0), np.uint64(0), np.uint64(0))
-                index = np.int64(0)
-                for i in range(base, stop):
-                    bits = src[i]
-                    a = U(bits & abs_mask)
-                    if use_fast and (a == 0 or U(a - a_lo) < span):
-                        continue
-                    word = np.uint64(0)
-                    index = np.int64(i)
-                    if mode == core.SR:
-                        if given.size:
-                            word = given[i]
-                            index = np.int64(-1)  # caller-given bits: nothing to draw
-                        else:
-                            if i // 8 != block:
-                                block = i // 8
-                                words = stream_block(seed, block, 0)
-                            word = block_word(words[0], words[1], words[2], words[3],
-                                              i) << np.uint64(32)
-                    dst[i] = core.quantize_bits(np.uint64(bits), c_man, c_bias, params, mode,
-                                                overflow, sr_bits, word, seed, index)
+            block = np.int64(-1)  # SR: the Philox block in `words`
+            words = (np.uint64(0), np.uint64(0), np.uint64(0), np.uint64(0))
+            index = np.int64(0)
+            for i in range(base, stop):
+                bits = src[i]
+                a = U(bits & abs_mask)
+                if use_fast and (a == 0 or U(a - a_lo) < span):
+                    continue
+                word = np.uint64(0)
+                index = np.int64(i)
+                if IS_SR:
+                    if given.size:
+                        word = given[i]
+                        index = np.int64(-1)  # caller-given bits: nothing to draw
+                    else:
+                        if i // 8 != block:
+                            block = i // 8
+                            words = stream_block(seed, block, 0)
+                        word = block_word(words[0], words[1], words[2], words[3],
+                                          i) << np.uint64(32)
+                dst[i] = core.quantize_bits(np.uint64(bits), c_man, c_bias, params, mode,
+                                            overflow, sr_bits, word, seed, index)
 
-    return quantize_flat
+    return fast_flat, rest_flat
 
 
-KERNELS = tuple(_make_kernel(mode) for mode in range(len(core.ROUNDING_NAMES)))
-"""KERNELS[mode]: the quantize kernel specialized for one rounding mode."""
+def lane_bounds(mode: int, fast: tuple, sr_bits: int, c_man: int, width: int) -> tuple[int, int]:
+    """(a_lo, r_cap) of pass 1: it takes the lanes with |x|'s pattern a == 0 or a_lo <= a < inf:
+    e >= 1 (carrier normals), and for SR without 1 <= sr_bits <= width also d <= width below the
+    normal range (d = d_base - e), so that `width` random bits are enough; r_cap = min(sr_bits,
+    width), or width."""
+    e_lo, r_cap = 1, width
+    if mode == core.SR:
+        if 1 <= sr_bits <= width:
+            r_cap = sr_bits
+        else:
+            e_lo = max(e_lo, int(fast[F_D_BASE]) - width)
+    return (e_lo << c_man) & ((1 << width) - 1), r_cap
+
+
+PASSES = tuple(_make_kernels(mode) for mode in range(len(core.ROUNDING_NAMES)))
+"""PASSES[mode]: (fast_flat, rest_flat), the two quantize kernels of one rounding mode (each
+compiled on its first call)."""
+
+
+def quantize_flat(mode: int, src: np.ndarray, dst: np.ndarray, c_man: int, c_bias: int,
+                  params: tuple, fast: tuple, overflow: int, sr_bits: int, seed: np.uint64,
+                  given: np.ndarray) -> None:
+    """dst[i] = round(src[i]) for 1-D carrier bit arrays: pass 1 where the fast path is enabled,
+    then pass 2 on the chunks it left (on none: rest_flat is not even compiled)."""
+    fast_flat, rest_flat = PASSES[mode]
+    utype = src.dtype.type
+    width = 8 * src.itemsize
+    a_lo, r_cap = lane_bounds(mode, fast, sr_bits, c_man, width)
+    n_chunks = (src.size + CHUNK - 1) // CHUNK
+    use_fast = bool(fast[F_ENABLED] != 0)
+    if use_fast:
+        left = np.zeros(n_chunks, np.bool_)
+        fast_flat(src, dst, fast, utype(a_lo), utype(r_cap), seed, given, left)
+        if not left.any():
+            return
+    else:
+        left = np.ones(n_chunks, np.bool_)
+    rest_flat(src, dst, c_man, c_bias, params, overflow, sr_bits, seed, given, utype(a_lo),
+              use_fast, left)

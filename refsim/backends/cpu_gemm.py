@@ -128,6 +128,9 @@ def plan(a3: np.ndarray, b3: np.ndarray | None, acc: AccumSpec, cast: Cast | Non
     if not (ra.finite and rb.finite):
         return None
     if acc.order == "multiterm":
+        if not cpu_multiterm.suits(a3.shape[0], a3.shape[1], b3.shape[1], a3.shape[2],
+                                   acc.align == "product"):
+            return None  # thinner than a tile both ways: the exact core is faster or lighter
         return cpu_multiterm.plan(acc, ra, rb, c)
     if c is not None:  # only the multiterm lanes take C so far
         return None

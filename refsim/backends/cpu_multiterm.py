@@ -68,6 +68,11 @@ redoes exactly those outputs with the exact core (with their C). Operands must b
 Eligibility is a whitelist: orders other than multiterm, SR, product Casts, counts, a fixed or
 narrow-exponent accumulator (the round-to-odd condition), operands or C out of range, and any
 AccumSpec field this module does not know (unless it holds its default) go to the exact core.
+Shapes: outputs run in tiles of TM x TN (4 x 64), so `run` swaps the operands of a product
+thinner in N than in M (D^T = B^T A^T, term for term: a matrix-vector product pads one row to 4,
+not one column to 64), and cpu_gemm.plan leaves to the exact core a product that `suits` finds
+too thin both ways (more than MAX_PADDING padded outputs per output, or padded copies beyond
+MAX_COPIES times the exact core's; bench/thin_shapes.py).
 
 Like every Numba kernel here, the route assumes the default floating-point environment (round
 to nearest even, no FTZ/DAZ).
@@ -76,6 +81,7 @@ to nearest even, no FTZ/DAZ).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,16 +94,24 @@ from refsim.backends.operands import OperandRange, products_exact
 from refsim.backends.threads import threads_for
 from refsim.formats import FloatFormat, Format
 from refsim.formats.policy import OVERFLOWS, ROUNDINGS
-from refsim.kernels.core import RDN, RNA, RNE, RTO, RTZ, RUP
+from refsim.kernels.core import RDN
 from refsim.kernels.lane import bits_float, fast_constants, float_bits, round_lane, select
 from refsim.params import CARRIERS, format_params
 from refsim.specs import AccumSpec
 
-__all__ = ["KNOWN_FIELDS", "RANGE_BITS", "MultitermPlan", "plan", "run"]
+__all__ = ["COPY_FLOOR", "KNOWN_FIELDS", "MAX_COPIES", "MAX_PADDING", "RANGE_BITS",
+           "MultitermPlan", "plan", "run", "suits", "tiling"]
 
 RANGE_BITS = 480
 """In range: every set bit of every product, operand, C and accumulator value, and every
 alignment power, between 2^-RANGE_BITS and 2^RANGE_BITS (module doc)."""
+MAX_PADDING = 16
+"""suits: at most this many padded outputs computed per output (a padded multiply-add here costs
+about 1/40 of one in the exact core, bench/thin_shapes.py)."""
+MAX_COPIES = 4
+COPY_FLOOR = 1 << 26
+"""suits: the padded copies (bytes) at most MAX_COPIES times the exact core's float64 copies of a
+and b, or under COPY_FLOOR bytes."""
 NS_PER_MT_MAC = 0.5  # one-thread nanoseconds per multiply-add (refsim.backends.threads)
 TM, TN = 4, 64  # a job: TM rows by TN columns of outputs (the B panel of a group stays in L1)
 
@@ -204,7 +218,12 @@ def run(p: MultitermPlan, a3: np.ndarray, b3: np.ndarray, c: np.ndarray | None =
     output."""
     n_batch, n_rows, n_k = a3.shape
     n_cols = b3.shape[1]
-    rows, cols = -(-n_rows // TM) * TM, -(-n_cols // TN) * TN  # whole tiles: zeros around
+    swap, rows, cols = tiling(n_rows, n_cols)
+    if swap:  # D^T = B^T A^T: a thin D runs its long side along TN
+        c_t = None if c is None else np.ascontiguousarray(
+            c.reshape(n_batch, n_rows, n_cols).transpose(0, 2, 1)).reshape(-1)
+        return np.ascontiguousarray(np.swapaxes(run(p, b3, a3, c_t), 1, 2))
+    # whole tiles (rows x cols): zeros around
     a = np.zeros((n_batch, rows, n_k))
     a[:, :n_rows] = a3
     bt = np.zeros((n_batch, n_k, cols))
@@ -216,28 +235,56 @@ def run(p: MultitermPlan, a3: np.ndarray, b3: np.ndarray, c: np.ndarray | None =
         bt = np.where(np.abs(bt) < tiny, np.copysign(0.0, bt), bt)
     if p.key[4]:  # align product: 2^max(floor(log2|x|), emin), 0 for a zero operand
         pa, pb = _exponent_powers(a, p.operand_emin), _exponent_powers(bt, p.operand_emin)
-    else:
-        pa, pb = np.abs(a), np.abs(bt)
+    else:  # the kernel takes |pa * pb|: the operands themselves, no copies
+        pa, pb = a, bt
     has_c = c is not None
     cv = np.zeros((n_batch, rows, cols) if has_c else (1, 1, 1))
     if c is not None:
         cv[:, :n_rows, :n_cols] = c.view(np.float64).reshape(n_batch, n_rows, n_cols)
     out = np.empty((n_batch, rows, cols))
     chunk = p.chunk if p.chunk > 0 else n_k
-    switches = tuple(np.int64(v) for v in (*p.key, has_c, p.c_outer))
+    mode, omode, aligned, floor, product_align = p.key
+    switches = tuple(np.int64(v) for v in (aligned, product_align, has_c, p.c_outer))
+    kernel = _gemm_kernel(mode, omode, bool(floor))
     with threads_for(float(n_batch) * rows * cols * n_k * NS_PER_MT_MAC):
-        _gemm(a, pa, bt, pb, cv, out, switches, np.int64(p.group), np.int64(p.width),
-              np.int64(chunk), np.int64(p.acc_emin), p.fast, p.ofast)
+        kernel(a, pa, bt, pb, cv, out, switches, np.int64(p.group), np.int64(p.width),
+               np.int64(chunk), np.int64(p.acc_emin), p.fast, p.ofast)
     return np.ascontiguousarray(out[:, :n_rows, :n_cols])  # the caller writes into it flat
 
 
+def tiling(n_rows: int, n_cols: int) -> tuple[bool, int, int]:
+    """How run lays out a (P, n_rows, K) x (P, n_cols, K) product in TM x TN tiles: whether it
+    swaps the operands (the reduction is symmetric in a and b: D^T = B^T A^T term by term),
+    then the padded rows and columns. A matrix-vector shape (N = 1) swapped pads 1 row to TM,
+    not 1 column to TN (64x the memory and the work)."""
+    def padded(r: int, c: int) -> tuple[int, int]:
+        return -(-r // TM) * TM, -(-c // TN) * TN
+    plain, swapped = padded(n_rows, n_cols), padded(n_cols, n_rows)
+    swap = swapped[0] * swapped[1] < plain[0] * plain[1]
+    return (swap, *(swapped if swap else plain))
+
+
+def suits(n_batch: int, n_rows: int, n_cols: int, n_k: int, product_align: bool) -> bool:
+    """Does run suit this shape better than the exact core: at most MAX_PADDING padded outputs
+    per output (the work), and padded float64 copies at most MAX_COPIES times the exact core's
+    float64 copies of a and b, or under COPY_FLOOR bytes (the memory)?"""
+    _, rows, cols = tiling(n_rows, n_cols)
+    if rows * cols > MAX_PADDING * n_rows * n_cols:
+        return False
+    copies = 8 * n_batch * n_k * (rows + cols) * (2 if product_align else 1)  # + the powers
+    return copies <= max(COPY_FLOOR, MAX_COPIES * 8 * n_batch * n_k * (n_rows + n_cols))
+
+
 def _exponent_powers(x: np.ndarray, emin: int | None) -> np.ndarray:
-    """2^max(floor(log2|x|), emin) per element (exact: in range), 0 where x is a zero."""
-    _, exp = np.frexp(x)  # |x| = m * 2^exp, m in [0.5, 1): floor(log2|x|) = exp - 1
-    e = exp - 1
+    """2^max(floor(log2|x|), emin) per element (exact: in range), 0 where x is a zero. x's values
+    are float64 normals or zeros (in range), so 2^floor(log2|x|) is x's pattern with the sign and
+    the significand cleared; one array and a mask, no temporaries of x's size in float64."""
+    p = np.empty(x.shape, np.float64)
+    np.bitwise_and(x.view(np.uint64), np.uint64(0x7FF << 52), out=p.view(np.uint64))
     if emin is not None:
-        e = np.maximum(e, emin)
-    return np.where(x == 0, 0.0, np.ldexp(1.0, e))
+        np.maximum(p, 2.0 ** emin, out=p, where=p != 0.0)
+    return p
+
 
 
 def _llvm_round(name: str, doc: str):
@@ -318,29 +365,13 @@ def _pow2(e):
     return bits_float(np.uint64(np.uint64(e + 1023) << np.uint64(52)))
 
 
-# One kernel for every spec: the plan's key (modes, acc-aligned, floor, align product) and C's
-# entry are run-time switches (each key once cost a ~10 s compile). What must be a constant is a
-# literal argument of a small helper, compiled once per value: round_lane's mode (it picks the
-# rounding at compile time), and floor and rdn in the product loop. The kernel picks the
-# helper of its mode or flags once per group, outside the loops over outputs and products, so
-# those loops stay as tight as in a kernel specialized whole (measured: the per-output mode
-# branch of _round_to cost ~10% at group 8 in step 5; step 6 runs once per chunk and keeps it).
-
-
-@njit(cache=True, inline="always")
-def _round_to(mode, x, fast):
-    """round_lane of the bits x in the run-time mode `mode` (one arm per deterministic mode)."""
-    if mode == RNE:
-        return round_lane(RNE, x, fast, _ZERO, _ZERO)
-    if mode == RNA:
-        return round_lane(RNA, x, fast, _ZERO, _ZERO)
-    if mode == RTZ:
-        return round_lane(RTZ, x, fast, _ZERO, _ZERO)
-    if mode == RUP:
-        return round_lane(RUP, x, fast, _ZERO, _ZERO)
-    if mode == RDN:
-        return round_lane(RDN, x, fast, _ZERO, _ZERO)
-    return round_lane(RTO, x, fast, _ZERO, _ZERO)
+# One kernel per (mode, outer mode, floor), compiled on its first use (_gemm_kernel): a call
+# compiles the roundings it uses and nothing else (a merged kernel with every mode as a run-time
+# switch compiled 12 round_lane arms and 6 group roundings into one function, 20 s of a cold
+# first matmul). The other switches of the key (acc-aligned, align product, C and its entry)
+# stay run-time: they cost little code. What must be a constant is a literal argument of a small
+# helper: round_lane's mode (it picks the rounding at compile time), and floor and rdn in the
+# product loop.
 
 
 @njit(cache=True)
@@ -382,130 +413,123 @@ def _round_group(mode, total, mx, negs, s, fast, add_s, have_s):
                 s[ii, j] = select(ok, bits_float(r), _NAN)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _promote(mode, s, o, ofast, first):
-    """Step 6 for a tile: o = round_o(s) when first, else round_o(o + s)."""
+    """Step 6 for a tile in the literal `mode`: o = round_o(s) when first, else
+    round_o(o + s)."""
     if first:
         for ii in range(TM):
             for j in range(TN):
                 sv = s[ii, j]
-                r = _round_to(mode, float_bits(sv), ofast)
+                r = round_lane(mode, float_bits(sv), ofast, _ZERO, _ZERO)
                 o[ii, j] = select(_finite(sv), bits_float(r), _NAN)
     else:
         for ii in range(TM):
             for j in range(TN):
                 sv, ov = s[ii, j], o[ii, j]
-                r = _round_to(mode, _odd_add(ov, sv, mode == RDN), ofast)
+                r = round_lane(mode, _odd_add(ov, sv, mode == RDN), ofast, _ZERO, _ZERO)
                 o[ii, j] = select(_finite(sv) & _finite(ov), bits_float(r), _NAN)
 
 
-@njit(cache=True, inline="always")
-def _round_group_in(mode, total, mx, negs, s, fast, add_s, have_s):
-    """_round_group in the run-time mode `mode`: one arm, one literal, per deterministic mode."""
-    if mode == RNE:
-        _round_group(RNE, total, mx, negs, s, fast, add_s, have_s)
-    elif mode == RNA:
-        _round_group(RNA, total, mx, negs, s, fast, add_s, have_s)
-    elif mode == RTZ:
-        _round_group(RTZ, total, mx, negs, s, fast, add_s, have_s)
-    elif mode == RUP:
-        _round_group(RUP, total, mx, negs, s, fast, add_s, have_s)
-    elif mode == RDN:
-        _round_group(RDN, total, mx, negs, s, fast, add_s, have_s)
-    else:
-        _round_group(RTO, total, mx, negs, s, fast, add_s, have_s)
+_GEMMS: dict[tuple[int, int, bool], Callable[..., None]] = {}
 
 
-@njit(parallel=True, cache=True)
-def _gemm(a, pa, bt, pb, cv, out, switches, group, width, chunk, acc_emin, fast, ofast):
-    """out[p, i, j] = the multiterm reduction of a[p, i, :] . bt[p, :, j] (module doc), NaN
-    where it ends non-finite; rows and columns whole tiles. switches (int64): mode, outer mode,
-    acc-aligned, floor, align product, has C, C outer."""
-    mode, omode = switches[0], switches[1]
-    aligned, floor, product_align = switches[2] != 0, switches[3] != 0, switches[4] != 0
-    has_c, c_outer = switches[5] != 0, switches[6] != 0
-    rdn = mode == RDN
-    n_batch, n_rows, n_k = a.shape
-    n_cols = bt.shape[2]
-    row_blocks = n_rows // TM
-    per_batch = row_blocks * (n_cols // TN)
-    for job in prange(n_batch * per_batch):  # row blocks fastest: they share a B panel
-        p = job // per_batch
-        rest = job - p * per_batch
-        jb = rest // row_blocks
-        i0 = (rest - jb * row_blocks) * TM
-        j0 = jb * TN
-        mx = np.empty((TM, TN))
-        total = np.empty((TM, TN))
-        scale = np.empty((TM, TN))
-        s = np.empty((TM, TN))
-        o = np.empty((TM, TN))
-        negs = np.zeros((TM, TN), np.uint64)
-        if has_c and c_outer:
+def _gemm_kernel(mode: int, omode: int, floor: bool) -> Callable[..., None]:
+    """The kernel of one (accumulator mode, outer mode, floor truncation), made on first use."""
+    key = (mode, omode, floor)
+    if key not in _GEMMS:
+        _GEMMS[key] = _make_gemm(mode, omode, floor)
+    return _GEMMS[key]
+
+
+def _make_gemm(MODE: int, OMODE: int, FLOOR: bool):  # upper case: closure constants
+    """out[p, i, j] = the multiterm reduction of a[p, i, :] . bt[p, :, j] (module doc) in one
+    (mode, outer mode, floor). Closure cells are plain ints and bools, so Numba's on-disk cache
+    finds the kernel again in a new process."""
+    RDN_MODE = MODE == RDN  # a plain bool: Numba prunes the branches on it
+
+    @njit(parallel=True, cache=True)
+    def gemm(a, pa, bt, pb, cv, out, switches, group, width, chunk, acc_emin, fast, ofast):
+        """NaN where an output ends non-finite; rows and columns whole tiles. switches (int64):
+        acc-aligned, align product, has C, C outer."""
+        aligned, product_align = switches[0] != 0, switches[1] != 0
+        has_c, c_outer = switches[2] != 0, switches[3] != 0
+        n_batch, n_rows, n_k = a.shape
+        n_cols = bt.shape[2]
+        row_blocks = n_rows // TM
+        per_batch = row_blocks * (n_cols // TN)
+        for job in prange(n_batch * per_batch):  # row blocks fastest: they share a B panel
+            p = job // per_batch
+            rest = job - p * per_batch
+            jb = rest // row_blocks
+            i0 = (rest - jb * row_blocks) * TM
+            j0 = jb * TN
+            mx = np.empty((TM, TN))
+            total = np.empty((TM, TN))
+            scale = np.empty((TM, TN))
+            s = np.empty((TM, TN))
+            o = np.empty((TM, TN))
+            negs = np.zeros((TM, TN), np.uint64)
+            if has_c and c_outer:
+                for ii in range(TM):
+                    for j in range(TN):
+                        o[ii, j] = cv[p, i0 + ii, j0 + j]
+            first_outer = not (has_c and c_outer)
+            for c0 in range(0, n_k, chunk):
+                c1 = min(c0 + chunk, n_k)
+                have_s = has_c and not c_outer and c0 == 0
+                if have_s:
+                    for ii in range(TM):
+                        for j in range(TN):
+                            s[ii, j] = cv[p, i0 + ii, j0 + j]
+                for g0 in range(c0, c1, group):
+                    g1 = min(g0 + group, c1)
+                    with_s = aligned and have_s
+                    # Step 2: the largest alignment exponent, as a float max.
+                    for ii in range(TM):
+                        mrow = mx[ii]
+                        for j in range(TN):
+                            mrow[j] = 0.0
+                        for k in range(g0, g1):
+                            pav = pa[p, i0 + ii, k]
+                            prow = pb[p, k, j0:j0 + TN]
+                            for j in range(TN):
+                                mrow[j] = max(mrow[j], abs(pav * prow[j]))
+                    for ii in range(TM):
+                        for j in range(TN):
+                            e = _exponent(mx[ii, j])
+                            if with_s:
+                                sv = s[ii, j]
+                                es = _exponent(abs(sv))
+                                if product_align:
+                                    es = max(es, acc_emin)
+                                e = select(sv != 0.0, max(e, min(es, 2 * RANGE_BITS)), e)
+                            q = max(e, _E_LOW) - width + 1
+                            sc = _pow2(min(-q, 1023))
+                            scale[ii, j] = sc
+                            mx[ii, j] = _pow2(max(q, -1022))  # 2^q, kept for step 5
+                            if with_s:
+                                v = s[ii, j] * sc
+                                start = floor_f64(v) if FLOOR else trunc_f64(v)
+                                total[ii, j] = start
+                                if RDN_MODE:  # T(s)'s sign: s is a value of the group
+                                    negs[ii, j] = np.uint64(float_bits(start) & _SIGN)
+                            else:
+                                total[ii, j] = -0.0  # the identity of IEEE addition
+                                if RDN_MODE:
+                                    negs[ii, j] = _ZERO
+                    # Steps 3 and 4: the truncated products, summed.
+                    _add_products(total, scale, negs, a, bt, p, i0, j0, g0, g1, FLOOR,
+                                  RDN_MODE)
+                    # Step 5: the group's rounding.
+                    _round_group(MODE, total, mx, negs, s, fast, have_s and not aligned, have_s)
+                    have_s = True
+                # Step 6: promotion into the outer accumulator.
+                _promote(OMODE, s, o, ofast, first_outer)
+                first_outer = False
             for ii in range(TM):
                 for j in range(TN):
-                    o[ii, j] = cv[p, i0 + ii, j0 + j]
-        first_outer = not (has_c and c_outer)
-        for c0 in range(0, n_k, chunk):
-            c1 = min(c0 + chunk, n_k)
-            have_s = has_c and not c_outer and c0 == 0
-            if have_s:
-                for ii in range(TM):
-                    for j in range(TN):
-                        s[ii, j] = cv[p, i0 + ii, j0 + j]
-            for g0 in range(c0, c1, group):
-                g1 = min(g0 + group, c1)
-                with_s = aligned and have_s
-                # Step 2: the largest alignment exponent, as a float max.
-                for ii in range(TM):
-                    mrow = mx[ii]
-                    for j in range(TN):
-                        mrow[j] = 0.0
-                    for k in range(g0, g1):
-                        pav = pa[p, i0 + ii, k]
-                        prow = pb[p, k, j0:j0 + TN]
-                        for j in range(TN):
-                            mrow[j] = max(mrow[j], pav * prow[j])
-                for ii in range(TM):
-                    for j in range(TN):
-                        e = _exponent(mx[ii, j])
-                        if with_s:
-                            sv = s[ii, j]
-                            es = _exponent(abs(sv))
-                            if product_align:
-                                es = max(es, acc_emin)
-                            e = select(sv != 0.0, max(e, min(es, 2 * RANGE_BITS)), e)
-                        q = max(e, _E_LOW) - width + 1
-                        sc = _pow2(min(-q, 1023))
-                        scale[ii, j] = sc
-                        mx[ii, j] = _pow2(max(q, -1022))  # 2^q, kept for step 5
-                        if with_s:
-                            v = s[ii, j] * sc
-                            start = floor_f64(v) if floor else trunc_f64(v)
-                            total[ii, j] = start
-                            if rdn:  # T(s)'s sign: s is a value of the group
-                                negs[ii, j] = np.uint64(float_bits(start) & _SIGN)
-                        else:
-                            total[ii, j] = -0.0  # the identity of IEEE addition
-                            if rdn:
-                                negs[ii, j] = _ZERO
-                # Steps 3 and 4: the truncated products, summed.
-                if floor:
-                    if rdn:
-                        _add_products(total, scale, negs, a, bt, p, i0, j0, g0, g1, True, True)
-                    else:
-                        _add_products(total, scale, negs, a, bt, p, i0, j0, g0, g1, True, False)
-                elif rdn:
-                    _add_products(total, scale, negs, a, bt, p, i0, j0, g0, g1, False, True)
-                else:
-                    _add_products(total, scale, negs, a, bt, p, i0, j0, g0, g1, False, False)
-                # Step 5: the group's rounding.
-                _round_group_in(mode, total, mx, negs, s, fast, have_s and not aligned, have_s)
-                have_s = True
-            # Step 6: promotion into the outer accumulator.
-            _promote(omode, s, o, ofast, first_outer)
-            first_outer = False
-        for ii in range(TM):
-            for j in range(TN):
-                v = o[ii, j]
-                out[p, i0 + ii, j0 + j] = select(_finite(v), v, _NAN)
+                    v = o[ii, j]
+                    out[p, i0 + ii, j0 + j] = select(_finite(v), v, _NAN)
+
+    return gemm

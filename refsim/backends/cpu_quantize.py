@@ -62,7 +62,7 @@ def quantize(x: np.ndarray, fmt: Format | str, rounding: str = "rne", *,
     if variant:  # the lanes add the random bits to floor(f 2^N): the variants take the core
         fast = tuple(type(v)(0) for v in fast)
     with threads_for(src.size * NS_PER_QUANTIZE):
-        cpu.KERNELS[mode](readonly(src), dst, c_man, c_bias, params, fast, ovf,
+        cpu.quantize_flat(mode, readonly(src), dst, c_man, c_bias, params, fast, ovf,
                           kernel_sr_bits(bits, variant), np.uint64(seed_value), readonly(given))
     if out is None:
         return dst_array

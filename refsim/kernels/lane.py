@@ -19,15 +19,17 @@ from numba.extending import intrinsic, overload
 from numba.np.numpy_support import as_dtype
 
 from refsim.kernels import core
-from refsim.params import CARRIERS
 
 # Layout of the fast-path constant tuple; every entry has the carrier's unsigned type.
 (F_ENABLED, F_E_NORMAL, F_D_NORMAL, F_D_BASE, F_MAX_POS, F_MAX_NEG, F_OVF_POS, F_OVF_NEG,
  F_ZERO_POS, F_ZERO_NEG, F_UNDER_POS, F_UNDER_NEG, F_QMIN) = range(13)
 N_FAST = 13
 
-UTYPE_OF = {c_man: utype for c_man, _, utype in CARRIERS.values()}  # carrier type by c_man
-CARRIER_OF = {utype: (c_man, c_bias) for c_man, c_bias, utype in CARRIERS.values()}
+# The two carriers as numbers (IEEE 754 binary32 and binary64): the kernels take c_man, c_bias
+# and the unsigned type, never a dtype table (refsim.params.CARRIERS maps dtypes onto the same
+# numbers; tests/test_layers.py holds the two to each other).
+UTYPE_OF = {23: np.uint32, 52: np.uint64}  # carrier unsigned type by c_man
+CARRIER_OF = {np.uint32: (23, 127), np.uint64: (52, 1023)}  # (c_man, c_bias) by unsigned type
 
 
 def fast_constants(params, c_man, c_bias, mode, overflow):

@@ -55,7 +55,7 @@ import numpy as np
 from refsim.accumulate import matmul
 from refsim.formats.block_format import BlockFormat
 from refsim.nn.recipes import RECIPES, recipe
-from refsim.scaled_gemm import scaled_matmul
+from refsim.scaled_gemm import check_scaled_spec, scaled_matmul
 from refsim.specs import AccumSpec, Cast, GemmSpec
 
 __all__ = ["LAST", "PRESETS", "RECIPES", "ROLES", "SCALINGS", "Context", "Numerics", "Product",
@@ -99,6 +99,9 @@ class Product:
                 for c in (self.gemm.a, self.gemm.b))):
             raise ValueError("Product.scaling='blocks' needs a GemmSpec with a block-format "
                              "Cast a or b (refsim.scaled_matmul applies its scales)")
+        if self.scaling == "blocks":
+            assert self.gemm is not None
+            check_scaled_spec(self.gemm)  # what scaled_matmul refuses, refused at load time
         if self.scaling == "tensor":
             if self.gemm is None or self.gemm.a is None or self.gemm.b is None:
                 raise ValueError("Product.scaling='tensor' needs a GemmSpec with Casts a and b "
@@ -123,8 +126,16 @@ class Product:
         if not isinstance(data, Mapping):
             raise TypeError(f"{where} must be a table; got {type(data).__name__}")
         data = dict(data)
-        if data.get("numpy") is True and len(data) == 1:
-            return cls(None)
+        if "numpy" in data:
+            numpy = data.pop("numpy")
+            if not isinstance(numpy, bool):
+                raise TypeError(f"{where}: numpy must be true or false; got {numpy!r}")
+            if numpy:
+                if data:
+                    raise ValueError(f"{where}: numpy = true means np.matmul (not simulated) and "
+                                     f"takes no other keys; got {', '.join(map(repr, data))}")
+                return cls(None)
+            # numpy = false: simulated, as the other keys say
         scaling = data.pop("scaling", "none")
         try:
             return cls(GemmSpec.from_dict(data), scaling)

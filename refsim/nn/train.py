@@ -13,7 +13,13 @@ Usage rules:
     forced), and `sequence_accuracy`, the fraction of test sequences with every answer right.
   - out_dir (optional): metrics.jsonl gets one line per step {"kind": "step", "step", "epoch",
     "loss", "seconds"} and one per epoch {"kind": "epoch", "epoch", "train_loss",
-    "test_accuracy", "test_loss", "seconds"}; summary.json gets the returned summary.
+    "test_accuracy", "test_loss", "seconds"}; summary.json gets the returned summary. A run never
+    writes over another: out_dir must be empty or absent unless overwrite=True, which first
+    deletes the earlier run's metrics.jsonl and summary.json (nothing else). summary.json is
+    written last and atomically (a temporary file renamed), so a summary beside metrics.jsonl
+    always belongs to it; an interrupted run leaves its partial metrics and no summary.
+  - task (and length, vocab, n_train) describe the transformer's data; the other models train
+    on the bundled digits, and a task other than the default is refused for them.
   - Training stops at the first step whose loss, a parameter's gradient or a parameter after
     the update is NaN or Inf (nothing after it would be a measurement): the summary's
     "nonfinite" (None for a run that finished) says at which step and epoch, what was found,
@@ -48,7 +54,7 @@ from refsim.nn.optim import SCHEDULES, SGD, Adam, Optimizer
 from refsim.nn.tensor import Tensor
 from refsim.specs import Cast
 
-__all__ = ["EVAL_BATCH", "MODELS", "TrainConfig", "build", "evaluate", "forward_loss",
+__all__ = ["EVAL_BATCH", "MODELS", "RUN_FILES", "TrainConfig", "build", "evaluate", "forward_loss",
            "make_optimizer", "nonfinite_report", "train"]
 
 MODELS = ("mlp", "cnn", "resnet", "transformer")
@@ -110,6 +116,9 @@ class TrainConfig:
             raise ValueError(f"optimizer must be 'sgd' or 'adam'; got {self.optimizer!r}")
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r} (allowed: {', '.join(TASKS)})")
+        if self.model != "transformer" and self.task != "copy":
+            raise ValueError(f"task applies to model 'transformer' only ({self.model} trains on "
+                             f"the bundled digits); got task {self.task!r}")
         for key in ("epochs", "batch_size", "max_steps", "n_train", "length", "vocab"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -271,11 +280,33 @@ def _step(model: Module, ctx: Context, optimizer: Optimizer, params: list[tuple[
     return value, stopped
 
 
+RUN_FILES = ("metrics.jsonl", "summary.json")
+"""What train writes into out_dir (and what overwrite=True deletes first)."""
+
+
+def prepare_out_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
+    """out_dir, created if absent, ready for a new run: a ValueError if it holds anything and
+    overwrite is False; with overwrite, the earlier run's RUN_FILES deleted (other files kept)."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir {str(out)!r} is a file, not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise ValueError(f"out_dir {str(out)!r} is not empty (it may hold another run); "
+                             "choose a new directory or pass overwrite=True (--overwrite)")
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def train(config: TrainConfig, numerics: Numerics, out_dir: str | Path | None = None,
-          progress: TextIO | None = None, model: Module | None = None) -> dict[str, Any]:
+          progress: TextIO | None = None, model: Module | None = None, *,
+          overwrite: bool = False) -> dict[str, Any]:
     """Train, evaluate each epoch, and return the summary (and write it, with the metrics, to
-    out_dir). `progress`: a stream for the progress bar (None: silent). `model`: train this
-    model instead of building one (its data is still config's)."""
+    out_dir: empty or absent unless overwrite, module docstring). `progress`: a stream for the
+    progress bar (None: silent). `model`: train this model instead of building one (its data is
+    still config's)."""
     config = config.resolved()
     built, split = build(config)
     model = built if model is None else model
@@ -289,8 +320,7 @@ def train(config: TrainConfig, numerics: Numerics, out_dir: str | Path | None = 
         eval_ctx = Context(eval_numerics, seed=config.seed)
     metrics = None
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        out = prepare_out_dir(out_dir, overwrite)
         metrics = (out / "metrics.jsonl").open("w")
     assert config.batch_size is not None
     n = len(split.y_train)
@@ -355,8 +385,10 @@ def train(config: TrainConfig, numerics: Numerics, out_dir: str | Path | None = 
     if "sequence_accuracy" in record:
         summary["sequence_accuracy"] = record["sequence_accuracy"]
     summary["nonfinite"] = stopped
-    if out_dir is not None:
-        (Path(out_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if out_dir is not None:  # last, and whole or not at all: a rename is atomic
+        tmp = Path(out_dir) / "summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        tmp.replace(Path(out_dir) / "summary.json")
     return summary
 
 

@@ -224,6 +224,32 @@ def test_bad_plan_tables():
         Product(GemmSpec(acc=AccumSpec("fp32")), scaling="tensor")
 
 
+def test_blocks_with_an_sr_accumulator_fails_at_load_naming_layer_and_role():
+    # It loaded, then failed at the first step without naming layer and role.
+    toml = ('preset = "fp32"\n[layers.fc1.backward-weight]\na = "mxfp8_e4m3"\n'
+            'b = "mxfp8_e4m3"\nacc = {fmt = "bf16", rounding = "sr"}\nscaling = "blocks"\n')
+    with pytest.raises(ValueError, match=r"'fc1'.backward-weight: .*must not round with 'sr'"):
+        Numerics.from_toml(toml)
+    outer_sr = AccumSpec("fp16", order="chunked", chunk=32, outer=AccumSpec("fp32", "sr"))
+    with pytest.raises(ValueError, match="must not round with 'sr'"):
+        Product(GemmSpec(a=Cast("mxfp8_e4m3"), b=Cast("mxfp8_e4m3"), acc=outer_sr), "blocks")
+
+
+def test_numpy_key_beside_a_spec():
+    # `numpy = false` (or true) beside a/acc said "unknown keys numpy".
+    simulated = Numerics.from_toml('preset = "fp32"\n[layers.fc1.forward]\nnumpy = false\n'
+                                   'a = "e4m3fn"\nacc = "fp32"\n')
+    assert simulated.product("fc1", "forward").gemm == GemmSpec(a=Cast("e4m3fn"), acc="fp32")
+    plain = Numerics.from_toml('preset = "fp32"\n[layers.fc1.forward]\nnumpy = true\n')
+    assert plain.product("fc1", "forward").gemm is None
+    with pytest.raises(ValueError, match=r"'fc1'.forward: numpy = true means np.matmul .*"
+                                         r"takes no other keys; got 'a', 'acc'"):
+        Numerics.from_toml('preset = "fp32"\n[layers.fc1.forward]\nnumpy = true\n'
+                           'a = "e4m3fn"\nacc = "fp32"\n')
+    with pytest.raises(TypeError, match="numpy must be true or false; got 'yes'"):
+        Numerics.from_toml('preset = "fp32"\n[layers.fc1.forward]\nnumpy = "yes"\n')
+
+
 def test_shape_mismatches_name_both_shapes():
     ctx = Context(get_preset("numpy"))
     a, b = Tensor(np.zeros((3, 4))), Tensor(np.zeros((5, 2)))

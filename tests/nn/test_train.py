@@ -233,3 +233,51 @@ def test_cli_train_bad_numbers_name_the_flag(capsys, flag, value, wanted):
     assert stop.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == \
         f"refsim train: error: argument {flag}: {wanted}"
+
+
+def test_cli_train_refuses_a_used_out_unless_overwrite(tmp_path, capsys):
+    # An existing run was overwritten silently, and an interrupted rerun left the new partial
+    # metrics beside the old summary.json.
+    out = tmp_path / "run"
+    args = ["train", "--model", "mlp", "--max-steps", "1", "--epochs", "1", "--out", str(out),
+            "--quiet"]
+    assert main(args) == 0
+    old = (out / "summary.json").read_text()
+    (out / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert main([*args[:-3], "--seed", "3", *args[-3:]]) == 2
+    err = capsys.readouterr().err
+    assert "is not empty" in err and "--overwrite" in err and "Traceback" not in err
+    assert (out / "summary.json").read_text() == old  # untouched
+    assert main([*args, "--seed", "3", "--overwrite"]) == 0
+    assert json.loads((out / "summary.json").read_text())["seed"] == 3
+    assert (out / "notes.txt").read_text() == "mine"  # only the run's own files go
+
+
+def test_interrupted_overwrite_leaves_no_foreign_summary(tmp_path, monkeypatch):
+    import sys
+
+    train_module = sys.modules["refsim.nn.train"]  # refsim.nn.train is also the function's name
+    out = tmp_path / "run"
+    config = TrainConfig(model="mlp", hidden=(8,), epochs=1, max_steps=2)
+    train(config, preset("fp32"), out_dir=out)
+    with pytest.raises(ValueError, match="is not empty"):
+        train(config, preset("fp32"), out_dir=out)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, preset("fp32"), out_dir=out, overwrite=True)
+    assert not (out / "summary.json").exists()  # the old one went before the new metrics came
+    assert (out / "metrics.jsonl").read_text().count('"kind": "step"') == 2
+
+
+def test_task_belongs_to_the_transformer(capsys):
+    # `--model mlp --task modadd` trained on digits without a word and recorded task modadd.
+    assert main(["train", "--model", "mlp", "--task", "modadd", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--task applies to --model transformer only" in err and "modadd" in err
+    with pytest.raises(ValueError, match="task applies to model 'transformer' only"):
+        TrainConfig(model="cnn", task="reversal")

@@ -288,6 +288,17 @@ def test_sum_axis_must_be_an_integer_and_x_a_plain_array():
         rsum(np.ma.array([1.0, 1e6, 2.0], mask=[0, 1, 0]), "fp32")
 
 
+def test_non_array_errors_name_the_type():
+    # c=np.float32(1) said "must be a NumPy float32/float64 array; got float32".
+    a = np.ones((2, 3), np.float32)
+    spec = GemmSpec(acc="fp32")
+    for c, got in ((np.float32(1), r"got the NumPy scalar numpy\.float32 \(wrap a scalar: "
+                                   r"np\.asarray\(c\)\)"),
+                   (1.0, r"got float \(wrap"), ([[1.0]], "got list$")):
+        with pytest.raises(TypeError, match=f"c must be a NumPy float32/float64 array; {got}"):
+            matmul(a, a.T, spec, c=c)
+
+
 def test_numpy_integer_chunk_and_sr_bits_give_the_same_bits():
     """Issue 11: np.int64 chunk and sr_bits were refused (seed was accepted)."""
     x = _terms(np.random.default_rng(3), (4, 50))

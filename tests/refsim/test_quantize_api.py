@@ -231,3 +231,14 @@ def test_bad_rbits_names_the_parameter(kwargs, error, words):
         quantize(np.ones(3), "e4m3fn", rounding, **args)
     for word in words:
         assert word in str(info.value), (word, str(info.value))
+
+
+def test_route_applies_to_tensors_only():
+    import torch
+
+    x = np.array([1.1, -2.3, 3e-3], np.float32)
+    t = torch.from_numpy(x)
+    for route in ("auto", "numba", "torch", "torch-general"):
+        assert np.array_equal(quantize(t, "e4m3fn", route=route).numpy(), quantize(x, "e4m3fn"))
+    with pytest.raises(ValueError, match="route applies to torch tensors only"):
+        quantize(x, "e4m3fn", route="torch")

@@ -258,6 +258,9 @@ def test_str():
     ({"fmt": "fp64"}, r"fmt \(fp64\) must have at most 50 mantissa bits"),
     ({"fmt": "int8"}, "fmt must be a floating-point format"),
     ({"fmt": "nope"}, "RandomHadamard.fmt"),
+    # unsigned formats were accepted and half the outputs came out NaN
+    ({"fmt": "e8m0fnu"}, r"fmt must be a signed format with a zero .*e8m0fnu, which has no sign"),
+    ({"fmt": FloatFormat(5, 2, signed=False)}, "must be a signed format with a zero"),
     ({"rounding": "sr"}, "sr is not supported"),
     ({"rounding": "up"}, "RandomHadamard.rounding must be one of"),
     ({"overflow": "wrap"}, "overflow must be default, saturate or satfinite"),

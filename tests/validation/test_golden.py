@@ -161,3 +161,49 @@ def test_python_m_validation_user_error_prints_no_traceback(tmp_path):
     assert run.stderr.strip().splitlines() == [
         f"python -m refsim.validation verify: error: golden directory {str(tmp_path / 'none')!r} "
         "does not exist (or is not a directory)"]
+
+
+@pytest.mark.parametrize(("args", "wanted"), [
+    (["--rounding", "up"], "rounding must be one of"),
+    (["--rounding", "rne", "--overflow", "clamp"], "overflow"),
+    (["--rounding", "rne", "--sr-bits", "3"], "sr_bits"),
+])
+def test_golden_bad_request_leaves_no_folder(tmp_path, capsys, args, wanted):
+    # A bad --rounding/--overflow/--sr-bits used to leave an empty --out folder behind.
+    out = tmp_path / "g"
+    assert main(["golden", "--format", "e4m3fn", "--out", str(out), *args]) == 2
+    assert wanted in _error_line(capsys)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("fmt", ["fp32", "int32", "e8m23"])
+def test_golden_for_wide_formats(tmp_path, fmt):
+    # "fp32 has 2^32 codes; tables are built for formats of at most 24 bits": the codes and
+    # midpoints suites now sample codes of formats over 24 bits.
+    out = tmp_path / fmt
+    write_golden(out, fmt, "rne", size=256)
+    with np.load(out / "golden.npz") as data:
+        inputs, outputs = data["inputs"], data["outputs"]
+    assert inputs.size > 1000
+    np.testing.assert_array_equal(outputs.view(np.uint64),
+                                  np.asarray(quantize(inputs, fmt), np.float64).view(np.uint64))
+    if fmt != "int32":  # fp32 midpoints, and one float64 ulp either side, are there
+        mids = inputs[np.isfinite(inputs) & (np.abs(inputs) < 1e30)]
+        assert np.any(mids.astype(np.float32).astype(np.float64) != mids)
+    assert main(["golden", "--format", fmt, "--rounding", "rtz", "--out", str(out / "x"),
+                 "--suites", "specials", "codes", "--size", "32"]) == 0
+    manifest = json.loads((out / "x" / "manifest.json").read_text())
+    assert manifest["suites"] == ["specials", "codes"]
+
+
+def test_verify_candidate_that_raises_has_its_own_status(golden_dir, tmp_path, capsys):
+    # A RuntimeError gave a traceback and status 1 ("differs"); a ValueError status 2 with only
+    # the candidate's message.
+    (tmp_path / "broken.py").write_text(
+        "def runtime(x):\n    raise RuntimeError('kernel launch failed')\n\n"
+        "def value(x):\n    raise ValueError('bad shape')\n")
+    assert main(["verify", str(golden_dir), "--candidate", "broken:runtime"]) == 3
+    assert _error_line(capsys) == ("python -m refsim.validation verify: the candidate "
+                                   "broken:runtime raised RuntimeError: kernel launch failed")
+    assert main(["verify", str(golden_dir), "--candidate", "broken:value"]) == 3
+    assert _error_line(capsys).endswith("the candidate broken:value raised ValueError: bad shape")
