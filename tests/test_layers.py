@@ -177,7 +177,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
      "refsim.transforms", "refsim.scaled_gemm", "refsim.hardware", "refsim.torch_ops",
      "refsim.demo", "refsim"),  # the public API (and the package that re-exports it)
     ("refsim.nn",),
-    ("refsim.torch_nn", "refsim.factors"),
+    ("refsim.torch_nn", "refsim.torch_emulate", "refsim.torch_emulate_conv", "refsim.factors"),
     ("refsim.studies",),
     ("refsim.validation",),
     ("refsim.cli", "refsim.__main__"),

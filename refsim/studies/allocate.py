@@ -37,10 +37,10 @@ from typing import Any
 
 import numpy as np
 
-from refsim.studies.architectures import ARCHITECTURES, arch_fields
+from refsim.studies.architectures import ARCHITECTURES, arch_fields, need_arch_overrides
 from refsim.studies.claims import as_findings, claim, finalize
 from refsim.studies.dose import seed_noise
-from refsim.studies.params import need, need_arch_overrides
+from refsim.studies.params import need
 from refsim.studies.report import save_figure
 from refsim.studies.training import bits_plan, profile_of, train_run
 

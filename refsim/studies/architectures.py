@@ -28,7 +28,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["ARCHITECTURES", "RECIPE", "arch_fields", "n_train"]
+__all__ = ["ARCHITECTURES", "RECIPE", "arch_fields", "n_train", "need_arch_overrides"]
 
 DIGITS_TRAIN = 1437  # refsim.nn.data.digits: training images
 MARKOV = {"model": "transformer", "task": "markov", "length": 8, "vocab": 16, "n_train": 1024,
@@ -66,3 +66,21 @@ def arch_fields(name: str, seed: int, steps: int,
     fields.update(seed=seed, max_steps=steps)
     fields["epochs"] = math.ceil(steps * fields["batch_size"] / n_train(fields))
     return fields
+
+
+def need_arch_overrides(study: str, over: Any) -> None:
+    """`arch_overrides` is {architecture name: {TrainConfig field: value}} whose fields build
+    (refsim.studies.architectures); ValueError naming what is wrong otherwise."""
+    from refsim.studies.params import need
+    from refsim.studies.training import train_config
+
+    need(isinstance(over, dict) and all(a in ARCHITECTURES and isinstance(v, dict)
+                                        for a, v in over.items()), study, "arch_overrides",
+         f"a {{architecture: {{TrainConfig field: value}}}} dict over "
+         f"{', '.join(ARCHITECTURES)}", over)
+    for arch, fields in over.items():
+        try:
+            train_config(arch_fields(arch, 0, 1, fields))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"study {study}: parameter 'arch_overrides' ({arch}): {exc}") \
+                from None

@@ -21,8 +21,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["MODES", "apply_overrides", "defaults", "need", "need_arch_overrides", "need_format",
-           "parse_assignments", "resolve"]
+__all__ = ["MODES", "apply_overrides", "defaults", "need", "need_format", "parse_assignments",
+           "resolve"]
 
 MODES = ("quick", "standard", "full")
 
@@ -103,20 +103,3 @@ def need_format(study: str, key: str, name: Any) -> None:
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"study {study}: parameter {key!r}: {exc}") from None
 
-
-def need_arch_overrides(study: str, over: Any) -> None:
-    """`arch_overrides` is {architecture name: {TrainConfig field: value}} whose fields build
-    (refsim.studies.architectures); ValueError naming what is wrong otherwise."""
-    from refsim.studies.architectures import ARCHITECTURES, arch_fields
-    from refsim.studies.training import train_config
-
-    need(isinstance(over, dict) and all(a in ARCHITECTURES and isinstance(v, dict)
-                                        for a, v in over.items()), study, "arch_overrides",
-         f"a {{architecture: {{TrainConfig field: value}}}} dict over "
-         f"{', '.join(ARCHITECTURES)}", over)
-    for arch, fields in over.items():
-        try:
-            train_config(arch_fields(arch, 0, 1, fields))
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"study {study}: parameter 'arch_overrides' ({arch}): {exc}") \
-                from None

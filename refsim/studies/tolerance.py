@@ -49,10 +49,10 @@ from typing import Any
 import numpy as np
 
 from refsim.studies import stats
-from refsim.studies.architectures import ARCHITECTURES, arch_fields
+from refsim.studies.architectures import ARCHITECTURES, arch_fields, need_arch_overrides
 from refsim.studies.claims import as_findings, claim, finalize, fisher_z
 from refsim.studies.dose import damage, dose_spec, monotone, seed_noise, threshold_bits
-from refsim.studies.params import need, need_arch_overrides, need_format
+from refsim.studies.params import need, need_format
 from refsim.studies.report import save_figure
 from refsim.studies.training import low_plan, profile_of, train_run
 
