@@ -206,4 +206,4 @@ def test_readme_table_comes_from_claims_json():
     table = "\n".join(paper_table(json.loads(path.read_text())))
     readme = (ROOT / "README.md").read_text()
     assert table in readme, "README's table must be paper_table(docs/results/claims.json)"
-    assert re.search(r"\| claim \(Shen, Lai & Zhang 2024\) \|", readme)
+    assert re.search(r"\| claim \(Shen, Lai & Zhang 2024\) \| verdicts \|", readme)
