@@ -289,13 +289,19 @@ def claims(doc: dict[str, Any]) -> list[dict[str, Any]]:
                       f"{unit} per layer of depth")}[factor]
             what = ("threshold bits M*" if outcome == "threshold" else
                     "dose-response area (mean damage over the doses)")
+            pts = entry["points"][k]
+            censored = outcome == "threshold" and all(
+                t == p["doses"][0] for pt in pts for t in pt["seed_thresholds"])
+            note = ("; every point tolerated every dose (M* censored at "
+                    f"{p['doses'][0]}): no slope can be measured" if censored else "")
             out.append(claim(
                 f"causal/{sweep}/{outcome}", f"{statement} ({sweep.split('/', 1)[1]})",
                 effect=sl["mean"], se=sl["se"], sesoi=sesoi, direction=direction,
                 family=f"causal/{outcome}",
                 measure=f"{what} on {k} (tau {p['threshold']:g} seed-sd)",
                 design=f"MLP sweep of {len(entry['levels'])} levels {entry['values']} x "
-                       f"{len(p['seeds'])} seeds, least squares over the (level, seed) points",
+                       f"{len(p['seeds'])} seeds, least squares over the (level, seed) "
+                       f"points{note}",
                 n=sl["n"], units=units, df=sl["n"] - 2 if sl["n"] > 2 else None))
     return out
 
