@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from refsim.studies.cache import Cache, CacheWarning, checksum, run_key
+from refsim.studies.cache import Cache, CacheWarning, checksum, code_hash, run_key
 from refsim.studies.executor import run_grid
 
 CONFIGS = [{"i": i} for i in range(3)]
@@ -21,7 +21,7 @@ def double(config: dict) -> dict:
 def _filled(tmp_path) -> tuple[Cache, str]:
     cache = Cache(tmp_path / "cache")
     run_grid(double, CONFIGS, study="t", version=1, cache=cache)
-    return cache, run_key("t", 1, CONFIGS[1])
+    return cache, run_key("t", 1, CONFIGS[1], code_hash())
 
 
 def test_entry_holds_key_config_result_and_checksum(tmp_path):
@@ -70,7 +70,7 @@ def test_hand_edited_result_fails_its_checksum(tmp_path):
 
 def test_entry_copied_under_another_runs_name_is_refused(tmp_path):
     cache, key = _filled(tmp_path)
-    other = run_key("t", 1, CONFIGS[2])
+    other = run_key("t", 1, CONFIGS[2], code_hash())
     cache._path(key).write_text(cache._path(other).read_text())
     with pytest.warns(CacheWarning, match="the entry of another run"):
         assert cache.get(key) is None

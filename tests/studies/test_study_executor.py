@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from refsim.studies.cache import Cache, CacheWarning, run_key
+from refsim.studies.cache import Cache, CacheWarning, code_hash, run_key
 from refsim.studies.executor import GridInterrupted, run_grid
 
 FAIL_AT: list[int] = []
@@ -29,6 +29,8 @@ def test_key_covers_the_whole_config():
     assert base != run_key("s", 1, {"a": 1, "b": [2, 1]})
     assert base != run_key("s", 2, {"a": 1, "b": [1, 2]})  # code version
     assert base != run_key("t", 1, {"a": 1, "b": [1, 2]})
+    assert base != run_key("s", 1, {"a": 1, "b": [1, 2]}, code_hash())  # the run code's hash
+    assert len(code_hash()) == 64 and code_hash() == code_hash()
 
 
 def test_resume_after_interruption(tmp_path):
@@ -46,7 +48,7 @@ def test_resume_after_interruption(tmp_path):
     assert (stats["cached"], stats["computed"]) == (4, 2)  # runs 0-3 finished before the stop
     assert "6/6 runs (4 cached)" in stream.getvalue()
     # A damaged entry is recomputed, not trusted (test_study_cache: every kind of damage).
-    victim = cache._path(run_key("t", 1, CONFIGS[0]))
+    victim = cache._path(run_key("t", 1, CONFIGS[0], code_hash()))
     victim.write_text("{not json")
     with pytest.warns(CacheWarning, match=str(victim)):
         _, stats = run_grid(square, CONFIGS, study="t", version=1, cache=cache)
