@@ -48,7 +48,7 @@ from refsim.studies.claims import as_findings, claim, finalize
 from refsim.studies.dose import damage, dose_spec, seed_noise, threshold_bits
 from refsim.studies.params import need
 from refsim.studies.report import save_figure
-from refsim.studies.tolerance import OUTCOMES, dose_area
+from refsim.studies.tolerance import MEASURES, OUTCOMES, dose_area
 from refsim.studies.training import low_plan, train_run
 
 __all__ = ["FULL", "QUICK", "STANDARD", "SWEEPS", "TITLE", "VERSION", "analyze", "check",
@@ -57,7 +57,6 @@ __all__ = ["FULL", "QUICK", "STANDARD", "SWEEPS", "TITLE", "VERSION", "analyze",
 VERSION = 1
 TITLE = "Causal sweeps: one factor moved, the others held"
 NAME = "causal"
-MEASURES = ("test_loss", "train_loss_auc")
 POINT_FIELDS = {"threshold": ("threshold_bits", "seed_thresholds"),
                 "area": ("area", "seed_areas")}
 """Per outcome (refsim.studies.tolerance.OUTCOMES): a sweep point's field of the mean curve
@@ -330,6 +329,17 @@ def plot(s: dict[str, Any], out: Path) -> list[str]:
     return [save_figure(fig, out, "causal.png")]
 
 
+def _row(sweep: str, e: dict[str, Any], outcome: str, values: list | None = None) -> str:
+    """One table row: the sweep, its levels (if given), the outcome per level on the test
+    loss, and the outcome's slope on each measure."""
+    field = POINT_FIELDS[outcome][0]
+    per_level = ", ".join(f"{pt[field]:.2f}" for pt in e["points"]["test_loss"])
+    slopes = " | ".join(f"{e['slopes'][f'{outcome}/{k}']['mean']:+.3f} +- "
+                        f"{e['slopes'][f'{outcome}/{k}']['se']:.3f}" for k in MEASURES)
+    levels = "" if values is None else f" {values} |"
+    return f"| {sweep} |{levels} {per_level} | {slopes} |"
+
+
 def section(doc: dict[str, Any]) -> str:
     s, p = doc["summary"], doc["params"]
     lines = [f"## {TITLE}", "",
@@ -339,22 +349,12 @@ def section(doc: dict[str, Any]) -> str:
              f"({doc['grid']['cached']} cached), {doc['seconds']:.0f} s.", "",
              "| sweep | levels | M* per level (test loss) | slope (test loss) | slope "
              "(train AUC) |", "|---|---|---|---|---|"]
-    for sweep, e in s["sweeps"].items():
-        mstar = ", ".join(f"{pt['threshold_bits']:.2f}" for pt in e["points"]["test_loss"])
-        sl = {k: e["slopes"][f"threshold/{k}"] for k in MEASURES}
-        lines.append(f"| {sweep} | {e['values']} | {mstar} | "
-                     + " | ".join(f"{sl[k]['mean']:+.3f} +- {sl[k]['se']:.3f}" for k in MEASURES)
-                     + " |")
+    lines += [_row(sweep, e, "threshold", e["values"]) for sweep, e in s["sweeps"].items()]
     lines += ["", "Slopes of M* in bits per doubling of the factor (depth: per layer), least "
               "squares over every (level, seed) point, +- its standard error. The "
               "dose-response area's slopes (seed-sd per doubling or per layer):", "",
               "| sweep | area per level (test loss) | slope (test loss) | slope (train AUC) |",
               "|---|---|---|---|"]
-    for sweep, e in s["sweeps"].items():
-        area = ", ".join(f"{pt['area']:.2f}" for pt in e["points"]["test_loss"])
-        sl = {k: e["slopes"][f"area/{k}"] for k in MEASURES}
-        lines.append(f"| {sweep} | {area} | "
-                     + " | ".join(f"{sl[k]['mean']:+.3f} +- {sl[k]['se']:.3f}" for k in MEASURES)
-                     + " |")
+    lines += [_row(sweep, e, "area") for sweep, e in s["sweeps"].items()]
     lines += [""] + [f"![causal]({f})" for f in doc["plots"]] + [""]
     return "\n".join(lines)
