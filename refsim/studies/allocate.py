@@ -1,4 +1,4 @@
-"""Bit-width allocation: per-layer operand mantissa widths set from the factors, against uniform
+"""Bit-width allocation: per-layer operand widths set from the factors, against uniform
 and random allocations with the same mean bits.
 
 Usage rules:
@@ -7,7 +7,8 @@ Usage rules:
     policies and with the fp32 baseline (np.matmul, the "numpy" plan).
   - A layer's factors come from its forward GEMM in refsim.factors.profile: K (reduction
     length), F (usage frequency, the geometric mean of the operands' uses) and D (depth from
-    the input). Every role of the layer gets operands e{exp_bits}m{bits} (rounding `rounding`,
+    the input). Every role of the layer gets operands of width `bits` (refsim.studies.dose:
+    int{bits} with per-tensor scaling in the published grid; rounding `rounding`,
     saturating) and fp32 accumulation.
   - Policies (the paper's section 4.1): "A+"/"A-" give more bits to larger/smaller K, "F+"/"F-"
     to higher/lower F, "D+"/"D-" to deeper/shallower layers, "factor" ranks layers by
@@ -39,7 +40,7 @@ import numpy as np
 
 from refsim.studies.architectures import ARCHITECTURES, arch_fields, need_arch_overrides
 from refsim.studies.claims import as_findings, claim, finalize
-from refsim.studies.dose import seed_noise
+from refsim.studies.dose import OPERAND_FAMILIES, dose_name, need_operand_doses, seed_noise
 from refsim.studies.params import need
 from refsim.studies.report import save_figure
 from refsim.studies.training import bits_plan, profile_of, train_run
@@ -64,27 +65,26 @@ STATEMENTS = {
 
 QUICK: dict[str, Any] = {
     "architectures": ["mlp-down", "cnn-deep"], "seeds": [0, 1, 2], "steps": 60,
-    "mean_bits": 2, "spread": 1, "exp_bits": 5, "rounding": "rne",
+    "operand_family": "int", "mean_bits": 4, "spread": 1, "exp_bits": 5, "rounding": "rne",
     "policies": list(POLICIES), "random_draws": 2, "measure": "test_loss", "sesoi": 0.5,
     "arch_overrides": {},
 }
 FULL: dict[str, Any] = {
     **QUICK, "architectures": ["mlp-down", "mlp-up", "mlp-hourglass", "mlp-deep",
                                "transformer-1", "transformer-2"],
-    "seeds": list(range(6)), "steps": 300,
+    "seeds": list(range(8)), "steps": 300,
     "arch_overrides": {"mlp-deep": {"hidden": [128] * 6, "lr": 0.1}},
 }
 STANDARD: dict[str, Any] = dict(FULL)
-"""The published grid: 6 architectures of >= 6 layers, 6 seeds (8 did not fit the 2-hour budget of
-`make study` on shared cores), every policy and 2 random draws; 300 steps (every product
+"""The published grid: 6 architectures of >= 6 layers, 8 seeds, int3..int5 per layer (mean 4:
+on e5m1..e5m3 no two policies' test losses differed by more than 0.23 seed-sd: every
+comparison could only come out "alike"), every policy and 2 random draws; 300 steps (every product
 simulated: these runs cost 3-10x a tolerance run); SESOI 0.5 seed-sd (declared before running).
 mlp-deep as seven layers of width 128 at lr 0.1: nine layers of width 64 do not train under SGD
 (8-9% test accuracy; the ResNet, which does, costs 10x more per fully simulated run)."""
 
 
 def check(p: dict[str, Any]) -> None:
-    from refsim.formats.policy import ROUNDINGS
-
     need(bool(p["architectures"]) and all(a in ARCHITECTURES for a in p["architectures"])
          and len(set(p["architectures"])) == len(p["architectures"]), NAME, "architectures",
          f"a non-empty list of distinct names of {', '.join(ARCHITECTURES)}",
@@ -95,19 +95,20 @@ def check(p: dict[str, Any]) -> None:
          "at least two distinct ints >= 0", p["seeds"])
     need(isinstance(p["steps"], int) and p["steps"] >= 1, NAME, "steps", "a positive int",
          p["steps"])
-    need(isinstance(p["exp_bits"], int) and 2 <= p["exp_bits"] <= 8, NAME, "exp_bits",
-         "an int in [2, 8]", p["exp_bits"])
     need(isinstance(p["spread"], int) and p["spread"] >= 0, NAME, "spread", "an int >= 0",
          p["spread"])
-    need(isinstance(p["mean_bits"], int) and p["mean_bits"] - p["spread"] >= 0
-         and p["mean_bits"] + p["spread"] <= 23, NAME, "mean_bits",
-         "an int with mean_bits - spread >= 0 and mean_bits + spread <= 23", p["mean_bits"])
+    need(p["operand_family"] in OPERAND_FAMILIES, NAME, "operand_family",
+         f"one of {', '.join(OPERAND_FAMILIES)}", p["operand_family"])
+    lo, hi = OPERAND_FAMILIES[p["operand_family"]]
+    need(isinstance(p["mean_bits"], int) and p["mean_bits"] - p["spread"] >= lo
+         and p["mean_bits"] + p["spread"] <= hi, NAME, "mean_bits",
+         f"an int with mean_bits - spread >= {lo} and mean_bits + spread <= {hi} "
+         f"(operand_family {p['operand_family']})", p["mean_bits"])
+    need_operand_doses(NAME, {**p, "doses": [lo, hi]})  # exp_bits and rounding
     need(all(x in POLICIES for x in p["policies"]), NAME, "policies",
          f"a list of {', '.join(POLICIES)}", p["policies"])
     need(isinstance(p["random_draws"], int) and p["random_draws"] >= 0, NAME, "random_draws",
          "an int >= 0", p["random_draws"])
-    need(p["rounding"] in ROUNDINGS, NAME, "rounding", f"one of {', '.join(ROUNDINGS)}",
-         p["rounding"])
     need(p["measure"] in MEASURES, NAME, "measure", f"one of {', '.join(MEASURES)}",
          p["measure"])
     need(isinstance(p["sesoi"], int | float) and p["sesoi"] > 0, NAME, "sesoi",
@@ -124,7 +125,8 @@ def widths(n: int, mean_bits: int, spread: int) -> list[int]:
 
 def allocation(policy: str, factors: list[dict[str, Any]], mean_bits: int, spread: int,
                draw_seed: tuple[int, ...] = ()) -> dict[str, int]:
-    """{layer: mantissa bits} under `policy` for layers with factors {"layer", "k", "f", "d"}."""
+    """{layer: operand width (bits)} under `policy` for layers with factors {"layer", "k",
+    "f", "d"}."""
     n = len(factors)
     if policy == "U":
         return {x["layer"]: mean_bits for x in factors}
@@ -181,7 +183,7 @@ def grid(p: dict[str, Any]) -> list[dict[str, Any]]:
             for first, members in groups.items():
                 runs.append({"arch": arch, "policy": first, "policies": members,
                              "bits": pl[first], "train": fields,
-                             "plan": bits_plan(pl[first], p["exp_bits"], p["rounding"])})
+                             "plan": bits_plan(pl[first], p)})
     return runs
 
 
@@ -295,8 +297,10 @@ def plot(s: dict[str, Any], out: Path) -> list[str]:
 def section(doc: dict[str, Any]) -> str:
     s, p = doc["summary"], doc["params"]
     lines = [f"## {TITLE}", "",
-             f"Architectures {', '.join(p['architectures'])}; operands e{p['exp_bits']}mM with "
-             f"mean M = {p['mean_bits']} (spread {p['spread']}), {p['rounding']}, fp32 "
+             f"Architectures {', '.join(p['architectures'])}; operands "
+             f"{dose_name(p['mean_bits'] - p['spread'], p)}.."
+             f"{dose_name(p['mean_bits'] + p['spread'], p)} "
+             f"(mean width {p['mean_bits']}), {p['rounding']}, fp32 "
              f"accumulation; {p['steps']} steps; seeds {p['seeds']}; {p['random_draws']} random "
              f"draws; {doc['grid']['runs']} runs ({doc['grid']['cached']} cached), "
              f"{doc['seconds']:.0f} s.", "",
@@ -308,7 +312,7 @@ def section(doc: dict[str, Any]) -> str:
                          f"{c['n']} | {c['first_lower']} | {', '.join(c['excluded']) or '-'} |")
     lines += ["", "Identical policies (trained once): " + ("; ".join(
         f"{a}: " + ", ".join(" = ".join(g) for g in gs) for a, gs in s["identical"].items())
-        or "none") + ".", "", "Allocations (layer: mantissa bits):", ""]
+        or "none") + ".", "", "Allocations (layer: operand width in bits):", ""]
     for arch, pols in s["allocations"].items():
         lines += [f"- {arch} {pol}: " + ", ".join(f"{a} {b}" for a, b in bits.items())
                   for pol, bits in pols.items()]

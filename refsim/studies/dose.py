@@ -2,10 +2,19 @@
 doses, paired damage in seed-noise units, and the threshold bits M*.
 
 Usage rules:
-  - A dose is a mantissa width m. `dose_spec(lever, m, p)` is the GemmSpec dict of one
-    perturbed GEMM: lever "operands" casts both operands to e{exp_bits}m{m} (rounding
-    p["rounding"], saturating) with fp32 accumulation; lever "accumulator" keeps the float32
+  - A dose is a width m in bits. `dose_spec(lever, m, p)` is the GemmSpec dict of one
+    perturbed GEMM: lever "operands" casts both operands (rounding p["rounding"], saturating)
+    with fp32 accumulation to the format `operand_format(m, p)`: family "int" (the published
+    grids) is int{m}, m bits in two's complement, with per-tensor scaling (refsim.nn.numerics:
+    amax|A| maps to the format's largest value, so the dose is the grid's resolution, never
+    its range); family "float" is e{exp_bits}m{m} unscaled (m mantissa bits). Why int: on the
+    float ladder e5m0..e5m4, 118 of 131 GEMMs took even e5m0 without damage (the run at commit
+    3cfe2d5, docs/studies.md), so M* was censored for 90% of them; int2..int6 put the
+    thresholds inside the range (scripts/dose_pilot.py on mlp-down and transformer-1: int2
+    damaged 32 of 38 GEMMs by > 1 seed-sd, int4 3). Lever "accumulator" keeps the float32
     operands and accumulates sequentially in e{acc_exp_bits}m{m} (RNE).
+  - `need_operand_doses(study, p)` checks "operand_family", "doses", "exp_bits" and
+    "rounding"; `dose_name(m, p)` names a dose's format (tolerance.csv columns, reports).
   - Damage: a run's measure minus its same-seed baseline's, divided by the seed noise (the
     seed-to-seed standard deviation of the baseline's measure over `noise_seeds`). A run that
     diverged (a non-finite measure) has damage +inf: worse than any finite one.
@@ -28,9 +37,42 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LEVERS", "damage", "dose_spec", "monotone", "seed_noise", "threshold_bits"]
+__all__ = ["LEVERS", "OPERAND_FAMILIES", "damage", "dose_name", "dose_spec", "monotone",
+           "need_operand_doses", "operand_format", "seed_noise", "threshold_bits"]
 
 LEVERS = ("operands", "accumulator")
+OPERAND_FAMILIES = {"int": (2, 16), "float": (0, 22)}
+"""Operand dose family -> the smallest and largest width m allowed (module docstring)."""
+
+
+def operand_format(m: int, p: dict[str, Any]) -> str:
+    """The operand format of dose m under p's operand_family (module docstring)."""
+    return f"int{m}" if p["operand_family"] == "int" else f"e{p['exp_bits']}m{m}"
+
+
+def dose_name(m: int, p: dict[str, Any], lever: str = "operands") -> str:
+    """The format name of dose m of `lever`: 'int3', 'e5m2', or the accumulator's 'e8m7'."""
+    return operand_format(m, p) if lever == "operands" else f"e{p['acc_exp_bits']}m{m}"
+
+
+def need_operand_doses(study: str, p: dict[str, Any]) -> None:
+    """Check the operand dose parameters; ValueError naming the one that is wrong."""
+    from refsim.formats.policy import ROUNDINGS
+    from refsim.studies.params import need
+
+    family = p["operand_family"]
+    need(family in OPERAND_FAMILIES, study, "operand_family",
+         f"one of {', '.join(OPERAND_FAMILIES)}", family)
+    lo, hi = OPERAND_FAMILIES[family]
+    need(len(p["doses"]) >= 2 and all(isinstance(m, int) and not isinstance(m, bool)
+                                      and lo <= m <= hi for m in p["doses"])
+         and sorted(set(p["doses"])) == list(p["doses"]), study, "doses",
+         f"at least two ascending distinct ints in [{lo}, {hi}] (operand_family {family})",
+         p["doses"])
+    need(isinstance(p["exp_bits"], int) and 2 <= p["exp_bits"] <= 8, study, "exp_bits",
+         "an int in [2, 8]", p["exp_bits"])
+    need(p["rounding"] in ROUNDINGS, study, "rounding", f"one of {', '.join(ROUNDINGS)}",
+         p["rounding"])
 
 
 def dose_spec(lever: str, m: int, p: dict[str, Any]) -> dict[str, Any]:
@@ -38,7 +80,8 @@ def dose_spec(lever: str, m: int, p: dict[str, Any]) -> dict[str, Any]:
     from refsim.studies.training import accumulator_spec, operand_spec
 
     if lever == "operands":
-        return operand_spec(f"e{p['exp_bits']}m{m}", p["rounding"])
+        return operand_spec(operand_format(m, p), p["rounding"],
+                            scaling="tensor" if p["operand_family"] == "int" else "none")
     if lever == "accumulator":
         return accumulator_spec(f"e{p['acc_exp_bits']}m{m}", "sequential")
     raise ValueError(f"lever must be one of {', '.join(LEVERS)}; got {lever!r}")

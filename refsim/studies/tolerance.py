@@ -4,8 +4,9 @@ the threshold relates to reduction length, usage frequency and depth across GEMM
 Usage rules:
   - For every architecture in `architectures` (refsim.studies.architectures) and every row of
     its factor profile (one (layer, role) GEMM), each dose m in `doses` gives one training run
-    per seed in `seeds` with only that GEMM perturbed (refsim.studies.dose: operands
-    e{exp_bits}m{m}, fp32 accumulation) and every other product in float32 (np.matmul). The
+    per seed in `seeds` with only that GEMM perturbed (refsim.studies.dose: operands of width
+    m, int{m} with per-tensor scaling in the published grid, fp32 accumulation) and every
+    other product in float32 (np.matmul). The
     architecture's baseline (no GEMM perturbed) runs for every seed in `noise_seeds` (a
     superset of `seeds`): its seed-to-seed sd is the model's seed noise. `arch_overrides`
     ({architecture: {TrainConfig field: value}}) changes an architecture for this study.
@@ -51,8 +52,16 @@ import numpy as np
 from refsim.studies import stats
 from refsim.studies.architectures import ARCHITECTURES, arch_fields, need_arch_overrides
 from refsim.studies.claims import as_findings, claim, finalize, fisher_z
-from refsim.studies.dose import damage, dose_spec, monotone, seed_noise, threshold_bits
-from refsim.studies.params import need, need_format
+from refsim.studies.dose import (
+    damage,
+    dose_name,
+    dose_spec,
+    monotone,
+    need_operand_doses,
+    seed_noise,
+    threshold_bits,
+)
+from refsim.studies.params import need
 from refsim.studies.report import save_figure
 from refsim.studies.training import low_plan, profile_of, train_run
 
@@ -66,6 +75,9 @@ MEASURES = ("test_loss", "train_loss_auc")
 OUTCOMES = {"threshold": ("threshold_bits", "threshold_se"), "area": ("area", "area_se")}
 """The two tolerance outcomes of a GEMM: its threshold M* (bits), and the area under its
 dose-response curve (dose_area: mean damage over the doses, seed-sd)."""
+PLATEAU_SD = 0.5
+"""A baseline is on its plateau when its epoch-end test loss moved by less than this many seed-sd
+(mean over the seeds) over the last quarter of training (declared before running)."""
 DIVERGED_DAMAGE = 1e3
 """A diverged run's damage in dose_area (seed-sd): above any finite damage seen, finite so
 that means and ranks stay defined."""
@@ -74,20 +86,22 @@ ROLES3 = ("forward", "backward-input", "backward-weight")
 
 QUICK: dict[str, Any] = {
     "architectures": ["mlp-down", "cnn-deep"], "seeds": [0, 1], "noise_seeds": [0, 1, 2, 3],
-    "doses": [0, 2, 4], "exp_bits": 5, "rounding": "rne", "steps": 60, "threshold": 1.0,
+    "operand_family": "int", "doses": [2, 4, 6], "exp_bits": 5, "rounding": "rne",
+    "steps": 60, "threshold": 1.0,
     "acc_architectures": [], "acc_doses": [4, 7, 10], "acc_exp_bits": 8, "layers": ["*"],
     "sesoi_rho": 0.3, "primary": "test_loss", "arch_overrides": {},
 }
 FULL: dict[str, Any] = {
     **QUICK, "architectures": ["mlp-down", "mlp-up", "mlp-hourglass", "resnet-2",
                                "transformer-1", "transformer-2"],
-    "noise_seeds": list(range(8)), "doses": [0, 1, 2, 3, 4], "steps": 500,
+    "noise_seeds": list(range(8)), "doses": [2, 3, 4, 5, 6], "steps": 500,
     "acc_architectures": ["mlp-down"],
 }
 STANDARD: dict[str, Any] = dict(FULL)
 """The published grid: 6 architectures, 131 GEMMs (mlp-deep and cnn-deep are left out: under
 this recipe their baselines do not train, 8-9% and 9-94% test accuracy over the 8 seeds of a
-first run), operands e5m0..e5m4, 2 seeds per dose (the dose sweep,
+first run), operands int2..int6 with per-tensor scaling (the float ladder e5m0..e5m4 left 118 of
+131 GEMMs censored: refsim.studies.dose), 2 seeds per dose (the dose sweep,
 not more seeds, makes M* reliable), 8 baseline seeds per architecture, 500 steps to a plateau;
 the accumulator lever on mlp-down. The declarations made before running: tau = 1 seed-sd (a
 pilot put the paired noise of one run near 0.5-1 seed-sd, so a mean of two crosses 1 by chance
@@ -95,8 +109,6 @@ rarely), SESOI |rho| 0.3, alpha 0.05 with Holm's correction per family."""
 
 
 def check(p: dict[str, Any]) -> None:
-    from refsim.formats.policy import ROUNDINGS
-
     for key in ("architectures", "acc_architectures"):
         need(all(a in ARCHITECTURES for a in p[key]) and len(set(p[key])) == len(p[key]),
              NAME, key, f"a list of distinct names of {', '.join(ARCHITECTURES)}", p[key])
@@ -108,17 +120,13 @@ def check(p: dict[str, Any]) -> None:
              NAME, key, "a non-empty list of distinct ints >= 0", p[key])
     need(set(p["seeds"]) <= set(p["noise_seeds"]) and len(p["noise_seeds"]) >= 2, NAME,
          "noise_seeds", "at least 2 seeds including every one of seeds", p["noise_seeds"])
-    for key in ("doses", "acc_doses"):
-        need(len(p[key]) >= 2 and all(isinstance(m, int) and 0 <= m <= 22 for m in p[key])
-             and sorted(set(p[key])) == list(p[key]), NAME, key,
-             "at least two ascending distinct ints in [0, 22]", p[key])
-    need(isinstance(p["exp_bits"], int) and 2 <= p["exp_bits"] <= 8, NAME, "exp_bits",
-         "an int in [2, 8]", p["exp_bits"])
+    need_operand_doses(NAME, p)
+    need(len(p["acc_doses"]) >= 2 and all(isinstance(m, int) and 0 <= m <= 22
+                                          for m in p["acc_doses"])
+         and sorted(set(p["acc_doses"])) == list(p["acc_doses"]), NAME, "acc_doses",
+         "at least two ascending distinct ints in [0, 22]", p["acc_doses"])
     need(isinstance(p["acc_exp_bits"], int) and 5 <= p["acc_exp_bits"] <= 11, NAME,
          "acc_exp_bits", "an int in [5, 11]", p["acc_exp_bits"])
-    need_format(NAME, "exp_bits", f"e{p['exp_bits']}m{p['doses'][0]}")
-    need(p["rounding"] in ROUNDINGS, NAME, "rounding", f"one of {', '.join(ROUNDINGS)}",
-         p["rounding"])
     need(isinstance(p["steps"], int) and p["steps"] >= 1, NAME, "steps", "a positive int",
          p["steps"])
     need(isinstance(p["threshold"], int | float) and p["threshold"] > 0, NAME, "threshold",
@@ -200,11 +208,15 @@ def _se(values: list[float]) -> float:
     return float(np.std(finite, ddof=1) / math.sqrt(len(finite))) if len(finite) > 1 else math.nan
 
 
-def _plateau(curves: list[list[float]]) -> dict[str, float]:
-    """Change of the baseline's epoch-end test loss over the last quarter of its epochs."""
+def _plateau(curves: list[list[float]], noise: float) -> dict[str, Any]:
+    """Change of the baseline's epoch-end test loss over the last quarter of its epochs, in
+    loss units and in seed-sd (`noise`), and whether that is a plateau (PLATEAU_SD)."""
     changes = [c[-1] - c[int(0.75 * (len(c) - 1))] for c in curves if len(c) >= 2]
-    return {"mean_change": float(np.mean(changes)) if changes else math.nan,
-            "max_abs_change": float(np.max(np.abs(changes))) if changes else math.nan}
+    mean = float(np.mean(changes)) if changes else math.nan
+    in_sd = mean / noise if math.isfinite(noise) and noise > 0 else math.nan
+    return {"mean_change": mean,
+            "max_abs_change": float(np.max(np.abs(changes))) if changes else math.nan,
+            "mean_change_sd": in_sd, "plateau": bool(abs(in_sd) < PLATEAU_SD)}
 
 
 def analyze(p: dict[str, Any], configs: list[dict[str, Any]],
@@ -249,7 +261,8 @@ def analyze(p: dict[str, Any], configs: list[dict[str, Any]],
                     entry[f"{lever}/{k}"] = _curve(p, doses, per_seed)
             gemms.append(entry)
     summary: dict[str, Any] = {"noise": noise, "gemms": gemms,
-                               "plateau": {a: _plateau(v) for a, v in curves.items()},
+                               "plateau": {a: _plateau(v, noise[a]["test_loss"])
+                                           for a, v in curves.items()},
                                "baseline": {a: {k: float(np.mean([base[(a, k, s)]
                                                                   for s in p["noise_seeds"]]))
                                                 for k in (*MEASURES,)}
@@ -346,12 +359,12 @@ def tolerance_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
             row[f"monotone_{k}"] = c["monotone"]
             row[f"area_{k}"] = c["area"]
             for m, d in zip(p["doses"], c["damage"], strict=True):
-                row[f"damage_{k}_e{p['exp_bits']}m{m}"] = d
+                row[f"damage_{k}_{dose_name(m, p)}"] = d
         for k in MEASURES:
             c = g.get(f"accumulator/{k}")
             row[f"acc_threshold_bits_{k}"] = c["threshold_bits"] if c else math.nan
             for m in p["acc_doses"]:
-                row[f"acc_damage_{k}_e{p['acc_exp_bits']}m{m}"] = (
+                row[f"acc_damage_{k}_{dose_name(m, p, 'accumulator')}"] = (
                     c["damage"][p["acc_doses"].index(m)] if c else math.nan)
         out.append(row)
     return out
@@ -391,10 +404,13 @@ def section(doc: dict[str, Any]) -> str:
     s, p = doc["summary"], doc["params"]
     lines = [f"## {TITLE}", "",
              f"{s['n_gemms']} GEMMs of {len(p['architectures'])} architectures "
-             f"({', '.join(p['architectures'])}); operands e{p['exp_bits']}m{p['doses']} "
-             f"({p['rounding']}, saturating, fp32 accumulation), one GEMM at a time, seeds "
+             f"({', '.join(p['architectures'])}); operands "
+             f"{', '.join(dose_name(m, p) for m in p['doses'])} ({p['rounding']}, saturating"
+             f"{', per-tensor scaling' if p['operand_family'] == 'int' else ''}, fp32 "
+             f"accumulation), one GEMM at a time, seeds "
              f"{p['seeds']} per dose, baselines over seeds {p['noise_seeds']}; {p['steps']} "
-             f"steps (Adam, cosine schedule), test loss with fp32 inference. Threshold "
+             f"steps (SGD, the transformers Adam; cosine schedule), test loss with fp32 "
+             f"inference. Threshold "
              f"tau = {p['threshold']:g} seed-sd. {doc['grid']['runs']} runs "
              f"({doc['grid']['cached']} cached), {doc['seconds']:.0f} s.", "",
              "| architecture | baseline test loss | seed sd (test loss) | seed sd (train AUC) | "
@@ -405,7 +421,9 @@ def section(doc: dict[str, Any]) -> str:
                      f"{_fmt(s['noise'][a]['test_loss'], '.4f')} | "
                      f"{_fmt(s['noise'][a]['train_loss_auc'], '.4f')} | "
                      f"{_fmt(pl.get('mean_change', math.nan), '+.4f')} (max |.| "
-                     f"{_fmt(pl.get('max_abs_change', math.nan), '.4f')}) |")
+                     f"{_fmt(pl.get('max_abs_change', math.nan), '.4f')}; "
+                     f"{_fmt(pl.get('mean_change_sd', math.nan), '+.2f')} seed-sd: "
+                     f"{'plateau' if pl.get('plateau') else 'NOT a plateau'}) |")
     for key, c in s["cross"].items():
         outcome, measure = key.split("/")
         name = "M*" if outcome == "threshold" else "the dose-response area"

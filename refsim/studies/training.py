@@ -17,8 +17,8 @@ Usage rules:
     `numpy` preset) are computed the same way under every executor.
   - `low_plan(units, spec, rest)` is the plan `rest` (a preset name: "fp32" simulates every
     other product, "numpy" leaves them to np.matmul in float32) with the GEMMs listed in
-    `units` ((layer, role) pairs) replaced by the GemmSpec dict `spec`; `bits_plan(bits, ...)`
-    gives every role of each listed layer operands of its own mantissa width.
+    `units` ((layer, role) pairs) replaced by the GemmSpec dict `spec`; `bits_plan(bits, p)`
+    gives every role of each listed layer operands of its own width (refsim.studies.dose).
   - `profile_of(train)` is refsim.factors.profile of the model a TrainConfig builds, on one
     training batch.
   - TRAINING: the training parameters shared by the sensitivity and allocate studies;
@@ -121,10 +121,15 @@ def train_config(fields: dict[str, Any]):
     return TrainConfig(**data)
 
 
-def operand_spec(fmt: str, rounding: str = "rne", acc: str = "fp32") -> dict[str, Any]:
-    """A GemmSpec dict: both operands cast to fmt (saturating), accumulation in acc."""
+def operand_spec(fmt: str, rounding: str = "rne", acc: str = "fp32", scaling: str = "none"
+                 ) -> dict[str, Any]:
+    """A GemmSpec dict (a plan's product): both operands cast to fmt (saturating),
+    accumulation in acc, with refsim.nn.numerics' `scaling` ("none" or "tensor")."""
     cast = {"fmt": fmt, "rounding": rounding, "overflow": "saturate"}
-    return {"a": cast, "b": dict(cast), "acc": {"fmt": acc}}
+    spec: dict[str, Any] = {"a": cast, "b": dict(cast), "acc": {"fmt": acc}}
+    if scaling != "none":
+        spec["scaling"] = scaling
+    return spec
 
 
 def accumulator_spec(fmt: str, order: str = "sequential", rounding: str = "rne"
@@ -141,12 +146,16 @@ def low_plan(units: list[tuple[str, str]], spec: dict[str, Any], rest: str = "fp
     return {"preset": rest, "layers": layers}
 
 
-def bits_plan(bits: dict[str, int], exp_bits: int, rounding: str = "rne",
-              acc: str = "fp32") -> dict[str, Any]:
+def bits_plan(bits: dict[str, int], p: dict[str, Any], acc: str = "fp32") -> dict[str, Any]:
+    """Every role of each listed layer with operands of its own width (refsim.studies.dose:
+    p's operand_family, exp_bits and rounding), every other product simulated in fp32."""
     from refsim.nn.numerics import ROLES
+    from refsim.studies.dose import operand_format
 
+    scaling = "tensor" if p["operand_family"] == "int" else "none"
     return {"preset": "fp32",
-            "layers": {layer: {role: operand_spec(f"e{exp_bits}m{m}", rounding, acc)
+            "layers": {layer: {role: operand_spec(operand_format(m, p), p["rounding"], acc,
+                                                  scaling)
                                for role in ROLES} for layer, m in bits.items()}}
 
 

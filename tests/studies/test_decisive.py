@@ -108,7 +108,7 @@ def test_standard_tolerance_grid_meets_the_issue():
     p = tolerance.STANDARD
     gemms = [g for a in p["architectures"] for g in tolerance.gemm_rows(p, a)]
     assert len(gemms) >= 130 and len(p["architectures"]) >= 6
-    assert p["doses"] == [0, 1, 2, 3, 4] and p["exp_bits"] == 5
+    assert p["doses"] == [2, 3, 4, 5, 6] and p["operand_family"] == "int"
     assert len({(g["arch"], g["layer"], g["role"]) for g in gemms}) == len(gemms)
     # the architectures break the K-depth aliasing: within the MLPs K falls and rises with depth
     for arch, sign in (("mlp-down", -1), ("mlp-up", 1)):
@@ -149,10 +149,10 @@ def test_architectures_build():
 
 TINY = {
     "tolerance": {"architectures": ["mlp-down", "mlp-up"], "seeds": [0, 1],
-                  "noise_seeds": [0, 1, 2], "doses": [0, 4], "steps": 3,
+                  "noise_seeds": [0, 1, 2], "doses": [2, 6], "steps": 3,
                   "layers": ["fc1", "fc2", "fc6"]},
     "causal": {"sweeps": ["K/forward", "D/forward"], "levels": [16, 64], "depths": [2, 3],
-               "seeds": [0, 1], "noise_seeds": [0, 1], "doses": [0, 4], "steps": 3},
+               "seeds": [0, 1], "noise_seeds": [0, 1], "doses": [2, 6], "steps": 3},
     "allocate": {"architectures": ["mlp-down"], "seeds": [0, 1], "steps": 3,
                  "random_draws": 1},
 }
@@ -176,7 +176,7 @@ def test_outputs_end_to_end(tmp_path):
     assert len(rows) == sum(len(tolerance.gemm_rows({**tolerance.QUICK, **TINY["tolerance"]},
                                                     a)) for a in ("mlp-down", "mlp-up"))
     for key in ("model", "layer", "role", "k", "frequency", "depth",
-                "threshold_bits_test_loss", "damage_test_loss_e5m0", "damage_test_loss_e5m4"):
+                "threshold_bits_test_loss", "damage_test_loss_int2", "damage_test_loss_int6"):
         assert key in rows[0]
     report = (tmp_path / "report.md").read_text()
     assert "## Claims and verdicts" in report

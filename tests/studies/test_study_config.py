@@ -24,7 +24,10 @@ from refsim.studies.stats import fmt_p, loglog_slope, paired, spearman
     ("depth", {"inits": ["xavier"]}, "orthogonal, he-relu"),
     ("frequency", {"train_fmt": "e9m99x"}, "parameter 'train_fmt'"),
     ("sensitivity", {"models": ["vgg"]}, "mlp, cnn, resnet, transformer"),
-    ("allocate", {"mean_bits": 0}, "mean_bits - spread >= 0"),
+    ("allocate", {"mean_bits": 0}, "mean_bits - spread >= 2 and mean_bits + spread <= 16"),
+    ("allocate", {"operand_family": "fp"}, "parameter 'operand_family' must be one of int, float"),
+    ("tolerance", {"doses": [0, 4]}, "ascending distinct ints in [2, 16] (operand_family int)"),
+    ("causal", {"operand_family": "float", "doses": [0, 23]}, "in [0, 22] (operand_family float"),
 ])
 def test_bad_config_is_a_clear_error(tmp_path, name, overrides, message):
     with pytest.raises(ValueError, match="study " + name) as info:
