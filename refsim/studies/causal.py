@@ -250,7 +250,7 @@ def analyze(p: dict[str, Any], configs: list[dict[str, Any]],
                 "threshold_bits": threshold_bits(p["doses"], mean, p["threshold"])[0],
                 "seed_thresholds": [threshold_bits(p["doses"], per_seed[s],
                                                    p["threshold"])[0] for s in p["seeds"]],
-                "area": dose_area(mean),
+                "area": float(np.mean([dose_area(per_seed[s]) for s in p["seeds"]])),
                 "seed_areas": [dose_area(per_seed[s]) for s in p["seeds"]]})
     for sweep, entry in out.items():
         depth = SWEEPS[sweep]["factor"] == "D"

@@ -24,9 +24,9 @@ Usage rules:
     e{acc_exp_bits}mM accumulator with float32 operands, reported per GEMM (tolerance.csv)
     but not tested across GEMMs (too few GEMMs for the power the claims need).
   - Tolerance outcomes (OUTCOMES): M*, and the area under the dose-response curve (the mean
-    damage over the doses, `dose_area`: continuous where M* is censored,
-    e.g. for a GEMM that tolerates every dose, and +inf-free: a diverged run counts as
-    DIVERGED_DAMAGE).
+    damage over the doses and seeds, `dose_area`, each run's damage capped at DAMAGE_CAP:
+    continuous where M* is censored, e.g. for a GEMM that tolerates every dose, and bounded: a
+    diverged run or one that blew up counts as the cap).
   - Cross-GEMM claims (refsim.studies.claims, family "cross-gemm/<outcome>/<measure>"), on
     each outcome (the signs below are M*'s; the area's are the same: more damage, more bits):
       K: longer reductions need fewer bits (partial Spearman rho(log K, M*) < 0),
@@ -78,9 +78,12 @@ dose-response curve (dose_area: mean damage over the doses, seed-sd)."""
 PLATEAU_SD = 0.5
 """A baseline is on its plateau when its epoch-end test loss moved by less than this many seed-sd
 (mean over the seeds) over the last quarter of training (declared before running)."""
-DIVERGED_DAMAGE = 1e3
-"""A diverged run's damage in dose_area (seed-sd): above any finite damage seen, finite so
-that means and ranks stay defined."""
+DAMAGE_CAP = 10.0
+"""The most damage (seed-sd) one run adds to the dose-response area: a run worse than this
+has failed, and by how much says how it failed, not how much precision the GEMM needs. A
+diverged run (+inf) counts as the cap. Set after the first int2..int6 run, in which int2 drove
+some runs' finite test loss to 1e33 seed-sd and the uncapped area's reliability to 0 (the cap
+is 10 tau; docs/studies.md)."""
 FACTORS = ("k", "frequency", "depth")
 ROLES3 = ("forward", "backward-input", "backward-weight")
 
@@ -194,12 +197,13 @@ def _curve(p: dict[str, Any], doses: list[int], per_seed: dict[int, dict[int, fl
     seed_a = [dose_area([per_seed[s][m] for m in doses]) for s in seeds]
     return {"damage": mean, "threshold_bits": mstar, "censored": cens, "seed_thresholds": seed_m,
             "threshold_se": _se(seed_m), "monotone": monotone(doses, mean),
-            "area": dose_area(mean), "seed_areas": seed_a, "area_se": _se(seed_a)}
+            "area": float(np.mean(seed_a)), "seed_areas": seed_a, "area_se": _se(seed_a)}
 
 
 def dose_area(damages: list[float]) -> float:
-    """Mean damage over the doses, +inf (a diverged run) counted as DIVERGED_DAMAGE."""
-    d = [DIVERGED_DAMAGE if math.isinf(x) and x > 0 else x for x in damages]
+    """Mean damage over the doses of one seed, each capped at DAMAGE_CAP (+inf, a diverged
+    run, counts as the cap)."""
+    d = [min(x, DAMAGE_CAP) for x in damages]
     return float(np.mean(d)) if d else math.nan
 
 
@@ -432,7 +436,8 @@ def section(doc: dict[str, Any]) -> str:
                   f"{c['censored_low']} GEMMs tolerate every dose (M* censored low), "
                   f"{c['censored_high']} need more than the largest. Factor correlations: "
                   + ", ".join(f"{k} {_fmt(v)}" for k, v in c["factor_rho"].items()) + ".", "",
-                  "| factor | marginal rho | partial rho | p | n | mixed-model coef (bits per sd) "
+                  f"| factor | marginal rho | partial rho | p | n | mixed-model coef ("
+                  f"{'bits' if outcome == 'threshold' else 'seed-sd'} per sd of the factor) "
                   "| 95% CI |", "|---|---|---|---|---|---|---|"]
         for f in FACTORS:
             q, mm = c["partial"][f], c["mixed"].get(f, {})

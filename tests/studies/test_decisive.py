@@ -96,6 +96,26 @@ def test_threshold_bits(damages, want):
     assert math.isnan(threshold_bits([0, 1], [math.nan, 0.0], 0.5)[0])
 
 
+def test_dose_area_caps_each_run():
+    """A diverged run and one that blew up to 1e33 seed-sd both count as the cap."""
+    cap = tolerance.DAMAGE_CAP
+    assert tolerance.dose_area([math.inf, 1e33, 0.5, -1.0]) == pytest.approx(
+        (2 * cap + 0.5 - 1.0) / 4)
+    assert tolerance.dose_area([0.25, 0.75]) == 0.5
+
+
+def test_operand_doses_name_their_formats():
+    from refsim.studies.dose import dose_name, dose_spec
+
+    p = {**tolerance.STANDARD}
+    assert [dose_name(m, p) for m in p["doses"]] == ["int2", "int3", "int4", "int5", "int6"]
+    spec = dose_spec("operands", 3, p)
+    assert spec["scaling"] == "tensor" and spec["a"]["fmt"] == spec["b"]["fmt"] == "int3"
+    flt = dose_spec("operands", 2, {**p, "operand_family": "float"})
+    assert "scaling" not in flt and flt["a"]["fmt"] == "e5m2"
+    assert dose_name(7, p, "accumulator") == "e8m7"
+
+
 def test_damage_and_monotone():
     assert damage(1.5, 1.0, 0.25) == 2.0 and damage(math.nan, 1.0, 0.25) == math.inf
     assert math.isnan(damage(1.0, 1.0, 0.0))
