@@ -4,8 +4,9 @@ bits it needs (the threshold M*) move.
 Usage rules:
   - Every sweep trains an MLP on digits (refsim.studies.architectures.RECIPE) whose shape or
     batch size sets the factor, and perturbs one GEMM (layer, role) with the operand doses
-    `doses` (refsim.studies.dose), seeds `seeds`; each variant's baseline runs over
-    `noise_seeds` (its own seed noise). SWEEPS lists them; for C = A B (linear layer fcL with
+    `doses` (refsim.studies.dose), seeds `seeds` (the depth sweeps: `depth_seeds`); each
+    variant's baseline runs over `noise_seeds` (its own seed noise) and every seed its points
+    pair with. SWEEPS lists them; for C = A B (linear layer fcL with
     d_in, d_out, batch B):
       K/forward          hidden [W, 64], fc2 forward: K = W; uses B (weights), 64 (inputs)
       K/backward-input   hidden [64, W], fc2 backward-input (dX = dY W^T): K = W; uses B, 64
@@ -59,7 +60,7 @@ from refsim.studies.tolerance import MEASURES, OUTCOMES, dose_area
 from refsim.studies.training import low_plan, train_run
 
 __all__ = ["FULL", "QUICK", "STANDARD", "SWEEPS", "TITLE", "VERSION", "analyze", "check",
-           "claims", "grid", "plot", "run_one", "section", "sweeps"]
+           "claims", "grid", "plot", "run_one", "section", "sweep_seeds", "sweeps"]
 
 VERSION = 1
 TITLE = "Causal sweeps: one factor moved, the others held"
@@ -87,21 +88,25 @@ SWEEPS: dict[str, dict[str, Any]] = {
 
 QUICK: dict[str, Any] = {
     "sweeps": ["K/forward", "D/forward"], "levels": [16, 256], "depths": [2, 5],
-    "seeds": [0, 1], "noise_seeds": [0, 1, 2], "operand_family": "int", "doses": [2, 4, 6],
+    "seeds": [0, 1], "depth_seeds": [0, 1], "noise_seeds": [0, 1, 2], "operand_family": "int",
+    "doses": [2, 4, 6],
     "exp_bits": 5, "rounding": "rne", "steps": 60, "threshold": 1.0, "sesoi_slope": 0.25,
     "sesoi_depth": 0.25, "sesoi_area": 0.25, "measure": "test_loss", "depth_width": 128,
     "depth_layers": 6, "depth_lr": 0.1,
 }
 FULL: dict[str, Any] = {
     **QUICK, "sweeps": list(SWEEPS), "levels": [16, 64, 256, 1024], "depths": [2, 3, 4, 5, 6],
-    "seeds": [0, 1, 2, 3], "noise_seeds": list(range(8)), "doses": [2, 3, 4, 5, 6],
+    "seeds": list(range(6)), "depth_seeds": list(range(16)), "noise_seeds": list(range(8)),
+    "doses": [2, 3, 4, 5, 6],
     "steps": 500,
 }
 STANDARD: dict[str, Any] = dict(FULL)
-"""The published grid: 4 levels 4x apart (K and uses 16..1024; batches 8..512), layers 2..6, 4
-seeds, operands int2..int6 with per-tensor scaling (refsim.studies.dose: on e5m0..e5m4 the
-K/backward-input and F/backward-input-batch sweeps were censored at every point, and 3 levels
-x 3 seeds left the depth slopes' power at 0.08-0.11). Declared before running: tau 1 seed-sd,
+"""The published grid: 4 levels 4x apart (K and uses 16..1024; batches 8..512) with 6 seeds,
+layers 2..6 with 16 seeds, operands int2..int6 with per-tensor scaling (refsim.studies.dose: on
+e5m0..e5m4 the K/backward-input and F/backward-input-batch sweeps were censored at every
+point, and 3 levels x 3 seeds left the depth slopes' power at 0.08-0.11; on int2..int6 with 4
+seeds, the depth slopes' power was 0.15-0.49 and F/forward-batch's 0.56: a depth point's
+per-seed M* scatters by about 1.2 bits). Declared before running: tau 1 seed-sd,
 SESOI 0.25 bits per doubling of K or F (1.5 bits over the 64-fold range swept) and 0.25 bits per
 layer of depth (1 bit over the 4 layers swept); for the dose-response area 0.25 seed-sd per
 doubling or per layer; alpha 0.05 with Holm's correction over the sweeps (per outcome)."""
@@ -121,12 +126,13 @@ def check(p: dict[str, Any]) -> None:
                                        for d in p["depths"]), NAME, "depths",
          f"at least two layer positions in [2, depth_layers = {p['depth_layers']}]",
          p["depths"])
-    for key in ("seeds", "noise_seeds"):
+    for key in ("seeds", "depth_seeds", "noise_seeds"):
         need(bool(p[key]) and all(isinstance(s, int) and s >= 0 for s in p[key])
              and len(set(p[key])) == len(p[key]), NAME, key,
              "a non-empty list of distinct ints >= 0", p[key])
-    need(len(p["seeds"]) >= 2, NAME, "seeds", "at least 2 seeds (a slope's standard error)",
-         p["seeds"])
+    for key in ("seeds", "depth_seeds"):
+        need(len(p[key]) >= 2, NAME, key, "at least 2 seeds (a slope's standard error)",
+             p[key])
     need(len(p["noise_seeds"]) >= 2, NAME, "noise_seeds", "at least 2 seeds", p["noise_seeds"])
     need_operand_doses(NAME, p)
     for key in ("threshold", "sesoi_slope", "sesoi_depth", "sesoi_area", "depth_lr"):
@@ -164,6 +170,11 @@ def sweeps(p: dict[str, Any]) -> list[tuple[str, int, dict[str, Any], str, float
     return out
 
 
+def sweep_seeds(p: dict[str, Any], sweep: str) -> list[int]:
+    """The seeds of a sweep's points: `depth_seeds` for the depth sweeps, else `seeds`."""
+    return p["depth_seeds"] if SWEEPS[sweep]["factor"] == "D" else p["seeds"]
+
+
 def _fields(p: dict[str, Any], over: dict[str, Any], seed: int) -> dict[str, Any]:
     return arch_fields("mlp-down", seed, p["steps"], over)
 
@@ -171,19 +182,22 @@ def _fields(p: dict[str, Any], over: dict[str, Any], seed: int) -> dict[str, Any
 def grid(p: dict[str, Any]) -> list[dict[str, Any]]:
     runs: list[dict[str, Any]] = []
     variants: dict[str, dict[str, Any]] = {}
+    paired: dict[str, set[int]] = {}
     for sweep, level, over, layer, _ in sweeps(p):
         vkey = repr(sorted(over.items()))
         variants.setdefault(vkey, over)
+        paired.setdefault(vkey, set()).update(sweep_seeds(p, sweep))
         for m in p["doses"]:
             spec = dose_spec("operands", m, p)
             runs.extend({"kind": "point", "sweep": sweep, "level": level, "variant": vkey,
                          "bits": m, "seed": seed, "train": _fields(p, over, seed),
                          "plan": low_plan([(layer, SWEEPS[sweep]["role"])], spec, "numpy")}
-                        for seed in p["seeds"])
+                        for seed in sweep_seeds(p, sweep))
+    # baselines: the seed noise's seeds, and every seed a point pairs with
     for vkey, over in variants.items():
         runs.extend({"kind": "baseline", "sweep": "", "level": 0, "variant": vkey, "bits": -1,
                      "seed": seed, "train": _fields(p, over, seed), "plan": {"preset": "numpy"}}
-                    for seed in p["noise_seeds"])
+                    for seed in sorted(set(p["noise_seeds"]) | paired[vkey]))
     return runs
 
 
@@ -240,18 +254,19 @@ def analyze(p: dict[str, Any], configs: list[dict[str, Any]],
         entry["levels"].append(level)
         entry["values"].append(value)
         v = vkey[(sweep, level)]
+        seeds = sweep_seeds(p, sweep)
         for k in MEASURES:
             per_seed = {s: [damage(point[(sweep, level, k, m, s)], base[(v, k, s)],
-                                   noise[v][k]) for m in p["doses"]] for s in p["seeds"]}
-            mean = [float(np.mean([per_seed[s][i] for s in p["seeds"]]))
+                                   noise[v][k]) for m in p["doses"]] for s in seeds}
+            mean = [float(np.mean([per_seed[s][i] for s in seeds]))
                     for i in range(len(p["doses"]))]
             entry["points"].setdefault(k, []).append({
                 "level": level, "value": value, "damage": mean,
                 "threshold_bits": threshold_bits(p["doses"], mean, p["threshold"])[0],
                 "seed_thresholds": [threshold_bits(p["doses"], per_seed[s],
-                                                   p["threshold"])[0] for s in p["seeds"]],
-                "area": float(np.mean([dose_area(per_seed[s]) for s in p["seeds"]])),
-                "seed_areas": [dose_area(per_seed[s]) for s in p["seeds"]]})
+                                                   p["threshold"])[0] for s in seeds],
+                "area": float(np.mean([dose_area(per_seed[s]) for s in seeds])),
+                "seed_areas": [dose_area(per_seed[s]) for s in seeds]})
     for sweep, entry in out.items():
         depth = SWEEPS[sweep]["factor"] == "D"
         x = entry["values"] if depth else [math.log2(v) for v in entry["values"]]
@@ -261,7 +276,7 @@ def analyze(p: dict[str, Any], configs: list[dict[str, Any]],
             for k in MEASURES:
                 pts = entry["points"][k]
                 seed_slopes = [_slope(x, [pt[seed_field][i] for pt in pts])
-                               for i in range(len(p["seeds"]))]
+                               for i in range(len(sweep_seeds(p, sweep)))]
                 xs = [xv for xv, pt in zip(x, pts, strict=True) for _ in pt[seed_field]]
                 ys = [t for pt in pts for t in pt[seed_field]]
                 slope, se, n = _ols(xs, ys)
@@ -306,7 +321,7 @@ def claims(doc: dict[str, Any]) -> list[dict[str, Any]]:
                 family=f"causal/{outcome}",
                 measure=f"{what} on {k} (tau {p['threshold']:g} seed-sd)",
                 design=f"MLP sweep of {len(entry['levels'])} levels {entry['values']} x "
-                       f"{len(p['seeds'])} seeds, least squares over the (level, seed) "
+                       f"{len(sweep_seeds(p, sweep))} seeds, least squares over the (level, seed) "
                        f"points{note}",
                 n=sl["n"], units=units, df=sl["n"] - 2 if sl["n"] > 2 else None))
     return out
@@ -353,7 +368,8 @@ def section(doc: dict[str, Any]) -> str:
              f"MLPs on digits, one GEMM perturbed with operands "
              f"{', '.join(dose_name(m, p) for m in p['doses'])}"
              f"{' (per-tensor scaling)' if p['operand_family'] == 'int' else ''}, "
-             f"seeds {p['seeds']} per dose, baselines over {p['noise_seeds']}, {p['steps']} "
+             f"seeds {p['seeds']} per dose (depth sweeps: {p['depth_seeds']}), seed noise over "
+             f"{p['noise_seeds']}, {p['steps']} "
              f"steps; tau {p['threshold']:g} seed-sd. {doc['grid']['runs']} runs "
              f"({doc['grid']['cached']} cached), {doc['seconds']:.0f} s.", "",
              "| sweep | levels | M* per level (test loss) | slope (test loss) | slope "
