@@ -23,7 +23,10 @@ Usage rules:
     policies leaves out the architectures where they coincide (their difference is zero by
     construction, not evidence), saying so in its `n` and `excluded`.
   - Comparisons are paired over (architecture, seed), in units of each architecture's seed
-    noise (the seed-to-seed sd of its baseline over the seeds), on both measures (the final
+    noise (the seed-to-seed sd of its baseline over the seeds): each run's damage against its
+    seed's baseline, capped at refsim.studies.tolerance.DAMAGE_CAP (a diverged run counts as
+    the cap: int3 layers blew some runs' loss up to 1e22 seed-sd), then the difference of two
+    policies' damages; on both measures (the final
     test loss with fp32 inference, and the train-loss AUC). Claims (refsim.studies.claims,
     family "allocation/<measure>"): factor beats U, factor beats the mean of the random draws,
     A- beats A+, F+ beats F- (lower loss: direction -1, first minus second), and D+ and D- do
@@ -40,9 +43,16 @@ import numpy as np
 
 from refsim.studies.architectures import ARCHITECTURES, arch_fields, need_arch_overrides
 from refsim.studies.claims import as_findings, claim, finalize
-from refsim.studies.dose import OPERAND_FAMILIES, dose_name, need_operand_doses, seed_noise
+from refsim.studies.dose import (
+    OPERAND_FAMILIES,
+    damage,
+    dose_name,
+    need_operand_doses,
+    seed_noise,
+)
 from refsim.studies.params import need
 from refsim.studies.report import save_figure
+from refsim.studies.tolerance import DAMAGE_CAP
 from refsim.studies.training import bits_plan, profile_of, train_run
 
 __all__ = ["FULL", "QUICK", "STANDARD", "TITLE", "VERSION", "allocation", "analyze", "check",
@@ -231,9 +241,12 @@ def analyze(p: dict[str, Any], configs: list[dict[str, Any]],
     comparisons: dict[str, dict[str, Any]] = {k: {} for k in MEASURES}
     for k in MEASURES:
         def value(arch: str, pol: str, seed: int, k: str = k) -> float:
+            """The run's damage against its seed's baseline (seed-sd), capped at DAMAGE_CAP."""
             if pol == "R":
-                return float(np.mean([raw[k][(arch, r, seed)] for r in randoms]))
-            return raw[k][(arch, pol, seed)]
+                return float(np.mean([value(arch, r, seed) for r in randoms]))
+            d = damage(raw[k][(arch, pol, seed)], raw[k][(arch, "baseline", seed)],
+                       noise[k][arch])
+            return min(d, DAMAGE_CAP)
 
         for a, b, _ in COMPARISONS:
             if (b == "R" and not randoms) or a not in p["policies"] or \
@@ -241,7 +254,7 @@ def analyze(p: dict[str, Any], configs: list[dict[str, Any]],
                 continue
             excluded = [arch for arch in p["architectures"]
                         if b != "R" and allocations[arch][a] == allocations[arch][b]]
-            diffs = [(value(arch, a, s) - value(arch, b, s)) / noise[k][arch]
+            diffs = [value(arch, a, s) - value(arch, b, s)
                      for arch in p["architectures"] if arch not in excluded for s in p["seeds"]]
             comparisons[k][f"{a} vs {b}"] = {**_paired(diffs), "excluded": excluded}
     means = {k: {a: {pol: float(np.mean([raw[k][(a, pol, s)] for s in p["seeds"]]))
