@@ -227,3 +227,26 @@ def test_readme_table_comes_from_claims_json():
     readme = (ROOT / "README.md").read_text()
     assert table in readme, "README's table must be paper_table(docs/results/claims.json)"
     assert re.search(r"\| claim \(Shen, Lai & Zhang 2024\) \| verdicts \|", readme)
+
+
+def test_allocation_caps_a_diverged_run_instead_of_dropping_it():
+    """A policy run that diverged (NaN loss) or blew up stays in the pairs, as the cap."""
+    p = {**allocate.QUICK, "architectures": ["mlp-down"], "seeds": [0, 1, 2],
+         "policies": ["factor", "U"], "random_draws": 0}
+    configs = allocate.grid(p)
+    loss = {0: 1.0, 1: 1.2, 2: 0.8}  # baselines: seed sd 0.2
+    results = []
+    for c in configs:
+        seed, pol = c["train"]["seed"], c["policy"]
+        v = loss[seed] + (0.0 if pol == "baseline" else 0.1 if pol == "U" else 0.2)
+        if pol == "factor" and seed == 1:
+            v = math.nan  # diverged
+        if pol == "factor" and seed == 2:
+            v = 1e30  # blew up, finite
+        results.append({"test_loss": v, "train_loss_auc": v, "test_accuracy": 0.5})
+    _, summary, _ = allocate.analyze(p, configs, results)
+    c = summary["comparisons"]["test_loss"]["factor vs U"]
+    cap = tolerance.DAMAGE_CAP
+    # damages: U 0.5 on every seed; factor 1.0, cap, cap
+    assert c["n"] == 3
+    assert c["mean_diff"] == pytest.approx(((1.0 - 0.5) + 2 * (cap - 0.5)) / 3)
