@@ -84,16 +84,18 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange
+from numba import njit
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from refsim.backends.operands import OperandRange, products_exact
-from refsim.backends.threads import threads_for
+from refsim.backends.threads import run_jobs, threads_for
 from refsim.formats import FloatFormat, Format
 from refsim.formats.policy import OVERFLOWS, ROUNDINGS
+from refsim.kernels import mt_tile
 from refsim.kernels.core import RDN
 from refsim.kernels.lane import bits_float, fast_constants, float_bits, round_lane, select
 from refsim.params import CARRIERS, format_params
@@ -121,6 +123,7 @@ KNOWN_FIELDS = frozenset(("fmt", "rounding", "order", "chunk", "outer", "product
                            "overflow", "group", "width", "variant", "align", "truncation",
                            "operands", "subnormals", "c_entry"))
 _F64 = np.dtype(np.float64)
+F32_TINY, F32_EMAX = -149, 127  # float32: exponents of the smallest subnormal, of the largest bit
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,8 @@ class MultitermPlan:
     c_outer: bool
     fast: tuple
     ofast: tuple
+    narrow1: bool = False  # pass 1 (the maxima) in float32 lanes (step 2')
+    narrow2: bool = False  # pass 2 (the truncated sums) in float32 lanes (step 3')
     route = "multiterm-lanes"  # as cpu_tile.TilePlan.route: which fast path ran
 
 
@@ -204,10 +209,39 @@ def plan(acc: AccumSpec, ra: OperandRange, rb: OperandRange, c: np.ndarray | Non
     product_align = acc.align == "product"
     key = (ROUNDINGS.index(acc.rounding), ROUNDINGS.index(outer.rounding),
            int(acc.variant == "acc-aligned"), int(acc.truncation == "floor"), int(product_align))
+    narrow1, narrow2 = _narrow(acc, ra, rb, emin)
     return MultitermPlan(key, acc.group, acc.width, acc.chunk or 0, acc.fmt.emin,
                          None if operands is None else operands.emin,
                          acc.subnormals == "flush", acc.c_entry == "outer", _constants(acc),
-                         _constants(outer))
+                         _constants(outer), narrow1, narrow2)
+
+
+def _f32_exact(r: OperandRange) -> bool:
+    """Is every value of the range a float32 (normal or subnormal)?"""
+    return r.bits == 0 or (r.bits <= 24 and r.low >= F32_TINY and r.high <= F32_EMAX)
+
+
+def _narrow(acc: AccumSpec, ra: OperandRange, rb: OperandRange, emin: int) -> tuple[bool, bool]:
+    """Which passes run in float32 lanes: the conditions of steps 2' and 3' (module doc)."""
+    assert acc.group is not None and acc.width is not None
+    if not (_f32_exact(ra) and _f32_exact(rb)):
+        return False, False
+    if ra.bits == 0 or rb.bits == 0:  # every product a zero
+        return True, (acc.group + 1).bit_length() + acc.width + 1 <= 24
+    exact = products_exact(ra, rb, np.dtype(np.float32))
+    if acc.align == "product":
+        lo_a, lo_b = max(ra.low, emin), max(rb.low, emin)  # the operand exponents' bounds
+        hi_a, hi_b = max(ra.high, emin), max(rb.high, emin)
+        narrow1 = (min(lo_a, lo_b, lo_a + lo_b) >= F32_TINY
+                   and max(hi_a, hi_b, hi_a + hi_b) <= F32_EMAX)
+        e_lo, e_hi = lo_a + lo_b, hi_a + hi_b
+    else:
+        narrow1 = exact
+        e_lo, e_hi = ra.low + rb.low, ra.high + rb.high + 1
+    narrow2 = (exact and acc.truncation == "toward-zero"
+               and (acc.group + 1).bit_length() + acc.width + 1 <= 24
+               and e_lo - acc.width + 1 >= -127 and e_hi + 2 <= 126)
+    return narrow1, narrow2
 
 
 # ---- running -------------------------------------------------------------------------------------
@@ -215,7 +249,8 @@ def run(p: MultitermPlan, a3: np.ndarray, b3: np.ndarray, c: np.ndarray | None =
         ) -> np.ndarray:
     """The raw results (P, M, N) as float64 for a (P, M, K) and b (P, N, K), with initial values
     c (flat float64 bits, one per output) or None: NaN where the exact core must redo the
-    output."""
+    output. Jobs run on numba.get_num_threads() threads (one below threads_for's size); the
+    results do not depend on the count."""
     n_batch, n_rows, n_k = a3.shape
     n_cols = b3.shape[1]
     swap, rows, cols = tiling(n_rows, n_cols)
@@ -233,22 +268,36 @@ def run(p: MultitermPlan, a3: np.ndarray, b3: np.ndarray, c: np.ndarray | None =
         tiny = 2.0 ** p.operand_emin
         a = np.where(np.abs(a) < tiny, np.copysign(0.0, a), a)
         bt = np.where(np.abs(bt) < tiny, np.copysign(0.0, bt), bt)
-    if p.key[4]:  # align product: 2^max(floor(log2|x|), emin), 0 for a zero operand
+    product_align = bool(p.key[4])
+    if product_align:  # 2^max(floor(log2|x|), emin), 0 for a zero operand
         pa, pb = _exponent_powers(a, p.operand_emin), _exponent_powers(bt, p.operand_emin)
-    else:  # the kernel takes |pa * pb|: the operands themselves, no copies
-        pa, pb = a, bt
+        if p.narrow1:
+            pa, pb = pa.astype(np.float32), pb.astype(np.float32)
+    if p.narrow2:  # exact (plan: _f32_exact)
+        a, bt = a.astype(np.float32), bt.astype(np.float32)
+    if not product_align:  # the kernel takes |pa * pb|: the operands themselves when it can
+        lane = np.float32 if p.narrow1 else np.float64
+        pa = a if a.dtype == lane else a.astype(lane)
+        pb = bt if bt.dtype == lane else bt.astype(lane)
     has_c = c is not None
     cv = np.zeros((n_batch, rows, cols) if has_c else (1, 1, 1))
     if c is not None:
         cv[:, :n_rows, :n_cols] = c.view(np.float64).reshape(n_batch, n_rows, n_cols)
     out = np.empty((n_batch, rows, cols))
     chunk = p.chunk if p.chunk > 0 else n_k
-    mode, omode, aligned, floor, product_align = p.key
-    switches = tuple(np.int64(v) for v in (aligned, product_align, has_c, p.c_outer))
-    kernel = _gemm_kernel(mode, omode, bool(floor))
-    with threads_for(float(n_batch) * rows * cols * n_k * NS_PER_MT_MAC):
-        kernel(a, pa, bt, pb, cv, out, switches, np.int64(p.group), np.int64(p.width),
+    mode, omode, _, floor, _ = p.key
+    switches = np.array([p.key[2], has_c, p.c_outer], np.int64)
+    dims = np.array([n_batch, rows, n_k, cols], np.int64)
+    kernel = _gemm_kernel(mode, omode, bool(floor), product_align, p.narrow1, p.narrow2)
+    n_jobs = n_batch * (rows // TM) * (cols // TN)
+
+    def jobs(j0: int, j1: int) -> None:
+        kernel(np.int64(j0), np.int64(j1), dims, a.reshape(-1), pa.reshape(-1), bt.reshape(-1),
+               pb.reshape(-1), cv, out, switches, np.int64(p.group), np.int64(p.width),
                np.int64(chunk), np.int64(p.acc_emin), p.fast, p.ofast)
+
+    with threads_for(float(n_batch) * rows * cols * n_k * NS_PER_MT_MAC):
+        run_jobs(jobs, n_jobs, numba.get_num_threads())
     return np.ascontiguousarray(out[:, :n_rows, :n_cols])  # the caller writes into it flat
 
 
@@ -365,31 +414,15 @@ def _pow2(e):
     return bits_float(np.uint64(np.uint64(e + 1023) << np.uint64(52)))
 
 
-# One kernel per (mode, outer mode, floor), compiled on its first use (_gemm_kernel): a call
-# compiles the roundings it uses and nothing else (a merged kernel with every mode as a run-time
-# switch compiled 12 round_lane arms and 6 group roundings into one function, 20 s of a cold
-# first matmul). The other switches of the key (acc-aligned, align product, C and its entry)
-# stay run-time: they cost little code. What must be a constant is a literal argument of a small
-# helper: round_lane's mode (it picks the rounding at compile time), and floor and rdn in the
-# product loop.
-
-
-@njit(cache=True)
-def _add_products(total, scale, negs, a, bt, p, i0, j0, g0, g1, floor, rdn):
-    """Steps 3 and 4 for a tile's group g0:g1: each product scaled, truncated (floor or toward
-    zero) and added to total; under rdn the patterns ORed into negs. floor and rdn are
-    literals."""
-    for ii in range(TM):
-        trow, srow, nrow = total[ii], scale[ii], negs[ii]
-        for k in range(g0, g1):
-            av = a[p, i0 + ii, k]
-            brow = bt[p, k, j0:j0 + TN]
-            for j in range(TN):
-                v = av * brow[j] * srow[j]
-                tv = floor_f64(v) if floor else trunc_f64(v)
-                trow[j] += tv
-                if rdn:
-                    nrow[j] |= float_bits(tv)
+# One kernel per (mode, outer mode, floor, alignment, pass lanes), compiled on its first use
+# (_gemm_kernel): a call compiles the roundings and lane types it uses and nothing else (a merged
+# kernel with every mode as a run-time switch compiled 12 round_lane arms and 6 group roundings
+# into one function, 20 s of a cold first matmul). The other switches (acc-aligned, C and its
+# entry) stay run-time: they cost little code. What must be a constant is a literal argument of
+# a small helper: round_lane's mode (it picks the rounding at compile time), and the register
+# tiles' shapes and flags (refsim.kernels.mt_tile). The kernel is not parallel: Numba's parfor
+# lowering of it cost about 10 s of a cold first call; `run` splits the jobs over threads of
+# its own instead (the kernel releases the GIL).
 
 
 @njit(cache=True)
@@ -431,45 +464,60 @@ def _promote(mode, s, o, ofast, first):
                 o[ii, j] = select(_finite(sv) & _finite(ov), bits_float(r), _NAN)
 
 
-_GEMMS: dict[tuple[int, int, bool], Callable[..., None]] = {}
+_GEMMS: dict[tuple, Callable[..., None]] = {}
 
 
-def _gemm_kernel(mode: int, omode: int, floor: bool) -> Callable[..., None]:
-    """The kernel of one (accumulator mode, outer mode, floor truncation), made on first use."""
-    key = (mode, omode, floor)
+def _gemm_kernel(mode: int, omode: int, floor: bool, product: bool, narrow1: bool,
+                 narrow2: bool) -> Callable[..., None]:
+    """The kernel of one (accumulator mode, outer mode, floor truncation, align product, float32
+    lanes in pass 1, in pass 2), made on first use."""
+    key = (mode, omode, floor, product, narrow1, narrow2)
     if key not in _GEMMS:
-        _GEMMS[key] = _make_gemm(mode, omode, floor)
+        _GEMMS[key] = _make_gemm(*key)
     return _GEMMS[key]
 
 
-def _make_gemm(MODE: int, OMODE: int, FLOOR: bool):  # upper case: closure constants
-    """out[p, i, j] = the multiterm reduction of a[p, i, :] . bt[p, :, j] (module doc) in one
-    (mode, outer mode, floor). Closure cells are plain ints and bools, so Numba's on-disk cache
-    finds the kernel again in a new process."""
-    RDN_MODE = MODE == RDN  # a plain bool: Numba prunes the branches on it
+NV1, NV2 = 4, 2  # vectors per tile row: pass 1 (maxima), pass 2 (sums; their scales beside them)
 
-    @njit(parallel=True, cache=True)
-    def gemm(a, pa, bt, pb, cv, out, switches, group, width, chunk, acc_emin, fast, ofast):
-        """NaN where an output ends non-finite; rows and columns whole tiles. switches (int64):
-        acc-aligned, align product, has C, C outer."""
-        aligned, product_align = switches[0] != 0, switches[1] != 0
-        has_c, c_outer = switches[2] != 0, switches[3] != 0
-        n_batch, n_rows, n_k = a.shape
-        n_cols = bt.shape[2]
+
+def _make_gemm(MODE: int, OMODE: int, FLOOR: bool, PRODUCT: bool, NARROW1: bool, NARROW2: bool):
+    """out[p, i, j] = the multiterm reduction of a[p, i, :] . bt[p, :, j] (module doc) for the
+    jobs job0 .. job1-1. Closure cells are plain ints and bools (and mt_tile's source hash), so
+    Numba's on-disk cache finds the kernel again in a new process."""
+    RDN_MODE = MODE == RDN  # a plain bool: Numba prunes the branches on it
+    ABSOLUTE = not PRODUCT  # normalized: the maxima of |a b| (pass 1 reads a and b themselves)
+    S1 = NV1 * (16 if NARROW1 else 8)  # columns of one pass-1 tile
+    S2 = NV2 * (16 if NARROW2 else 8)
+    # 2^-q in pass 2: clamped to float32's normals in float32 lanes (step 3': exact)
+    SC_LO, SC_HI = (-126, 127) if NARROW2 else (-1022, 1023)
+    emitter = mt_tile.SOURCE_HASH
+
+    @njit(nogil=True, cache=True)
+    def gemm(job0, job1, dims, a, pa, bt, pb, cv, out, switches, group, width, chunk, acc_emin,
+             fast, ofast):
+        """Jobs job0 .. job1-1 (a job: TM rows by TN columns of outputs, row blocks fastest);
+        NaN where an output ends non-finite. a, pa: (P, rows, K) flat; bt, pb: (P, K, cols)
+        flat; dims: (P, rows, K, cols), rows and columns whole tiles. switches (int64):
+        acc-aligned, has C, C outer."""
+        _ = emitter  # referenced, so a closure cell: Numba's cache key includes it
+        aligned, has_c, c_outer = switches[0] != 0, switches[1] != 0, switches[2] != 0
+        n_rows, n_k, n_cols = dims[1], dims[2], dims[3]
         row_blocks = n_rows // TM
         per_batch = row_blocks * (n_cols // TN)
-        for job in prange(n_batch * per_batch):  # row blocks fastest: they share a B panel
+        mx = np.empty((TM, TN))
+        total = np.empty((TM, TN))
+        scale = np.empty((TM, TN))
+        s = np.empty((TM, TN))
+        o = np.empty((TM, TN))
+        negs = np.zeros((TM, TN), np.uint64)
+        for job in range(job0, job1):  # row blocks fastest: they share a B panel
             p = job // per_batch
             rest = job - p * per_batch
             jb = rest // row_blocks
             i0 = (rest - jb * row_blocks) * TM
             j0 = jb * TN
-            mx = np.empty((TM, TN))
-            total = np.empty((TM, TN))
-            scale = np.empty((TM, TN))
-            s = np.empty((TM, TN))
-            o = np.empty((TM, TN))
-            negs = np.zeros((TM, TN), np.uint64)
+            a_base = (p * n_rows + i0) * n_k
+            b_base = p * n_k * n_cols + j0
             if has_c and c_outer:
                 for ii in range(TM):
                     for j in range(TN):
@@ -486,30 +534,24 @@ def _make_gemm(MODE: int, OMODE: int, FLOOR: bool):  # upper case: closure const
                     g1 = min(g0 + group, c1)
                     with_s = aligned and have_s
                     # Step 2: the largest alignment exponent, as a float max.
-                    for ii in range(TM):
-                        mrow = mx[ii]
-                        for j in range(TN):
-                            mrow[j] = 0.0
-                        for k in range(g0, g1):
-                            pav = pa[p, i0 + ii, k]
-                            prow = pb[p, k, j0:j0 + TN]
-                            for j in range(TN):
-                                mrow[j] = max(mrow[j], abs(pav * prow[j]))
+                    for jc in range(0, TN, S1):
+                        mt_tile.group_max(TM, NV1, ABSOLUTE, pa, a_base + g0, n_k, pb,
+                                          b_base + g0 * n_cols + jc, n_cols, g1 - g0, mx, jc, TN)
                     for ii in range(TM):
                         for j in range(TN):
                             e = _exponent(mx[ii, j])
                             if with_s:
                                 sv = s[ii, j]
                                 es = _exponent(abs(sv))
-                                if product_align:
+                                if PRODUCT:
                                     es = max(es, acc_emin)
                                 e = select(sv != 0.0, max(e, min(es, 2 * RANGE_BITS)), e)
                             q = max(e, _E_LOW) - width + 1
-                            sc = _pow2(min(-q, 1023))
+                            sc = _pow2(min(max(-q, SC_LO), SC_HI))
                             scale[ii, j] = sc
                             mx[ii, j] = _pow2(max(q, -1022))  # 2^q, kept for step 5
-                            if with_s:
-                                v = s[ii, j] * sc
+                            if with_s:  # T(s) in float64 (s may be C: 53 bits)
+                                v = s[ii, j] * _pow2(min(-q, 1023))
                                 start = floor_f64(v) if FLOOR else trunc_f64(v)
                                 total[ii, j] = start
                                 if RDN_MODE:  # T(s)'s sign: s is a value of the group
@@ -519,8 +561,10 @@ def _make_gemm(MODE: int, OMODE: int, FLOOR: bool):  # upper case: closure const
                                 if RDN_MODE:
                                     negs[ii, j] = _ZERO
                     # Steps 3 and 4: the truncated products, summed.
-                    _add_products(total, scale, negs, a, bt, p, i0, j0, g0, g1, FLOOR,
-                                  RDN_MODE)
+                    for jc in range(0, TN, S2):
+                        mt_tile.group_sum(TM, NV2, FLOOR, RDN_MODE, a, a_base + g0, n_k, bt,
+                                          b_base + g0 * n_cols + jc, n_cols, g1 - g0, scale,
+                                          total, negs, jc, TN)
                     # Step 5: the group's rounding.
                     _round_group(MODE, total, mx, negs, s, fast, have_s and not aligned, have_s)
                     have_s = True
