@@ -394,15 +394,6 @@ def _finite(x):
 
 
 @njit(cache=True, inline="always")
-def _signed_zero(g, negs, rdn):
-    """G, a zero signed as step 4 says under rdn (negs: the OR of the T's patterns)."""
-    if not rdn:
-        return g
-    gb = float_bits(g)
-    return bits_float(select(np.uint64(gb & _ABS) == _ZERO, np.uint64(negs & _SIGN), gb))
-
-
-@njit(cache=True, inline="always")
 def _exponent(v):
     """floor(log2 v) of a positive float64 normal v (-1023 for +0)."""
     return np.int64(np.uint64(float_bits(v) >> np.uint64(52)) & _EXP_MASK) - 1023
@@ -426,42 +417,37 @@ def _pow2(e):
 
 
 @njit(cache=True)
-def _round_group(mode, total, mx, negs, s, fast, add_s, have_s):
+def _round_group(mode, g, s, fast, add_s, have_s):
     """Step 5 for a tile in the literal `mode`: s = round(s + G) when add_s, else round(G); a
-    non-finite s stays NaN (module doc)."""
+    non-finite s stays NaN (module doc). g, s: flat tiles."""
     rdn = mode == RDN
     if add_s:
-        for ii in range(TM):
-            for j in range(TN):
-                g = _signed_zero(total[ii, j] * mx[ii, j], negs[ii, j], rdn)
-                sv = s[ii, j]
-                r = round_lane(mode, _odd_add(sv, g, rdn), fast, _ZERO, _ZERO)
-                s[ii, j] = select(_finite(sv) & _finite(g), bits_float(r), _NAN)
+        for j in range(TM * TN):
+            gv, sv = g[j], s[j]
+            r = round_lane(mode, _odd_add(sv, gv, rdn), fast, _ZERO, _ZERO)
+            s[j] = select(_finite(sv) & _finite(gv), bits_float(r), _NAN)
     else:
-        for ii in range(TM):
-            for j in range(TN):
-                g = _signed_zero(total[ii, j] * mx[ii, j], negs[ii, j], rdn)
-                r = round_lane(mode, float_bits(g), fast, _ZERO, _ZERO)
-                ok = _finite(g) & (_finite(s[ii, j]) | (not have_s))
-                s[ii, j] = select(ok, bits_float(r), _NAN)
+        for j in range(TM * TN):
+            gv = g[j]
+            r = round_lane(mode, float_bits(gv), fast, _ZERO, _ZERO)
+            ok = _finite(gv) & (_finite(s[j]) | (not have_s))
+            s[j] = select(ok, bits_float(r), _NAN)
 
 
 @njit(cache=True)
 def _promote(mode, s, o, ofast, first):
     """Step 6 for a tile in the literal `mode`: o = round_o(s) when first, else
-    round_o(o + s)."""
+    round_o(o + s). s, o: flat tiles."""
     if first:
-        for ii in range(TM):
-            for j in range(TN):
-                sv = s[ii, j]
-                r = round_lane(mode, float_bits(sv), ofast, _ZERO, _ZERO)
-                o[ii, j] = select(_finite(sv), bits_float(r), _NAN)
+        for j in range(TM * TN):
+            sv = s[j]
+            r = round_lane(mode, float_bits(sv), ofast, _ZERO, _ZERO)
+            o[j] = select(_finite(sv), bits_float(r), _NAN)
     else:
-        for ii in range(TM):
-            for j in range(TN):
-                sv, ov = s[ii, j], o[ii, j]
-                r = round_lane(mode, _odd_add(ov, sv, mode == RDN), ofast, _ZERO, _ZERO)
-                o[ii, j] = select(_finite(sv) & _finite(ov), bits_float(r), _NAN)
+        for j in range(TM * TN):
+            sv, ov = s[j], o[j]
+            r = round_lane(mode, _odd_add(ov, sv, mode == RDN), ofast, _ZERO, _ZERO)
+            o[j] = select(_finite(sv) & _finite(ov), bits_float(r), _NAN)
 
 
 _GEMMS: dict[tuple, Callable[..., None]] = {}
@@ -477,7 +463,8 @@ def _gemm_kernel(mode: int, omode: int, floor: bool, product: bool, narrow1: boo
     return _GEMMS[key]
 
 
-NV1, NV2 = 4, 2  # vectors per tile row: pass 1 (maxima), pass 2 (sums; their scales beside them)
+NV = 2  # float64 vectors per tile row in a call of mt_tile.group_tile (16 columns)
+NV_NARROW = 4  # 32 columns when pass 2 runs in float32 lanes (16 per vector)
 
 
 def _make_gemm(MODE: int, OMODE: int, FLOOR: bool, PRODUCT: bool, NARROW1: bool, NARROW2: bool):
@@ -486,8 +473,8 @@ def _make_gemm(MODE: int, OMODE: int, FLOOR: bool, PRODUCT: bool, NARROW1: bool,
     Numba's on-disk cache finds the kernel again in a new process."""
     RDN_MODE = MODE == RDN  # a plain bool: Numba prunes the branches on it
     ABSOLUTE = not PRODUCT  # normalized: the maxima of |a b| (pass 1 reads a and b themselves)
-    S1 = NV1 * (16 if NARROW1 else 8)  # columns of one pass-1 tile
-    S2 = NV2 * (16 if NARROW2 else 8)
+    NVT = NV_NARROW if NARROW2 else NV
+    SUB = 8 * NVT  # columns of one group_tile call
     # 2^-q in pass 2: clamped to float32's normals in float32 lanes (step 3': exact)
     SC_LO, SC_HI = (-126, 127) if NARROW2 else (-1022, 1023)
     emitter = mt_tile.SOURCE_HASH
@@ -504,12 +491,9 @@ def _make_gemm(MODE: int, OMODE: int, FLOOR: bool, PRODUCT: bool, NARROW1: bool,
         n_rows, n_k, n_cols = dims[1], dims[2], dims[3]
         row_blocks = n_rows // TM
         per_batch = row_blocks * (n_cols // TN)
-        mx = np.empty((TM, TN))
-        total = np.empty((TM, TN))
-        scale = np.empty((TM, TN))
-        s = np.empty((TM, TN))
-        o = np.empty((TM, TN))
-        negs = np.zeros((TM, TN), np.uint64)
+        g = np.empty(TM * TN)
+        s = np.empty(TM * TN)
+        o = np.empty(TM * TN)
         for job in range(job0, job1):  # row blocks fastest: they share a B panel
             p = job // per_batch
             rest = job - p * per_batch
@@ -521,7 +505,7 @@ def _make_gemm(MODE: int, OMODE: int, FLOOR: bool, PRODUCT: bool, NARROW1: bool,
             if has_c and c_outer:
                 for ii in range(TM):
                     for j in range(TN):
-                        o[ii, j] = cv[p, i0 + ii, j0 + j]
+                        o[ii * TN + j] = cv[p, i0 + ii, j0 + j]
             first_outer = not (has_c and c_outer)
             for c0 in range(0, n_k, chunk):
                 c1 = min(c0 + chunk, n_k)
@@ -529,51 +513,25 @@ def _make_gemm(MODE: int, OMODE: int, FLOOR: bool, PRODUCT: bool, NARROW1: bool,
                 if have_s:
                     for ii in range(TM):
                         for j in range(TN):
-                            s[ii, j] = cv[p, i0 + ii, j0 + j]
+                            s[ii * TN + j] = cv[p, i0 + ii, j0 + j]
                 for g0 in range(c0, c1, group):
                     g1 = min(g0 + group, c1)
-                    with_s = aligned and have_s
-                    # Step 2: the largest alignment exponent, as a float max.
-                    for jc in range(0, TN, S1):
-                        mt_tile.group_max(TM, NV1, ABSOLUTE, pa, a_base + g0, n_k, pb,
-                                          b_base + g0 * n_cols + jc, n_cols, g1 - g0, mx, jc, TN)
-                    for ii in range(TM):
-                        for j in range(TN):
-                            e = _exponent(mx[ii, j])
-                            if with_s:
-                                sv = s[ii, j]
-                                es = _exponent(abs(sv))
-                                if PRODUCT:
-                                    es = max(es, acc_emin)
-                                e = select(sv != 0.0, max(e, min(es, 2 * RANGE_BITS)), e)
-                            q = max(e, _E_LOW) - width + 1
-                            sc = _pow2(min(max(-q, SC_LO), SC_HI))
-                            scale[ii, j] = sc
-                            mx[ii, j] = _pow2(max(q, -1022))  # 2^q, kept for step 5
-                            if with_s:  # T(s) in float64 (s may be C: 53 bits)
-                                v = s[ii, j] * _pow2(min(-q, 1023))
-                                start = floor_f64(v) if FLOOR else trunc_f64(v)
-                                total[ii, j] = start
-                                if RDN_MODE:  # T(s)'s sign: s is a value of the group
-                                    negs[ii, j] = np.uint64(float_bits(start) & _SIGN)
-                            else:
-                                total[ii, j] = -0.0  # the identity of IEEE addition
-                                if RDN_MODE:
-                                    negs[ii, j] = _ZERO
-                    # Steps 3 and 4: the truncated products, summed.
-                    for jc in range(0, TN, S2):
-                        mt_tile.group_sum(TM, NV2, FLOOR, RDN_MODE, a, a_base + g0, n_k, bt,
-                                          b_base + g0 * n_cols + jc, n_cols, g1 - g0, scale,
-                                          total, negs, jc, TN)
+                    # Steps 2-4: the group's exact sum G per output, in registers.
+                    for jc in range(0, TN, SUB):
+                        mt_tile.group_tile(TM, NVT, ABSOLUTE, FLOOR, RDN_MODE, PRODUCT, pa, pb,
+                                           a, bt, a_base + g0, n_k, b_base + g0 * n_cols + jc,
+                                           n_cols, g1 - g0, s, g, jc, TN,
+                                           np.int64(aligned and have_s), width, acc_emin,
+                                           np.int64(SC_LO), np.int64(SC_HI))
                     # Step 5: the group's rounding.
-                    _round_group(MODE, total, mx, negs, s, fast, have_s and not aligned, have_s)
+                    _round_group(MODE, g, s, fast, have_s and not aligned, have_s)
                     have_s = True
                 # Step 6: promotion into the outer accumulator.
                 _promote(OMODE, s, o, ofast, first_outer)
                 first_outer = False
             for ii in range(TM):
                 for j in range(TN):
-                    v = o[ii, j]
+                    v = o[ii * TN + j]
                     out[p, i0 + ii, j0 + j] = select(_finite(v), v, _NAN)
 
     return gemm

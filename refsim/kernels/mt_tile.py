@@ -247,3 +247,243 @@ def group_sum(typingctx, tm, nv, floor, rdn, a, a_off, a_stride, bt, b_off, b_st
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+# ---- one group of a tile, fused -----------------------------------------------------------------
+_EXP_LOW = -480  # E's clamp (cpu_multiterm.RANGE_BITS): a group with no nonzero value
+_E_S_HIGH = 960  # s's exponent cap (NaN marks read as 1024)
+
+
+@intrinsic(prefer_literal=True)
+def group_tile(typingctx, tm, nv, absolute, floor, rdn, product, pa, pb, a, bt, a_off, a_stride,
+               b_off, b_stride, nk, s, g, t_off, t_stride, with_s, width, acc_emin, sc_lo,
+               sc_hi):
+    """One group of a tm x (8 nv) tile, steps 2-4 of cpu_multiterm with nothing in memory
+    between them (fused_doc below); Numba code only."""
+    consts = [_literal(t) for t in (tm, nv, absolute, floor, rdn, product)]
+    if pa.dtype != pb.dtype or a.dtype != bt.dtype or s.dtype != types.float64 \
+            or g.dtype != types.float64:
+        raise TypeError("refsim.kernels.mt_tile.group_tile: pa and pb of one dtype, a and bt of "
+                        "one dtype, s and g float64")
+    sig = types.void(tm, nv, absolute, floor, rdn, product, pa, pb, a, bt, a_off, a_stride,
+                     b_off, b_stride, nk, s, g, t_off, t_stride, with_s, width, acc_emin, sc_lo,
+                     sc_hi)
+
+    def codegen(context, builder, signature, args):
+        _Fused(context, builder, signature.args, args, consts).emit()
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+group_tile.__doc__ = """group_tile(tm, nv, absolute, floor, rdn, product, pa, pb, a, bt, a_off,
+a_stride, b_off, b_stride, nk, s, g, t_off, t_stride, with_s, width, acc_emin, sc_lo, sc_hi):
+the group's G per output of a tm x (8 nv) tile, written to g:
+  mx = group_max over pa, pb (lanes of their dtype); e = floor(log2 mx) (-1023 for 0); when
+  with_s and s != 0, e = max(e, min(es, 960)), es = floor(log2|s|) (raised to acc_emin when
+  `product`); q = max(e, -480) - width + 1;
+  total = T(s) = trunc(s * 2^-q) (floor when `floor`; in float64) when with_s, else -0.0;
+  total += group_sum's truncated products with scale 2^clamp(-q, sc_lo, sc_hi) (lanes of a's
+  dtype; total and the scale narrowed exactly: the caller's condition);
+  G = total * 2^max(q, -1022); under rdn a zero G is -0 when any T (T(s) included) has its sign
+  bit set, else +0.
+The last five arguments are run-time ints."""
+
+
+class _Fused:
+    """group_tile's IR."""
+
+    def __init__(self, context, builder, sig_args, args, consts):
+        self.tm, self.nv, self.absolute, self.floor, self.rdn, self.product = consts
+        self.b = builder
+        self.ctx = context
+        self.p1 = _Emit(context, builder, sig_args, args, 6)  # pass-1 lanes: pa's dtype
+        self.p2 = _Emit(context, builder, sig_args, args, 8)  # pass-2 lanes: a's dtype
+        self.p1.intp = self.p2.intp = args[10].type
+        (pa, pb, a, bt, self.a_off, self.a_stride, self.b_off, self.b_stride, self.nk, s, g,
+         self.t_off, self.t_stride, with_s, width, acc_emin, sc_lo, sc_hi) = args[6:]
+        data = self.p1.data
+        self.pa, self.pb = data(sig_args[6], pa), data(sig_args[7], pb)
+        self.a, self.bt = data(sig_args[8], a), data(sig_args[9], bt)
+        self.s, self.g = data(sig_args[15], s), data(sig_args[16], g)
+        self.vd = ir.VectorType(_F64, 8)
+        self.vl = ir.VectorType(_I64, 8)
+        b = builder
+        self.with_s = self.splat_i(b.zext(b.icmp_signed("!=", with_s, ir.Constant(with_s.type,
+                                                                                  0)), _I64))
+        self.width = self.splat_i(width)
+        self.acc_emin, self.sc_lo, self.sc_hi = (self.pow2(self.splat_i(v))
+                                                 for v in (acc_emin, sc_lo, sc_hi))
+
+    def splat_i(self, x):
+        b = self.b
+        x = b.sext(x, _I64) if x.type.width < 64 else x
+        v = b.insert_element(ir.Constant(self.vl, ir.Undefined), x, ir.Constant(_I32, 0))
+        return b.shuffle_vector(v, ir.Constant(self.vl, ir.Undefined),
+                                ir.Constant(ir.VectorType(_I32, 8), [0] * 8))
+
+    def ic(self, v):
+        return ir.Constant(self.vl, [v & ((1 << 64) - 1)] * 8)
+
+    def fconst(self, v):
+        return ir.Constant(self.vd, [v] * 8)
+
+    def fmax(self, x, y):
+        return self.b.select(self.b.fcmp_ordered(">", x, y), x, y)
+
+    def fmin(self, x, y):
+        return self.b.select(self.b.fcmp_ordered("<", x, y), x, y)
+
+    def pow2(self, e):
+        """2^e as float64 lanes (e a normal exponent)."""
+        b = self.b
+        return b.bitcast(b.shl(b.add(e, self.ic(1023)), self.ic(52)), self.vd)
+
+    def to_f64(self, e: _Emit, vecs):
+        """Lane vectors of one tile row as float64 x 8 vectors (exact widening)."""
+        if not e.f32:
+            return list(vecs)
+        out = []
+        for v in vecs:
+            out.extend(self.halves(self.b.fpext(v, ir.VectorType(_F64, 16))))
+        return out
+
+    def halves(self, w):
+        """The two 8-lane halves of a 16-lane vector."""
+        return [self.b.shuffle_vector(w, ir.Constant(w.type, ir.Undefined),
+                                      ir.Constant(ir.VectorType(_I32, 8),
+                                                  list(range(8 * h, 8 * h + 8))))
+                for h in range(2)]
+
+    def from_f64(self, e: _Emit, vecs):
+        """float64 x 8 vectors of one tile row as lane vectors (exact: the caller's
+        condition)."""
+        if not e.f32:
+            return list(vecs)
+        b = self.b
+        out = []
+        for h in range(0, len(vecs), 2):
+            w = b.shuffle_vector(vecs[h], vecs[h + 1],
+                                 ir.Constant(ir.VectorType(_I32, 16), list(range(16))))
+            out.append(b.fptrunc(w, e.vf))
+        return out
+
+    def bool_to_f64(self, e: _Emit, flags):
+        """<n x i1> flags of one tile row as <8 x i1> per float64 vector."""
+        if not e.f32:
+            return list(flags)
+        out = []
+        for f in flags:
+            out.extend(self.halves(f))
+        return out
+
+    def tile_ptr(self, base, i, j):
+        b, c = self.b, self.p2.c
+        off = b.add(self.t_off, b.add(b.mul(self.t_stride, c(i)), c(8 * j)))
+        return b.bitcast(b.gep(base, [off]), self.vd.as_pointer())
+
+    def run_pass(self, e: _Emit, rows_base, panel_base, states, step):
+        """The k loop over a lane type: states per (row, vector), step(avec_i, bvec_j, st)."""
+        b = self.b
+        n_vec = 8 * self.nv // e.n
+        a_rows = _rows(e, rows_base, self.a_off, self.a_stride, self.tm)
+        panel = b.gep(panel_base, [self.b_off])
+
+        def body(k, flat):
+            avec, bvec = e.operands(a_rows, panel, self.b_stride, k, n_vec)
+            width = len(flat) // (self.tm * n_vec)
+            new = []
+            for i in range(self.tm):
+                for j in range(n_vec):
+                    at = (i * n_vec + j) * width
+                    new.extend(step(avec[i], bvec[j], flat[at:at + width]))
+            return new
+
+        return e.loop(self.nk, states, body), n_vec
+
+    def emit(self):
+        b, tm, nv = self.b, self.tm, self.nv
+        p1, p2 = self.p1, self.p2
+        # Pass 1: the maxima.
+        fabs = cgutils.get_or_insert_function(b.module, ir.FunctionType(p1.vf, [p1.vf]),
+                                              f"llvm.fabs.v{p1.n}f{p1.width}")
+
+        def max_step(x, y, st):
+            v = b.fmul(x, y)
+            if self.absolute:
+                v = b.call(fabs, [v])
+            return [b.select(b.fcmp_ordered(">", v, st[0]), v, st[0])]  # vmaxpd
+
+        n1 = 8 * nv // p1.n
+        zero1 = ir.Constant(p1.vf, [0.0] * p1.n)
+        mx, _ = self.run_pass(p1, self.pa, self.pb, [zero1] * (tm * n1), max_step)
+        mx = [self.to_f64(p1, mx[i * n1:(i + 1) * n1]) for i in range(tm)]
+        # The scales, in float64 lanes with powers of two as floats: P(x) = 2^floor(log2|x|)
+        # is x's exponent field alone (one AND; 0 for a zero). M = 2^E = the largest of P(mx),
+        # and (with_s and s != 0) P(s), raised to 2^acc_emin when `product`; M at least
+        # 2^-480 (E's clamp) and at most 2^960 (caps a NaN mark's exponent). Then 2^q = M *
+        # 2^(1 - width) (exact: powers of two, E - width + 1 >= -532), and 2^-q has the bit
+        # pattern ((2046 + width - 1) << 52) - bits(M) (exponent fields subtract; -q = width - 1
+        # - E lies in [-960, 532], a float64 normal).
+        rnd64 = cgutils.get_or_insert_function(
+            b.module, ir.FunctionType(self.vd, [self.vd]),
+            f"llvm.{'floor' if self.floor else 'trunc'}.v8f64")
+        use_s = b.icmp_signed("!=", self.with_s, self.ic(0))
+        field = self.ic(0x7FF << 52)
+        zero = ir.Constant(self.vd, [0.0] * 8)
+        low, high = self.fconst(2.0 ** _EXP_LOW), self.fconst(2.0 ** _E_S_HIGH)
+        inv_base = b.shl(b.add(self.width, self.ic(2046 - 1)), self.ic(52))
+        unit = b.bitcast(b.shl(b.sub(self.ic(1024), self.width), self.ic(52)), self.vd)
+        sc, p2q, start = [], [], []
+        for i in range(tm):
+            for j in range(nv):
+                m = b.bitcast(b.and_(b.bitcast(mx[i][j], self.vl), field), self.vd)
+                sv = b.load(self.tile_ptr(self.s, i, j), align=8)
+                ps = b.bitcast(b.and_(b.bitcast(sv, self.vl), field), self.vd)
+                if self.product:
+                    ps = self.fmax(ps, self.acc_emin)
+                joins = b.and_(use_s, b.fcmp_unordered("!=", sv, zero))
+                m = self.fmax(m, b.select(joins, ps, zero))
+                m = self.fmin(self.fmax(m, low), high)
+                p2q.append(b.fmul(m, unit))
+                inv = b.bitcast(b.sub(inv_base, b.bitcast(m, self.vl)), self.vd)  # 2^-q
+                sc.append(self.fmin(self.fmax(inv, self.sc_lo), self.sc_hi))
+                ts = b.call(rnd64, [b.fmul(sv, inv)])
+                start.append(b.select(use_s, ts, ir.Constant(self.vd, [-0.0] * 8)))
+        # Pass 2: the truncated products (lanes of a's dtype).
+        n2 = 8 * nv // p2.n
+        sc2 = [v for i in range(tm) for v in self.from_f64(p2, sc[i * nv:(i + 1) * nv])]
+        st2 = [v for i in range(tm) for v in self.from_f64(p2, start[i * nv:(i + 1) * nv])]
+        rnd = cgutils.get_or_insert_function(
+            b.module, ir.FunctionType(p2.vf, [p2.vf]),
+            f"llvm.{'floor' if self.floor else 'trunc'}.v{p2.n}f{p2.width}")
+        states = []
+        for idx in range(tm * n2):
+            states.append(st2[idx])
+            states.append(sc2[idx])  # loop-invariant: carried so the step sees its scale
+            if self.rdn:
+                states.append(b.bitcast(st2[idx], p2.vi))  # T(s)'s sign joins the OR
+
+        def sum_step(x, y, st):
+            t = b.call(rnd, [b.fmul(b.fmul(x, y), st[1])])  # (a*b) * 2^-q
+            new = [b.fadd(st[0], t), st[1]]
+            if self.rdn:
+                new.append(b.or_(st[2], b.bitcast(t, p2.vi)))
+            return new
+
+        res, _ = self.run_pass(p2, self.a, self.bt, states, sum_step)
+        width = 3 if self.rdn else 2
+        totals = [res[idx * width] for idx in range(tm * n2)]
+        zero = ir.Constant(self.vd, [0.0] * 8)
+        for i in range(tm):
+            row = self.to_f64(p2, totals[i * n2:(i + 1) * n2])
+            if self.rdn:
+                negs = [b.icmp_signed("<", res[(i * n2 + j) * width + 2],
+                                      ir.Constant(p2.vi, [0] * p2.n)) for j in range(n2)]
+                negs = self.bool_to_f64(p2, negs)
+            for j in range(nv):
+                gv = b.fmul(row[j], p2q[i * nv + j])
+                if self.rdn:
+                    signed = b.select(negs[j], ir.Constant(self.vd, [-0.0] * 8), zero)
+                    gv = b.select(b.fcmp_ordered("==", gv, zero), signed, gv)
+                b.store(gv, self.tile_ptr(self.g, i, j), align=8)
