@@ -143,6 +143,7 @@ class MultitermPlan:
     ofast: tuple
     narrow1: bool = False  # pass 1 (the maxima) in float32 lanes (step 2')
     narrow2: bool = False  # pass 2 (the truncated sums) in float32 lanes (step 3')
+    parts: int = 0  # under narrow2: the sums in float32 (0) or in 1 or 2 int32 parts (step 4')
     route = "multiterm-lanes"  # as cpu_tile.TilePlan.route: which fast path ran
 
 
@@ -209,11 +210,11 @@ def plan(acc: AccumSpec, ra: OperandRange, rb: OperandRange, c: np.ndarray | Non
     product_align = acc.align == "product"
     key = (ROUNDINGS.index(acc.rounding), ROUNDINGS.index(outer.rounding),
            int(acc.variant == "acc-aligned"), int(acc.truncation == "floor"), int(product_align))
-    narrow1, narrow2 = _narrow(acc, ra, rb, emin)
+    narrow1, narrow2, parts = _narrow(acc, ra, rb, emin)
     return MultitermPlan(key, acc.group, acc.width, acc.chunk or 0, acc.fmt.emin,
                          None if operands is None else operands.emin,
                          acc.subnormals == "flush", acc.c_entry == "outer", _constants(acc),
-                         _constants(outer), narrow1, narrow2)
+                         _constants(outer), narrow1, narrow2, parts)
 
 
 def _f32_exact(r: OperandRange) -> bool:
@@ -221,13 +222,16 @@ def _f32_exact(r: OperandRange) -> bool:
     return r.bits == 0 or (r.bits <= 24 and r.low >= F32_TINY and r.high <= F32_EMAX)
 
 
-def _narrow(acc: AccumSpec, ra: OperandRange, rb: OperandRange, emin: int) -> tuple[bool, bool]:
-    """Which passes run in float32 lanes: the conditions of steps 2' and 3' (module doc)."""
+def _narrow(acc: AccumSpec, ra: OperandRange, rb: OperandRange, emin: int
+            ) -> tuple[bool, bool, int]:
+    """Which passes run in float32 lanes, and how pass 2 sums (0: in float32; 1, 2: in that
+    many int32 parts): the conditions of steps 2' and 3' (module doc)."""
     assert acc.group is not None and acc.width is not None
+    group, width = acc.group, acc.width
     if not (_f32_exact(ra) and _f32_exact(rb)):
-        return False, False
+        return False, False, 0
     if ra.bits == 0 or rb.bits == 0:  # every product a zero
-        return True, (acc.group + 1).bit_length() + acc.width + 1 <= 24
+        return True, (group + 1).bit_length() + width + 1 <= 24, 0
     exact = products_exact(ra, rb, np.dtype(np.float32))
     if acc.align == "product":
         lo_a, lo_b = max(ra.low, emin), max(rb.low, emin)  # the operand exponents' bounds
@@ -238,10 +242,14 @@ def _narrow(acc: AccumSpec, ra: OperandRange, rb: OperandRange, emin: int) -> tu
     else:
         narrow1 = exact
         e_lo, e_hi = ra.low + rb.low, ra.high + rb.high + 1
-    narrow2 = (exact and acc.truncation == "toward-zero"
-               and (acc.group + 1).bit_length() + acc.width + 1 <= 24
-               and e_lo - acc.width + 1 >= -127 and e_hi + 2 <= 126)
-    return narrow1, narrow2
+    if not (exact and acc.truncation == "toward-zero" and e_lo - width + 1 >= -127
+            and e_hi + 2 <= 126):
+        return narrow1, False, 0
+    for parts, terms, bits in ((0, group + 1, 24), (1, group + 1, 31),
+                               (2, (group + 1) // 2 + 1, 31)):
+        if terms.bit_length() + width + 1 <= bits:
+            return narrow1, True, parts
+    return narrow1, False, 0
 
 
 # ---- running -------------------------------------------------------------------------------------
@@ -288,7 +296,8 @@ def run(p: MultitermPlan, a3: np.ndarray, b3: np.ndarray, c: np.ndarray | None =
     mode, omode, _, floor, _ = p.key
     switches = np.array([p.key[2], has_c, p.c_outer], np.int64)
     dims = np.array([n_batch, rows, n_k, cols], np.int64)
-    kernel = _gemm_kernel(mode, omode, bool(floor), product_align, p.narrow1, p.narrow2)
+    kernel = _gemm_kernel(mode, omode, bool(floor), product_align, p.narrow1, p.narrow2,
+                          p.parts)
     n_jobs = n_batch * (rows // TM) * (cols // TN)
 
     def jobs(j0: int, j1: int) -> None:
@@ -454,10 +463,10 @@ _GEMMS: dict[tuple, Callable[..., None]] = {}
 
 
 def _gemm_kernel(mode: int, omode: int, floor: bool, product: bool, narrow1: bool,
-                 narrow2: bool) -> Callable[..., None]:
+                 narrow2: bool, parts: int) -> Callable[..., None]:
     """The kernel of one (accumulator mode, outer mode, floor truncation, align product, float32
-    lanes in pass 1, in pass 2), made on first use."""
-    key = (mode, omode, floor, product, narrow1, narrow2)
+    lanes in pass 1, in pass 2, int32 parts), made on first use."""
+    key = (mode, omode, floor, product, narrow1, narrow2, parts)
     if key not in _GEMMS:
         _GEMMS[key] = _make_gemm(*key)
     return _GEMMS[key]
@@ -467,13 +476,14 @@ NV = 2  # float64 vectors per tile row in a call of mt_tile.group_tile (16 colum
 NV_NARROW = 4  # 32 columns when pass 2 runs in float32 lanes (16 per vector)
 
 
-def _make_gemm(MODE: int, OMODE: int, FLOOR: bool, PRODUCT: bool, NARROW1: bool, NARROW2: bool):
+def _make_gemm(MODE: int, OMODE: int, FLOOR: bool, PRODUCT: bool, NARROW1: bool, NARROW2: bool,
+               PARTS: int):
     """out[p, i, j] = the multiterm reduction of a[p, i, :] . bt[p, :, j] (module doc) for the
     jobs job0 .. job1-1. Closure cells are plain ints and bools (and mt_tile's source hash), so
     Numba's on-disk cache finds the kernel again in a new process."""
     RDN_MODE = MODE == RDN  # a plain bool: Numba prunes the branches on it
     ABSOLUTE = not PRODUCT  # normalized: the maxima of |a b| (pass 1 reads a and b themselves)
-    NVT = NV_NARROW if NARROW2 else NV
+    NVT = NV_NARROW if NARROW2 and PARTS == 0 else NV
     SUB = 8 * NVT  # columns of one group_tile call
     # 2^-q in pass 2: clamped to float32's normals in float32 lanes (step 3': exact)
     SC_LO, SC_HI = (-126, 127) if NARROW2 else (-1022, 1023)
@@ -518,7 +528,8 @@ def _make_gemm(MODE: int, OMODE: int, FLOOR: bool, PRODUCT: bool, NARROW1: bool,
                     g1 = min(g0 + group, c1)
                     # Steps 2-4: the group's exact sum G per output, in registers.
                     for jc in range(0, TN, SUB):
-                        mt_tile.group_tile(TM, NVT, ABSOLUTE, FLOOR, RDN_MODE, PRODUCT, pa, pb,
+                        mt_tile.group_tile(TM, NVT, ABSOLUTE, FLOOR, RDN_MODE, PRODUCT, PARTS,
+                                           pa, pb,
                                            a, bt, a_base + g0, n_k, b_base + g0 * n_cols + jc,
                                            n_cols, g1 - g0, s, g, jc, TN,
                                            np.int64(aligned and have_s), width, acc_emin,

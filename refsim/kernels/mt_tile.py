@@ -110,17 +110,18 @@ class _Emit:
         avec = [self.splat(b.load(b.gep(row, [k]))) for row in a_rows]
         return avec, bvec
 
-    def loop(self, nk, states, body):
-        """for k in 0 .. nk-1: states = body(k, states) (a flat list of values); skipped when
-        nk <= 0. Returns the final states."""
+    def loop(self, nk, states, body, k0=None):
+        """for k in k0 .. nk-1 (k0 = 0 when None): states = body(k, states) (a flat list of
+        values); skipped when nk <= k0. Returns the final states."""
         b = self.b
+        k0 = self.c(0) if k0 is None else k0
         entry = b.block
         head = b.append_basic_block("mt.k")
         done = b.append_basic_block("mt.k.done")
-        b.cbranch(b.icmp_signed(">", nk, self.c(0)), head, done)
+        b.cbranch(b.icmp_signed(">", nk, k0), head, done)
         b.position_at_end(head)
         k = b.phi(self.intp)
-        k.add_incoming(self.c(0), entry)
+        k.add_incoming(k0, entry)
         phis = [b.phi(s.type) for s in states]
         for phi, s in zip(phis, states, strict=True):
             phi.add_incoming(s, entry)
@@ -255,19 +256,19 @@ _E_S_HIGH = 960  # s's exponent cap (NaN marks read as 1024)
 
 
 @intrinsic(prefer_literal=True)
-def group_tile(typingctx, tm, nv, absolute, floor, rdn, product, pa, pb, a, bt, a_off, a_stride,
-               b_off, b_stride, nk, s, g, t_off, t_stride, with_s, width, acc_emin, sc_lo,
-               sc_hi):
+def group_tile(typingctx, tm, nv, absolute, floor, rdn, product, parts, pa, pb, a, bt, a_off,
+               a_stride, b_off, b_stride, nk, s, g, t_off, t_stride, with_s, width, acc_emin,
+               sc_lo, sc_hi):
     """One group of a tm x (8 nv) tile, steps 2-4 of cpu_multiterm with nothing in memory
     between them (fused_doc below); Numba code only."""
-    consts = [_literal(t) for t in (tm, nv, absolute, floor, rdn, product)]
+    consts = [_literal(t) for t in (tm, nv, absolute, floor, rdn, product, parts)]
     if pa.dtype != pb.dtype or a.dtype != bt.dtype or s.dtype != types.float64 \
             or g.dtype != types.float64:
         raise TypeError("refsim.kernels.mt_tile.group_tile: pa and pb of one dtype, a and bt of "
                         "one dtype, s and g float64")
-    sig = types.void(tm, nv, absolute, floor, rdn, product, pa, pb, a, bt, a_off, a_stride,
-                     b_off, b_stride, nk, s, g, t_off, t_stride, with_s, width, acc_emin, sc_lo,
-                     sc_hi)
+    sig = types.void(tm, nv, absolute, floor, rdn, product, parts, pa, pb, a, bt, a_off,
+                     a_stride, b_off, b_stride, nk, s, g, t_off, t_stride, with_s, width,
+                     acc_emin, sc_lo, sc_hi)
 
     def codegen(context, builder, signature, args):
         _Fused(context, builder, signature.args, args, consts).emit()
@@ -294,18 +295,21 @@ class _Fused:
     """group_tile's IR."""
 
     def __init__(self, context, builder, sig_args, args, consts):
-        self.tm, self.nv, self.absolute, self.floor, self.rdn, self.product = consts
+        (self.tm, self.nv, self.absolute, self.floor, self.rdn, self.product,
+         self.parts) = consts
         self.b = builder
         self.ctx = context
-        self.p1 = _Emit(context, builder, sig_args, args, 6)  # pass-1 lanes: pa's dtype
-        self.p2 = _Emit(context, builder, sig_args, args, 8)  # pass-2 lanes: a's dtype
-        self.p1.intp = self.p2.intp = args[10].type
+        self.p1 = _Emit(context, builder, sig_args, args, 7)  # pass-1 lanes: pa's dtype
+        self.p2 = _Emit(context, builder, sig_args, args, 9)  # pass-2 lanes: a's dtype
+        self.p1.intp = self.p2.intp = args[11].type
         (pa, pb, a, bt, self.a_off, self.a_stride, self.b_off, self.b_stride, self.nk, s, g,
-         self.t_off, self.t_stride, with_s, width, acc_emin, sc_lo, sc_hi) = args[6:]
+         self.t_off, self.t_stride, with_s, width, acc_emin, sc_lo, sc_hi) = args[7:]
         data = self.p1.data
-        self.pa, self.pb = data(sig_args[6], pa), data(sig_args[7], pb)
-        self.a, self.bt = data(sig_args[8], a), data(sig_args[9], bt)
-        self.s, self.g = data(sig_args[15], s), data(sig_args[16], g)
+        self.pa, self.pb = data(sig_args[7], pa), data(sig_args[8], pb)
+        self.a, self.bt = data(sig_args[9], a), data(sig_args[10], bt)
+        self.s, self.g = data(sig_args[16], s), data(sig_args[17], g)
+        if self.parts and not self.p2.f32:
+            raise TypeError("refsim.kernels.mt_tile.group_tile: int32 sums need float32 lanes")
         self.vd = ir.VectorType(_F64, 8)
         self.vl = ir.VectorType(_I64, 8)
         b = builder
@@ -368,6 +372,10 @@ class _Fused:
             out.append(b.fptrunc(w, e.vf))
         return out
 
+    def concat(self, x, y):
+        """Two float64 x 8 vectors as one float64 x 16."""
+        return self.b.shuffle_vector(x, y, ir.Constant(ir.VectorType(_I32, 16), list(range(16))))
+
     def bool_to_f64(self, e: _Emit, flags):
         """<n x i1> flags of one tile row as <8 x i1> per float64 vector."""
         if not e.f32:
@@ -382,8 +390,9 @@ class _Fused:
         off = b.add(self.t_off, b.add(b.mul(self.t_stride, c(i)), c(8 * j)))
         return b.bitcast(b.gep(base, [off]), self.vd.as_pointer())
 
-    def run_pass(self, e: _Emit, rows_base, panel_base, states, step):
-        """The k loop over a lane type: states per (row, vector), step(avec_i, bvec_j, st)."""
+    def run_pass(self, e: _Emit, rows_base, panel_base, states, step, k0=None, nk=None):
+        """The k loop (k0 .. nk-1; 0 .. self.nk-1 by default) over a lane type: states per
+        (row, vector), step(avec_i, bvec_j, st)."""
         b = self.b
         n_vec = 8 * self.nv // e.n
         a_rows = _rows(e, rows_base, self.a_off, self.a_stride, self.tm)
@@ -399,11 +408,11 @@ class _Fused:
                     new.extend(step(avec[i], bvec[j], flat[at:at + width]))
             return new
 
-        return e.loop(self.nk, states, body), n_vec
+        return e.loop(self.nk if nk is None else nk, states, body, k0), n_vec
 
     def emit(self):
         b, tm, nv = self.b, self.tm, self.nv
-        p1, p2 = self.p1, self.p2
+        p1 = self.p1
         # Pass 1: the maxima.
         fabs = cgutils.get_or_insert_function(b.module, ir.FunctionType(p1.vf, [p1.vf]),
                                               f"llvm.fabs.v{p1.n}f{p1.width}")
@@ -434,7 +443,7 @@ class _Fused:
         low, high = self.fconst(2.0 ** _EXP_LOW), self.fconst(2.0 ** _E_S_HIGH)
         inv_base = b.shl(b.add(self.width, self.ic(2046 - 1)), self.ic(52))
         unit = b.bitcast(b.shl(b.sub(self.ic(1024), self.width), self.ic(52)), self.vd)
-        sc, p2q, start = [], [], []
+        sc, p2q, start, s_sign = [], [], [], []
         for i in range(tm):
             for j in range(nv):
                 m = b.bitcast(b.and_(b.bitcast(mx[i][j], self.vl), field), self.vd)
@@ -450,19 +459,42 @@ class _Fused:
                 sc.append(self.fmin(self.fmax(inv, self.sc_lo), self.sc_hi))
                 ts = b.call(rnd64, [b.fmul(sv, inv)])
                 start.append(b.select(use_s, ts, ir.Constant(self.vd, [-0.0] * 8)))
+                s_sign.append(b.select(use_s, ts, zero))  # T(s)'s sign, +0 without s
         # Pass 2: the truncated products (lanes of a's dtype).
+        if self.parts:
+            totals, negs = self.int_sums(sc, start, s_sign)
+        else:
+            totals, negs = self.float_sums(sc, start, s_sign)
+        for i in range(tm):
+            for j in range(nv):
+                gv = b.fmul(totals[i][j], p2q[i * nv + j])
+                if negs is not None:
+                    signed = b.select(negs[i][j], ir.Constant(self.vd, [-0.0] * 8), zero)
+                    gv = b.select(b.fcmp_ordered("==", gv, zero), signed, gv)
+                b.store(gv, self.tile_ptr(self.g, i, j), align=8)
+
+    def lanes(self, e: _Emit, grid):
+        """A tm x nv grid of float64 x 8 vectors as a flat list of lane vectors (row major)."""
+        nv = self.nv
+        return [v for i in range(self.tm) for v in self.from_f64(e, grid[i * nv:(i + 1) * nv])]
+
+    def float_sums(self, sc, start, s_sign):
+        """S per output as float64 x 8 (tm x nv grid): the sum of the truncated products in the
+        lane type, from T(s) or -0.0 (IEEE's identity); and, under rdn, the zero sign to give
+        an S = 0 (the OR of the T's signs, T(s) included), else None (IEEE's rule is the
+        contract's)."""
+        b, p2, tm, nv = self.b, self.p2, self.tm, self.nv
         n2 = 8 * nv // p2.n
-        sc2 = [v for i in range(tm) for v in self.from_f64(p2, sc[i * nv:(i + 1) * nv])]
-        st2 = [v for i in range(tm) for v in self.from_f64(p2, start[i * nv:(i + 1) * nv])]
+        sc2, st2 = self.lanes(p2, sc), self.lanes(p2, start)
+        or2 = self.lanes(p2, s_sign)
         rnd = cgutils.get_or_insert_function(
             b.module, ir.FunctionType(p2.vf, [p2.vf]),
             f"llvm.{'floor' if self.floor else 'trunc'}.v{p2.n}f{p2.width}")
         states = []
         for idx in range(tm * n2):
-            states.append(st2[idx])
-            states.append(sc2[idx])  # loop-invariant: carried so the step sees its scale
+            states += [st2[idx], sc2[idx]]  # the scale: loop-invariant, carried beside
             if self.rdn:
-                states.append(b.bitcast(st2[idx], p2.vi))  # T(s)'s sign joins the OR
+                states.append(b.bitcast(or2[idx], p2.vi))
 
         def sum_step(x, y, st):
             t = b.call(rnd, [b.fmul(b.fmul(x, y), st[1])])  # (a*b) * 2^-q
@@ -473,17 +505,76 @@ class _Fused:
 
         res, _ = self.run_pass(p2, self.a, self.bt, states, sum_step)
         width = 3 if self.rdn else 2
-        totals = [res[idx * width] for idx in range(tm * n2)]
-        zero = ir.Constant(self.vd, [0.0] * 8)
+        totals, negs = [], [] if self.rdn else None
         for i in range(tm):
-            row = self.to_f64(p2, totals[i * n2:(i + 1) * n2])
-            if self.rdn:
-                negs = [b.icmp_signed("<", res[(i * n2 + j) * width + 2],
-                                      ir.Constant(p2.vi, [0] * p2.n)) for j in range(n2)]
-                negs = self.bool_to_f64(p2, negs)
-            for j in range(nv):
-                gv = b.fmul(row[j], p2q[i * nv + j])
+            totals.append(self.to_f64(p2, [res[(i * n2 + j) * width] for j in range(n2)]))
+            if negs is not None:
+                flags = [b.icmp_signed("<", res[(i * n2 + j) * width + 2],
+                                       ir.Constant(p2.vi, [0] * p2.n)) for j in range(n2)]
+                negs.append(self.bool_to_f64(p2, flags))
+        return totals, negs
+
+    def int_sums(self, sc, start, s_sign):
+        """float_sums with float32 products and int32 sums (parts: 1, or 2 for the k halves
+        0 .. nk//2-1 and nk//2 .. nk-1 summed apart, each within int32), added in float64.
+        T = fptosi(x) truncates toward zero; the zero sign of S = 0 is kept aside: the OR of
+        the x's signs under rdn, else their AND (IEEE: -0 only when every term is -0; a sum of
+        terms that are all negative or -0 is 0 only when all are -0), T(s) (or the identity
+        -0.0) included."""
+        b, p2, tm, nv = self.b, self.p2, self.tm, self.nv
+        n2 = 8 * nv // p2.n
+        vi = p2.vi
+        sc2 = self.lanes(p2, sc)
+        ones, sign = ir.Constant(vi, [-1] * p2.n), ir.Constant(vi, [-(1 << 31)] * p2.n)
+        rest = ir.Constant(vi, [(1 << 31) - 1] * p2.n)
+        izero = ir.Constant(vi, [0] * p2.n)
+        states = []
+        for i in range(tm):
+            for j in range(n2):
+                # T(s) from float64 (up to 2^width: not a float32 value for width > 24).
+                st, sg = (self.concat(v[i * nv + 2 * j], v[i * nv + 2 * j + 1])
+                          for v in (start, s_sign))
+                wide_i = ir.VectorType(_I64, 16)
+                negative = b.icmp_signed("<", b.bitcast(st, wide_i), ir.Constant(wide_i, None))
+                states += [b.fptosi(st, vi), sc2[i * n2 + j], b.select(negative, ones, rest)]
                 if self.rdn:
-                    signed = b.select(negs[j], ir.Constant(self.vd, [-0.0] * 8), zero)
-                    gv = b.select(b.fcmp_ordered("==", gv, zero), signed, gv)
-                b.store(gv, self.tile_ptr(self.g, i, j), align=8)
+                    s_neg = b.icmp_signed("<", b.bitcast(sg, wide_i), ir.Constant(wide_i, None))
+                    states.append(b.select(s_neg, sign, izero))
+
+        def sum_step(x, y, st):
+            v = b.fmul(b.fmul(x, y), st[1])  # (a*b) * 2^-q
+            bits = b.bitcast(v, vi)
+            new = [b.add(st[0], b.fptosi(v, vi)), st[1], b.and_(st[2], bits)]
+            if self.rdn:
+                new.append(b.or_(st[3], bits))
+            return new
+
+        if self.parts == 1:
+            res, _ = self.run_pass(p2, self.a, self.bt, states, sum_step)
+            halves = [res]
+        else:
+            half = b.ashr(self.nk, ir.Constant(self.nk.type, 1))
+            first, _ = self.run_pass(p2, self.a, self.bt, states, sum_step, nk=half)
+            width = len(states) // (tm * n2)
+            second = list(first)
+            for idx in range(tm * n2):
+                second[idx * width] = izero  # the second half's sum starts at 0
+            res, _ = self.run_pass(p2, self.a, self.bt, second, sum_step, k0=half)
+            halves = [first, res]
+        width = len(states) // (tm * n2)
+        wide = ir.VectorType(_F64, 16)
+        totals, negs = [], []
+        for i in range(tm):
+            row_t, row_n = [], []
+            for j in range(n2):
+                at = (i * n2 + j) * width
+                total = None
+                for h in halves:
+                    part = b.sitofp(h[at], wide)  # exact: |part| < 2^31
+                    total = part if total is None else b.fadd(total, part)  # exact: < 2^53
+                row_t.extend(self.halves(total))
+                flags = res[at + 3] if self.rdn else res[at + 2]
+                row_n.extend(self.halves(b.icmp_signed("<", flags, izero)))
+            totals.append(row_t)
+            negs.append(row_n)
+        return totals, negs
