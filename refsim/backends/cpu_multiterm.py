@@ -1,8 +1,10 @@
-"""The multiterm (tensor-core) order on the CPU in float64 lanes, bit-identical to the exact core.
+"""The multiterm (tensor-core) order on the CPU in float64 or float32 lanes, bit-identical to the
+exact core.
 
 refsim.backends.cpu_gemm.plan asks `plan` here for AccumSpec(order="multiterm"); where it
 declines (module conditions below), refsim.accumulate runs kernels.accum_core.reduce_multiterm on
-every output. tests/refsim/test_multiterm_route.py holds this route to the exact core bit for bit.
+every output. tests/refsim/test_multiterm_route.py and test_multiterm_lanes.py hold this route to
+the exact core bit for bit.
 
 The model (kernels.accum_core, "multiterm"): chunks of `chunk` terms, each a run of groups of
 `group` products; a group's values (its products, and the running sum s under acc-aligned) are
@@ -61,6 +63,40 @@ normal):
    floor(log2|C|), raised to the accumulator's emin under product, and step 3 like s), or as the
    outer accumulator's start (c_entry outer: o = round_o(C + s_0)). C must be in range (any
    53-bit float64 there: the steps above ask nothing more of s).
+Steps 2-4 run in registers (refsim.kernels.mt_tile.group_tile, one group of a 4 x 16 or 4 x 32
+tile at a time); E is kept as the float M = 2^E: 2^floor(log2|x|) is x's exponent field alone,
+2^q = M * 2^(1 - width) and 2^-q has the pattern ((2046 + width - 1) << 52) - bits(M), all exact
+(powers of two in float64's normal range). Where `plan` proves it (_narrow), a pass runs in
+float32 lanes instead, twice the lanes per vector:
+2'. The maxima in float32: product: every 2^ea, 2^eb and 2^(ea + eb) lies between 2^-149 and
+   2^127 (the operand ranges' exponent bounds, raised to emin), so they and the products are
+   float32 values; normalized: every operand and |a b| is a float32 value (products_exact at
+   float32: significands total at most 24 bits, exponents in range), so max |a b| is exact.
+3'. The products and T in float32 (truncation toward zero only): with every a b a float32 value
+   (as 2'), x = (a b) * sc, sc = 2^-q clamped to [2^-126, 2^127]. When |x| >= 1 it is a normal
+   float32 with the bits of a b, exact, and fptosi/trunc give T; when |x| < 1 it rounds to a
+   magnitude below 1 (rounding is monotone and 1 is a float32: an inexact x is a subnormal),
+   so T = 0 with x's sign (IEEE keeps a product's sign through underflow), as truncate_units
+   gives. The clamps change nothing: e_lo, e_hi bound every nonzero product's alignment
+   exponent (from the operand ranges), and `plan` asks e_lo - width + 1 >= -127 and e_hi + 2
+   <= 126. q < -127 means E < e_lo, so every product of the group is a zero (T a zero of its
+   sign for any finite sc); q > 126 means every |a b| < 2^(e_hi + 2) <= 2^126 < 2^q (the true
+   T a signed zero), and with sc = 2^-126, |x| < 1 (a signed zero too). T(s) stays in
+   float64 (C has 53 bits).
+4'. The sum: parts 0, in float32 from T(s) (an integer below 2^(width + 1), a float32 value):
+   every partial sum is an integer below (group + 1) * 2^(width + 1) <= 2^24 (`plan` asks
+   bitlen(group + 1) + width + 1 <= 24), IEEE's zero signs as in step 4. parts 1: T = fptosi(x)
+   (toward zero) summed in int32: partial sums below 2^(bitlen(group + 1) + width + 1) <=
+   2^31; parts 2: the group's first nk//2 terms (with T(s)) and the rest summed apart in
+   int32, each at most (group + 1)//2 + 1 values (bitlen of that + width + 1 <= 31), then
+   added in float64 (exact: below 2^32). Integers have no -0, so the zero's sign is kept
+   aside from the x's sign bits (the sign of T = trunc(x)): their AND (IEEE: a sum is -0 only
+   when every term is -0; terms all negative or -0 sum to 0 only when all are -0) from the
+   start value's sign (-0.0, IEEE's identity, or T(s)), and their OR under rdn (step 4).
+The jobs (4 x 64 outputs each) run as one nogil kernel over a range of jobs, split into
+numba.get_num_threads() ranges on Python threads (refsim.backends.threads.run_jobs; a parallel
+kernel's parfor lowering was most of a cold first call's compile time); a job's arithmetic does
+not depend on the split, so the bits do not depend on the thread count.
 Rare lanes: a non-finite s or o (an overflow to Inf of a rounding) makes every later value of
 that output NaN, and `run` returns NaN for every output that ends non-finite: refsim.accumulate
 redoes exactly those outputs with the exact core (with their C). Operands must be finite.
@@ -96,8 +132,9 @@ from refsim.backends.threads import run_jobs, threads_for
 from refsim.formats import FloatFormat, Format
 from refsim.formats.policy import OVERFLOWS, ROUNDINGS
 from refsim.kernels import mt_tile
-from refsim.kernels.core import RDN
+from refsim.kernels.core import RDN, RNE, RTZ, RUP
 from refsim.kernels.lane import bits_float, fast_constants, float_bits, round_lane, select
+from refsim.kernels.tile import AVX512
 from refsim.params import CARRIERS, format_params
 from refsim.specs import AccumSpec
 
@@ -144,6 +181,7 @@ class MultitermPlan:
     narrow1: bool = False  # pass 1 (the maxima) in float32 lanes (step 2')
     narrow2: bool = False  # pass 2 (the truncated sums) in float32 lanes (step 3')
     parts: int = 0  # under narrow2: the sums in float32 (0) or in 1 or 2 int32 parts (step 4')
+    round32: int = -1  # the accumulator's rounding in the tile (fp32; step 5'), else -1
     route = "multiterm-lanes"  # as cpu_tile.TilePlan.route: which fast path ran
 
 
@@ -214,7 +252,20 @@ def plan(acc: AccumSpec, ra: OperandRange, rb: OperandRange, c: np.ndarray | Non
     return MultitermPlan(key, acc.group, acc.width, acc.chunk or 0, acc.fmt.emin,
                          None if operands is None else operands.emin,
                          acc.subnormals == "flush", acc.c_entry == "outer", _constants(acc),
-                         _constants(outer), narrow1, narrow2, parts)
+                         _constants(outer), narrow1, narrow2, parts, _round32(acc))
+
+
+def _round32(acc: AccumSpec) -> int:
+    """Step 5': the mode in which the tile rounds G to a float32 accumulator itself (one
+    conversion), or -1."""
+    fmt = acc.fmt
+    if not (isinstance(fmt, FloatFormat) and fmt == FloatFormat(8, 23)
+            and acc.overflow == "default"):
+        return -1
+    mode = ROUNDINGS.index(acc.rounding)
+    if mode == RNE or (AVX512 and mode in (RTZ, RUP, RDN)):
+        return mode
+    return -1
 
 
 def _f32_exact(r: OperandRange) -> bool:
@@ -297,7 +348,7 @@ def run(p: MultitermPlan, a3: np.ndarray, b3: np.ndarray, c: np.ndarray | None =
     switches = np.array([p.key[2], has_c, p.c_outer], np.int64)
     dims = np.array([n_batch, rows, n_k, cols], np.int64)
     kernel = _gemm_kernel(mode, omode, bool(floor), product_align, p.narrow1, p.narrow2,
-                          p.parts)
+                          p.parts, p.round32)
     n_jobs = n_batch * (rows // TM) * (cols // TN)
 
     def jobs(j0: int, j1: int) -> None:
@@ -372,10 +423,8 @@ _ABS = np.uint64((1 << 63) - 1)
 _ONE = np.uint64(1)
 _ZERO = np.uint64(0)
 _ALL = np.uint64((1 << 64) - 1)
-_EXP_MASK = np.uint64(0x7FF)
 _INF = np.uint64(0x7FF << 52)
 _NAN = np.float64(np.nan)
-_E_LOW = -RANGE_BITS  # E's clamp (step 2)
 
 
 @njit(cache=True, inline="always")
@@ -400,18 +449,6 @@ def _odd_add(x, t, rdn):
 def _finite(x):
     """Is the float64 x finite (one integer compare)?"""
     return np.uint64(float_bits(x) & _ABS) < _INF
-
-
-@njit(cache=True, inline="always")
-def _exponent(v):
-    """floor(log2 v) of a positive float64 normal v (-1023 for +0)."""
-    return np.int64(np.uint64(float_bits(v) >> np.uint64(52)) & _EXP_MASK) - 1023
-
-
-@njit(cache=True, inline="always")
-def _pow2(e):
-    """2^e as a float64 for a normal exponent e."""
-    return bits_float(np.uint64(np.uint64(e + 1023) << np.uint64(52)))
 
 
 # One kernel per (mode, outer mode, floor, alignment, pass lanes), compiled on its first use
@@ -463,10 +500,10 @@ _GEMMS: dict[tuple, Callable[..., None]] = {}
 
 
 def _gemm_kernel(mode: int, omode: int, floor: bool, product: bool, narrow1: bool,
-                 narrow2: bool, parts: int) -> Callable[..., None]:
+                 narrow2: bool, parts: int, round32: int) -> Callable[..., None]:
     """The kernel of one (accumulator mode, outer mode, floor truncation, align product, float32
-    lanes in pass 1, in pass 2, int32 parts), made on first use."""
-    key = (mode, omode, floor, product, narrow1, narrow2, parts)
+    lanes in pass 1, in pass 2, int32 parts, rounding in the tile), made on first use."""
+    key = (mode, omode, floor, product, narrow1, narrow2, parts, round32)
     if key not in _GEMMS:
         _GEMMS[key] = _make_gemm(*key)
     return _GEMMS[key]
@@ -477,7 +514,7 @@ NV_NARROW = 4  # 32 columns when pass 2 runs in float32 lanes (16 per vector)
 
 
 def _make_gemm(MODE: int, OMODE: int, FLOOR: bool, PRODUCT: bool, NARROW1: bool, NARROW2: bool,
-               PARTS: int):
+               PARTS: int, ROUND32: int):
     """out[p, i, j] = the multiterm reduction of a[p, i, :] . bt[p, :, j] (module doc) for the
     jobs job0 .. job1-1. Closure cells are plain ints and bools (and mt_tile's source hash), so
     Numba's on-disk cache finds the kernel again in a new process."""
@@ -526,16 +563,19 @@ def _make_gemm(MODE: int, OMODE: int, FLOOR: bool, PRODUCT: bool, NARROW1: bool,
                             s[ii * TN + j] = cv[p, i0 + ii, j0 + j]
                 for g0 in range(c0, c1, group):
                     g1 = min(g0 + group, c1)
+                    round_here = aligned or not have_s  # s = round(G), not round(s + G)
                     # Steps 2-4: the group's exact sum G per output, in registers.
                     for jc in range(0, TN, SUB):
                         mt_tile.group_tile(TM, NVT, ABSOLUTE, FLOOR, RDN_MODE, PRODUCT, PARTS,
-                                           pa, pb,
+                                           ROUND32, pa, pb,
                                            a, bt, a_base + g0, n_k, b_base + g0 * n_cols + jc,
                                            n_cols, g1 - g0, s, g, jc, TN,
                                            np.int64(aligned and have_s), width, acc_emin,
-                                           np.int64(SC_LO), np.int64(SC_HI))
-                    # Step 5: the group's rounding.
-                    _round_group(MODE, g, s, fast, have_s and not aligned, have_s)
+                                           np.int64(SC_LO), np.int64(SC_HI),
+                                           np.int64(round_here), np.int64(have_s))
+                    # Step 5: the group's rounding (done in the tile when ROUND32 >= 0).
+                    if ROUND32 < 0 or not round_here:
+                        _round_group(MODE, g, s, fast, have_s and not aligned, have_s)
                     have_s = True
                 # Step 6: promotion into the outer accumulator.
                 _promote(OMODE, s, o, ofast, first_outer)

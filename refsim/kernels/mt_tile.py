@@ -1,28 +1,37 @@
-"""The two passes of a multiterm group over a register tile, in LLVM vector IR
-(refsim.backends.cpu_multiterm's steps 2-4; that module says why each is exact).
+"""One group of a multiterm register tile in LLVM vector IR: the alignment maxima, the scales,
+the truncated products' exact sum and G (refsim.backends.cpu_multiterm's steps 2-4 and 2'-4';
+that module says why each is exact).
 
 Why IR and not a Numba loop (as refsim.kernels.tile): a tile's maxima and sums must stay in
 registers for the whole group; a Numba array lives in memory, and LLVM's vectorizer keeps a load
 and a store per multiply-add and adds run-time alias checks. Here each is an SSA value (a phi of
-the k loop), one AVX-512 register of 8 float64 or 16 float32 lanes, the lane type being the
-operand arrays' dtype.
+the k loop), one AVX-512 register of 8 float64 or 16 float32 lanes (16 int32 for int32 sums),
+the lane type of each pass being its operand arrays' dtype.
 
-Both are callable from Numba code only; every argument before the first array is a compile-time
-int. Arrays are C-contiguous and addressed flat:
-  - row i of the tile's a reads a[a_off + i*a_stride + k], k = 0 .. nk-1;
-  - step k reads the nv * VL values b[b_off + k*b_stride + j], j = 0 .. nv*VL-1;
-  - the float64 tiles mx, scale, total (and the uint64 negs) hold output (i, j) at
-    [t_off + i*t_stride + j].
-
-`group_max(tm, nv, absolute, pa, a_off, a_stride, pb, b_off, b_stride, nk, mx, t_off, t_stride)`:
-mx = max over k of pa_ik * pb_kj (|pa_ik * pb_kj| when `absolute`), from +0; the lanes' maxima
-widened exactly to float64 when the lanes are float32.
-
-`group_sum(tm, nv, floor, rdn, a, a_off, a_stride, b, b_off, b_stride, nk, scale, total, negs,
-t_off, t_stride)`: total += the sum over k of T_k, T_k = trunc((a_ik * b_kj) * scale_ij)
-(llvm.floor when `floor`), added in k order in the lane type; total and scale are read as
-float64 and narrowed to float32 lanes when the arrays are float32 (the caller makes that exact);
-under `rdn`, negs |= the OR of the T_k's sign bits (at bit 63).
+`group_tile(tm, nv, absolute, floor, rdn, product, parts, round32, pa, pb, a, bt, a_off, a_stride,
+b_off, b_stride, nk, s, g, t_off, t_stride, with_s, width, acc_emin, sc_lo, sc_hi, round_here,
+have_s)`, callable from Numba code only; the first eight arguments are compile-time ints, the
+last seven run-time ints.
+Arrays are C-contiguous and addressed flat: row i of the tile reads a[a_off + i*a_stride + k]
+(pa likewise), step k reads the 8*nv values bt[b_off + k*b_stride + j] (pb likewise), k = 0 ..
+nk-1; the float64 tiles s (read) and g (written) hold output (i, j) at [t_off + i*t_stride + j].
+For each output of the tm x 8nv tile:
+  - mx = max over k of pa_ik * pb_kj (|.| when `absolute`), from +0, in pa's lanes;
+  - M = 2^E: the largest of 2^floor(log2 mx) and, when with_s != 0 and s != 0,
+    2^floor(log2|s|) (at least 2^acc_emin when `product`); M clamped to [2^-480, 2^960];
+    q = E - width + 1;
+  - T(s) = trunc(s * 2^-q) (floor when `floor`) in float64 when with_s, else -0.0;
+  - S = T(s) + sum over k of T_k, T_k = trunc((a_ik * b_kj) * sc) (llvm.floor when `floor`),
+    sc = 2^-q clamped to [2^sc_lo, 2^sc_hi], in a's lanes: parts = 0, summed in the lane type
+    from T(s) (narrowed exactly: the caller's condition); parts = 1 or 2, float32 products
+    converted to int32 (fptosi: toward zero) and summed in int32, in two k halves (0 ..
+    nk//2-1 with T(s), nk//2 .. nk-1) when parts = 2;
+  - G = S * 2^q, written to g; its zero's sign: IEEE's from the float sums, except under
+    `rdn` (-0 when any T's sign bit is set, T(s) included) and for int32 sums (IEEE's rule
+    kept aside: -0 when every term's sign bit is set, the -0.0 start included);
+  - round32 >= 0 (a mode: rne, or rtz/rup/rdn with AVX-512) and round_here != 0: s = G
+    converted to float32 in that mode (vcvtpd2ps, the rounding embedded) and back, or NaN
+    where G is not finite or (have_s != 0) the s read was not.
 """
 
 from __future__ import annotations
@@ -33,6 +42,8 @@ from pathlib import Path
 from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
+
+from refsim.kernels.core import RDN, RNE, RTZ, RUP
 
 _I32, _I64 = ir.IntType(32), ir.IntType(64)
 _F64 = ir.DoubleType()
@@ -76,30 +87,6 @@ class _Emit:
 
     def vec_ptr(self, base, offset, vtype):
         return self.b.bitcast(self.b.gep(base, [offset]), vtype.as_pointer())
-
-    def load_tile(self, base, t_off, t_stride, tm, nv):
-        """The float64 tile values of (tm, nv vectors), in the lane type (exact narrowing: the
-        caller's condition)."""
-        b = self.b
-        wide = ir.VectorType(_F64, self.n)
-        out = []
-        for i in range(tm):
-            row = []
-            for j in range(nv):
-                off = b.add(t_off, b.add(b.mul(t_stride, self.c(i)), self.c(j * self.n)))
-                v = b.load(self.vec_ptr(base, off, wide), align=8)
-                row.append(b.fptrunc(v, self.vf) if self.f32 else v)
-            out.append(row)
-        return out
-
-    def store_tile(self, base, t_off, t_stride, values):
-        b = self.b
-        wide = ir.VectorType(_F64, self.n)
-        for i, row in enumerate(values):
-            for j, v in enumerate(row):
-                off = b.add(t_off, b.add(b.mul(t_stride, self.c(i)), self.c(j * self.n)))
-                b.store(b.fpext(v, wide) if self.f32 else v, self.vec_ptr(base, off, wide),
-                        align=8)
 
     def operands(self, a_rows, panel, b_stride, k, nv):
         """(a_ik splat per row, the nv vectors of b at step k)."""
@@ -147,128 +134,26 @@ def _rows(e: _Emit, base, a_off, a_stride, tm):
     return [b.gep(base, [b.add(a_off, b.mul(a_stride, e.c(i)))]) for i in range(tm)]
 
 
-@intrinsic(prefer_literal=True)
-def group_max(typingctx, tm, nv, absolute, pa, a_off, a_stride, pb, b_off, b_stride, nk, mx,
-              t_off, t_stride):
-    """The tile's largest |product| per output (module doc); Numba code only."""
-    consts = [_literal(t) for t in (tm, nv, absolute)]
-    if pa.dtype != pb.dtype or mx.dtype != types.float64:
-        raise TypeError("refsim.kernels.mt_tile.group_max: pa and pb of one dtype, mx float64")
-    sig = types.void(tm, nv, absolute, pa, a_off, a_stride, pb, b_off, b_stride, nk, mx, t_off,
-                     t_stride)
-
-    def codegen(context, builder, signature, args):
-        n_tm, n_nv, absolute = consts
-        e = _Emit(context, builder, signature.args, args, 3)
-        b = builder
-        pa_v, a_off, a_stride, pb_v, b_off, b_stride, nk, mx_v, t_off, t_stride = args[3:]
-        a_rows = _rows(e, e.data(signature.args[3], pa_v), a_off, a_stride, n_tm)
-        panel = b.gep(e.data(signature.args[6], pb_v), [b_off])
-        fabs = cgutils.get_or_insert_function(b.module, ir.FunctionType(e.vf, [e.vf]),
-                                              f"llvm.fabs.v{e.n}f{e.width}")
-        zero = ir.Constant(e.vf, [0.0] * e.n)
-
-        def body(k, states):
-            avec, bvec = e.operands(a_rows, panel, b_stride, k, n_nv)
-            new = []
-            for i in range(n_tm):
-                for j in range(n_nv):
-                    x = b.fmul(avec[i], bvec[j])
-                    if absolute:
-                        x = b.call(fabs, [x])
-                    m = states[i * n_nv + j]
-                    new.append(b.select(b.fcmp_ordered(">", x, m), x, m))  # vmaxpd
-            return new
-
-        res = e.loop(nk, [zero] * (n_tm * n_nv), body)
-        e.store_tile(e.data(signature.args[10], mx_v), t_off, t_stride,
-                     [res[i * n_nv:(i + 1) * n_nv] for i in range(n_tm)])
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-@intrinsic(prefer_literal=True)
-def group_sum(typingctx, tm, nv, floor, rdn, a, a_off, a_stride, bt, b_off, b_stride, nk, scale,
-              total, negs, t_off, t_stride):
-    """The tile's truncated products added to total (module doc); Numba code only."""
-    consts = [_literal(t) for t in (tm, nv, floor, rdn)]
-    if a.dtype != bt.dtype or scale.dtype != types.float64 or total.dtype != types.float64 \
-            or negs.dtype != types.uint64:
-        raise TypeError("refsim.kernels.mt_tile.group_sum: a and bt of one dtype, scale and "
-                        "total float64, negs uint64")
-    sig = types.void(tm, nv, floor, rdn, a, a_off, a_stride, bt, b_off, b_stride, nk, scale,
-                     total, negs, t_off, t_stride)
-
-    def codegen(context, builder, signature, args):
-        n_tm, n_nv, floor, rdn = consts
-        e = _Emit(context, builder, signature.args, args, 4)
-        b = builder
-        (a_v, a_off, a_stride, b_v, b_off, b_stride, nk, sc_v, tot_v, neg_v, t_off,
-         t_stride) = args[4:]
-        a_rows = _rows(e, e.data(signature.args[4], a_v), a_off, a_stride, n_tm)
-        panel = b.gep(e.data(signature.args[7], b_v), [b_off])
-        rnd = cgutils.get_or_insert_function(
-            b.module, ir.FunctionType(e.vf, [e.vf]),
-            f"llvm.{'floor' if floor else 'trunc'}.v{e.n}f{e.width}")
-        tot_base = e.data(signature.args[12], tot_v)
-        scales = e.load_tile(e.data(signature.args[11], sc_v), t_off, t_stride, n_tm, n_nv)
-        start = e.load_tile(tot_base, t_off, t_stride, n_tm, n_nv)
-        cells = n_tm * n_nv
-        states = [start[i][j] for i in range(n_tm) for j in range(n_nv)]
-        if rdn:
-            states += [ir.Constant(e.vi, [0] * e.n)] * cells
-
-        def body(k, states):
-            avec, bvec = e.operands(a_rows, panel, b_stride, k, n_nv)
-            sums, ors = [], []
-            for i in range(n_tm):
-                for j in range(n_nv):
-                    x = b.fmul(b.fmul(avec[i], bvec[j]), scales[i][j])  # (a*b) * 2^-q
-                    t = b.call(rnd, [x])
-                    sums.append(b.fadd(states[i * n_nv + j], t))
-                    if rdn:
-                        ors.append(b.or_(states[cells + i * n_nv + j], b.bitcast(t, e.vi)))
-            return sums + ors
-
-        res = e.loop(nk, states, body)
-        e.store_tile(tot_base, t_off, t_stride,
-                     [res[i * n_nv:(i + 1) * n_nv] for i in range(n_tm)])
-        if rdn:
-            neg_base = e.data(signature.args[13], neg_v)
-            wide = ir.VectorType(_I64, e.n)
-            for i in range(n_tm):
-                for j in range(n_nv):
-                    bits = res[cells + i * n_nv + j]
-                    if e.f32:  # the float32 sign bit moved to bit 63
-                        bits = b.shl(b.zext(bits, wide), ir.Constant(wide, [32] * e.n))
-                    off = b.add(t_off, b.add(b.mul(t_stride, e.c(i)), e.c(j * e.n)))
-                    ptr = e.vec_ptr(neg_base, off, wide)
-                    b.store(b.or_(b.load(ptr, align=8), bits), ptr, align=8)
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
 # ---- one group of a tile, fused -----------------------------------------------------------------
+# AVX-512 rounding-control immediates (_MM_FROUND_*) of the modes a float32 conversion embeds.
+_RC = {RNE: 0, RDN: 1, RUP: 2, RTZ: 3}
 _EXP_LOW = -480  # E's clamp (cpu_multiterm.RANGE_BITS): a group with no nonzero value
 _E_S_HIGH = 960  # s's exponent cap (NaN marks read as 1024)
 
 
 @intrinsic(prefer_literal=True)
-def group_tile(typingctx, tm, nv, absolute, floor, rdn, product, parts, pa, pb, a, bt, a_off,
-               a_stride, b_off, b_stride, nk, s, g, t_off, t_stride, with_s, width, acc_emin,
-               sc_lo, sc_hi):
-    """One group of a tm x (8 nv) tile, steps 2-4 of cpu_multiterm with nothing in memory
-    between them (fused_doc below); Numba code only."""
-    consts = [_literal(t) for t in (tm, nv, absolute, floor, rdn, product, parts)]
+def group_tile(typingctx, tm, nv, absolute, floor, rdn, product, parts, round32, pa, pb, a, bt,
+               a_off, a_stride, b_off, b_stride, nk, s, g, t_off, t_stride, with_s, width,
+               acc_emin, sc_lo, sc_hi, round_here, have_s):
+    """One group of a tm x (8 nv) register tile (module doc); Numba code only."""
+    consts = [_literal(t) for t in (tm, nv, absolute, floor, rdn, product, parts, round32)]
     if pa.dtype != pb.dtype or a.dtype != bt.dtype or s.dtype != types.float64 \
             or g.dtype != types.float64:
         raise TypeError("refsim.kernels.mt_tile.group_tile: pa and pb of one dtype, a and bt of "
                         "one dtype, s and g float64")
-    sig = types.void(tm, nv, absolute, floor, rdn, product, parts, pa, pb, a, bt, a_off,
-                     a_stride, b_off, b_stride, nk, s, g, t_off, t_stride, with_s, width,
-                     acc_emin, sc_lo, sc_hi)
+    sig = types.void(tm, nv, absolute, floor, rdn, product, parts, round32, pa, pb, a, bt,
+                     a_off, a_stride, b_off, b_stride, nk, s, g, t_off, t_stride, with_s, width,
+                     acc_emin, sc_lo, sc_hi, round_here, have_s)
 
     def codegen(context, builder, signature, args):
         _Fused(context, builder, signature.args, args, consts).emit()
@@ -277,37 +162,27 @@ def group_tile(typingctx, tm, nv, absolute, floor, rdn, product, parts, pa, pb, 
     return sig, codegen
 
 
-group_tile.__doc__ = """group_tile(tm, nv, absolute, floor, rdn, product, pa, pb, a, bt, a_off,
-a_stride, b_off, b_stride, nk, s, g, t_off, t_stride, with_s, width, acc_emin, sc_lo, sc_hi):
-the group's G per output of a tm x (8 nv) tile, written to g:
-  mx = group_max over pa, pb (lanes of their dtype); e = floor(log2 mx) (-1023 for 0); when
-  with_s and s != 0, e = max(e, min(es, 960)), es = floor(log2|s|) (raised to acc_emin when
-  `product`); q = max(e, -480) - width + 1;
-  total = T(s) = trunc(s * 2^-q) (floor when `floor`; in float64) when with_s, else -0.0;
-  total += group_sum's truncated products with scale 2^clamp(-q, sc_lo, sc_hi) (lanes of a's
-  dtype; total and the scale narrowed exactly: the caller's condition);
-  G = total * 2^max(q, -1022); under rdn a zero G is -0 when any T (T(s) included) has its sign
-  bit set, else +0.
-The last five arguments are run-time ints."""
-
 
 class _Fused:
     """group_tile's IR."""
 
     def __init__(self, context, builder, sig_args, args, consts):
-        (self.tm, self.nv, self.absolute, self.floor, self.rdn, self.product,
-         self.parts) = consts
-        self.b = builder
+        (self.tm, self.nv, self.absolute, self.floor, self.rdn, self.product, self.parts,
+         self.round32) = consts
+        self.b = b = builder
         self.ctx = context
-        self.p1 = _Emit(context, builder, sig_args, args, 7)  # pass-1 lanes: pa's dtype
-        self.p2 = _Emit(context, builder, sig_args, args, 9)  # pass-2 lanes: a's dtype
-        self.p1.intp = self.p2.intp = args[11].type
+        self.p1 = _Emit(context, builder, sig_args, args, 8)  # pass-1 lanes: pa's dtype
+        self.p2 = _Emit(context, builder, sig_args, args, 10)  # pass-2 lanes: a's dtype
+        self.p1.intp = self.p2.intp = args[12].type
         (pa, pb, a, bt, self.a_off, self.a_stride, self.b_off, self.b_stride, self.nk, s, g,
-         self.t_off, self.t_stride, with_s, width, acc_emin, sc_lo, sc_hi) = args[7:]
+         self.t_off, self.t_stride, with_s, width, acc_emin, sc_lo, sc_hi, round_here,
+         have_s) = args[8:]
         data = self.p1.data
-        self.pa, self.pb = data(sig_args[7], pa), data(sig_args[8], pb)
-        self.a, self.bt = data(sig_args[9], a), data(sig_args[10], bt)
-        self.s, self.g = data(sig_args[16], s), data(sig_args[17], g)
+        self.pa, self.pb = data(sig_args[8], pa), data(sig_args[9], pb)
+        self.a, self.bt = data(sig_args[10], a), data(sig_args[11], bt)
+        self.s, self.g = data(sig_args[17], s), data(sig_args[18], g)
+        self.round_here, self.have_s = (b.icmp_signed("!=", v, ir.Constant(v.type, 0))
+                                        for v in (round_here, have_s))
         if self.parts and not self.p2.f32:
             raise TypeError("refsim.kernels.mt_tile.group_tile: int32 sums need float32 lanes")
         self.vd = ir.VectorType(_F64, 8)
@@ -443,11 +318,12 @@ class _Fused:
         low, high = self.fconst(2.0 ** _EXP_LOW), self.fconst(2.0 ** _E_S_HIGH)
         inv_base = b.shl(b.add(self.width, self.ic(2046 - 1)), self.ic(52))
         unit = b.bitcast(b.shl(b.sub(self.ic(1024), self.width), self.ic(52)), self.vd)
-        sc, p2q, start, s_sign = [], [], [], []
+        sc, p2q, start, s_sign, s_old = [], [], [], [], []
         for i in range(tm):
             for j in range(nv):
                 m = b.bitcast(b.and_(b.bitcast(mx[i][j], self.vl), field), self.vd)
                 sv = b.load(self.tile_ptr(self.s, i, j), align=8)
+                s_old.append(sv)
                 ps = b.bitcast(b.and_(b.bitcast(sv, self.vl), field), self.vd)
                 if self.product:
                     ps = self.fmax(ps, self.acc_emin)
@@ -472,6 +348,30 @@ class _Fused:
                     signed = b.select(negs[i][j], ir.Constant(self.vd, [-0.0] * 8), zero)
                     gv = b.select(b.fcmp_ordered("==", gv, zero), signed, gv)
                 b.store(gv, self.tile_ptr(self.g, i, j), align=8)
+                if self.round32 >= 0:
+                    self.store_rounded(gv, s_old[i * nv + j], i, j)
+
+    def store_rounded(self, gv, sv, i, j):
+        """When round_here: s = G rounded to float32 in mode round32 (one conversion, the
+        rounding embedded), NaN where G is not finite or a given s was not (module doc)."""
+        b = self.b
+        v32 = ir.VectorType(ir.FloatType(), 8)
+        if self.round32 == RNE:
+            r = b.fptrunc(gv, v32)
+        else:
+            f = cgutils.get_or_insert_function(
+                b.module, ir.FunctionType(v32, [self.vd, v32, ir.IntType(8), _I32]),
+                "llvm.x86.avx512.mask.cvtpd2ps.512")
+            r = b.call(f, [gv, ir.Constant(v32, None), ir.Constant(ir.IntType(8), -1),
+                           ir.Constant(_I32, _RC[self.round32] | 8)])  # 8: suppress exceptions
+        fabs = cgutils.get_or_insert_function(b.module, ir.FunctionType(self.vd, [self.vd]),
+                                              "llvm.fabs.v8f64")
+        inf = self.fconst(float("inf"))
+        finite_g = b.fcmp_ordered("<", b.call(fabs, [gv]), inf)
+        finite_s = b.fcmp_ordered("<", b.call(fabs, [sv]), inf)
+        ok = b.select(self.have_s, b.and_(finite_g, finite_s), finite_g)
+        new = b.select(ok, b.fpext(r, self.vd), self.fconst(float("nan")))
+        b.store(b.select(self.round_here, new, sv), self.tile_ptr(self.s, i, j), align=8)
 
     def lanes(self, e: _Emit, grid):
         """A tm x nv grid of float64 x 8 vectors as a flat list of lane vectors (row major)."""

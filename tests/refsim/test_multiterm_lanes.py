@@ -1,16 +1,17 @@
-"""The lane choices of the multiterm route (refsim.backends.cpu_multiterm, steps 2'-4') against
+"""The lane choices of the multiterm route (refsim.backends.cpu_multiterm, steps 2'-5') against
 the exact core, bit for bit, over enumerated edge cases.
 
 Each case asserts which lanes the plan chose (float32 or float64 maxima; float64 sums, float32
-sums, or float32 products with int32 sums in one or two parts), so a silent change of path
-cannot make a test pass. The operands sweep every alignment boundary of a group (terms from the
-group's top down past the truncation point 2^q, one binade at a time), the largest truncated
-products the int32 sums must hold (the operands' largest significands, one sign, a whole group
-and C beside them), cancellation to zeros of either sign, all -0 and mixed zeros, terms below
-2^q of either sign (truncated to signed zeros), and C far above and below the products (the
-float32 scale clamps); K is not a multiple of the group, so the last group is short and odd
-(the two int32 halves differ in length). Every case also runs on 1 and 2 threads: the bits must
-not change.
+sums, or float32 products with int32 sums in one or two parts) and whether the tile rounds a
+float32 accumulator itself, so a silent change of path cannot make a test pass. The operands
+sweep every alignment boundary of a group (terms from the group's top down past the truncation
+point 2^q, one binade at a time), the largest truncated products the int32 sums must hold (the
+operands' largest significands, one sign, a whole group and C beside them), cancellation to
+zeros of either sign, all -0, all +0 and mixed zeros, terms below 2^q of either sign (truncated
+to signed zeros), and C far above and below the products (the float32 scale clamps, overflow
+of the accumulator); K is not a multiple of the group, so the last group is short and odd (the
+two int32 halves differ in length). Every case also runs on 1 and 2 threads: the bits must not
+change.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from route_pairs import routes
 from refsim import hardware, matmul
 from refsim.backends import cpu_gemm, cpu_multiterm, threads
 from refsim.formats import get_format
+from refsim.formats.policy import ROUNDINGS
+from refsim.kernels.tile import AVX512
 from refsim.specs import AccumSpec, GemmSpec
 from refsim.validation.bits import assert_same_bits
 
@@ -88,17 +91,33 @@ def _c(rng, shape, operand: str) -> np.ndarray:
     return c
 
 
-# (name, accumulator, operand format, expected (narrow1, narrow2, parts)); one kernel each.
+def _in_tile(mode: str) -> int:
+    """The plan's round32 for a float32 accumulator in `mode` on this CPU."""
+    index = ROUNDINGS.index(mode)
+    return index if mode == "rne" or (AVX512 and mode in ("rtz", "rup", "rdn")) else -1
+
+
+# (name, accumulator, operand format, expected (narrow1, narrow2, parts, round32)); one kernel
+# each.
 CASES = [
-    ("h100-e4m3: float32 sums", hardware.gemm_spec("h100", "e4m3").acc, "e4m3fn", (1, 1, 0)),
-    ("h100-fp16: int32 halves", hardware.gemm_spec("h100", "fp16").acc, "fp16", (1, 1, 2)),
-    ("v100-fp16: int32 sums", hardware.gemm_spec("v100", "fp16").acc, "fp16", (1, 1, 1)),
+    ("h100-e4m3: float32 sums", hardware.gemm_spec("h100", "e4m3").acc, "e4m3fn",
+     (1, 1, 0, -1)),
+    ("h100-fp16: int32 halves", hardware.gemm_spec("h100", "fp16").acc, "fp16",
+     (1, 1, 2, _in_tile("rtz"))),
+    ("v100-fp16: int32 sums", hardware.gemm_spec("v100", "fp16").acc, "fp16",
+     (1, 1, 1, _in_tile("rtz"))),
     ("rdn normalized: int32 sums, OR of signs",
      AccumSpec("fp32", "rdn", "multiterm", group=8, width=25, variant="acc-aligned",
-               align="normalized", operands="fp16"), "fp16", (1, 1, 1)),
+               align="normalized", operands="fp16"), "fp16", (1, 1, 1, _in_tile("rdn"))),
     ("floor: float64 sums",
      dataclasses.replace(hardware.gemm_spec("h100", "fp16").acc, truncation="floor"), "fp16",
-     (1, 0, 0)),
+     (1, 0, 0, _in_tile("rtz"))),
+    ("rup acc-excluded: float32 sums, s + G outside the tile",
+     AccumSpec("fp32", "rup", "multiterm", group=4, width=10, operands="fp16"), "fp16",
+     (1, 1, 0, _in_tile("rup"))),
+    ("rne fp16 accumulator: rounded outside the tile",
+     AccumSpec("fp16", "rne", "multiterm", group=8, width=12, variant="acc-aligned",
+               align="product", operands="e4m3fn"), "e4m3fn", (1, 1, 0, -1)),
 ]
 
 
@@ -117,7 +136,7 @@ def test_lanes_match_the_exact_core(name, acc, operand, lanes, monkeypatch):
     a, b = _operands(rng, operand, acc.width, m=26, n=70, k=k)
     p = cpu_gemm.plan(a, b, acc, None, False)
     assert p is not None and p.route == ROUTE, name
-    assert (p.narrow1, p.narrow2, p.parts) == tuple(map(bool, lanes[:2])) + lanes[2:], name
+    assert (p.narrow1, p.narrow2, p.parts, p.round32) == (*map(bool, lanes[:2]), *lanes[2:])
     spec, bt = GemmSpec(acc=acc), np.swapaxes(b, 1, 2)
     for c in (None, _c(rng, (2, 26, 70), operand)):
         want = np.asarray(matmul(a, bt, spec, c=c, route="exact"), np.float64)
