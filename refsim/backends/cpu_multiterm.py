@@ -345,10 +345,11 @@ def run(p: MultitermPlan, a3: np.ndarray, b3: np.ndarray, c: np.ndarray | None =
     out = np.empty((n_batch, rows, cols))
     chunk = p.chunk if p.chunk > 0 else n_k
     mode, omode, _, floor, _ = p.key
-    switches = np.array([p.key[2], has_c, p.c_outer], np.int64)
+    switches = np.array([has_c, p.c_outer], np.int64)
     dims = np.array([n_batch, rows, n_k, cols], np.int64)
+    outer_add = (has_c and p.c_outer) or chunk < n_k  # o = round_o(o + s) happens
     kernel = _gemm_kernel(mode, omode, bool(floor), product_align, p.narrow1, p.narrow2,
-                          p.parts, p.round32)
+                          p.parts, p.round32, bool(p.key[2]), outer_add)
     n_jobs = n_batch * (rows // TM) * (cols // TN)
 
     def jobs(j0: int, j1: int) -> None:
@@ -451,59 +452,66 @@ def _finite(x):
     return np.uint64(float_bits(x) & _ABS) < _INF
 
 
-# One kernel per (mode, outer mode, floor, alignment, pass lanes), compiled on its first use
-# (_gemm_kernel): a call compiles the roundings and lane types it uses and nothing else (a merged
-# kernel with every mode as a run-time switch compiled 12 round_lane arms and 6 group roundings
-# into one function, 20 s of a cold first matmul). The other switches (acc-aligned, C and its
-# entry) stay run-time: they cost little code. What must be a constant is a literal argument of
-# a small helper: round_lane's mode (it picks the rounding at compile time), and the register
-# tiles' shapes and flags (refsim.kernels.mt_tile). The kernel is not parallel: Numba's parfor
-# lowering of it cost about 10 s of a cold first call; `run` splits the jobs over threads of
-# its own instead (the kernel releases the GIL).
+# One kernel per key (_gemm_kernel: modes, truncation, alignment, variant, lanes, whether an outer
+# sum o + s happens), compiled on its first use: a call compiles the roundings and lane types it
+# reaches and nothing else (a merged kernel with every mode as a run-time switch compiled 12
+# round_lane arms and 6 group roundings into one function, 20 s of a cold first matmul). C and
+# its entry stay run-time switches: they cost little code. What must be a constant is a literal
+# argument of a small helper: round_lane's mode (it picks the rounding at compile time), and the
+# register tile's shapes and flags (refsim.kernels.mt_tile). The kernel is not parallel: Numba's
+# parfor lowering of it cost about 10 s of a cold first call; `run` splits the jobs over threads
+# of its own instead (the kernel releases the GIL).
 
 
 @njit(cache=True)
-def _round_group(mode, g, s, fast, add_s, have_s):
-    """Step 5 for a tile in the literal `mode`: s = round(s + G) when add_s, else round(G); a
-    non-finite s stays NaN (module doc). g, s: flat tiles."""
+def _round_alone(mode, g, s, fast, have_s):
+    """Step 5 for a tile in the literal `mode`: s = round(G); a non-finite s (when have_s)
+    stays NaN (module doc). g, s: flat tiles."""
+    for j in range(TM * TN):
+        gv = g[j]
+        r = round_lane(mode, float_bits(gv), fast, _ZERO, _ZERO)
+        ok = _finite(gv) & (_finite(s[j]) | (not have_s))
+        s[j] = select(ok, bits_float(r), _NAN)
+
+
+@njit(cache=True)
+def _round_add(mode, g, s, fast):
+    """Step 5 (acc-excluded) for a tile in the literal `mode`: s = round(s + G)."""
     rdn = mode == RDN
-    if add_s:
-        for j in range(TM * TN):
-            gv, sv = g[j], s[j]
-            r = round_lane(mode, _odd_add(sv, gv, rdn), fast, _ZERO, _ZERO)
-            s[j] = select(_finite(sv) & _finite(gv), bits_float(r), _NAN)
-    else:
-        for j in range(TM * TN):
-            gv = g[j]
-            r = round_lane(mode, float_bits(gv), fast, _ZERO, _ZERO)
-            ok = _finite(gv) & (_finite(s[j]) | (not have_s))
-            s[j] = select(ok, bits_float(r), _NAN)
+    for j in range(TM * TN):
+        gv, sv = g[j], s[j]
+        r = round_lane(mode, _odd_add(sv, gv, rdn), fast, _ZERO, _ZERO)
+        s[j] = select(_finite(sv) & _finite(gv), bits_float(r), _NAN)
 
 
 @njit(cache=True)
-def _promote(mode, s, o, ofast, first):
-    """Step 6 for a tile in the literal `mode`: o = round_o(s) when first, else
-    round_o(o + s). s, o: flat tiles."""
-    if first:
-        for j in range(TM * TN):
-            sv = s[j]
-            r = round_lane(mode, float_bits(sv), ofast, _ZERO, _ZERO)
-            o[j] = select(_finite(sv), bits_float(r), _NAN)
-    else:
-        for j in range(TM * TN):
-            sv, ov = s[j], o[j]
-            r = round_lane(mode, _odd_add(ov, sv, mode == RDN), ofast, _ZERO, _ZERO)
-            o[j] = select(_finite(sv) & _finite(ov), bits_float(r), _NAN)
+def _promote_first(mode, s, o, ofast):
+    """Step 6 for a tile in the literal `mode`: o = round_o(s). s, o: flat tiles."""
+    for j in range(TM * TN):
+        sv = s[j]
+        r = round_lane(mode, float_bits(sv), ofast, _ZERO, _ZERO)
+        o[j] = select(_finite(sv), bits_float(r), _NAN)
+
+
+@njit(cache=True)
+def _promote_add(mode, s, o, ofast):
+    """Step 6 for a tile in the literal `mode`: o = round_o(o + s)."""
+    for j in range(TM * TN):
+        sv, ov = s[j], o[j]
+        r = round_lane(mode, _odd_add(ov, sv, mode == RDN), ofast, _ZERO, _ZERO)
+        o[j] = select(_finite(sv) & _finite(ov), bits_float(r), _NAN)
 
 
 _GEMMS: dict[tuple, Callable[..., None]] = {}
 
 
 def _gemm_kernel(mode: int, omode: int, floor: bool, product: bool, narrow1: bool,
-                 narrow2: bool, parts: int, round32: int) -> Callable[..., None]:
+                 narrow2: bool, parts: int, round32: int, aligned: bool, outer_add: bool
+                 ) -> Callable[..., None]:
     """The kernel of one (accumulator mode, outer mode, floor truncation, align product, float32
-    lanes in pass 1, in pass 2, int32 parts, rounding in the tile), made on first use."""
-    key = (mode, omode, floor, product, narrow1, narrow2, parts, round32)
+    lanes in pass 1, in pass 2, int32 parts, rounding in the tile, acc-aligned, an outer sum
+    o + s), made on first use."""
+    key = (mode, omode, floor, product, narrow1, narrow2, parts, round32, aligned, outer_add)
     if key not in _GEMMS:
         _GEMMS[key] = _make_gemm(*key)
     return _GEMMS[key]
@@ -514,7 +522,7 @@ NV_NARROW = 4  # 32 columns when pass 2 runs in float32 lanes (16 per vector)
 
 
 def _make_gemm(MODE: int, OMODE: int, FLOOR: bool, PRODUCT: bool, NARROW1: bool, NARROW2: bool,
-               PARTS: int, ROUND32: int):
+               PARTS: int, ROUND32: int, ALIGNED: bool, OUTER_ADD: bool):
     """out[p, i, j] = the multiterm reduction of a[p, i, :] . bt[p, :, j] (module doc) for the
     jobs job0 .. job1-1. Closure cells are plain ints and bools (and mt_tile's source hash), so
     Numba's on-disk cache finds the kernel again in a new process."""
@@ -532,9 +540,9 @@ def _make_gemm(MODE: int, OMODE: int, FLOOR: bool, PRODUCT: bool, NARROW1: bool,
         """Jobs job0 .. job1-1 (a job: TM rows by TN columns of outputs, row blocks fastest);
         NaN where an output ends non-finite. a, pa: (P, rows, K) flat; bt, pb: (P, K, cols)
         flat; dims: (P, rows, K, cols), rows and columns whole tiles. switches (int64):
-        acc-aligned, has C, C outer."""
+        has C, C outer."""
         _ = emitter  # referenced, so a closure cell: Numba's cache key includes it
-        aligned, has_c, c_outer = switches[0] != 0, switches[1] != 0, switches[2] != 0
+        has_c, c_outer = switches[0] != 0, switches[1] != 0
         n_rows, n_k, n_cols = dims[1], dims[2], dims[3]
         row_blocks = n_rows // TM
         per_batch = row_blocks * (n_cols // TN)
@@ -563,22 +571,35 @@ def _make_gemm(MODE: int, OMODE: int, FLOOR: bool, PRODUCT: bool, NARROW1: bool,
                             s[ii * TN + j] = cv[p, i0 + ii, j0 + j]
                 for g0 in range(c0, c1, group):
                     g1 = min(g0 + group, c1)
-                    round_here = aligned or not have_s  # s = round(G), not round(s + G)
+                    round_here = ALIGNED or not have_s  # s = round(G), not round(s + G)
                     # Steps 2-4: the group's exact sum G per output, in registers.
                     for jc in range(0, TN, SUB):
                         mt_tile.group_tile(TM, NVT, ABSOLUTE, FLOOR, RDN_MODE, PRODUCT, PARTS,
                                            ROUND32, pa, pb,
                                            a, bt, a_base + g0, n_k, b_base + g0 * n_cols + jc,
                                            n_cols, g1 - g0, s, g, jc, TN,
-                                           np.int64(aligned and have_s), width, acc_emin,
+                                           np.int64(ALIGNED and have_s), width, acc_emin,
                                            np.int64(SC_LO), np.int64(SC_HI),
                                            np.int64(round_here), np.int64(have_s))
-                    # Step 5: the group's rounding (done in the tile when ROUND32 >= 0).
-                    if ROUND32 < 0 or not round_here:
-                        _round_group(MODE, g, s, fast, have_s and not aligned, have_s)
+                    # Step 5: the group's rounding (done in the tile when ROUND32 >= 0). The
+                    # branches on closure constants are pruned: a kernel compiles only the
+                    # roundings its spec can reach.
+                    if ALIGNED:
+                        if ROUND32 < 0:
+                            _round_alone(MODE, g, s, fast, have_s)
+                    elif have_s:
+                        _round_add(MODE, g, s, fast)
+                    elif ROUND32 < 0:
+                        _round_alone(MODE, g, s, fast, False)
                     have_s = True
                 # Step 6: promotion into the outer accumulator.
-                _promote(OMODE, s, o, ofast, first_outer)
+                if OUTER_ADD:
+                    if first_outer:
+                        _promote_first(OMODE, s, o, ofast)
+                    else:
+                        _promote_add(OMODE, s, o, ofast)
+                else:
+                    _promote_first(OMODE, s, o, ofast)
                 first_outer = False
             for ii in range(TM):
                 for j in range(TN):
