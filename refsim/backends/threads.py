@@ -4,6 +4,10 @@ A parallel launch costs tens of microseconds on an idle machine and, measured on
 VM, about 16 ms (a 32x64 quantize: 20 us on one thread, 16 ms on two), because each worker waits
 for a time slice. Results never depend on the thread count (docs/rng.md), so this changes time
 only. Estimates are in nanoseconds of one-thread work.
+
+run_jobs runs a nogil kernel over ranges of jobs on Python threads, for kernels that are not
+compiled parallel (refsim.backends.cpu_multiterm: Numba's parfor lowering was most of its cold
+compile time).
 """
 
 from __future__ import annotations
