@@ -93,6 +93,11 @@ float32 lanes instead, twice the lanes per vector:
    aside from the x's sign bits (the sign of T = trunc(x)): their AND (IEEE: a sum is -0 only
    when every term is -0; terms all negative or -0 sum to 0 only when all are -0) from the
    start value's sign (-0.0, IEEE's identity, or T(s)), and their OR under rdn (step 4).
+5'. s = round(G) to a float32 accumulator (fp32, default overflow; rne, or rtz/rup/rdn where
+   AVX-512 embeds the rounding in the conversion) is one vcvtpd2ps of the exact float64 G in
+   the tile: IEEE's conversion is the correctly rounded value in that mode, subnormals and
+   signed zeros included, and its overflow (+-Inf, or +-max where the mode rounds toward zero
+   for that sign) is the contract's default; NaN marks as in step 5.
 The jobs (4 x 64 outputs each) run as one nogil kernel over a range of jobs, split into
 numba.get_num_threads() ranges on Python threads (refsim.backends.threads.run_jobs; a parallel
 kernel's parfor lowering was most of a cold first call's compile time); a job's arithmetic does
