@@ -1,8 +1,10 @@
-"""The multiterm (tensor-core) order on the CPU in float64 lanes, bit-identical to the exact core.
+"""The multiterm (tensor-core) order on the CPU in float64 or float32 lanes, bit-identical to the
+exact core.
 
 refsim.backends.cpu_gemm.plan asks `plan` here for AccumSpec(order="multiterm"); where it
 declines (module conditions below), refsim.accumulate runs kernels.accum_core.reduce_multiterm on
-every output. tests/refsim/test_multiterm_route.py holds this route to the exact core bit for bit.
+every output. tests/refsim/test_multiterm_route.py and test_multiterm_lanes.py hold this route to
+the exact core bit for bit.
 
 The model (kernels.accum_core, "multiterm"): chunks of `chunk` terms, each a run of groups of
 `group` products; a group's values (its products, and the running sum s under acc-aligned) are
@@ -61,6 +63,45 @@ normal):
    floor(log2|C|), raised to the accumulator's emin under product, and step 3 like s), or as the
    outer accumulator's start (c_entry outer: o = round_o(C + s_0)). C must be in range (any
    53-bit float64 there: the steps above ask nothing more of s).
+Steps 2-4 run in registers (refsim.kernels.mt_tile.group_tile, one group of a 4 x 16 or 4 x 32
+tile at a time); E is kept as the float M = 2^E: 2^floor(log2|x|) is x's exponent field alone,
+2^q = M * 2^(1 - width) and 2^-q has the pattern ((2046 + width - 1) << 52) - bits(M), all exact
+(powers of two in float64's normal range). Where `plan` proves it (_narrow), a pass runs in
+float32 lanes instead, twice the lanes per vector:
+2'. The maxima in float32: product: every 2^ea, 2^eb and 2^(ea + eb) lies between 2^-149 and
+   2^127 (the operand ranges' exponent bounds, raised to emin), so they and the products are
+   float32 values; normalized: every operand and |a b| is a float32 value (products_exact at
+   float32: significands total at most 24 bits, exponents in range), so max |a b| is exact.
+3'. The products and T in float32 (truncation toward zero only): with every a b a float32 value
+   (as 2'), x = (a b) * sc, sc = 2^-q clamped to [2^-126, 2^127]. When |x| >= 1 it is a normal
+   float32 with the bits of a b, exact, and fptosi/trunc give T; when |x| < 1 it rounds to a
+   magnitude below 1 (rounding is monotone and 1 is a float32: an inexact x is a subnormal),
+   so T = 0 with x's sign (IEEE keeps a product's sign through underflow), as truncate_units
+   gives. The clamps change nothing: e_lo, e_hi bound every nonzero product's alignment
+   exponent (from the operand ranges), and `plan` asks e_lo - width + 1 >= -127 and e_hi + 2
+   <= 126. q < -127 means E < e_lo, so every product of the group is a zero (T a zero of its
+   sign for any finite sc); q > 126 means every |a b| < 2^(e_hi + 2) <= 2^126 < 2^q (the true
+   T a signed zero), and with sc = 2^-126, |x| < 1 (a signed zero too). T(s) stays in
+   float64 (C has 53 bits).
+4'. The sum: parts 0, in float32 from T(s) (an integer below 2^(width + 1), a float32 value):
+   every partial sum is an integer below (group + 1) * 2^(width + 1) <= 2^24 (`plan` asks
+   bitlen(group + 1) + width + 1 <= 24), IEEE's zero signs as in step 4. parts 1: T = fptosi(x)
+   (toward zero) summed in int32: partial sums below 2^(bitlen(group + 1) + width + 1) <=
+   2^31; parts 2: the group's first nk//2 terms (with T(s)) and the rest summed apart in
+   int32, each at most (group + 1)//2 + 1 values (bitlen of that + width + 1 <= 31), then
+   added in float64 (exact: below 2^32). Integers have no -0, so the zero's sign is kept
+   aside from the x's sign bits (the sign of T = trunc(x)): their AND (IEEE: a sum is -0 only
+   when every term is -0; terms all negative or -0 sum to 0 only when all are -0) from the
+   start value's sign (-0.0, IEEE's identity, or T(s)), and their OR under rdn (step 4).
+5'. s = round(G) to a float32 accumulator (fp32, default overflow; rne, or rtz/rup/rdn where
+   AVX-512 embeds the rounding in the conversion) is one vcvtpd2ps of the exact float64 G in
+   the tile: IEEE's conversion is the correctly rounded value in that mode, subnormals and
+   signed zeros included, and its overflow (+-Inf, or +-max where the mode rounds toward zero
+   for that sign) is the contract's default; NaN marks as in step 5.
+The jobs (4 x 64 outputs each) run as one nogil kernel over a range of jobs, split into
+numba.get_num_threads() ranges on Python threads (refsim.backends.threads.run_jobs; a parallel
+kernel's parfor lowering was most of a cold first call's compile time); a job's arithmetic does
+not depend on the split, so the bits do not depend on the thread count.
 Rare lanes: a non-finite s or o (an overflow to Inf of a rounding) makes every later value of
 that output NaN, and `run` returns NaN for every output that ends non-finite: refsim.accumulate
 redoes exactly those outputs with the exact core (with their C). Operands must be finite.
@@ -84,18 +125,21 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange
+from numba import njit
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from refsim.backends.operands import OperandRange, products_exact
-from refsim.backends.threads import threads_for
+from refsim.backends.threads import run_jobs, threads_for
 from refsim.formats import FloatFormat, Format
 from refsim.formats.policy import OVERFLOWS, ROUNDINGS
-from refsim.kernels.core import RDN
+from refsim.kernels import mt_tile
+from refsim.kernels.core import RDN, RNE, RTZ, RUP
 from refsim.kernels.lane import bits_float, fast_constants, float_bits, round_lane, select
+from refsim.kernels.tile import AVX512
 from refsim.params import CARRIERS, format_params
 from refsim.specs import AccumSpec
 
@@ -121,6 +165,7 @@ KNOWN_FIELDS = frozenset(("fmt", "rounding", "order", "chunk", "outer", "product
                            "overflow", "group", "width", "variant", "align", "truncation",
                            "operands", "subnormals", "c_entry"))
 _F64 = np.dtype(np.float64)
+F32_TINY, F32_EMAX = -149, 127  # float32: exponents of the smallest subnormal, of the largest bit
 
 
 @dataclass(frozen=True)
@@ -138,6 +183,10 @@ class MultitermPlan:
     c_outer: bool
     fast: tuple
     ofast: tuple
+    narrow1: bool = False  # pass 1 (the maxima) in float32 lanes (step 2')
+    narrow2: bool = False  # pass 2 (the truncated sums) in float32 lanes (step 3')
+    parts: int = 0  # under narrow2: the sums in float32 (0) or in 1 or 2 int32 parts (step 4')
+    round32: int = -1  # the accumulator's rounding in the tile (fp32; step 5'), else -1
     route = "multiterm-lanes"  # as cpu_tile.TilePlan.route: which fast path ran
 
 
@@ -204,10 +253,59 @@ def plan(acc: AccumSpec, ra: OperandRange, rb: OperandRange, c: np.ndarray | Non
     product_align = acc.align == "product"
     key = (ROUNDINGS.index(acc.rounding), ROUNDINGS.index(outer.rounding),
            int(acc.variant == "acc-aligned"), int(acc.truncation == "floor"), int(product_align))
+    narrow1, narrow2, parts = _narrow(acc, ra, rb, emin)
     return MultitermPlan(key, acc.group, acc.width, acc.chunk or 0, acc.fmt.emin,
                          None if operands is None else operands.emin,
                          acc.subnormals == "flush", acc.c_entry == "outer", _constants(acc),
-                         _constants(outer))
+                         _constants(outer), narrow1, narrow2, parts, _round32(acc))
+
+
+def _round32(acc: AccumSpec) -> int:
+    """Step 5': the mode in which the tile rounds G to a float32 accumulator itself (one
+    conversion), or -1."""
+    fmt = acc.fmt
+    if not (isinstance(fmt, FloatFormat) and fmt == FloatFormat(8, 23)
+            and acc.overflow == "default"):
+        return -1
+    mode = ROUNDINGS.index(acc.rounding)
+    if mode == RNE or (AVX512 and mode in (RTZ, RUP, RDN)):
+        return mode
+    return -1
+
+
+def _f32_exact(r: OperandRange) -> bool:
+    """Is every value of the range a float32 (normal or subnormal)?"""
+    return r.bits == 0 or (r.bits <= 24 and r.low >= F32_TINY and r.high <= F32_EMAX)
+
+
+def _narrow(acc: AccumSpec, ra: OperandRange, rb: OperandRange, emin: int
+            ) -> tuple[bool, bool, int]:
+    """Which passes run in float32 lanes, and how pass 2 sums (0: in float32; 1, 2: in that
+    many int32 parts): the conditions of steps 2' and 3' (module doc)."""
+    assert acc.group is not None and acc.width is not None
+    group, width = acc.group, acc.width
+    if not (_f32_exact(ra) and _f32_exact(rb)):
+        return False, False, 0
+    if ra.bits == 0 or rb.bits == 0:  # every product a zero
+        return True, (group + 1).bit_length() + width + 1 <= 24, 0
+    exact = products_exact(ra, rb, np.dtype(np.float32))
+    if acc.align == "product":
+        lo_a, lo_b = max(ra.low, emin), max(rb.low, emin)  # the operand exponents' bounds
+        hi_a, hi_b = max(ra.high, emin), max(rb.high, emin)
+        narrow1 = (min(lo_a, lo_b, lo_a + lo_b) >= F32_TINY
+                   and max(hi_a, hi_b, hi_a + hi_b) <= F32_EMAX)
+        e_lo, e_hi = lo_a + lo_b, hi_a + hi_b
+    else:
+        narrow1 = exact
+        e_lo, e_hi = ra.low + rb.low, ra.high + rb.high + 1
+    if not (exact and acc.truncation == "toward-zero" and e_lo - width + 1 >= -127
+            and e_hi + 2 <= 126):
+        return narrow1, False, 0
+    for parts, terms, bits in ((0, group + 1, 24), (1, group + 1, 31),
+                               (2, (group + 1) // 2 + 1, 31)):
+        if terms.bit_length() + width + 1 <= bits:
+            return narrow1, True, parts
+    return narrow1, False, 0
 
 
 # ---- running -------------------------------------------------------------------------------------
@@ -215,7 +313,8 @@ def run(p: MultitermPlan, a3: np.ndarray, b3: np.ndarray, c: np.ndarray | None =
         ) -> np.ndarray:
     """The raw results (P, M, N) as float64 for a (P, M, K) and b (P, N, K), with initial values
     c (flat float64 bits, one per output) or None: NaN where the exact core must redo the
-    output."""
+    output. Jobs run on numba.get_num_threads() threads (one below threads_for's size); the
+    results do not depend on the count."""
     n_batch, n_rows, n_k = a3.shape
     n_cols = b3.shape[1]
     swap, rows, cols = tiling(n_rows, n_cols)
@@ -233,22 +332,38 @@ def run(p: MultitermPlan, a3: np.ndarray, b3: np.ndarray, c: np.ndarray | None =
         tiny = 2.0 ** p.operand_emin
         a = np.where(np.abs(a) < tiny, np.copysign(0.0, a), a)
         bt = np.where(np.abs(bt) < tiny, np.copysign(0.0, bt), bt)
-    if p.key[4]:  # align product: 2^max(floor(log2|x|), emin), 0 for a zero operand
+    product_align = bool(p.key[4])
+    if product_align:  # 2^max(floor(log2|x|), emin), 0 for a zero operand
         pa, pb = _exponent_powers(a, p.operand_emin), _exponent_powers(bt, p.operand_emin)
-    else:  # the kernel takes |pa * pb|: the operands themselves, no copies
-        pa, pb = a, bt
+        if p.narrow1:
+            pa, pb = pa.astype(np.float32), pb.astype(np.float32)
+    if p.narrow2:  # exact (plan: _f32_exact)
+        a, bt = a.astype(np.float32), bt.astype(np.float32)
+    if not product_align:  # the kernel takes |pa * pb|: the operands themselves when it can
+        lane = np.float32 if p.narrow1 else np.float64
+        pa = a if a.dtype == lane else a.astype(lane)
+        pb = bt if bt.dtype == lane else bt.astype(lane)
     has_c = c is not None
     cv = np.zeros((n_batch, rows, cols) if has_c else (1, 1, 1))
     if c is not None:
         cv[:, :n_rows, :n_cols] = c.view(np.float64).reshape(n_batch, n_rows, n_cols)
     out = np.empty((n_batch, rows, cols))
     chunk = p.chunk if p.chunk > 0 else n_k
-    mode, omode, aligned, floor, product_align = p.key
-    switches = tuple(np.int64(v) for v in (aligned, product_align, has_c, p.c_outer))
-    kernel = _gemm_kernel(mode, omode, bool(floor))
-    with threads_for(float(n_batch) * rows * cols * n_k * NS_PER_MT_MAC):
-        kernel(a, pa, bt, pb, cv, out, switches, np.int64(p.group), np.int64(p.width),
+    mode, omode, _, floor, _ = p.key
+    switches = np.array([has_c, p.c_outer], np.int64)
+    dims = np.array([n_batch, rows, n_k, cols], np.int64)
+    outer_add = (has_c and p.c_outer) or chunk < n_k  # o = round_o(o + s) happens
+    kernel = _gemm_kernel(mode, omode, bool(floor), product_align, p.narrow1, p.narrow2,
+                          p.parts, p.round32, bool(p.key[2]), outer_add)
+    n_jobs = n_batch * (rows // TM) * (cols // TN)
+
+    def jobs(j0: int, j1: int) -> None:
+        kernel(np.int64(j0), np.int64(j1), dims, a.reshape(-1), pa.reshape(-1), bt.reshape(-1),
+               pb.reshape(-1), cv, out, switches, np.int64(p.group), np.int64(p.width),
                np.int64(chunk), np.int64(p.acc_emin), p.fast, p.ofast)
+
+    with threads_for(float(n_batch) * rows * cols * n_k * NS_PER_MT_MAC):
+        run_jobs(jobs, n_jobs, numba.get_num_threads())
     return np.ascontiguousarray(out[:, :n_rows, :n_cols])  # the caller writes into it flat
 
 
@@ -314,10 +429,8 @@ _ABS = np.uint64((1 << 63) - 1)
 _ONE = np.uint64(1)
 _ZERO = np.uint64(0)
 _ALL = np.uint64((1 << 64) - 1)
-_EXP_MASK = np.uint64(0x7FF)
 _INF = np.uint64(0x7FF << 52)
 _NAN = np.float64(np.nan)
-_E_LOW = -RANGE_BITS  # E's clamp (step 2)
 
 
 @njit(cache=True, inline="always")
@@ -344,136 +457,115 @@ def _finite(x):
     return np.uint64(float_bits(x) & _ABS) < _INF
 
 
-@njit(cache=True, inline="always")
-def _signed_zero(g, negs, rdn):
-    """G, a zero signed as step 4 says under rdn (negs: the OR of the T's patterns)."""
-    if not rdn:
-        return g
-    gb = float_bits(g)
-    return bits_float(select(np.uint64(gb & _ABS) == _ZERO, np.uint64(negs & _SIGN), gb))
-
-
-@njit(cache=True, inline="always")
-def _exponent(v):
-    """floor(log2 v) of a positive float64 normal v (-1023 for +0)."""
-    return np.int64(np.uint64(float_bits(v) >> np.uint64(52)) & _EXP_MASK) - 1023
-
-
-@njit(cache=True, inline="always")
-def _pow2(e):
-    """2^e as a float64 for a normal exponent e."""
-    return bits_float(np.uint64(np.uint64(e + 1023) << np.uint64(52)))
-
-
-# One kernel per (mode, outer mode, floor), compiled on its first use (_gemm_kernel): a call
-# compiles the roundings it uses and nothing else (a merged kernel with every mode as a run-time
-# switch compiled 12 round_lane arms and 6 group roundings into one function, 20 s of a cold
-# first matmul). The other switches of the key (acc-aligned, align product, C and its entry)
-# stay run-time: they cost little code. What must be a constant is a literal argument of a small
-# helper: round_lane's mode (it picks the rounding at compile time), and floor and rdn in the
-# product loop.
+# One kernel per key (_gemm_kernel: modes, truncation, alignment, variant, lanes, whether an outer
+# sum o + s happens), compiled on its first use: a call compiles the roundings and lane types it
+# reaches and nothing else (a merged kernel with every mode as a run-time switch compiled 12
+# round_lane arms and 6 group roundings into one function, 20 s of a cold first matmul). C and
+# its entry stay run-time switches: they cost little code. What must be a constant is a literal
+# argument of a small helper: round_lane's mode (it picks the rounding at compile time), and the
+# register tile's shapes and flags (refsim.kernels.mt_tile). The kernel is not parallel: Numba's
+# parfor lowering of it cost about 10 s of a cold first call; `run` splits the jobs over threads
+# of its own instead (the kernel releases the GIL).
 
 
 @njit(cache=True)
-def _add_products(total, scale, negs, a, bt, p, i0, j0, g0, g1, floor, rdn):
-    """Steps 3 and 4 for a tile's group g0:g1: each product scaled, truncated (floor or toward
-    zero) and added to total; under rdn the patterns ORed into negs. floor and rdn are
-    literals."""
-    for ii in range(TM):
-        trow, srow, nrow = total[ii], scale[ii], negs[ii]
-        for k in range(g0, g1):
-            av = a[p, i0 + ii, k]
-            brow = bt[p, k, j0:j0 + TN]
-            for j in range(TN):
-                v = av * brow[j] * srow[j]
-                tv = floor_f64(v) if floor else trunc_f64(v)
-                trow[j] += tv
-                if rdn:
-                    nrow[j] |= float_bits(tv)
+def _round_alone(mode, g, s, fast, have_s):
+    """Step 5 for a tile in the literal `mode`: s = round(G); a non-finite s (when have_s)
+    stays NaN (module doc). g, s: flat tiles."""
+    for j in range(TM * TN):
+        gv = g[j]
+        r = round_lane(mode, float_bits(gv), fast, _ZERO, _ZERO)
+        ok = _finite(gv) & (_finite(s[j]) | (not have_s))
+        s[j] = select(ok, bits_float(r), _NAN)
 
 
 @njit(cache=True)
-def _round_group(mode, total, mx, negs, s, fast, add_s, have_s):
-    """Step 5 for a tile in the literal `mode`: s = round(s + G) when add_s, else round(G); a
-    non-finite s stays NaN (module doc)."""
+def _round_add(mode, g, s, fast):
+    """Step 5 (acc-excluded) for a tile in the literal `mode`: s = round(s + G)."""
     rdn = mode == RDN
-    if add_s:
-        for ii in range(TM):
-            for j in range(TN):
-                g = _signed_zero(total[ii, j] * mx[ii, j], negs[ii, j], rdn)
-                sv = s[ii, j]
-                r = round_lane(mode, _odd_add(sv, g, rdn), fast, _ZERO, _ZERO)
-                s[ii, j] = select(_finite(sv) & _finite(g), bits_float(r), _NAN)
-    else:
-        for ii in range(TM):
-            for j in range(TN):
-                g = _signed_zero(total[ii, j] * mx[ii, j], negs[ii, j], rdn)
-                r = round_lane(mode, float_bits(g), fast, _ZERO, _ZERO)
-                ok = _finite(g) & (_finite(s[ii, j]) | (not have_s))
-                s[ii, j] = select(ok, bits_float(r), _NAN)
+    for j in range(TM * TN):
+        gv, sv = g[j], s[j]
+        r = round_lane(mode, _odd_add(sv, gv, rdn), fast, _ZERO, _ZERO)
+        s[j] = select(_finite(sv) & _finite(gv), bits_float(r), _NAN)
 
 
 @njit(cache=True)
-def _promote(mode, s, o, ofast, first):
-    """Step 6 for a tile in the literal `mode`: o = round_o(s) when first, else
-    round_o(o + s)."""
-    if first:
-        for ii in range(TM):
-            for j in range(TN):
-                sv = s[ii, j]
-                r = round_lane(mode, float_bits(sv), ofast, _ZERO, _ZERO)
-                o[ii, j] = select(_finite(sv), bits_float(r), _NAN)
-    else:
-        for ii in range(TM):
-            for j in range(TN):
-                sv, ov = s[ii, j], o[ii, j]
-                r = round_lane(mode, _odd_add(ov, sv, mode == RDN), ofast, _ZERO, _ZERO)
-                o[ii, j] = select(_finite(sv) & _finite(ov), bits_float(r), _NAN)
+def _promote_first(mode, s, o, ofast):
+    """Step 6 for a tile in the literal `mode`: o = round_o(s). s, o: flat tiles."""
+    for j in range(TM * TN):
+        sv = s[j]
+        r = round_lane(mode, float_bits(sv), ofast, _ZERO, _ZERO)
+        o[j] = select(_finite(sv), bits_float(r), _NAN)
 
 
-_GEMMS: dict[tuple[int, int, bool], Callable[..., None]] = {}
+@njit(cache=True)
+def _promote_add(mode, s, o, ofast):
+    """Step 6 for a tile in the literal `mode`: o = round_o(o + s)."""
+    for j in range(TM * TN):
+        sv, ov = s[j], o[j]
+        r = round_lane(mode, _odd_add(ov, sv, mode == RDN), ofast, _ZERO, _ZERO)
+        o[j] = select(_finite(sv) & _finite(ov), bits_float(r), _NAN)
 
 
-def _gemm_kernel(mode: int, omode: int, floor: bool) -> Callable[..., None]:
-    """The kernel of one (accumulator mode, outer mode, floor truncation), made on first use."""
-    key = (mode, omode, floor)
+_GEMMS: dict[tuple, Callable[..., None]] = {}
+
+
+def _gemm_kernel(mode: int, omode: int, floor: bool, product: bool, narrow1: bool,
+                 narrow2: bool, parts: int, round32: int, aligned: bool, outer_add: bool
+                 ) -> Callable[..., None]:
+    """The kernel of one (accumulator mode, outer mode, floor truncation, align product, float32
+    lanes in pass 1, in pass 2, int32 parts, rounding in the tile, acc-aligned, an outer sum
+    o + s), made on first use."""
+    key = (mode, omode, floor, product, narrow1, narrow2, parts, round32, aligned, outer_add)
     if key not in _GEMMS:
-        _GEMMS[key] = _make_gemm(mode, omode, floor)
+        _GEMMS[key] = _make_gemm(*key)
     return _GEMMS[key]
 
 
-def _make_gemm(MODE: int, OMODE: int, FLOOR: bool):  # upper case: closure constants
-    """out[p, i, j] = the multiterm reduction of a[p, i, :] . bt[p, :, j] (module doc) in one
-    (mode, outer mode, floor). Closure cells are plain ints and bools, so Numba's on-disk cache
-    finds the kernel again in a new process."""
-    RDN_MODE = MODE == RDN  # a plain bool: Numba prunes the branches on it
+NV = 2  # float64 vectors per tile row in a call of mt_tile.group_tile (16 columns)
+NV_NARROW = 4  # 32 columns when pass 2 runs in float32 lanes (16 per vector)
 
-    @njit(parallel=True, cache=True)
-    def gemm(a, pa, bt, pb, cv, out, switches, group, width, chunk, acc_emin, fast, ofast):
-        """NaN where an output ends non-finite; rows and columns whole tiles. switches (int64):
-        acc-aligned, align product, has C, C outer."""
-        aligned, product_align = switches[0] != 0, switches[1] != 0
-        has_c, c_outer = switches[2] != 0, switches[3] != 0
-        n_batch, n_rows, n_k = a.shape
-        n_cols = bt.shape[2]
+
+def _make_gemm(MODE: int, OMODE: int, FLOOR: bool, PRODUCT: bool, NARROW1: bool, NARROW2: bool,
+               PARTS: int, ROUND32: int, ALIGNED: bool, OUTER_ADD: bool):
+    """out[p, i, j] = the multiterm reduction of a[p, i, :] . bt[p, :, j] (module doc) for the
+    jobs job0 .. job1-1. Closure cells are plain ints and bools (and mt_tile's source hash), so
+    Numba's on-disk cache finds the kernel again in a new process."""
+    RDN_MODE = MODE == RDN  # a plain bool: Numba prunes the branches on it
+    ABSOLUTE = not PRODUCT  # normalized: the maxima of |a b| (pass 1 reads a and b themselves)
+    NVT = NV_NARROW if NARROW2 and PARTS == 0 else NV
+    SUB = 8 * NVT  # columns of one group_tile call
+    # 2^-q in pass 2: clamped to float32's normals in float32 lanes (step 3': exact)
+    SC_LO, SC_HI = (-126, 127) if NARROW2 else (-1022, 1023)
+    emitter = mt_tile.SOURCE_HASH
+
+    @njit(nogil=True, cache=True)
+    def gemm(job0, job1, dims, a, pa, bt, pb, cv, out, switches, group, width, chunk, acc_emin,
+             fast, ofast):
+        """Jobs job0 .. job1-1 (a job: TM rows by TN columns of outputs, row blocks fastest);
+        NaN where an output ends non-finite. a, pa: (P, rows, K) flat; bt, pb: (P, K, cols)
+        flat; dims: (P, rows, K, cols), rows and columns whole tiles. switches (int64):
+        has C, C outer."""
+        _ = emitter  # referenced, so a closure cell: Numba's cache key includes it
+        has_c, c_outer = switches[0] != 0, switches[1] != 0
+        n_rows, n_k, n_cols = dims[1], dims[2], dims[3]
         row_blocks = n_rows // TM
         per_batch = row_blocks * (n_cols // TN)
-        for job in prange(n_batch * per_batch):  # row blocks fastest: they share a B panel
+        g = np.empty(TM * TN)
+        s = np.empty(TM * TN)
+        o = np.empty(TM * TN)
+        for job in range(job0, job1):  # row blocks fastest: they share a B panel
             p = job // per_batch
             rest = job - p * per_batch
             jb = rest // row_blocks
             i0 = (rest - jb * row_blocks) * TM
             j0 = jb * TN
-            mx = np.empty((TM, TN))
-            total = np.empty((TM, TN))
-            scale = np.empty((TM, TN))
-            s = np.empty((TM, TN))
-            o = np.empty((TM, TN))
-            negs = np.zeros((TM, TN), np.uint64)
+            a_base = (p * n_rows + i0) * n_k
+            b_base = p * n_k * n_cols + j0
             if has_c and c_outer:
                 for ii in range(TM):
                     for j in range(TN):
-                        o[ii, j] = cv[p, i0 + ii, j0 + j]
+                        o[ii * TN + j] = cv[p, i0 + ii, j0 + j]
             first_outer = not (has_c and c_outer)
             for c0 in range(0, n_k, chunk):
                 c1 = min(c0 + chunk, n_k)
@@ -481,55 +573,42 @@ def _make_gemm(MODE: int, OMODE: int, FLOOR: bool):  # upper case: closure const
                 if have_s:
                     for ii in range(TM):
                         for j in range(TN):
-                            s[ii, j] = cv[p, i0 + ii, j0 + j]
+                            s[ii * TN + j] = cv[p, i0 + ii, j0 + j]
                 for g0 in range(c0, c1, group):
                     g1 = min(g0 + group, c1)
-                    with_s = aligned and have_s
-                    # Step 2: the largest alignment exponent, as a float max.
-                    for ii in range(TM):
-                        mrow = mx[ii]
-                        for j in range(TN):
-                            mrow[j] = 0.0
-                        for k in range(g0, g1):
-                            pav = pa[p, i0 + ii, k]
-                            prow = pb[p, k, j0:j0 + TN]
-                            for j in range(TN):
-                                mrow[j] = max(mrow[j], abs(pav * prow[j]))
-                    for ii in range(TM):
-                        for j in range(TN):
-                            e = _exponent(mx[ii, j])
-                            if with_s:
-                                sv = s[ii, j]
-                                es = _exponent(abs(sv))
-                                if product_align:
-                                    es = max(es, acc_emin)
-                                e = select(sv != 0.0, max(e, min(es, 2 * RANGE_BITS)), e)
-                            q = max(e, _E_LOW) - width + 1
-                            sc = _pow2(min(-q, 1023))
-                            scale[ii, j] = sc
-                            mx[ii, j] = _pow2(max(q, -1022))  # 2^q, kept for step 5
-                            if with_s:
-                                v = s[ii, j] * sc
-                                start = floor_f64(v) if FLOOR else trunc_f64(v)
-                                total[ii, j] = start
-                                if RDN_MODE:  # T(s)'s sign: s is a value of the group
-                                    negs[ii, j] = np.uint64(float_bits(start) & _SIGN)
-                            else:
-                                total[ii, j] = -0.0  # the identity of IEEE addition
-                                if RDN_MODE:
-                                    negs[ii, j] = _ZERO
-                    # Steps 3 and 4: the truncated products, summed.
-                    _add_products(total, scale, negs, a, bt, p, i0, j0, g0, g1, FLOOR,
-                                  RDN_MODE)
-                    # Step 5: the group's rounding.
-                    _round_group(MODE, total, mx, negs, s, fast, have_s and not aligned, have_s)
+                    round_here = ALIGNED or not have_s  # s = round(G), not round(s + G)
+                    # Steps 2-4: the group's exact sum G per output, in registers.
+                    for jc in range(0, TN, SUB):
+                        mt_tile.group_tile(TM, NVT, ABSOLUTE, FLOOR, RDN_MODE, PRODUCT, PARTS,
+                                           ROUND32, pa, pb,
+                                           a, bt, a_base + g0, n_k, b_base + g0 * n_cols + jc,
+                                           n_cols, g1 - g0, s, g, jc, TN,
+                                           np.int64(ALIGNED and have_s), width, acc_emin,
+                                           np.int64(SC_LO), np.int64(SC_HI),
+                                           np.int64(round_here), np.int64(have_s))
+                    # Step 5: the group's rounding (done in the tile when ROUND32 >= 0). The
+                    # branches on closure constants are pruned: a kernel compiles only the
+                    # roundings its spec can reach.
+                    if ALIGNED:
+                        if ROUND32 < 0:
+                            _round_alone(MODE, g, s, fast, have_s)
+                    elif have_s:
+                        _round_add(MODE, g, s, fast)
+                    elif ROUND32 < 0:
+                        _round_alone(MODE, g, s, fast, False)
                     have_s = True
                 # Step 6: promotion into the outer accumulator.
-                _promote(OMODE, s, o, ofast, first_outer)
+                if OUTER_ADD:
+                    if first_outer:
+                        _promote_first(OMODE, s, o, ofast)
+                    else:
+                        _promote_add(OMODE, s, o, ofast)
+                else:
+                    _promote_first(OMODE, s, o, ofast)
                 first_outer = False
             for ii in range(TM):
                 for j in range(TN):
-                    v = o[ii, j]
+                    v = o[ii * TN + j]
                     out[p, i0 + ii, j0 + j] = select(_finite(v), v, _NAN)
 
     return gemm

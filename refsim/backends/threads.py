@@ -4,12 +4,17 @@ A parallel launch costs tens of microseconds on an idle machine and, measured on
 VM, about 16 ms (a 32x64 quantize: 20 us on one thread, 16 ms on two), because each worker waits
 for a time slice. Results never depend on the thread count (docs/rng.md), so this changes time
 only. Estimates are in nanoseconds of one-thread work.
+
+run_jobs runs a nogil kernel over ranges of jobs on Python threads, for kernels that are not
+compiled parallel (refsim.backends.cpu_multiterm: Numba's parfor lowering was most of its cold
+compile time).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numba
 
@@ -33,3 +38,28 @@ def threads_for(work_ns: float) -> Iterator[None]:
         yield
     finally:
         numba.set_num_threads(previous)
+
+
+_POOLS: dict[int, concurrent.futures.ThreadPoolExecutor] = {}  # by worker count
+
+
+def run_jobs(work: Callable[[int, int], None], n_jobs: int, n_threads: int) -> None:
+    """work(j0, j1) over jobs 0 .. n_jobs-1, split into n_threads contiguous ranges run at once:
+    one on the calling thread, the others on a shared pool. For kernels compiled nogil and not
+    parallel (Numba's parfor lowering is most of a cold kernel's compile time): the split never
+    changes results, only time. An exception of any range is raised here."""
+    n_threads = max(1, min(n_threads, n_jobs))
+    if n_threads == 1:
+        work(0, n_jobs)
+        return
+    bounds = [n_jobs * t // n_threads for t in range(n_threads + 1)]
+    pool = _POOLS.get(n_threads - 1)
+    if pool is None:
+        pool = _POOLS[n_threads - 1] = concurrent.futures.ThreadPoolExecutor(
+            n_threads - 1, thread_name_prefix="refsim")
+    futures = [pool.submit(work, bounds[t], bounds[t + 1]) for t in range(1, n_threads)]
+    try:
+        work(bounds[0], bounds[1])
+    finally:
+        for f in futures:
+            f.result()
