@@ -48,6 +48,8 @@ from refsim.studies.dose import (
     damage,
     dose_name,
     need_operand_doses,
+    operand_format,
+    operand_scaling,
     seed_noise,
 )
 from refsim.studies.params import need
@@ -193,7 +195,9 @@ def grid(p: dict[str, Any]) -> list[dict[str, Any]]:
             for first, members in groups.items():
                 runs.append({"arch": arch, "policy": first, "policies": members,
                              "bits": pl[first], "train": fields,
-                             "plan": bits_plan(pl[first], p)})
+                             "plan": bits_plan({layer: operand_format(m, p)
+                                               for layer, m in pl[first].items()},
+                                              p["rounding"], operand_scaling(p))})
     return runs
 
 

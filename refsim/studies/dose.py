@@ -38,7 +38,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["LEVERS", "OPERAND_FAMILIES", "damage", "dose_name", "dose_spec", "monotone",
-           "need_operand_doses", "operand_format", "seed_noise", "threshold_bits"]
+           "need_operand_doses", "operand_format", "operand_scaling", "seed_noise",
+           "threshold_bits"]
 
 LEVERS = ("operands", "accumulator")
 OPERAND_FAMILIES = {"int": (2, 16), "float": (0, 22)}
@@ -48,6 +49,11 @@ OPERAND_FAMILIES = {"int": (2, 16), "float": (0, 22)}
 def operand_format(m: int, p: dict[str, Any]) -> str:
     """The operand format of dose m under p's operand_family (module docstring)."""
     return f"int{m}" if p["operand_family"] == "int" else f"e{p['exp_bits']}m{m}"
+
+
+def operand_scaling(p: dict[str, Any]) -> str:
+    """The operands' scaling under p's operand_family: "tensor" for int, "none" for float."""
+    return "tensor" if p["operand_family"] == "int" else "none"
 
 
 def dose_name(m: int, p: dict[str, Any], lever: str = "operands") -> str:
@@ -80,8 +86,7 @@ def dose_spec(lever: str, m: int, p: dict[str, Any]) -> dict[str, Any]:
     from refsim.studies.training import accumulator_spec, operand_spec
 
     if lever == "operands":
-        return operand_spec(operand_format(m, p), p["rounding"],
-                            scaling="tensor" if p["operand_family"] == "int" else "none")
+        return operand_spec(operand_format(m, p), p["rounding"], scaling=operand_scaling(p))
     if lever == "accumulator":
         return accumulator_spec(f"e{p['acc_exp_bits']}m{m}", "sequential")
     raise ValueError(f"lever must be one of {', '.join(LEVERS)}; got {lever!r}")

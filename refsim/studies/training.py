@@ -17,8 +17,8 @@ Usage rules:
     `numpy` preset) are computed the same way under every executor.
   - `low_plan(units, spec, rest)` is the plan `rest` (a preset name: "fp32" simulates every
     other product, "numpy" leaves them to np.matmul in float32) with the GEMMs listed in
-    `units` ((layer, role) pairs) replaced by the GemmSpec dict `spec`; `bits_plan(bits, p)`
-    gives every role of each listed layer operands of its own width (refsim.studies.dose).
+    `units` ((layer, role) pairs) replaced by the GemmSpec dict `spec`; `bits_plan(formats, ...)`
+    gives every role of each listed layer operands in its own format.
   - `profile_of(train)` is refsim.factors.profile of the model a TrainConfig builds, on one
     training batch.
   - TRAINING: the training parameters shared by the sensitivity and allocate studies;
@@ -146,17 +146,15 @@ def low_plan(units: list[tuple[str, str]], spec: dict[str, Any], rest: str = "fp
     return {"preset": rest, "layers": layers}
 
 
-def bits_plan(bits: dict[str, int], p: dict[str, Any], acc: str = "fp32") -> dict[str, Any]:
-    """Every role of each listed layer with operands of its own width (refsim.studies.dose:
-    p's operand_family, exp_bits and rounding), every other product simulated in fp32."""
+def bits_plan(formats: dict[str, str], rounding: str = "rne", scaling: str = "none",
+              acc: str = "fp32") -> dict[str, Any]:
+    """Every role of each listed layer with operands in its own format ({layer: format name};
+    refsim.studies.dose names them), every other product simulated in fp32."""
     from refsim.nn.numerics import ROLES
-    from refsim.studies.dose import operand_format
 
-    scaling = "tensor" if p["operand_family"] == "int" else "none"
     return {"preset": "fp32",
-            "layers": {layer: {role: operand_spec(operand_format(m, p), p["rounding"], acc,
-                                                  scaling)
-                               for role in ROLES} for layer, m in bits.items()}}
+            "layers": {layer: {role: operand_spec(fmt, rounding, acc, scaling) for role in ROLES}
+                       for layer, fmt in formats.items()}}
 
 
 def _curves(path: Path) -> dict[str, Any]:
