@@ -203,13 +203,13 @@ def _numpy_blocks(seed, c0, c1, c2, c3, count):
 @pytest.mark.parametrize("fill", [rng.fill_blocks, rng.fill_blocks_x8, rng.fill_blocks_fast])
 @pytest.mark.parametrize("dtype", [np.uint64, np.uint32])
 def test_fill_blocks_match_numpy(fill, dtype):
-    """Every count around the 8-block vector width, odd start offsets, all four counter words
-    set, uint32 outputs holding each word's two halves (low first: the stream's 32-bit words);
-    nothing outside the range written."""
+    """Every count around the 8- and 16-block vector widths (24, 25: sixteen, eight, one), odd
+    start offsets, all four counter words set, uint32 outputs holding each word's two halves
+    (low first: the stream's 32-bit words); nothing outside the range written."""
     seed = 0xFEEDFACECAFEBEEF
     keys = rng.round_keys(np.uint64(seed), np.uint64(0))
     per = 4 * (8 // np.dtype(dtype).itemsize)  # values per block
-    for count in [*range(20), 33]:
+    for count in [*range(20), 24, 25, 33]:
         for start, c0 in ((0, 1), (3, 5 + count), (5, (1 << 63) + 7)):
             out = np.zeros(per * count + 9, dtype)
             fill(out, start, np.uint64(c0), count, 11, 1 << 40, 7, keys)
