@@ -60,7 +60,10 @@ from refsim.kernels import core
 from refsim.kernels.lane import CARRIER_OF, F_ENABLED, round_lane, select, undecided
 from refsim.kernels.rng import block_word, fill_blocks_fast, round_keys, stream_block
 
-CHUNK = 4096  # elements per parallel work item (a multiple of 8: whole Philox blocks)
+# Elements per parallel work item: a multiple of 128 (sixteen Philox blocks per generator call).
+# SR's per-chunk word buffer (8 KiB for float32) then stays in L1 beside the streamed data:
+# 1.33 against 1.41 ns per element with 4096 (one thread; deterministic modes unchanged).
+CHUNK = 2048
 
 @njit(cache=True)
 def _fill_random(rand, seed, base, stop):

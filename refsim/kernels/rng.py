@@ -88,6 +88,7 @@ __all__ = [
     "philox_x8",
     "philox_x8_wrap",
     "philox_x16",
+    "philox_x16_wrap",
     "random_words",
     "raw_words",
     "round_keys",
@@ -483,6 +484,22 @@ def philox_x16(typingctx, out, pos, first, c1, c2, c3, keys):
     return types.void(out, types.int64, u64, u64, u64, u64, keys), _philox_groups(2)
 
 
+def _wrap_group(builder, first, r0, group, c1, c2, c3):
+    """The state of eight lanes of a run of groups (philox_x8_wrap): lane l, m = r0 + l,
+    w = m // group, at counter (first + m - w * group, c1, c2 + w, c3)."""
+    vt = ir.VectorType(ir.IntType(64), 8)
+    m = builder.add(_splat8(builder, r0), ir.Constant(vt, list(range(8))))
+    g = _splat8(builder, group)
+    zero, one = ir.Constant(vt, [0] * 8), ir.Constant(vt, [1] * 8)
+    wraps = zero
+    for _ in range(2):
+        over = builder.icmp_unsigned(">=", m, g)
+        m = builder.sub(m, builder.select(over, g, zero))
+        wraps = builder.add(wraps, builder.select(over, one, zero))
+    return (builder.add(_splat8(builder, first), m), _splat8(builder, c1),
+            builder.add(_splat8(builder, c2), wraps), _splat8(builder, c3))
+
+
 @intrinsic
 def philox_x8_wrap(typingctx, out, pos, first, r0, group, c1, c2, c3, keys):
     """Eight blocks of a run of groups of `group` consecutive counters, the group's c2 one
@@ -496,20 +513,31 @@ def philox_x8_wrap(typingctx, out, pos, first, r0, group, c1, c2, c3, keys):
 
     def codegen(context, builder, signature, args):
         out_v, pos, first, r0, group, c1, c2, c3, keys_v = args
-        vt = ir.VectorType(ir.IntType(64), 8)
-        m = builder.add(_splat8(builder, r0), ir.Constant(vt, list(range(8))))
-        g = _splat8(builder, group)
-        zero, one = ir.Constant(vt, [0] * 8), ir.Constant(vt, [1] * 8)
-        wraps = zero
-        for _ in range(2):
-            over = builder.icmp_unsigned(">=", m, g)
-            m = builder.sub(m, builder.select(over, g, zero))
-            wraps = builder.add(wraps, builder.select(over, one, zero))
-        x0 = builder.add(_splat8(builder, first), m)
-        x2 = builder.add(_splat8(builder, c2), wraps)
-        (x,) = _x8_rounds(context, builder, [(x0, _splat8(builder, c1), x2,
-                                               _splat8(builder, c3))], signature.args[8], keys_v)
+        (x,) = _x8_rounds(context, builder, [_wrap_group(builder, first, r0, group, c1, c2, c3)],
+                          signature.args[8], keys_v)
         _x8_store(context, builder, signature.args[0], out_v, pos, *x)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def philox_x16_wrap(typingctx, out, pos, first, r0, c2, r1, c2_1, group, c1, c3, keys):
+    """Two :func:`philox_x8_wrap` calls in one body, interleaved round by round (_x8_rounds says
+    why): eight blocks at (r0, c2) to out from pos, eight at (r1, c2_1) from the next eight
+    blocks' place (pos + 64 uint32 words, or 32 uint64)."""
+    u64 = types.uint64
+    sig = types.void(out, types.int64, u64, u64, u64, u64, u64, u64, u64, u64, keys)
+
+    def codegen(context, builder, signature, args):
+        out_v, pos, first, r0, c2, r1, c2_1, group, c1, c3, keys_v = args
+        groups = [_wrap_group(builder, first, r0, group, c1, c2, c3),
+                  _wrap_group(builder, first, r1, group, c1, c2_1, c3)]
+        states = _x8_rounds(context, builder, groups, signature.args[10], keys_v)
+        per_group = 8 * (8 if signature.args[0].dtype.bitwidth == 32 else 4)
+        for g, st in enumerate(states):
+            at = builder.add(pos, ir.Constant(ir.IntType(64), g * per_group))
+            _x8_store(context, builder, signature.args[0], out_v, at, *st)
         return context.get_dummy_value()
 
     return sig, codegen
