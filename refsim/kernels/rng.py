@@ -56,12 +56,14 @@ Both are tested against Python integers.
 
 Block fills (CPU only): :func:`fill_blocks` writes consecutive blocks into an array, two
 interleaved per loop step with the round keys precomputed (:func:`round_keys`);
-:func:`fill_blocks_x8` computes eight blocks per call in 8-lane integer vectors (LLVM IR), the
-64x64-bit high products from four 32x32->64 multiplies each (x86 ``vpmuludq``).  With AVX-512
-that is one register per state word, and the vector form beats the scalar ``mulx`` chain:
-1.8-1.9 against 3.0-3.7 ns per word on one core of an AMD EPYC (znver4) VM, where it is bound
-by the vector multiplies (9 per lane per round).  :data:`fill_blocks_fast` is the vector form
-where the target has AVX-512, else the scalar one; the words are the same.
+:func:`fill_blocks_x8` computes sixteen blocks per call (:func:`philox_x16`: two groups of
+eight lanes interleaved round by round, so that one group's chain of dependent multiplies
+overlaps the other's) in 8-lane integer vectors (LLVM IR), the 64x64-bit high products from
+four 32x32->64 multiplies each (x86 ``vpmuludq``).  With AVX-512 that is one register per state
+word, and the vector form beats the scalar ``mulx`` chain: 1.45 against 3.0-3.7 ns per 64-bit
+word (0.73 ns per 32-bit word) on one core of an AMD EPYC (znver4) VM, where it is bound by
+vector throughput (about 300 instructions per eight blocks).  :data:`fill_blocks_fast` is the
+vector form where the target has AVX-512, else the scalar one; the words are the same.
 """
 
 from __future__ import annotations
@@ -406,14 +408,6 @@ def _x8_rounds(context, builder, groups, keys_type, keys_v, shared12=None):
             st[:] = (builder.xor(builder.xor(hi1, x1), k0), lo1,
                      builder.xor(builder.xor(hi0, x3), k1), lo0)
     return states
-
-
-def _mulhilo_scalar(builder, x, m):
-    """(high, low) i64 words of the i64 scalar x times the constant m (one 128-bit multiply)."""
-    i64, i128 = ir.IntType(64), ir.IntType(128)
-    prod = builder.mul(builder.zext(x, i128), ir.Constant(i128, int(m)))
-    return (builder.trunc(builder.lshr(prod, ir.Constant(i128, 64)), i64),
-            builder.trunc(prod, i64))
 
 
 def _splat8(builder, x):
