@@ -1,6 +1,6 @@
 """Philox4x64-10 stream throughput (refsim.kernels.rng) against NumPy's Philox, in one process.
 
-    python -m bench.rng [--log2n 24] [--threads 1 2] [--repeat 7]
+    python -m bench.rng [--log2n 24] [--threads 1 2] [--repeat 7] [--cpu]
 
 The unit is the stochastic-rounding stream's word: 32 bits, one per rounding (docs/rng.md).
 Rows: ``rng.random_words`` (allocates its output, like NumPy), the fill kernel behind it on a
@@ -8,7 +8,8 @@ preallocated uint32 array, the same fill of 64-bit words (``raw_words``'s; per 3
 ``np.random.Philox.random_raw`` (single-threaded whatever the setting; per 32 bits of its output),
 and for scale a parallel float32 copy of the same element count: stochastic rounding of float32
 needs one stream word per element, so "ns/word" against the copy's "ns/elem" bounds what a
-rounding kernel can reach. Times are medians.
+rounding kernel can reach. Times are medians of wall time; with --cpu, the best of --repeat of
+the process's CPU time (all threads together), the figure to compare on a loaded machine.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import numba
 import numpy as np
 
+from bench.quantize import cpu_seconds
 from bench.timing import median_seconds
 from refsim.kernels import rng
 
@@ -33,7 +35,9 @@ def main() -> None:
     parser.add_argument("--log2n", type=int, default=24)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--cpu", action="store_true")
     args = parser.parse_args()
+    timer = cpu_seconds if args.cpu else median_seconds
 
     n = 1 << args.log2n
     seed = 0x5EED
@@ -48,7 +52,7 @@ def main() -> None:
     assert np.array_equal(rng.random_words(seed, check), expected[:check])
 
     rows = []
-    numpy_s = median_seconds(lambda: np.random.Philox(key=seed).random_raw(n // 2), args.repeat)
+    numpy_s = timer(lambda: np.random.Philox(key=seed).random_raw(n // 2), args.repeat)
     rows.append(("numpy Philox.random_raw", 1, numpy_s))
     previous = numba.get_num_threads()
     try:
@@ -58,14 +62,14 @@ def main() -> None:
                 (
                     "rng.random_words",
                     threads,
-                    median_seconds(lambda: rng.random_words(seed, n), args.repeat),
+                    timer(lambda: rng.random_words(seed, n), args.repeat),
                 )
             )
             rows.append(
                 (
                     "rng fill kernel (prealloc)",
                     threads,
-                    median_seconds(
+                    timer(
                         lambda: rng._fill_words(np.uint64(seed), np.uint64(0), out), args.repeat
                     ),
                 )
@@ -74,7 +78,7 @@ def main() -> None:
                 (
                     "fill, 64-bit words (prealloc)",
                     threads,
-                    median_seconds(
+                    timer(
                         lambda: rng._fill_words(np.uint64(seed), np.uint64(0), out64), args.repeat
                     ),
                 )
@@ -83,13 +87,14 @@ def main() -> None:
                 (
                     "float32 copy (numba prange)",
                     threads,
-                    median_seconds(lambda: _copy(src, dst), args.repeat),
+                    timer(lambda: _copy(src, dst), args.repeat),
                 )
             )
     finally:
         numba.set_num_threads(previous)
 
-    print(f"# Philox4x64-10 stream, 2^{args.log2n} 32-bit words, median of {args.repeat}")
+    how = f"best CPU time of {args.repeat}" if args.cpu else f"median of {args.repeat}"
+    print(f"# Philox4x64-10 stream, 2^{args.log2n} 32-bit words, {how}")
     header = ("what", "threads", "ms", "ns/word", "Mword/s", "x numpy")
     print("{:30s} {:>7s} {:>9s} {:>8s} {:>9s} {:>8s}".format(*header))
     for name, threads, seconds in rows:

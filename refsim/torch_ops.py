@@ -40,7 +40,7 @@ from refsim.backends.kernel_args import batch_shape, result_format
 from refsim.formats.block_format import BlockFormat
 from refsim.formats.policy import check_seed
 from refsim.kernels.accum_core import TAG_OUT
-from refsim.params import carrier_holds, resolve
+from refsim.params import carrier_holds, resolve, type_name
 from refsim.specs import AccumSpec, Cast, GemmSpec
 
 __all__ = ["matmul"]
@@ -592,15 +592,14 @@ def matmul(a: torch.Tensor, b: torch.Tensor, spec: GemmSpec, c: torch.Tensor | N
     for name, t in (("a", a), ("b", b)):
         if not isinstance(t, torch.Tensor) or t.dtype not in (torch.float32, torch.float64):
             raise TypeError(f"{name} must be a float32 or float64 torch tensor; got "
-                            f"{getattr(t, 'dtype', type(t).__name__)}")
+                            f"{type_name(t)}")
         if t.dim() < 2:
             raise ValueError(f"matmul needs tensors of at least 2 dimensions; {name} has shape "
                              f"{tuple(t.shape)}")
     batch = batch_shape(tuple(a.shape), tuple(b.shape))
     if c is not None:
         if not isinstance(c, torch.Tensor) or c.dtype not in (torch.float32, torch.float64):
-            raise TypeError(f"c must be a float32 or float64 torch tensor; got "
-                            f"{getattr(c, 'dtype', type(c).__name__)}")
+            raise TypeError(f"c must be a float32 or float64 torch tensor; got {type_name(c)}")
         out_shape = (*batch, a.shape[-2], b.shape[-1])
         try:
             if torch.broadcast_shapes(c.shape, out_shape) != torch.Size(out_shape):

@@ -13,7 +13,7 @@
 #   quantize  float32 e4m3fn  sr  n=67108864  bits OK  cuda 1.23 ms  218.2 GB/s
 #   matmul    1024^3  fp32/rne/sequential     bits OK  route lane-native  cuda 85 ms  25 GFLOP/s ...
 #   route     fp16/rne e4m3 (double-rounding)  1024^3 bits OK  route double-rounding  8192^3 cuda
-#             ... ms  ... G multiply-adds/s  ... GFLOP/s   (one line each; issue 14's goal: >= 200)
+#             ... ms  ... G multiply-adds/s  ... GFLOP/s   (one line each; goal >= 200: docs/cuda.md)
 # and "ALL BIT-EXACT" (exit 0), or the first mismatch report (exit 1); then, where torch sees
 # the GPU, the torch path on CUDA tensors: bits against the CPU and its share of copy bandwidth;
 # then torch's own matmul on the GPU against the GPU's refsim.hardware preset (docs/hardware.md);
@@ -164,7 +164,7 @@ for size, name, spec in specs:
 # The CUDA fast routes (refsim.backends.cuda_tile, docs/cuda.md): e4m3fn operands, bits checked
 # against the CPU at CHECK^3, then timed at TIME^3 (whole refsim.matmul calls: operand Casts,
 # range scans, the route's kernel and the exact-core pass over its results; best of 2 after a
-# warm-up). Issue 14's goal: >= 200 G multiply-adds/s on an H200 for the fp16 accumulator.
+# warm-up). The goal (docs/cuda.md): >= 200 G multiply-adds/s on an H200 for the fp16 accumulator.
 CHECK, TIME, TIME_MT = (16, 40, 24) if DRY else (1024, 4096, 2048)
 E4M3 = Cast("e4m3fn")
 route_specs = [

@@ -15,20 +15,7 @@ from refsim.formats.policy import check_rbits_array, check_rbits_request, check_
 from refsim.kernels import lane
 from refsim.params import CARRIERS, check_array, check_out, kernel_sr_bits, readonly, resolve
 
-_NO_WORDS = np.empty(0, np.uint64)  # the kernels' `given` argument when the stream is used
-
-
-def given_words(rbits: np.ndarray, sr_bits: int) -> np.ndarray:
-    """The random words the kernels read for caller-given bits: R << (64 - sr_bits) with R the
-    low sr_bits bits of each rbits element, flat in C order (uint64).
-
-    The core reads the top sr_bits bits of an element's word (kernels.core.quantize_bits), so R
-    there is the same decision as a stream word whose top sr_bits bits are R.
-    """
-    flat = np.ascontiguousarray(rbits).reshape(-1).astype(np.uint64)
-    if sr_bits == 64:
-        return flat
-    return (flat & np.uint64((1 << sr_bits) - 1)) << np.uint64(64 - sr_bits)
+_NO_WORDS = np.empty(0, np.uint8)  # the kernels' `given` argument when the stream is used
 
 
 def quantize(x: np.ndarray, fmt: Format | str, rounding: str = "rne", *,
@@ -49,8 +36,15 @@ def quantize(x: np.ndarray, fmt: Format | str, rounding: str = "rne", *,
                                                      0 if seed is None else seed)
     variant = check_sr_variant(sr_variant, rounding, sr_bits)
     out = check_out(out, x)
+    given_width = 1
     if rbits is not None:
-        given = given_words(rbits, bits)
+        # The kernels read rbits' own bytes (cpu.given_word): no words built here, so no
+        # temporaries of 8 bytes per element (two of them cost 3-8 ns per element in page faults
+        # once the allocator had returned its heap top to the system).
+        words = np.ascontiguousarray(rbits).reshape(-1)
+        if not words.dtype.isnative:  # a byte-swapped dtype has the same name (uint16, ...)
+            words = words.astype(words.dtype.newbyteorder("="))
+        given, given_width = words.view(np.uint8), words.itemsize
     c_man, c_bias, utype = CARRIERS[x.dtype]
     src = np.ascontiguousarray(x).reshape(-1).view(utype)
     if out is not None and out.flags.c_contiguous and not np.shares_memory(out, x):
@@ -63,7 +57,8 @@ def quantize(x: np.ndarray, fmt: Format | str, rounding: str = "rne", *,
         fast = tuple(type(v)(0) for v in fast)
     with threads_for(src.size * NS_PER_QUANTIZE):
         cpu.quantize_flat(mode, readonly(src), dst, c_man, c_bias, params, fast, ovf,
-                          kernel_sr_bits(bits, variant), np.uint64(seed_value), readonly(given))
+                          kernel_sr_bits(bits, variant), np.uint64(seed_value), readonly(given),
+                          given_width)
     if out is None:
         return dst_array
     if dst_array is not out:

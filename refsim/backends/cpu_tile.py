@@ -166,7 +166,13 @@ from refsim.kernels import core
 from refsim.kernels import tile as t
 from refsim.kernels.accum_core import TAG_ADD
 from refsim.kernels.lane import F_D_BASE, F_D_NORMAL, F_E_NORMAL, F_MAX_POS, fast_constants
-from refsim.kernels.rng import VECTOR_BLOCKS, fill_blocks, philox_x8_wrap, round_keys
+from refsim.kernels.rng import (
+    VECTOR_BLOCKS,
+    fill_blocks,
+    philox_x8_wrap,
+    philox_x16_wrap,
+    round_keys,
+)
 from refsim.kernels.tile import tile, tile_sr
 from refsim.params import format_params, readonly
 from refsim.specs import AccumSpec
@@ -457,7 +463,21 @@ def _tile_words(words, keys, p, i0, n0, n_rows, n_cols, tm, group, w_row, k0, nk
         if VECTOR_BLOCKS and group >= 4:
             total = nk * group
             r, q = 0, 0
-            for b in range(0, total, 8):
+            b = 0
+            while b + 16 <= total:  # two groups of eight lanes per call: rng._x8_rounds
+                r1, q1 = r + 8, q
+                while r1 >= group:
+                    r1 -= group
+                    q1 += 1
+                philox_x16_wrap(words, np.int64(base + 8 * b), first, np.uint64(r),
+                                np.uint64(k0 + q), np.uint64(r1), np.uint64(k0 + q1),
+                                np.uint64(group), np.uint64(0), np.uint64(TAG_ADD), keys)
+                r, q = r1 + 8, q1
+                while r >= group:
+                    r -= group
+                    q += 1
+                b += 16
+            while b < total:
                 philox_x8_wrap(words, np.int64(base + 8 * b), first, np.uint64(r),
                                np.uint64(group), np.uint64(0), np.uint64(k0 + q),
                                np.uint64(TAG_ADD), keys)
@@ -465,6 +485,7 @@ def _tile_words(words, keys, p, i0, n0, n_rows, n_cols, tm, group, w_row, k0, nk
                 while r >= group:
                     r -= group
                     q += 1
+                b += 8
         else:
             for kk in range(nk):
                 fill_blocks(words, base + kk * step_words, first, group, 0, k0 + kk, TAG_ADD,

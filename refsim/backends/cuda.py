@@ -166,7 +166,7 @@ def _quantize_kernels(c_man: int, c_bias: int):
     @cuda.jit
     def quantize_given(src, dst, params, mode, overflow, sr_bits, seed, rbits, mask, shift):
         """sr with caller-given bits: element i's word is (rbits[i] & mask) << shift, R in the
-        top sr_bits bits (refsim.backends.cpu_quantize.given_words); index -1: nothing drawn."""
+        top sr_bits bits (refsim.backends.cpu.given_word); index -1: nothing drawn."""
         for i in range(cuda.grid(1), src.size, cuda.gridsize(1)):
             word = (np.uint64(rbits[i]) & mask) << shift
             dst[i] = core.quantize_bits(np.uint64(src[i]), c_man, c_bias, params, mode, overflow,

@@ -13,7 +13,7 @@ to float32 (exact), rounded there, and narrowed back (exact: the format must fit
 Random bits reach the rounding as one top-aligned 64-bit word per element, as in kernels.core:
 the stream's first 32-bit word H_0 (kernels.rng) as H_0 << 32, later words H_j drawn only for the
 lanes whose 32-bit chunks tie; caller-given random bits (rbits, a torch unsigned integer tensor on
-x's device) as R << (64 - sr_bits) (refsim.backends.cpu_quantize.given_words), nothing drawn.
+x's device) as R << (64 - sr_bits) (refsim.backends.cpu.given_word), nothing drawn.
 The fast path (_fast_kernel) reads H_0 itself and leaves the lanes where H_1 decides to the
 general one.
 
@@ -629,7 +629,7 @@ def _check_rbits(rbits: object, x: torch.Tensor, sr_bits: int) -> torch.Tensor:
 
 
 def _given_words(rbits: torch.Tensor, sr_bits: int) -> torch.Tensor:
-    """cpu_quantize.given_words in torch: R << (64 - sr_bits), R the low sr_bits bits of each
+    """cpu.given_word in torch: R << (64 - sr_bits), R the low sr_bits bits of each
     element, flat in C order, as int64 patterns."""
     flat = rbits.detach().contiguous().reshape(-1)
     if flat.dtype == torch.uint64:

@@ -3,8 +3,11 @@
 `round_lane(mode, x, fast, rand, r_cap)` rounds one carrier bit pattern x (uint32 for float32,
 uint64 for float64) to the format described by the constant tuple `fast` (fast_constants), in
 rounding mode `mode` (a compile-time constant: the function is compiled per (mode, carrier)).
-It is exact for the lanes the callers send it: x finite, zero or a carrier normal, and for SR
-the random word covers every discarded bit (refsim.backends.cpu explains the lane selection).
+It is exact for the lanes the callers send it: x finite, zero or a carrier normal. For SR the
+lane reads the element's first W random bits (W: the carrier's width); where the discarded
+fraction is wider than that and those bits tie it (probability 2^-W), more bits decide, which
+the lane does not have: it returns UNDECIDED (a signalling-NaN pattern no rounding returns) and
+the caller rounds that element with the scalar core (refsim.backends.cpu explains the lanes).
 Written for LLVM's vectorizer: selects instead of branches, arithmetic in the carrier's width,
 shift amounts bounded by constants (refsim.backends.cpu's docstring says why each matters).
 
@@ -132,10 +135,18 @@ bits_float = _bitcast({types.uint32: types.float32, types.uint64: types.float64}
                       "The float32 (uint32 input) or float64 (uint64 input) with bit pattern u.")
 
 
+def undecided(utype):
+    """The carrier bits round_lane returns for an SR lane its W random bits cannot decide: the
+    positive signalling NaN with payload 1 (no rounding returns it; a NaN input is not a lane)."""
+    c_man, c_bias = CARRIER_OF[utype]
+    return utype(((2 * c_bias + 1) << c_man) | 1)
+
+
 def round_lane(mode, x, fast, rand, r_cap):
     """x (carrier bits) rounded to the format of `fast` in `mode` (a literal int); rand and r_cap
-    are read by SR only (rand: the element's random bits in the carrier's top bits; r_cap:
-    min(sr_bits, W)). Callable from Numba code only."""
+    are read by SR only (rand: the element's first W random bits, H_0 for float32, H_0 H_1 for
+    float64; r_cap: min(sr_bits, W), or W for sr_bits=None or > W), which may return
+    undecided(U) (module docstring). Callable from Numba code only."""
     raise NotImplementedError("refsim.kernels.lane.round_lane runs inside Numba code only")
 
 
@@ -159,6 +170,9 @@ def _make_round_lane(rounding, utype, c_man, c_bias):
     IMPLICIT = U(1 << c_man)
     W_U = U(W)
     MAX_SHIFT = U(W - 1)
+    SIG_SHIFT = U(W - 1 - c_man)  # the significand (implicit bit included) to the top W bits
+    C_MAN_1 = U(c_man + 1)
+    UNDECIDED = undecided(utype)
 
     def round_one(mode, x, fast, rand, r_cap):
         sign = U(x & SIGN)
@@ -198,13 +212,22 @@ def _make_round_lane(rounding, utype, c_man, c_bias):
             inc = ZERO  # truncate, then set n's last bit below
             up_b = True
         else:  # SR: random bits added below the kept bits, carry kept (docs/rounding.md)
-            frac = select(region_b, U(U(a & MANT) | IMPLICIT), U(a & mask))
-            width = min(d, r_cap)
-            frac = U(frac >> min(U(d - width), MAX_SHIFT))
-            # width == 0 (exact lane): one random bit against frac == 0 never rounds up.
-            drop = min(U(W_U - width), MAX_SHIFT)
-            up_b = U(rand >> drop) > U(U(ALL_ONES >> drop) - frac)
-            inc = select(up_b, unit, ZERO)
+            # r: the random bits used (r_cap of them, top-aligned; the rest cleared).
+            r = U(rand & ~U(U(ALL_ONES >> ONE) >> U(r_cap - ONE)))
+            # Region A: r's top d bits added below the kept bits carry into them exactly when
+            # frac + r_d >= 2^d: probability frac / 2^d, or floor(frac / 2^(d - r_cap)) / 2^r_cap
+            # with fewer bits (r's low bits are zero). Two shifts, so that d = 0 adds nothing.
+            inc = U(U(r >> ONE) >> U(MAX_SHIFT - dd))
+            # Region B: frac is the whole significand, d bits wide; top-aligned in W bits (its
+            # first W of d bits when d > W), up iff r + frac_top carries out of W bits.
+            down = U(d - C_MAN_1)  # region B: d - (C_MAN + 1) >= 0 (wraps elsewhere: unused)
+            sig_top = U(U(U(a & MANT) | IMPLICIT) << SIG_SHIFT)
+            frac_top = select(down >= W_U, ZERO, U(sig_top >> min(down, MAX_SHIFT)))
+            room = U(~frac_top)
+            up_b = r > room
+            # d > W with every random bit available: r == room ties frac's first W bits, and
+            # the bits below them decide (H_1, H_2, ...): the caller's scalar core.
+            tie = region_b & (r == room) & (d > W_U) & (r_cap == W_U)
         magnitude = U(U(a + inc) & ~mask)
         if rounding == core.RTO:
             # Round to odd: set n's last bit when inexact (at dd == C_MAN, n = 1 already).
@@ -218,6 +241,8 @@ def _make_round_lane(rounding, utype, c_man, c_bias):
         limit = select(negative, fast[F_MAX_NEG], fast[F_MAX_POS])
         result = select(magnitude > limit, select(negative, fast[F_OVF_NEG], fast[F_OVF_POS]),
                         result)
+        if rounding == core.SR:
+            result = select(tie, UNDECIDED, result)
         return select(a == ZERO, select(negative, fast[F_ZERO_NEG], fast[F_ZERO_POS]), result)
 
     return round_one

@@ -49,8 +49,9 @@ Usage rules:
         mean over trials of log2(max rel h100) - log2(max rel acc), direction +1, SESOI
         `sesoi_log2_error` = 1 bit (a factor of 2 in the error);
       train-<acc>: at the largest H the accumulator's damage; direction +1 for h100 (it costs
-        accuracy), 0 for the others (no cost), SESOI `sesoi_seed_sd` = 0.5 seed sd (issue 21's
-        tolerance unit: half the seed-to-seed spread of the outcome).
+        accuracy), 0 for the others (no cost), SESOI `sesoi_seed_sd` = 0.5 seed sd (the
+        allocation comparisons' unit, docs/studies.md "The decisive design": half the
+        seed-to-seed spread of the outcome).
     Synthetic claims are made for the data kinds in `claim_data` with `claim_scaling`.
 """
 

@@ -726,7 +726,7 @@ def test_value_table_helper() -> None:
     assert codes[values.index(0)] == 0
 
 
-# ---- refsim.formats.exact_sum on empty input (issue 11) ----------------------------------------
+# ---- refsim.formats.exact_sum on empty input (docs/accumulation.md, "Terms": the empty sum) ----
 def _duck_acc(order: str, rounding: str, chunk: int | None = None):
     """An accumulator spec as exact_sum reads it (duck-typed, as refsim.specs.AccumSpec)."""
     from types import SimpleNamespace

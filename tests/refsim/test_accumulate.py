@@ -256,9 +256,9 @@ def test_bad_input_names_shapes_and_types():
 
 @pytest.mark.parametrize("order", ["sequential", "pairwise", "chunked", "kahan"])
 def test_sum_axis_none_sums_every_element_in_c_order(order):
-    """Issue 11: axis=None raised a raw TypeError. As np.sum: every element, C order, one
+    """axis=None as in np.sum (docs/accumulation.md, "Terms"): every element, C order, one
     output (index 0), a 0-d result; the twin (refsim.formats.exact_sum) takes axis=None the
-same way."""
+    same way. (It raised a raw TypeError before.)"""
     rng = np.random.default_rng(11)
     x = _terms(rng, (3, 4, 5))
     for rounding in ("rne", "rdn", "sr"):
@@ -272,7 +272,8 @@ same way."""
 
 
 def test_sum_axis_must_be_an_integer_and_x_a_plain_array():
-    """Issue 11: axis=1.0 and an np.matrix raised raw TypeError / IndexError."""
+    """axis=1.0 and an np.matrix get errors naming the parameter and what it accepts
+    (refsim.params.check_array), not a raw TypeError / IndexError from inside."""
     x = np.ones((2, 3))
     assert_same_bits(rsum(x, "fp16", axis=np.int64(1)), rsum(x, "fp16", axis=1))
     for axis in (1.0, "1", True, (0, 1)):
@@ -300,7 +301,7 @@ def test_non_array_errors_name_the_type():
 
 
 def test_numpy_integer_chunk_and_sr_bits_give_the_same_bits():
-    """Issue 11: np.int64 chunk and sr_bits were refused (seed was accepted)."""
+    """Any integer type for chunk and sr_bits, as for seed (formats.policy.check_int)."""
     x = _terms(np.random.default_rng(3), (4, 50))
     plain = AccumSpec("fp16", "sr", "chunked", chunk=8, sr_bits=6)
     numpy_ints = AccumSpec("fp16", "sr", "chunked", chunk=np.int64(8), sr_bits=np.int64(6))

@@ -326,8 +326,8 @@ def test_bad_input_names_the_parameter():
 @pytest.mark.parametrize("name", ["mxfp8_e4m3", "mxfp4_e2m1", "mxint8", "nvfp4", "bfp8"])
 @pytest.mark.parametrize("rounding", ["rne", "rtz", "sr"])
 def test_empty_input_gives_empty_values_codes_and_scales(name, rounding):
-    """Issue 11: (3, 0) with sr, and empty input with return_codes, raised "range() arg 3 must
-    not be zero". No element means no block along an empty block axis, and one block per
+    """Empty input, with sr and with return_codes (it raised "range() arg 3 must not be zero"
+    before). No element means no block along an empty block axis, and one block per
     position (with no element) when another axis is empty."""
     sr_bits = 8 if rounding == "sr" else None
     fmt = NAMED_BLOCKS[name]
@@ -355,7 +355,8 @@ def test_empty_input_gives_empty_values_codes_and_scales(name, rounding):
 @pytest.mark.parametrize("rounding", ["rne", "rtz", "sr"])
 @pytest.mark.parametrize("name", ["mxfp8_e4m3", "nvfp4"])
 def test_read_only_out_is_refused(name, rounding):
-    """Issue 11: a read-only out gave a multi-page Numba TypingError."""
+    """A read-only out is refused by name (refsim.params.check_out), not by a multi-page Numba
+    TypingError."""
     x = np.linspace(-3, 3, 64, dtype=np.float32).reshape(2, 32)
     out = np.zeros_like(x)
     out.flags.writeable = False

@@ -20,7 +20,7 @@ from refsim.backends import cpu_gemm, cpu_tile
 from refsim.formats import FloatFormat, get_format
 from refsim.kernels import tile
 from refsim.kernels.accum_core import TAG_ADD, accum_word
-from refsim.kernels.rng import philox_x8_wrap, round_keys
+from refsim.kernels.rng import philox_x8_wrap, philox_x16_wrap, round_keys
 from refsim.specs import AccumSpec, Cast, GemmSpec
 from refsim.validation.bits import assert_same_bits
 
@@ -408,21 +408,38 @@ def _wrap_blocks(out, first, r0, group, c2, keys):
                    np.uint64(0), np.uint64(c2), np.uint64(TAG_ADD), keys)
 
 
+@numba.njit
+def _wrap_blocks_x16(out, first, r0, c2, r1, c2_1, group, keys):
+    philox_x16_wrap(out, np.int64(8), np.uint64(first), np.uint64(r0), np.uint64(c2),
+                    np.uint64(r1), np.uint64(c2_1), np.uint64(group), np.uint64(0),
+                    np.uint64(TAG_ADD), keys)
+
+
+def _wrap_want(seed, first, r0, group, step):
+    return [int(accum_word(seed, 8 * (first - 1 + (r0 + lane) % group) + e,
+                           step + (r0 + lane) // group, TAG_ADD, 0))
+            for lane in range(8) for e in range(8)]
+
+
 @pytest.mark.parametrize("group", [4, 5, 8, 9])
 def test_sr_word_blocks_run_across_steps(group):
     """rng.philox_x8_wrap (sr-exact-sum's generator): lane l = group * w + m - r0 is the block at
     counter (first + m, 0, step + w, TAG_ADD), its eight 32-bit words those accum_word gives the
-    eight outputs it covers, written after eight untouched words."""
+    eight outputs it covers, written after eight untouched words; rng.philox_x16_wrap, two such
+    runs in one call, the second at its own (r1, step), written right after the first."""
     seed, first, step = (1 << 64) - 3, 1000, 77
     keys = round_keys(np.uint64(seed), np.uint64(0))
     for r0 in range(group):
         out = np.zeros(8 + 64 + 8, np.uint32)
         _wrap_blocks(out, first, r0, group, step, keys)
-        want = [int(accum_word(seed, 8 * (first - 1 + (r0 + lane) % group) + e,
-                               step + (r0 + lane) // group, TAG_ADD, 0))
-                for lane in range(8) for e in range(8)]
-        assert out[8:72].tolist() == want, (group, r0)
+        assert out[8:72].tolist() == _wrap_want(seed, first, r0, group, step), (group, r0)
         assert not out[:8].any() and not out[72:].any()
+        r1 = (r0 + 3) % group
+        out = np.zeros(8 + 128 + 8, np.uint32)
+        _wrap_blocks_x16(out, first, r0, step, r1, step + 5, group, keys)
+        assert out[8:72].tolist() == _wrap_want(seed, first, r0, group, step), (group, r0)
+        assert out[72:136].tolist() == _wrap_want(seed, first, r1, group, step + 5), (group, r1)
+        assert not out[:8].any() and not out[136:].any()
 
 
 @pytest.mark.parametrize("n", [21, 24])

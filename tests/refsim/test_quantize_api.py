@@ -106,7 +106,7 @@ def test_nothing_is_cast_silently():
     assert_same_bits(x, before)
 
 
-# ---- issue 11: out with scalars, read-only out, masked arrays, NumPy integers -----------------
+# ---- out with scalars, read-only out, masked arrays, NumPy integers (refsim.quantize's doc) ---
 def test_scalar_input_writes_into_a_0d_out_and_refuses_any_other():
     out = np.zeros(())
     assert quantize(3.3, "e4m3fn", out=out) is out and out[()] == 3.25

@@ -11,7 +11,7 @@ import pytest
 
 from refsim import quantize
 from refsim.formats import get_format
-from refsim.formats.exact import candidates, sr_probability
+from refsim.formats.exact import candidates, quantize_exact, sr_probability
 from refsim.kernels import rng
 from refsim.kernels.rng import random_words
 from refsim.validation.bits import assert_same_bits
@@ -95,6 +95,49 @@ def test_deep_underflow_float64_uses_more_words():
     assert np.all(y == 0.0)
 
 
+# ---- float32 lanes with more than 32 discarded bits: the first word decides unless it ties ------
+_SMALLEST_QUANTUM = {"e4m3fn": -9, "int8": 0, "e2m1fn": -1}  # log2 of each format's finest step
+
+
+def _tie_float32(quantum: int, first32: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """float32 values below 2^quantum whose discarded fraction (d = 33..55 bits) starts with the
+    32 bits `first32` (each below 2^24, nonzero); the fraction's bits after those are random."""
+    top = np.floor(np.log2(first32.astype(np.float64))).astype(np.int64)  # first32's top bit
+    k = 23 - top  # the significand's bits below the first 32 fraction bits; d = 32 + k
+    low = rng.integers(0, 1 << 23, first32.size) & ((1 << k) - 1)
+    sig = (first32.astype(np.int64) << k) | low
+    return np.ldexp(sig.astype(np.float64), quantum - 32 - k).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", ["e4m3fn", "int8"])
+def test_float32_lanes_whose_first_word_ties_draw_the_second(name):
+    """Values far below the format's finest step (more than 32 discarded bits, region B of
+    kernels.lane): the fast lanes decide them from H_0 alone, except where H_0 ties the
+    fraction's first 32 bits; those come back UNDECIDED and the scalar core draws H_1. Crafted at
+    the elements whose H_0 has 8 leading ones (so the tying fraction fits a float32), spread over
+    many chunks; against the exact twin, and H_1 must have decided both ways."""
+    seed, n = 0xC0FFEE, 1 << 14
+    rng_ = np.random.default_rng(5)
+    x = (rng_.standard_normal(n) * 4).astype(np.float32)
+    h0 = random_words(seed, n).astype(np.int64)
+    at = np.flatnonzero(h0 > 0xFF000000)
+    x[at] = _tie_float32(_SMALLEST_QUANTUM[name], 0xFFFFFFFF - h0[at], rng_)
+    x[at[::2]] *= -1
+    got = quantize(x, name, "sr", seed=seed)
+    assert_same_bits(got, quantize_exact(x, name, "sr", seed=seed), x)
+    up = got[at] != 0
+    assert at.size > 40 and 0.1 < up.mean() < 0.9  # H_0 alone would round every one down
+    # caller-given bits: sr_bits=64 (and 40) words whose top 32 bits tie, the next ones decide
+    for sr_bits in (64, 40):
+        frac32 = np.uint64(0xFFFFFFFF) ^ (h0[at].astype(np.uint64))
+        rbits = rng_.integers(0, 1 << 62, n, dtype=np.uint64) >> np.uint64(64 - sr_bits)
+        rbits[at] = ((np.uint64(0xFFFFFFFF) ^ frac32) << np.uint64(sr_bits - 32)) | (
+            rbits[at] & np.uint64((1 << (sr_bits - 32)) - 1))
+        got = quantize(x, name, "sr", sr_bits=sr_bits, rbits=rbits)
+        assert_same_bits(got, quantize_exact(x, name, "sr", sr_bits=sr_bits, rbits=rbits), x)
+        assert 0.1 < (got[at] != 0).mean() < 0.9
+
+
 # ---- caller-given random bits (rbits) -----------------------------------------------------------
 def _mixed_inputs(dtype):
     """Normal values, the format's subnormal range, float64 deep underflow (pass 2 of the CPU
@@ -160,13 +203,13 @@ def _numpy_blocks(seed, c0, c1, c2, c3, count):
 @pytest.mark.parametrize("fill", [rng.fill_blocks, rng.fill_blocks_x8, rng.fill_blocks_fast])
 @pytest.mark.parametrize("dtype", [np.uint64, np.uint32])
 def test_fill_blocks_match_numpy(fill, dtype):
-    """Every count around the 8-block vector width, odd start offsets, all four counter words
-    set, uint32 outputs holding each word's two halves (low first: the stream's 32-bit words);
-    nothing outside the range written."""
+    """Every count around the 8- and 16-block vector widths (24, 25: sixteen, eight, one), odd
+    start offsets, all four counter words set, uint32 outputs holding each word's two halves
+    (low first: the stream's 32-bit words); nothing outside the range written."""
     seed = 0xFEEDFACECAFEBEEF
     keys = rng.round_keys(np.uint64(seed), np.uint64(0))
     per = 4 * (8 // np.dtype(dtype).itemsize)  # values per block
-    for count in [*range(20), 33]:
+    for count in [*range(20), 24, 25, 33]:
         for start, c0 in ((0, 1), (3, 5 + count), (5, (1 << 63) + 7)):
             out = np.zeros(per * count + 9, dtype)
             fill(out, start, np.uint64(c0), count, 11, 1 << 40, 7, keys)

@@ -138,9 +138,9 @@ def test_delayed_scaling_uses_past_amax():
 @pytest.mark.parametrize("bad", [[np.nan, 5.0], [np.inf, 5.0], [-np.inf, np.nan, -5.0],
                                  [np.nan, np.nan]], ids=["nan", "inf", "both", "all-nan"])
 def test_delayed_scaling_nan_or_inf_amax_is_ignored_wherever_it_sits(bad, algo):
-    """Issue 11: the scale depended on where a NaN sat in the history (Python's max). The rule
-    (docs/blocks.md, "Non-finite values"): an amax is over finite values, so the scale depends
-    on the finite amaxes in the window only, whichever step brought the NaN or Inf."""
+    """The scale must not depend on where a NaN sits in the history (Python's max made it so).
+    The rule (docs/blocks.md, "Non-finite values"): an amax is over finite values, so the scale
+    depends on the finite amaxes in the window only, whichever step brought the NaN or Inf."""
     big, small = np.array([300.0, -2.0]), np.array([3.0, 1.0])
     bad_x = np.array(bad)
     finite = [abs(v) for v in bad if math.isfinite(v)]
@@ -172,7 +172,8 @@ def test_delayed_scaling_takes_numpy_integers():
 
 
 def test_quantize_scaled_and_affine_take_a_0d_array():
-    """Issue 11: a 0-d x raised "'numpy.float64' object does not support item assignment"."""
+    """A 0-d x gives 0-d results (it raised "'numpy.float64' object does not support item
+    assignment" before)."""
     for dtype in (np.float32, np.float64):
         x = np.array(3.0, dtype)
         r = quantize_scaled(x, "e4m3fn", return_codes=True)
@@ -191,7 +192,7 @@ def test_quantize_scaled_and_affine_take_a_0d_array():
 
 
 def test_quantize_affine_takes_any_integer_bits_and_refuses_bool():
-    """Issue 11: np.int64 bits were refused while np.int64 seeds were accepted."""
+    """Any integer type for bits, as for seeds (formats.policy.check_int); never a bool."""
     x = np.array([[-1.0, 0.0, 2.5, 7.0], [0.5, 0.25, 0.0, 1.0]], np.float32)
     want = quantize_affine(x, 4, "sr", sr_bits=6, seed=2, axis=0)
     for bits in (np.int64(4), np.uint8(4), np.int32(4)):

@@ -132,7 +132,7 @@ def test_format_fits(inner, outer, fits):
     assert format_fits(get_format(inner), get_format(outer)) is fits
 
 
-# ---- issue 11 ------------------------------------------------------------------------------------
+# ---- integers beyond what a kernel takes (int64) are refused when the spec is built ------------
 def test_chunk_beyond_int64_is_refused_at_construction():
     """chunk=10**30 was accepted, then raised OverflowError when a kernel took it."""
     with pytest.raises(ValueError, match=r"AccumSpec.chunk must be at most 2\^63 - 1"):

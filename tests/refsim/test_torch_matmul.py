@@ -98,7 +98,7 @@ def test_fast_mode_is_fp32_accumulation_of_cast_operands():
     assert_same_bits(fast.numpy(), exact)
 
 
-# ---- float64's range: computed exactly or refused, never different bits (issue 11) -----------
+# ---- float64's range: computed exactly or refused, never different bits (refsim.torch_ops) ----
 def _same_or_refused(a, b, spec):
     """refsim.matmul's result, and whether the torch path refused (else it gave the same bits)."""
     expected = ref_matmul(a, b, spec)
@@ -192,8 +192,29 @@ def test_exact_refuses_batch_dimensions_that_do_not_broadcast_like_numpy():
         assert str(torch_error.value) == str(numpy_error.value)
 
 
+def test_operands_of_another_type_are_named_in_the_error():
+    """A NumPy array, a scalar or an integer tensor where a float tensor belongs: the message
+    names what was given (refsim.params.type_name, as refsim.matmul's errors do), not only a
+    dtype that reads like the right one."""
+    spec = GemmSpec(acc=AccumSpec("fp32"))
+    t = torch.ones(2, 2)
+    for bad, words in ((np.ones((2, 2), np.float32), r"numpy\.ndarray of dtype float32"),
+                       (np.float32(1), r"the NumPy scalar numpy\.float32"),
+                       (torch.ones(2, 2, dtype=torch.int32),
+                        r"torch\.Tensor of dtype torch\.int32"),
+                       (1.0, r"float$")):
+        for args in ((bad, t), (t, bad)):
+            name = "a" if args[0] is bad else "b"
+            with pytest.raises(TypeError, match=rf"^{name} must be a float32 or float64 torch "
+                               rf"tensor; got {words}"):
+                matmul(*args, spec)
+        with pytest.raises(TypeError, match=rf"^c must be a float32 or float64 torch tensor; "
+                           rf"got {words}"):
+            matmul(t, t, spec, c=bad)
+
+
 def test_seed_takes_any_integer_and_refuses_bool():
-    """Issue 11, item 10: seed as in refsim.matmul: any integer type, bool refused."""
+    """seed as in refsim.matmul (formats.policy.check_seed): any integer type, bool refused."""
     a, b = _operands(8, shape_a=(3, 6), shape_b=(6, 2), scale=1.0)
     spec = GemmSpec(a=Cast("e4m3fn", "sr"), b=Cast("e5m2", "sr"), acc=AccumSpec("fp32"),
                     out=Cast("bf16", "sr"))
