@@ -44,10 +44,9 @@ import numpy as np
 from refsim.studies.architectures import ARCHITECTURES, arch_fields, need_arch_overrides
 from refsim.studies.claims import as_findings, claim, finalize
 from refsim.studies.dose import (
-    OPERAND_FAMILIES,
     damage,
     dose_name,
-    need_operand_doses,
+    need_operand_family,
     operand_format,
     operand_scaling,
     seed_noise,
@@ -109,14 +108,11 @@ def check(p: dict[str, Any]) -> None:
          p["steps"])
     need(isinstance(p["spread"], int) and p["spread"] >= 0, NAME, "spread", "an int >= 0",
          p["spread"])
-    need(p["operand_family"] in OPERAND_FAMILIES, NAME, "operand_family",
-         f"one of {', '.join(OPERAND_FAMILIES)}", p["operand_family"])
-    lo, hi = OPERAND_FAMILIES[p["operand_family"]]
+    lo, hi = need_operand_family(NAME, p)
     need(isinstance(p["mean_bits"], int) and p["mean_bits"] - p["spread"] >= lo
          and p["mean_bits"] + p["spread"] <= hi, NAME, "mean_bits",
          f"an int with mean_bits - spread >= {lo} and mean_bits + spread <= {hi} "
          f"(operand_family {p['operand_family']})", p["mean_bits"])
-    need_operand_doses(NAME, {**p, "doses": [lo, hi]})  # exp_bits and rounding
     need(all(x in POLICIES for x in p["policies"]), NAME, "policies",
          f"a list of {', '.join(POLICIES)}", p["policies"])
     need(isinstance(p["random_draws"], int) and p["random_draws"] >= 0, NAME, "random_draws",

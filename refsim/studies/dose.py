@@ -13,8 +13,9 @@ Usage rules:
     thresholds inside the range (scripts/dose_pilot.py on mlp-down and transformer-1: int2
     damaged 32 of 38 GEMMs by > 1 seed-sd, int4 3). Lever "accumulator" keeps the float32
     operands and accumulates sequentially in e{acc_exp_bits}m{m} (RNE).
-  - `need_operand_doses(study, p)` checks "operand_family", "doses", "exp_bits" and
-    "rounding"; `dose_name(m, p)` names a dose's format (tolerance.csv columns, reports).
+  - `need_operand_family(study, p)` checks "operand_family", "exp_bits" and "rounding";
+    `need_operand_doses(study, p)` those and "doses"; `dose_name(m, p)` names a dose's format
+    (tolerance.csv columns, reports).
   - Damage: a run's measure minus its same-seed baseline's, divided by the seed noise (the
     seed-to-seed standard deviation of the baseline's measure over `noise_seeds`). A run that
     diverged (a non-finite measure) has damage +inf: worse than any finite one.
@@ -38,8 +39,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["LEVERS", "OPERAND_FAMILIES", "damage", "dose_name", "dose_spec", "monotone",
-           "need_operand_doses", "operand_format", "operand_scaling", "seed_noise",
-           "threshold_bits"]
+           "need_operand_doses", "need_operand_family", "operand_format", "operand_scaling",
+           "seed_noise", "threshold_bits"]
 
 LEVERS = ("operands", "accumulator")
 OPERAND_FAMILIES = {"int": (2, 16), "float": (0, 22)}
@@ -61,28 +62,36 @@ def dose_name(m: int, p: dict[str, Any], lever: str = "operands") -> str:
     return operand_format(m, p) if lever == "operands" else f"e{p['acc_exp_bits']}m{m}"
 
 
-def need_operand_doses(study: str, p: dict[str, Any]) -> None:
-    """Check the operand dose parameters; ValueError naming the one that is wrong."""
+def need_operand_family(study: str, p: dict[str, Any]) -> tuple[int, int]:
+    """Check "operand_family", "exp_bits" and "rounding" (ValueError naming the one that is
+    wrong); the family's smallest and largest width."""
     from refsim.formats.policy import ROUNDINGS
     from refsim.studies.params import need
 
     family = p["operand_family"]
     need(family in OPERAND_FAMILIES, study, "operand_family",
          f"one of {', '.join(OPERAND_FAMILIES)}", family)
-    lo, hi = OPERAND_FAMILIES[family]
-    need(len(p["doses"]) >= 2 and all(isinstance(m, int) and not isinstance(m, bool)
-                                      and lo <= m <= hi for m in p["doses"])
-         and sorted(set(p["doses"])) == list(p["doses"]), study, "doses",
-         f"at least two ascending distinct ints in [{lo}, {hi}] (operand_family {family})",
-         p["doses"])
     need(isinstance(p["exp_bits"], int) and 2 <= p["exp_bits"] <= 8, study, "exp_bits",
          "an int in [2, 8]", p["exp_bits"])
     need(p["rounding"] in ROUNDINGS, study, "rounding", f"one of {', '.join(ROUNDINGS)}",
          p["rounding"])
+    return OPERAND_FAMILIES[family]
+
+
+def need_operand_doses(study: str, p: dict[str, Any]) -> None:
+    """need_operand_family, and "doses": ascending distinct widths of the family."""
+    from refsim.studies.params import need
+
+    lo, hi = need_operand_family(study, p)
+    need(len(p["doses"]) >= 2 and all(isinstance(m, int) and not isinstance(m, bool)
+                                      and lo <= m <= hi for m in p["doses"])
+         and sorted(set(p["doses"])) == list(p["doses"]), study, "doses",
+         f"at least two ascending distinct ints in [{lo}, {hi}] (operand_family "
+         f"{p['operand_family']})", p["doses"])
 
 
 def dose_spec(lever: str, m: int, p: dict[str, Any]) -> dict[str, Any]:
-    """The GemmSpec dict of a GEMM perturbed by `lever` at m mantissa bits (module docstring)."""
+    """The GemmSpec dict of a GEMM perturbed by `lever` at width m (module docstring)."""
     from refsim.studies.training import accumulator_spec, operand_spec
 
     if lever == "operands":
