@@ -42,11 +42,14 @@ def _train(args: argparse.Namespace) -> int:
     if args.task is not None and args.model != "transformer":
         raise ValueError(f"--task applies to --model transformer only ({args.model} trains on "
                          f"the bundled digits); got --task {args.task}")
+    if args.init != "uniform" and args.model == "transformer":
+        raise ValueError(f"--init {args.init} applies to --model mlp, cnn or resnet (the "
+                         f"transformer keeps uniform)")
     numerics = load_numerics(args.numerics)
     config = TrainConfig(model=args.model, epochs=args.epochs, seed=args.seed,
                          batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                          storage=args.storage, task=args.task or "copy",
-                         max_steps=args.max_steps)
+                         max_steps=args.max_steps, init=args.init)
     if args.out is not None:  # after the checks, before any work: a run never writes over another
         prepare_out_dir(args.out, args.overwrite)
     summary = train(config, numerics, out_dir=args.out,
@@ -64,6 +67,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     from refsim.nn.data import TASKS
+    from refsim.nn.layers import INITS
     from refsim.nn.numerics import PRESETS
     from refsim.nn.train import MODELS
 
@@ -93,6 +97,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", choices=TASKS, default=None,
                    help="the transformer's task (default copy; --model transformer only)")
     p.add_argument("--max-steps", type=positive_int, default=None)
+    p.add_argument("--init", choices=tuple(INITS), default="uniform",
+                   help="weight initialization: uniform (torch's default) or he (variance "
+                   "2/fan_in; mlp, cnn and resnet only)")
     p.add_argument("--threads", type=nonnegative_int, default=1,
                    help="Numba threads (default 1: these products are small, and on a busy "
                    "machine each parallel launch waits for a free core; 0: Numba's default). "

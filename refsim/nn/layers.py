@@ -7,8 +7,14 @@ Usage rules:
     optimizers and the checkpoints rely on.
   - Every layer that multiplies matrices is given its product name at construction and lists it
     in `gemm_names()`; a Numerics plan is checked against that list.
-  - Initialization draws from the NumPy Generator passed in, uniform in +-1/sqrt(fan_in) (as
-    torch's default for Linear and Conv2d), in float32.
+  - Initialization draws from the NumPy Generator passed in, in float32. Linear and Conv2d take
+    `init` (INITS): "uniform" draws weights and biases uniform in +-1/sqrt(fan_in) (torch's
+    default for Linear and Conv2d, variance 1/(3 fan_in)); "he" draws the weights uniform in
+    +-sqrt(6/fan_in) (variance 2/fan_in, He et al. 2015, which keeps a ReLU stack's activations
+    at one scale: under "uniform" each ReLU layer shrinks their second moment about 6-fold, and
+    an MLP of 6 layers on digits stalls at 29-86% test accuracy after 300 SGD steps) and the
+    biases as "uniform". Both modes draw the same uniforms from the Generator and scale them,
+    so one seed gives the same stream of draws.
 """
 
 from __future__ import annotations
@@ -22,15 +28,26 @@ from refsim.nn import ops
 from refsim.nn.numerics import Context
 from refsim.nn.tensor import Tensor
 
-__all__ = ["CausalSelfAttention", "Conv2d", "Embedding", "LayerNorm", "Linear", "Module"]
+__all__ = ["INITS", "CausalSelfAttention", "Conv2d", "Embedding", "LayerNorm", "Linear", "Module",
+           "need_init"]
+
+INITS = {"uniform": 1.0, "he": math.sqrt(6.0)}
+"""Weight initialization name -> gain on the bound 1/sqrt(fan_in) (module docstring)."""
 
 
 def _param(values: np.ndarray) -> Tensor:
     return Tensor(values.astype(np.float32), requires_grad=True)
 
 
-def _uniform(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int) -> Tensor:
-    bound = 1.0 / math.sqrt(fan_in)
+def need_init(init: str) -> None:
+    """ValueError unless `init` names one of INITS."""
+    if init not in INITS:
+        raise ValueError(f"init must be one of {', '.join(INITS)}; got {init!r}")
+
+
+def _uniform(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int,
+             gain: float = 1.0) -> Tensor:
+    bound = gain / math.sqrt(fan_in)
     return _param(rng.uniform(-bound, bound, size=shape))
 
 
@@ -71,9 +88,10 @@ class Linear(Module):
     """y = x W + b with W of shape (d_in, d_out); its product is named `name`."""
 
     def __init__(self, name: str, d_in: int, d_out: int, rng: np.random.Generator,
-                 bias: bool = True) -> None:
+                 bias: bool = True, init: str = "uniform") -> None:
+        need_init(init)
         self.name = name
-        self.weight = _uniform(rng, (d_in, d_out), d_in)
+        self.weight = _uniform(rng, (d_in, d_out), d_in, INITS[init])
         self.bias = _uniform(rng, (d_out,), d_in) if bias else None
 
     def gemm_names(self) -> list[str]:
@@ -87,10 +105,11 @@ class Conv2d(Module):
     """2-D convolution with weight (O, C, k, k), stride and zero padding."""
 
     def __init__(self, name: str, c_in: int, c_out: int, k: int, rng: np.random.Generator,
-                 stride: int = 1, padding: int = 0) -> None:
+                 stride: int = 1, padding: int = 0, init: str = "uniform") -> None:
+        need_init(init)
         self.name = name
         fan_in = c_in * k * k
-        self.weight = _uniform(rng, (c_out, c_in, k, k), fan_in)
+        self.weight = _uniform(rng, (c_out, c_in, k, k), fan_in, INITS[init])
         self.bias = _uniform(rng, (c_out,), fan_in)
         self.stride, self.padding = stride, padding
 

@@ -2,7 +2,8 @@
 
 Each model is built from a seed (its initialization is a pure function of it), takes its input
 as a NumPy array plus a Context, returns logits, and lists its matrix products in `gemm_names()`
-in forward order.
+in forward order. The ReLU models (MLP, CNN, ResNet) take `init`, their weights' initialization
+(refsim.nn.layers.INITS); the transformer keeps "uniform" (its LayerNorms hold the scale).
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ def _input(x: np.ndarray) -> Tensor:
 class MLP(Module):
     """Linear layers fc1..fcN with ReLU between them; sizes = (d_in, hidden..., d_out)."""
 
-    def __init__(self, sizes: Sequence[int] = (64, 128, 10), seed: int = 0) -> None:
+    def __init__(self, sizes: Sequence[int] = (64, 128, 10), seed: int = 0,
+                 init: str = "uniform") -> None:
         if len(sizes) < 2:
             raise ValueError(f"MLP sizes need at least an input and an output size; got {sizes}")
         rng = np.random.default_rng(seed)
         self.sizes = tuple(sizes)
-        self.layers = [Linear(f"fc{i + 1}", d_in, d_out, rng)
+        self.layers = [Linear(f"fc{i + 1}", d_in, d_out, rng, init=init)
                        for i, (d_in, d_out) in enumerate(itertools.pairwise(sizes))]
 
     def __call__(self, x: np.ndarray, ctx: Context, taps: dict | None = None) -> Tensor:
@@ -53,7 +55,7 @@ class CNN(Module):
     ...; the default (8, 16) is two convs)."""
 
     def __init__(self, channels: Sequence[int] = (8, 16), image: int = 8, classes: int = 10,
-                 seed: int = 0) -> None:
+                 seed: int = 0, init: str = "uniform") -> None:
         if image % 4:
             raise ValueError(f"CNN image size must be a multiple of 4 (two 2x2 pools); got {image}")
         if len(channels) < 2:
@@ -62,8 +64,9 @@ class CNN(Module):
         self.n_convs = len(channels)
         for i, (c_in, c_out) in enumerate(itertools.pairwise((1, *channels))):
             # attributes conv1, conv2, ...: parameter names (conv1.weight) as the layer names
-            setattr(self, f"conv{i + 1}", Conv2d(f"conv{i + 1}", c_in, c_out, 3, rng, padding=1))
-        self.fc = Linear("fc", channels[-1] * (image // 4) ** 2, classes, rng)
+            setattr(self, f"conv{i + 1}", Conv2d(f"conv{i + 1}", c_in, c_out, 3, rng, padding=1,
+                                                      init=init))
+        self.fc = Linear("fc", channels[-1] * (image // 4) ** 2, classes, rng, init=init)
 
     def __call__(self, x: np.ndarray, ctx: Context) -> Tensor:
         """Logits (N, classes) of images x (N, 1, H, W)."""
@@ -78,9 +81,10 @@ class CNN(Module):
 class Residual(Module):
     """relu(x + conv2(relu(conv1(x)))): two 3x3 convs (pad 1) that keep the channels."""
 
-    def __init__(self, name: str, width: int, rng: np.random.Generator) -> None:
-        self.conv1 = Conv2d(f"{name}.conv1", width, width, 3, rng, padding=1)
-        self.conv2 = Conv2d(f"{name}.conv2", width, width, 3, rng, padding=1)
+    def __init__(self, name: str, width: int, rng: np.random.Generator,
+                 init: str = "uniform") -> None:
+        self.conv1 = Conv2d(f"{name}.conv1", width, width, 3, rng, padding=1, init=init)
+        self.conv2 = Conv2d(f"{name}.conv2", width, width, 3, rng, padding=1, init=init)
 
     def __call__(self, x: Tensor, ctx: Context) -> Tensor:
         return (x + self.conv2(self.conv1(x, ctx).relu(), ctx)).relu()
@@ -96,14 +100,14 @@ class ResNet(Module):
     """
 
     def __init__(self, stem: int = 64, width: int = 16, blocks: int = 1, image: int = 8,
-                 classes: int = 10, seed: int = 0) -> None:
+                 classes: int = 10, seed: int = 0, init: str = "uniform") -> None:
         if image % 2:
             raise ValueError(f"ResNet image size must be even (one 2x2 pool); got {image}")
         rng = np.random.default_rng(seed)
-        self.stem = Conv2d("stem", 1, stem, 3, rng, padding=1)
-        self.reduce = Conv2d("reduce", stem, width, 1, rng)
-        self.blocks = [Residual(f"block{i + 1}", width, rng) for i in range(blocks)]
-        self.fc = Linear("fc", width * (image // 2) ** 2, classes, rng)
+        self.stem = Conv2d("stem", 1, stem, 3, rng, padding=1, init=init)
+        self.reduce = Conv2d("reduce", stem, width, 1, rng, init=init)
+        self.blocks = [Residual(f"block{i + 1}", width, rng, init) for i in range(blocks)]
+        self.fc = Linear("fc", width * (image // 2) ** 2, classes, rng, init=init)
 
     def __call__(self, x: np.ndarray, ctx: Context) -> Tensor:
         """Logits (N, classes) of images x (N, 1, H, W)."""

@@ -47,7 +47,7 @@ import numpy as np
 
 from refsim.nn import ops
 from refsim.nn.data import TASKS, Split, digits, sequence_task
-from refsim.nn.layers import Module
+from refsim.nn.layers import Module, need_init
 from refsim.nn.models import CNN, MLP, ResNet, Transformer
 from refsim.nn.numerics import PRESETS, Context, Numerics, preset
 from refsim.nn.optim import SCHEDULES, SGD, Adam, Optimizer
@@ -83,6 +83,8 @@ class TrainConfig:
         eval_preset: a Numerics preset name the test set is evaluated with (e.g. "numpy":
             fp32 inference, the same for every training plan), or None: the training plan's
             forward products.
+        init: the weights' initialization, "uniform" or "he" (refsim.nn.layers.INITS; "he"
+            for the ReLU models mlp, cnn and resnet only).
     """
 
     model: str = "mlp"
@@ -108,6 +110,7 @@ class TrainConfig:
     channels: tuple[int, ...] | None = None
     lr_schedule: str = "constant"
     eval_preset: str | None = None
+    init: str = "uniform"
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -134,6 +137,10 @@ class TrainConfig:
                 and (self.model != "resnet" or len(self.channels) == 2)):
             raise ValueError(f"channels must list at least two positive ints (two for the "
                              f"resnet: stem, width); got {self.channels!r}")
+        need_init(self.init)
+        if self.model == "transformer" and self.init != "uniform":
+            raise ValueError(f"init applies to the ReLU models (mlp, cnn, resnet); the "
+                             f"transformer keeps 'uniform'; got init {self.init!r}")
         if self.eval_preset is not None and self.eval_preset not in PRESETS:
             raise ValueError(f"eval_preset must be None or one of {', '.join(PRESETS)}; got "
                              f"{self.eval_preset!r}")
@@ -164,12 +171,13 @@ def build(config: TrainConfig) -> tuple[Module, Split]:
     """The model (initialized from config.seed) and its data."""
     c = config
     if c.model == "mlp":
-        return MLP((64, *c.hidden, 10), seed=c.seed), digits()
+        return MLP((64, *c.hidden, 10), seed=c.seed, init=c.init), digits()
     if c.model == "cnn":
-        return CNN(channels=c.channels or (8, 16), seed=c.seed), digits(images=True)
+        return CNN(channels=c.channels or (8, 16), seed=c.seed, init=c.init), \
+            digits(images=True)
     if c.model == "resnet":
         stem, width = c.channels or (64, 16)
-        return ResNet(stem=stem, width=width, blocks=c.blocks, seed=c.seed), \
+        return ResNet(stem=stem, width=width, blocks=c.blocks, seed=c.seed, init=c.init), \
             digits(images=True)
     split = sequence_task(c.task, n_train=c.n_train, length=c.length, vocab=c.vocab, seed=c.seed)
     model = Transformer(c.vocab + 1, split.x_train.shape[1], d=c.d_model, heads=c.heads,

@@ -281,3 +281,10 @@ def test_task_belongs_to_the_transformer(capsys):
     assert "--task applies to --model transformer only" in err and "modadd" in err
     with pytest.raises(ValueError, match="task applies to model 'transformer' only"):
         TrainConfig(model="cnn", task="reversal")
+
+
+def test_cli_init(capsys):
+    assert main(["train", "--model", "transformer", "--init", "he", "--quiet"]) == 2
+    assert "--init he applies to --model mlp, cnn or resnet" in capsys.readouterr().err
+    assert main(["train", "--model", "mlp", "--init", "he", "--epochs", "1", "--max-steps", "2",
+                 "--quiet"]) == 0

@@ -250,3 +250,21 @@ def test_allocation_caps_a_diverged_run_instead_of_dropping_it():
     # damages: U 0.5 on every seed; factor 1.0, cap, cap
     assert c["n"] == 3
     assert c["mean_diff"] == pytest.approx(((1.0 - 0.5) + 2 * (cap - 0.5)) / 3)
+
+
+def test_allocation_stratifies_by_architecture():
+    """Architectures that differ from one another are not seed noise: the standard error comes
+    from the seeds within each architecture, the estimate weighs every architecture the same."""
+    within = {"a": [1.0, 1.2, 0.8, 1.0], "b": [5.0, 5.1, 4.9, 5.0, 5.2, 4.8]}
+    c = allocate._stratified(within)
+    assert c["mean_diff"] == pytest.approx((1.0 + 5.0) / 2)
+    var = {a: np.var(d, ddof=1) / len(d) for a, d in within.items()}
+    assert c["se"] == pytest.approx(math.sqrt(sum(var.values())) / 2)
+    assert c["df"] == pytest.approx(sum(var.values()) ** 2
+                                    / (var["a"] ** 2 / 3 + var["b"] ** 2 / 5))
+    assert c["between_sd"] == pytest.approx(np.std([1.0, 5.0], ddof=1))
+    assert c["n"] == 10 and c["per_arch"]["b"]["n"] == 6
+    pooled = np.std(within["a"] + within["b"], ddof=1) / math.sqrt(10)
+    assert c["se"] < pooled / 10  # pooling would count the 4 seed-sd between them as noise
+    nan = allocate._stratified({"a": [1.0, math.nan, 2.0], "b": [math.nan]})
+    assert nan["n"] == 2 and list(nan["per_arch"]) == ["a"]
