@@ -98,7 +98,7 @@ on e5m1..e5m3 no two policies' test losses differed by more than 0.23 seed-sd: e
 comparison could only come out "alike"), every policy and 2 random draws; 300 steps (every product
 simulated: these runs cost 3-10x a tolerance run); SESOI 0.5 seed-sd (declared before running).
 Every MLP trains with He initialization (RECIPE): under torch's default uniform init the MLPs
-stalled at 29-86% test accuracy after 300 steps and mlp-deep (nine layers of width 64) at 8-9%;
+stalled at 29-87% test accuracy after 300 steps and mlp-deep (nine layers of width 64) at 8-9%;
 with He init all four reach 94-98% on the same recipe."""
 
 
