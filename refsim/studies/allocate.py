@@ -60,7 +60,7 @@ from refsim.studies.dose import (
 )
 from refsim.studies.params import need
 from refsim.studies.report import save_figure
-from refsim.studies.tolerance import DAMAGE_CAP
+from refsim.studies.tolerance import DAMAGE_CAP, plateau, plateau_text
 from refsim.studies.training import bits_plan, profile_of, train_run
 
 __all__ = ["FULL", "QUICK", "STANDARD", "TITLE", "VERSION", "allocation", "analyze", "check",
@@ -249,8 +249,13 @@ def analyze(p: dict[str, Any], configs: list[dict[str, Any]],
     raw: dict[str, dict[tuple[str, str, int], float]] = {k: {} for k in MEASURES}
     allocations: dict[str, dict[str, dict[str, int]]] = {}
     identical: dict[str, list[list[str]]] = {}
+    curves: dict[str, list[list[float]]] = {}
+    accuracy: dict[str, list[float]] = {}
     for c, r in zip(configs, results, strict=True):
         seed = c["train"]["seed"]
+        if c["policy"] == "baseline":
+            curves.setdefault(c["arch"], []).append(r.get("test_curve", []))
+            accuracy.setdefault(c["arch"], []).append(r["test_accuracy"])
         for pol in c["policies"] or ["baseline"]:
             for k in MEASURES:
                 raw[k][(c["arch"], pol, seed)] = r[k]
@@ -289,6 +294,10 @@ def analyze(p: dict[str, Any], configs: list[dict[str, Any]],
                      for pol in [*allocations.get(a, {}), "baseline"]}
                  for a in p["architectures"]} for k in MEASURES}
     summary = {"mean": means, "noise": noise, "comparisons": comparisons,
+               "plateau": {a: plateau(curves.get(a, []), noise["test_loss"][a])
+                           for a in p["architectures"]},
+               "baseline_accuracy": {a: [float(np.min(v)), float(np.max(v))]
+                                     for a, v in accuracy.items()},
                "allocations": allocations, "identical": identical,
                "pairs": len(p["architectures"]) * len(p["seeds"])}
     return rows, summary, as_findings(finalize(claims({"params": p, "summary": summary})))
@@ -366,6 +375,8 @@ def section(doc: dict[str, Any]) -> str:
         cells = [f"{c['per_arch'][a]['mean']:+.2f}" if a in c["per_arch"] else "-"
                  for a in p["architectures"]]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", plateau_text(s.get("plateau", {}), s.get("baseline_accuracy", {}),
+                               "architectures")]
     lines += ["", "Identical policies (trained once): " + ("; ".join(
         f"{a}: " + ", ".join(" = ".join(g) for g in gs) for a, gs in s["identical"].items())
         or "none") + ".", "", "Allocations (layer: operand width in bits):", ""]

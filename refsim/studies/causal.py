@@ -56,7 +56,7 @@ from refsim.studies.dose import (
 )
 from refsim.studies.params import need
 from refsim.studies.report import save_figure
-from refsim.studies.tolerance import MEASURES, OUTCOMES, dose_area
+from refsim.studies.tolerance import MEASURES, OUTCOMES, dose_area, plateau, plateau_text
 from refsim.studies.training import low_plan, train_run
 
 __all__ = ["FULL", "QUICK", "STANDARD", "SWEEPS", "TITLE", "VERSION", "analyze", "check",
@@ -239,10 +239,15 @@ def analyze(p: dict[str, Any], configs: list[dict[str, Any]],
     rows = []
     base: dict[tuple[str, str, int], float] = {}
     point: dict[tuple, float] = {}
+    curves: dict[str, list[list[float]]] = {}
+    accuracy: dict[str, list[float]] = {}
     for c, r in zip(configs, results, strict=True):
         rows.append({"kind": c["kind"], "sweep": c["sweep"], "level": c["level"],
                      "variant": c["variant"], "bits": c["bits"], "seed": c["seed"],
                      **{k: r[k] for k in (*MEASURES, "test_accuracy", "seconds")}})
+        if c["kind"] == "baseline" and c["seed"] in p["noise_seeds"]:
+            curves.setdefault(c["variant"], []).append(r.get("test_curve", []))
+            accuracy.setdefault(c["variant"], []).append(r["test_accuracy"])
         for k in MEASURES:
             if c["kind"] == "baseline":
                 base[(c["variant"], k, c["seed"])] = r[k]
@@ -287,7 +292,11 @@ def analyze(p: dict[str, Any], configs: list[dict[str, Any]],
                 slopes[f"{outcome}/{k}"] = {
                     "per_seed": seed_slopes, "mean": slope, "se": se, "n": n,
                     "of_means": _slope(x, [pt[field] for pt in pts])}
-    summary = {"sweeps": out, "noise": {v: noise[v] for v in sorted(variants)}}
+    summary = {"sweeps": out, "noise": {v: noise[v] for v in sorted(variants)},
+               "plateau": {v: plateau(curves.get(v, []), noise[v]["test_loss"])
+                           for v in sorted(variants)},
+               "baseline_accuracy": {v: [float(np.min(accuracy[v])), float(np.max(accuracy[v]))]
+                                     for v in sorted(accuracy)}}
     return rows, summary, as_findings(finalize(claims({"params": p, "summary": summary})))
 
 
@@ -385,5 +394,7 @@ def section(doc: dict[str, Any]) -> str:
               "| sweep | area per level (test loss) | slope (test loss) | slope (train AUC) |",
               "|---|---|---|---|"]
     lines += [_row(sweep, e, "area") for sweep, e in s["sweeps"].items()]
+    lines += ["", plateau_text(s.get("plateau", {}), s.get("baseline_accuracy", {}),
+                               "variants (model shapes)")]
     lines += [""] + [f"![causal]({f})" for f in doc["plots"]] + [""]
     return "\n".join(lines)

@@ -200,6 +200,13 @@ def test_outputs_end_to_end(tmp_path):
         assert key in rows[0]
     report = (tmp_path / "report.md").read_text()
     assert "## Claims and verdicts" in report
+    # every study checks that its baselines end on a plateau, and says so in its section
+    for doc, keys in zip(docs, (["mlp-down", "mlp-up"], None, ["mlp-down"]), strict=True):
+        plateaus = doc["summary"]["plateau"]
+        assert keys is None or sorted(plateaus) == keys
+        assert all(set(pl) >= {"mean_change_sd", "plateau"} for pl in plateaus.values())
+    for doc in docs[1:]:
+        assert "Plateau: " in doc["section"] and "Baseline test accuracy" in doc["section"]
     assert "\n".join(paper_table(claims)) in report
     # every run of one GEMM pairs with the baseline of its seed: same training fields
     tol = docs[0]
@@ -268,3 +275,12 @@ def test_allocation_stratifies_by_architecture():
     assert c["se"] < pooled / 10  # pooling would count the 4 seed-sd between them as noise
     nan = allocate._stratified({"a": [1.0, math.nan, 2.0], "b": [math.nan]})
     assert nan["n"] == 2 and list(nan["per_arch"]) == ["a"]
+
+
+def test_plateau_text_names_the_baselines_that_are_not():
+    pl = {"a": tolerance.plateau([[1.0, 0.5, 0.40, 0.40]], 0.1),
+          "b": tolerance.plateau([[1.0, 0.8, 0.60, 0.40]], 0.1)}
+    assert pl["a"]["plateau"] and not pl["b"]["plateau"]
+    text = tolerance.plateau_text(pl, {"a": [0.9, 0.95], "b": [0.5, 0.6]}, "variants")
+    assert text.startswith("Plateau: 1 of 2 variants end on a plateau")
+    assert "not on a plateau: b" in text and "Baseline test accuracy 50.0-95.0%" in text
