@@ -562,7 +562,7 @@ def _gemm_kernel(mode: int, omode: int, floor: bool, product: bool, narrow1: boo
 
 NV = 2  # float64 vectors per tile row in a call of mt_tile.group_tile (16 columns)
 NV_NARROW = 4  # 32 columns when pass 2 runs in float32 lanes (16 per vector)
-NV_RUN = 1  # float32 vectors per tile row in a call of mt_tile.groups_tile (16 columns each)
+NV_RUN = 2  # float32 vectors per tile row in a call of mt_tile.groups_tile (32 columns)
 
 
 def _make_gemm(MODE: int, OMODE: int, FLOOR: bool, PRODUCT: bool, NARROW1: bool, NARROW2: bool,
