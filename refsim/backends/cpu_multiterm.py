@@ -98,6 +98,29 @@ float32 lanes instead, twice the lanes per vector:
    the tile: IEEE's conversion is the correctly rounded value in that mode, subnormals and
    signed zeros included, and its overflow (+-Inf, or +-max where the mode rounds toward zero
    for that sign) is the contract's default; NaN marks as in step 5.
+8. A chunk's later groups in one run, s in registers (refsim.kernels.mt_tile.groups_tile: one
+   IR loop over the groups after a chunk's first, in 16 float32 / int32 lanes, nothing in
+   memory between groups), where `plan` proves it (_runs): acc-aligned, align product, float32
+   maxima and products with int32 sums (2', 3', 4' parts 1 or 2), and an fp32 accumulator
+   rounded toward zero in the tile (5'). Then after the first group s is an fp32 value and
+   finite (a rounding toward zero overflows to +-max; G is finite), and `plan` asks every
+   nonzero 2^ea 2^eb to be at least 2^-126, so every nonzero value's alignment power is a
+   float32 normal: E = max(ea + eb, floor(log2|s|) raised to -126) lies in [-126, 127], M =
+   2^E is the exponent field of the larger of the patterns of max 2^ea 2^eb and |s|
+   (floor(log2) is monotone; nonnegative floats order as their patterns), raised to 2^-126,
+   which also stands for -480's clamp when every value is a zero (their T are signed zeros
+   for any finite scale). 2^-q = 2^(width - 1 - E) has the pattern ((253 + width) << 23) - M
+   (width <= 28: below 2^32); sc = 2^-q clamped to 2^127 (E <= 127, so it is at least 2^-126)
+   scales the products as in 3'. T(s) = trunc((s * 2^a) * sc), 2^a = 2^-q / sc: when sc is
+   clamped (E < width - 128), |s| < 2^(E + 1) is tiny and s * 2^a is exact; the product is
+   |s| 2^-q < 2^width, exact when at least 2^-126 and below 1 (T a zero of s's sign)
+   otherwise, as 3'. round(G) toward zero: S (int32, or the two parts added in int64) is
+   converted to float32 toward zero, scaled by 2^d, d = max(q, -126) (exact: a normal
+   result, or an overflow that the true G makes too), then by 2^(q - d) toward zero (both
+   {rz-sae}): truncating to a grid and then to a coarser grid that is a subset of it (the
+   float32 grid of the same binade, or the subnormal grid) is truncating to the coarser grid,
+   so this is rtz(G), with +-max on overflow; an S = 0 is signed by the AND of the terms'
+   sign bits (T(s)'s from s * 2^-q) as in 4'.
 The jobs (4 x 64 outputs each) run as one nogil kernel over a range of jobs, split into
 numba.get_num_threads() ranges on Python threads (refsim.backends.threads.run_jobs; a parallel
 kernel's parfor lowering was most of a cold first call's compile time); a job's arithmetic does
@@ -187,6 +210,7 @@ class MultitermPlan:
     narrow2: bool = False  # pass 2 (the truncated sums) in float32 lanes (step 3')
     parts: int = 0  # under narrow2: the sums in float32 (0) or in 1 or 2 int32 parts (step 4')
     round32: int = -1  # the accumulator's rounding in the tile (fp32; step 5'), else -1
+    run: bool = False  # a chunk's later groups with s in registers, float32 lanes (step 8)
     route = "multiterm-lanes"  # as cpu_tile.TilePlan.route: which fast path ran
 
 
@@ -254,10 +278,23 @@ def plan(acc: AccumSpec, ra: OperandRange, rb: OperandRange, c: np.ndarray | Non
     key = (ROUNDINGS.index(acc.rounding), ROUNDINGS.index(outer.rounding),
            int(acc.variant == "acc-aligned"), int(acc.truncation == "floor"), int(product_align))
     narrow1, narrow2, parts = _narrow(acc, ra, rb, emin)
+    round32 = _round32(acc)
     return MultitermPlan(key, acc.group, acc.width, acc.chunk or 0, acc.fmt.emin,
                          None if operands is None else operands.emin,
                          acc.subnormals == "flush", acc.c_entry == "outer", _constants(acc),
-                         _constants(outer), narrow1, narrow2, parts, _round32(acc))
+                         _constants(outer), narrow1, narrow2, parts, round32,
+                         _runs(acc, ra, rb, emin, narrow1 and narrow2 and parts > 0, round32))
+
+
+def _runs(acc: AccumSpec, ra: OperandRange, rb: OperandRange, emin: int, int32_sums: bool,
+          round32: int) -> bool:
+    """Step 8's conditions: acc-aligned with product exponents, float32 lanes with int32 sums,
+    an fp32 accumulator rounded toward zero in the tile (so s stays an fp32 value, finite), and
+    every nonzero 2^(ea + eb) a float32 normal."""
+    if not (int32_sums and round32 == RTZ and acc.variant == "acc-aligned"
+            and acc.align == "product"):
+        return False
+    return ra.bits == 0 or rb.bits == 0 or max(ra.low, emin) + max(rb.low, emin) >= -126
 
 
 def _round32(acc: AccumSpec) -> int:
@@ -354,7 +391,7 @@ def run(p: MultitermPlan, a3: np.ndarray, b3: np.ndarray, c: np.ndarray | None =
     dims = np.array([n_batch, rows, n_k, cols], np.int64)
     outer_add = (has_c and p.c_outer) or chunk < n_k  # o = round_o(o + s) happens
     kernel = _gemm_kernel(mode, omode, bool(floor), product_align, p.narrow1, p.narrow2,
-                          p.parts, p.round32, bool(p.key[2]), outer_add)
+                          p.parts, p.round32, bool(p.key[2]), outer_add, p.run)
     n_jobs = n_batch * (rows // TM) * (cols // TN)
 
     def jobs(j0: int, j1: int) -> None:
@@ -511,12 +548,13 @@ _GEMMS: dict[tuple, Callable[..., None]] = {}
 
 
 def _gemm_kernel(mode: int, omode: int, floor: bool, product: bool, narrow1: bool,
-                 narrow2: bool, parts: int, round32: int, aligned: bool, outer_add: bool
-                 ) -> Callable[..., None]:
+                 narrow2: bool, parts: int, round32: int, aligned: bool, outer_add: bool,
+                 runs: bool) -> Callable[..., None]:
     """The kernel of one (accumulator mode, outer mode, floor truncation, align product, float32
     lanes in pass 1, in pass 2, int32 parts, rounding in the tile, acc-aligned, an outer sum
-    o + s), made on first use."""
-    key = (mode, omode, floor, product, narrow1, narrow2, parts, round32, aligned, outer_add)
+    o + s, later groups in one run), made on first use."""
+    key = (mode, omode, floor, product, narrow1, narrow2, parts, round32, aligned, outer_add,
+           runs)
     if key not in _GEMMS:
         _GEMMS[key] = _make_gemm(*key)
     return _GEMMS[key]
@@ -524,10 +562,11 @@ def _gemm_kernel(mode: int, omode: int, floor: bool, product: bool, narrow1: boo
 
 NV = 2  # float64 vectors per tile row in a call of mt_tile.group_tile (16 columns)
 NV_NARROW = 4  # 32 columns when pass 2 runs in float32 lanes (16 per vector)
+NV_RUN = 2  # float32 vectors per tile row in a call of mt_tile.groups_tile (32 columns)
 
 
 def _make_gemm(MODE: int, OMODE: int, FLOOR: bool, PRODUCT: bool, NARROW1: bool, NARROW2: bool,
-               PARTS: int, ROUND32: int, ALIGNED: bool, OUTER_ADD: bool):
+               PARTS: int, ROUND32: int, ALIGNED: bool, OUTER_ADD: bool, RUNS: bool):
     """out[p, i, j] = the multiterm reduction of a[p, i, :] . bt[p, :, j] (module doc) for the
     jobs job0 .. job1-1. Closure cells are plain ints and bools (and mt_tile's source hash), so
     Numba's on-disk cache finds the kernel again in a new process."""
@@ -535,6 +574,8 @@ def _make_gemm(MODE: int, OMODE: int, FLOOR: bool, PRODUCT: bool, NARROW1: bool,
     ABSOLUTE = not PRODUCT  # normalized: the maxima of |a b| (pass 1 reads a and b themselves)
     NVT = NV_NARROW if NARROW2 and PARTS == 0 else NV
     SUB = 8 * NVT  # columns of one group_tile call
+    NVR = NV_RUN  # a closure cell (Numba's cache key), not a global
+    SUB_RUN = 16 * NVR  # columns of one groups_tile call
     # 2^-q in pass 2: clamped to float32's normals in float32 lanes (step 3': exact)
     SC_LO, SC_HI = (-126, 127) if NARROW2 else (-1022, 1023)
     emitter = mt_tile.SOURCE_HASH
@@ -574,29 +615,46 @@ def _make_gemm(MODE: int, OMODE: int, FLOOR: bool, PRODUCT: bool, NARROW1: bool,
                     for ii in range(TM):
                         for j in range(TN):
                             s[ii * TN + j] = cv[p, i0 + ii, j0 + j]
-                for g0 in range(c0, c1, group):
-                    g1 = min(g0 + group, c1)
-                    round_here = ALIGNED or not have_s  # s = round(G), not round(s + G)
-                    # Steps 2-4: the group's exact sum G per output, in registers.
+                if RUNS:  # step 8: the first group as below, the rest in one run
+                    g1 = min(c0 + group, c1)
                     for jc in range(0, TN, SUB):
                         mt_tile.group_tile(TM, NVT, ABSOLUTE, FLOOR, RDN_MODE, PRODUCT, PARTS,
                                            ROUND32, pa, pb,
-                                           a, bt, a_base + g0, n_k, b_base + g0 * n_cols + jc,
-                                           n_cols, g1 - g0, s, g, jc, TN,
-                                           np.int64(ALIGNED and have_s), width, acc_emin,
+                                           a, bt, a_base + c0, n_k, b_base + c0 * n_cols + jc,
+                                           n_cols, g1 - c0, s, g, jc, TN,
+                                           np.int64(have_s), width, acc_emin,
                                            np.int64(SC_LO), np.int64(SC_HI),
-                                           np.int64(round_here), np.int64(have_s))
-                    # Step 5: the group's rounding (done in the tile when ROUND32 >= 0). The
-                    # branches on closure constants are pruned: a kernel compiles only the
-                    # roundings its spec can reach.
-                    if ALIGNED:
-                        if ROUND32 < 0:
-                            _round_alone(MODE, g, s, fast, have_s)
-                    elif have_s:
-                        _round_add(MODE, g, s, fast)
-                    elif ROUND32 < 0:
-                        _round_alone(MODE, g, s, fast, False)
+                                           np.int64(1), np.int64(have_s))
+                    if g1 < c1:
+                        for jc in range(0, TN, SUB_RUN):
+                            mt_tile.groups_tile(TM, NVR, PARTS, pa, pb, a, bt, a_base + g1,
+                                                n_k, b_base + g1 * n_cols + jc, n_cols, c1 - g1,
+                                                group, s, jc, TN, width)
                     have_s = True
+                else:
+                    for g0 in range(c0, c1, group):
+                        g1 = min(g0 + group, c1)
+                        round_here = ALIGNED or not have_s  # s = round(G), not round(s + G)
+                        # Steps 2-4: the group's exact sum G per output, in registers.
+                        for jc in range(0, TN, SUB):
+                            mt_tile.group_tile(TM, NVT, ABSOLUTE, FLOOR, RDN_MODE, PRODUCT,
+                                               PARTS, ROUND32, pa, pb, a, bt, a_base + g0, n_k,
+                                               b_base + g0 * n_cols + jc, n_cols, g1 - g0, s,
+                                               g, jc, TN,
+                                               np.int64(ALIGNED and have_s), width, acc_emin,
+                                               np.int64(SC_LO), np.int64(SC_HI),
+                                               np.int64(round_here), np.int64(have_s))
+                        # Step 5: the group's rounding (done in the tile when ROUND32 >= 0).
+                        # The branches on closure constants are pruned: a kernel compiles only
+                        # the roundings its spec can reach.
+                        if ALIGNED:
+                            if ROUND32 < 0:
+                                _round_alone(MODE, g, s, fast, have_s)
+                        elif have_s:
+                            _round_add(MODE, g, s, fast)
+                        elif ROUND32 < 0:
+                            _round_alone(MODE, g, s, fast, False)
+                        have_s = True
                 # Step 6: promotion into the outer accumulator.
                 if OUTER_ADD:
                     if first_outer:

@@ -32,6 +32,16 @@ For each output of the tm x 8nv tile:
   - round32 >= 0 (a mode: rne, or rtz/rup/rdn with AVX-512) and round_here != 0: s = G
     converted to float32 in that mode (vcvtpd2ps, the rounding embedded) and back, or NaN
     where G is not finite or (have_s != 0) the s read was not.
+
+`groups_tile(tm, nv, parts, pa, pb, a, bt, a_off, a_stride, b_off, b_stride, nk, group, s,
+t_off, t_stride, width)` (cpu_multiterm's step 8; the first three arguments compile-time ints)
+runs the groups of a chunk after its first over a tm x 16nv tile in one loop, s in registers:
+k = 0 .. nk-1 in groups of `group` (the last may be shorter), all four arrays float32, s read
+once (fp32 values in float64) and written once. Per group and output: mx as above (product
+exponents), M = 2^E from the patterns of mx and |s| (at least 2^-126), sc = 2^-q clamped to
+2^127, T(s) = trunc((s * 2^a) * sc) with 2^a = 2^-q / sc, the int32 sums (parts = 1, or 2 k
+halves) from T(s), and s = G rounded toward zero to fp32 ({rz-sae} conversion and scalings),
+-0 for S = 0 when every term's sign bit is set. Acc-aligned, align product, fp32 rtz only.
 """
 
 from __future__ import annotations
@@ -478,3 +488,196 @@ class _Fused:
             totals.append(row_t)
             negs.append(row_n)
         return totals, negs
+
+
+# ---- the later groups of a chunk, s in registers ------------------------------------------------
+_RZ = _RC[RTZ] | 8  # {rz-sae}: round toward zero, exceptions suppressed
+_F32_ONE = 0x3F800000  # 1.0's pattern: a power of two 2^e is (127 + e) << 23
+_F32_MIN_NORMAL = 0x00800000  # 2^-126 (fp32's emin: s's exponent floor under align product)
+_F32_TOP = 0x7F000000  # 2^127
+_F32_FIELD = 0x7F800000
+_F32_ABS = 0x7FFFFFFF
+
+
+@intrinsic(prefer_literal=True)
+def groups_tile(typingctx, tm, nv, parts, pa, pb, a, bt, a_off, a_stride, b_off, b_stride, nk,
+                group, s, t_off, t_stride, width):
+    """The groups of a tm x (16 nv) tile after a chunk's first, the running sum s in registers
+    (module doc); Numba code only."""
+    consts = [_literal(t) for t in (tm, nv, parts)]
+    if not all(x.dtype == types.float32 for x in (pa, pb, a, bt)) or s.dtype != types.float64:
+        raise TypeError("refsim.kernels.mt_tile.groups_tile: pa, pb, a and bt float32, s "
+                        "float64")
+    if consts[2] not in (1, 2):
+        raise TypeError("refsim.kernels.mt_tile.groups_tile: int32 sums in 1 or 2 parts")
+    sig = types.void(tm, nv, parts, pa, pb, a, bt, a_off, a_stride, b_off, b_stride, nk, group,
+                     s, t_off, t_stride, width)
+
+    def codegen(context, builder, signature, args):
+        _Run(context, builder, signature.args, args, consts).emit()
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+class _Run:
+    """groups_tile's IR: 16 float32 / int32 lanes per vector throughout."""
+
+    def __init__(self, context, builder, sig_args, args, consts):
+        self.tm, self.nv, self.parts = consts
+        self.b = builder
+        self.e = e = _Emit(context, builder, sig_args, args, 3)  # pa's float32 lanes
+        e.intp = args[7].type
+        (pa, pb, a, bt, self.a_off, self.a_stride, self.b_off, self.b_stride, self.nk,
+         self.group, s, self.t_off, self.t_stride, width) = args[3:]
+        self.pa, self.pb = e.data(sig_args[3], pa), e.data(sig_args[4], pb)
+        self.a, self.bt = e.data(sig_args[5], a), e.data(sig_args[6], bt)
+        self.s = e.data(sig_args[13], s)
+        w = builder.trunc(width, _I32) if width.type.width > 32 else width
+        self.width = self.splat(w)
+        self.vd16 = ir.VectorType(_F64, 16)
+
+    def ci(self, v):
+        """A constant <16 x i32> (v as an unsigned 32-bit pattern)."""
+        v &= (1 << 32) - 1
+        return ir.Constant(self.e.vi, [v - (1 << 32) if v >= 1 << 31 else v] * 16)
+
+    def splat(self, x):
+        b, vi = self.b, self.e.vi
+        v = b.insert_element(ir.Constant(vi, ir.Undefined), x, ir.Constant(_I32, 0))
+        return b.shuffle_vector(v, ir.Constant(vi, ir.Undefined),
+                                ir.Constant(ir.VectorType(_I32, 16), [0] * 16))
+
+    def umax(self, x, y):
+        return self.b.select(self.b.icmp_unsigned(">", x, y), x, y)
+
+    def umin(self, x, y):
+        return self.b.select(self.b.icmp_unsigned("<", x, y), x, y)
+
+    def as_f(self, x):
+        return self.b.bitcast(x, self.e.vf)
+
+    def as_i(self, x):
+        return self.b.bitcast(x, self.e.vi)
+
+    def s_ptr(self, i, j):
+        b, c = self.b, self.e.c
+        off = b.add(self.t_off, b.add(b.mul(self.t_stride, c(i)), c(16 * j)))
+        return b.bitcast(b.gep(self.s, [off]), self.vd16.as_pointer())
+
+    def k_loop(self, rows_base, panel_base, k0, k1, states, step):
+        """for k in k0 .. k1-1 over the tile: states per (row, vector), step(a_ik, b_kj, st)."""
+        e, b, tm, nv = self.e, self.b, self.tm, self.nv
+        a_rows = _rows(e, rows_base, self.a_off, self.a_stride, tm)
+        panel = b.gep(panel_base, [self.b_off])
+        width = len(states) // (tm * nv)
+
+        def body(k, flat):
+            avec, bvec = e.operands(a_rows, panel, self.b_stride, k, nv)
+            new = []
+            for i in range(tm):
+                for j in range(nv):
+                    at = (i * nv + j) * width
+                    new.extend(step(avec[i], bvec[j], flat[at:at + width]))
+            return new
+
+        return e.loop(k1, states, body, k0)
+
+    def emit(self):
+        b, e, tm, nv = self.b, self.e, self.tm, self.nv
+        s0 = [b.fptrunc(b.load(self.s_ptr(i, j), align=8), e.vf)  # exact: fp32 values
+              for i in range(tm) for j in range(nv)]
+        group = self.group
+        one = e.c(1)
+        n_groups = b.sdiv(b.sub(b.add(self.nk, group), one), group)
+        s1 = e.loop(n_groups, s0, self.one_group)
+        for i in range(tm):
+            for j in range(nv):
+                b.store(b.fpext(s1[i * nv + j], self.vd16), self.s_ptr(i, j), align=8)
+
+    def one_group(self, gi, s_old):
+        """One group (k from gi * group, at most group terms): s_old -> the new s."""
+        b, e, tm, nv = self.b, self.e, self.tm, self.nv
+        k0 = b.mul(gi, self.group)
+        k1 = b.add(k0, self.group)
+        k1 = b.select(b.icmp_signed("<", k1, self.nk), k1, self.nk)
+
+        def max_step(x, y, st):
+            v = b.fmul(x, y)  # 2^ea * 2^eb, exact (a float32 normal or 0)
+            return [b.select(b.fcmp_ordered(">", v, st[0]), v, st[0])]
+
+        zero = ir.Constant(e.vf, [0.0] * 16)
+        mx = self.k_loop(self.pa, self.pb, k0, k1, [zero] * (tm * nv), max_step)
+        # The scales from patterns: M = 2^E, E = max(floor(log2 mx), floor(log2|s|), -126)
+        # (floor(log2) is monotone: the exponent field of the larger pattern); 2^-q = 2^(width
+        # - 1 - E) is the pattern ((253 + width) << 23) - M, which stays below 2^32; sc is it
+        # clamped to 2^127 (the lower clamp 2^-126 never acts: E <= 127); 2^a = 2^-q / sc.
+        c_inv = b.shl(b.add(self.width, self.ci(253)), self.ci(23))
+        states, scales = [], []
+        for idx in range(tm * nv):
+            sv = s_old[idx]
+            m = self.umax(b.and_(self.umax(self.as_i(mx[idx]), b.and_(self.as_i(sv),
+                                                                       self.ci(_F32_ABS))),
+                                 self.ci(_F32_FIELD)), self.ci(_F32_MIN_NORMAL))
+            raw = b.sub(c_inv, m)
+            sc = self.umin(raw, self.ci(_F32_TOP))
+            up = b.add(b.sub(raw, sc), self.ci(_F32_ONE))
+            xs = b.fmul(b.fmul(sv, self.as_f(up)), self.as_f(sc))  # s * 2^-q (module doc)
+            scales.append(m)
+            states += [b.fptosi(xs, e.vi), self.as_f(sc), self.as_i(xs)]
+
+        def sum_step(x, y, st):
+            v = b.fmul(b.fmul(x, y), st[1])  # (a*b) * 2^-q
+            return [b.add(st[0], b.fptosi(v, e.vi)), st[1], b.and_(st[2], self.as_i(v))]
+
+        if self.parts == 1:
+            res = self.k_loop(self.a, self.bt, k0, k1, states, sum_step)
+            halves = [res]
+        else:
+            half = b.add(k0, b.ashr(b.sub(k1, k0), e.c(1)))
+            first = self.k_loop(self.a, self.bt, k0, half, states, sum_step)
+            second = list(first)
+            for idx in range(tm * nv):
+                second[3 * idx] = self.ci(0)  # the second half's sum starts at 0
+            res = self.k_loop(self.a, self.bt, half, k1, second, sum_step)
+            halves = [first, res]
+        return [self.round_g([h[3 * idx] for h in halves], res[3 * idx + 2], scales[idx])
+                for idx in range(tm * nv)]
+
+    def round_g(self, parts, signs, m):
+        """s = G = S * 2^q rounded toward zero to fp32: S (the sum of the int32 parts) converted
+        toward zero, then scaled by 2^d, d = max(q, -126) (exact: a normal result), and by 2^(q
+        - d) toward zero; S = 0 gives -0 when every term's sign bit is set (signs < 0)."""
+        b, e = self.b, self.e
+        vf = e.vf
+        if len(parts) == 1:
+            cvt = cgutils.get_or_insert_function(
+                b.module, ir.FunctionType(vf, [e.vi, _I32]),
+                "llvm.x86.avx512.sitofp.round.v16f32.v16i32")
+            total = parts[0]
+            f = b.call(cvt, [total, ir.Constant(_I32, _RZ)])
+        else:
+            wide = ir.VectorType(_I64, 16)
+            half8 = ir.VectorType(_I64, 8)
+            v8 = ir.VectorType(ir.FloatType(), 8)
+            cvt = cgutils.get_or_insert_function(
+                b.module, ir.FunctionType(v8, [half8, _I32]),
+                "llvm.x86.avx512.sitofp.round.v8f32.v8i64")
+            s64 = b.add(b.sext(parts[0], wide), b.sext(parts[1], wide))  # exact: < 2^32
+            lo, hi = (b.call(cvt, [b.shuffle_vector(s64, ir.Constant(wide, ir.Undefined),
+                                                    ir.Constant(ir.VectorType(_I32, 8),
+                                                                list(range(8 * h, 8 * h + 8)))),
+                                   ir.Constant(_I32, _RZ)]) for h in range(2))
+            f = b.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(_I32, 16), list(range(16))))
+            total = b.add(parts[0], parts[1])  # zero exactly when S is: |S| < 2^32
+        mul = cgutils.get_or_insert_function(b.module, ir.FunctionType(vf, [vf, vf, _I32]),
+                                             "llvm.x86.avx512.mul.ps.512")
+        q = b.sub(m, b.shl(b.sub(self.width, self.ci(1)), self.ci(23)))  # (127 + q) << 23
+        d = b.select(b.icmp_signed(">", q, self.ci(_F32_MIN_NORMAL)), q,
+                     self.ci(_F32_MIN_NORMAL))
+        c = b.add(b.sub(q, d), self.ci(_F32_ONE))
+        rz = ir.Constant(_I32, _RZ)
+        g = b.call(mul, [b.call(mul, [f, self.as_f(d), rz]), self.as_f(c), rz])
+        neg_zero = b.and_(b.icmp_signed("==", total, self.ci(0)),
+                          b.icmp_signed("<", signs, self.ci(0)))
+        return b.select(neg_zero, ir.Constant(vf, [-0.0] * 16), g)

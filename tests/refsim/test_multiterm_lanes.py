@@ -97,27 +97,34 @@ def _in_tile(mode: str) -> int:
     return index if mode == "rne" or (AVX512 and mode in ("rtz", "rup", "rdn")) else -1
 
 
-# (name, accumulator, operand format, expected (narrow1, narrow2, parts, round32)); one kernel
-# each.
+# (name, accumulator, operand format, expected (narrow1, narrow2, parts, round32, run)); one
+# kernel each (the a100 row shares v100's).
+RUN = _in_tile("rtz") >= 0  # step 8 needs the tile's rtz conversion
+V100 = hardware.gemm_spec("v100", "fp16").acc
 CASES = [
     ("h100-e4m3: float32 sums", hardware.gemm_spec("h100", "e4m3").acc, "e4m3fn",
-     (1, 1, 0, -1)),
+     (1, 1, 0, -1, 0)),
     ("h100-fp16: int32 halves", hardware.gemm_spec("h100", "fp16").acc, "fp16",
-     (1, 1, 2, _in_tile("rtz"))),
-    ("v100-fp16: int32 sums", hardware.gemm_spec("v100", "fp16").acc, "fp16",
-     (1, 1, 1, _in_tile("rtz"))),
+     (1, 1, 2, _in_tile("rtz"), RUN)),
+    ("v100-fp16: int32 sums", V100, "fp16", (1, 1, 1, _in_tile("rtz"), RUN)),
+    # bf16 values within e6m7's exponents: every 2^(ea + eb) a float32 normal (step 8)
+    ("a100-bf16: int32 sums", hardware.gemm_spec("a100", "bf16").acc, "e6m7",
+     (1, 1, 1, _in_tile("rtz"), RUN)),
+    ("v100 in chunks of 3 groups: a run per chunk",
+     dataclasses.replace(V100, chunk=12, outer=AccumSpec("fp32", "rtz")), "fp16",
+     (1, 1, 1, _in_tile("rtz"), RUN)),
     ("rdn normalized: int32 sums, OR of signs",
      AccumSpec("fp32", "rdn", "multiterm", group=8, width=25, variant="acc-aligned",
-               align="normalized", operands="fp16"), "fp16", (1, 1, 1, _in_tile("rdn"))),
+               align="normalized", operands="fp16"), "fp16", (1, 1, 1, _in_tile("rdn"), 0)),
     ("floor: float64 sums",
      dataclasses.replace(hardware.gemm_spec("h100", "fp16").acc, truncation="floor"), "fp16",
-     (1, 0, 0, _in_tile("rtz"))),
+     (1, 0, 0, _in_tile("rtz"), 0)),
     ("rup acc-excluded: float32 sums, s + G outside the tile",
      AccumSpec("fp32", "rup", "multiterm", group=4, width=10, operands="fp16"), "fp16",
-     (1, 1, 0, _in_tile("rup"))),
+     (1, 1, 0, _in_tile("rup"), 0)),
     ("rne fp16 accumulator: rounded outside the tile",
      AccumSpec("fp16", "rne", "multiterm", group=8, width=12, variant="acc-aligned",
-               align="product", operands="e4m3fn"), "e4m3fn", (1, 1, 0, -1)),
+               align="product", operands="e4m3fn"), "e4m3fn", (1, 1, 0, -1, 0)),
 ]
 
 
@@ -136,7 +143,8 @@ def test_lanes_match_the_exact_core(name, acc, operand, lanes, monkeypatch):
     a, b = _operands(rng, operand, acc.width, m=26, n=70, k=k)
     p = cpu_gemm.plan(a, b, acc, None, False)
     assert p is not None and p.route == ROUTE, name
-    assert (p.narrow1, p.narrow2, p.parts, p.round32) == (*map(bool, lanes[:2]), *lanes[2:])
+    assert (p.narrow1, p.narrow2, p.parts, p.round32, p.run) \
+        == (*map(bool, lanes[:2]), *lanes[2:4], bool(lanes[4]))
     spec, bt = GemmSpec(acc=acc), np.swapaxes(b, 1, 2)
     for c in (None, _c(rng, (2, 26, 70), operand)):
         want = np.asarray(matmul(a, bt, spec, c=c, route="exact"), np.float64)
@@ -187,3 +195,25 @@ def test_the_lane_conditions():
     wide = OperandRange(True, 8, -133, 127)  # bf16 at both ends
     assert lanes(8, 25, wide, emin=-126) == (False, False, 0)
     assert lanes(8, 25, OperandRange(True, 13, -24, 15)) == (True, False, 0)  # 26 bits
+
+
+def test_the_run_conditions():
+    """Step 8's conditions, at their edges: acc-aligned, align product, int32 sums, an fp32
+    accumulator rounded toward zero in the tile, every nonzero 2^(ea + eb) at least 2^-126."""
+    from refsim.backends.operands import OperandRange
+    acc = hardware.gemm_spec("a100", "bf16").acc
+    rtz = ROUNDINGS.index("rtz")
+
+    def runs(low, int32_sums=True, round32=rtz, **kw):
+        r = OperandRange(True, 8, low, 20)
+        return cpu_multiterm._runs(dataclasses.replace(acc, **kw), r, r, -126, int32_sums,
+                                   round32)
+
+    assert runs(-63) and not runs(-64)  # 2^-126 and 2^-128: a float32 normal, and not
+    assert not runs(-10, variant="acc-excluded")
+    assert not runs(-10, align="normalized")
+    assert not runs(-10, int32_sums=False)
+    assert not runs(-10, round32=ROUNDINGS.index("rne"))
+    assert not runs(-10, round32=-1)
+    empty = OperandRange(True, 0, 1 << 20, -(1 << 20))
+    assert cpu_multiterm._runs(acc, empty, OperandRange(True, 8, -130, 20), -126, True, rtz)
